@@ -1,0 +1,95 @@
+"""The engine side of the wire, in both directions.
+
+* :class:`RemoteEngine` adapts the foolscap reference an engine hands over at
+  registration into an :class:`IEngine` for the controller's services.
+* :class:`FoolscapEngineRegistrar` is the Referenceable published under the
+  engine FURL: it grants registration and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foolscap.api import DeadReferenceError, Referenceable
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from plait.interfaces.engine import IEngine, IEngineRegistry, RIEngineRegistrar
+from plait.kernel._errors import EngineError
+from plait.kernel._serialize import deserialize
+
+
+@implementer(IEngine)
+class RemoteEngine:
+    """An :class:`IEngine` backed by a foolscap RemoteReference to an engine."""
+
+    def __init__(self, remote: Any, uuid: str):
+        self.remote = remote
+        self.uuid = uuid
+        self.id: int | None = None
+
+    def _call(self, method: str, *args: Any) -> defer.Deferred:
+        d = self.remote.callRemote(method, *args)
+        d.addErrback(self._lost, method)
+        return d
+
+    def _lost(self, failure: Failure, method: str) -> Failure:
+        if failure.check(DeadReferenceError, ConnectionDone, ConnectionLost):
+            raise EngineError(f"engine {self.id} was lost during {method}")
+        return failure
+
+    def execute(self, lines: str) -> defer.Deferred:
+        return self._call("execute", lines)
+
+    def push(self, namespace: bytes) -> defer.Deferred:
+        return self._call("push", namespace)
+
+    def pull(self, keys: list[str]) -> defer.Deferred:
+        return self._call("pull", keys)
+
+    def apply(self, call: bytes) -> defer.Deferred:
+        return self._call("apply", call)
+
+    def get_result(self, i: int | None) -> defer.Deferred:
+        return self._call("get_result", i)
+
+    def keys(self) -> defer.Deferred:
+        return self._call("keys")
+
+    def reset(self) -> defer.Deferred:
+        return self._call("reset")
+
+    def run_task(self, task: bytes) -> defer.Deferred:
+        return self._call("run_task", task)
+
+    def kill(self) -> defer.Deferred:
+        d = self.remote.callRemote("kill")
+        d.addErrback(lambda f: None)  # the engine may be gone before it answers
+        return d
+
+
+@implementer(RIEngineRegistrar)
+class FoolscapEngineRegistrar(Referenceable):
+    """Published under ``ipcontroller-engine.furl``: engines join here."""
+
+    log = Logger()
+
+    def __init__(self, registry: IEngineRegistry, blobs: Any = None):
+        self.registry = registry
+        self.blobs = blobs
+
+    def remote_register_engine(self, engine: Any, uuid: str, properties: bytes) -> int:
+        proxy = RemoteEngine(engine, uuid)
+        engine_id = self.registry.register(proxy, uuid, deserialize(properties))
+        engine.notifyOnDisconnect(self.registry.unregister, engine_id, "disconnected")
+        return engine_id
+
+    def remote_set_properties(self, engine_id: int, properties: bytes) -> None:
+        self.registry.set_properties(engine_id, deserialize(properties))
+
+    def remote_open_upload(self, size: int, readers: int) -> tuple:
+        token, blob_id = self.blobs.create(size, readers)
+        return token, blob_id, self.blobs.address

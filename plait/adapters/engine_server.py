@@ -1,0 +1,106 @@
+"""The engine's own foolscap object: how the controller drives one engine.
+
+Each ``remote_*`` method hands the command to the engine's main thread and
+answers with the reply ``(ok, payload)`` of :mod:`plait.interfaces.engine`.
+Arguments are decoded in the main thread (large payloads are fetched from
+the controller's data channel there), and large values are uploaded there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foolscap.api import Referenceable
+from twisted.internet import defer, reactor
+from zope.interface import implementer
+
+from plait.interfaces.engine import RIEngine
+from plait.kernel import _bulk
+from plait.kernel._errors import RemoteFailure
+from plait.kernel._serialize import deserialize, is_bulk, serialize
+
+
+@implementer(RIEngine)
+class FoolscapEngine(Referenceable):
+    """Adapts an :class:`plait.kernel._engine.Engine` onto :class:`RIEngine`."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    # -- main thread helpers --------------------------------------------------
+    def _decode(self, payload: bytes) -> Any:
+        return _bulk.fetch(payload) if is_bulk(payload) else deserialize(payload)
+
+    def _encode(self, value: Any) -> bytes:
+        out = _bulk.outgoing(value)
+        if isinstance(out, bytes):
+            return out
+        token, blob_id, address = _blocking_remote(
+            self.engine.registrar, "open_upload", out.size, 1
+        )
+        out.send(tuple(address), token)
+        return out.descriptor(tuple(address), blob_id)
+
+    def _handle(self, method: str, decode: bool, *args: Any) -> tuple[bool, bytes]:
+        interp = self.engine.interpreter
+        try:
+            if decode:
+                args = tuple(self._decode(a) for a in args)
+            value = getattr(interp, method)(*args)
+            reply = True, self._encode(value)
+        except BaseException as exc:
+            reply = False, _failure_payload(exc, interp.engine_id, method)
+        changed = interp.take_changed_properties()
+        if changed is not None:
+            reactor.callFromThread(self.engine.sync_properties, changed)
+        return reply
+
+    def _submit(self, method: str, decode: bool, *args: Any) -> defer.Deferred:
+        return self.engine.executor.submit(self._handle, method, decode, *args)
+
+    # -- RIEngine ---------------------------------------------------------------
+    def remote_execute(self, lines: str) -> defer.Deferred:
+        return self._submit("execute", False, lines)
+
+    def remote_push(self, namespace: bytes) -> defer.Deferred:
+        return self._submit("push", True, namespace)
+
+    def remote_pull(self, keys: list[str]) -> defer.Deferred:
+        return self._submit("pull", False, keys)
+
+    def remote_apply(self, call: bytes) -> defer.Deferred:
+        return self._submit("apply_call", True, call)
+
+    def remote_get_result(self, i: int | None) -> defer.Deferred:
+        return self._submit("get_result", False, i)
+
+    def remote_keys(self) -> defer.Deferred:
+        return self._submit("keys", False)
+
+    def remote_reset(self) -> defer.Deferred:
+        return self._submit("reset", False)
+
+    def remote_run_task(self, task: bytes) -> defer.Deferred:
+        return self._submit("run_task", True, task)
+
+    def remote_kill(self) -> None:
+        reactor.callLater(0, self.engine.shutdown, 0)
+
+    def remote_ping(self) -> bool:
+        return True
+
+
+def _failure_payload(exc: BaseException, engine_id: int | None, method: str) -> bytes:
+    try:
+        return serialize(RemoteFailure.from_exception(exc, engine_id, method, tb_skip=0))
+    except Exception:
+        return serialize(
+            RemoteFailure(type(exc).__name__, str(exc), "", None, engine_id, method)
+        )
+
+
+def _blocking_remote(ref: Any, method: str, *args: Any) -> Any:
+    """Call a remote method from the main thread and wait for its answer."""
+    from twisted.internet.threads import blockingCallFromThread
+
+    return blockingCallFromThread(reactor, ref.callRemote, method, *args)

@@ -1,0 +1,61 @@
+"""The foolscap adapter of the MultiEngine service (``ipcontroller-mec.furl``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foolscap.api import Referenceable
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from plait.interfaces.multiengine import IMultiEngine, RIMultiEngine
+from plait.kernel._errors import RemoteFailure
+from plait.kernel._serialize import serialize
+
+
+def outcome(d: Any) -> defer.Deferred:
+    """Turn a result or Deferred into an ``(ok, value)`` outcome.
+
+    A failure becomes ``(False, serialized RemoteFailure)``, so the client
+    sees the controller's exception type and message, not a foolscap error.
+    """
+
+    def failed(f: Failure) -> tuple[bool, bytes]:
+        return False, serialize(RemoteFailure.from_exception(f.value))
+
+    return defer.maybeDeferred(lambda: d).addCallbacks(lambda v: (True, v), failed)
+
+
+def _adapt(name: str):
+    def remote_method(self: FoolscapMultiEngine, *args: Any, **kwargs: Any) -> defer.Deferred:
+        return outcome(defer.maybeDeferred(getattr(self.service, name), *args, **kwargs))
+
+    remote_method.__name__ = f"remote_{name}"
+    remote_method.__doc__ = f"Adapt :meth:`IMultiEngine.{name}` onto the wire."
+    return remote_method
+
+
+@implementer(RIMultiEngine)
+class FoolscapMultiEngine(Referenceable):
+    """Publishes an :class:`IMultiEngine` service as :class:`RIMultiEngine`."""
+
+    def __init__(self, service: IMultiEngine, blobs: Any = None):
+        self.service = service
+        self.blobs = blobs
+
+    for _name in (
+        "get_ids", "execute", "push", "push_each", "pull", "apply", "apply_each",
+        "get_result", "keys", "reset", "kill", "clear_queue", "queue_status",
+        "set_properties", "get_properties", "has_properties", "del_properties",
+        "clear_properties", "get_pending_result", "flush",
+    ):
+        locals()[f"remote_{_name}"] = _adapt(_name)
+    del _name
+
+    def remote_wait_for_engines(self, n: int) -> defer.Deferred:
+        return outcome(self.service.registry.wait_for_engines(n))
+
+    def remote_open_upload(self, size: int, readers: int) -> tuple:
+        token, blob_id = self.blobs.create(size, readers)
+        return token, blob_id, self.blobs.address

@@ -1,0 +1,213 @@
+"""Engines as the controller sees them, and the wire between the two.
+
+An engine is a Python process that runs user code.  It connects to the
+controller with the engine FURL, calls :class:`RIEngineRegistrar.register_engine`
+and hands over a reference implementing :class:`RIEngine`, through which the
+controller drives it.  Inside the controller that reference is wrapped in an
+:class:`IEngine`, so that the kernel services never touch foolscap.
+
+Replies
+-------
+Every engine command answers with a *reply*, a ``(ok, payload)`` tuple:
+
+* ``ok`` is True: ``payload`` is the command's value, serialized by
+  :mod:`plait.kernel._serialize` (opaque bytes to the controller);
+* ``ok`` is False: ``payload`` is a serialized :class:`plait.kernel._errors.RemoteFailure`
+  describing the exception raised on the engine (type name, message,
+  traceback text, and the pickled exception when it could be pickled).
+
+The controller creates failure replies of its own the same way, for instance
+an ``EngineError`` when an engine dies with commands queued on it.
+"""
+
+from __future__ import annotations
+
+from foolscap.api import RemoteInterface
+from foolscap.schema import (
+    Any,
+    BooleanConstraint,
+    ByteStringConstraint,
+    ChoiceOf,
+    DictOf,
+    IntegerConstraint,
+    ListOf,
+    StringConstraint,
+    TupleOf,
+)
+from zope.interface import Attribute, Interface
+
+#: Largest payload carried inline in a foolscap message; bigger ones travel on
+#: the bulk data channel (:mod:`plait.kernel._bulk`).  The wire limit leaves room
+#: for framing.
+INLINE_LIMIT = 1 << 20
+WIRE_BYTES = ByteStringConstraint(maxLength=INLINE_LIMIT + (1 << 16))
+CODE = StringConstraint(maxLength=16 << 20)
+NAME = StringConstraint(maxLength=1024)
+NAMES = ListOf(NAME, maxLength=100_000)
+Reply = TupleOf(BooleanConstraint(), WIRE_BYTES)
+Properties = WIRE_BYTES  # a serialized dict: values may be any picklable object
+EngineId = IntegerConstraint()
+Uuid = StringConstraint(maxLength=64)
+Token = ByteStringConstraint(maxLength=64)
+Address = TupleOf(StringConstraint(maxLength=255), IntegerConstraint())
+
+
+class RIEngine(RemoteInterface):
+    """What the controller may ask of an engine (published by the engine)."""
+
+    __remote_name__ = "plait.RIEngine"
+
+    def execute(lines=CODE):
+        """Run ``lines`` in the engine namespace; value: the result dict."""
+        return Reply
+
+    def push(namespace=WIRE_BYTES):
+        """Merge a serialized dict into the namespace; value: None."""
+        return Reply
+
+    def pull(keys=NAMES):
+        """Value: the list of values of ``keys`` (NameError for a missing one)."""
+        return Reply
+
+    def apply(call=WIRE_BYTES):
+        """Call a serialized ``(function, args, kwargs)``; value: its return value."""
+        return Reply
+
+    def get_result(i=ChoiceOf(None, IntegerConstraint())):
+        """Value: the result dict of command number ``i`` (None: the last)."""
+        return Reply
+
+    def keys():
+        """Value: the sorted list of names in the namespace."""
+        return Reply
+
+    def reset():
+        """Empty the namespace; value: None."""
+        return Reply
+
+    def run_task(task=WIRE_BYTES):
+        """Run one serialized task atomically (clear, push, run, pull, clear)."""
+        return Reply
+
+    def kill():
+        """Exit the engine process soon after answering."""
+        return None
+
+    def ping():
+        """Liveness probe."""
+        return BooleanConstraint()
+
+
+class RIEngineRegistrar(RemoteInterface):
+    """The only capability the engine FURL grants: joining the cluster."""
+
+    __remote_name__ = "plait.RIEngineRegistrar"
+
+    def register_engine(engine=RIEngine, uuid=Uuid, properties=Properties):
+        """Register ``engine``; returns its integer id."""
+        return EngineId
+
+    def set_properties(engine_id=EngineId, properties=Properties):
+        """Replace the engine's properties (set from the engine itself)."""
+        return None
+
+    def open_upload(size=IntegerConstraint(maxBytes=16), readers=IntegerConstraint()):
+        """Reserve a blob on the data channel: ``(token, blob_id, address)``."""
+        return TupleOf(Token, Token, Address)
+
+
+class IEngine(Interface):
+    """One registered engine, as the controller's services see it.
+
+    Every method returns a Deferred that fires with a reply ``(ok, payload)``
+    (see the module docstring).  When the engine is lost, the Deferred fails
+    with :class:`plait.kernel._errors.EngineError`.
+    """
+
+    id = Attribute("The integer id, assigned at registration.")
+    uuid = Attribute("A string chosen by the engine, unique for its lifetime.")
+
+    def execute(lines):
+        """Run Python source ``lines``."""
+
+    def push(namespace):
+        """Merge serialized ``namespace`` (bytes) into the engine namespace."""
+
+    def pull(keys):
+        """Fetch the values of the names in the list ``keys``."""
+
+    def apply(call):
+        """Call a serialized ``(function, args, kwargs)``."""
+
+    def get_result(i):
+        """Fetch the result dict of command ``i`` (None: the last one)."""
+
+    def keys():
+        """List the names in the namespace."""
+
+    def reset():
+        """Clear the namespace."""
+
+    def run_task(task):
+        """Run a serialized task (see :mod:`plait.kernel._task`)."""
+
+    def kill():
+        """Ask the engine process to exit; fires with None."""
+
+
+class IEngineRegistry(Interface):
+    """The set of engines connected to a controller.
+
+    Engines get ids 0, 1, 2 ... in registration order; an id is never reused
+    while the controller runs.
+    """
+
+    def register(engine, uuid, properties):
+        """Add ``engine`` (an :class:`IEngine` factory's product); returns its id."""
+
+    def unregister(engine_id):
+        """Drop an engine; its queued and running commands fail with EngineError."""
+
+    def get_ids():
+        """The ids of the engines registered now, sorted."""
+
+    def get_engine(engine_id):
+        """The :class:`IEngine` for ``engine_id``; KeyError when there is none."""
+
+    def get_queue(engine_id):
+        """The :class:`IEngineQueue` of ``engine_id``; KeyError when there is none."""
+
+    def get_properties(engine_id):
+        """The properties dict of ``engine_id`` (a live dict; do not mutate)."""
+
+    def set_properties(engine_id, properties):
+        """Replace the properties of ``engine_id`` and notify observers."""
+
+    def add_observer(observer):
+        """Call ``observer.engine_added(id)``, ``engine_removed(id)`` and
+        ``properties_changed(id)`` as they happen."""
+
+    def wait_for_engines(n):
+        """A Deferred that fires with the id list once ``n`` engines are registered."""
+
+
+class IEngineQueue(Interface):
+    """The FIFO queue in front of one engine.
+
+    Commands are run one after another, in submission order, so that an
+    engine that blocks in user code is hidden behind an asynchronous API.
+    """
+
+    def submit(command, label):
+        """Queue ``command`` (a callable taking the :class:`IEngine` and
+        returning a Deferred).  Returns a Deferred with the command's result,
+        or failing with QueueCleared / EngineError."""
+
+    def clear():
+        """Fail every command not yet started with QueueCleared."""
+
+    def status():
+        """A dict ``{'queue': [labels waiting], 'pending': label or None}``."""
+
+    def __len__():
+        """Number of commands waiting or running."""

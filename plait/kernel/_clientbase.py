@@ -1,0 +1,143 @@
+"""What every asynchronous client shares: connecting, calling, decoding.
+
+Asynchronous clients are written once, with methods that return Deferreds
+and are marked :func:`asynchronous`; :mod:`plait.kernel._blocking` derives
+the blocking clients from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from foolscap.api import DeadReferenceError
+from twisted.internet import defer, reactor, threads
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.python.failure import Failure
+
+from plait.kernel import _bulk
+from plait.kernel._errors import ConnectionError_, RemoteFailure
+from plait.kernel._pending import PendingResult
+from plait.kernel._serialize import deserialize, is_bulk
+from plait.security import client_tub, profile_dirs, read_furl
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Seconds to wait for a controller to answer a connection attempt.
+CONNECT_TIMEOUT = 10.0
+
+
+def asynchronous(fn: F) -> F:
+    """Mark a client method as returning a Deferred (the blocking twin waits)."""
+    fn._plait_asynchronous = True  # type: ignore[attr-defined]
+    return fn
+
+
+def resolve_furl(furl_or_file: str | Path | None, profile: str | None, default_name: str
+                 ) -> tuple[str, str]:
+    """``(furl, where it came from)`` for a FURL, a FURL file, or the profile's file."""
+    if furl_or_file is None:
+        path = profile_dirs(profile, create=False).furl_path(default_name)
+        return read_furl(path), str(path)
+    text = str(furl_or_file)
+    if text.startswith("pb://"):
+        return text, "the FURL given"
+    return read_furl(Path(text).expanduser()), text
+
+
+def connect(furl: str, source: str) -> defer.Deferred:
+    """A Deferred firing with a RemoteReference, or failing with ConnectionError_."""
+    location = furl.split("@", 1)[-1].split("/", 1)[0]
+    d = client_tub().getReference(furl)
+    d.addTimeout(CONNECT_TIMEOUT, reactor)
+
+    def failed(f: Failure) -> None:
+        if f.check(defer.TimeoutError):
+            why = f"no answer within {CONNECT_TIMEOUT:g} s"
+        elif "unknown" in str(f.value).lower() or "KeyError" in str(f.value):
+            why = "the controller refused this FURL (its secret is not valid there)"
+        else:
+            why = f"{f.value}"
+        raise ConnectionError_(
+            f"could not connect to the controller at {location} using {source}: {why}"
+        )
+
+    return d.addErrback(failed)
+
+
+def raise_outcome(outcome: tuple[bool, Any]) -> Any:
+    """The value of an ``(ok, value)`` outcome; raise the remote error otherwise."""
+    ok, value = outcome
+    if ok:
+        return value
+    info = deserialize(value)
+    raise info.exception() if isinstance(info, RemoteFailure) else RuntimeError(info)
+
+
+def decode(payload: bytes) -> Any:
+    """A Deferred (or value) with the object a payload carries."""
+    if is_bulk(payload):
+        return threads.deferToThread(_bulk.fetch, payload)
+    return deserialize(payload)
+
+
+def decode_replies(per_engine: list[tuple[int, bool, bytes]]) -> defer.Deferred:
+    """Decode ``[(id, ok, payload)]`` into ``[(id, ok, value-or-RemoteFailure)]``."""
+    ds = []
+    for engine_id, ok, payload in per_engine:
+        d = defer.maybeDeferred(decode, payload)
+        d.addCallback(lambda v, i=engine_id, ok=ok: (i, ok, v))
+        ds.append(d)
+    return defer.gatherResults(ds, consumeErrors=True).addErrback(
+        lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f
+    )
+
+
+class AsyncClientBase:
+    """A connection to one controller interface.
+
+    Subclasses call :meth:`_call` with the remote method name, its arguments
+    and a ``finish`` function turning the wire value into the user's result.
+    """
+
+    def __init__(self, remote: Any, source: str = ""):
+        self._remote = remote
+        self._source = source
+
+    def _lost(self, f: Failure) -> Failure:
+        if f.check(DeadReferenceError, ConnectionDone, ConnectionLost):
+            raise ConnectionError_(
+                f"lost the connection to the controller ({self._source}); "
+                f"is it still running?"
+            )
+        return f
+
+    def _remote_call(self, method: str, *args: Any) -> defer.Deferred:
+        try:
+            d = self._remote.callRemote(method, *args)
+        except Exception:
+            d = defer.fail()
+        return d.addErrback(self._lost)
+
+    def _call(self, method: str, *args: Any, block: bool | None = None,
+              finish: Callable[[Any], Any] | None = None, description: str = ""
+              ) -> defer.Deferred:
+        """Call ``method(*args[, block])`` and finish its value.
+
+        With ``block`` False, fire with a :class:`PendingResult` instead.
+        """
+        finish = finish or (lambda v: v)
+        call_args = args if block is None else (*args, bool(block))
+        d = self._remote_call(method, *call_args).addCallback(raise_outcome)
+        if block is None or block:
+            return d.addCallback(finish)
+        return d.addCallback(self._pending, finish, description or method)
+
+    def _pending(self, result_id: int, finish: Callable[[Any], Any], description: str
+                 ) -> PendingResult:
+        def fetch(block: bool) -> defer.Deferred:
+            d = self._remote_call("get_pending_result", result_id, block)
+            return d.addCallback(raise_outcome).addCallback(finish)
+
+        return PendingResult(fetch, result_id, description)

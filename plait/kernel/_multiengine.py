@@ -1,0 +1,222 @@
+"""The MultiEngine service: run commands on engines chosen by id.
+
+Each command is put on the queue of every target engine and the answers are
+collected in target order as ``(engine_id, ok, payload)``.  Payloads are
+opaque bytes here: the service never unpickles user data.  Engine losses and
+cleared queues become failure replies for the engines concerned, so one
+lost engine never hides the results of the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from plait.interfaces.engine import IEngine, IEngineRegistry
+from plait.interfaces.multiengine import IMultiEngine
+from plait.kernel._errors import InvalidEngineID, PlaitError, RemoteFailure
+from plait.kernel._results import ResultStore
+from plait.kernel._serialize import deserialize, serialize
+
+PerEngine = list[tuple[int, bool, bytes]]
+
+
+def failure_reply(failure: Failure, engine_id: int, method: str) -> tuple[bool, bytes]:
+    """A ``(False, payload)`` reply describing ``failure``."""
+    info = RemoteFailure.from_exception(failure.value, engine_id=engine_id, method=method)
+    info.traceback = failure.getTraceback() if not isinstance(failure.value, PlaitError) else ""
+    return False, serialize(info)
+
+
+def ok_reply(value: Any) -> tuple[bool, bytes]:
+    return True, serialize(value)
+
+
+@implementer(IMultiEngine)
+class MultiEngine:
+    """Implements :class:`IMultiEngine` over an engine registry."""
+
+    def __init__(self, registry: IEngineRegistry, results: ResultStore | None = None,
+                 stop_controller: Callable[[], None] | None = None):
+        self.registry = registry
+        self.results = results or ResultStore()
+        self._stop_controller = stop_controller
+
+    # -- helpers ------------------------------------------------------------
+    def resolve_targets(self, targets: Any) -> list[int]:
+        """Turn ``'all'``, an int or a list of ints into a list of engine ids.
+
+        Raises InvalidEngineID naming the bad id and listing the valid ones.
+        """
+        ids = self.registry.get_ids()
+        if targets == "all" or targets is None:
+            return ids
+        if isinstance(targets, bool):
+            raise InvalidEngineID(f"invalid targets {targets!r}")
+        wanted = [targets] if isinstance(targets, int) else list(targets)
+        for t in wanted:
+            if not isinstance(t, int) or t not in self.registry:
+                raise InvalidEngineID(
+                    f"no engine with id {t!r}; registered engines: {ids}"
+                )
+        return wanted
+
+    def _maybe_pending(self, d: defer.Deferred, block: bool) -> defer.Deferred:
+        if block:
+            return d
+        return defer.succeed(self.results.add(d))
+
+    def _on_engines(self, method: str, call: Callable[[IEngine, int], defer.Deferred],
+                    targets: Any, block: bool) -> defer.Deferred:
+        try:
+            ids = self.resolve_targets(targets)
+        except PlaitError:
+            return defer.fail()
+        return self._maybe_pending(self._gather(method, {i: call for i in ids}), block)
+
+    def _gather(self, method: str, calls: dict[int, Callable[[IEngine, int], defer.Deferred]]
+                ) -> defer.Deferred:
+        ds = []
+        for engine_id, call in calls.items():
+            d = self.registry.get_queue(engine_id).submit(
+                lambda engine, call=call, i=engine_id: call(engine, i), label=method
+            )
+            d.addErrback(failure_reply, engine_id, method)
+            d.addCallback(lambda reply, i=engine_id: (i, reply[0], reply[1]))
+            ds.append(d)
+        return defer.gatherResults(ds, consumeErrors=True)
+
+    def _on_each(self, method: str, payloads: dict, invoke: Callable[[IEngine, bytes], defer.Deferred],
+                 block: bool) -> defer.Deferred:
+        try:
+            self.resolve_targets(list(payloads))
+        except PlaitError:
+            return defer.fail()
+        calls = {i: (lambda engine, _i, p=p: invoke(engine, p)) for i, p in payloads.items()}
+        return self._maybe_pending(self._gather(method, calls), block)
+
+    def _local(self, method: str, fn: Callable[[int], Any], targets: Any, block: bool
+               ) -> defer.Deferred:
+        """A command answered by the controller itself, per engine."""
+        try:
+            ids = self.resolve_targets(targets)
+        except PlaitError:
+            return defer.fail()
+        out: PerEngine = []
+        for i in ids:
+            try:
+                ok, payload = ok_reply(fn(i))
+            except Exception:
+                ok, payload = failure_reply(Failure(), i, method)
+            out.append((i, ok, payload))
+        return self._maybe_pending(defer.succeed(out), block)
+
+    # -- IMultiEngine -------------------------------------------------------
+    def get_ids(self) -> list[int]:
+        return self.registry.get_ids()
+
+    def execute(self, lines: str, targets: Any = "all", block: bool = True) -> defer.Deferred:
+        return self._on_engines("execute", lambda e, i: e.execute(lines), targets, block)
+
+    def push(self, namespace: bytes, targets: Any = "all", block: bool = True) -> defer.Deferred:
+        return self._on_engines("push", lambda e, i: e.push(namespace), targets, block)
+
+    def push_each(self, payloads: dict[int, bytes], block: bool = True) -> defer.Deferred:
+        return self._on_each("push", payloads, lambda e, p: e.push(p), block)
+
+    def pull(self, keys: list[str], targets: Any = "all", block: bool = True) -> defer.Deferred:
+        return self._on_engines("pull", lambda e, i: e.pull(keys), targets, block)
+
+    def apply(self, call: bytes, targets: Any = "all", block: bool = True) -> defer.Deferred:
+        return self._on_engines("apply", lambda e, i: e.apply(call), targets, block)
+
+    def apply_each(self, calls: dict[int, bytes], block: bool = True) -> defer.Deferred:
+        return self._on_each("apply", calls, lambda e, p: e.apply(p), block)
+
+    def get_result(self, i: int | None = None, targets: Any = "all", block: bool = True
+                   ) -> defer.Deferred:
+        return self._on_engines("get_result", lambda e, _: e.get_result(i), targets, block)
+
+    def keys(self, targets: Any = "all", block: bool = True) -> defer.Deferred:
+        return self._on_engines("keys", lambda e, i: e.keys(), targets, block)
+
+    def reset(self, targets: Any = "all", block: bool = True) -> defer.Deferred:
+        return self._on_engines("reset", lambda e, i: e.reset(), targets, block)
+
+    def kill(self, controller: bool = False, targets: Any = "all", block: bool = True
+             ) -> defer.Deferred:
+        def kill_one(engine: IEngine, i: int) -> defer.Deferred:
+            d = engine.kill()
+            d.addCallback(lambda _: ok_reply(None))
+            return d
+
+        d = self._on_engines("kill", kill_one, targets, True)
+        if controller and self._stop_controller is not None:
+            d.addBoth(lambda r: (self._stop_controller(), r)[1])
+        return self._maybe_pending(d, block)
+
+    def clear_queue(self, targets: Any = "all", block: bool = True) -> defer.Deferred:
+        return self._local(
+            "clear_queue", lambda i: self.registry.get_queue(i).clear() and None, targets, block
+        )
+
+    def queue_status(self, targets: Any = "all", block: bool = True) -> defer.Deferred:
+        return self._local(
+            "queue_status", lambda i: self.registry.get_queue(i).status(), targets, block
+        )
+
+    def set_properties(self, properties: bytes, targets: Any = "all", block: bool = True
+                       ) -> defer.Deferred:
+        def update(i: int) -> None:
+            props = dict(self.registry.get_properties(i))
+            props.update(deserialize(properties))
+            self.registry.set_properties(i, props)
+
+        return self._local("set_properties", update, targets, block)
+
+    def get_properties(self, keys: list[str] | None = None, targets: Any = "all",
+                       block: bool = True) -> defer.Deferred:
+        def get(i: int) -> dict:
+            props = self.registry.get_properties(i)
+            if keys is None:
+                return dict(props)
+            missing = [k for k in keys if k not in props]
+            if missing:
+                raise KeyError(f"engine {i} has no properties {missing}")
+            return {k: props[k] for k in keys}
+
+        return self._local("get_properties", get, targets, block)
+
+    def has_properties(self, keys: list[str], targets: Any = "all", block: bool = True
+                       ) -> defer.Deferred:
+        return self._local(
+            "has_properties",
+            lambda i: [k in self.registry.get_properties(i) for k in keys],
+            targets,
+            block,
+        )
+
+    def del_properties(self, keys: list[str], targets: Any = "all", block: bool = True
+                       ) -> defer.Deferred:
+        def delete(i: int) -> None:
+            props = dict(self.registry.get_properties(i))
+            for k in keys:
+                props.pop(k, None)
+            self.registry.set_properties(i, props)
+
+        return self._local("del_properties", delete, targets, block)
+
+    def clear_properties(self, targets: Any = "all", block: bool = True) -> defer.Deferred:
+        return self._local(
+            "clear_properties", lambda i: self.registry.set_properties(i, {}), targets, block
+        )
+
+    def get_pending_result(self, result_id: int, block: bool = True) -> defer.Deferred:
+        return self.results.get(result_id, block)
+
+    def flush(self) -> int:
+        return self.results.flush()

@@ -1,0 +1,1 @@
+"""The commands ``ipcontroller``, ``ipengine`` and ``ipcluster``."""

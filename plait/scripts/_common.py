@@ -1,0 +1,63 @@
+"""What the three commands share: options, logging, readiness notices."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from plait.security import ProfileDirs, profile_dirs
+
+
+def add_profile_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile", default=None,
+        help="profile name: state lives in $PLAIT_DIR/profile_NAME (default: 'default')",
+    )
+
+
+def add_notify_option(parser: argparse.ArgumentParser) -> None:
+    # Used by ipcluster: a file descriptor on which to announce readiness.
+    parser.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def notify(fd: int | None, message: str) -> None:
+    """Write one line to the readiness descriptor and close it."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, (message + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def start_logging(dirs: ProfileDirs, name: str, to_stderr: bool = False) -> Path:
+    """Send Twisted's log to ``log/NAME-PID.log`` in the profile; returns its path."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    path = dirs.log / f"{name}-{os.getpid()}.log"
+    observers = [textFileLogObserver(open(path, "a", buffering=1, encoding="utf-8"))]
+    if to_stderr:
+        observers.append(
+            FilteringLogObserver(
+                textFileLogObserver(sys.stderr),
+                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
+            )
+        )
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+    return path
+
+
+def dirs_for(profile: str | None) -> ProfileDirs:
+    try:
+        return profile_dirs(profile)
+    except (ValueError, OSError) as exc:
+        sys.exit(f"error: {exc}")

@@ -1,0 +1,318 @@
+"""``ipcluster``: a controller and engines on this host, with one command.
+
+``ipcluster start -n 4`` (or ``ipcluster -n 4``) runs a controller and four
+engines in the foreground until Ctrl-C.  With ``--daemonize`` it returns as
+soon as every engine is registered (exit 0), or fails after ``--timeout``
+seconds, leaving nothing running.  ``ipcluster stop`` ends a daemonized
+cluster of the profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from plait.scripts._common import add_profile_option, dirs_for
+from plait.security._files import ProfileDirs
+
+STATE_FILE = "ipcluster.json"
+
+
+class ClusterError(Exception):
+    """Starting the cluster failed; the message says why."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ipcluster",
+        description="Start or stop a plait controller with engines on this host.",
+        epilog="'ipcluster -n 4' is short for 'ipcluster start -n 4'.",
+    )
+    sub = p.add_subparsers(dest="command")
+    start = sub.add_parser("start", help="start a controller and engines")
+    add_profile_option(start)
+    start.add_argument("-n", "--n", type=int, default=None, dest="n",
+                       help="number of engines (default: the number of CPUs)")
+    start.add_argument("--daemonize", action="store_true",
+                       help="return once the engines are ready; stop with 'ipcluster stop'")
+    start.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds to wait for the engines to be ready (default 30)")
+    for opt in ("--ip", "--location", "--scheme"):
+        start.add_argument(opt, default=None, help=f"passed to ipcontroller {opt}")
+    for opt in ("--hwm", "--client-port", "--engine-port"):
+        start.add_argument(opt, type=int, default=None, help=f"passed to ipcontroller {opt}")
+    stop = sub.add_parser("stop", help="stop the cluster of a profile")
+    add_profile_option(stop)
+    return p
+
+
+def _controller_args(args: argparse.Namespace) -> list[str]:
+    out = []
+    for name in ("ip", "location", "scheme", "hwm", "client_port", "engine_port"):
+        value = getattr(args, name)
+        if value is not None:
+            out.append(f"--{name.replace('_', '-')}={value}")
+    return out
+
+
+class Cluster:
+    """The processes of one local cluster, started by this ipcluster."""
+
+    def __init__(self, dirs: ProfileDirs, profile: str | None, daemonize: bool):
+        self.dirs = dirs
+        self.profile = profile
+        self.daemonize = daemonize
+        self.controller: subprocess.Popen | None = None
+        self.engines: list[subprocess.Popen] = []
+        self.selector = selectors.DefaultSelector()
+
+    def _spawn(self, module: str, extra: list[str], stdin: bool = False
+               ) -> tuple[subprocess.Popen, int]:
+        r, w = os.pipe()
+        cmd = [sys.executable, "-m", module, f"--notify-fd={w}"]
+        if self.profile:
+            cmd.append(f"--profile={self.profile}")
+        proc = subprocess.Popen(
+            cmd + extra,
+            pass_fds=(w,),
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if self.daemonize else None,
+            start_new_session=self.daemonize,
+        )
+        os.close(w)
+        return proc, r
+
+    def start(self, n: int, controller_args: list[str], timeout: float) -> list[int]:
+        """Start everything; returns the engine ids.  Raises ClusterError."""
+        deadline = time.monotonic() + timeout
+        self.controller, cfd = self._spawn("plait.scripts.ipcontroller", controller_args)
+        # Engines start at once, importing while the controller comes up; they
+        # get the engine FURL on stdin when it is ready.
+        pending = {}
+        for _ in range(n):
+            proc, fd = self._spawn("plait.scripts.ipengine", ["--furl-file=-"], stdin=True)
+            self.engines.append(proc)
+            pending[fd] = proc
+        line = self._read_line(cfd, deadline, "the controller")
+        if not line.startswith("ready "):
+            raise ClusterError(f"the controller did not start: {line or 'it exited'}; "
+                               f"see its log in {self.dirs.log}")
+        furl = Path(line.split(" ", 1)[1]).read_text().strip()
+        for proc in self.engines:
+            try:
+                proc.stdin.write((furl + "\n").encode())
+                proc.stdin.close()
+            except OSError:
+                pass
+        ids = []
+        for fd in pending:
+            self.selector.register(fd, selectors.EVENT_READ)
+        buffers = {fd: b"" for fd in pending}
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ClusterError(
+                    f"only {len(ids)} of {n} engines were ready within {timeout:g} s; "
+                    f"see the logs in {self.dirs.log}"
+                )
+            for key, _ in self.selector.select(left):
+                chunk = os.read(key.fd, 256)
+                buffers[key.fd] += chunk
+                if chunk and not buffers[key.fd].endswith(b"\n"):
+                    continue
+                self.selector.unregister(key.fd)
+                os.close(key.fd)
+                proc = pending.pop(key.fd)
+                text = buffers[key.fd].decode().strip()
+                if not text.startswith("engine "):
+                    raise ClusterError(
+                        f"an engine (pid {proc.pid}) exited before registering; "
+                        f"see its log in {self.dirs.log}"
+                    )
+                ids.append(int(text.split()[1]))
+        return sorted(ids)
+
+    def _read_line(self, fd: int, deadline: float, what: str) -> str:
+        data = b""
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while not data.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise ClusterError(f"{what} was not ready in time; see {self.dirs.log}")
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            sel.close()
+            os.close(fd)
+        return data.decode().strip()
+
+    def pids(self) -> dict:
+        return {
+            "controller": self.controller.pid if self.controller else None,
+            "engines": [p.pid for p in self.engines],
+        }
+
+    def stop(self) -> None:
+        procs = [*self.engines, *([self.controller] if self.controller else [])]
+        terminate([p.pid for p in procs if p.poll() is None])
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def terminate(pids: list[int], grace: float = 3.0) -> None:
+    """SIGTERM ``pids``, wait for them to exit (no polling loop), SIGKILL stragglers."""
+    fds = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except (OSError, AttributeError):
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    sel = selectors.DefaultSelector()
+    for fd in fds:
+        sel.register(fd, selectors.EVENT_READ)
+    deadline = time.monotonic() + grace
+    while sel.get_map():
+        left = deadline - time.monotonic()
+        ready = sel.select(max(left, 0)) if left > 0 else []
+        if not ready:
+            break
+        for key, _ in ready:
+            sel.unregister(key.fd)
+    for fd in list(sel.get_map()):
+        try:
+            os.kill(fds[fd], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    sel.close()
+    for fd in fds:
+        os.close(fd)
+
+
+def _state_path(dirs: ProfileDirs) -> Path:
+    return dirs.run / STATE_FILE
+
+
+def _running_state(dirs: ProfileDirs) -> dict | None:
+    try:
+        state = json.loads(_state_path(dirs).read_text())
+    except (OSError, ValueError):
+        return None
+    pid = state.get("controller")
+    return state if pid and _alive(pid) else None
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    dirs = dirs_for(args.profile)
+    n = args.n if args.n is not None else (os.cpu_count() or 2)
+    if n < 1:
+        print("error: -n must be at least 1", file=sys.stderr)
+        return 2
+    if _running_state(dirs):
+        print(f"error: a cluster is already running for profile "
+              f"'{args.profile or 'default'}'; stop it with 'ipcluster stop'", file=sys.stderr)
+        return 1
+    cluster = Cluster(dirs, args.profile, args.daemonize)
+    started = time.monotonic()
+    try:
+        ids = cluster.start(n, _controller_args(args), args.timeout)
+    except (ClusterError, OSError) as exc:
+        cluster.stop()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        cluster.stop()
+        return 130
+    state = {**cluster.pids(), "ipcluster": None if args.daemonize else os.getpid(),
+             "profile": args.profile or "default"}
+    from plait.security._files import write_private
+
+    write_private(_state_path(dirs), json.dumps(state))
+    profile_arg = f", profile={args.profile!r}" if args.profile else ""
+    print(f"plait cluster ready: controller and {len(ids)} engines {ids} "
+          f"in {time.monotonic() - started:.2f} s\n"
+          f"connect with:\n"
+          f"    from plait.kernel import client\n"
+          f"    mec = client.MultiEngineClient({profile_arg.lstrip(', ')})\n"
+          f"    tc = client.TaskClient({profile_arg.lstrip(', ')})", flush=True)
+    if args.daemonize:
+        print("stop it with: ipcluster stop" + (f" --profile={args.profile}" if args.profile else ""))
+        return 0
+    print("press Ctrl-C to stop the cluster", flush=True)
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        cluster.controller.wait()
+        print("the controller exited", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    cluster.stop()
+    try:
+        _state_path(dirs).unlink()
+    except FileNotFoundError:
+        pass
+    print("plait cluster stopped", flush=True)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    dirs = dirs_for(args.profile)
+    state = _running_state(dirs)
+    if state is None:
+        print(f"no cluster is running for profile '{args.profile or 'default'}'", file=sys.stderr)
+        try:
+            _state_path(dirs).unlink()
+        except FileNotFoundError:
+            pass
+        return 1
+    pids = [*state.get("engines", []), state["controller"]]
+    if state.get("ipcluster"):
+        pids.append(state["ipcluster"])
+    terminate([p for p in pids if _alive(p)])
+    try:
+        _state_path(dirs).unlink()
+    except FileNotFoundError:
+        pass
+    print("plait cluster stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("start", "stop", "-h", "--help"):
+        argv.insert(0, "start")
+    args = build_parser().parse_args(argv)
+    if args.command == "stop":
+        return cmd_stop(args)
+    return cmd_start(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

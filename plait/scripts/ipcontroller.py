@@ -1,0 +1,88 @@
+"""``ipcontroller``: start a plait controller in the foreground.
+
+It writes ``ipcontroller-engine.furl``, ``ipcontroller-mec.furl`` and
+``ipcontroller-tc.furl`` to the profile's security folder; engines and
+clients use them to connect.  Listens on 127.0.0.1 unless ``--ip`` says
+otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from plait.scripts._common import (
+    add_notify_option,
+    add_profile_option,
+    dirs_for,
+    notify,
+    start_logging,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ipcontroller", description="Start a plait controller.")
+    add_profile_option(p)
+    p.add_argument("--ip", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1; '0.0.0.0' for all)")
+    p.add_argument("--location", default=None,
+                   help="host name or address written into FURLs (default: the --ip value)")
+    p.add_argument("--client-port", type=int, default=0,
+                   help="port for clients (default: a random free port)")
+    p.add_argument("--engine-port", type=int, default=0,
+                   help="port for engines (default: a random free port)")
+    p.add_argument("--scheme", default=None,
+                   help="task scheduler scheme: fifo, lru, plainrandom, twobin, leastload, weighted")
+    p.add_argument("--hwm", type=int, default=None,
+                   help="task high-water mark: tasks outstanding per engine (0: no limit)")
+    p.add_argument("--adapter", action="append", default=[], metavar="MODULE:NAME",
+                   help="publish an extra interface (a plait.adapters.Publication)")
+    add_notify_option(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.ip in ("0.0.0.0", "::") and args.location is None:
+        sys.exit("error: with --ip {} give --location, the address engines and clients "
+                 "should use to reach this host".format(args.ip))
+    dirs = dirs_for(args.profile)
+    log_path = start_logging(dirs, "ipcontroller", to_stderr=True)
+
+    from twisted.internet import reactor
+
+    from plait.adapters import default_publications, load_publication
+    from plait.kernel._controller import ControllerService
+
+    try:
+        pubs = default_publications() + [load_publication(s) for s in args.adapter]
+        controller = ControllerService(
+            dirs, ip=args.ip, location=args.location, client_port=args.client_port,
+            engine_port=args.engine_port, scheme=args.scheme, hwm=args.hwm, publications=pubs,
+        )
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        sys.exit(f"error: {exc}")
+
+    failed: list[str] = []
+
+    def start() -> None:
+        try:
+            controller.startService()
+        except Exception as exc:
+            failed.append(str(exc))
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            reactor.stop()
+            return
+        print(f"plait controller ready (client port {controller.ports['client']}, "
+              f"engine port {controller.ports['engine']}); FURL files in {dirs.security}; "
+              f"log {log_path}", flush=True)
+        notify(args.notify_fd, f"ready {controller.furls.get('ipcontroller-engine.furl')}")
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", controller.stopService)
+    reactor.run()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Security of plait: profile folders, private files, certificates, FURLs, Tubs.
+
+Capabilities are foolscap FURLs: whoever holds a FURL file may use the one
+interface it names, and nothing else.  Every connection is TLS, authenticated
+by the controller's certificate, whose hash is the tub id inside the FURL.
+"""
+
+from plait.security._files import (
+    ENGINE_FURL,
+    MEC_FURL,
+    TC_FURL,
+    ProfileDirs,
+    plait_dir,
+    profile_dirs,
+    read_furl,
+    write_private,
+)
+
+
+def __getattr__(name: str):  # the Tub helpers import foolscap: load them on demand
+    if name in ("client_tub", "load_or_create_certificate", "make_tub"):
+        from plait.security import _tub
+
+        return getattr(_tub, name)
+    raise AttributeError(f"module 'plait.security' has no attribute {name!r}")
+
+__all__ = [
+    "ENGINE_FURL",
+    "MEC_FURL",
+    "TC_FURL",
+    "ProfileDirs",
+    "client_tub",
+    "load_or_create_certificate",
+    "make_tub",
+    "plait_dir",
+    "profile_dirs",
+    "read_furl",
+    "write_private",
+]
