@@ -44,6 +44,7 @@ def _task_adapter(service: Any, controller: Any) -> Any:
 
 def _task_interface() -> InterfaceClass | None:
     try:
+        import plait.adapters.task  # noqa: F401
         from plait.interfaces.task import ITaskController
     except ImportError:  # pragma: no cover - during development only
         return None

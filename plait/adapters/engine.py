@@ -41,8 +41,8 @@ class RemoteEngine:
             raise EngineError(f"engine {self.id} was lost during {method}")
         return failure
 
-    def execute(self, lines: str) -> defer.Deferred:
-        return self._call("execute", lines)
+    def execute(self, lines: str, filename: str | None = None) -> defer.Deferred:
+        return self._call("execute", lines, filename or "")
 
     def push(self, namespace: bytes) -> defer.Deferred:
         return self._call("push", namespace)

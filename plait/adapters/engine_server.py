@@ -16,8 +16,7 @@ from zope.interface import implementer
 
 from plait.interfaces.engine import RIEngine
 from plait.kernel import _bulk
-from plait.kernel._errors import RemoteFailure
-from plait.kernel._serialize import deserialize, is_bulk, serialize
+from plait.kernel._serialize import deserialize, is_bulk
 
 
 @implementer(RIEngine)
@@ -49,7 +48,7 @@ class FoolscapEngine(Referenceable):
             value = getattr(interp, method)(*args)
             reply = True, self._encode(value)
         except BaseException as exc:
-            reply = False, _failure_payload(exc, interp.engine_id, method)
+            reply = False, interp.failure_payload(exc, method)
         changed = interp.take_changed_properties()
         if changed is not None:
             reactor.callFromThread(self.engine.sync_properties, changed)
@@ -59,8 +58,8 @@ class FoolscapEngine(Referenceable):
         return self.engine.executor.submit(self._handle, method, decode, *args)
 
     # -- RIEngine ---------------------------------------------------------------
-    def remote_execute(self, lines: str) -> defer.Deferred:
-        return self._submit("execute", False, lines)
+    def remote_execute(self, lines: str, filename: str = "") -> defer.Deferred:
+        return self._submit("execute", False, lines, filename or None)
 
     def remote_push(self, namespace: bytes) -> defer.Deferred:
         return self._submit("push", True, namespace)
@@ -88,15 +87,6 @@ class FoolscapEngine(Referenceable):
 
     def remote_ping(self) -> bool:
         return True
-
-
-def _failure_payload(exc: BaseException, engine_id: int | None, method: str) -> bytes:
-    try:
-        return serialize(RemoteFailure.from_exception(exc, engine_id, method, tb_skip=0))
-    except Exception:
-        return serialize(
-            RemoteFailure(type(exc).__name__, str(exc), "", None, engine_id, method)
-        )
 
 
 def _blocking_remote(ref: Any, method: str, *args: Any) -> Any:

@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from plait.interfaces.multiengine import IMultiEngine, RIMultiEngine
+from plait.interfaces.multiengine import IMultiEngine, RIMultiEngine, targets_from_wire
 from plait.kernel._errors import RemoteFailure
 from plait.kernel._serialize import serialize
 
@@ -28,8 +28,16 @@ def outcome(d: Any) -> defer.Deferred:
 
 
 def _adapt(name: str):
+    argnames = RIMultiEngine[name].argumentNames
+
     def remote_method(self: FoolscapMultiEngine, *args: Any, **kwargs: Any) -> defer.Deferred:
-        return outcome(defer.maybeDeferred(getattr(self.service, name), *args, **kwargs))
+        kwargs.update(zip(argnames, args, strict=False))
+        if "targets" in kwargs:
+            kwargs["targets"] = targets_from_wire(kwargs["targets"])
+        if name == "get_properties" and not kwargs.get("keys"):
+            kwargs["keys"] = None
+        return outcome(defer.maybeDeferred(getattr(self.service, name), **kwargs))
+
 
     remote_method.__name__ = f"remote_{name}"
     remote_method.__doc__ = f"Adapt :meth:`IMultiEngine.{name}` onto the wire."

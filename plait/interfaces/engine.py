@@ -24,15 +24,13 @@ from __future__ import annotations
 
 from foolscap.api import RemoteInterface
 from foolscap.schema import (
-    Any,
     BooleanConstraint,
     ByteStringConstraint,
     ChoiceOf,
-    DictOf,
     IntegerConstraint,
     ListOf,
-    StringConstraint,
     TupleOf,
+    UnicodeConstraint,
 )
 from zope.interface import Attribute, Interface
 
@@ -41,15 +39,15 @@ from zope.interface import Attribute, Interface
 #: for framing.
 INLINE_LIMIT = 1 << 20
 WIRE_BYTES = ByteStringConstraint(maxLength=INLINE_LIMIT + (1 << 16))
-CODE = StringConstraint(maxLength=16 << 20)
-NAME = StringConstraint(maxLength=1024)
+CODE = UnicodeConstraint(maxLength=16 << 20)
+NAME = UnicodeConstraint(maxLength=1024)
 NAMES = ListOf(NAME, maxLength=100_000)
 Reply = TupleOf(BooleanConstraint(), WIRE_BYTES)
 Properties = WIRE_BYTES  # a serialized dict: values may be any picklable object
 EngineId = IntegerConstraint()
-Uuid = StringConstraint(maxLength=64)
+Uuid = UnicodeConstraint(maxLength=64)
 Token = ByteStringConstraint(maxLength=64)
-Address = TupleOf(StringConstraint(maxLength=255), IntegerConstraint())
+Address = TupleOf(UnicodeConstraint(maxLength=255), IntegerConstraint())
 
 
 class RIEngine(RemoteInterface):
@@ -57,8 +55,8 @@ class RIEngine(RemoteInterface):
 
     __remote_name__ = "plait.RIEngine"
 
-    def execute(lines=CODE):
-        """Run ``lines`` in the engine namespace; value: the result dict."""
+    def execute(lines=CODE, filename=UnicodeConstraint(maxLength=4096)):
+        """Run ``lines`` (read from ``filename``; '' for none); value: the result dict."""
         return Reply
 
     def push(namespace=WIRE_BYTES):
@@ -127,8 +125,8 @@ class IEngine(Interface):
     id = Attribute("The integer id, assigned at registration.")
     uuid = Attribute("A string chosen by the engine, unique for its lifetime.")
 
-    def execute(lines):
-        """Run Python source ``lines``."""
+    def execute(lines, filename=None):
+        """Run Python source ``lines`` (from ``filename`` when given, for tracebacks)."""
 
     def push(namespace):
         """Merge serialized ``namespace`` (bytes) into the engine namespace."""

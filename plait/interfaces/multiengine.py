@@ -8,6 +8,8 @@ engines answer with a list of ``(engine_id, ok, payload)`` in target order,
 ``ok``/``payload`` following the reply convention of
 :mod:`plait.interfaces.engine`.
 
+On the wire, targets travel as ``(all, ids)`` (see :data:`Targets`).
+
 Every remote method answers with an *outcome* ``(ok, value)``: ``ok`` False
 means the controller refused the call (for instance an unknown engine id)
 and ``value`` is a serialized RemoteFailure; otherwise ``value`` is the
@@ -25,14 +27,15 @@ from foolscap.schema import (
     DictOf,
     IntegerConstraint,
     ListOf,
-    StringConstraint,
     TupleOf,
 )
 from zope.interface import Interface
 
 from plait.interfaces.engine import CODE, NAMES, WIRE_BYTES, Address, Token
 
-Targets = ChoiceOf(StringConstraint(maxLength=3), IntegerConstraint(), ListOf(IntegerConstraint(), maxLength=100_000))
+#: Targets on the wire: ``(True, [])`` for all engines, ``(False, ids)`` otherwise
+#: (foolscap's ChoiceOf cannot mix a str with a list).
+Targets = TupleOf(BooleanConstraint(), ListOf(IntegerConstraint(), maxLength=100_000))
 Block = BooleanConstraint()
 PerEngine = ListOf(TupleOf(IntegerConstraint(), BooleanConstraint(), WIRE_BYTES), maxLength=100_000)
 Outcome = TupleOf(BooleanConstraint(), Any())
@@ -154,7 +157,8 @@ class RIMultiEngine(RemoteInterface):
     def set_properties(properties=WIRE_BYTES, targets=Targets, block=Block):
         return Outcome
 
-    def get_properties(keys=ChoiceOf(None, NAMES), targets=Targets, block=Block):
+    def get_properties(keys=NAMES, targets=Targets, block=Block):
+        """``keys`` empty: every property."""
         return Outcome
 
     def has_properties(keys=NAMES, targets=Targets, block=Block):
@@ -177,3 +181,22 @@ class RIMultiEngine(RemoteInterface):
 
     def open_upload(size=IntegerConstraint(maxBytes=16), readers=IntegerConstraint()):
         return TupleOf(Token, Token, Address)
+
+
+def targets_to_wire(targets: object) -> tuple[bool, list[int]]:
+    """Encode user targets for :data:`Targets` (validation is the controller's)."""
+    if targets == "all" or targets is None:
+        return True, []
+    if isinstance(targets, int) and not isinstance(targets, bool):
+        return False, [targets]
+    if isinstance(targets, (list, tuple, range)) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in targets
+    ):
+        return False, list(targets)
+    raise TypeError(f"targets must be 'all', an int or a list of ints, not {targets!r}")
+
+
+def targets_from_wire(wire: tuple[bool, list[int]]) -> object:
+    """Decode :data:`Targets` into ``'all'`` or a list of ids."""
+    everything, ids = wire
+    return "all" if everything else list(ids)

@@ -71,12 +71,11 @@ class Engine:
 
         self.furl = furl
         self.uuid = str(uuid_module.uuid4())
-        self.interpreter = Interpreter()
+        self.interpreter = Interpreter(properties=properties)
         self.executor = MainThreadExecutor()
         self.remote_self = FoolscapEngine(self)
         self.registrar: Any = None
         self.id: int | None = None
-        self.properties = dict(properties or {})
         self.on_registered = on_registered
         self.exit_code = 0
         self.error: str | None = None
@@ -87,7 +86,7 @@ class Engine:
         try:
             self.registrar = yield client_tub().getReference(self.furl)
             self.id = yield self.registrar.callRemote(
-                "register_engine", self.remote_self, self.uuid, serialize(self.properties)
+                "register_engine", self.remote_self, self.uuid, serialize(self.interpreter.properties)
             )
         except Exception as exc:
             self.error = f"could not register with the controller at {self.furl.split('@')[-1]}: {exc}"

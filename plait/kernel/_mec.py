@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet import defer, threads
 
+from plait.interfaces.multiengine import targets_to_wire
 from plait.kernel import _bulk
 from plait.kernel._clientbase import (
     AsyncClientBase,
@@ -21,7 +22,7 @@ from plait.kernel._clientbase import (
     resolve_furl,
 )
 from plait.kernel._display import ResultList
-from plait.kernel._errors import CompositeError
+from plait.kernel._errors import collect_results
 from plait.security import MEC_FURL
 
 
@@ -30,14 +31,9 @@ def per_engine(method: str, shape: Callable[[list[Any]], Any] = list
     """A finisher: decode per-engine replies, raise CompositeError on failures."""
 
     def finish(replies: list) -> defer.Deferred:
-        def check(decoded: list[tuple[int, bool, Any]]) -> Any:
-            failures = [(i, v) for i, ok, v in decoded if not ok]
-            if failures:
-                results = {i: v for i, ok, v in decoded if ok}
-                raise CompositeError(method, failures, results)
-            return shape([v for _, _, v in decoded])
-
-        return decode_replies(replies).addCallback(check)
+        return decode_replies(replies).addCallback(
+            lambda decoded: shape(collect_results(method, decoded))
+        )
 
     return finish
 
@@ -69,7 +65,11 @@ class AsyncMultiEngineClient(AsyncClientBase):
     def _engine_call(self, method: str, *args: Any, targets: Any = None, block: bool | None = None,
                      shape: Callable[[list[Any]], Any] = list) -> defer.Deferred:
         targets, block = self._tb(targets, block)
-        return self._call(method, *args, targets, block=block, finish=per_engine(method, shape))
+        try:
+            wire = targets_to_wire(targets)
+        except TypeError:
+            return defer.fail()
+        return self._call(method, *args, wire, block=block, finish=per_engine(method, shape))
 
     def _payload(self, obj: Any, readers: Callable[[], Any]) -> defer.Deferred:
         """A Deferred with ``(payload bytes, upload Deferred or None)`` for ``obj``."""

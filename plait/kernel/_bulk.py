@@ -1,0 +1,926 @@
+"""The bulk data channel: large payloads, relayed by the controller, encrypted end to end.
+
+Payloads above :data:`plait.interfaces.engine.INLINE_LIMIT` do not travel in
+foolscap messages.  The sender pickles the object once (protocol 5, large
+buffers out-of-band), uploads it to the controller's :class:`BlobServer` over a
+plain TCP connection and hands the receiver a small *descriptor* (through the
+TLS control channel).  The receiver downloads the blob from the same server.
+
+Security
+--------
+The data port is plain TCP, so the bytes are protected end to end: the sender
+draws a fresh random 128-bit AES-GCM key per transfer and encrypts the frame
+(see :mod:`plait.kernel._serialize`) in chunks of :data:`CHUNK_SIZE` bytes.
+Chunk ``i`` uses the nonce ``i`` (96-bit big-endian; the key is never reused)
+and authenticates, as associated data, the plaintext size, the chunk index and
+a final-chunk flag, so that tampering, reordering, splicing and truncation are
+all detected by the receiver.  The controller relays ciphertext it cannot read.
+The key travels only inside the descriptor, which the control channel carries
+over TLS; so do the upload token and the blob id.  Both are 32 random bytes:
+the upload token lets one connection upload the blob once, the blob id lets
+``readers`` connections download it.
+
+Wire protocol of the data port
+------------------------------
+A peer opens a TCP connection and sends a 38-byte request::
+
+    b"PLBK" | u8 version (1) | b"U" or b"D" | 32-byte upload token or blob id
+
+The server answers ``b"K"`` (for a download followed by the ciphertext length
+as u64 little-endian) or ``b"E"`` + u8 length + a short reason, then closes.
+Garbage closes the connection without an answer.  After ``b"K"``:
+
+* upload: the peer streams the whole ciphertext; the server answers ``b"K"``
+  once it holds all of it;
+* download: the server streams the ciphertext as it arrives from the upload
+  (downloads may connect before the upload starts); the peer answers ``b"K"``
+  once it has all of it, which counts one of the blob's ``readers``.
+
+Ciphertext layout: chunk after chunk, each ``ciphertext || 16-byte tag``; the
+plaintext chunks all have :data:`CHUNK_SIZE` bytes except the last one, and an
+empty payload still has one (empty) chunk.
+
+Threads
+-------
+:class:`BlobServer` runs an accept loop in a daemon thread and one daemon thread
+per data connection, with blocking sockets; its public methods only take short
+locks and can be called from the reactor thread (``stop`` joins its threads).
+The peer-side functions :meth:`Outgoing.send` and :func:`fetch` block; call them
+from a worker thread (``twisted.internet.threads.deferToThread``) or from a
+process's main thread, never from the reactor thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import mmap
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from plait.interfaces.engine import INLINE_LIMIT
+from plait.kernel._errors import PlaitError
+from plait.kernel._serialize import (
+    BULK,
+    frame_parts,
+    pack_framed,
+    serialize_parts,
+    unframe,
+)
+
+log = logging.getLogger(__name__)
+
+#: Plaintext bytes per encrypted chunk (the last chunk may be shorter).
+CHUNK_SIZE = 1 << 20
+#: Bytes of the AES-GCM tag that follows each chunk's ciphertext.
+TAG_SIZE = 16
+KEY_SIZE = 16
+TOKEN_SIZE = 32
+PROTOCOL_VERSION = 1
+MAGIC = b"PLBK"
+OP_UPLOAD = b"U"
+OP_DOWNLOAD = b"D"
+OK = b"K"
+ERROR = b"E"
+
+_REQUEST = struct.Struct("<4sBc32s")
+_LENGTH = struct.Struct("<Q")
+_AAD = struct.Struct("<12sQQB")
+_AAD_PREFIX = b"plait-bulk-1"
+_DESCRIPTOR = struct.Struct("<cB32s16sQH")
+
+#: Seconds a peer may take to send its request header.
+HEADER_TIMEOUT = 10.0
+#: Default seconds of socket inactivity after which a transfer is abandoned.
+IO_TIMEOUT = 60.0
+#: Bytes the relay receives before waking the downloads waiting on a blob.
+_NOTIFY_STEP = 1 << 20
+#: Largest single socket call on the relay (keeps per-call timeouts meaningful).
+_IO_SLICE = 8 << 20
+#: Kernel socket buffer size asked for on data connections (0: kernel autotuning).
+_SOCKET_BUFFER = 4 << 20
+#: Buffers at least this large are anonymous mappings backed by huge pages.
+_HUGE_THRESHOLD = 4 << 20
+#: Idle ciphertext buffers the server keeps for reuse, and for how long (seconds).
+_CACHE_BUFFERS = 2
+_CACHE_SECONDS = 10.0
+
+
+class BulkError(PlaitError):
+    """A bulk transfer failed: rejected, aborted, truncated or timed out."""
+
+
+class BulkIntegrityError(BulkError):
+    """Downloaded ciphertext failed authentication (tampered with or corrupt)."""
+
+
+# -- shared helpers ---------------------------------------------------------------------
+
+
+def chunk_count(size: int) -> int:
+    """Number of encrypted chunks for ``size`` plaintext bytes (at least one)."""
+    return max(1, -(-size // CHUNK_SIZE))
+
+
+def ciphertext_size(size: int) -> int:
+    """Bytes on the wire (and held by the server) for ``size`` plaintext bytes."""
+    return size + TAG_SIZE * chunk_count(size)
+
+
+def allocate(n: int) -> bytearray | mmap.mmap:
+    """A zeroed, writable buffer of ``n`` bytes, cheap to fill when large.
+
+    Large buffers are private anonymous mappings with transparent huge pages
+    requested (``MADV_HUGEPAGE``): first-touch page faults on a fresh 100 MB
+    ``bytearray`` cost more than the network transfer itself.  The memory is
+    unmapped when the last view of it (e.g. a numpy array) goes away.
+    """
+    if n >= _HUGE_THRESHOLD and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except (OSError, ValueError, AttributeError, TypeError):
+            return bytearray(n)
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # pragma: no cover - kernels without THP
+            pass
+        return buf
+    return bytearray(n)
+
+
+_scratch = threading.local()
+
+
+def _scratch_buffer(name: str, n: int) -> memoryview:
+    """A per-thread reusable buffer of at least ``n`` bytes (first ``n`` returned).
+
+    Reusing it spares the page faults of a fresh megabyte on every transfer.
+    """
+    buf = getattr(_scratch, name, None)
+    if buf is None or len(buf) < n:
+        buf = bytearray(n)
+        setattr(_scratch, name, buf)
+    return memoryview(buf)[:n]
+
+
+def _nonce(index: int) -> bytes:
+    return index.to_bytes(12, "big")
+
+
+def _aad(size: int, index: int, final: bool) -> bytes:
+    return _AAD.pack(_AAD_PREFIX, size, index, final)
+
+
+def _digest(secret: bytes) -> bytes:
+    """Index key for a secret, so that dict look-ups do not compare secrets."""
+    return hashlib.sha256(secret).digest()
+
+
+def _tune(sock: socket.socket, timeout: float | None) -> None:
+    """Blocking mode with kernel-level send/receive timeouts and large buffers.
+
+    Kernel timeouts (``SO_RCVTIMEO``/``SO_SNDTIMEO``) keep the fast path to one
+    system call per transfer, where ``settimeout`` adds a ``poll`` before each.
+    """
+    sock.settimeout(None)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF) if _SOCKET_BUFFER else ():
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+        except OSError:  # pragma: no cover - platform limits
+            pass
+    if timeout is not None:
+        seconds = int(timeout)
+        value = struct.pack("@ll", seconds, int((timeout - seconds) * 1e6))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        except OSError:  # pragma: no cover - platforms without them
+            sock.settimeout(timeout)
+
+
+def _recv_into(sock: socket.socket, view: memoryview) -> int:
+    """Fill ``view``; return how many bytes arrived before end of stream."""
+    got = 0
+    total = view.nbytes
+    while got < total:
+        n = sock.recv_into(view[got:], total - got, socket.MSG_WAITALL)
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    got = _recv_into(sock, memoryview(buf))
+    return bytes(buf[:got])
+
+
+def _describe_os_error(exc: OSError) -> str:
+    if isinstance(exc, (BlockingIOError, TimeoutError)):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _read_reply(sock: socket.socket, what: str, extra: int = 0) -> bytes:
+    """Read the server's answer to a request; raise BulkError on a refusal."""
+    kind = _recv_exact(sock, 1)
+    if kind == OK:
+        body = _recv_exact(sock, extra)
+        if len(body) == extra:
+            return body
+    elif kind == ERROR:
+        length = _recv_exact(sock, 1)
+        reason = _recv_exact(sock, length[0]).decode("utf-8", "replace") if length else ""
+        raise BulkError(f"the bulk data server refused the {what}: {reason or 'no reason'}")
+    raise BulkError(f"the bulk data server closed the connection during the {what} request")
+
+
+# -- peer side ---------------------------------------------------------------------------
+
+
+class Descriptor(NamedTuple):
+    """What a receiver needs to fetch a blob (parsed from a ``b"B"`` payload)."""
+
+    address: tuple[str, int]
+    blob_id: bytes
+    key: bytes
+    size: int
+
+
+def make_descriptor(address: tuple[str, int], blob_id: bytes, key: bytes, size: int) -> bytes:
+    """Encode a descriptor payload (starts with :data:`_serialize.BULK`)."""
+    host, port = address
+    if len(blob_id) != TOKEN_SIZE or len(key) != KEY_SIZE:
+        raise ValueError("blob ids have 32 bytes and keys 16")
+    host_bytes = host.encode("utf-8")
+    if len(host_bytes) > 255:
+        raise ValueError("host name too long")
+    return _DESCRIPTOR.pack(BULK, PROTOCOL_VERSION, blob_id, key, size, port) + host_bytes
+
+
+def parse_descriptor(data: bytes) -> Descriptor:
+    """Decode a ``b"B"`` payload; raise BulkError when it is malformed."""
+    if len(data) < _DESCRIPTOR.size or data[:1] != BULK:
+        raise BulkError("not a bulk descriptor")
+    kind, version, blob_id, key, size, port = _DESCRIPTOR.unpack_from(data, 0)
+    if version != PROTOCOL_VERSION:
+        raise BulkError(f"unsupported bulk descriptor version {version}")
+    try:
+        host = bytes(data[_DESCRIPTOR.size :]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BulkError("bad host name in bulk descriptor") from exc
+    return Descriptor((host, port), blob_id, key, size)
+
+
+def _connect(address: tuple[str, int], timeout: float | None) -> socket.socket:
+    host, port = address
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise BulkError(
+            f"cannot reach the bulk data server at {host}:{port}: {_describe_os_error(exc)}"
+        ) from exc
+    _tune(sock, timeout)
+    return sock
+
+
+class Outgoing:
+    """A large object, pickled once, ready to be uploaded to a :class:`BlobServer`.
+
+    It references the object's buffers (numpy array data) without copying
+    them: do not modify the object until :meth:`send` has returned.  Each
+    Outgoing has its own key and is uploaded at most once.
+    """
+
+    size: int
+
+    def __init__(self, segments: list[memoryview], size: int):
+        self._segments = segments
+        self.size = size
+        self._key = secrets.token_bytes(KEY_SIZE)
+        self._sent = False
+        self._lock = threading.Lock()
+
+    @property
+    def ciphertext_size(self) -> int:
+        """Bytes that the upload sends (and the server holds)."""
+        return ciphertext_size(self.size)
+
+    def descriptor(self, address: tuple[str, int], blob_id: bytes) -> bytes:
+        """The payload (``b"B"...``) that lets a receiver :func:`fetch` this object."""
+        return make_descriptor(address, blob_id, self._key, self.size)
+
+    def send(
+        self, address: tuple[str, int], upload_token: bytes, *, timeout: float | None = IO_TIMEOUT
+    ) -> None:
+        """Upload to the server at ``address``; block until it holds every byte.
+
+        ``timeout`` bounds each socket operation (not the whole upload).
+        Raises BulkError when the server refuses, or the connection fails.
+        """
+        with self._lock:
+            if self._sent:
+                raise BulkError("this Outgoing was already uploaded; call outgoing() again")
+            self._sent = True
+        if len(upload_token) != TOKEN_SIZE:
+            raise BulkError("an upload token has 32 bytes")
+        host, port = address
+        sock = _connect(address, timeout)
+        try:
+            sock.sendall(_REQUEST.pack(MAGIC, PROTOCOL_VERSION, OP_UPLOAD, upload_token))
+            _read_reply(sock, "upload")
+            self._stream(sock)
+            if _recv_exact(sock, 1) != OK:
+                raise BulkError(f"the bulk data server at {host}:{port} did not confirm the upload")
+        except OSError as exc:
+            raise BulkError(
+                f"upload to the bulk data server at {host}:{port} failed: "
+                f"{_describe_os_error(exc)}"
+            ) from exc
+        finally:
+            sock.close()
+        # The buffers may now be modified and freed.
+        self._segments = []
+
+    def _chunks(self):
+        """Yield the plaintext in chunks of CHUNK_SIZE bytes (views, copied only
+        where a chunk straddles segments)."""
+        scratch = _scratch_buffer("gather", min(CHUNK_SIZE, self.size))
+        pending = 0  # bytes gathered in scratch
+        for seg in self._segments:
+            pos = 0
+            n = seg.nbytes
+            while pos < n:
+                if pending == 0 and n - pos >= CHUNK_SIZE:
+                    yield seg[pos : pos + CHUNK_SIZE]
+                    pos += CHUNK_SIZE
+                    continue
+                take = min(CHUNK_SIZE - pending, n - pos)
+                scratch[pending : pending + take] = seg[pos : pos + take]
+                pending += take
+                pos += take
+                if pending == CHUNK_SIZE:
+                    yield scratch
+                    pending = 0
+        if pending or self.size == 0:
+            yield scratch[:pending]
+
+    def _stream(self, sock: socket.socket) -> None:
+        aead = AESGCM(self._key)
+        size = self.size
+        last = chunk_count(size) - 1
+        out = _scratch_buffer("sealed", min(CHUNK_SIZE, size) + TAG_SIZE)
+        index = 0
+        for chunk in self._chunks():
+            n = chunk.nbytes + TAG_SIZE
+            aead.encrypt_into(_nonce(index), chunk, _aad(size, index, index == last), out[:n])
+            sock.sendall(out[:n])
+            index += 1
+        if index != last + 1:  # pragma: no cover - internal consistency
+            raise BulkError("internal error: chunk count mismatch")
+
+
+def outgoing(obj: Any) -> bytes | Outgoing:
+    """Pickle ``obj`` once; inline payload bytes if small enough, else an :class:`Outgoing`.
+
+    The inline payload is understood by :func:`plait.kernel._serialize.deserialize`.
+    """
+    head, buffers = serialize_parts(obj)
+    if not buffers:
+        if len(head) + 1 <= INLINE_LIMIT:
+            return pack_framed(head, buffers)
+        return Outgoing([memoryview(head)], len(head))
+    segments, size = frame_parts(head, buffers)
+    if size + 1 <= INLINE_LIMIT:
+        return pack_framed(head, buffers)
+    return Outgoing(segments, size)
+
+
+def fetch(descriptor: bytes, *, timeout: float | None = IO_TIMEOUT) -> Any:
+    """Download, authenticate, decrypt and unpickle the blob ``descriptor`` names.
+
+    Blocks.  The plaintext is decrypted into one preallocated buffer and numpy
+    arrays are rebuilt as (writable) views into it, without further copies.
+    ``timeout`` bounds each socket operation, including the wait for an upload
+    that has not started yet.  Raises BulkError (BulkIntegrityError when the
+    data was tampered with) or SerializationError.
+    """
+    desc = parse_descriptor(descriptor)
+    return unframe(_download(desc, timeout))
+
+
+def _download(desc: Descriptor, timeout: float | None) -> bytearray | mmap.mmap:
+    size = desc.size
+    expected = ciphertext_size(size)
+    host, port = desc.address
+    where = f"the bulk data server at {host}:{port}"
+    plain = allocate(size)
+    out = memoryview(plain)
+    staging = _scratch_buffer("sealed", min(CHUNK_SIZE, size) + TAG_SIZE)
+    aead = AESGCM(desc.key)
+    last = chunk_count(size) - 1
+    sock = _connect(desc.address, timeout)
+    received = 0
+    try:
+        sock.sendall(_REQUEST.pack(MAGIC, PROTOCOL_VERSION, OP_DOWNLOAD, desc.blob_id))
+        (held,) = _LENGTH.unpack(_read_reply(sock, "download", _LENGTH.size))
+        if held != expected:
+            raise BulkError(
+                f"{where} holds {held} bytes for this blob, the descriptor implies {expected}"
+            )
+        for index in range(last + 1):
+            start = index * CHUNK_SIZE
+            n = min(CHUNK_SIZE, size - start)
+            view = staging[: n + TAG_SIZE]
+            got = _recv_into(sock, view)
+            received += got
+            if got != n + TAG_SIZE:
+                raise BulkError(
+                    f"{where} closed the download after {received} of {expected} bytes "
+                    "(upload failed, blob discarded or expired)"
+                )
+            try:
+                aead.decrypt_into(
+                    _nonce(index), view, _aad(size, index, index == last), out[start : start + n]
+                )
+            except InvalidTag:
+                raise BulkIntegrityError(
+                    f"bulk data from {where} failed authentication at chunk {index}: "
+                    "tampered with or corrupt"
+                ) from None
+        sock.sendall(OK)
+    except OSError as exc:
+        raise BulkError(
+            f"download from {where} failed after {received} of {expected} bytes: "
+            f"{_describe_os_error(exc)}"
+        ) from exc
+    finally:
+        sock.close()
+    return plain
+
+
+# -- server side -------------------------------------------------------------------------
+
+
+class _Blob:
+    """One reserved blob; its fields are guarded by ``cond``."""
+
+    def __init__(self, blob_id: bytes, token: bytes, size: int, readers: int, now: float):
+        self.blob_id = blob_id
+        self.token = token
+        self.size = size
+        self.ct_size = ciphertext_size(size)
+        self.readers = readers
+        self.cond = threading.Condition()
+        self.buffer: bytearray | mmap.mmap | None = None
+        self.view: memoryview | None = None
+        self.watermark = 0  # ciphertext bytes received so far
+        self.uploading = False
+        self.complete = False
+        self.dead = False
+        self.reason = ""
+        self.claimed = 0  # downloads admitted (running or done)
+        self.completed = 0  # downloads acknowledged by their reader
+        self.downloads = 0  # downloads running now
+        self.last_activity = now
+        self.sockets: set[socket.socket] = set()
+
+
+class BlobServer:
+    """The controller's data port: holds uploaded ciphertext and relays it to readers.
+
+    Thread-safe.  ``start`` listens on an ephemeral port; every public method
+    but ``stop`` returns quickly and may be called from the reactor thread.
+    ``clock`` (for tests) gives the time used for expiry.  Up to two buffers
+    of fully read blobs (at most ``cache_bytes`` in all) are kept for ten
+    seconds for reuse by the next uploads; ``cache_bytes=0`` disables that.
+    """
+
+    def __init__(
+        self,
+        interface: str = "127.0.0.1",
+        advertised_host: str | None = None,
+        expire_after: float = 600.0,
+        *,
+        io_timeout: float = IO_TIMEOUT,
+        max_connections: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+        cache_bytes: int = 256 << 20,
+    ):
+        self.interface = interface
+        self.advertised_host = advertised_host
+        self.expire_after = expire_after
+        self.io_timeout = io_timeout
+        self.max_connections = max_connections
+        self._clock = clock
+        self.cache_bytes = cache_bytes
+        # Idle buffers of fully read blobs, (buffer, idle since): refaulting a
+        # fresh buffer costs ~10% of a transfer's time.
+        self._cache: list[tuple[bytearray | mmap.mmap, float]] = []
+        self._lock = threading.Lock()
+        self._by_id: dict[bytes, _Blob] = {}
+        self._by_token: dict[bytes, _Blob] = {}
+        self._connections: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._port = 0
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Listen on an ephemeral port and serve in daemon threads."""
+        if self._listener is not None:
+            raise RuntimeError("BlobServer already started")
+        infos = socket.getaddrinfo(
+            self.interface, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, _, _, _, sockaddr = infos[0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(sockaddr)
+            listener.listen(128)
+        except OSError:
+            listener.close()
+            raise
+        listener.settimeout(self._tick())
+        self._listener = listener
+        self._port = listener.getsockname()[1]
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name="plait-bulk-accept", daemon=True
+        )
+        self._accept_thread.start()
+
+    def stop(self) -> None:
+        """Stop listening, abort every transfer and free every blob (joins threads)."""
+        self._stopping.set()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            blobs = list(self._by_id.values())
+            self._cache.clear()
+        for blob in blobs:
+            self._kill(blob, "the bulk data server stopped")
+        with self._lock:
+            connections = list(self._connections)
+            threads = list(self._threads)
+        for sock in connections:
+            _shutdown(sock)
+        if self._accept_thread is not None:
+            self._accept_thread.join(5.0)
+        for thread in threads:
+            thread.join(5.0)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` that peers should connect to."""
+        if not self._port:
+            raise RuntimeError("BlobServer not started")
+        return (self.advertised_host or self.interface, self._port)
+
+    # -- blob management
+
+    def create(self, size: int, readers: int) -> tuple[bytes, bytes]:
+        """Reserve a blob of ``size`` plaintext bytes for ``readers`` downloads.
+
+        Returns ``(upload_token, blob_id)``; the token admits one upload.
+        """
+        if size < 0 or readers < 1:
+            raise ValueError("a blob needs size >= 0 and readers >= 1")
+        if self._stopping.is_set():
+            raise BulkError("the bulk data server is stopped")
+        token = secrets.token_bytes(TOKEN_SIZE)
+        blob_id = secrets.token_bytes(TOKEN_SIZE)
+        blob = _Blob(blob_id, token, size, readers, self._clock())
+        with self._lock:
+            self._by_id[_digest(blob_id)] = blob
+            self._by_token[_digest(token)] = blob
+        return token, blob_id
+
+    def discard(self, blob_id: bytes) -> None:
+        """Free a blob now; its transfers are aborted.  Unknown ids are ignored."""
+        with self._lock:
+            blob = self._by_id.get(_digest(blob_id))
+        if blob is not None and hmac.compare_digest(blob.blob_id, blob_id):
+            self._kill(blob, "discarded")
+
+    def expire(self, now: float | None = None) -> int:
+        """Free the blobs idle for ``expire_after`` seconds; return how many.
+
+        A blob is idle when no bytes of it are moving: no upload is running and
+        no download is reading a blob whose upload began.  Downloads that wait
+        for an upload that never came are aborted.  Called periodically by the
+        accept thread; tests may call it with a chosen ``now``.
+        """
+        now = self._clock() if now is None else now
+        self._trim_cache(now)
+        with self._lock:
+            blobs = list(self._by_id.values())
+        expired = 0
+        for blob in blobs:
+            with blob.cond:
+                busy = blob.uploading or (blob.downloads and blob.watermark > 0)
+                stale = not busy and now - blob.last_activity >= self.expire_after
+            if stale:
+                log.info("bulk: blob expired after %.0f s idle", self.expire_after)
+                self._kill(blob, "expired")
+                expired += 1
+        return expired
+
+    def stats(self) -> dict:
+        """Counters: ``blobs`` reserved, ``bytes`` of ciphertext buffers held by
+        them, ``cached`` bytes of idle buffers kept for reuse, open ``connections``."""
+        with self._lock:
+            blobs = list(self._by_id.values())
+            connections = len(self._connections)
+            cached = sum(len(buf) for buf, _ in self._cache)
+        held = sum(len(b.buffer) for b in blobs if b.buffer is not None)
+        return {"blobs": len(blobs), "bytes": held, "cached": cached, "connections": connections}
+
+    def _take_buffer(self, n: int) -> bytearray | mmap.mmap:
+        """A buffer of at least ``n`` bytes: a cached one of fitting size, or a new one."""
+        with self._lock:
+            for i, (buf, _) in enumerate(self._cache):
+                if n <= len(buf) <= n + (n >> 3) + (2 << 20):
+                    del self._cache[i]
+                    return buf
+        return allocate(n)
+
+    def _give_buffer(self, buf: bytearray | mmap.mmap) -> None:
+        """Keep ``buf`` (no longer referenced by any transfer) for reuse, or drop it."""
+        if len(buf) < _HUGE_THRESHOLD or len(buf) > self.cache_bytes:
+            return
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._cache.append((buf, self._clock()))
+            while len(self._cache) > _CACHE_BUFFERS or (
+                sum(len(b) for b, _ in self._cache) > self.cache_bytes
+            ):
+                self._cache.pop(0)
+
+    def _trim_cache(self, now: float) -> None:
+        with self._lock:
+            self._cache = [(b, t) for b, t in self._cache if now - t < _CACHE_SECONDS]
+
+    # -- internals
+
+    def _tick(self) -> float:
+        return min(1.0, max(0.05, self.expire_after / 10))
+
+    def _kill(self, blob: _Blob, reason: str, reusable: bool = False) -> None:
+        """Mark ``blob`` dead, wake and abort its transfers, forget it.
+
+        ``reusable``: the blob was read by all its readers and no transfer
+        holds its buffer any more, which may then be cached for reuse.
+        """
+        with blob.cond:
+            if not blob.dead:
+                blob.dead = True
+                blob.reason = reason
+            sockets = list(blob.sockets)
+            # Running transfers keep their own views; the memory goes with the last one.
+            buffer = blob.buffer
+            reusable = reusable and not sockets and not blob.uploading and not blob.downloads
+            blob.buffer = None
+            blob.view = None
+            blob.cond.notify_all()
+        for sock in sockets:
+            _shutdown(sock)
+        if reusable and buffer is not None:
+            self._give_buffer(buffer)
+        with self._lock:
+            key = _digest(blob.blob_id)
+            if self._by_id.get(key) is blob:
+                del self._by_id[key]
+            key = _digest(blob.token)
+            if self._by_token.get(key) is blob:
+                del self._by_token[key]
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        next_expiry = self._clock() + self._tick()
+        while not self._stopping.is_set() and listener is not None:
+            try:
+                sock, peer = listener.accept()
+            except TimeoutError:
+                sock = None
+            except OSError as exc:
+                if self._stopping.is_set():
+                    break
+                log.warning("bulk: accept failed: %s", exc)
+                self._stopping.wait(0.1)
+                continue
+            if sock is not None:
+                self._admit(sock, peer)
+            if self._clock() >= next_expiry:
+                next_expiry = self._clock() + self._tick()
+                try:
+                    self.expire()
+                except Exception:  # pragma: no cover - never let the loop die
+                    log.exception("bulk: expiry failed")
+
+    def _admit(self, sock: socket.socket, peer: Any) -> None:
+        with self._lock:
+            if len(self._connections) >= self.max_connections or self._stopping.is_set():
+                full = True
+            else:
+                full = False
+                self._connections.add(sock)
+        if full:
+            log.warning("bulk: too many data connections, refusing %s", peer)
+            sock.close()
+            return
+        thread = threading.Thread(
+            target=self._serve, args=(sock, peer), name="plait-bulk-conn", daemon=True
+        )
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _serve(self, sock: socket.socket, peer: Any) -> None:
+        try:
+            sock.settimeout(HEADER_TIMEOUT)
+            header = _recv_exact(sock, _REQUEST.size)
+            if len(header) != _REQUEST.size:
+                log.warning("bulk: %s closed before sending a request", peer)
+                return
+            magic, version, op, secret = _REQUEST.unpack(header)
+            if magic != MAGIC or version != PROTOCOL_VERSION or op not in (OP_UPLOAD, OP_DOWNLOAD):
+                log.warning("bulk: garbage request from %s, closing", peer)
+                return
+            _tune(sock, self.io_timeout)
+            if op == OP_UPLOAD:
+                self._serve_upload(sock, peer, secret)
+            else:
+                self._serve_download(sock, peer, secret)
+        except OSError as exc:
+            log.warning("bulk: connection from %s failed: %s", peer, _describe_os_error(exc))
+        except Exception:  # pragma: no cover - a bug; keep serving
+            log.exception("bulk: connection from %s failed", peer)
+        finally:
+            with self._lock:
+                self._connections.discard(sock)
+                self._threads.discard(threading.current_thread())
+            sock.close()
+
+    def _refuse(self, sock: socket.socket, peer: Any, reason: str) -> None:
+        log.warning("bulk: refused %s: %s", peer, reason)
+        data = reason.encode("utf-8")[:255]
+        try:
+            sock.sendall(ERROR + bytes([len(data)]) + data)
+        except OSError:
+            pass
+
+    def _lookup(self, index: dict[bytes, _Blob], secret: bytes, token: bool) -> _Blob | None:
+        with self._lock:
+            blob = index.get(_digest(secret))
+            if blob is None:
+                return None
+            if not hmac.compare_digest(blob.token if token else blob.blob_id, secret):
+                return None  # pragma: no cover - a SHA-256 collision
+            if token:
+                # One-time: whatever happens next, this token is spent.
+                del index[_digest(secret)]
+            return blob
+
+    def _serve_upload(self, sock: socket.socket, peer: Any, token: bytes) -> None:
+        blob = self._lookup(self._by_token, token, token=True)
+        if blob is None:
+            self._refuse(sock, peer, "unknown or spent upload token")
+            return
+        with blob.cond:
+            if blob.dead:
+                reason = blob.reason
+            else:
+                reason = ""
+                try:
+                    blob.buffer = self._take_buffer(blob.ct_size)
+                except (MemoryError, OSError):
+                    reason = f"cannot allocate {blob.ct_size} bytes"
+                else:
+                    blob.view = memoryview(blob.buffer)
+                    blob.uploading = True
+                    blob.sockets.add(sock)
+                    blob.last_activity = self._clock()
+            view = blob.view
+        if reason:
+            self._refuse(sock, peer, f"blob unavailable: {reason}")
+            self._kill(blob, reason)
+            return
+        total = blob.ct_size
+        received = published = 0
+        failure = "upload aborted"
+        try:
+            sock.sendall(OK)
+            while received < total:
+                n = sock.recv_into(view[received:], min(total - received, _IO_SLICE))
+                if not n:
+                    failure = f"upload truncated at {received} of {total} bytes"
+                    break
+                received += n
+                if received - published >= _NOTIFY_STEP or received == total:
+                    with blob.cond:
+                        if blob.dead:
+                            break
+                        blob.watermark = published = received
+                        blob.cond.notify_all()
+            else:
+                with blob.cond:
+                    blob.uploading = False
+                    blob.complete = True
+                    blob.last_activity = self._clock()
+                    blob.sockets.discard(sock)
+                sock.sendall(OK)
+                return
+        except OSError as exc:
+            failure = f"upload failed at {received} of {total} bytes: {_describe_os_error(exc)}"
+        if not blob.dead:
+            log.warning("bulk: %s from %s", failure, peer)
+        self._kill(blob, failure)
+
+    def _serve_download(self, sock: socket.socket, peer: Any, blob_id: bytes) -> None:
+        blob = self._lookup(self._by_id, blob_id, token=False)
+        if blob is None:
+            self._refuse(sock, peer, "unknown, expired or discarded blob")
+            return
+        with blob.cond:
+            if blob.dead:
+                reason = blob.reason
+            elif blob.claimed >= blob.readers:
+                reason = "every reader of this blob is served already"
+            else:
+                reason = ""
+                blob.claimed += 1
+                blob.downloads += 1
+                blob.sockets.add(sock)
+                blob.last_activity = self._clock()
+        if reason:
+            self._refuse(sock, peer, f"blob unavailable: {reason}")
+            return
+        total = blob.ct_size
+        sent = 0
+        done = False
+        try:
+            sock.sendall(OK + _LENGTH.pack(total))
+            while sent < total:
+                with blob.cond:
+                    while blob.watermark <= sent and not blob.dead:
+                        blob.cond.wait()
+                    if blob.dead:
+                        log.info("bulk: download for %s aborted: %s", peer, blob.reason)
+                        break
+                    end = blob.watermark
+                    view = blob.view
+                while sent < end:
+                    step = min(end, sent + _IO_SLICE)
+                    sock.sendall(view[sent:step])
+                    sent = step
+            else:
+                done = _recv_exact(sock, 1) == OK
+                if not done:
+                    log.warning("bulk: %s did not acknowledge its download", peer)
+        except OSError as exc:
+            log.warning(
+                "bulk: download to %s failed at %d of %d bytes: %s",
+                peer,
+                sent,
+                total,
+                _describe_os_error(exc),
+            )
+        view = None
+        with blob.cond:
+            blob.downloads -= 1
+            blob.sockets.discard(sock)
+            blob.last_activity = self._clock()
+            if done:
+                blob.completed += 1
+            else:
+                blob.claimed -= 1  # another attempt may take this reader's place
+            finished = blob.completed >= blob.readers
+        if finished:
+            self._kill(blob, "read by every reader", reusable=True)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
