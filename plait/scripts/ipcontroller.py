@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.ip in ("0.0.0.0", "::") and args.location is None:
-        sys.exit("error: with --ip {} give --location, the address engines and clients "
-                 "should use to reach this host".format(args.ip))
+        sys.exit(f"error: with --ip {args.ip} give --location, the address engines and clients "
+                 "should use to reach this host")
     dirs = dirs_for(args.profile)
     log_path = start_logging(dirs, "ipcontroller", to_stderr=True)
 
