@@ -11,7 +11,6 @@ the client FURLs.  What each FURL grants is decided by
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import socket
 from pathlib import Path
@@ -25,17 +24,11 @@ from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
 
 from plait.adapters import Publication, default_publications
-from plait.interfaces.engine import IEngineRegistry
-from plait.interfaces.multiengine import IMultiEngine
 from plait.kernel._bulk import BlobServer
 from plait.kernel._multiengine import MultiEngine
 from plait.kernel._registry import EngineRegistry
 from plait.kernel._results import ResultStore
 from plait.security import ProfileDirs, load_or_create_certificate, make_tub, write_private
-
-#: Keepalives let a controller notice an engine whose host vanished; a killed
-#: engine is noticed at once, as its connection closes.
-ENGINE_TUB_OPTIONS = {"keepaliveTimeout": 10, "disconnectTimeout": 30}
 
 
 @implementer(IStreamServerEndpoint)
@@ -95,6 +88,7 @@ class ControllerService(service.MultiService):
         scheme: str | None = None,
         hwm: int | None = None,
         publications: list[Publication] | None = None,
+        engine_timeout: float = 30.0,
     ):
         super().__init__()
         self.dirs = dirs
@@ -102,6 +96,12 @@ class ControllerService(service.MultiService):
         self.location = location or ip
         self.ports = {"client": client_port, "engine": engine_port}
         self.publications = publications or default_publications()
+        # Keepalives let the controller notice an engine whose host vanished; a
+        # killed engine is noticed at once, as its connection closes.
+        self.engine_tub_options = {
+            "keepaliveTimeout": max(engine_timeout / 3, 0.5),
+            "disconnectTimeout": engine_timeout,
+        }
         self.registry = EngineRegistry()
         self.results = ResultStore()
         self.multiengine = MultiEngine(self.registry, self.results, self.stop_controller)
@@ -135,7 +135,7 @@ class ControllerService(service.MultiService):
         self.blobs.start()
         for name in ("engine", "client"):
             cert = load_or_create_certificate(self.dirs.security / f"ipcontroller-{name}.pem")
-            options = ENGINE_TUB_OPTIONS if name == "engine" else {}
+            options = self.engine_tub_options if name == "engine" else {}
             tub = make_tub(cert, **options)
             sock = _bind(self.ip, self.ports[name])
             port = sock.getsockname()[1]
@@ -170,22 +170,3 @@ class ControllerService(service.MultiService):
     def stop_controller(self) -> None:
         """Stop the whole controller process soon (``kill(controller=True)``)."""
         reactor.callLater(0.05, reactor.stop)
-
-    # Convenience for the registry and the MultiEngine (used by adapters).
-    @property
-    def engine_registry(self) -> IEngineRegistry:
-        return self.registry
-
-    @property
-    def multiengine_service(self) -> IMultiEngine:
-        return self.multiengine
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

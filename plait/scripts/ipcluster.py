@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         start.add_argument(opt, default=None, help=f"passed to ipcontroller {opt}")
     for opt in ("--hwm", "--client-port", "--engine-port"):
         start.add_argument(opt, type=int, default=None, help=f"passed to ipcontroller {opt}")
+    start.add_argument("--engine-timeout", type=float, default=None,
+                       help="passed to ipcontroller --engine-timeout")
     stop = sub.add_parser("stop", help="stop the cluster of a profile")
     add_profile_option(stop)
     return p
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _controller_args(args: argparse.Namespace) -> list[str]:
     out = []
-    for name in ("ip", "location", "scheme", "hwm", "client_port", "engine_port"):
+    for name in ("ip", "location", "scheme", "hwm", "client_port", "engine_port", "engine_timeout"):
         value = getattr(args, name)
         if value is not None:
             out.append(f"--{name.replace('_', '-')}={value}")

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task high-water mark: tasks outstanding per engine (0: no limit)")
     p.add_argument("--adapter", action="append", default=[], metavar="MODULE:NAME",
                    help="publish an extra interface (a plait.adapters.Publication)")
+    p.add_argument("--engine-timeout", type=float, default=30.0,
+                   help="seconds of silence after which an engine's host counts as gone "
+                        "(default 30; engines answer keepalives even while running code)")
     add_notify_option(p)
     return p
 
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         controller = ControllerService(
             dirs, ip=args.ip, location=args.location, client_port=args.client_port,
             engine_port=args.engine_port, scheme=args.scheme, hwm=args.hwm, publications=pubs,
+            engine_timeout=args.engine_timeout,
         )
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         sys.exit(f"error: {exc}")

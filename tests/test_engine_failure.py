@@ -1,0 +1,76 @@
+"""Engines that die, hang in user code, or lose their controller."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from plait.kernel import client
+
+
+def _pids(mec) -> list[int]:
+    mec.execute("import os; _pid = os.getpid()")
+    return mec.pull("_pid")
+
+
+def test_killed_engine_fails_its_commands_and_leaves_the_registry(cluster_factory):
+    c = cluster_factory(3)
+    mec = c.mec()
+    pids = _pids(mec)
+    running = mec.execute("import time; time.sleep(60)", targets=1, block=False)
+    queued = mec.execute("y = 1", targets=1, block=False)
+    t0 = time.monotonic()
+    os.kill(pids[1], signal.SIGKILL)
+    for pr in (running, queued):
+        with pytest.raises(client.CompositeError) as info:
+            pr.get_result()
+        err = info.value
+        assert [eid for eid, _, _ in err.elist] == [1]
+        assert err.elist[0][2].ename == "EngineError"
+        assert "engine 1" in str(err)
+        with pytest.raises(client.EngineError):
+            err.raise_exception()
+    assert time.monotonic() - t0 < 5
+    assert mec.get_ids() == [0, 2]
+    # the others keep working, and new commands to the dead id are refused clearly
+    assert [r["stdout"] for r in mec.execute("print(2)")] == ["2\n", "2\n"]
+    with pytest.raises(client.InvalidEngineID, match=r"no engine with id 1; registered engines: \[0, 2\]"):
+        mec.execute("x = 1", targets=1)
+
+
+def test_engine_answers_keepalives_while_user_code_runs(cluster_factory):
+    # this controller drops an engine that is silent for 1.5 s; user code that
+    # holds the engine's main thread far longer must not make it silent
+    c = cluster_factory(1, extra=["--engine-timeout=1.5"])
+    mec = c.mec()
+    r = mec.execute(
+        "import time\n"
+        "t = time.time()\n"
+        "n = 0\n"
+        "while time.time() - t < 5:\n"
+        "    n += 1\n"
+        "print('spun')"
+    )
+    assert r[0]["stdout"] == "spun\n"
+    assert mec.get_ids() == [0]
+
+
+def test_engines_exit_when_controller_is_killed(cluster_factory):
+    from test_cluster import _wait_exit
+
+    c = cluster_factory(2)
+    state = c.state()
+    os.kill(state["controller"], signal.SIGKILL)
+    assert all(_wait_exit(p, 10) for p in state["engines"])
+
+
+def test_client_reports_a_lost_controller(cluster_factory):
+    c = cluster_factory(1)
+    mec = c.mec()
+    os.kill(c.state()["controller"], signal.SIGKILL)
+    with pytest.raises(client.PlaitConnectionError, match="lost the connection"):
+        for _ in range(50):  # the first call may already be in flight when the socket closes
+            mec.get_ids()

@@ -1,0 +1,213 @@
+"""Controller services as pure logic: in-process engines, no network."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from plait.adapters.engine import RemoteEngine
+from plait.interfaces.engine import IEngine, IEngineQueue, IEngineRegistry
+from plait.interfaces.multiengine import IMultiEngine, targets_from_wire, targets_to_wire
+from plait.kernel._errors import (
+    EngineError,
+    InvalidEngineID,
+    QueueCleared,
+    RemoteFailure,
+    ResultAlreadyRetrieved,
+    ResultNotCompleted,
+)
+from plait.kernel._multiengine import MultiEngine
+from plait.kernel._queue import EngineQueue
+from plait.kernel._registry import EngineRegistry
+from plait.kernel._results import ResultStore
+from plait.kernel._serialize import deserialize, serialize
+
+
+@implementer(IEngine)
+class FakeEngine:
+    """Answers each command with a Deferred the test fires by hand."""
+
+    def __init__(self) -> None:
+        self.id = None
+        self.uuid = "fake"
+        self.calls: list[tuple[str, tuple, defer.Deferred]] = []
+
+    def _cmd(self, name: str, *args):
+        d: defer.Deferred = defer.Deferred()
+        self.calls.append((name, args, d))
+        return d
+
+    def execute(self, lines, filename=None):
+        return self._cmd("execute", lines)
+
+    def push(self, namespace):
+        return self._cmd("push", namespace)
+
+    def pull(self, keys):
+        return self._cmd("pull", keys)
+
+    def apply(self, call):
+        return self._cmd("apply", call)
+
+    def get_result(self, i):
+        return self._cmd("get_result", i)
+
+    def keys(self):
+        return self._cmd("keys")
+
+    def reset(self):
+        return self._cmd("reset")
+
+    def run_task(self, task):
+        return self._cmd("run_task", task)
+
+    def kill(self):
+        return defer.succeed(None)
+
+    def answer(self, value=None):
+        name, args, d = self.calls.pop(0)
+        d.callback((True, serialize(value)))
+        return name, args
+
+
+def test_interfaces_are_provided():
+    registry = EngineRegistry()
+    engine = FakeEngine()
+    registry.register(engine, "u", {})
+    verifyObject(IEngine, engine)
+    verifyObject(IEngine, RemoteEngine(object(), "u"))
+    verifyObject(IEngineRegistry, registry)
+    verifyObject(IEngineQueue, registry.get_queue(0))
+    verifyObject(IMultiEngine, MultiEngine(registry))
+
+
+def test_queue_runs_in_order_with_a_window():
+    engine = FakeEngine()
+    q = EngineQueue(engine, window=2)
+    results = [q.submit(lambda e, i=i: e.execute(str(i)), label=i) for i in range(4)]
+    assert [c[1] for c in engine.calls] == [("0",), ("1",)]  # two in flight
+    assert q.status() == {"queue": [2, 3], "pending": [0, 1]}
+    engine.answer("a")
+    assert [c[1] for c in engine.calls] == [("1",), ("2",)]
+    assert results[0].result == (True, serialize("a"))
+    assert len(q) == 3
+
+
+def test_queue_clear_and_engine_loss():
+    engine = FakeEngine()
+    q = EngineQueue(engine, window=1)
+    ds = [q.submit(lambda e: e.execute("x"), label=i) for i in range(3)]
+    assert q.clear() == 2
+    for d in ds[1:]:
+        assert d.result.check(QueueCleared)
+        d.addErrback(lambda f: None)
+    q.fail_all(EngineError("engine 0 was lost"))
+    assert ds[0].result.check(EngineError)
+    ds[0].addErrback(lambda f: None)
+    late = q.submit(lambda e: e.execute("y"))
+    assert late.result.check(EngineError)
+    late.addErrback(lambda f: None)
+    engine.answer("ignored")  # a late answer from the dead engine is dropped quietly
+
+
+def test_registry_ids_observers_and_waiters():
+    registry = EngineRegistry()
+    seen = []
+
+    class Observer:
+        def engine_added(self, i):
+            seen.append(("added", i))
+
+        def engine_removed(self, i):
+            seen.append(("removed", i))
+
+        def properties_changed(self, i):
+            seen.append(("props", i))
+
+    registry.add_observer(Observer())
+    waiting = registry.wait_for_engines(2)
+    assert not waiting.called
+    a, b = FakeEngine(), FakeEngine()
+    assert registry.register(a, "a", {"x": 1}) == 0
+    assert registry.register(b, "b", {}) == 1
+    assert waiting.result == [0, 1]
+    registry.set_properties(1, {"ram": 4})
+    registry.unregister(0, "killed")
+    assert registry.get_ids() == [1]
+    assert registry.register(FakeEngine(), "c", {}) == 2  # ids are never reused
+    assert seen == [("added", 0), ("added", 1), ("props", 1), ("removed", 0), ("added", 2)]
+    with pytest.raises(InvalidEngineID, match=r"no engine with id 0; registered engines: \[1, 2\]"):
+        registry.get_engine(0)
+
+
+def test_result_store():
+    store = ResultStore()
+    d: defer.Deferred = defer.Deferred()
+    rid = store.add(d)
+    assert store.get(rid, block=False).result.check(ResultNotCompleted)
+    waiter = store.get(rid, block=True)
+    assert not waiter.called
+    d.callback("value")
+    assert waiter.result == "value"
+    assert store.get(rid, block=True).result.check(ResultAlreadyRetrieved)
+    store.add(defer.succeed(1))
+    assert store.flush() == 1 and len(store) == 0
+
+
+def test_multiengine_targets_and_failures():
+    registry = EngineRegistry()
+    engines = [FakeEngine() for _ in range(3)]
+    for e in engines:
+        registry.register(e, "u", {})
+    me = MultiEngine(registry)
+    with pytest.raises(InvalidEngineID, match="no engine with id 7"):
+        me.resolve_targets([0, 7])
+    assert me.resolve_targets("all") == [0, 1, 2] and me.resolve_targets(1) == [1]
+    d = me.execute("x", targets=[2, 0])
+    engines[0].answer({"n": 0})
+    registry.unregister(2, "killed")  # engine 2 dies with the command running
+    (r2, r0) = d.result
+    assert r0 == (0, True, serialize({"n": 0}))
+    assert r2[:2] == (2, False)
+    failure = deserialize(r2[2])
+    assert isinstance(failure, RemoteFailure) and failure.ename == "EngineError"
+    assert "engine 2 was lost: killed" in failure.evalue
+
+
+def test_multiengine_non_blocking_goes_through_the_store():
+    registry = EngineRegistry()
+    e = FakeEngine()
+    registry.register(e, "u", {})
+    me = MultiEngine(registry)
+    rid = me.execute("x", targets=0, block=False).result
+    assert isinstance(rid, int)
+    assert me.get_pending_result(rid, block=False).result.check(ResultNotCompleted)
+    e.answer("done")
+    assert me.get_pending_result(rid, block=True).result == [(0, True, serialize("done"))]
+
+
+def test_properties_are_kept_by_the_controller():
+    registry = EngineRegistry()
+    registry.register(FakeEngine(), "u", {"os": "linux"})
+    me = MultiEngine(registry)
+    me.set_properties(serialize({"ram": 8}), targets=0)
+    assert deserialize(me.get_properties(None, 0).result[0][2]) == {"os": "linux", "ram": 8}
+    assert deserialize(me.has_properties(["ram", "gpu"], 0).result[0][2]) == [True, False]
+    ok, payload = me.get_properties(["gpu"], 0).result[0][1:]
+    assert not ok and "gpu" in deserialize(payload).evalue
+
+
+@pytest.mark.parametrize("targets, wire", [
+    ("all", (True, [])), (3, (False, [3])), ([1, 2], (False, [1, 2])), (range(2), (False, [0, 1])),
+])
+def test_targets_wire_encoding(targets, wire):
+    assert targets_to_wire(targets) == wire
+    assert targets_from_wire(wire) == ("all" if targets == "all" else list(wire[1]))
+
+
+@pytest.mark.parametrize("bad", ["some", 1.5, [1, "a"], True])
+def test_bad_targets_are_rejected_before_sending(bad):
+    with pytest.raises(TypeError, match="targets must be"):
+        targets_to_wire(bad)

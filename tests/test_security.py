@@ -1,0 +1,123 @@
+"""Capabilities: what each FURL grants, and what a stranger cannot do."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from plait.kernel import _reactor, client
+from plait.security import client_tub
+
+
+def _ref(furl: str):
+    return _reactor.call(client_tub().getReference, furl, timeout=30)
+
+
+def _furl(c, name: str) -> str:
+    return Path(c.furl_file(name)).read_text().strip()
+
+
+def _host_port(furl: str) -> tuple[str, int]:
+    host, port = furl.split("@")[1].split("/")[0].rsplit(":", 1)
+    return host, int(port)
+
+
+def test_wrong_secret_is_refused_quickly_and_clearly(cluster4, tmp_path):
+    good = _furl(cluster4, "mec")
+    bad = good.rsplit("/", 1)[0] + "/" + "a" * 32
+    path = tmp_path / "bad.furl"
+    path.write_text(bad)
+    t0 = time.monotonic()
+    with pytest.raises(client.PlaitConnectionError) as info:
+        client.MultiEngineClient(str(path))
+    assert time.monotonic() - t0 < 5
+    msg = str(info.value)
+    assert "refused this FURL" in msg and str(path) in msg
+
+
+def test_wrong_tub_id_is_refused_quickly_and_clearly(cluster4):
+    good = _furl(cluster4, "mec")
+    tubid = good[5:].split("@")[0]
+    bad = good.replace(tubid, "b" * len(tubid))
+    t0 = time.monotonic()
+    with pytest.raises(client.PlaitConnectionError, match="could not connect to the controller"):
+        client.MultiEngineClient(bad)
+    assert time.monotonic() - t0 < 5
+
+
+def test_missing_furl_file_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*controller running"):
+        client.MultiEngineClient(str(tmp_path / "nope.furl"))
+
+
+def test_client_furl_cannot_register_engines(cluster4):
+    ref = _ref(_furl(cluster4, "mec"))
+    with pytest.raises(Exception, match="register_engine"):
+        _reactor.call(ref.callRemote, "register_engine", None, "x", b"P")
+    assert cluster4.mec().get_ids() == [0, 1, 2, 3]
+
+
+def test_engine_furl_cannot_drive_engines(cluster4):
+    ref = _ref(_furl(cluster4, "engine"))
+    for method, args in (("execute", ("1", (True, []), True)), ("get_ids", ())):
+        with pytest.raises(Exception, match=method):
+            _reactor.call(ref.callRemote, method, *args)
+
+
+def test_bad_arguments_get_a_clear_error_and_the_connection_survives(mec):
+    ref = mec.asynchronous._remote
+    with pytest.raises(Exception, match="Violation"):
+        _reactor.call(ref.callRemote, "execute", 42, (True, []), True)
+    assert mec.get_ids() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x00\xff garbage \x13\x37" * 100,
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"",
+])
+def test_junk_on_every_controller_port_leaves_it_working(cluster4, payload):
+    ports = {_host_port(_furl(cluster4, n)) for n in ("engine", "mec", "tc")}
+    for host, port in ports:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(5)
+            try:
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+    mec = cluster4.mec()
+    assert mec.get_ids() == [0, 1, 2, 3]
+    assert mec.execute("pass")[0]["number"] >= 1
+
+
+def test_bare_tls_hello_leaves_it_working(cluster4):
+    host, port = _host_port(_furl(cluster4, "mec"))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=5) as raw:
+        try:
+            with ctx.wrap_socket(raw) as s:
+                s.sendall(b"hello")
+        except (ssl.SSLError, OSError):
+            pass  # foolscap speaks its own negotiation first: refusing is fine
+    assert cluster4.mec().get_ids() == [0, 1, 2, 3]
+
+
+def test_junk_on_the_data_port_leaves_it_working(cluster4):
+    import numpy as np
+
+    mec = cluster4.mec()
+    addr = _reactor.call(mec.asynchronous._remote_call, "open_upload", 10, 1)[2]
+    with socket.create_connection(tuple(addr), timeout=5) as s:
+        s.sendall(b"x" * 1000)
+    big = np.arange(300_000, dtype=np.float64)  # above the inline limit
+    mec.push({"big": big}, targets=0)
+    assert np.array_equal(mec.pull("big", targets=0)[0], big)
