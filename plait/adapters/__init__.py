@@ -39,7 +39,8 @@ class Publication:
 def _task_adapter(service: Any, controller: Any) -> Any:
     from plait.adapters.task import FoolscapTaskController
 
-    return FoolscapTaskController(service, controller.blobs)
+    channels = getattr(controller, "channels", {}).get("client")
+    return FoolscapTaskController(service, controller.blobs, channels)
 
 
 def _task_interface() -> InterfaceClass | None:
@@ -56,10 +57,11 @@ def default_publications() -> list[Publication]:
     pubs = [
         Publication(
             ENGINE_FURL, "engine", IEngineRegistry,
-            lambda svc, ctl: FoolscapEngineRegistrar(svc, ctl.blobs),
+            lambda svc, ctl: FoolscapEngineRegistrar(svc, ctl.blobs, ctl.channels["engine"]),
         ),
         Publication(
-            MEC_FURL, "client", IMultiEngine, lambda svc, ctl: FoolscapMultiEngine(svc, ctl.blobs)
+            MEC_FURL, "client", IMultiEngine,
+            lambda svc, ctl: FoolscapMultiEngine(svc, ctl.blobs, ctl.channels["client"]),
         ),
     ]
     task = _task_interface()

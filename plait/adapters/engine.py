@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from plait.adapters.channel import ChannelClosed
 from plait.interfaces.engine import IEngine, IEngineRegistry, RIEngineRegistrar
 from plait.kernel._errors import EngineError
 from plait.kernel._serialize import deserialize
@@ -37,7 +38,7 @@ class RemoteEngine:
         return d
 
     def _lost(self, failure: Failure, method: str) -> Failure:
-        if failure.check(DeadReferenceError, ConnectionDone, ConnectionLost):
+        if failure.check(DeadReferenceError, ConnectionDone, ConnectionLost, ChannelClosed):
             raise EngineError(f"engine {self.id} was lost during {method}")
         return failure
 
@@ -77,14 +78,33 @@ class FoolscapEngineRegistrar(Referenceable):
 
     log = Logger()
 
-    def __init__(self, registry: IEngineRegistry, blobs: Any = None):
+    def __init__(self, registry: IEngineRegistry, blobs: Any = None, channels: Any = None):
         self.registry = registry
         self.blobs = blobs
+        self.channels = channels
+        self._opened: dict[bytes, Any] = {}  # channel token -> channel, until registration
 
-    def remote_register_engine(self, engine: Any, uuid: str, properties: bytes) -> int:
-        proxy = RemoteEngine(engine, uuid)
+    def remote_open_channel(self) -> tuple[bytes, int]:
+        holder: list[bytes] = []
+
+        def bound(channel: Any) -> None:
+            self._opened[holder[0]] = channel
+            channel.notifyOnDisconnect(self._opened.pop, holder[0], None)
+
+        token, port = self.channels.issue(None, on_bound=bound)
+        holder.append(token)
+        return token, port
+
+    def remote_register_engine(self, engine: Any, uuid: str, properties: bytes,
+                               channel: bytes = b"") -> int:
+        link = self._opened.pop(channel, None) if channel else None
+        if channel and link is None:
+            raise ValueError("unknown channel token: open the channel before registering")
+        proxy = RemoteEngine(link or engine, uuid)
         engine_id = self.registry.register(proxy, uuid, deserialize(properties))
         engine.notifyOnDisconnect(self.registry.unregister, engine_id, "disconnected")
+        if link is not None:
+            link.notifyOnDisconnect(self.registry.unregister, engine_id, "channel closed")
         return engine_id
 
     def remote_set_properties(self, engine_id: int, properties: bytes) -> None:

@@ -38,7 +38,6 @@ def _adapt(name: str):
             kwargs["keys"] = None
         return outcome(defer.maybeDeferred(getattr(self.service, name), **kwargs))
 
-
     remote_method.__name__ = f"remote_{name}"
     remote_method.__doc__ = f"Adapt :meth:`IMultiEngine.{name}` onto the wire."
     return remote_method
@@ -48,12 +47,13 @@ def _adapt(name: str):
 class FoolscapMultiEngine(Referenceable):
     """Publishes an :class:`IMultiEngine` service as :class:`RIMultiEngine`."""
 
-    def __init__(self, service: IMultiEngine, blobs: Any = None):
+    def __init__(self, service: IMultiEngine, blobs: Any = None, channels: Any = None):
         self.service = service
         self.blobs = blobs
+        self.channels = channels
 
     for _name in (
-        "get_ids", "execute", "push", "push_each", "pull", "apply", "apply_each",
+        "get_ids", "execute", "run", "push", "push_each", "pull", "apply", "apply_each",
         "get_result", "keys", "reset", "kill", "clear_queue", "queue_status",
         "set_properties", "get_properties", "has_properties", "del_properties",
         "clear_properties", "get_pending_result", "flush",
@@ -63,6 +63,9 @@ class FoolscapMultiEngine(Referenceable):
 
     def remote_wait_for_engines(self, n: int) -> defer.Deferred:
         return outcome(self.service.registry.wait_for_engines(n))
+
+    def remote_open_channel(self) -> tuple[bytes, int]:
+        return self.channels.issue(self)
 
     def remote_open_upload(self, size: int, readers: int) -> tuple:
         token, blob_id = self.blobs.create(size, readers)

@@ -48,6 +48,7 @@ EngineId = IntegerConstraint()
 Uuid = UnicodeConstraint(maxLength=64)
 Token = ByteStringConstraint(maxLength=64)
 Address = TupleOf(UnicodeConstraint(maxLength=255), IntegerConstraint())
+ChannelTicket = TupleOf(Token, IntegerConstraint())
 
 
 class RIEngine(RemoteInterface):
@@ -101,8 +102,16 @@ class RIEngineRegistrar(RemoteInterface):
 
     __remote_name__ = "plait.RIEngineRegistrar"
 
-    def register_engine(engine=RIEngine, uuid=Uuid, properties=Properties):
-        """Register ``engine``; returns its integer id."""
+    def open_channel():
+        """A ticket ``(token, port)`` for the engine's command channel."""
+        return ChannelTicket
+
+    def register_engine(engine=RIEngine, uuid=Uuid, properties=Properties, channel=Token):
+        """Register ``engine``; returns its integer id.
+
+        ``channel`` is the token of a channel the engine opened with a ticket
+        from :meth:`open_channel` (b'' for none): commands then travel on it.
+        """
         return EngineId
 
     def set_properties(engine_id=EngineId, properties=Properties):

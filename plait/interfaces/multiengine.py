@@ -19,6 +19,8 @@ with :meth:`RIMultiEngine.get_pending_result`.
 
 from __future__ import annotations
 
+import operator
+
 from foolscap.api import RemoteInterface
 from foolscap.schema import (
     Any,
@@ -28,10 +30,11 @@ from foolscap.schema import (
     IntegerConstraint,
     ListOf,
     TupleOf,
+    UnicodeConstraint,
 )
 from zope.interface import Interface
 
-from plait.interfaces.engine import CODE, NAMES, WIRE_BYTES, Address, Token
+from plait.interfaces.engine import CODE, NAMES, WIRE_BYTES, Address, ChannelTicket, Token
 
 #: Targets on the wire: ``(True, [])`` for all engines, ``(False, ids)`` otherwise
 #: (foolscap's ChoiceOf cannot mix a str with a list).
@@ -54,6 +57,12 @@ class IMultiEngine(Interface):
 
     def execute(lines, targets, block):
         """Run Python source on each target."""
+
+    def run(lines, filename, targets, block):
+        """Run the source ``lines`` of the file ``filename`` on each target.
+
+        As :meth:`execute`, except that tracebacks name ``filename``.
+        """
 
     def push(namespace, targets, block):
         """Push one serialized dict to each target."""
@@ -80,7 +89,11 @@ class IMultiEngine(Interface):
         """Clear each target's namespace."""
 
     def kill(controller, targets, block):
-        """Stop the targets, and the controller too when ``controller``."""
+        """Stop the targets, and the controller too when ``controller``.
+
+        Does not wait behind queued commands (they fail with EngineError);
+        fires once the targets have left the registry.
+        """
 
     def clear_queue(targets, block):
         """Drop the commands waiting in each target's queue."""
@@ -119,6 +132,9 @@ class RIMultiEngine(RemoteInterface):
         return Outcome
 
     def execute(lines=CODE, targets=Targets, block=Block):
+        return Outcome
+
+    def run(lines=CODE, filename=UnicodeConstraint(maxLength=4096), targets=Targets, block=Block):
         return Outcome
 
     def push(namespace=WIRE_BYTES, targets=Targets, block=Block):
@@ -179,21 +195,40 @@ class RIMultiEngine(RemoteInterface):
     def wait_for_engines(n=IntegerConstraint()):
         return Outcome
 
+    def open_channel():
+        """A ticket ``(token, port)`` for a channel offering these same methods."""
+        return ChannelTicket
+
     def open_upload(size=IntegerConstraint(maxBytes=16), readers=IntegerConstraint()):
         return TupleOf(Token, Token, Address)
 
 
 def targets_to_wire(targets: object) -> tuple[bool, list[int]]:
-    """Encode user targets for :data:`Targets` (validation is the controller's)."""
-    if targets == "all" or targets is None:
+    """Encode user targets for :data:`Targets` (validation is the controller's).
+
+    ``'all'`` (or None), an int, or a list, tuple or range of ints; any
+    integer type (a NumPy integer) is accepted, booleans are not.
+    """
+    if targets is None or (isinstance(targets, str) and targets == "all"):
         return True, []
-    if isinstance(targets, int) and not isinstance(targets, bool):
-        return False, [targets]
-    if isinstance(targets, (list, tuple, range)) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in targets
-    ):
-        return False, list(targets)
+    single = _engine_id(targets)
+    if single is not None:
+        return False, [single]
+    if isinstance(targets, (list, tuple, range)):
+        ids = [_engine_id(t) for t in targets]
+        if all(i is not None for i in ids):
+            return False, ids  # type: ignore[return-value]
     raise TypeError(f"targets must be 'all', an int or a list of ints, not {targets!r}")
+
+
+def _engine_id(value: object) -> int | None:
+    """``value`` as an int when it is an integer (not a bool), else None."""
+    if isinstance(value, (bool, str)) or not hasattr(value, "__index__"):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def targets_from_wire(wire: tuple[bool, list[int]]) -> object:

@@ -16,6 +16,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
+from plait.adapters.channel import ChannelClosed, channel_address, open_channel
 from plait.kernel import _bulk
 from plait.kernel._errors import ConnectionError_, RemoteFailure
 from plait.kernel._pending import PendingResult
@@ -47,10 +48,16 @@ def resolve_furl(furl_or_file: str | Path | None, profile: str | None, default_n
 
 
 def connect(furl: str, source: str) -> defer.Deferred:
-    """A Deferred firing with a RemoteReference, or failing with ConnectionError_."""
+    """A Deferred firing with ``(reference, channel or None)``.
+
+    The reference is foolscap's; when the interface offers a channel (see
+    :mod:`plait.adapters.channel`), calls travel on it instead.  Fails with
+    ConnectionError_ saying why.
+    """
     location = furl.split("@", 1)[-1].split("/", 1)[0]
     d = client_tub().getReference(furl)
     d.addTimeout(CONNECT_TIMEOUT, reactor)
+    d.addCallback(_with_channel, furl)
 
     def failed(f: Failure) -> None:
         if f.check(defer.TimeoutError):
@@ -64,6 +71,24 @@ def connect(furl: str, source: str) -> defer.Deferred:
         )
 
     return d.addErrback(failed)
+
+
+@defer.inlineCallbacks
+def _with_channel(ref: Any, furl: str) -> Any:
+    if "open_channel" not in _method_names(ref):
+        return ref, None
+    try:
+        token, port = yield ref.callRemote("open_channel")
+        tub_id, host = channel_address(furl)
+        channel = yield open_channel(host, port, token, tub_id)
+    except Exception:
+        return ref, None  # foolscap alone still works
+    return ref, channel
+
+
+def _method_names(ref: Any) -> set[str]:
+    schema = getattr(ref, "tracker", None) and ref.tracker.interface
+    return set(schema.names()) if schema is not None else set()
 
 
 def raise_outcome(outcome: tuple[bool, Any]) -> Any:
@@ -101,12 +126,14 @@ class AsyncClientBase:
     and a ``finish`` function turning the wire value into the user's result.
     """
 
-    def __init__(self, remote: Any, source: str = ""):
-        self._remote = remote
+    def __init__(self, link: tuple[Any, Any], source: str = ""):
+        reference, channel = link
+        self._reference = reference  # foolscap: kept open, it is our capability
+        self._remote = channel or reference
         self._source = source
 
     def _lost(self, f: Failure) -> Failure:
-        if f.check(DeadReferenceError, ConnectionDone, ConnectionLost):
+        if f.check(DeadReferenceError, ConnectionDone, ConnectionLost, ChannelClosed):
             raise ConnectionError_(
                 f"lost the connection to the controller ({self._source}); "
                 f"is it still running?"

@@ -24,6 +24,7 @@ from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
 
 from plait.adapters import Publication, default_publications
+from plait.adapters.channel import ChannelServer
 from plait.kernel._bulk import BlobServer
 from plait.kernel._multiengine import MultiEngine
 from plait.kernel._registry import EngineRegistry
@@ -108,6 +109,7 @@ class ControllerService(service.MultiService):
         self.task = self._make_task_service(scheme, hwm)
         self.blobs = BlobServer(ip, advertised_host=self.location)
         self.tubs: dict[str, Any] = {}
+        self.channels: dict[str, ChannelServer] = {}
         self.furls: dict[str, str] = {}
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -143,6 +145,8 @@ class ControllerService(service.MultiService):
             tub.setLocation(f"{self.location}:{port}")
             tub.setServiceParent(self)
             self.tubs[name] = tub
+            self.channels[name] = ChannelServer(cert, self.ip)
+            self.channels[name].start()
             self.ports[name] = port
         for pub in self.publications:
             self._publish(pub)
@@ -165,6 +169,8 @@ class ControllerService(service.MultiService):
 
     def stopService(self) -> defer.Deferred:  # noqa: N802 - Twisted's name
         self.blobs.stop()
+        for channels in self.channels.values():
+            channels.stop()
         return defer.maybeDeferred(super().stopService)
 
     def stop_controller(self) -> None:

@@ -75,6 +75,7 @@ class Engine:
         self.executor = MainThreadExecutor()
         self.remote_self = FoolscapEngine(self)
         self.registrar: Any = None
+        self.channel: Any = None
         self.id: int | None = None
         self.on_registered = on_registered
         self.exit_code = 0
@@ -85,8 +86,10 @@ class Engine:
     def connect(self) -> Any:
         try:
             self.registrar = yield client_tub().getReference(self.furl)
+            token = yield self._open_channel()
             self.id = yield self.registrar.callRemote(
-                "register_engine", self.remote_self, self.uuid, serialize(self.interpreter.properties)
+                "register_engine", self.remote_self, self.uuid,
+                serialize(self.interpreter.properties), token,
             )
         except Exception as exc:
             self.error = f"could not register with the controller at {self.furl.split('@')[-1]}: {exc}"
@@ -98,6 +101,21 @@ class Engine:
         log.info("registered as engine {id}", id=self.id)
         if self.on_registered is not None:
             self.on_registered(self.id)
+
+    @defer.inlineCallbacks
+    def _open_channel(self) -> Any:
+        """Open the command channel; returns its token (b'' to use foolscap only)."""
+        from plait.adapters.channel import channel_address, open_channel
+
+        try:
+            token, port = yield self.registrar.callRemote("open_channel")
+            tub_id, host = channel_address(self.furl)
+            self.channel = yield open_channel(host, port, token, tub_id, local=self.remote_self)
+        except Exception as exc:
+            log.warn("no command channel ({e}); commands will travel on foolscap", e=exc)
+            return b""
+        self.channel.notifyOnDisconnect(self._controller_lost)
+        return token
 
     def _controller_lost(self, *args: Any) -> None:
         log.info("the controller went away; engine {id} exits", id=self.id)
