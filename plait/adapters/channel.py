@@ -205,9 +205,24 @@ class _ServerProtocol(ChannelProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.ready.addErrback(lambda f: None)  # nobody waits on the server side
+        self.welcomed = False
+
+    def stringReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.welcomed:
+            super().stringReceived(data)
+            return
+        try:  # the first frame must be a ticket; anything else ends the connection
+            message = safe_loads(data)
+        except Exception:
+            message = None
+        if not (isinstance(message, tuple) and len(message) == 2 and message[0] == HELLO):
+            self.log.warn("refused a channel: it did not start with a ticket")
+            self.transport.abortConnection()
+            return
+        self.frame(message)
 
     def frame(self, message: tuple) -> None:
-        if message[0] != HELLO or self.local is not None or len(message) != 2:
+        if self.welcomed:
             self.transport.abortConnection()
             return
         ticket = self.factory.redeem(message[1])
@@ -216,6 +231,7 @@ class _ServerProtocol(ChannelProtocol):
             self.transport.abortConnection()
             return
         local, on_bound = ticket
+        self.welcomed = True
         self.MAX_LENGTH = MAX_FRAME
         if local is not None:
             self.bind(local)
