@@ -14,9 +14,11 @@ draws a fresh random 128-bit AES-GCM key per transfer and encrypts the frame
 Chunk ``i`` uses the nonce ``i`` (96-bit big-endian; the key is never reused)
 and authenticates, as associated data, the plaintext size, the chunk index and
 a final-chunk flag, so that tampering, reordering, splicing and truncation are
-all detected by the receiver.  The controller relays ciphertext it cannot read.
-The key travels only inside the descriptor, which the control channel carries
-over TLS; so do the upload token and the blob id.  Both are 32 random bytes:
+all detected by the receiver.  The relay never decrypts (the plain TCP hops
+carry nothing readable or forgeable without the key), which is what makes it
+fast.  The key travels only inside the descriptor, which the control channel
+carries over TLS (the controller, trusted with inline payloads anyway, can see
+it there); so do the upload token and the blob id.  Both are 32 random bytes:
 the upload token lets one connection upload the blob once, the blob id lets
 ``readers`` connections download it.
 
@@ -39,6 +41,16 @@ Garbage closes the connection without an answer.  After ``b"K"``:
 Ciphertext layout: chunk after chunk, each ``ciphertext || 16-byte tag``; the
 plaintext chunks all have :data:`CHUNK_SIZE` bytes except the last one, and an
 empty payload still has one (empty) chunk.
+
+Memory
+------
+The server holds one ciphertext buffer per blob (payload size plus 16 bytes
+per chunk), filled by the upload and read by the downloads in place; a peer
+adds one chunk of scratch space to the payload.  Buffers of 4 MiB and more are
+anonymous mappings with transparent huge pages requested (see
+:func:`allocate`); the server keeps up to two buffers of fully read blobs for
+ten seconds for the next uploads (``cache_bytes``).  A fetched object's numpy
+arrays are views into the one buffer the download was decrypted into.
 
 Threads
 -------
@@ -326,22 +338,27 @@ class Outgoing:
         """Upload to the server at ``address``; block until it holds every byte.
 
         ``timeout`` bounds each socket operation (not the whole upload).
-        Raises BulkError when the server refuses, or the connection fails.
+        Raises BulkError when the server refuses, or the connection fails.  A
+        send refused before any data went out (e.g. a wrong token) may be
+        retried; once data was sent, never again (the key and nonces would
+        be reused).
         """
-        with self._lock:
-            if self._sent:
-                raise BulkError("this Outgoing was already uploaded; call outgoing() again")
-            self._sent = True
         if len(upload_token) != TOKEN_SIZE:
             raise BulkError("an upload token has 32 bytes")
+        self._check_unsent()
         host, port = address
         sock = _connect(address, timeout)
         try:
             sock.sendall(_REQUEST.pack(MAGIC, PROTOCOL_VERSION, OP_UPLOAD, upload_token))
             _read_reply(sock, "upload")
+            with self._lock:
+                self._check_unsent()
+                self._sent = True
             self._stream(sock)
             if _recv_exact(sock, 1) != OK:
-                raise BulkError(f"the bulk data server at {host}:{port} did not confirm the upload")
+                raise BulkError(
+                    f"the bulk data server at {host}:{port} did not confirm the upload"
+                )
         except OSError as exc:
             raise BulkError(
                 f"upload to the bulk data server at {host}:{port} failed: "
@@ -351,6 +368,10 @@ class Outgoing:
             sock.close()
         # The buffers may now be modified and freed.
         self._segments = []
+
+    def _check_unsent(self) -> None:
+        if self._sent:
+            raise BulkError("this Outgoing was already uploaded; call outgoing() again")
 
     def _chunks(self):
         """Yield the plaintext in chunks of CHUNK_SIZE bytes (views, copied only
@@ -396,10 +417,8 @@ def outgoing(obj: Any) -> bytes | Outgoing:
     The inline payload is understood by :func:`plait.kernel._serialize.deserialize`.
     """
     head, buffers = serialize_parts(obj)
-    if not buffers:
-        if len(head) + 1 <= INLINE_LIMIT:
-            return pack_framed(head, buffers)
-        return Outgoing([memoryview(head)], len(head))
+    if not buffers and len(head) + 1 <= INLINE_LIMIT:
+        return pack_framed(head, buffers)  # the plain b"P" payload
     segments, size = frame_parts(head, buffers)
     if size + 1 <= INLINE_LIMIT:
         return pack_framed(head, buffers)
@@ -409,8 +428,9 @@ def outgoing(obj: Any) -> bytes | Outgoing:
 def fetch(descriptor: bytes, *, timeout: float | None = IO_TIMEOUT) -> Any:
     """Download, authenticate, decrypt and unpickle the blob ``descriptor`` names.
 
-    Blocks.  The plaintext is decrypted into one preallocated buffer and numpy
-    arrays are rebuilt as (writable) views into it, without further copies.
+    Blocks.  The plaintext is decrypted into one preallocated buffer (see
+    :func:`allocate`) and numpy arrays are rebuilt as (writable) views into
+    it, without further copies.
     ``timeout`` bounds each socket operation, including the wait for an upload
     that has not started yet.  Raises BulkError (BulkIntegrityError when the
     data was tampered with) or SerializationError.
@@ -424,7 +444,10 @@ def _download(desc: Descriptor, timeout: float | None) -> bytearray | mmap.mmap:
     expected = ciphertext_size(size)
     host, port = desc.address
     where = f"the bulk data server at {host}:{port}"
-    plain = allocate(size)
+    try:
+        plain = allocate(size)
+    except (MemoryError, OverflowError, ValueError) as exc:
+        raise BulkError(f"cannot allocate {size} bytes for a download: {exc!r}") from exc
     out = memoryview(plain)
     staging = _scratch_buffer("sealed", min(CHUNK_SIZE, size) + TAG_SIZE)
     aead = AESGCM(desc.key)
@@ -541,8 +564,8 @@ class BlobServer:
 
     def start(self) -> None:
         """Listen on an ephemeral port and serve in daemon threads."""
-        if self._listener is not None:
-            raise RuntimeError("BlobServer already started")
+        if self._listener is not None or self._stopping.is_set():
+            raise RuntimeError("a BlobServer is started once (and not after stop)")
         infos = socket.getaddrinfo(
             self.interface, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
@@ -583,10 +606,10 @@ class BlobServer:
             threads = list(self._threads)
         for sock in connections:
             _shutdown(sock)
-        if self._accept_thread is not None:
-            self._accept_thread.join(5.0)
-        for thread in threads:
-            thread.join(5.0)
+        deadline = time.monotonic() + 5.0
+        for thread in [self._accept_thread, *threads]:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -882,10 +905,20 @@ class BlobServer:
             sock.sendall(OK + _LENGTH.pack(total))
             while sent < total:
                 with blob.cond:
-                    while blob.watermark <= sent and not blob.dead:
-                        blob.cond.wait()
+                    stalled = False
+                    while blob.watermark <= sent and not blob.dead and not stalled:
+                        # A running upload has its own inactivity timeout; without
+                        # one, give up after io_timeout like an idle socket would.
+                        stalled = not blob.cond.wait(self.io_timeout) and not blob.uploading
                     if blob.dead:
                         log.info("bulk: download for %s aborted: %s", peer, blob.reason)
+                        break
+                    if stalled:
+                        log.warning(
+                            "bulk: download for %s gave up: no upload for %.1f s",
+                            peer,
+                            self.io_timeout,
+                        )
                         break
                     end = blob.watermark
                     view = blob.view

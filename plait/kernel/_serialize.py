@@ -93,23 +93,22 @@ def _flat(buffer: Any) -> memoryview:
 
 
 def frame_parts(head: bytes, buffers: Sequence[Any]) -> tuple[list[memoryview], int]:
-    """Lay out ``head`` and ``buffers`` as a frame, without copying the buffers.
+    """Lay out ``head`` and ``buffers`` as a frame, without copying either.
 
     Returns the frame as a list of byte segments, to be written one after the
-    other (the buffers themselves are among them, as flat byte views), and its
-    total length.
+    other (``head`` and the buffers themselves are among them, as flat byte
+    views), and its total length.
     """
     flat = [_flat(b) for b in buffers]
-    header = bytearray(_COUNT.pack(len(flat), len(head)))
+    prefix = bytearray(_COUNT.pack(len(flat), len(head)))
     for b in flat:
-        header += _LENGTH.pack(b.nbytes)
-    header += head
-    if flat:
-        header += bytes(_padding(len(header)))
-    segments = [memoryview(bytes(header))]
-    offset = len(header)
-    for i, b in enumerate(flat):
-        pad = _padding(offset) if i else 0
+        prefix += _LENGTH.pack(b.nbytes)
+    segments = [memoryview(bytes(prefix))]
+    if len(head):
+        segments.append(_flat(head))
+    offset = len(prefix) + len(head)
+    for b in flat:
+        pad = _padding(offset)
         if pad:
             segments.append(memoryview(bytes(pad)))
             offset += pad
@@ -142,9 +141,7 @@ def frame_layout(frame: memoryview) -> tuple[tuple[int, int], list[tuple[int, in
     offset = _COUNT.size
     if nbuf > MAX_FRAME_BUFFERS or offset + nbuf * _LENGTH.size > total:
         raise SerializationError(f"corrupt frame header ({nbuf} buffers)")
-    lengths = [
-        _LENGTH.unpack_from(frame, offset + i * _LENGTH.size)[0] for i in range(nbuf)
-    ]
+    lengths = [_LENGTH.unpack_from(frame, offset + i * _LENGTH.size)[0] for i in range(nbuf)]
     offset += nbuf * _LENGTH.size
     head = (offset, offset + head_len)
     offset += head_len
