@@ -8,15 +8,19 @@ the controller's data channel there), and large values are uploaded there.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from foolscap.api import Referenceable
 from twisted.internet import defer, reactor
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from plait.interfaces.engine import RIEngine
 from plait.kernel import _bulk
 from plait.kernel._serialize import deserialize, is_bulk
+
+log = Logger()
 
 
 @implementer(RIEngine)
@@ -25,23 +29,48 @@ class FoolscapEngine(Referenceable):
 
     def __init__(self, engine: Any):
         self.engine = engine
+        self._uploads: list[threading.Thread] = []
 
     # -- main thread helpers --------------------------------------------------
     def _decode(self, payload: bytes) -> Any:
         return _bulk.fetch(payload) if is_bulk(payload) else deserialize(payload)
 
     def _encode(self, value: Any) -> bytes:
+        """The reply payload for ``value``; a large one is uploaded meanwhile.
+
+        The reply goes out at once and the upload streams in a thread, so
+        the client fetches while the engine sends.  The buffers of ``value``
+        are sent without copying, so the next command waits for the upload
+        (:meth:`_drain_uploads`) before user code may touch them again.
+        """
         out = _bulk.outgoing(value)
         if isinstance(out, bytes):
             return out
         token, blob_id, address = _blocking_remote(
             self.engine.registrar, "open_upload", out.size, 1
         )
-        out.send(tuple(address), token)
-        return out.descriptor(tuple(address), blob_id)
+        address = tuple(address)
+        thread = threading.Thread(
+            target=self._upload, args=(out, address, token), name="plait-upload", daemon=True
+        )
+        thread.start()
+        self._uploads.append(thread)
+        return out.descriptor(address, blob_id)
+
+    @staticmethod
+    def _upload(out: Any, address: tuple, token: bytes) -> None:
+        try:
+            out.send(address, token)
+        except Exception as exc:  # the receiver's fetch fails and says so
+            log.warn("an upload to the controller failed: {e}", e=exc)
+
+    def _drain_uploads(self) -> None:
+        while self._uploads:
+            self._uploads.pop().join()
 
     def _handle(self, method: str, decode: bool, *args: Any) -> tuple[bool, bytes]:
         interp = self.engine.interpreter
+        self._drain_uploads()
         try:
             if decode:
                 args = tuple(self._decode(a) for a in args)
