@@ -1,0 +1,271 @@
+"""plait's figures: one section per child process, each on clusters of its own.
+
+``python plait_bench.py SECTION --params JSON --out FILE`` with SECTION one of
+``foundation``, ``multiengine``, ``task``.  Clusters are started with
+``ipcluster start -n N --daemonize`` in a temporary PLAIT_DIR and stopped with
+``ipcluster stop`` in ``finally`` blocks.  What each figure means is written
+in ``run.py``'s catalogue (``python run.py --list``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    MB,
+    PlaitCluster,
+    Results,
+    child_main,
+    median,
+    plait_cluster,
+    rng_array,
+    timed,
+)
+
+
+def power10(x):
+    return x**10
+
+
+def noop():
+    return None
+
+
+def sleep_for(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def uneven_sleeps(scale: float) -> list[float]:
+    """Skewed task lengths: 8 long tasks first, then 24 short ones (sum 1.04 s at scale 1).
+
+    Cut into two equal blocks of tasks (a static split), one engine would get
+    0.88 s of work and the other 0.16 s; a balanced schedule ends near 0.52 s.
+    """
+    return [0.1 * scale] * 8 + [0.01 * scale] * 24
+
+
+def ideal_makespan(sleeps: list[float], workers: int) -> float:
+    return max(sum(sleeps) / workers, max(sleeps))
+
+
+def rtt(call, count: int) -> float:
+    """Median seconds of ``count`` calls, after 20 warm-up calls."""
+    for _ in range(20):
+        call()
+    return median([timed(call) for _ in range(count)])
+
+
+def _check_equal(got, want, what: str) -> None:
+    import numpy as np
+
+    if not np.array_equal(np.asarray(got), np.asarray(want)):
+        raise AssertionError(f"{what}: the data that came back differs from what was sent")
+
+
+# -- foundation ------------------------------------------------------------------------------
+
+
+def foundation(p: dict, r: Results) -> None:
+    starts, stops, notes = [], [], set()
+    for cycle in range(p["cycles"]):
+        cluster = PlaitCluster(2)
+        if cluster.note:
+            notes.add(cluster.note)
+        try:
+            starts.append(cluster.start())
+            if cycle == 0:
+                _foundation_on(cluster, p, r)
+            stops.append(cluster.stop())
+        finally:
+            cluster.close()
+    detail = "; ".join(sorted(notes))
+    r.add("start", median(starts), each=starts, detail=detail)
+    r.add("stop", median(stops), each=stops, detail=detail)
+
+
+def _foundation_on(cluster: PlaitCluster, p: dict, r: Results) -> None:
+    from plait.kernel import client
+
+    mec = client.MultiEngineClient(cluster.furl("mec"))
+    ids = mec.get_ids()
+    if len(ids) != 2:
+        raise RuntimeError(f"expected 2 engines, the controller has {ids}")
+    r.measure("rtt_one", lambda: r.add(
+        "rtt_one", rtt(lambda: mec.execute("pass", targets=0), p["rtt_count"]) * 1e3))
+    for size_mb in p["sizes"]:
+        key = f"pushpull_{size_mb:g}MB"
+        r.measure(key, lambda key=key, size_mb=size_mb: _push_pull(mec, key, size_mb, p, r))
+
+
+def _push_pull(mec, key: str, size_mb: float, p: dict, r: Results) -> None:
+    nbytes = int(size_mb * MB)
+    a = rng_array(nbytes)
+    mec.push(dict(a=a), targets=0)  # warm-up, and a check that the data survives the trip
+    _check_equal(mec.pull("a", targets=0)[0], a, "push+pull")
+    rates, pushes, pulls = [], [], []
+    for _ in range(p["repeat"]):
+        t_push = timed(lambda: mec.push(dict(a=a), targets=0))
+        t_pull = timed(lambda: mec.pull("a", targets=0))
+        pushes.append(nbytes / t_push / MB)
+        pulls.append(nbytes / t_pull / MB)
+        rates.append(2 * nbytes / (t_push + t_pull) / MB)
+    mec.execute("del a", targets=0)
+    r.add(key, median(rates), each=rates,
+          detail=f"push {median(pushes):.0f} MB/s, pull {median(pulls):.0f} MB/s (medians)")
+
+
+# -- multiengine -----------------------------------------------------------------------------
+
+
+def multiengine(p: dict, r: Results) -> None:
+    from plait.kernel import client
+
+    with plait_cluster(4) as cluster:
+        mec = client.MultiEngineClient(cluster.furl("mec"))
+        ids = mec.get_ids()
+        if len(ids) != 4:
+            raise RuntimeError(f"expected 4 engines, the controller has {ids}")
+        r.measure(["execute_all", "execute_all_vs_one"], lambda: _execute_all(mec, p, r))
+        r.measure("dv_map", lambda: _map(mec, p, r))
+        r.measure("scatter_gather", lambda: _scatter_gather(mec, p, r))
+
+
+def _execute_all(mec, p: dict, r: Results) -> None:
+    one = lambda: mec.execute("pass", targets=0)  # noqa: E731
+    every = lambda: mec.execute("pass")  # noqa: E731
+    for _ in range(20):
+        one()
+        every()
+    # Interleaved, so that load from elsewhere falls on both alike.
+    t_one, t_all = [], []
+    for _ in range(p["rtt_count"]):
+        t_one.append(timed(one))
+        t_all.append(timed(every))
+    r.add("execute_all", median(t_all) * 1e3,
+          detail=f"1 engine in the same cluster: {median(t_one) * 1e3:.3f} ms")
+    r.add("execute_all_vs_one", median(t_all) / median(t_one),
+          detail=f"{median(t_all) * 1e3:.3f} ms / {median(t_one) * 1e3:.3f} ms, interleaved")
+
+
+def _map(mec, p: dict, r: Results) -> None:
+    n = p["map_n"]
+    want = list(map(power10, range(n)))
+    if list(mec.map(power10, range(n))) != want:
+        raise AssertionError("mec.map returned a wrong result")
+    times = [timed(lambda: mec.map(power10, range(n))) for _ in range(p["repeat"])]
+    r.add("dv_map", median(times), each=times, detail=f"n={n}")
+
+
+def _scatter_gather(mec, p: dict, r: Results) -> None:
+    nbytes = int(p["scatter_mb"] * MB)
+    a = rng_array(nbytes)
+    mec.scatter("a", a)
+    _check_equal(mec.gather("a"), a, "scatter+gather")
+    rates, scatters, gathers = [], [], []
+    for _ in range(p["repeat"]):
+        t_s = timed(lambda: mec.scatter("a", a))
+        t_g = timed(lambda: mec.gather("a"))
+        scatters.append(nbytes / t_s / MB)
+        gathers.append(nbytes / t_g / MB)
+        rates.append(2 * nbytes / (t_s + t_g) / MB)
+    mec.execute("del a")
+    r.add("scatter_gather", median(rates), each=rates,
+          detail=f"{p['scatter_mb']:g} MB; scatter {median(scatters):.0f} MB/s, "
+                 f"gather {median(gathers):.0f} MB/s (medians)")
+
+
+# -- task ------------------------------------------------------------------------------------
+
+TASK_KEYS = ["task_latency", "task_rate", "task_rate_string", "task_map", "task_uneven"]
+
+
+def task(p: dict, r: Results) -> None:
+    try:
+        from plait.kernel import client
+
+        client.TaskClient, client.StringTask, client.MapTask  # noqa: B018
+    except Exception as exc:
+        for key in TASK_KEYS:
+            r.skip(key, f"plait.kernel.client has no TaskClient/StringTask/MapTask yet ({exc})")
+        return
+    with plait_cluster(2) as cluster:
+        try:
+            tc = client.TaskClient(cluster.furl("tc"))
+        except Exception as exc:
+            for key in TASK_KEYS:
+                r.skip(key, f"client.TaskClient() failed: {type(exc).__name__}: {exc}")
+            return
+        r.measure("task_latency", lambda: _task_latency(client, tc, p, r))
+        r.measure("task_rate", lambda: _task_rate(tc, lambda: client.MapTask(noop), "task_rate",
+                                                  p, r))
+        r.measure("task_rate_string", lambda: _task_rate(
+            tc, lambda: client.StringTask("pass"), "task_rate_string", p, r))
+        r.measure("task_map", lambda: _task_map(tc, p, r))
+        r.measure("task_uneven", lambda: _task_uneven(tc, p, r))
+
+
+def _task_latency(client, tc, p: dict, r: Results) -> None:
+    def one():
+        tr = tc.get_task_result(tc.run(client.MapTask(noop)), block=True)
+        if tr.failure is not None:
+            raise RuntimeError(f"a no-op task failed: {tr.failure}")
+
+    r.add("task_latency", rtt(one, p["latency_count"]) * 1e3)
+
+
+def _task_rate(tc, make, key: str, p: dict, r: Results) -> None:
+    n = p["tasks"]
+    warm = [tc.run(make()) for _ in range(50)]
+    tc.barrier(warm)
+    rates = []
+    for _ in range(p["rate_rounds"]):
+        t0 = time.perf_counter()
+        ids = [tc.run(make()) for _ in range(n)]
+        tc.barrier(ids)
+        elapsed = time.perf_counter() - t0
+        rates.append(n / elapsed)
+        last = tc.get_task_result(ids[-1])
+        if last is None or last.failure is not None:
+            raise RuntimeError(f"the last no-op task did not succeed: {last!r}")
+    r.add(key, median(rates), each=rates, detail=f"{n} tasks a round")
+
+
+def _task_map(tc, p: dict, r: Results) -> None:
+    n = p["map_n"]
+    if list(tc.map(power10, range(n))) != list(map(power10, range(n))):
+        raise AssertionError("tc.map returned a wrong result")
+    times = [timed(lambda: tc.map(power10, range(n))) for _ in range(p["repeat"])]
+    r.add("task_map", median(times), each=times, detail=f"n={n}")
+
+
+def _task_uneven(tc, p: dict, r: Results) -> None:
+    sleeps = uneven_sleeps(p["uneven_scale"])
+    ideal = ideal_makespan(sleeps, 2)
+    spans = []
+    for _ in range(max(1, min(p["repeat"], 3))):
+        t0 = time.perf_counter()
+        got = tc.map(sleep_for, sleeps)
+        spans.append(time.perf_counter() - t0)
+        if list(got) != sleeps:
+            raise AssertionError("tc.map of the uneven tasks returned a wrong result")
+    r.add("task_uneven", median(spans) / ideal, each=spans,
+          detail=f"makespan {median(spans):.3f} s vs ideal {ideal:.3f} s "
+                 f"({len(sleeps)} sleeps, {sum(sleeps):.2f} s of work on 2 engines)")
+
+
+SECTIONS = {"foundation": foundation, "multiengine": multiengine, "task": task}
+
+
+def main_child(params: dict, results: Results) -> None:
+    SECTIONS[params["what"]](params, results)
+
+
+if __name__ == "__main__":
+    child_main(main_child)
