@@ -74,3 +74,31 @@ def test_client_reports_a_lost_controller(cluster_factory):
     with pytest.raises(client.PlaitConnectionError, match="lost the connection"):
         for _ in range(50):  # the first call may already be in flight when the socket closes
             mec.get_ids()
+
+
+def test_engine_without_channel_is_driven_through_foolscap(cluster_factory):
+    import subprocess
+    import sys
+
+    from test_cluster import _wait_for_engines
+
+    c = cluster_factory(1)
+    extra = subprocess.Popen(
+        [sys.executable, "-m", "plait.scripts.ipengine", "--no-channel"], env=c.env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        mec = c.mec()
+        assert _wait_for_engines(mec, 2) == [0, 1]
+        mec.execute("import os; pid = os.getpid(); print('hi')")
+        r = mec.execute("print(pid == os.getpid())", targets=1)
+        assert r[0]["stdout"] == "True\n"
+        assert mec.pull("pid", targets=1) == [extra.pid]
+        running = mec.execute("import time; time.sleep(60)", targets=1, block=False)
+        extra.kill()
+        with pytest.raises(client.CompositeError, match="EngineError"):
+            running.get_result()
+        assert mec.get_ids() == [0]
+    finally:
+        extra.kill()
+        extra.wait()

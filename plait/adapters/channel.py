@@ -28,6 +28,7 @@ import hmac
 import io
 import pickle
 import secrets
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,7 @@ TICKET_LIFETIME = 60.0
 MAX_FRAME = 1 << 30
 #: ... and only this large before (a stranger must not make us buffer much).
 MAX_HELLO = 256
+_LENGTH = struct.Struct("!I")  # Int32StringReceiver's prefix
 
 
 class ChannelError(Exception):
@@ -342,3 +344,116 @@ def channel_address(furl: str) -> tuple[str, str]:
     if host.startswith("tcp:"):
         host = host[4:]
     return tub_id, host.strip("[]")
+
+
+# -- the engine's end: served synchronously by one thread ------------------------------
+
+
+class BlockingChannel:
+    """A channel end read and written by one thread with a blocking socket.
+
+    An engine's main thread serves its command channel this way: it reads a
+    request, runs it, writes the response, and reads the next one, with no
+    reactor and no thread hand-off in between.  Same frames, same ticket,
+    same certificate check and same constraint checks as
+    :class:`ChannelProtocol`.
+    """
+
+    def __init__(self, sock: Any):
+        self.sock = sock
+        self._header = bytearray(4)
+
+    @classmethod
+    def open(cls, host: str, port: int, token: bytes, tub_id: str, timeout: float = 10.0
+             ) -> BlockingChannel:
+        """Connect, check the server is the one ``tub_id`` names, present ``token``.
+
+        Raises ChannelClosed when any step fails.
+        """
+        import hashlib
+        import socket
+        import ssl as stdlib_ssl
+
+        from foolscap.base32 import encode as base32
+
+        context = stdlib_ssl.SSLContext(stdlib_ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = stdlib_ssl.CERT_NONE  # we check the tub id ourselves
+        try:
+            raw = socket.create_connection((host, port), timeout=timeout)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = context.wrap_socket(raw)
+            der = sock.getpeercert(binary_form=True)
+            if not der or not hmac.compare_digest(base32(hashlib.sha1(der).digest()), tub_id):
+                sock.close()
+                raise ChannelClosed("the channel server is not the controller the FURL names")
+            channel = cls(sock)
+            channel._send(safe_dumps((HELLO, token)))
+            if safe_loads(channel._recv()) != (WELCOME,):
+                raise ChannelClosed("the controller did not accept the channel ticket")
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            raise ChannelClosed(f"could not open a channel: {exc}") from None
+        sock.settimeout(None)
+        return channel
+
+    def _recv_exact(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.sock.recv_into(view[got:], n - got)
+            if not k:
+                raise EOFError("the channel was closed")
+            got += k
+        return buf
+
+    def _recv(self) -> bytes:
+        (length,) = _LENGTH.unpack(self._recv_exact(4))
+        if length > MAX_FRAME:
+            raise EOFError(f"a frame of {length} bytes is too large")
+        return bytes(self._recv_exact(length))
+
+    def _send(self, frame: bytes) -> None:
+        self.sock.sendall(_LENGTH.pack(len(frame)) + frame)
+
+    def serve(self, local: Any, call: Callable[[str, tuple], Any]) -> None:
+        """Answer requests with ``call(method, args)`` until the channel closes.
+
+        Arguments are checked against ``local``'s RemoteInterface first; an
+        exception becomes an error response.  Returns when the peer closes
+        the channel or :meth:`close` is called (from any thread).
+        """
+        schema = local.getInterface()
+        while True:
+            try:
+                message = safe_loads(self._recv())
+            except (OSError, EOFError, ValueError):
+                return
+            except pickle.UnpicklingError:
+                return  # a peer that sends classes is not our controller
+            if not (isinstance(message, tuple) and len(message) == 4 and message[0] == REQUEST):
+                return
+            _, call_id, method, args = message
+            try:
+                try:
+                    method_schema = schema[method]
+                except KeyError:
+                    raise Violation(f"no method {method!r} in {schema.__remote_name__}") from None
+                method_schema.checkAllArgs(args, {}, True)
+                response = (RESPONSE, call_id, True, call(method, args))
+            except Exception as exc:
+                response = (RESPONSE, call_id, False, f"{type(exc).__name__}: {exc} (in {method})")
+            try:
+                self._send(safe_dumps(response))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        """Close the channel; a thread blocked in :meth:`serve` returns."""
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()

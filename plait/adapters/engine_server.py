@@ -83,39 +83,70 @@ class FoolscapEngine(Referenceable):
             reactor.callFromThread(self.engine.sync_properties, changed)
         return reply
 
-    def _submit(self, method: str, decode: bool, *args: Any) -> defer.Deferred:
-        return self.engine.executor.submit(self._handle, method, decode, *args)
+    def call(self, method: str, args: tuple) -> Any:
+        """Run an :class:`RIEngine` request in this (the main) thread.
 
-    # -- RIEngine ---------------------------------------------------------------
+        This is how the engine's command channel serves requests; the
+        ``remote_*`` methods below do the same through foolscap.
+        """
+        if method == "kill":
+            reactor.callFromThread(self.engine.shutdown, 0)
+            return None
+        if method == "ping":
+            return True
+        name, decode, convert = _COMMANDS[method]
+        return self._handle(name, decode, *convert(*args))
+
+    def _submit(self, method: str, args: tuple) -> defer.Deferred:
+        return self.engine.executor.submit(self.call, method, args)
+
+    # -- RIEngine over foolscap (used when no channel could be opened) ----------
     def remote_execute(self, lines: str, filename: str = "") -> defer.Deferred:
-        return self._submit("execute", False, lines, filename or None)
+        return self._submit("execute", (lines, filename))
 
     def remote_push(self, namespace: bytes) -> defer.Deferred:
-        return self._submit("push", True, namespace)
+        return self._submit("push", (namespace,))
 
     def remote_pull(self, keys: list[str]) -> defer.Deferred:
-        return self._submit("pull", False, keys)
+        return self._submit("pull", (keys,))
 
     def remote_apply(self, call: bytes) -> defer.Deferred:
-        return self._submit("apply_call", True, call)
+        return self._submit("apply", (call,))
 
     def remote_get_result(self, i: int | None) -> defer.Deferred:
-        return self._submit("get_result", False, i)
+        return self._submit("get_result", (i,))
 
     def remote_keys(self) -> defer.Deferred:
-        return self._submit("keys", False)
+        return self._submit("keys", ())
 
     def remote_reset(self) -> defer.Deferred:
-        return self._submit("reset", False)
+        return self._submit("reset", ())
 
     def remote_run_task(self, task: bytes) -> defer.Deferred:
-        return self._submit("run_task", True, task)
+        return self._submit("run_task", (task,))
 
     def remote_kill(self) -> None:
         reactor.callLater(0, self.engine.shutdown, 0)
 
     def remote_ping(self) -> bool:
         return True
+
+
+def _same(*args: Any) -> tuple:
+    return args
+
+
+#: RIEngine method -> (Interpreter method, decode payload arguments?, argument conversion)
+_COMMANDS: dict[str, tuple[str, bool, Any]] = {
+    "execute": ("execute", False, lambda lines, filename="": (lines, filename or None)),
+    "push": ("push", True, _same),
+    "pull": ("pull", False, _same),
+    "apply": ("apply_call", True, _same),
+    "get_result": ("get_result", False, _same),
+    "keys": ("keys", False, _same),
+    "reset": ("reset", False, _same),
+    "run_task": ("run_task", True, _same),
+}
 
 
 def _blocking_remote(ref: Any, method: str, *args: Any) -> Any:

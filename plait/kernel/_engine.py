@@ -65,7 +65,7 @@ class Engine:
     """One engine: connects, registers, serves commands until told to stop."""
 
     def __init__(self, furl: str, properties: dict | None = None,
-                 on_registered: Callable[[int], None] | None = None):
+                 on_registered: Callable[[int], None] | None = None, channel: bool = True):
         from plait.adapters.engine_server import FoolscapEngine
         from plait.kernel._interpreter import Interpreter
 
@@ -78,52 +78,46 @@ class Engine:
         self.channel: Any = None
         self.id: int | None = None
         self.on_registered = on_registered
+        self.want_channel = channel
         self.exit_code = 0
+        self.stopping = False
         self.error: str | None = None
 
     # -- reactor thread -----------------------------------------------------
     @defer.inlineCallbacks
-    def connect(self) -> Any:
-        try:
-            self.registrar = yield client_tub().getReference(self.furl)
-            token = yield self._open_channel()
-            self.id = yield self.registrar.callRemote(
-                "register_engine", self.remote_self, self.uuid,
-                serialize(self.interpreter.properties), token,
-            )
-        except Exception as exc:
-            self.error = f"could not register with the controller at {self.furl.split('@')[-1]}: {exc}"
-            log.error("{msg}", msg=self.error)
-            self.shutdown(2)
-            return
-        self.interpreter.engine_id = self.id
+    def _join(self) -> Any:
+        """Reach the registrar and get a channel ticket (``None``: no channel)."""
+        self.registrar = yield client_tub().getReference(self.furl)
         self.registrar.notifyOnDisconnect(self._controller_lost)
-        log.info("registered as engine {id}", id=self.id)
-        if self.on_registered is not None:
-            self.on_registered(self.id)
-
-    @defer.inlineCallbacks
-    def _open_channel(self) -> Any:
-        """Open the command channel; returns its token (b'' to use foolscap only)."""
-        from plait.adapters.channel import channel_address, open_channel
-
+        if not self.want_channel:
+            return None
         try:
-            token, port = yield self.registrar.callRemote("open_channel")
-            tub_id, host = channel_address(self.furl)
-            self.channel = yield open_channel(host, port, token, tub_id, local=self.remote_self)
+            ticket = yield self.registrar.callRemote("open_channel")
         except Exception as exc:
             log.warn("no command channel ({e}); commands will travel on foolscap", e=exc)
-            return b""
-        self.channel.notifyOnDisconnect(self._controller_lost)
-        return token
+            ticket = None
+        return ticket
+
+    def _register(self, token: bytes) -> defer.Deferred:
+        return self.registrar.callRemote(
+            "register_engine", self.remote_self, self.uuid,
+            serialize(self.interpreter.properties), token,
+        )
 
     def _controller_lost(self, *args: Any) -> None:
-        log.info("the controller went away; engine {id} exits", id=self.id)
+        if not self.stopping:
+            log.info("the controller went away; engine {id} exits", id=self.id)
         self.shutdown(0)
 
     def shutdown(self, code: int = 0) -> None:
+        """Stop serving (from any thread); :meth:`run` then returns ``code``."""
+        if self.stopping:
+            return
+        self.stopping = True
         self.exit_code = code
         self.executor.stop()
+        if self.channel is not None:
+            self.channel.close()
 
     def sync_properties(self, props: dict) -> None:
         """Send properties changed by user code to the controller."""
@@ -133,16 +127,53 @@ class Engine:
             )
 
     # -- main thread --------------------------------------------------------
+    def _connect(self) -> bool:
+        """Join the controller; True once registered.  Sets :attr:`error`."""
+        from twisted.internet.threads import blockingCallFromThread
+
+        from plait.adapters.channel import BlockingChannel, ChannelClosed, channel_address
+
+        where = self.furl.split("@")[-1].split("/")[0]
+        try:
+            ticket = blockingCallFromThread(reactor, self._join)
+            token = b""
+            if ticket is not None:
+                tub_id, host = channel_address(self.furl)
+                try:
+                    self.channel = BlockingChannel.open(host, ticket[1], ticket[0], tub_id)
+                    token = ticket[0]
+                except ChannelClosed as exc:
+                    log.warn("no command channel ({e}); commands will travel on foolscap", e=exc)
+            self.id = blockingCallFromThread(reactor, self._register, token)
+        except Exception as exc:
+            self.error = f"could not register with the controller at {where}: {exc}"
+            log.error("{msg}", msg=self.error)
+            return False
+        self.interpreter.engine_id = self.id
+        log.info("registered as engine {id}", id=self.id)
+        if self.on_registered is not None:
+            self.on_registered(self.id)
+        return True
+
     def run(self) -> int:
-        """Start the reactor thread, connect, and serve until stopped."""
+        """Start the reactor thread, register, and serve until stopped.
+
+        Commands arrive on the channel, served right here; without one they
+        come through foolscap and :class:`MainThreadExecutor`.
+        """
         thread = threading.Thread(
             target=reactor.run, kwargs={"installSignalHandlers": False},
             name="plait-reactor", daemon=True,
         )
-        reactor.callWhenRunning(self.connect)
         thread.start()
         try:
-            self.executor.run_forever()
+            if not self._connect():
+                return 2
+            if self.channel is not None:
+                self.channel.serve(self.remote_self, self.remote_self.call)
+                self.shutdown(self.exit_code)
+            else:
+                self.executor.run_forever()
         except KeyboardInterrupt:
             self.exit_code = 130
         return self.exit_code

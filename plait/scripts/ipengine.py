@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile_option(p)
     p.add_argument("--furl-file", default=None,
                    help="the engine FURL file (default: the profile's ipcontroller-engine.furl)")
+    p.add_argument("--no-channel", action="store_true",
+                   help="take commands through foolscap only, not the faster command channel "
+                        "(for networks that let only the engine port through)")
     add_notify_option(p)
     return p
 
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     def registered(engine_id: int) -> None:
         notify(args.notify_fd, f"engine {engine_id}")
 
-    engine = Engine(furl, on_registered=registered)
+    engine = Engine(furl, on_registered=registered, channel=not args.no_channel)
     signal.signal(signal.SIGTERM, lambda *a: hard_exit(0))
     code = engine.run()
     if engine.error:
