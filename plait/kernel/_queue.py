@@ -72,10 +72,10 @@ class EngineQueue:
     def _finished(self, result: Any, entry: _Entry) -> None:
         if entry in self._running:
             self._running.remove(entry)
-            if not entry.deferred.called:
-                entry.deferred.callback(result) if not isinstance(
-                    result, Failure
-                ) else entry.deferred.errback(result)
+            if isinstance(result, Failure):
+                entry.deferred.errback(result)
+            else:
+                entry.deferred.callback(result)
         elif isinstance(result, Failure):
             result.trap(Exception)  # already failed by fail_all: swallow the late error
         self._pump()
