@@ -32,9 +32,10 @@ from foolscap.schema import (
     TupleOf,
     UnicodeConstraint,
 )
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from plait.interfaces.engine import CODE, NAMES, WIRE_BYTES, Address, ChannelTicket, Token
+from plait.kernel._errors import PlaitError
 
 #: Targets on the wire: ``(True, [])`` for all engines, ``(False, ids)`` otherwise
 #: (foolscap's ChoiceOf cannot mix a str with a list).
@@ -42,6 +43,20 @@ Targets = TupleOf(BooleanConstraint(), ListOf(IntegerConstraint(), maxLength=100
 Block = BooleanConstraint()
 PerEngine = ListOf(TupleOf(IntegerConstraint(), BooleanConstraint(), WIRE_BYTES), maxLength=100_000)
 Outcome = TupleOf(BooleanConstraint(), Any())
+
+
+class EnginesChanged(PlaitError):
+    """A call prepared for all the engines met a different set of engines.
+
+    ``ids`` are the engines registered now; nothing was run.
+    """
+
+    def __init__(self, message: str, ids: list[int]):
+        super().__init__(message)
+        self.ids = list(ids)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.ids)
 
 
 class IMultiEngine(Interface):
@@ -67,8 +82,13 @@ class IMultiEngine(Interface):
     def push(namespace, targets, block):
         """Push one serialized dict to each target."""
 
-    def push_each(payloads, block):
-        """Push a different serialized dict to each engine: ``{id: payload}``."""
+    def push_each(payloads, everyone, block):
+        """Push a different serialized dict to each engine: ``{id: payload}``.
+
+        ``everyone``: the payloads were made for all the engines; if the
+        registered engines are not exactly those, fail with EnginesChanged
+        (carrying the current ids) before anything is queued.
+        """
 
     def pull(keys, targets, block):
         """Pull the values of ``keys`` from each target."""
@@ -76,8 +96,9 @@ class IMultiEngine(Interface):
     def apply(call, targets, block):
         """Call a serialized ``(f, args, kwargs)`` on each target."""
 
-    def apply_each(calls, block):
-        """Call a different serialized call on each engine: ``{id: call}``."""
+    def apply_each(calls, everyone, block):
+        """Call a different serialized call on each engine: ``{id: call}``
+        (``everyone`` as for :meth:`push_each`)."""
 
     def get_result(i, targets, block):
         """The result dict of command ``i`` (None: last) on each target."""
@@ -140,7 +161,8 @@ class RIMultiEngine(RemoteInterface):
     def push(namespace=WIRE_BYTES, targets=Targets, block=Block):
         return Outcome
 
-    def push_each(payloads=DictOf(IntegerConstraint(), WIRE_BYTES, maxKeys=100_000), block=Block):
+    def push_each(payloads=DictOf(IntegerConstraint(), WIRE_BYTES, maxKeys=100_000),
+                  everyone=BooleanConstraint(), block=Block):
         return Outcome
 
     def pull(keys=NAMES, targets=Targets, block=Block):
@@ -149,7 +171,8 @@ class RIMultiEngine(RemoteInterface):
     def apply(call=WIRE_BYTES, targets=Targets, block=Block):
         return Outcome
 
-    def apply_each(calls=DictOf(IntegerConstraint(), WIRE_BYTES, maxKeys=100_000), block=Block):
+    def apply_each(calls=DictOf(IntegerConstraint(), WIRE_BYTES, maxKeys=100_000),
+                   everyone=BooleanConstraint(), block=Block):
         return Outcome
 
     def get_result(i=ChoiceOf(None, IntegerConstraint()), targets=Targets, block=Block):
@@ -235,3 +258,142 @@ def targets_from_wire(wire: tuple[bool, list[int]]) -> object:
     """Decode :data:`Targets` into ``'all'`` or a list of ids."""
     everything, ids = wire
     return "all" if everything else list(ids)
+
+
+class IPendingResult(Interface):
+    """A result that a call made with ``block=False`` will produce."""
+
+    r = Attribute("Shorthand for get_result(block=True).")
+
+    def get_result(default=None, block=True):
+        """The result, raising the call's exception; ``default`` when not
+        blocking and not ready yet.  Later calls give the same outcome."""
+
+    def add_callback(f, *args, **kwargs):
+        """Have get_result return ``f(result, *args, **kwargs)``; callbacks chain."""
+
+
+class IFullBlockingMultiEngineClient(Interface):
+    """What the blocking MultiEngine client offers (``MultiEngineClient``).
+
+    ``targets`` (``'all'``, an int or a list of ints) and ``block`` default
+    to the attributes of the same names; with ``block=False`` each method
+    returns an :class:`IPendingResult`.
+    """
+
+    targets = Attribute("The default engines: 'all', an int or a list of ints.")
+    block = Attribute("The default blocking mode (True).")
+
+    def get_ids():
+        """The ids of the registered engines."""
+
+    def execute(lines, targets=None, block=None):
+        """Run Python source on the engines; a ResultList."""
+
+    def run(filename, targets=None, block=None):
+        """Run a local Python file on the engines; a ResultList."""
+
+    def push(namespace, targets=None, block=None):
+        """Push a dict of names to values into the engine namespaces."""
+
+    def pull(keys, targets=None, block=None):
+        """Values of the names ``keys`` from each engine."""
+
+    def zip_pull(keys, targets=None, block=None):
+        """Pulled values grouped by name: a tuple per name."""
+
+    def push_function(namespace, targets=None, block=None):
+        """Push functions (closures included)."""
+
+    def pull_function(keys, targets=None, block=None):
+        """Pull functions."""
+
+    def push_serialized(namespace, targets=None, block=None):
+        """Push values given in serialized form."""
+
+    def pull_serialized(keys, targets=None, block=None):
+        """Pull values in serialized form, without unpickling them."""
+
+    def scatter(key, seq, dist="b", flatten=False, targets=None, block=None):
+        """Partition a sequence over the engines."""
+
+    def gather(key, dist="b", flatten=False, targets=None, block=None):
+        """Join a partitioned sequence from the engines."""
+
+    def map(func, *sequences):
+        """A parallel map returning a list."""
+
+    def raw_map(func, seqs, dist="b", targets=None, block=None):
+        """``map(func, *seqs)`` in parallel."""
+
+    def mapper(dist="b", targets=None, block=None):
+        """An object whose ``map`` maps in parallel with these options."""
+
+    def parallel(dist="b", targets=None, block=None):
+        """A decorator making parallel functions."""
+
+    def get_result(i=None, targets=None, block=None):
+        """The result dicts of command ``i`` (None: the last)."""
+
+    def keys(targets=None, block=None):
+        """The variable names on each engine."""
+
+    def reset(targets=None, block=None):
+        """Empty the engine namespaces."""
+
+    def kill(controller=False, targets=None, block=None):
+        """Stop engines (and the controller)."""
+
+    def clear_queue(targets=None, block=None):
+        """Drop the commands waiting for the engines."""
+
+    def queue_status(targets=None, block=None):
+        """The running and waiting commands per engine."""
+
+    def barrier(pending_results):
+        """Wait until every PendingResult given is ready."""
+
+    def flush():
+        """Drop the results kept for PendingResults not yet read."""
+
+    def clear_pending_results():
+        """The same as flush()."""
+
+    def get_pending_deferred(result_id, block=True):
+        """The result stored under a PendingResult's id."""
+
+    def set_properties(properties, targets=None, block=None):
+        """Update engine properties."""
+
+    def get_properties(keys=None, targets=None, block=None):
+        """Engine properties."""
+
+    def has_properties(keys, targets=None, block=None):
+        """Whether engines have properties."""
+
+    def del_properties(keys, targets=None, block=None):
+        """Remove engine properties."""
+
+    def clear_properties(targets=None, block=None):
+        """Remove all engine properties."""
+
+    def benchmark(push_size=10000):
+        """Latency and push throughput of the cluster, as a dict."""
+
+    def activate():
+        """Make this client the one of the %px, %autopx and %result magics."""
+
+    def findsource_file(frame):
+        """The remote code of a with block, from its file."""
+
+    def findsource_ipython(frame):
+        """The remote code of a with block, from the IPython cell."""
+
+    def __len__():
+        """The number of engines."""
+
+    def __getitem__(key):
+        """``mec['a']``: pull ``a``."""
+
+    def __setitem__(key, value):
+        """``mec['a'] = v``: push ``a``."""

@@ -5,6 +5,9 @@ collected in target order as ``(engine_id, ok, payload)``.  Payloads are
 opaque bytes here: the service never unpickles user data.  Engine losses and
 cleared queues become failure replies for the engines concerned, so one
 lost engine never hides the results of the others.
+
+Queue entries are labelled for ``queue_status``: the method name, followed
+for ``execute`` and ``run`` by the start of the code or the file name.
 """
 
 from __future__ import annotations
@@ -13,16 +16,64 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from plait.interfaces.engine import IEngine, IEngineRegistry
-from plait.interfaces.multiengine import IMultiEngine
+from plait.interfaces.multiengine import EnginesChanged, IMultiEngine
 from plait.kernel._errors import InvalidEngineID, PlaitError, RemoteFailure
 from plait.kernel._results import ResultStore
 from plait.kernel._serialize import deserialize, serialize
 
 PerEngine = list[tuple[int, bool, bytes]]
+
+#: Seconds ``kill`` waits for a killed engine to leave the registry.
+KILL_TIMEOUT = 10.0
+_LABEL_CODE = 60
+
+
+def code_label(method: str, text: str) -> str:
+    """A queue label: ``method: <first line of text>`` (shortened)."""
+    first = text.lstrip("\n").split("\n", 1)[0]
+    if len(first) > _LABEL_CODE or "\n" in text.strip("\n"):
+        first = first[:_LABEL_CODE].rstrip() + " ..."
+    return f"{method}: {first}"
+
+
+class _Departures:
+    """Deferreds that fire as engines leave a registry, or after ``timeout`` s."""
+
+    def __init__(self, registry: IEngineRegistry, ids: list[int], clock: IReactorTime,
+                 timeout: float):
+        self.registry = registry
+        self.waiting = {i: defer.Deferred() for i in ids}
+        self.deferreds = dict(self.waiting)
+        self.watching = True
+        registry.add_observer(self)
+        self.timer = clock.callLater(timeout, self.finish)
+        for i in list(self.waiting):
+            if i not in registry:
+                self.engine_removed(i)
+
+    def engine_removed(self, engine_id: int) -> None:
+        d = self.waiting.pop(engine_id, None)
+        if d is not None:
+            d.callback(None)
+        if not self.waiting:
+            self.finish()
+
+    def finish(self) -> None:
+        """Stop watching; fire what still waits."""
+        if not self.watching:
+            return
+        self.watching = False
+        self.registry.remove_observer(self)
+        if self.timer.active():
+            self.timer.cancel()
+        waiting, self.waiting = self.waiting, {}
+        for d in waiting.values():
+            d.callback(None)
 
 
 def failure_reply(failure: Failure, engine_id: int, method: str) -> tuple[bool, bytes]:
@@ -41,10 +92,12 @@ class MultiEngine:
     """Implements :class:`IMultiEngine` over an engine registry."""
 
     def __init__(self, registry: IEngineRegistry, results: ResultStore | None = None,
-                 stop_controller: Callable[[], None] | None = None):
+                 stop_controller: Callable[[], None] | None = None,
+                 clock: IReactorTime | None = None):
         self.registry = registry
         self.results = results or ResultStore()
         self._stop_controller = stop_controller
+        self._clock = clock
 
     # -- helpers ------------------------------------------------------------
     def resolve_targets(self, targets: Any) -> list[int]:
@@ -71,19 +124,19 @@ class MultiEngine:
         return defer.succeed(self.results.add(d))
 
     def _on_engines(self, method: str, call: Callable[[IEngine, int], defer.Deferred],
-                    targets: Any, block: bool) -> defer.Deferred:
+                    targets: Any, block: bool, label: str | None = None) -> defer.Deferred:
         try:
             ids = self.resolve_targets(targets)
         except PlaitError:
             return defer.fail()
-        return self._maybe_pending(self._gather(method, {i: call for i in ids}), block)
+        return self._maybe_pending(self._gather(method, {i: call for i in ids}, label), block)
 
-    def _gather(self, method: str, calls: dict[int, Callable[[IEngine, int], defer.Deferred]]
-                ) -> defer.Deferred:
+    def _gather(self, method: str, calls: dict[int, Callable[[IEngine, int], defer.Deferred]],
+                label: str | None = None) -> defer.Deferred:
         ds = []
         for engine_id, call in calls.items():
             d = self.registry.get_queue(engine_id).submit(
-                lambda engine, call=call, i=engine_id: call(engine, i), label=method
+                lambda engine, call=call, i=engine_id: call(engine, i), label=label or method
             )
             d.addErrback(failure_reply, engine_id, method)
             d.addCallback(lambda reply, i=engine_id: (i, reply[0], reply[1]))
@@ -91,7 +144,12 @@ class MultiEngine:
         return defer.gatherResults(ds, consumeErrors=True)
 
     def _on_each(self, method: str, payloads: dict, invoke: Callable[[IEngine, bytes], defer.Deferred],
-                 block: bool) -> defer.Deferred:
+                 everyone: bool, block: bool) -> defer.Deferred:
+        if everyone and sorted(payloads) != self.registry.get_ids():
+            now = self.registry.get_ids()
+            return defer.fail(EnginesChanged(
+                f"{method}: the engines changed (now {now}); nothing was run", now
+            ))
         try:
             self.resolve_targets(list(payloads))
         except PlaitError:
@@ -120,13 +178,23 @@ class MultiEngine:
         return self.registry.get_ids()
 
     def execute(self, lines: str, targets: Any = "all", block: bool = True) -> defer.Deferred:
-        return self._on_engines("execute", lambda e, i: e.execute(lines), targets, block)
+        return self._on_engines(
+            "execute", lambda e, i: e.execute(lines), targets, block, code_label("execute", lines)
+        )
+
+    def run(self, lines: str, filename: str, targets: Any = "all", block: bool = True
+            ) -> defer.Deferred:
+        return self._on_engines(
+            "run", lambda e, i: e.execute(lines, filename), targets, block,
+            code_label("run", filename),
+        )
 
     def push(self, namespace: bytes, targets: Any = "all", block: bool = True) -> defer.Deferred:
         return self._on_engines("push", lambda e, i: e.push(namespace), targets, block)
 
-    def push_each(self, payloads: dict[int, bytes], block: bool = True) -> defer.Deferred:
-        return self._on_each("push", payloads, lambda e, p: e.push(p), block)
+    def push_each(self, payloads: dict[int, bytes], everyone: bool = False, block: bool = True
+                  ) -> defer.Deferred:
+        return self._on_each("push", payloads, lambda e, p: e.push(p), everyone, block)
 
     def pull(self, keys: list[str], targets: Any = "all", block: bool = True) -> defer.Deferred:
         return self._on_engines("pull", lambda e, i: e.pull(keys), targets, block)
@@ -134,8 +202,9 @@ class MultiEngine:
     def apply(self, call: bytes, targets: Any = "all", block: bool = True) -> defer.Deferred:
         return self._on_engines("apply", lambda e, i: e.apply(call), targets, block)
 
-    def apply_each(self, calls: dict[int, bytes], block: bool = True) -> defer.Deferred:
-        return self._on_each("apply", calls, lambda e, p: e.apply(p), block)
+    def apply_each(self, calls: dict[int, bytes], everyone: bool = False, block: bool = True
+                   ) -> defer.Deferred:
+        return self._on_each("apply", calls, lambda e, p: e.apply(p), everyone, block)
 
     def get_result(self, i: int | None = None, targets: Any = "all", block: bool = True
                    ) -> defer.Deferred:
@@ -149,15 +218,31 @@ class MultiEngine:
 
     def kill(self, controller: bool = False, targets: Any = "all", block: bool = True
              ) -> defer.Deferred:
-        def kill_one(engine: IEngine, i: int) -> defer.Deferred:
-            d = engine.kill()
-            d.addCallback(lambda _: ok_reply(None))
-            return d
-
-        d = self._on_engines("kill", kill_one, targets, True)
+        try:
+            ids = self.resolve_targets(targets)
+        except PlaitError:
+            return defer.fail()
+        departed = self._departures(ids)
+        ds = []
+        for i in ids:
+            d = self.registry.get_engine(i).kill()  # not queued: kill means now
+            d.addCallback(lambda _, i=i: departed[i])
+            d.addCallbacks(
+                lambda _, i=i: (i, *ok_reply(None)),
+                lambda f, i=i: (i, *failure_reply(f, i, "kill")),
+            )
+            ds.append(d)
+        d = defer.gatherResults(ds, consumeErrors=True)
         if controller and self._stop_controller is not None:
             d.addBoth(lambda r: (self._stop_controller(), r)[1])
         return self._maybe_pending(d, block)
+
+    def _departures(self, ids: list[int]) -> dict[int, defer.Deferred]:
+        """A Deferred per engine, firing once it left the registry (or on timeout)."""
+        clock = self._clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+        return _Departures(self.registry, ids, clock, KILL_TIMEOUT).deferreds
 
     def clear_queue(self, targets: Any = "all", block: bool = True) -> defer.Deferred:
         return self._local(
