@@ -23,6 +23,24 @@ from plait.adapters.multiengine import outcome
 from plait.interfaces.task import ITaskController, RITaskController
 from plait.kernel._taskspec import TaskResultRecord, encode_result
 
+#: The methods :meth:`FoolscapTaskController.remote_submit_then` may call.
+FOLLOWERS = frozenset({
+    "run", "reserve", "get_task_result", "get_task_results", "barrier", "abort",
+    "queue_status", "spin", "clear", "info",
+})
+
+
+def no_delay(link: Any) -> None:
+    """Send small frames at once (no Nagle delay) on a channel's TCP connection.
+
+    A client often sends two small calls back to back (a submission, then
+    ``get_task_result``); with Nagle's algorithm the second would wait for
+    the peer's delayed acknowledgement of the first, tens of milliseconds.
+    """
+    transport = getattr(link, "transport", None)
+    if transport is not None and hasattr(transport, "setTcpNoDelay"):
+        transport.setTcpNoDelay(True)
+
 
 def _encoded(record: TaskResultRecord | None) -> bytes | None:
     return None if record is None else encode_result(record)
@@ -54,6 +72,20 @@ class FoolscapTaskController(Referenceable):
 
     def remote_submit(self, tasks: list) -> defer.Deferred:
         return self._call("submit", [tuple(item) for item in tasks])
+
+    def remote_submit_then(self, tasks: list, method: str, args: list) -> defer.Deferred:
+        try:
+            refused = self.service.submit([tuple(item) for item in tasks])
+        except Exception:
+            return outcome(defer.fail())
+        if method not in FOLLOWERS:
+            return outcome(defer.fail(ValueError(f"submit_then cannot call {method!r}")))
+        try:
+            RITaskController[method].checkAllArgs(tuple(args), {}, True)
+        except Exception:
+            return outcome(defer.fail())
+        inner = getattr(self, f"remote_{method}")(*args)
+        return outcome(inner.addCallback(lambda result: (refused, result)))
 
     def remote_get_task_result(self, taskid: int, block: bool = False) -> defer.Deferred:
         d = defer.maybeDeferred(self.service.get_task_result, taskid, block)
@@ -88,4 +120,4 @@ class FoolscapTaskController(Referenceable):
     def remote_open_channel(self) -> tuple[bytes, int]:
         if self.channels is None:
             raise RuntimeError("this controller offers no channel for the task interface")
-        return self.channels.issue(self)
+        return self.channels.issue(self, on_bound=no_delay)

@@ -1,0 +1,347 @@
+"""The asynchronous TaskClient (the blocking ``TaskClient`` is derived from it).
+
+Every method returns a Deferred.  The client submits tasks
+(:mod:`plait.kernel._tasks`) without naming engines; the controller's
+scheduler places them.  See :mod:`plait.kernel._tcsubmit` for how ``run``
+returns ids at once, and :mod:`plait.kernel._taskmap` for ``map``.
+
+Results fetched once are kept in the client (until :meth:`clear`), so asking
+again costs nothing; values too large to travel inline (above 1 MiB) come
+through the bulk data channel, which serves each of them once, so keeping
+them here is what lets them be asked for again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet import defer, threads
+
+from plait.adapters.task import no_delay
+from plait.interfaces.task import RITaskController  # noqa: F401 - registers the schema
+from plait.kernel import _bulk, _reactor
+from plait.kernel._clientbase import (
+    AsyncClientBase,
+    asynchronous,
+    connect,
+    decode,
+    raise_outcome,
+    resolve_furl,
+)
+from plait.kernel._taskmap import TaskMapMixin, map_tasks
+from plait.kernel._tasks import TaskResult
+from plait.kernel._taskspec import TaskSpec, decode_result, encode_task
+from plait.kernel._tcsubmit import Submitter
+from plait.security import TC_FURL
+
+
+def _check_id(taskid: Any) -> int:
+    if isinstance(taskid, bool) or not isinstance(taskid, int):
+        raise TypeError(f"a task id is an int (as returned by run), not {taskid!r}")
+    return taskid
+
+
+def _id_list(taskids: Any) -> list[int]:
+    if isinstance(taskids, int) and not isinstance(taskids, bool):
+        return [taskids]
+    if isinstance(taskids, (str, bytes)) or not isinstance(taskids, Iterable):
+        raise TypeError(f"expected a task id or a list of task ids, not {taskids!r}")
+    return [_check_id(t) for t in taskids]
+
+
+def _chain(task: TaskSpec) -> list[TaskSpec]:
+    """``task`` and its recovery tasks (the chain is known not to loop)."""
+    chain = []
+    while task is not None:
+        chain.append(task)
+        task = task.recovery_task
+    return chain
+
+
+class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
+    """Submit tasks to a controller's load-balanced task interface (Twisted API).
+
+    Create one with :meth:`connect`.  See :class:`~plait.kernel.client.TaskClient`
+    for the blocking client most users want.
+    """
+
+    def __init__(self, remote: Any, source: str = ""):
+        super().__init__(remote, source)
+        no_delay(self._remote)
+        self._submitter = Submitter(self._outcome)
+        self._results: dict[int, TaskResult] = {}
+
+    @classmethod
+    def connect(cls, furl_or_file: Any = None, profile: str | None = None) -> defer.Deferred:
+        """A Deferred firing with a client connected to the task FURL.
+
+        With no argument, ``ipcontroller-tc.furl`` of ``profile`` (default
+        'default') is used; else ``furl_or_file`` is a FURL or a FURL file.
+        Fails with PlaitConnectionError when the controller cannot be reached.
+        """
+        try:
+            furl, source = resolve_furl(furl_or_file, profile, TC_FURL)
+        except Exception:
+            return defer.fail()
+
+        def ready(client: AsyncTaskClient) -> defer.Deferred:
+            return client._submitter.reserve_first().addCallback(lambda _: client)
+
+        return connect(furl, source).addCallback(cls, source).addCallback(ready)
+
+    def _outcome(self, method: str, *args: Any) -> defer.Deferred:
+        return self._remote_call(method, *args).addCallback(raise_outcome)
+
+    def _send(self, method: str, *args: Any) -> defer.Deferred:
+        """A remote call made after every submission made before it."""
+        return self._submitter.call_after(method, *args)
+
+    # -- submitting ----------------------------------------------------------------
+    def _encode(self, task: Any) -> tuple[bytes, list[Any]]:
+        """``(wire bytes, engine parts)``; parts too large to go inline are
+        :class:`~plait.kernel._bulk.Outgoing` objects still to upload."""
+        if not isinstance(task, TaskSpec):
+            raise TypeError(
+                f"run takes a StringTask or a MapTask, not {type(task).__name__}"
+            )
+        parts: list[Any] = []
+
+        def part(engine_task: Any) -> bytes:
+            out = _bulk.outgoing(engine_task)
+            parts.append(out)
+            return out if isinstance(out, bytes) else b"B"
+
+        return encode_task(task, part), parts
+
+    @defer.inlineCallbacks
+    def _upload(self, task: TaskSpec, parts: list[Any]) -> Any:
+        """Upload the large engine parts of ``task``; fires with its wire bytes."""
+        readers = [1 + item.retries for item in reversed(_chain(task))]
+        final: list[bytes] = []
+        for out, n in zip(parts, readers, strict=True):
+            if isinstance(out, bytes):
+                final.append(out)
+                continue
+            token, blob_id, address = yield self._remote_call("open_upload", out.size, n)
+            address = tuple(address)
+            yield threads.deferToThread(out.send, address, token)
+            final.append(out.descriptor(address, blob_id))
+        it = iter(final)
+        return encode_task(task, lambda _: next(it))
+
+    def run(self, task: TaskSpec) -> defer.Deferred:
+        """Submit ``task``; a Deferred firing with its int id, at once.
+
+        TaskSpecError / RecoveryLoopError / SerializationError (and TypeError
+        for something that is not a task) fail the Deferred when the task
+        cannot be submitted; nothing is sent then.
+        """
+        try:
+            data, parts = self._encode(task)
+        except Exception:
+            return defer.fail()
+
+        @defer.inlineCallbacks
+        def go() -> Any:
+            wire = data
+            if any(not isinstance(p, bytes) for p in parts):
+                wire = yield self._upload(task, parts)
+            taskid = yield self._submitter.wait_for_id()
+            self._submitter.enqueue(taskid, wire)
+            return taskid
+
+        return go()
+
+    def run_from_thread(self, task: TaskSpec) -> int:
+        """:meth:`run` for a thread other than the reactor's: returns the id.
+
+        The task is encoded in the calling thread and, unless it is large or
+        the reserved ids ran out, the reactor thread is not waited for.
+        """
+        data, parts = self._encode(task)
+        if any(not isinstance(p, bytes) for p in parts):
+            data = _reactor.call(self._upload, task, parts)
+        taskid = self._submitter.take_id()
+        if taskid is None:
+            taskid = _reactor.call(self._submitter.wait_for_id)
+        self._submitter.enqueue(taskid, data)
+        return taskid
+
+    # -- results -------------------------------------------------------------------------
+    def _result(self, data: bytes | None, keep: bool) -> Any:
+        """A TaskResult (or a Deferred of one) from an encoded record; None stays None."""
+        if data is None:
+            return None
+        record = decode_result(data)
+
+        def made(value: Any) -> TaskResult:
+            result = TaskResult(record, value)
+            if keep:
+                self._results[record.taskid] = result
+            return result
+
+        return defer.maybeDeferred(decode, record.payload).addCallback(made)
+
+    def _check_refused(self, ids: list[int]) -> None:
+        for taskid in ids:
+            error = self._submitter.refusal(taskid)
+            if error is not None:
+                raise error
+
+    @asynchronous
+    def get_task_result(self, taskid: int, block: bool = False) -> defer.Deferred:
+        """A Deferred firing with the :class:`TaskResult` of the task once
+        finished; with None at once while it is not (unless ``block``: then
+        it waits).  A failed task's result carries its failure: this fails
+        only with InvalidTaskID (an id never issued, or cleared),
+        TaskSubmissionError, PlaitConnectionError or SerializationError (a
+        value that cannot be unpickled here).
+        """
+        try:
+            _check_id(taskid)
+            self._check_refused([taskid])
+        except Exception:
+            return defer.fail()
+        if taskid in self._results:
+            return defer.succeed(self._results[taskid])
+        d = self._send("get_task_result", taskid, bool(block))
+        return d.addCallback(self._result, True)
+
+    @asynchronous
+    def get_task_results(self, taskids: Iterable[int], block: bool = False) -> defer.Deferred:
+        """A Deferred firing with the list of :class:`TaskResult` s of ``taskids``
+        (None where unfinished; with ``block``, once all are finished), in
+        one call.  Fails as :meth:`get_task_result` does."""
+        return self._results_of(taskids, block, keep=True)
+
+    def _results_of(self, taskids: Any, block: bool, keep: bool) -> defer.Deferred:
+        try:
+            ids = _id_list(taskids)
+            self._check_refused(ids)
+        except Exception:
+            return defer.fail()
+        missing = [t for t in dict.fromkeys(ids) if t not in self._results]
+        if not missing:
+            return defer.succeed([self._results[t] for t in ids])
+
+        def got(records: list) -> defer.Deferred:
+            ds = [defer.maybeDeferred(self._result, r, keep) for r in records]
+            return defer.gatherResults(ds, consumeErrors=True)
+
+        def assemble(results: list) -> list:
+            fetched = dict(zip(missing, results, strict=True))
+            return [fetched[t] if t in fetched else self._results[t] for t in ids]
+
+        d = self._send("get_task_results", missing, bool(block)).addCallback(got)
+        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        return d.addCallback(assemble)
+
+    # -- control ---------------------------------------------------------------------
+    @asynchronous
+    def barrier(self, taskids: int | Iterable[int]) -> defer.Deferred:
+        """A Deferred firing with None once every task in ``taskids`` (an id or
+        a list) has finished, whatever its outcome.
+
+        Fails at once with InvalidTaskID if an id is unknown (TypeError for
+        something that is not an id).  Tasks on an engine that dies finish
+        too (failed or retried), so this never hangs on a dead engine.
+        """
+        try:
+            ids = _id_list(taskids)
+            self._check_refused(ids)
+        except Exception:
+            return defer.fail()
+        pending = [t for t in ids if t not in self._results]
+        if not pending:
+            return defer.succeed(None)
+        return self._send("barrier", pending)
+
+    @asynchronous
+    def queue_status(self, verbose: bool = False) -> defer.Deferred:
+        """A Deferred firing with ``{state: count}`` over ``'scheduled'``,
+        ``'pending'``, ``'succeeded'``, ``'failed'`` and ``'aborted'`` (with
+        ``verbose``, ``{state: sorted list of ids}``), counting the tasks of
+        every client that are not cleared."""
+        return self._send("queue_status", bool(verbose))
+
+    @asynchronous
+    def abort(self, taskid: int) -> defer.Deferred:
+        """Abort a task that has not finished; a Deferred firing with None.
+
+        A scheduled task never runs; a running one's result is discarded.
+        Its result then says it was aborted (a TaskAborted failure).  Fails
+        with TaskAlreadyCompleted (an IndexError) for a task already
+        finished, InvalidTaskID for an unknown id."""
+        try:
+            _check_id(taskid)
+        except Exception:
+            return defer.fail()
+        return self._send("abort", taskid)
+
+    @asynchronous
+    def spin(self) -> defer.Deferred:
+        """Ask the scheduler for a pass; a Deferred firing with None (rarely
+        needed: property changes and engine arrivals start one by themselves)."""
+        return self._send("spin")
+
+    @asynchronous
+    def clear(self, taskids: int | Iterable[int] | None = None) -> defer.Deferred:
+        """Forget finished tasks (all, or ``taskids``) here and in the controller.
+
+        A Deferred firing with how many the controller forgot.  Fails with
+        ValueError when a listed task has not finished, InvalidTaskID for an
+        unknown id (nothing is forgotten then).
+        """
+        try:
+            ids = None if taskids is None else _id_list(taskids)
+        except Exception:
+            return defer.fail()
+
+        def forget(n: int) -> int:
+            if ids is None:
+                self._results.clear()
+            else:
+                for taskid in ids:
+                    self._results.pop(taskid, None)
+            self._submitter.forget(ids)
+            return n
+
+        return self._send("clear", ids is None, ids or []).addCallback(forget)
+
+    @asynchronous
+    def info(self) -> defer.Deferred:
+        """A Deferred firing with ``{'scheme': name, 'hwm': the high water mark
+        (None: adaptive), 'engines': how many now, 'marks': {engine id: its
+        current mark}}``."""
+        return self._send("info")
+
+    @asynchronous
+    def map(self, function: Any, *sequences: Any, chunksize: int | None = None,
+            **options: Any) -> defer.Deferred:
+        """A Deferred firing with ``list(map(function, *sequences))``, computed
+        by load-balanced tasks.
+
+        ``chunksize`` fixes the items per task (default: guided chunks);
+        ``options`` are task options (retries, clear_before, clear_after,
+        depend).  Fails with TypeError / ValueError for bad arguments, else
+        with the exception of the first chunk that failed.  See
+        :mod:`plait.kernel._taskmap`.
+        """
+        return map_tasks(self, function, sequences, chunksize, options)
+
+
+class BlockingRunMixin:
+    """``run`` of the blocking TaskClient: encodes in the calling thread."""
+
+    _async: AsyncTaskClient
+
+    def run(self, task: TaskSpec) -> int:
+        """Submit ``task`` (a StringTask or MapTask); returns its int id at once.
+
+        Raises TaskSpecError / RecoveryLoopError / SerializationError when
+        the task cannot be submitted (a bad attribute, a recovery loop,
+        something that cannot be pickled).  The result is fetched with
+        :meth:`get_task_result`; :meth:`barrier` waits for tasks to finish.
+        """
+        return self._async.run_from_thread(task)

@@ -1,0 +1,266 @@
+"""How a TaskClient gets tasks to the controller quickly.
+
+``run`` must hand back a task id at once, yet a round trip to the controller
+costs about as much as running a small task.  So the client does not ask for
+each id: it *reserves* ids in blocks (:meth:`ITaskController.reserve`) and
+gives them out locally, and it sends the submissions without waiting for an
+answer.  Foolscap keeps the order of messages on a connection, so any later
+call of the same client (``barrier``, ``get_task_result``...) reaches the
+controller after the submissions made before it.
+
+Submissions made in a burst are *coalesced*: :class:`Submitter` keeps at most
+:data:`MAX_IN_FLIGHT` ``submit`` messages unanswered, and whatever is
+submitted meanwhile leaves in the next message, together (much like Nagle's
+algorithm on TCP).  A lone task therefore leaves at once, and a loop of
+thousands of ``run`` calls becomes a few dozen messages.  Any other call of
+the client carries what is buffered along (:meth:`Submitter.call_after`),
+in the same message, so nothing is held back and a ``run`` followed by
+``get_task_result`` costs one message to the controller.
+
+Blocks grow as they get used up (from :data:`FIRST_BLOCK` to
+:data:`LARGEST_BLOCK` ids) and the next one is reserved in the background
+when half of the current one is gone, so a busy client rarely waits for ids.
+Ids reserved but never used are simply skipped.
+
+Errors: problems detectable locally (a malformed task, a recovery loop,
+something that cannot be pickled) are raised by ``run`` before an id is
+taken.  A submission the controller refuses (it should not happen) or that
+is lost with the connection is remembered here: later calls naming its id
+raise the reason (:meth:`Submitter.refusal`).  A task the controller cannot
+read (a depend function it cannot unpickle) is not refused: it ends as
+``failed`` at once and its result carries the error.
+
+Threads: :meth:`Submitter.take_id` and :meth:`Submitter.enqueue` may be
+called from any thread; every other method runs in the reactor thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.python.failure import Failure
+
+from plait.kernel._clientbase import raise_outcome
+from plait.kernel._errors import PlaitError
+
+#: Ids reserved by the first block, and the largest block.
+FIRST_BLOCK = 512
+LARGEST_BLOCK = 65_536
+#: Unanswered ``submit`` messages at most; more submissions wait and coalesce.
+MAX_IN_FLIGHT = 1
+#: A ``submit`` message carries at most this many tasks, or about this many bytes.
+MAX_MESSAGE_TASKS = 20_000
+MAX_MESSAGE_BYTES = 4 << 20
+
+
+class TaskSubmissionError(PlaitError):
+    """A task submitted by ``run`` never reached the controller's queue."""
+
+
+class Submitter:
+    """Task ids from reserved blocks, and the ordered, coalesced sending of tasks.
+
+    ``call(method, *args)`` makes a remote call of the task interface (in the
+    reactor thread) and returns a Deferred firing with its outcome's value.
+    Every other call of the client goes through :meth:`call_after`.
+    """
+
+    def __init__(self, call: Callable[..., defer.Deferred]):
+        self._call = call
+        self._lock = threading.Lock()
+        # -- guarded by _lock
+        self._blocks: deque[list[int]] = deque()  # [next id, end]
+        self._available = 0
+        self._block_size = FIRST_BLOCK  # of the next reservation
+        self._low = 0  # reserve more when fewer ids than this are left
+        self._reserving = False
+        self._buffer: list[tuple[int, bytes]] = []
+        self._flush_scheduled = False
+        # -- reactor thread only
+        self._id_waiters: list[defer.Deferred] = []
+        self._in_flight = 0
+        self._refused: dict[int, Exception] = {}
+        self.messages_sent = 0
+
+    # -- ids ------------------------------------------------------------------
+    def take_id(self) -> int | None:
+        """The next reserved id, or None when none is left (any thread).
+
+        Starts reserving the next block when the current one runs low.
+        """
+        with self._lock:
+            taskid = None
+            if self._blocks:
+                block = self._blocks[0]
+                taskid = block[0]
+                block[0] += 1
+                self._available -= 1
+                if block[0] >= block[1]:
+                    self._blocks.popleft()
+            start = not self._reserving and self._available < self._low
+            if start:
+                self._reserving = True
+        if start:
+            reactor.callFromThread(self._reserve)
+        return taskid
+
+    def wait_for_id(self) -> defer.Deferred:
+        """(reactor) A Deferred firing with the next id once one is reserved."""
+        taskid = self.take_id()
+        if taskid is not None:
+            return defer.succeed(taskid)
+        d: defer.Deferred = defer.Deferred()
+        self._id_waiters.append(d)
+        with self._lock:
+            start = not self._reserving
+            self._reserving = True
+        if start:
+            self._reserve()
+        return d
+
+    def reserve_first(self) -> defer.Deferred:
+        """(reactor) Reserve the first block; a Deferred firing once it is there."""
+        with self._lock:
+            self._reserving = True
+        return self._reserve()
+
+    def _reserve(self) -> defer.Deferred:
+        with self._lock:
+            size = self._block_size
+
+        def reserved(first: int) -> None:
+            with self._lock:
+                self._blocks.append([first, first + size])
+                self._available += size
+                self._low = size // 2
+                self._block_size = min(size * 2, LARGEST_BLOCK)
+                self._reserving = False
+            self._serve_id_waiters()
+
+        def failed(f: Failure) -> None:
+            with self._lock:
+                self._reserving = False
+            waiters, self._id_waiters = self._id_waiters, []
+            for d in waiters:
+                d.errback(f)
+            return f
+
+        return self._call("reserve", size).addCallbacks(reserved, failed)
+
+    def _serve_id_waiters(self) -> None:
+        while self._id_waiters:
+            taskid = self.take_id()
+            if taskid is None:
+                return
+            self._id_waiters.pop(0).callback(taskid)
+
+    # -- sending -------------------------------------------------------------------
+    def enqueue(self, taskid: int, data: bytes) -> None:
+        """Send ``data`` under ``taskid`` soon, after everything enqueued before (any thread)."""
+        with self._lock:
+            self._buffer.append((taskid, data))
+            wake = not self._flush_scheduled
+            self._flush_scheduled = True
+        if wake:
+            reactor.callFromThread(self._auto_flush)
+
+    def _auto_flush(self) -> None:
+        with self._lock:
+            self._flush_scheduled = False
+        if self._in_flight < MAX_IN_FLIGHT:
+            self.flush()
+
+    def _take(self) -> list[tuple[int, bytes]]:
+        """The oldest buffered submissions that fit in one message (maybe none)."""
+        with self._lock:
+            batch, size = [], 0
+            for item in self._buffer:
+                if batch and (len(batch) >= MAX_MESSAGE_TASKS
+                              or size + len(item[1]) > MAX_MESSAGE_BYTES):
+                    break
+                batch.append(item)
+                size += len(item[1])
+            del self._buffer[:len(batch)]
+        return batch
+
+    def flush(self) -> None:
+        """(reactor) Send everything buffered now, in order."""
+        while batch := self._take():
+            self._send(batch)
+
+    def call_after(self, method: str, *args: Any) -> defer.Deferred:
+        """(reactor) Call ``method(*args)`` after everything buffered.
+
+        The last of the buffered submissions ride in the same message
+        (``submit_then``): a ``run`` followed by ``get_task_result`` costs
+        one message, not two.  Fires with the method's value.
+        """
+        batch = self._take()
+        while batch:
+            following = self._take()
+            if not following:
+                break
+            self._send(batch)
+            batch = following
+        if not batch:
+            return self._call(method, *args)
+        self.messages_sent += 1
+        d = self._call("submit_then", batch, method, list(args))
+
+        def split(value: Any) -> Any:
+            refused, outcome = value
+            self._refuse(refused)
+            return raise_outcome(outcome)
+
+        def lost(f: Failure) -> Failure:
+            self._lose(batch, f)
+            return f
+
+        return d.addCallbacks(split, lost)
+
+    def _send(self, batch: list[tuple[int, bytes]]) -> None:
+        self._in_flight += 1
+        self.messages_sent += 1
+        d = self._call("submit", batch)
+
+        def done(_: Any) -> None:
+            self._in_flight -= 1
+            with self._lock:
+                more = bool(self._buffer)
+            if more and self._in_flight < MAX_IN_FLIGHT:
+                self.flush()
+
+        d.addCallbacks(self._refuse, lambda f: self._lose(batch, f)).addBoth(done)
+
+    def _refuse(self, refused: list) -> None:
+        for taskid, reason in refused:
+            self._refused[taskid] = TaskSubmissionError(
+                f"task {taskid} was refused by the controller: {reason}"
+            )
+
+    def _lose(self, batch: list[tuple[int, bytes]], f: Failure) -> None:
+        for taskid, _ in batch:
+            self._refused[taskid] = TaskSubmissionError(
+                f"task {taskid} may not have reached the controller: {f.value}"
+            )
+
+    # -- refusals ------------------------------------------------------------------
+    def refusal(self, taskid: Any) -> Exception | None:
+        """(reactor) Why the submission of ``taskid`` failed, or None."""
+        try:
+            return self._refused.get(taskid)
+        except TypeError:
+            return None
+
+    def forget(self, taskids: list[int] | None) -> None:
+        """(reactor) Forget refusals (all, or of ``taskids``)."""
+        if taskids is None:
+            self._refused.clear()
+        else:
+            for taskid in taskids:
+                self._refused.pop(taskid, None)
+
