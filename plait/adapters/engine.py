@@ -27,8 +27,9 @@ from plait.kernel._serialize import deserialize
 class RemoteEngine:
     """An :class:`IEngine` backed by a foolscap RemoteReference to an engine."""
 
-    def __init__(self, remote: Any, uuid: str):
-        self.remote = remote
+    def __init__(self, remote: Any, uuid: str, control: Any = None):
+        self.remote = remote  # commands: the engine's channel, or its foolscap reference
+        self.control = control or remote  # foolscap: answered even while user code runs
         self.uuid = uuid
         self.id: int | None = None
 
@@ -67,7 +68,7 @@ class RemoteEngine:
         return self._call("run_task", task)
 
     def kill(self) -> defer.Deferred:
-        d = self.remote.callRemote("kill")
+        d = self.control.callRemote("kill")
         d.addErrback(lambda f: None)  # the engine may be gone before it answers
         return d
 
@@ -100,7 +101,7 @@ class FoolscapEngineRegistrar(Referenceable):
         link = self._opened.pop(channel, None) if channel else None
         if channel and link is None:
             raise ValueError("unknown channel token: open the channel before registering")
-        proxy = RemoteEngine(link or engine, uuid)
+        proxy = RemoteEngine(link or engine, uuid, control=engine)
         engine_id = self.registry.register(proxy, uuid, deserialize(properties))
         engine.notifyOnDisconnect(self.registry.unregister, engine_id, "disconnected")
         if link is not None:

@@ -18,6 +18,8 @@ from zope.interface import implementer
 
 from plait.interfaces.engine import RIEngine
 from plait.kernel import _bulk
+from plait.kernel._engine import hard_exit
+from plait.kernel._errors import SerializationError
 from plait.kernel._serialize import deserialize, is_bulk
 
 log = Logger()
@@ -75,7 +77,11 @@ class FoolscapEngine(Referenceable):
             if decode:
                 args = tuple(self._decode(a) for a in args)
             value = getattr(interp, method)(*args)
-            reply = True, self._encode(value)
+            try:
+                reply = True, self._encode(value)
+            except SerializationError:
+                interp.serialize_value(method, args, value)  # raises, naming the culprit
+                raise
         except BaseException as exc:
             reply = False, interp.failure_payload(exc, method)
         changed = interp.take_changed_properties()
@@ -90,7 +96,7 @@ class FoolscapEngine(Referenceable):
         ``remote_*`` methods below do the same through foolscap.
         """
         if method == "kill":
-            reactor.callFromThread(self.engine.shutdown, 0)
+            reactor.callFromThread(reactor.callLater, 0.01, hard_exit, 0)
             return None
         if method == "ping":
             return True
@@ -126,7 +132,8 @@ class FoolscapEngine(Referenceable):
         return self._submit("run_task", (task,))
 
     def remote_kill(self) -> None:
-        reactor.callLater(0, self.engine.shutdown, 0)
+        """Exit now, even in the middle of user code (after answering)."""
+        reactor.callLater(0.01, hard_exit, 0)
 
     def remote_ping(self) -> bool:
         return True

@@ -194,6 +194,9 @@ class IEngineRegistry(Interface):
         """Call ``observer.engine_added(id)``, ``engine_removed(id)`` and
         ``properties_changed(id)`` as they happen."""
 
+    def remove_observer(observer):
+        """Stop notifying ``observer``."""
+
     def wait_for_engines(n):
         """A Deferred that fires with the id list once ``n`` engines are registered."""
 

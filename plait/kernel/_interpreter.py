@@ -500,7 +500,7 @@ class Interpreter:
         """
         try:
             value = self._dispatch(method, args)
-            return True, self._serialize_value(method, args, value)
+            return True, self.serialize_value(method, args, value)
         except BaseException as exc:
             return False, self.failure_payload(exc, method)
 
@@ -509,7 +509,8 @@ class Interpreter:
             raise ValueError(f"unknown engine command {method!r} (known: {', '.join(METHODS)})")
         return getattr(self, method)(*args)
 
-    def _serialize_value(self, method: str, args: tuple, value: Any) -> bytes:
+    def serialize_value(self, method: str, args: tuple, value: Any) -> bytes:
+        """``value`` serialized; a value of ``pull`` that cannot be is named."""
         try:
             return serialize(value)
         except SerializationError:

@@ -468,7 +468,7 @@ class AsyncMultiEngineClient(DataParallelMixin, BenchmarkMixin, MultiEngineHelpe
         if bad:
             return defer.fail(TypeError(f"barrier wants PendingResults, got {bad[0]!r}"))
         prs.sort(key=lambda p: (p.result_id is None, p.result_id or 0))
-        ds = [p.deferred().addErrback(lambda _: None) for p in prs]
+        ds = [p.settled() for p in prs]
         return defer.gatherResults(ds).addCallback(lambda _: None)
 
     @asynchronous

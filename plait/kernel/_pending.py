@@ -38,6 +38,7 @@ class PendingResult:
         self.submitted = time.time()
         self._outcome: Any = _MISSING  # the value, or a Failure
         self._callbacks: list[tuple[Callable, tuple, dict]] = []
+        self._applied = 0  # how many callbacks have been applied to _outcome
         self._done = threading.Event()
         self._fetching: defer.Deferred | None = None
         self.metadata: dict[str, Any] = {"submitted": self.submitted}
@@ -73,21 +74,28 @@ class PendingResult:
         return d
 
     def _value(self) -> Any:
+        """The result with the callbacks applied, each exactly once."""
         outcome = self._outcome
         if isinstance(outcome, Failure):
             outcome.raiseException()
-        for fn, args, kwargs in self._callbacks:
-            outcome = fn(outcome, *args, **kwargs)
+        while self._applied < len(self._callbacks):
+            fn, args, kwargs = self._callbacks[self._applied]
+            self._applied += 1
+            self._outcome = outcome = fn(outcome, *args, **kwargs)
         return outcome
+
+    def settled(self) -> defer.Deferred:
+        """(Twisted code) A Deferred firing with None once the result is here,
+        whatever it is; it never fails."""
+        if self._done.is_set():
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._start_fetch().addBoth(lambda _: d.callback(None))
+        return d
 
     def deferred(self) -> defer.Deferred:
         """(Twisted code) A Deferred firing with the result, callbacks applied."""
-        d: defer.Deferred = defer.Deferred()
-        if self._done.is_set():
-            d.callback(None)
-        else:
-            self._start_fetch().addBoth(lambda _: d.callback(None))
-        return d.addCallback(lambda _: self._value())
+        return self.settled().addCallback(lambda _: self._value())
 
     # -- blocking API ---------------------------------------------------------------
     def get_result(self, default: Any = None, block: bool = True) -> Any:

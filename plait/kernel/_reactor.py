@@ -15,6 +15,11 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
 
+from plait.kernel._errors import PlaitError
+
+#: Errors that describe the user's call, not a bug: raised without our frames.
+_QUIET = (PlaitError, TypeError, ValueError, KeyError, IndexError, LookupError, OSError)
+
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
 
@@ -74,5 +79,10 @@ def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwa
         raise TimeoutError(f"no answer within {timeout} s")
     result = box[0]
     if isinstance(result, Failure):
+        exc = result.value
+        if isinstance(exc, _QUIET):
+            # the reactor thread's frames say nothing to the user: show the
+            # error as raised by the call they made
+            raise exc.with_traceback(None) from None
         result.raiseException()
     return result
