@@ -102,3 +102,17 @@ def test_engine_without_channel_is_driven_through_foolscap(cluster_factory):
     finally:
         extra.kill()
         extra.wait()
+
+
+def test_kill_stops_an_engine_stuck_in_user_code(cluster_factory):
+    import time as _time
+
+    c = cluster_factory(2)
+    mec = c.mec()
+    stuck = mec.execute("import time; time.sleep(120)", targets=1, block=False)
+    t0 = _time.monotonic()
+    assert mec.kill(targets=1) == [None]
+    assert _time.monotonic() - t0 < 10
+    with pytest.raises(client.CompositeError, match="EngineError"):
+        stuck.get_result()
+    assert mec.get_ids() == [0]
