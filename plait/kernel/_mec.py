@@ -384,10 +384,10 @@ class AsyncMultiEngineClient(DataParallelMixin, BenchmarkMixin, MultiEngineHelpe
              ) -> defer.Deferred:
         """Stop the target engines (and the controller too when ``controller``).
 
-        Not queued behind other commands; returns once the engines have left
-        the controller.  Commands still in the controller's queues for them
-        fail with EngineError; an engine finishes the command it is running
-        (and one already handed to it) first.
+        Not queued behind other commands: an engine exits at once, even in
+        the middle of user code, and this returns once the engines have left
+        the controller.  What was running or queued on them fails with
+        EngineError.
         """
         return self._engine_call("kill", bool(controller), targets=targets, block=block)
 
