@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from plait.kernel import _bulk  # noqa: E402
+from plait.kernel import _blobserver, _bulk  # noqa: E402
 
 MB = 1_000_000
 
@@ -49,7 +49,7 @@ def _apply(overrides: dict[str, int]) -> None:
 
 def _server_main(conn, overrides) -> None:
     _apply(overrides)
-    server = _bulk.BlobServer()
+    server = _blobserver.BlobServer()
     server.start()
     conn.send(server.address)
     while True:

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from plait.kernel import _bulk
+from plait.kernel._blobserver import BlobServer
 from plait.kernel._bulk import (
-    BlobServer,
     BulkError,
     BulkIntegrityError,
     Outgoing,

@@ -50,7 +50,7 @@ def _encoded(record: TaskResultRecord | None) -> bytes | None:
 class FoolscapTaskController(Referenceable):
     """Publishes an :class:`ITaskController` service as :class:`RITaskController`.
 
-    ``blobs`` is the controller's :class:`~plait.kernel._bulk.BlobServer`,
+    ``blobs`` is the controller's :class:`~plait.kernel._blobserver.BlobServer`,
     through which clients upload tasks too large to travel inline;
     ``channels`` its client :class:`~plait.adapters.channel.ChannelServer`
     (None: clients stay on foolscap).

@@ -25,7 +25,7 @@ from zope.interface.interface import InterfaceClass
 
 from plait.adapters import Publication, default_publications
 from plait.adapters.channel import ChannelServer
-from plait.kernel._bulk import BlobServer
+from plait.kernel._blobserver import BlobServer
 from plait.kernel._multiengine import MultiEngine
 from plait.kernel._registry import EngineRegistry
 from plait.kernel._results import ResultStore

@@ -53,7 +53,30 @@ def start_logging(dirs: ProfileDirs, name: str, to_stderr: bool = False) -> Path
             )
         )
     globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+    _bridge_stdlib_logging()
     return path
+
+
+def _bridge_stdlib_logging() -> None:
+    """Send what plait's thread-based parts log with :mod:`logging` to Twisted's log."""
+    import logging
+
+    from twisted.logger import Logger, LogLevel
+
+    levels = {
+        logging.DEBUG: LogLevel.debug, logging.INFO: LogLevel.info,
+        logging.WARNING: LogLevel.warn, logging.ERROR: LogLevel.error,
+        logging.CRITICAL: LogLevel.critical,
+    }
+
+    class ToTwisted(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            level = levels.get(record.levelno, LogLevel.info)
+            Logger(namespace=record.name).emit(level, "{msg}", msg=self.format(record))
+
+    logger = logging.getLogger("plait")
+    logger.addHandler(ToTwisted())
+    logger.setLevel(logging.INFO)
 
 
 def dirs_for(profile: str | None) -> ProfileDirs:
