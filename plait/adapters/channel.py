@@ -182,6 +182,15 @@ class ChannelProtocol(Int32StringReceiver):
         self.log.warn("dropping a channel: frame of {n} bytes is too large", n=length)
         self.transport.abortConnection()
 
+    def connectionMade(self) -> None:  # noqa: N802
+        # Calls are small frames, often two back to back: with Nagle's
+        # algorithm the second would wait tens of ms for the first's ACK.
+        transport = self.transport
+        while transport is not None and not hasattr(transport, "setTcpNoDelay"):
+            transport = getattr(transport, "transport", None)
+        if transport is not None:
+            transport.setTcpNoDelay(True)
+
     def handshakeCompleted(self) -> None:  # noqa: N802
         pass
 

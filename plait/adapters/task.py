@@ -30,18 +30,6 @@ FOLLOWERS = frozenset({
 })
 
 
-def no_delay(link: Any) -> None:
-    """Send small frames at once (no Nagle delay) on a channel's TCP connection.
-
-    A client often sends two small calls back to back (a submission, then
-    ``get_task_result``); with Nagle's algorithm the second would wait for
-    the peer's delayed acknowledgement of the first, tens of milliseconds.
-    """
-    transport = getattr(link, "transport", None)
-    if transport is not None and hasattr(transport, "setTcpNoDelay"):
-        transport.setTcpNoDelay(True)
-
-
 def _encoded(record: TaskResultRecord | None) -> bytes | None:
     return None if record is None else encode_result(record)
 
@@ -120,4 +108,4 @@ class FoolscapTaskController(Referenceable):
     def remote_open_channel(self) -> tuple[bytes, int]:
         if self.channels is None:
             raise RuntimeError("this controller offers no channel for the task interface")
-        return self.channels.issue(self, on_bound=no_delay)
+        return self.channels.issue(self)

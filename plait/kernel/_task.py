@@ -136,7 +136,7 @@ class TaskController:
         self,
         registry: IEngineRegistry,
         scheme: str = DEFAULT_SCHEME,
-        hwm: int = DEFAULT_HWM,
+        hwm: int | None = DEFAULT_HWM,
         *,
         scheduler: IScheduler | None = None,
         clock: Any = None,

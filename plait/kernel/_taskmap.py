@@ -11,7 +11,7 @@ whichever engine frees up first takes them and all engines finish close
 together).  No chunk is smaller than ``len / (TAIL_FRACTION * engines)``
 (nor than one element), which bounds the number of tasks to about
 ``CHUNK_FACTOR * engines * (1 + ln(TAIL_FRACTION / CHUNK_FACTOR))``,
-whatever the length: about 50 tasks on 4 engines.  ``chunksize=k`` makes
+whatever the length: about 15 tasks per engine.  ``chunksize=k`` makes
 every chunk ``k`` elements instead (``chunksize=1``: one task per element,
 the finest balance).
 

@@ -397,14 +397,14 @@ def run_on_engine(interpreter: Interpreter, task: Any) -> Any:
     value kept back (see :mod:`plait.kernel._taskrun`); a single
     :class:`EngineTask` gives its value (:func:`run_engine_task`).
     """
-    if isinstance(task, EngineTask):
-        return run_engine_task(interpreter, task)
     from plait.kernel import _taskrun
 
     if isinstance(task, TaskBatch):
         return _taskrun.run_batch(interpreter, task)
     if isinstance(task, StashFetch):
         return _taskrun.take_stashed(task.key)
+    if isinstance(task, EngineTask) or hasattr(task, "kind"):  # (or an engine part alike)
+        return run_engine_task(interpreter, task)
     raise SerializationError(f"not a task payload: {type(task).__name__}")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.internet import defer, threads
 
-from plait.adapters.task import no_delay
+from plait.interfaces.engine import INLINE_LIMIT
 from plait.interfaces.task import RITaskController  # noqa: F401 - registers the schema
 from plait.kernel import _bulk, _reactor
 from plait.kernel._clientbase import (
@@ -29,9 +29,10 @@ from plait.kernel._clientbase import (
     raise_outcome,
     resolve_furl,
 )
+from plait.kernel._serialize import frame_parts, pack_framed, serialize_parts
 from plait.kernel._taskmap import TaskMapMixin, map_tasks
 from plait.kernel._tasks import TaskResult
-from plait.kernel._taskspec import TaskSpec, decode_result, encode_task
+from plait.kernel._taskspec import TaskSpec, TaskSpecError, decode_result, encode_task
 from plait.kernel._tcsubmit import Submitter
 from plait.security import TC_FURL
 
@@ -68,7 +69,6 @@ class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
 
     def __init__(self, remote: Any, source: str = ""):
         super().__init__(remote, source)
-        no_delay(self._remote)
         self._submitter = Submitter(self._outcome)
         self._results: dict[int, TaskResult] = {}
 
@@ -112,7 +112,23 @@ class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
             parts.append(out)
             return out if isinstance(out, bytes) else b"B"
 
-        return encode_task(task, part), parts
+        def bulk_part(engine_task: Any) -> bytes:  # all but the smallest go by bulk
+            head, buffers = serialize_parts(engine_task)
+            segments, size = frame_parts(head, buffers)
+            out = pack_framed(head, buffers) if size < 4096 else _bulk.Outgoing(segments, size)
+            parts.append(out)
+            return out if isinstance(out, bytes) else b"B"
+
+        data = encode_task(task, part)
+        if len(data) > INLINE_LIMIT:  # a recovery chain of large tasks: each part fits...
+            parts.clear()
+            data = encode_task(task, bulk_part)
+            if len(data) > INLINE_LIMIT:
+                raise TaskSpecError(
+                    f"this task is too large to submit ({len(data)} bytes without its code "
+                    f"and data): its depend functions pickle too large"
+                )
+        return data, parts
 
     @defer.inlineCallbacks
     def _upload(self, task: TaskSpec, parts: list[Any]) -> Any:

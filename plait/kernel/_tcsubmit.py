@@ -4,14 +4,16 @@
 costs about as much as running a small task.  So the client does not ask for
 each id: it *reserves* ids in blocks (:meth:`ITaskController.reserve`) and
 gives them out locally, and it sends the submissions without waiting for an
-answer.  Foolscap keeps the order of messages on a connection, so any later
+answer.  Messages keep their order on a connection, so any later
 call of the same client (``barrier``, ``get_task_result``...) reaches the
 controller after the submissions made before it.
 
 Submissions made in a burst are *coalesced*: :class:`Submitter` keeps at most
 :data:`MAX_IN_FLIGHT` ``submit`` messages unanswered, and whatever is
 submitted meanwhile leaves in the next message, together (much like Nagle's
-algorithm on TCP).  A lone task therefore leaves at once, and a loop of
+algorithm on TCP).  A lone task leaves at once; while submissions keep
+coming, a ticker sends what accumulated every :data:`TICK` seconds, so
+``run`` need not wake the reactor thread each time, and a loop of
 thousands of ``run`` calls becomes a few dozen messages.  Any other call of
 the client carries what is buffered along (:meth:`Submitter.call_after`),
 in the same message, so nothing is held back and a ``run`` followed by
@@ -52,6 +54,11 @@ FIRST_BLOCK = 512
 LARGEST_BLOCK = 65_536
 #: Unanswered ``submit`` messages at most; more submissions wait and coalesce.
 MAX_IN_FLIGHT = 1
+#: While submissions keep coming, a ticker in the reactor thread sends them
+#: every TICK seconds and ``run`` does not wake the reactor thread; the ticker
+#: stops after IDLE_TICKS ticks without a submission.
+TICK = 0.001
+IDLE_TICKS = 20
 #: A ``submit`` message carries at most this many tasks, or about this many bytes.
 MAX_MESSAGE_TASKS = 20_000
 MAX_MESSAGE_BYTES = 4 << 20
@@ -80,6 +87,8 @@ class Submitter:
         self._reserving = False
         self._buffer: list[tuple[int, bytes]] = []
         self._flush_scheduled = False
+        self._ticking = False
+        self._idle_ticks = 0
         # -- reactor thread only
         self._id_waiters: list[defer.Deferred] = []
         self._in_flight = 0
@@ -160,19 +169,43 @@ class Submitter:
 
     # -- sending -------------------------------------------------------------------
     def enqueue(self, taskid: int, data: bytes) -> None:
-        """Send ``data`` under ``taskid`` soon, after everything enqueued before (any thread)."""
+        """Send ``data`` under ``taskid`` soon, after everything enqueued before (any thread).
+
+        The first submission after a quiet spell wakes the reactor thread,
+        which sends it at once and starts a ticker.  While the ticker runs,
+        submissions wait for its next tick or for the client's next call,
+        whichever comes first: a ``run`` then costs no thread wake-up, and a
+        ``run`` followed by ``get_task_result`` travels as one message.
+        """
         with self._lock:
             self._buffer.append((taskid, data))
-            wake = not self._flush_scheduled
-            self._flush_scheduled = True
+            self._idle_ticks = 0
+            wake = not self._ticking and not self._flush_scheduled
+            if wake:
+                self._flush_scheduled = True
         if wake:
             reactor.callFromThread(self._auto_flush)
 
     def _auto_flush(self) -> None:
         with self._lock:
             self._flush_scheduled = False
+            start = not self._ticking
+            self._ticking = True
         if self._in_flight < MAX_IN_FLIGHT:
             self.flush()
+        if start:
+            reactor.callLater(TICK, self._tick)
+
+    def _tick(self) -> None:
+        with self._lock:
+            if not self._buffer:
+                self._idle_ticks += 1
+                if self._idle_ticks >= IDLE_TICKS:
+                    self._ticking = False  # from now on, enqueue wakes us
+                    return
+        if self._in_flight < MAX_IN_FLIGHT:
+            self.flush()
+        reactor.callLater(TICK, self._tick)
 
     def _take(self) -> list[tuple[int, bytes]]:
         """The oldest buffered submissions that fit in one message (maybe none)."""

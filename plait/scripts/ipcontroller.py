@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", default=None,
                    help="task scheduler scheme: fifo, lru, plainrandom, twobin, leastload, weighted")
     p.add_argument("--hwm", type=int, default=None,
-                   help="task high-water mark: tasks outstanding per engine (0: no limit)")
+                   help="task high-water mark: tasks outstanding per engine (default: adaptive, "
+                        "about 5 ms of queued work per engine; 0: no limit)")
     p.add_argument("--adapter", action="append", default=[], metavar="MODULE:NAME",
                    help="publish an extra interface (a plait.adapters.Publication)")
     p.add_argument("--engine-timeout", type=float, default=30.0,

@@ -1,0 +1,184 @@
+"""How the controller batches tasks to engines and reads the replies.
+
+The fake engines of ``test_task_service`` receive every command; the
+registry and the engine queues are the real ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_task_service import Cluster, submit_many
+from twisted.internet import defer
+
+from plait.kernel._errors import RemoteFailure
+from plait.kernel._serialize import serialize
+from plait.kernel._taskspec import TaskSpecError, decode_batch_reply
+
+
+def test_engine_lost_blames_only_the_task_presumed_running():
+    cluster = Cluster(n=2, hwm=3)
+    ids = submit_many(cluster, ["a", "b", "c", "d", "e", "f"])
+    engine0 = cluster.engines[0]
+    at_zero = [name for name in engine0.names()]
+    assert len(at_zero) == 3 and engine0.commands == 2
+    cluster.registry.unregister(0, "killed")
+    first = cluster.result(ids[0])  # the first task of the oldest command at engine 0
+    assert first.status == "failed" and first.failure().ename == "EngineError"
+    status = cluster.status()
+    assert ids[0] in status["failed"] and len(status["failed"]) == 1
+    # the others at engine 0 may never have started: they wait for engine 1, not failed
+    engine1 = cluster.engines[1]
+    while engine1.calls or status["scheduled"]:
+        engine1.reply()
+        status = cluster.status()
+    assert sorted(status["succeeded"]) == [i for i in ids if i != ids[0]]
+    for taskid in status["succeeded"]:
+        assert cluster.result(taskid).failed_on == []
+
+
+def test_a_task_suspected_twice_is_blamed():
+    cluster = Cluster(n=3, hwm=2)
+    a, b, c, d, e, f = submit_many(cluster, ["a", "b", "c", "d", "e", "f"])
+    assert cluster.placement() == {0: ["a", "d"], 1: ["b", "e"], 2: ["c", "f"]}
+    cluster.registry.unregister(0, "killed")  # 'a' was running; 'd' was behind it
+    assert cluster.status()["failed"] == [a] and cluster.status()["scheduled"] == [d]
+    cluster.engines[1].reply()  # 'b' done: 'd' goes behind 'e'
+    assert cluster.engines[1].names() == ["e", "d"]
+    cluster.registry.unregister(1, "killed")
+    record = cluster.result(d)
+    assert record.status == "failed" and record.failure().ename == "EngineError"
+    assert record.failed_on == [1] and record.attempts == 2
+    assert sorted(cluster.status()["failed"]) == [a, d, e]
+
+
+def test_commands_still_in_the_queue_when_the_engine_dies_never_ran():
+    cluster = Cluster(n=2, hwm=0)
+    ids = submit_many(cluster, [f"t{i}" for i in range(8)])
+    queue = cluster.registry.get_queue(0)
+    assert len(queue) == 2  # two commands in flight
+    cluster.registry.unregister(0, "killed")
+    engine1 = cluster.engines[1]
+    while engine1.calls:
+        engine1.reply()
+    status = cluster.status()
+    assert len(status["failed"]) == 1 and len(status["succeeded"]) == 7
+    assert sorted(status["failed"] + status["succeeded"]) == ids
+
+
+def test_tasks_aborted_while_their_command_waits_are_left_out():
+    cluster = Cluster(n=1, hwm=0)
+    queue = cluster.registry.get_queue(0)
+    queue.window = 1
+    blocker: defer.Deferred = defer.Deferred()
+    queue.submit(lambda engine: blocker, label="mec")
+    ids = submit_many(cluster, ["a", "b", "c"])
+    cluster.tc.abort(ids[1])
+    blocker.callback(None)
+    engine = cluster.engines[0]
+    assert engine.names() == ["a"]  # first half: ["a"]; second half ["b", "c"] waits
+    engine.reply()
+    assert engine.names() == ["c"]
+    engine.reply()
+    assert cluster.status()["succeeded"] == [ids[0], ids[2]]
+    assert cluster.status()["aborted"] == [ids[1]]
+
+
+def test_every_aborted_task_of_a_command_means_nothing_is_sent():
+    cluster = Cluster(n=1, hwm=1)
+    queue = cluster.registry.get_queue(0)
+    queue.window = 1
+    blocker: defer.Deferred = defer.Deferred()
+    queue.submit(lambda engine: blocker, label="mec")
+    taskid = cluster.run("a")
+    cluster.tc.abort(taskid)
+    blocker.callback(None)
+    assert cluster.engines[0].commands == 0
+    assert cluster.tc.scheduler.load(0) == 0
+    follow = cluster.run("b")  # the slot is free again
+    assert cluster.engines[0].names() == ["b"]
+    cluster.engines[0].reply()
+    assert cluster.result(follow).ok
+
+
+def test_a_large_value_is_fetched_with_a_command_of_its_own():
+    cluster = Cluster(n=1, hwm=2)
+    taskid = cluster.run("big")
+    engine = cluster.engines[0]
+    engine.stash(b"k" * 16, seconds=2.0)
+    assert cluster.status()["pending"] == [taskid]  # not done before the value is here
+    key, d = engine.fetches.pop()
+    assert key == b"k" * 16
+    d.callback((True, serialize("the value")))
+    record = cluster.result(taskid)
+    assert record.ok and record.value() == "the value" and record.seconds == 2.0
+
+
+def test_a_large_failure_is_fetched_too_and_fails_the_task():
+    cluster = Cluster(n=1, hwm=2)
+    taskid = cluster.run("big")
+    engine = cluster.engines[0]
+    engine.stash(b"f" * 16, ok=False)
+    _, d = engine.fetches.pop()
+    d.callback((True, serialize(RemoteFailure("ValueError", "huge", "tb"))))
+    record = cluster.result(taskid)
+    assert record.status == "failed" and record.failure().ename == "ValueError"
+
+
+def test_losing_the_engine_before_the_fetch_fails_the_task():
+    cluster = Cluster(n=2, hwm=1)
+    taskid = cluster.run("big", retries=1)
+    engine = cluster.engines[0]
+    engine.stash(b"x" * 16)
+    cluster.registry.unregister(0, "killed")
+    cluster.engines[1].reply("again")
+    record = cluster.result(taskid)
+    assert record.ok and record.failed_on == [0] and record.value() == "again"
+
+
+def test_an_engine_that_cannot_run_the_batch_fails_its_tasks():
+    cluster = Cluster(n=1)
+    failure = serialize(RemoteFailure("BulkError", "download failed", ""))
+    cluster.engines[0].run_task = lambda task: defer.succeed((False, failure))
+    taskid = cluster.run("a")
+    assert cluster.result(taskid).failure().evalue == "download failed"
+
+
+@pytest.mark.parametrize("reply", [
+    (True, serialize([])),                     # wrong length
+    (True, serialize([(True, b"P", 0.0)])),    # short entry
+    (True, b"F" + b"\0" * 12),                 # not an inline pickle
+    (True, serialize([(True, b"P", 0.0, b"k")])),  # both a payload and a stash key
+])
+def test_unreadable_batch_replies_fail_the_tasks(reply):
+    cluster = Cluster(n=1)
+    cluster.engines[0].run_task = lambda task: defer.succeed(reply)
+    taskid = cluster.run("a")
+    record = cluster.result(taskid)
+    assert record.status == "failed" and record.failure().ename == "TaskSpecError"
+
+
+def test_batch_replies_are_read_without_unpickling_objects():
+    with pytest.raises(TaskSpecError, match="unreadable"):
+        decode_batch_reply(serialize([RemoteFailure("E", "v", "")]), 1)
+    items = [(True, b"P", 0.5, None), (False, None, 1, b"key")]
+    assert decode_batch_reply(serialize(items), 2) == items
+
+
+def test_the_adaptive_mark_grows_batches_for_tiny_tasks_and_shrinks_for_long_ones():
+    cluster = Cluster(n=1, hwm=None)
+    engine = cluster.engines[0]
+    submit_many(cluster, [f"t{i}" for i in range(200)])
+    assert len(engine.calls) == 2  # unknown run time: the start mark
+    while cluster.status()["scheduled"]:
+        engine.reply(seconds=0.0)  # tiny tasks: the mark grows a task at a time
+    assert cluster.tc.info()["marks"] == {0: 32}
+    assert len(engine.calls) > 2
+    while engine.calls:
+        engine.reply(seconds=0.0)
+    submit_many(cluster, [f"u{i}" for i in range(40)])
+    first = len(engine.calls)
+    assert first > 2  # committed in a batch: the case a fixed --hwm=1 is for
+    for _ in range(first):
+        engine.reply(seconds=1.0)  # long tasks: the mark drops to 1 at once
+    assert cluster.tc.info()["marks"] == {0: 1}
+    assert len(engine.calls) == 1

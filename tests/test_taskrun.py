@@ -1,0 +1,110 @@
+"""The engine side of the Task service: batches on a real Interpreter."""
+
+from __future__ import annotations
+
+import pytest
+
+from plait.kernel import _taskrun
+from plait.kernel._errors import RemoteFailure, SerializationError
+from plait.kernel._interpreter import Interpreter
+from plait.kernel._serialize import deserialize, serialize
+from plait.kernel._taskspec import (
+    StashFetch,
+    TaskBatch,
+    TaskSpec,
+    decode_batch_reply,
+    decode_task,
+    encode_task,
+    run_on_engine,
+)
+
+
+def batch(*specs: TaskSpec) -> TaskBatch:
+    return TaskBatch(tuple(decode_task(encode_task(spec)).payload for spec in specs))
+
+
+def run(interp: Interpreter, *specs: TaskSpec) -> list:
+    reply = run_on_engine(interp, batch(*specs))
+    # what the controller reads: the reply as the engine sends it, plain data only
+    return decode_batch_reply(serialize(reply), len(specs))
+
+
+def test_tasks_run_in_order_each_timed_and_isolated():
+    interp = Interpreter(engine_id=3)
+    items = run(
+        interp,
+        TaskSpec.string("a = 1", pull="a"),
+        TaskSpec.string("1/0"),
+        TaskSpec.string("raise SystemExit(2)"),
+        TaskSpec.string("b = a + 1", pull="b"),
+    )
+    oks = [ok for ok, _, _, _ in items]
+    assert oks == [True, False, False, True]
+    assert deserialize(items[0][1]) == {"a": 1}
+    failure = deserialize(items[1][1])
+    assert isinstance(failure, RemoteFailure) and failure.ename == "ZeroDivisionError"
+    assert failure.engine_id == 3 and failure.method == "run_task"
+    assert deserialize(items[2][1]).ename == "SystemExit"
+    assert deserialize(items[3][1]) == {"b": 2}
+    assert all(seconds >= 0 for _, _, seconds, _ in items)
+    assert all(stash is None for _, _, _, stash in items)
+
+
+def test_clear_options_hold_inside_a_batch():
+    interp = Interpreter()
+    items = run(
+        interp,
+        TaskSpec.string("x = 1", clear_after=True),
+        TaskSpec.string("seen = 'x' in globals()", pull="seen"),
+    )
+    assert deserialize(items[1][1]) == {"seen": False}
+
+
+def test_large_values_are_kept_back_for_a_fetch():
+    interp = Interpreter()
+    big = _taskrun.REPLY_BUDGET + 10
+    items = run(interp, TaskSpec.map(bytes, [big]), TaskSpec.map(abs, [-1]))
+    ok, payload, _, key = items[0]
+    assert ok and payload is None and isinstance(key, bytes)
+    assert deserialize(items[1][1]) == 1
+    assert run_on_engine(interp, StashFetch(key)) == bytes(big)
+    with pytest.raises(KeyError, match="no task value"):
+        run_on_engine(interp, StashFetch(key))
+    assert _taskrun.stashed() == 0
+
+
+def test_the_reply_budget_is_shared_by_the_batch():
+    interp = Interpreter()
+    third = _taskrun.REPLY_BUDGET // 3
+    items = run(interp, *[TaskSpec.map(bytes, [third]) for _ in range(4)])
+    kept = [key for _, payload, _, key in items if payload is None]
+    assert len(kept) >= 1 and items[0][3] is None
+    for key in kept:
+        assert run_on_engine(interp, StashFetch(key)) == bytes(third)
+
+
+def test_a_large_failure_is_kept_back_and_comes_back_as_a_failure():
+    interp = Interpreter()
+    items = run(interp, TaskSpec.string(f"raise ValueError('x' * {_taskrun.REPLY_BUDGET})"))
+    ok, payload, _, key = items[0]
+    assert not ok and payload is None
+    shipped = serialize(run_on_engine(interp, StashFetch(key)))
+    failure = deserialize(shipped)
+    assert isinstance(failure, RemoteFailure) and failure.ename == "ValueError"
+
+
+def test_unsendable_values_fail_their_task_only():
+    interp = Interpreter()
+    items = run(interp, TaskSpec.string("g = (i for i in [])", pull="g"),
+                TaskSpec.string("h = 1", pull="h"))
+    assert items[0][0] is False
+    assert deserialize(items[0][1]).ename == "SerializationError"
+    assert deserialize(items[1][1]) == {"h": 1}
+
+
+def test_payloads_that_are_not_tasks_fail_alone():
+    interp = Interpreter()
+    reply = run_on_engine(interp, TaskBatch((serialize("not a task"),)))
+    assert reply[0][0] is False and "not a task payload" in deserialize(reply[0][1]).evalue
+    with pytest.raises(SerializationError, match="not a task payload"):
+        run_on_engine(interp, {"what": 1})
