@@ -63,8 +63,8 @@ def main(n_engines: int = 4) -> int:
         counts = tc.map(count_primes, range(0, limit, step), range(step, limit + step, step))
         dt = time.perf_counter() - t1
         total = sum(counts)
-        print(f"{total} primes below {limit:,}, counted as {len(counts)} load-balanced tasks "
-              f"in {dt:.2f} s")
+        print(f"{total} primes below {limit:,}, counted in {len(counts)} ranges load-balanced "
+              f"over the engines in {dt:.2f} s")
         expected = 17984  # pi(200000)
         assert total == expected, (total, expected)
         print(f"all results checked; the demo took {time.perf_counter() - t0:.2f} s")
