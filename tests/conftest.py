@@ -136,3 +136,30 @@ def mec(cluster4: Cluster):
     client = cluster4.mec()
     client.reset()
     return client
+
+
+@pytest.fixture
+def ipython_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh IPython shell (in-memory history, its own IPYTHONDIR, no colours).
+
+    At teardown the parallel magics are switched off and forgotten.
+    """
+    pytest.importorskip("IPython")
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    from plait.kernel import _magics
+
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.chdir(tmp_path)
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance(config=config)
+    shell.colors = "nocolor"
+    yield shell
+    magics = getattr(shell, "_plait_magics", None)
+    if magics is not None and magics.autopx_enabled:
+        magics.disable_autopx()
+    _magics._active = None
+    InteractiveShell.clear_instance()

@@ -26,10 +26,7 @@ import pytest
 
 pytest.importorskip("IPython")
 
-from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
-from traitlets.config import Config  # noqa: E402
 
-from plait.kernel import _magics  # noqa: E402
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "multiengine.md"
 _IN = re.compile(r"In \[(\d+)\]: ?(.*)")
@@ -135,21 +132,9 @@ def shows(expected: str, actual: str) -> bool:
 
 
 @pytest.fixture
-def shell(tmp_path, monkeypatch):
-    """A fresh IPython shell with its own (in-memory) history, in a temp folder."""
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.chdir(tmp_path)
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    InteractiveShell.clear_instance()
-    sh = InteractiveShell.instance(config=config)
-    sh.colors = "nocolor"
-    yield sh
-    magics = getattr(sh, "_plait_magics", None)
-    if magics is not None and magics.autopx_enabled:
-        magics.disable_autopx()
-    _magics._active = None
-    InteractiveShell.clear_instance()
+def shell(ipython_shell):
+    """A fresh IPython shell (see conftest)."""
+    return ipython_shell
 
 
 def test_parser_reads_sessions_and_programs():

@@ -23,8 +23,6 @@ import pytest
 
 pytest.importorskip("IPython")
 
-from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
-from traitlets.config import Config  # noqa: E402
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "task.md"
 CELL = re.compile(r"In \[(\d+)\]: ?(.*)")
@@ -89,16 +87,9 @@ def matches(shown: str, printed: str) -> bool:
 
 
 @pytest.fixture
-def shell(tmp_path, monkeypatch):
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.chdir(tmp_path)
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    InteractiveShell.clear_instance()
-    sh = InteractiveShell.instance(config=config)
-    sh.colors = "nocolor"
-    yield sh
-    InteractiveShell.clear_instance()
+def shell(ipython_shell):
+    """A fresh IPython shell (see conftest)."""
+    return ipython_shell
 
 
 def test_the_matcher():

@@ -7,26 +7,17 @@ import pytest
 
 pytest.importorskip("IPython")
 
-from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 
-from plait.kernel import _magics  # noqa: E402
 
 
 @pytest.fixture
-def shell(cluster4, capsys):
+def shell(ipython_shell, cluster4, capsys):
     """A fresh IPython shell with ``mec`` connected to the cluster (not activated)."""
-    InteractiveShell.clear_instance()
-    sh = InteractiveShell.instance()
-    sh.colors = "nocolor"
+    sh = ipython_shell
     sh.user_ns["furl"] = cluster4.furl_file("mec")
     sh.run_cell("from plait.kernel import client\nmec = client.MultiEngineClient(furl)\nmec.reset()")
     capsys.readouterr()
-    yield sh
-    magics = getattr(sh, "_plait_magics", None)
-    if magics is not None and magics.autopx_enabled:
-        magics.disable_autopx()
-    _magics._active = None
-    InteractiveShell.clear_instance()
+    return sh
 
 
 def run(shell, capsys, cell: str) -> str:
