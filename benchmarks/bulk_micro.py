@@ -18,14 +18,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import multiprocessing as mp
 import os
-import socket
-import ssl
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -144,83 +140,11 @@ def transfer(server: Proc, address, sender: Proc, receiver: Proc) -> float:
 # -- TLS reference -----------------------------------------------------------------------
 
 
-def _self_signed(directory: str) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = os.path.join(directory, "cert.pem")
-    key_path = os.path.join(directory, "key.pem")
-    Path(cert_path).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    Path(key_path).write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-def _tls_sender(port: int, nbytes: int, repeat: int) -> None:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    data = memoryview(np.random.default_rng(1).random(nbytes // 8).view(np.uint8))
-    with socket.create_connection(("127.0.0.1", port)) as raw:
-        with ctx.wrap_socket(raw) as sock:
-            for _ in range(repeat):
-                sock.recv(1)
-                sock.sendall(data)
-            sock.recv(1)
-
-
 def tls_one_hop(nbytes: int, repeat: int) -> float:
-    """Best MB/s of a plain ssl one-hop transfer of ``nbytes`` on loopback."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cert, key = _self_signed(tmp)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            port = listener.getsockname()[1]
-            proc = mp.Process(target=_tls_sender, args=(port, nbytes, repeat), daemon=True)
-            proc.start()
-            raw, _ = listener.accept()
-            with ctx.wrap_socket(raw, server_side=True) as sock:
-                times = []
-                # A reused, already faulted-in buffer: the best case for TLS.
-                buf = bytearray(b"\1") * nbytes
-                view = memoryview(buf)
-                for _ in range(repeat):
-                    t0 = time.perf_counter()
-                    sock.sendall(b"g")
-                    got = 0
-                    while got < nbytes:
-                        n = sock.recv_into(view[got:], min(nbytes - got, 1 << 20))
-                        if not n:
-                            raise RuntimeError("TLS sender went away")
-                        got += n
-                    times.append(time.perf_counter() - t0)
-                sock.sendall(b"q")
-            proc.join(10)
-    return nbytes / min(times) / MB
+    """Python TLS bandwidth on loopback, one hop (MB/s), as benchmarks/limits.py measures it."""
+    from limits import tls_bandwidth
 
-
-# -- main --------------------------------------------------------------------------------
+    return tls_bandwidth(nbytes, repeat)[0]
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from plait.scripts.ipcluster import pid_alive
+
 TOKEN_VAR = "PLAIT_BENCH_TOKEN"
 MB = 1_000_000
 HERE = Path(__file__).resolve().parent
@@ -279,7 +281,7 @@ class PlaitCluster:
         t0 = time.perf_counter()
         proc = self._run("stop")
         elapsed = time.perf_counter() - t0
-        left = [p for p in [*pids.get("engines", []), pids.get("controller")] if p and _alive(p)]
+        left = [p for p in [*pids.get("engines", []), pids.get("controller")] if p and pid_alive(p)]
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -297,20 +299,6 @@ class PlaitCluster:
             self.stop(check=False)
         finally:
             self._tmp.cleanup()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive for our purpose.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @contextmanager

@@ -20,7 +20,6 @@ Run as a child by ``run.py``: ``python limits.py all --params JSON --out FILE``.
 
 from __future__ import annotations
 
-import datetime
 import multiprocessing as mp
 import os
 import socket
@@ -103,25 +102,12 @@ def tcp_rtt(count: int, relay: bool = False) -> float:
 
 
 def _self_signed(directory: str) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A certificate and key file (one PEM holding both), made as plait makes its own."""
+    from plait.security._tub import new_certificate_pem
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "plait-bench")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = os.path.join(directory, "c.pem"), os.path.join(directory, "k.pem")
-    Path(cert_path).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    Path(key_path).write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                 serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()))
-    return cert_path, key_path
+    path = os.path.join(directory, "cert.pem")
+    Path(path).write_bytes(new_certificate_pem("plait-bench"))
+    return path, path
 
 
 def _tls_sender(port: int, nbytes: int) -> None:

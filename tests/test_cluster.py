@@ -12,18 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, Cluster, make_env, run_cmd
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purpose
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+from plait.scripts.ipcluster import pid_alive
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
@@ -35,7 +24,7 @@ def _wait_exit(pid: int, timeout: float) -> bool:
     except ProcessLookupError:
         return True
     try:
-        return bool(select.select([fd], [], [], timeout)[0]) or not _alive(pid)
+        return bool(select.select([fd], [], [], timeout)[0]) or not pid_alive(pid)
     finally:
         os.close(fd)
 
@@ -95,7 +84,7 @@ def test_ipcluster_stop_ends_every_process(cluster_factory):
     c = cluster_factory(2)
     state = c.state()
     pids = [state["controller"], *state["engines"]]
-    assert all(_alive(p) for p in pids)
+    assert all(pid_alive(p) for p in pids)
     out = run_cmd(["ipcluster", "stop"], c.env)
     assert "stopped" in out.stdout
     assert all(_wait_exit(p, 5) for p in pids)
@@ -128,7 +117,7 @@ def test_timeout_fails_clearly_and_leaves_nothing_running(tmp_path):
             continue
         if f"PLAIT_DIR={tmp_path / 'p'}".encode() in environ.split(b"\0"):
             mine.append(int(proc.name))
-    assert [p for p in mine if _alive(p)] == []
+    assert [p for p in mine if pid_alive(p)] == []
 
 
 def test_foreground_ipcluster_stops_everything_on_ctrl_c(tmp_path):

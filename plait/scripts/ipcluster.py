@@ -176,14 +176,18 @@ class Cluster:
                 pass
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # the state field follows the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill(0)
 
 
 def terminate(pids: list[int], grace: float = 3.0) -> None:
@@ -229,7 +233,7 @@ def _running_state(dirs: ProfileDirs) -> dict | None:
     except (OSError, ValueError):
         return None
     pid = state.get("controller")
-    return state if pid and _alive(pid) else None
+    return state if pid and pid_alive(pid) else None
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -297,7 +301,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     pids = [*state.get("engines", []), state["controller"]]
     if state.get("ipcluster"):
         pids.append(state["ipcluster"])
-    terminate([p for p in pids if _alive(p)])
+    terminate([p for p in pids if pid_alive(p)])
     try:
         _state_path(dirs).unlink()
     except FileNotFoundError:
