@@ -86,7 +86,7 @@ def test_scatter_non_blocking(mec):
 
 def test_scatter_refuses_non_sequences_and_breaks_nothing(mec):
     for bad, message in (
-        (5, "cannot partition a int"),
+        (5, "cannot partition an int"),
         ({"a": 1}, "it is a mapping"),
         ({1, 2}, "it has no order"),
         (iter([1, 2]), "an iterator has no length"),

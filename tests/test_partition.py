@@ -78,7 +78,7 @@ def test_join_of_scalars_without_flatten_says_what_to_do():
 @pytest.mark.parametrize(
     "seq, message",
     [
-        (5, "cannot partition a int: a list, tuple, range, string or array is needed"),
+        (5, "cannot partition an int: a list, tuple, range, string or array is needed"),
         ({"a": 1}, r"cannot partition a dict: it is a mapping, not a sequence; pass a list such as list\(d.items\(\)\)"),
         ({1, 2}, r"cannot partition a set: it has no order; pass a list such as sorted\(s\)"),
         ((x for x in range(3)), r"cannot partition a generator: an iterator has no length; pass list\(...\) of it"),

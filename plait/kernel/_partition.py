@@ -40,6 +40,11 @@ from typing import Any
 _PRESERVED = (tuple, str, bytes, bytearray)
 
 
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: 'an int', 'a dict'."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
 def _ndarray_type() -> type | None:
     """``numpy.ndarray`` if NumPy is loaded (no array can exist otherwise)."""
     numpy = sys.modules.get("numpy")
@@ -58,25 +63,25 @@ def _length(seq: Any) -> int:
     kind = type(seq).__name__
     if isinstance(seq, Mapping):
         raise TypeError(
-            f"cannot partition a {kind}: it is a mapping, not a sequence; "
+            f"cannot partition {_a(kind)}: it is a mapping, not a sequence; "
             "pass a list such as list(d.items())"
         )
     if isinstance(seq, Set):
         raise TypeError(
-            f"cannot partition a {kind}: it has no order; pass a list such as sorted(s)"
+            f"cannot partition {_a(kind)}: it has no order; pass a list such as sorted(s)"
         )
     ndarray = _ndarray_type()
     if ndarray is not None and isinstance(seq, ndarray) and seq.ndim == 0:
         raise TypeError("cannot partition a 0-d array: it has no items")
     if isinstance(seq, Iterator):
         raise TypeError(
-            f"cannot partition a {kind}: an iterator has no length; pass list(...) of it"
+            f"cannot partition {_a(kind)}: an iterator has no length; pass list(...) of it"
         )
     try:
         return len(seq)
     except TypeError:
         raise TypeError(
-            f"cannot partition a {kind}: a list, tuple, range, string or array is needed"
+            f"cannot partition {_a(kind)}: a list, tuple, range, string or array is needed"
         ) from None
 
 
