@@ -438,11 +438,15 @@ def test_unknown_blob_and_unreachable_server(server, small):
     ids=["http", "version", "op", "short", "empty"],
 )
 def test_garbage_on_the_data_port(server, small, caplog, garbage):
-    caplog.set_level(logging.WARNING, logger="plait.kernel._bulk")
+    caplog.set_level(logging.WARNING, logger="plait.kernel._blobserver")
     sock = socket.create_connection(server.address, timeout=WAIT)
     sock.sendall(garbage)
-    sock.shutdown(socket.SHUT_WR)
-    assert closed_by_peer(sock)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:  # the server may already have read enough and hung up
+        pass
+    else:
+        assert closed_by_peer(sock)
     sock.close()
     assert any("bulk:" in r.getMessage() for r in caplog.records)
     assert_serves(server)
