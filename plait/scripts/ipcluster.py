@@ -248,44 +248,53 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 1
     cluster = Cluster(dirs, args.profile, args.daemonize)
     started = time.monotonic()
+    # From here on, Ctrl-C or SIGTERM at any moment stops what was started.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         ids = cluster.start(n, _controller_args(args), args.timeout)
-    except (ClusterError, OSError) as exc:
-        cluster.stop()
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        cluster.stop()
-        return 130
-    state = {**cluster.pids(), "ipcluster": None if args.daemonize else os.getpid(),
-             "profile": args.profile or "default"}
-    from plait.security._files import write_private
-
-    write_private(_state_path(dirs), json.dumps(state))
-    profile_arg = f", profile={args.profile!r}" if args.profile else ""
-    print(f"plait cluster ready: controller and {len(ids)} engines {ids} "
-          f"in {time.monotonic() - started:.2f} s\n"
-          f"connect with:\n"
-          f"    from plait.kernel import client\n"
-          f"    mec = client.MultiEngineClient({profile_arg.lstrip(', ')})\n"
-          f"    tc = client.TaskClient({profile_arg.lstrip(', ')})", flush=True)
-    if args.daemonize:
-        print("stop it with: ipcluster stop" + (f" --profile={args.profile}" if args.profile else ""))
-        return 0
-    print("press Ctrl-C to stop the cluster", flush=True)
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
-    try:
+        _write_state(dirs, {**cluster.pids(), "profile": args.profile or "default",
+                            "ipcluster": None if args.daemonize else os.getpid()})
+        profile_arg = f"profile={args.profile!r}" if args.profile else ""
+        print(f"plait cluster ready: controller and {len(ids)} engines {ids} "
+              f"in {time.monotonic() - started:.2f} s\n"
+              f"connect with:\n"
+              f"    from plait.kernel import client\n"
+              f"    mec = client.MultiEngineClient({profile_arg})\n"
+              f"    tc = client.TaskClient({profile_arg})", flush=True)
+        if args.daemonize:
+            print("stop it with: ipcluster stop"
+                  + (f" --profile={args.profile}" if args.profile else ""), flush=True)
+            return 0
+        print("press Ctrl-C to stop the cluster", flush=True)
         cluster.controller.wait()
-        print("the controller exited", file=sys.stderr)
+        print("the controller exited; stopping the engines", flush=True)
+        code = 0
+    except (ClusterError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
-        pass
+        code = 0 if _state_path(dirs).exists() else 130
+    # Only the foreground or a failed start gets here: stop everything.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cluster.stop()
     try:
         _state_path(dirs).unlink()
     except FileNotFoundError:
         pass
-    print("plait cluster stopped", flush=True)
-    return 0
+    if code == 0:
+        print("plait cluster stopped", flush=True)
+    return code
+
+
+def _interrupt(*args: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _write_state(dirs: ProfileDirs, state: dict) -> None:
+    from plait.security._files import write_private
+
+    write_private(_state_path(dirs), json.dumps(state))
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
