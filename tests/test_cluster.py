@@ -120,7 +120,8 @@ def test_timeout_fails_clearly_and_leaves_nothing_running(tmp_path):
     assert [p for p in mine if pid_alive(p)] == []
 
 
-def test_foreground_ipcluster_stops_everything_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_foreground_ipcluster_stops_everything_on_ctrl_c(tmp_path, how):
     env = make_env(tmp_path / "p")
     proc = subprocess.Popen(
         [PYTHON, "-m", "plait.scripts.ipcluster", "-n", "2"], env=env,
@@ -137,7 +138,10 @@ def test_foreground_ipcluster_stops_everything_on_ctrl_c(tmp_path):
         c = Cluster(tmp_path / "p", env, 2)
         state = c.state()
         pids = [state["controller"], *state["engines"]]
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        else:
+            proc.terminate()  # ipcluster alone: it must stop its children itself
         assert proc.wait(10) == 0
         assert all(_wait_exit(p, 5) for p in pids)
     finally:
