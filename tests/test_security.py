@@ -121,3 +121,43 @@ def test_junk_on_the_data_port_leaves_it_working(cluster4):
     big = np.arange(300_000, dtype=np.float64)  # above the inline limit
     mec.push({"big": big}, targets=0)
     assert np.array_equal(mec.pull("big", targets=0)[0], big)
+
+
+class _Boom:
+    """Unpickling this would run a command; a controller must never do it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_engine_furl_cannot_make_the_controller_unpickle_code(cluster4, tmp_path):
+    import pickle
+
+    from plait.adapters.engine_server import FoolscapEngine
+
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps({"x": _Boom(str(marker))})
+    ref = _ref(_furl(cluster4, "engine"))
+    # registering with pickled code as properties is refused, and nothing ran
+    with pytest.raises(Exception, match="may not load"):
+        _reactor.call(ref.callRemote, "register_engine", FoolscapEngine(None), "u" * 36, evil, b"")
+    # the registrar has no way to set another engine's properties any more
+    with pytest.raises(Exception, match="set_properties"):
+        _reactor.call(ref.callRemote, "set_properties", 0, evil)
+    assert not marker.exists()
+    assert cluster4.mec().get_ids() == [0, 1, 2, 3]
+
+
+def test_properties_are_plain_data(mec):
+    import threading
+
+    with pytest.raises(client.SerializationError, match="only plain data"):
+        mec.set_properties({"lock": threading.Lock()}, targets=0)
+    mec.set_properties({"ram": 2**33, "tags": ["gpu", "ssd"]}, targets=0)
+    assert mec.get_properties(["ram", "tags"], targets=0) == [{"ram": 2**33, "tags": ["gpu", "ssd"]}]
+    mec.clear_properties(targets=0)

@@ -25,7 +25,6 @@ request ``(REQUEST, id, method, args)`` is answered by
 from __future__ import annotations
 
 import hmac
-import io
 import pickle
 import secrets
 import struct
@@ -41,6 +40,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from plait.kernel._serialize import loads_plain
 
 REQUEST, RESPONSE, HELLO, WELCOME = 0, 1, 2, 3
 
@@ -61,18 +62,13 @@ class ChannelClosed(ChannelError):
     """The channel was closed before the call was answered."""
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"a channel frame may not load {module}.{name}")
-
-
 def safe_dumps(obj: Any) -> bytes:
+    """A frame's pickle (not checked: the peer's :func:`safe_loads` refuses classes)."""
     return pickle.dumps(obj, protocol=5)
 
 
-def safe_loads(data: bytes) -> Any:
-    """Unpickle plain data (tuples, lists, dicts, str, bytes, numbers, None)."""
-    return _PlainUnpickler(io.BytesIO(data)).load()
+#: Unpickle a frame: plain data only, see :func:`plait.kernel._serialize.loads_plain`.
+safe_loads = loads_plain
 
 
 def tub_id_of(x509: Any) -> str:

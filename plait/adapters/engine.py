@@ -18,9 +18,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from plait.adapters.channel import ChannelClosed
-from plait.interfaces.engine import IEngine, IEngineRegistry, RIEngineRegistrar
+from plait.interfaces.engine import IEngine, IEngineRegistry, RIEngineRegistrar, RIEngineSession
 from plait.kernel._errors import EngineError
-from plait.kernel._serialize import deserialize
+from plait.kernel._serialize import loads_plain
 
 
 @implementer(IEngine)
@@ -97,19 +97,37 @@ class FoolscapEngineRegistrar(Referenceable):
         return token, port
 
     def remote_register_engine(self, engine: Any, uuid: str, properties: bytes,
-                               channel: bytes = b"") -> int:
+                               channel: bytes = b"") -> tuple[int, FoolscapEngineSession]:
+        props = _plain_properties(properties)
         link = self._opened.pop(channel, None) if channel else None
         if channel and link is None:
             raise ValueError("unknown channel token: open the channel before registering")
         proxy = RemoteEngine(link or engine, uuid, control=engine)
-        engine_id = self.registry.register(proxy, uuid, deserialize(properties))
+        engine_id = self.registry.register(proxy, uuid, props)
         engine.notifyOnDisconnect(self.registry.unregister, engine_id, "disconnected")
         if link is not None:
             link.notifyOnDisconnect(self.registry.unregister, engine_id, "channel closed")
-        return engine_id
+        return engine_id, FoolscapEngineSession(self.registry, engine_id, self.blobs)
 
-    def remote_set_properties(self, engine_id: int, properties: bytes) -> None:
-        self.registry.set_properties(engine_id, deserialize(properties))
+
+def _plain_properties(data: bytes) -> dict:
+    props = loads_plain(data)
+    if not isinstance(props, dict):
+        raise TypeError(f"engine properties must be a dict, not {type(props).__name__}")
+    return props
+
+
+@implementer(RIEngineSession)
+class FoolscapEngineSession(Referenceable):
+    """One engine's own link to the controller, handed over at registration."""
+
+    def __init__(self, registry: IEngineRegistry, engine_id: int, blobs: Any):
+        self.registry = registry
+        self.engine_id = engine_id
+        self.blobs = blobs
+
+    def remote_set_properties(self, properties: bytes) -> None:
+        self.registry.set_properties(self.engine_id, _plain_properties(properties))
 
     def remote_open_upload(self, size: int, readers: int) -> tuple:
         token, blob_id = self.blobs.create(size, readers)

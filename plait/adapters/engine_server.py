@@ -49,7 +49,7 @@ class FoolscapEngine(Referenceable):
         if isinstance(out, bytes):
             return out
         token, blob_id, address = _blocking_remote(
-            self.engine.registrar, "open_upload", out.size, 1
+            self.engine.session, "open_upload", out.size, 1
         )
         address = tuple(address)
         thread = threading.Thread(

@@ -43,7 +43,7 @@ CODE = UnicodeConstraint(maxLength=16 << 20)
 NAME = UnicodeConstraint(maxLength=1024)
 NAMES = ListOf(NAME, maxLength=100_000)
 Reply = TupleOf(BooleanConstraint(), WIRE_BYTES)
-Properties = WIRE_BYTES  # a serialized dict: values may be any picklable object
+Properties = WIRE_BYTES  # a dict of plain data, pickled by ``_serialize.dumps_plain``
 EngineId = IntegerConstraint()
 Uuid = UnicodeConstraint(maxLength=64)
 Token = ByteStringConstraint(maxLength=64)
@@ -97,6 +97,20 @@ class RIEngine(RemoteInterface):
         return BooleanConstraint()
 
 
+class RIEngineSession(RemoteInterface):
+    """What one registered engine may ask of the controller, for itself only."""
+
+    __remote_name__ = "plait.RIEngineSession"
+
+    def set_properties(properties=Properties):
+        """Replace this engine's properties (plain data, see ``dumps_plain``)."""
+        return None
+
+    def open_upload(size=IntegerConstraint(maxBytes=16), readers=IntegerConstraint()):
+        """Reserve a blob on the data channel: ``(token, blob_id, address)``."""
+        return TupleOf(Token, Token, Address)
+
+
 class RIEngineRegistrar(RemoteInterface):
     """The only capability the engine FURL grants: joining the cluster."""
 
@@ -107,20 +121,15 @@ class RIEngineRegistrar(RemoteInterface):
         return ChannelTicket
 
     def register_engine(engine=RIEngine, uuid=Uuid, properties=Properties, channel=Token):
-        """Register ``engine``; returns its integer id.
+        """Register ``engine``; returns ``(id, session)``.
 
-        ``channel`` is the token of a channel the engine opened with a ticket
-        from :meth:`open_channel` (b'' for none): commands then travel on it.
+        ``properties`` is plain data (``dumps_plain``): the controller never
+        unpickles anything else from an engine.  ``channel`` is the token of a
+        channel the engine opened with a ticket from :meth:`open_channel` (b''
+        for none): commands then travel on it.  ``session`` is the engine's
+        own :class:`RIEngineSession`.
         """
-        return EngineId
-
-    def set_properties(engine_id=EngineId, properties=Properties):
-        """Replace the engine's properties (set from the engine itself)."""
-        return None
-
-    def open_upload(size=IntegerConstraint(maxBytes=16), readers=IntegerConstraint()):
-        """Reserve a blob on the data channel: ``(token, blob_id, address)``."""
-        return TupleOf(Token, Token, Address)
+        return TupleOf(EngineId, RIEngineSession)
 
 
 class IEngine(Interface):

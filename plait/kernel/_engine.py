@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
-from plait.kernel._serialize import serialize
+from plait.kernel._serialize import dumps_plain
 from plait.security import client_tub
 
 log = Logger()
@@ -75,6 +75,7 @@ class Engine:
         self.executor = MainThreadExecutor()
         self.remote_self = FoolscapEngine(self)
         self.registrar: Any = None
+        self.session: Any = None  # this engine's RIEngineSession, once registered
         self.channel: Any = None
         self.id: int | None = None
         self.on_registered = on_registered
@@ -99,10 +100,16 @@ class Engine:
         return ticket
 
     def _register(self, token: bytes) -> defer.Deferred:
-        return self.registrar.callRemote(
+        d = self.registrar.callRemote(
             "register_engine", self.remote_self, self.uuid,
-            serialize(self.interpreter.properties), token,
+            dumps_plain(self.interpreter.properties, "the engine's properties"), token,
         )
+
+        def registered(answer: tuple) -> int:
+            self.id, self.session = answer
+            return self.id
+
+        return d.addCallback(registered)
 
     def _controller_lost(self, *args: Any) -> None:
         if not self.stopping:
@@ -121,8 +128,8 @@ class Engine:
 
     def sync_properties(self, props: dict) -> None:
         """Send properties changed by user code to the controller."""
-        if self.registrar is not None and self.id is not None:
-            self.registrar.callRemote("set_properties", self.id, serialize(props)).addErrback(
+        if self.session is not None:
+            self.session.callRemote("set_properties", dumps_plain(props)).addErrback(
                 lambda f: log.failure("could not sync properties", f)
             )
 

@@ -92,7 +92,7 @@ from typing import Any
 
 import plait
 from plait.kernel._errors import RemoteFailure, SerializationError
-from plait.kernel._serialize import serialize
+from plait.kernel._serialize import dumps_plain, serialize
 
 _PLAIT_ROOT = os.path.dirname(os.path.abspath(plait.__file__)) + os.sep
 _GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME"})
@@ -464,7 +464,7 @@ class Interpreter:
 
     def _snapshot(self) -> bytes | None:
         try:
-            return serialize(self.properties)
+            return dumps_plain(self.properties)
         except SerializationError:
             return None
 
@@ -475,11 +475,12 @@ class Interpreter:
         the controller; the properties given to the constructor count as
         already sent (the engine registers with them).  Changes inside values
         (a list appended to) are seen too.  ``force`` returns them anyway.
-        Properties that cannot be serialized are not returned: the reason is
-        in ``properties_error`` (None once they serialize again).
+        Properties that are not plain data (what the controller accepts, see
+        :func:`plait.kernel._serialize.check_plain`) are not returned: the
+        reason is in ``properties_error`` (None once they are plain again).
         """
         try:
-            data = serialize(self.properties)
+            data = dumps_plain(self.properties, "the properties")
         except SerializationError as exc:
             self.properties_error = f"the properties of {self._where()} cannot be sent: {exc}"
             return None

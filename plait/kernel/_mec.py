@@ -43,7 +43,7 @@ from plait.kernel._errors import RemoteFailure, SerializationError, collect_resu
 from plait.kernel._mecmixin import MultiEngineHelpers
 from plait.kernel._parallel import DataParallelMixin
 from plait.kernel._pending import PendingResult
-from plait.kernel._serialize import serialize
+from plait.kernel._serialize import dumps_plain, serialize
 from plait.kernel._serialized import Serialized, serialized_values
 from plait.security import MEC_FURL
 
@@ -406,11 +406,15 @@ class AsyncMultiEngineClient(DataParallelMixin, BenchmarkMixin, MultiEngineHelpe
     @asynchronous
     def set_properties(self, properties: dict, targets: Any = None, block: bool | None = None
                        ) -> defer.Deferred:
-        """Update each target's properties with the dict ``properties``."""
+        """Update each target's properties with the dict ``properties``.
+
+        Properties are plain data (None, bools, numbers, str, bytes, and
+        lists, tuples, sets and dicts of them): the controller reads them.
+        """
         if not isinstance(properties, dict) or not all(isinstance(k, str) for k in properties):
             return defer.fail(TypeError("set_properties wants a dict with str keys"))
         try:
-            payload = serialize(properties)
+            payload = dumps_plain(properties, "a property value")
         except SerializationError as exc:
             return defer.fail(SerializationError(f"set_properties: {exc}"))
         return self._engine_call("set_properties", payload, targets=targets, block=block)

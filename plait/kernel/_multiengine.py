@@ -24,7 +24,7 @@ from plait.interfaces.engine import IEngine, IEngineRegistry
 from plait.interfaces.multiengine import EnginesChanged, IMultiEngine
 from plait.kernel._errors import InvalidEngineID, PlaitError, RemoteFailure
 from plait.kernel._results import ResultStore
-from plait.kernel._serialize import deserialize, serialize
+from plait.kernel._serialize import loads_plain, serialize
 
 PerEngine = list[tuple[int, bool, bytes]]
 
@@ -258,7 +258,7 @@ class MultiEngine:
                        ) -> defer.Deferred:
         def update(i: int) -> None:
             props = dict(self.registry.get_properties(i))
-            props.update(deserialize(properties))
+            props.update(loads_plain(properties))
             self.registry.set_properties(i, props)
 
         return self._local("set_properties", update, targets, block)

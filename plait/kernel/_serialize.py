@@ -197,3 +197,55 @@ def deserialize(data: bytes) -> Any:
 def is_bulk(data: bytes) -> bool:
     """True when ``data`` describes a blob on the bulk data channel."""
     return data[:1] == BULK
+
+
+# -- plain data: what a less trusted peer may send -------------------------------------
+
+_PLAIN_ATOMS = (type(None), bool, int, float, str, bytes)
+_PLAIN_CONTAINERS = (list, tuple, set, frozenset)
+
+
+def check_plain(obj: Any, what: str = "value") -> None:
+    """Raise SerializationError unless ``obj`` is plain data.
+
+    Plain data is None, bools, numbers (not complex), str, bytes, and lists,
+    tuples, sets and dicts of plain data: what :func:`loads_plain` accepts.
+    """
+    stack = [(obj, what)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, _PLAIN_ATOMS) and type(item) in _PLAIN_ATOMS:
+            continue
+        if type(item) in _PLAIN_CONTAINERS:
+            stack.extend((x, f"an item of {where}") for x in item)
+        elif type(item) is dict:
+            for key, value in item.items():
+                stack.append((key, f"a key of {where}"))
+                stack.append((value, f"{where}[{key!r}]"))
+        else:
+            raise SerializationError(
+                f"{where} is a {type(item).__name__}; only plain data (None, bool, int, "
+                f"float, str, bytes, and lists, tuples, sets and dicts of them) may be sent"
+            )
+
+
+def dumps_plain(obj: Any, what: str = "value") -> bytes:
+    """Pickle plain data (checked with :func:`check_plain`) for :func:`loads_plain`."""
+    check_plain(obj, what)
+    return pickle.dumps(obj, protocol=5)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"plain data may not load {module}.{name}")
+
+
+def loads_plain(data: bytes) -> Any:
+    """Unpickle plain data; a pickle that would load any class is refused.
+
+    Safe on bytes from a less trusted peer: without classes, unpickling can
+    build only containers, strings and numbers, never run code.
+    """
+    import io
+
+    return _PlainUnpickler(io.BytesIO(data)).load()
