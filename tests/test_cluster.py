@@ -309,3 +309,40 @@ def test_ipcluster_short_form_and_help():
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "ipcluster -n 4" in out.stdout
     assert sys.executable
+
+
+def test_stop_never_signals_a_process_that_reused_a_recorded_pid(tmp_path):
+    import json
+
+    env = make_env(tmp_path / "p")
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        run_dir = tmp_path / "p" / "profile_default" / "run"
+        run_dir.mkdir(parents=True)
+        # a stale state file whose controller pid now belongs to someone else
+        (run_dir / "ipcluster.json").write_text(json.dumps({
+            "controller": bystander.pid, "engines": [], "ipcluster": None,
+            "started": {str(bystander.pid): "1"},
+        }))
+        out = run_cmd(["ipcluster", "stop"], env, check=False)
+        assert out.returncode == 1 and "no cluster is running" in out.stderr
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_terminate_works_without_pidfds(monkeypatch):
+    from plait.scripts import ipcluster
+
+    stubborn = subprocess.Popen(
+        [PYTHON, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                       "print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    polite = subprocess.Popen(["sleep", "60"])
+    assert stubborn.stdout.readline() == "ready\n"
+    monkeypatch.delattr(os, "pidfd_open")
+    ipcluster.terminate([stubborn.pid, polite.pid], grace=0.5)
+    assert polite.wait(5) == -signal.SIGTERM
+    assert stubborn.wait(5) == -signal.SIGKILL

@@ -161,9 +161,11 @@ class Cluster:
         return data.decode().strip()
 
     def pids(self) -> dict:
+        procs = [*([self.controller] if self.controller else []), *self.engines]
         return {
             "controller": self.controller.pid if self.controller else None,
             "engines": [p.pid for p in self.engines],
+            "started": {str(p.pid): start_time(p.pid) for p in procs},
         }
 
     def stop(self) -> None:
@@ -190,37 +192,64 @@ def pid_alive(pid: int) -> bool:
         return True  # no /proc: trust kill(0)
 
 
+def start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot), to tell it from a
+    later process that got the same pid; None when unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def terminate(pids: list[int], grace: float = 3.0) -> None:
-    """SIGTERM ``pids``, wait for them to exit (no polling loop), SIGKILL stragglers."""
-    fds = {}
+    """SIGTERM ``pids``, wait for them to exit, SIGKILL those still there after ``grace``.
+
+    Waiting uses pidfds (no polling, and no risk of signalling a process that
+    reused a pid); where they are unavailable, it polls.
+    """
+    pidfds: dict[int, int] = {}
+    polled: list[int] = []
     for pid in pids:
         try:
-            fds[os.pidfd_open(pid)] = pid
-        except (OSError, AttributeError):
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
             continue
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    sel = selectors.DefaultSelector()
-    for fd in fds:
-        sel.register(fd, selectors.EVENT_READ)
+        except (OSError, AttributeError):
+            polled.append(pid)
+            _signal(pid, None, signal.SIGTERM)
+            continue
+        pidfds[fd] = pid
+        _signal(pid, fd, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while sel.get_map():
-        left = deadline - time.monotonic()
-        ready = sel.select(max(left, 0)) if left > 0 else []
-        if not ready:
-            break
-        for key, _ in ready:
-            sel.unregister(key.fd)
-    for fd in list(sel.get_map()):
-        try:
-            os.kill(fds[fd], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    sel.close()
-    for fd in fds:
+    with selectors.DefaultSelector() as sel:
+        for fd in pidfds:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in sel.select(left):
+                sel.unregister(key.fd)
+        stragglers = [(pidfds[fd], fd) for fd in sel.get_map()]
+    while polled and time.monotonic() < deadline:
+        polled = [pid for pid in polled if pid_alive(pid)]
+        if polled:
+            time.sleep(0.02)  # fallback without pidfds: poll
+    stragglers += [(pid, None) for pid in polled]
+    for pid, fd in stragglers:
+        _signal(pid, fd, signal.SIGKILL)
+    for fd in pidfds:
         os.close(fd)
+
+
+def _signal(pid: int, pidfd: int | None, sig: int) -> None:
+    try:
+        if pidfd is not None and hasattr(signal, "pidfd_send_signal"):
+            signal.pidfd_send_signal(pidfd, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _state_path(dirs: ProfileDirs) -> Path:
@@ -233,7 +262,13 @@ def _running_state(dirs: ProfileDirs) -> dict | None:
     except (OSError, ValueError):
         return None
     pid = state.get("controller")
-    return state if pid and pid_alive(pid) else None
+    return state if pid and _ours(state, pid) else None
+
+
+def _ours(state: dict, pid: int) -> bool:
+    """Whether ``pid`` is still the process the state file recorded."""
+    recorded = state.get("started", {}).get(str(pid))
+    return pid_alive(pid) and (recorded is None or recorded == start_time(pid))
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -252,8 +287,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         ids = cluster.start(n, _controller_args(args), args.timeout)
-        _write_state(dirs, {**cluster.pids(), "profile": args.profile or "default",
-                            "ipcluster": None if args.daemonize else os.getpid()})
+        state = {**cluster.pids(), "profile": args.profile or "default",
+                 "ipcluster": None if args.daemonize else os.getpid()}
+        if not args.daemonize:
+            state["started"][str(os.getpid())] = start_time(os.getpid())
+        _write_state(dirs, state)
         profile_arg = f"profile={args.profile!r}" if args.profile else ""
         print(f"plait cluster ready: controller and {len(ids)} engines {ids} "
               f"in {time.monotonic() - started:.2f} s\n"
@@ -310,7 +348,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     pids = [*state.get("engines", []), state["controller"]]
     if state.get("ipcluster"):
         pids.append(state["ipcluster"])
-    terminate([p for p in pids if pid_alive(p)])
+    terminate([p for p in pids if _ours(state, p)])
     try:
         _state_path(dirs).unlink()
     except FileNotFoundError:
