@@ -42,15 +42,15 @@ def test_killed_engine_fails_its_commands_and_leaves_the_registry(cluster_factor
 
 
 def test_engine_answers_keepalives_while_user_code_runs(cluster_factory):
-    # this controller drops an engine that is silent for 1.5 s; user code that
+    # this controller drops an engine that is silent for 3 s; user code that
     # holds the engine's main thread far longer must not make it silent
-    c = cluster_factory(1, extra=["--engine-timeout=1.5"])
+    c = cluster_factory(1, extra=["--engine-timeout=3"])
     mec = c.mec()
     r = mec.execute(
         "import time\n"
         "t = time.time()\n"
         "n = 0\n"
-        "while time.time() - t < 5:\n"
+        "while time.time() - t < 8:\n"
         "    n += 1\n"
         "print('spun')"
     )
@@ -116,3 +116,11 @@ def test_kill_stops_an_engine_stuck_in_user_code(cluster_factory):
     with pytest.raises(client.CompositeError, match="EngineError"):
         stuck.get_result()
     assert mec.get_ids() == [0]
+
+
+@pytest.mark.parametrize("value, message", [("2", "at least 3 seconds"), ("x", "not a whole number")])
+def test_engine_timeout_too_short_is_refused(tmp_path, value, message):
+    from conftest import make_env, run_cmd
+
+    out = run_cmd(["ipcontroller", f"--engine-timeout={value}"], make_env(tmp_path), check=False)
+    assert out.returncode == 2 and message in out.stderr

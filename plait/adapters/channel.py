@@ -54,6 +54,29 @@ MAX_HELLO = 256
 _LENGTH = struct.Struct("!I")  # Int32StringReceiver's prefix
 
 
+#: A peer silent this long (seconds) on an idle channel is probed, then dropped
+#: after three unanswered probes five seconds apart: a vanished host is noticed.
+KEEPALIVE_IDLE = 10
+
+
+def tune_socket(sock: Any) -> None:
+    """Channel socket options: no Nagle delay, and TCP keepalives.
+
+    Calls are small frames, often two back to back: with Nagle's algorithm
+    the second would wait tens of ms for the first's acknowledgement.
+    Keepalives make a call to a host that vanished fail instead of waiting
+    for ever.
+    """
+    import socket
+
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", 5),
+                        ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):  # Linux; elsewhere the system's defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 class ChannelError(Exception):
     """A channel call failed: the peer refused it or the channel is gone."""
 
@@ -179,13 +202,10 @@ class ChannelProtocol(Int32StringReceiver):
         self.transport.abortConnection()
 
     def connectionMade(self) -> None:  # noqa: N802
-        # Calls are small frames, often two back to back: with Nagle's
-        # algorithm the second would wait tens of ms for the first's ACK.
-        transport = self.transport
-        while transport is not None and not hasattr(transport, "setTcpNoDelay"):
-            transport = getattr(transport, "transport", None)
-        if transport is not None:
-            transport.setTcpNoDelay(True)
+        # (the TLS wrapper hands attribute look-ups down to the TCP transport)
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            tune_socket(sock)
 
     def handshakeCompleted(self) -> None:  # noqa: N802
         pass
@@ -386,17 +406,22 @@ class BlockingChannel:
         context.verify_mode = stdlib_ssl.CERT_NONE  # we check the tub id ourselves
         try:
             raw = socket.create_connection((host, port), timeout=timeout)
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            raise ChannelClosed(f"could not open a channel: {exc}") from None
+        try:
+            tune_socket(raw)
             sock = context.wrap_socket(raw)
             der = sock.getpeercert(binary_form=True)
             if not der or not hmac.compare_digest(base32(hashlib.sha1(der).digest()), tub_id):
-                sock.close()
                 raise ChannelClosed("the channel server is not the controller the FURL names")
             channel = cls(sock)
             channel._send(safe_dumps((HELLO, token)))
             if safe_loads(channel._recv()) != (WELCOME,):
                 raise ChannelClosed("the controller did not accept the channel ticket")
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+        except (OSError, EOFError, pickle.UnpicklingError, ChannelClosed) as exc:
+            raw.close()  # closes the TLS layer's socket too
+            if isinstance(exc, ChannelClosed):
+                raise
             raise ChannelClosed(f"could not open a channel: {exc}") from None
         sock.settimeout(None)
         return channel

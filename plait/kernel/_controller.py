@@ -89,7 +89,7 @@ class ControllerService(service.MultiService):
         scheme: str | None = None,
         hwm: int | None = None,
         publications: list[Publication] | None = None,
-        engine_timeout: float = 30.0,
+        engine_timeout: int = 30,
     ):
         super().__init__()
         self.dirs = dirs
@@ -99,9 +99,10 @@ class ControllerService(service.MultiService):
         self.publications = publications or default_publications()
         # Keepalives let the controller notice an engine whose host vanished; a
         # killed engine is noticed at once, as its connection closes.
+        # (foolscap counts both in whole seconds; ipcontroller asks for >= 3)
         self.engine_tub_options = {
-            "keepaliveTimeout": max(engine_timeout / 3, 0.5),
-            "disconnectTimeout": engine_timeout,
+            "keepaliveTimeout": max(engine_timeout // 3, 1),
+            "disconnectTimeout": max(engine_timeout, 3),
         }
         self.registry = EngineRegistry()
         self.results = ResultStore()

@@ -20,7 +20,10 @@ from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
 from plait.kernel._serialize import dumps_plain
-from plait.security import client_tub
+from plait.security import make_tub
+
+#: Seconds an engine waits for its controller to accept it.
+REGISTRATION_TIMEOUT = 60
 
 log = Logger()
 
@@ -88,7 +91,13 @@ class Engine:
     @defer.inlineCallbacks
     def _join(self) -> Any:
         """Reach the registrar and get a channel ticket (``None``: no channel)."""
-        self.registrar = yield client_tub().getReference(self.furl)
+        # An engine's own Tub probes a silent controller and gives up on it
+        # after a minute, so that an engine whose controller's host vanished
+        # exits instead of waiting for ever.
+        self.tub = make_tub(keepaliveTimeout=15, disconnectTimeout=60)
+        self.tub.startService()
+        d = self.tub.getReference(self.furl)
+        self.registrar = yield d.addTimeout(REGISTRATION_TIMEOUT, reactor)
         self.registrar.notifyOnDisconnect(self._controller_lost)
         if not self.want_channel:
             return None
@@ -109,7 +118,7 @@ class Engine:
             self.id, self.session = answer
             return self.id
 
-        return d.addCallback(registered)
+        return d.addTimeout(REGISTRATION_TIMEOUT, reactor).addCallback(registered)
 
     def _controller_lost(self, *args: Any) -> None:
         if not self.stopping:

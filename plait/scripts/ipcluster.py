@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         start.add_argument(opt, default=None, help=f"passed to ipcontroller {opt}")
     for opt in ("--hwm", "--client-port", "--engine-port"):
         start.add_argument(opt, type=int, default=None, help=f"passed to ipcontroller {opt}")
-    start.add_argument("--engine-timeout", type=float, default=None,
+    start.add_argument("--engine-timeout", type=int, default=None,
                        help="passed to ipcontroller --engine-timeout")
     stop = sub.add_parser("stop", help="stop the cluster of a profile")
     add_profile_option(stop)

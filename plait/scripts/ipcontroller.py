@@ -20,6 +20,19 @@ from plait.scripts._common import (
 )
 
 
+def _seconds_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} seconds, not {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ipcontroller", description="Start a plait controller.")
     add_profile_option(p)
@@ -38,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "about 5 ms of queued work per engine; 0: no limit)")
     p.add_argument("--adapter", action="append", default=[], metavar="MODULE:NAME",
                    help="publish an extra interface (a plait.adapters.Publication)")
-    p.add_argument("--engine-timeout", type=float, default=30.0,
+    p.add_argument("--engine-timeout", type=_seconds_at_least(3), default=30,
                    help="seconds of silence after which an engine's host counts as gone "
                         "(default 30; engines answer keepalives even while running code)")
     add_notify_option(p)
