@@ -114,3 +114,27 @@ def test_strangers_on_the_channel_port_are_dropped(cluster4, frame):
         except (ssl.SSLError, ConnectionResetError):
             pass
     assert mec.get_ids() == [0, 1, 2, 3]
+
+
+def test_strangers_holding_connections_open_do_not_lock_clients_out(cluster4):
+    """Many idle connections on the channel and data ports: new clients still work."""
+    from plait.adapters.channel import MAX_UNPROVEN
+    from plait.kernel._blobserver import MAX_UNPROVEN as DATA_UNPROVEN
+
+    mec = cluster4.mec()
+    _, port = _ticket(mec)
+    host = channel_address(_furl(cluster4))[1]
+    data = tuple(_reactor.call(mec.asynchronous._remote_call, "open_upload", 10, 1)[2])
+    idle = [socket.create_connection((host, port)) for _ in range(MAX_UNPROVEN * 3)]
+    idle += [socket.create_connection(data) for _ in range(DATA_UNPROVEN * 3)]
+    try:
+        import numpy as np
+
+        fresh = cluster4.mec()  # opens a new channel
+        assert type(fresh.asynchronous._remote).__name__ == "_ClientProtocol"
+        big = np.arange(200_000.0)  # over the inline limit: uses the data port
+        fresh.push({"big": big}, targets=0)
+        assert np.array_equal(fresh.pull("big", targets=0)[0], big)
+    finally:
+        for s in idle:
+            s.close()

@@ -24,6 +24,7 @@ request ``(REQUEST, id, method, args)`` is answered by
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import pickle
 import secrets
@@ -45,12 +46,17 @@ from plait.kernel._serialize import loads_plain
 
 REQUEST, RESPONSE, HELLO, WELCOME = 0, 1, 2, 3
 
-#: How long an unused ticket stays valid.
+#: How long an unused ticket stays valid, and how many may be outstanding.
 TICKET_LIFETIME = 60.0
+MAX_TICKETS = 1024
 #: Frames may be this large once a channel is bound (inline payloads of many engines).
 MAX_FRAME = 1 << 30
 #: ... and only this large before (a stranger must not make us buffer much).
 MAX_HELLO = 256
+#: Seconds a new connection has to present its ticket.
+HELLO_TIMEOUT = 10.0
+#: Connections kept at once that have not presented a ticket yet.
+MAX_UNPROVEN = 32
 _LENGTH = struct.Struct("!I")  # Int32StringReceiver's prefix
 
 
@@ -233,6 +239,26 @@ class _ServerProtocol(ChannelProtocol):
         super().__init__()
         self.ready.addErrback(lambda f: None)  # nobody waits on the server side
         self.welcomed = False
+        self._deadline: Any = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        # A stranger gets HELLO_TIMEOUT seconds to present a ticket, and only
+        # MAX_UNPROVEN strangers are kept at once (the oldest goes first).
+        self._deadline = reactor.callLater(HELLO_TIMEOUT, self.transport.abortConnection)
+        self.factory.unproven[self] = None
+        if len(self.factory.unproven) > MAX_UNPROVEN:
+            oldest = next(iter(self.factory.unproven))
+            oldest.transport.abortConnection()
+
+    def _proven(self) -> None:
+        self.factory.unproven.pop(self, None)
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
+        self._proven()
+        super().connectionLost(reason)
 
     def stringReceived(self, data: bytes) -> None:  # noqa: N802
         if self.welcomed:
@@ -259,6 +285,7 @@ class _ServerProtocol(ChannelProtocol):
             return
         local, on_bound = ticket
         self.welcomed = True
+        self._proven()
         self.MAX_LENGTH = MAX_FRAME
         if local is not None:
             self.bind(local)
@@ -275,7 +302,9 @@ class ChannelServer(protocol.Factory):
     def __init__(self, cert_pem: bytes, interface: str = "127.0.0.1"):
         self.cert_pem = cert_pem
         self.interface = interface
-        self._tickets: dict[bytes, tuple[float, Any, Callable | None]] = {}
+        self.unproven: dict[_ServerProtocol, None] = {}  # connected, no ticket yet
+        # sha256(token) -> (token, expiry, local, on_bound), oldest first
+        self._tickets: dict[bytes, tuple[bytes, float, Any, Callable | None]] = {}
         self._port: Any = None
 
     def start(self) -> None:
@@ -294,22 +323,33 @@ class ChannelServer(protocol.Factory):
         """A one-time ticket ``(token, port)`` for a channel served by ``local``.
 
         ``on_bound(protocol)`` is called when the channel is established.
+        Unused tickets expire after TICKET_LIFETIME seconds; at most
+        MAX_TICKETS are outstanding (the oldest goes first).
         """
         now = time.monotonic()
-        for token in [t for t, (expiry, _, _) in self._tickets.items() if expiry < now]:
-            del self._tickets[token]
+        while self._tickets:
+            oldest = next(iter(self._tickets.values()))
+            if oldest[1] >= now and len(self._tickets) < MAX_TICKETS:
+                break
+            del self._tickets[next(iter(self._tickets))]
         token = secrets.token_bytes(32)
-        self._tickets[token] = (now + TICKET_LIFETIME, local, on_bound)
+        self._tickets[_digest(token)] = (token, now + TICKET_LIFETIME, local, on_bound)
         return token, self.port
 
     def redeem(self, token: Any) -> tuple[Any, Callable | None] | None:
+        """What a ticket opens, once; None for an unknown, spent or expired one."""
         if not isinstance(token, bytes):
             return None
-        for known in list(self._tickets):
-            if hmac.compare_digest(known, token):
-                expiry, local, on_bound = self._tickets.pop(known)
-                return (local, on_bound) if expiry >= time.monotonic() else None
-        return None
+        entry = self._tickets.get(_digest(token))
+        if entry is None or not hmac.compare_digest(entry[0], token):
+            return None
+        del self._tickets[_digest(token)]
+        _, expiry, local, on_bound = entry
+        return (local, on_bound) if expiry >= time.monotonic() else None
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
 
 
 # -- client side ---------------------------------------------------------------------
@@ -395,7 +435,6 @@ class BlockingChannel:
 
         Raises ChannelClosed when any step fails.
         """
-        import hashlib
         import socket
         import ssl as stdlib_ssl
 

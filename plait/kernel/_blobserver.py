@@ -23,6 +23,9 @@ from plait.kernel import _bulk as wire
 
 log = logging.getLogger(__name__)
 
+#: Connections allowed at once that have not yet presented a valid token.
+MAX_UNPROVEN = 32
+
 
 class _Blob:
     """One reserved blob; its fields are guarded by ``cond``."""
@@ -83,6 +86,7 @@ class BlobServer:
         self._by_id: dict[bytes, _Blob] = {}
         self._by_token: dict[bytes, _Blob] = {}
         self._connections: set[socket.socket] = set()
+        self._unproven: dict[socket.socket, None] = {}  # in arrival order
         self._threads: set[threading.Thread] = set()
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
@@ -290,12 +294,22 @@ class BlobServer:
                     log.exception("bulk: expiry failed")
 
     def _admit(self, sock: socket.socket, peer: Any) -> None:
+        evict = None
         with self._lock:
             if len(self._connections) >= self.max_connections or self._stopping.is_set():
                 full = True
             else:
                 full = False
                 self._connections.add(sock)
+                # Connections that have not yet shown a valid token are few and
+                # short-lived; strangers holding many open must not crowd out
+                # real transfers: past the limit the oldest one goes.
+                self._unproven[sock] = None
+                if len(self._unproven) > MAX_UNPROVEN:
+                    evict = next(iter(self._unproven))
+                    del self._unproven[evict]
+        if evict is not None:
+            _shutdown(evict)
         if full:
             log.warning("bulk: too many data connections, refusing %s", peer)
             sock.close()
@@ -330,6 +344,7 @@ class BlobServer:
         finally:
             with self._lock:
                 self._connections.discard(sock)
+                self._unproven.pop(sock, None)
                 self._threads.discard(threading.current_thread())
             sock.close()
 
@@ -340,6 +355,10 @@ class BlobServer:
             sock.sendall(wire.ERROR + bytes([len(data)]) + data)
         except OSError:
             pass
+
+    def _proven(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._unproven.pop(sock, None)
 
     def _lookup(self, index: dict[bytes, _Blob], secret: bytes, token: bool) -> _Blob | None:
         with self._lock:
@@ -358,6 +377,7 @@ class BlobServer:
         if blob is None:
             self._refuse(sock, peer, "unknown or spent upload token")
             return
+        self._proven(sock)
         with blob.cond:
             if blob.dead:
                 reason = blob.reason
@@ -413,6 +433,7 @@ class BlobServer:
         if blob is None:
             self._refuse(sock, peer, "unknown, expired or discarded blob")
             return
+        self._proven(sock)
         with blob.cond:
             if blob.dead:
                 reason = blob.reason
