@@ -211,3 +211,27 @@ def test_targets_wire_encoding(targets, wire):
 def test_bad_targets_are_rejected_before_sending(bad):
     with pytest.raises(TypeError, match="targets must be"):
         targets_to_wire(bad)
+
+
+def test_undelivered_payloads_are_released():
+    released: list[tuple[bytes, bool]] = []
+    registry = EngineRegistry()
+    engines = [FakeEngine() for _ in range(2)]
+    for e in engines:
+        registry.register(e, "u", {})
+    me = MultiEngine(registry, release=lambda p, whole: released.append((p, whole)))
+    # a refused command releases its payload whole
+    me.push(b"B-refused", targets=[0, 9]).addErrback(lambda f: None)
+    assert released == [(b"B-refused", True)]
+    # a target lost before it ran its share releases that share only
+    d = me.push(b"B-shared", targets=[0, 1])
+    engines[0].answer(None)
+    registry.unregister(1, "killed")
+    assert [ok for _, ok, _ in d.result] == [True, False]
+    assert released[1:] == [(b"B-shared", False)]
+    # a result flushed unread releases the payloads of its replies
+    rid = me.pull(["x"], targets=0, block=False).result
+    engines[0].answer("value")
+    assert me.flush() == 1
+    assert released[2:] == [(serialize("value"), True)]
+    del rid

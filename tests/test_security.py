@@ -161,3 +161,37 @@ def test_properties_are_plain_data(mec):
     mec.set_properties({"ram": 2**33, "tags": ["gpu", "ssd"]}, targets=0)
     assert mec.get_properties(["ram", "tags"], targets=0) == [{"ram": 2**33, "tags": ["gpu", "ssd"]}]
     mec.clear_properties(targets=0)
+
+
+def test_refused_and_failed_pushes_do_not_leave_blobs_behind(cluster_factory):
+    """A large push refused (bad target) or not delivered (engine killed) is freed."""
+    import numpy as np
+
+    from plait.kernel._errors import InvalidEngineID
+
+    c = cluster_factory(2)
+    mec = c.mec()
+    big = np.zeros(20_000_000 // 8)  # 20 MB: travels as a blob
+    controller_pid = c.state()["controller"]
+
+    def rss_mb() -> float:
+        for line in Path(f"/proc/{controller_pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    mec.push({"warm": big}, targets=0)  # the relay's buffers exist now
+    before = rss_mb()
+    for _ in range(5):
+        with pytest.raises(InvalidEngineID):
+            mec.push({"big": big}, targets=[0, 99])
+    # a push queued behind a long command, whose engine is then killed
+    mec.execute("import time", targets=1)
+    stuck = mec.execute("time.sleep(60)", targets=1, block=False)
+    queued = mec.push({"big": big}, targets=1, block=False)
+    mec.kill(targets=1)
+    for pr in (stuck, queued):
+        with pytest.raises(client.CompositeError, match="EngineError"):
+            pr.get_result()
+    # nothing kept: 6 blobs of 20 MB would show as ~120 MB
+    assert rss_mb() - before < 60

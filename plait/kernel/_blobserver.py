@@ -177,6 +177,20 @@ class BlobServer:
         if blob is not None and hmac.compare_digest(blob.blob_id, blob_id):
             self._kill(blob, "discarded")
 
+    def forfeit(self, blob_id: bytes) -> None:
+        """One reader of a blob will never come (its engine is gone, its command
+        was dropped): expect one reader fewer, and free the blob if that was the
+        last one still to read it.  Unknown ids are ignored."""
+        with self._lock:
+            blob = self._by_id.get(wire._digest(blob_id))
+        if blob is None or not hmac.compare_digest(blob.blob_id, blob_id):
+            return
+        with blob.cond:
+            blob.readers -= 1
+            finished = blob.completed >= blob.readers and not blob.dead
+        if finished:
+            self._kill(blob, "no reader left", reusable=blob.downloads == 0)
+
     def expire(self, now: float | None = None) -> int:
         """Free the blobs idle for ``expire_after`` seconds; return how many.
 

@@ -26,10 +26,14 @@ from zope.interface.interface import InterfaceClass
 from plait.adapters import Publication, default_publications
 from plait.adapters.channel import ChannelServer
 from plait.kernel._blobserver import BlobServer
+from plait.kernel._bulk import parse_descriptor
 from plait.kernel._multiengine import MultiEngine
 from plait.kernel._registry import EngineRegistry
-from plait.kernel._results import ResultStore
+from plait.kernel._serialize import is_bulk
 from plait.security import ProfileDirs, load_or_create_certificate, make_tub, write_private
+
+#: Seconds an unread blob is kept when nothing released it (a client went away).
+BLOB_LIFETIME = 24 * 3600
 
 
 @implementer(IStreamServerEndpoint)
@@ -105,10 +109,15 @@ class ControllerService(service.MultiService):
             "disconnectTimeout": max(engine_timeout, 3),
         }
         self.registry = EngineRegistry()
-        self.results = ResultStore()
-        self.multiengine = MultiEngine(self.registry, self.results, self.stop_controller)
+        self.multiengine = MultiEngine(
+            self.registry, stop_controller=self.stop_controller, release=self._release_payload
+        )
+        self.results = self.multiengine.results
         self.task = self._make_task_service(scheme, hwm)
-        self.blobs = BlobServer(ip, advertised_host=self.location)
+        # Blobs live until read, or until the command or result holding them
+        # is dropped (see _release_payload); expiry only reclaims the ones a
+        # vanished client never fetched.
+        self.blobs = BlobServer(ip, advertised_host=self.location, expire_after=BLOB_LIFETIME)
         self.tubs: dict[str, Any] = {}
         self.channels: dict[str, ChannelServer] = {}
         self.furls: dict[str, str] = {}
@@ -173,6 +182,20 @@ class ControllerService(service.MultiService):
         for channels in self.channels.values():
             channels.stop()
         return defer.maybeDeferred(super().stopService)
+
+    def _release_payload(self, payload: bytes, whole: bool) -> None:
+        """Free the blob of a bulk payload that will not be delivered (all of it,
+        or one reader's share)."""
+        if not is_bulk(payload):
+            return
+        try:
+            blob_id = parse_descriptor(payload).blob_id
+        except Exception:
+            return
+        if whole:
+            self.blobs.discard(blob_id)
+        else:
+            self.blobs.forfeit(blob_id)
 
     def stop_controller(self) -> None:
         """Stop the whole controller process soon (``kill(controller=True)``)."""

@@ -189,9 +189,14 @@ class AsyncMultiEngineClient(DataParallelMixin, BenchmarkMixin, MultiEngineHelpe
             payload, sending = yield self._payload(
                 namespace, lambda: self._count(targets), label or method
             )
-            result = yield self._engine_call(
-                method, payload, targets=targets, block=block, label=label
-            )
+            try:
+                result = yield self._engine_call(
+                    method, payload, targets=targets, block=block, label=label
+                )
+            except Exception:
+                if sending is not None:  # the controller dropped the upload: ignore its end
+                    sending.addErrback(lambda f: None)
+                raise
             if sending is not None:
                 yield sending
             return result

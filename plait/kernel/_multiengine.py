@@ -22,7 +22,13 @@ from zope.interface import implementer
 
 from plait.interfaces.engine import IEngine, IEngineRegistry
 from plait.interfaces.multiengine import EnginesChanged, IMultiEngine
-from plait.kernel._errors import InvalidEngineID, PlaitError, RemoteFailure
+from plait.kernel._errors import (
+    EngineError,
+    InvalidEngineID,
+    PlaitError,
+    QueueCleared,
+    RemoteFailure,
+)
 from plait.kernel._results import ResultStore
 from plait.kernel._serialize import loads_plain, serialize
 
@@ -93,11 +99,24 @@ class MultiEngine:
 
     def __init__(self, registry: IEngineRegistry, results: ResultStore | None = None,
                  stop_controller: Callable[[], None] | None = None,
-                 clock: IReactorTime | None = None):
+                 clock: IReactorTime | None = None,
+                 release: Callable[[bytes, bool], None] | None = None):
+        """``release(payload, whole)`` is told of payloads that will not be
+        delivered: all of them (``whole``) for a refused command, or one
+        target's share when that target's command failed before it ran, so
+        that large payloads held elsewhere (the bulk relay) can be freed."""
         self.registry = registry
-        self.results = results or ResultStore()
+        self._release = release or (lambda payload, whole: None)
+        self.results = results or ResultStore(on_drop=self._drop_replies)
         self._stop_controller = stop_controller
         self._clock = clock
+
+    def _drop_replies(self, value: Any) -> None:
+        """A stored result was flushed unread: free the payloads of its replies."""
+        if isinstance(value, list):
+            for reply in value:
+                if isinstance(reply, tuple) and len(reply) == 3 and reply[1]:
+                    self._release(reply[2], True)
 
     # -- helpers ------------------------------------------------------------
     def resolve_targets(self, targets: Any) -> list[int]:
@@ -124,38 +143,54 @@ class MultiEngine:
         return defer.succeed(self.results.add(d))
 
     def _on_engines(self, method: str, call: Callable[[IEngine, int], defer.Deferred],
-                    targets: Any, block: bool, label: str | None = None) -> defer.Deferred:
+                    targets: Any, block: bool, label: str | None = None,
+                    payload: bytes | None = None) -> defer.Deferred:
         try:
             ids = self.resolve_targets(targets)
         except PlaitError:
+            if payload is not None:
+                self._release(payload, True)
             return defer.fail()
-        return self._maybe_pending(self._gather(method, {i: call for i in ids}, label), block)
+        payloads = dict.fromkeys(ids, payload) if payload is not None else None
+        return self._maybe_pending(
+            self._gather(method, {i: call for i in ids}, label, payloads), block
+        )
 
     def _gather(self, method: str, calls: dict[int, Callable[[IEngine, int], defer.Deferred]],
-                label: str | None = None) -> defer.Deferred:
+                label: str | None = None, payloads: dict[int, bytes] | None = None
+                ) -> defer.Deferred:
         ds = []
         for engine_id, call in calls.items():
             d = self.registry.get_queue(engine_id).submit(
                 lambda engine, call=call, i=engine_id: call(engine, i), label=label or method
             )
+            if payloads is not None:
+                d.addErrback(self._undelivered, payloads[engine_id])
             d.addErrback(failure_reply, engine_id, method)
             d.addCallback(lambda reply, i=engine_id: (i, reply[0], reply[1]))
             ds.append(d)
         return defer.gatherResults(ds, consumeErrors=True)
 
+    def _undelivered(self, failure: Failure, payload: bytes) -> Failure:
+        if failure.check(EngineError, QueueCleared):
+            self._release(payload, False)  # this target will never fetch it
+        return failure
+
     def _on_each(self, method: str, payloads: dict, invoke: Callable[[IEngine, bytes], defer.Deferred],
                  everyone: bool, block: bool) -> defer.Deferred:
-        if everyone and sorted(payloads) != self.registry.get_ids():
-            now = self.registry.get_ids()
-            return defer.fail(EnginesChanged(
-                f"{method}: the engines changed (now {now}); nothing was run", now
-            ))
         try:
+            if everyone and sorted(payloads) != self.registry.get_ids():
+                now = self.registry.get_ids()
+                raise EnginesChanged(
+                    f"{method}: the engines changed (now {now}); nothing was run", now
+                )
             self.resolve_targets(list(payloads))
         except PlaitError:
+            for payload in payloads.values():
+                self._release(payload, True)
             return defer.fail()
         calls = {i: (lambda engine, _i, p=p: invoke(engine, p)) for i, p in payloads.items()}
-        return self._maybe_pending(self._gather(method, calls), block)
+        return self._maybe_pending(self._gather(method, calls, None, payloads), block)
 
     def _local(self, method: str, fn: Callable[[int], Any], targets: Any, block: bool
                ) -> defer.Deferred:
@@ -190,7 +225,8 @@ class MultiEngine:
         )
 
     def push(self, namespace: bytes, targets: Any = "all", block: bool = True) -> defer.Deferred:
-        return self._on_engines("push", lambda e, i: e.push(namespace), targets, block)
+        return self._on_engines("push", lambda e, i: e.push(namespace), targets, block,
+                                payload=namespace)
 
     def push_each(self, payloads: dict[int, bytes], everyone: bool = False, block: bool = True
                   ) -> defer.Deferred:
@@ -200,7 +236,7 @@ class MultiEngine:
         return self._on_engines("pull", lambda e, i: e.pull(keys), targets, block)
 
     def apply(self, call: bytes, targets: Any = "all", block: bool = True) -> defer.Deferred:
-        return self._on_engines("apply", lambda e, i: e.apply(call), targets, block)
+        return self._on_engines("apply", lambda e, i: e.apply(call), targets, block, payload=call)
 
     def apply_each(self, calls: dict[int, bytes], everyone: bool = False, block: bool = True
                    ) -> defer.Deferred:

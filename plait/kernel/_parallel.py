@@ -164,8 +164,14 @@ class DataParallelMixin:
         def run() -> Any:
             prepared = yield all_of([self._payload(obj, _one, label) for obj in objects])
             payloads = {i: payload for i, (payload, _) in zip(ids, prepared, strict=True)}
-            result = yield self._call(method, payloads, everyone, block=block, finish=finish)
-            yield all_of([sending for _, sending in prepared if sending is not None])
+            uploads = [sending for _, sending in prepared if sending is not None]
+            try:
+                result = yield self._call(method, payloads, everyone, block=block, finish=finish)
+            except Exception:
+                for sending in uploads:  # the controller dropped these: ignore their end
+                    sending.addErrback(lambda f: None)
+                raise
+            yield all_of(uploads)
             return result
 
         return run()

@@ -18,7 +18,9 @@ from plait.kernel._errors import ResultAlreadyRetrieved, ResultNotCompleted
 class ResultStore:
     """Pending and finished results by id."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_drop: Any = None) -> None:
+        """``on_drop(value)`` is called for each result dropped unread by :meth:`flush`."""
+        self._on_drop = on_drop
         self._next = 0
         self._results: dict[int, list] = {}  # id -> [done, value or Failure, waiters]
 
@@ -76,6 +78,8 @@ class ResultStore:
             slot = self._results.pop(rid)
             if slot[0] and isinstance(slot[1], Failure):
                 slot[1].trap(Exception)
+            elif slot[0] and self._on_drop is not None:
+                self._on_drop(slot[1])
         return len(drop)
 
     def __len__(self) -> int:

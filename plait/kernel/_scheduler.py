@@ -2,7 +2,7 @@
 
 Two pieces, used together by :class:`~plait.kernel._task.TaskController`:
 
-* :class:`WaitingTasks` holds the scheduled tasks in submission order and
+* :class:`WaitingTasks` holds the scheduled tasks in order of arrival and
   knows, from each task's depend and the engines it should avoid, which
   engines may take it;
 * a :class:`Scheduler` (any :class:`~plait.interfaces.task.IScheduler`)
@@ -10,7 +10,7 @@ Two pieces, used together by :class:`~plait.kernel._task.TaskController`:
   the high water mark ``hwm`` out of :meth:`~Scheduler.available`, and lets a
   *scheme* pick one engine among those a task may go to.
 
-A scheduling pass repeatedly takes the oldest waiting task that some
+A scheduling pass repeatedly takes the earliest waiting task that some
 available engine may take, and hands it to the engine the scheme picks.
 
 Schemes
@@ -78,7 +78,8 @@ Cost
 Waiting tasks are kept in *groups* with equal constraints (the same depend,
 compared as serialized bytes, and the same engines to avoid); a group's
 depend is evaluated once per engine, again when that engine registers or
-its properties change.  Groups sit in a heap ordered by their oldest task.
+its properties change; a depend that raises anything counts as False.
+Groups sit in a heap ordered by their earliest task.
 A group none of whose engines is available is *parked* on those engines and
 comes back only when one of them frees a slot or its eligibility changes, so
 a pass never rescans tasks that cannot run.  Taking the next task costs
@@ -287,11 +288,6 @@ class Scheduler:
     def __repr__(self) -> str:
         return f"Scheduler({self.name!r}, hwm={self.hwm})"
 
-    @property
-    def adaptive(self) -> bool:
-        """True when marks follow the tasks' run times (``hwm`` None)."""
-        return self.hwm is None
-
     # -- engines ------------------------------------------------------------
     def add_engine(self, engine_id: int) -> None:
         if engine_id not in self._slots:
@@ -307,10 +303,6 @@ class Scheduler:
     def remove_engine(self, engine_id: int) -> None:
         self._slots.pop(engine_id, None)
         self._available.discard(engine_id)
-
-    def engines(self) -> list[int]:
-        """The ids of the engines known, sorted."""
-        return sorted(self._slots)
 
     def _cluster_estimate(self) -> float | None:
         known = [s.estimate for s in self._slots.values() if s.estimate is not None]
@@ -328,10 +320,6 @@ class Scheduler:
         """The engine's current high water mark (0: no limit; 0 if unknown)."""
         slot = self._slots.get(engine_id)
         return 0 if slot is None else slot.mark
-
-    def marks(self) -> dict[int, int]:
-        """``{engine id: current mark}``."""
-        return {engine_id: slot.mark for engine_id, slot in self._slots.items()}
 
     def _update(self, slot: EngineSlot) -> None:
         if slot.mark and slot.load >= slot.mark:
@@ -378,10 +366,10 @@ class Scheduler:
 class _Group:
     """Waiting tasks sharing a depend and a set of engines to avoid.
 
-    ``heap`` holds task ids, oldest first, plus ids removed since (skipped
-    lazily); ``live`` counts the tasks really waiting.  ``listed`` is the
-    head id under which the group has its entry in the order heap, None
-    while it is parked.
+    ``heap`` holds task keys, earliest first, plus keys removed since
+    (skipped lazily); ``live`` counts the tasks really waiting.  ``listed``
+    is the head key under which the group has its entry in the order heap,
+    None while it is parked.
     """
 
     __slots__ = ("key", "depend", "avoid", "heap", "live", "eligible", "listed")
@@ -396,17 +384,20 @@ class _Group:
         self.listed: int | None = None
 
     def update(self, engine_id: int, properties: dict) -> bool:
-        """Re-evaluate the depend on one engine; True if the engine is newly eligible."""
+        """Re-evaluate the depend on one engine; True if the engine is newly eligible.
+
+        Never raises: a depend that raises anything at all (even SystemExit)
+        counts as False.
+        """
         accepted = True
         if self.depend is not None:
             try:
                 accepted = bool(self.depend(dict(properties)))
-            except Exception as exc:
+            except BaseException as exc:  # noqa: B036 - user code must not stop the controller
                 accepted = False
                 log.warn(
-                    "depend of task {taskid} raised {error!r} on engine {engine}: "
-                    "treated as False", taskid=self.heap[0] if self.heap else None,
-                    error=exc, engine=engine_id,
+                    "the depend {depend!r} raised {error!r} on engine {engine}: "
+                    "treated as False", depend=self.depend, error=exc, engine=engine_id,
                 )
         if not accepted:
             self.eligible.discard(engine_id)
@@ -425,7 +416,12 @@ class _Group:
 
 
 class WaitingTasks:
-    """The scheduled tasks, by constraints and in submission order.
+    """The scheduled tasks, by constraints and in order of arrival.
+
+    Each task is known by a *key*, an int given by the owner that orders the
+    tasks: the task controller stamps each task with a counter when it
+    arrives, so the earliest arrival runs first (a retried task keeps its
+    key, hence its place).
 
     ``properties(engine_id)`` returns an engine's properties dict, or None
     when the engine is gone.  The owner reports engines (:meth:`engine_added`,
@@ -437,47 +433,52 @@ class WaitingTasks:
         self._properties = properties
         self._engines: set[int] = set()
         self._groups: dict[tuple, _Group] = {}
-        self._where: dict[int, _Group] = {}  # task id -> its group
-        self._order: list[tuple[int, int, _Group]] = []  # (head id, seq, group)
+        self._where: dict[int, _Group] = {}  # task key -> its group
+        self._order: list[tuple[int, int, _Group]] = []  # (head key, seq, group)
         self._seq = count()
         self._parked_on: dict[int, set[_Group]] = {}  # engine id -> groups waiting for it
 
     def __len__(self) -> int:
         return len(self._where)
 
-    def __contains__(self, taskid: int) -> bool:
-        return taskid in self._where
+    def __contains__(self, key: int) -> bool:
+        return key in self._where
 
     # -- tasks ------------------------------------------------------------------------
-    def add(self, taskid: int, depend_key: bytes | None, depend: Any,
+    def add(self, key: int, depend_key: bytes | None, depend: Any,
             avoid: Iterable[int] = ()) -> None:
-        """A task waits (ids must grow with submission order)."""
+        """A task waits (keys must grow with arrival; a retried task keeps its own).
+
+        A new group's depend is evaluated on every engine before anything is
+        recorded, so nothing is left half-added if that fails.
+        """
         avoid = frozenset(avoid)
-        key = (depend_key, avoid)
-        group = self._groups.get(key)
+        constraints = (depend_key, avoid)
+        group = self._groups.get(constraints)
         if group is None:
-            group = self._groups[key] = _Group(key, depend, avoid)
+            group = _Group(constraints, depend, avoid)
             for engine_id in self._engines:
                 properties = self._properties(engine_id)
                 if properties is not None:
                     group.update(engine_id, properties)
-        heappush(group.heap, taskid)
+            self._groups[constraints] = group
+        heappush(group.heap, key)
         group.live += 1
-        self._where[taskid] = group
-        if group.live == 1 or (group.listed is not None and taskid < group.listed):
+        self._where[key] = group
+        if group.live == 1 or (group.listed is not None and key < group.listed):
             self._list(group)
 
-    def remove(self, taskid: int) -> None:
+    def remove(self, key: int) -> None:
         """A task stops waiting (KeyError if it was not)."""
-        group = self._where.pop(taskid)
+        group = self._where.pop(key)
         group.live -= 1
         if group.live == 0:
             del self._groups[group.key]
 
     def pop_runnable(self, ready: set[int]) -> tuple[int, set[int]] | None:
-        """Take the oldest task some engine in ``ready`` may run.
+        """Take the earliest task some engine in ``ready`` may run.
 
-        Returns ``(taskid, candidate engines)``, or None when no waiting
+        Returns ``(key, candidate engines)``, or None when no waiting
         task may run on a ready engine.
         """
         order = self._order

@@ -12,14 +12,18 @@ A task has two parts that travel together but are opened in different places:
   the engine runs it with :func:`run_on_engine`.
 * the **controller part**: ``retries`` (how many times a failed task is
   resubmitted), ``recovery_task`` (another task, run once the retries are
-  spent; it may have a recovery task of its own) and ``depend`` (a function of
+  spent; it may have a recovery task of its own), ``depend`` (a function of
   an engine's properties dict, called in the controller; the task only runs on
-  engines where it returns a true value; raising counts as False).
+  engines where it returns a true value; raising counts as False) and
+  ``timeout`` (seconds the task may wait for an engine before it fails with
+  :class:`DependencyTimeout`; 0 or None: forever).
 
 On the wire a task is ``MAGIC`` followed by a pickle of plain containers::
 
     {"engine": bytes, "retries": int, "depend": bytes | None,
-     "recovery": <the same dict> | None}
+     "timeout": float | None, "recovery": <the same dict> | None}
+
+(``timeout`` may be missing: None.)
 
 The controller reads it with an unpickler that refuses every class and
 global (:func:`decode_task`), so user objects are only unpickled where they
@@ -90,6 +94,31 @@ class TaskAborted(PlaitError):
     """The failure carried by the result of an aborted task."""
 
 
+class DependencyTimeout(PlaitError):
+    """The failure of a task that no engine took within its ``timeout``."""
+
+
+#: Task ids are ints from 0 to TASK_ID_LIMIT - 1 (they must fit the wire's 8 bytes).
+TASK_ID_LIMIT = 1 << 64
+
+
+def task_ids(taskids: Any) -> list[int]:
+    """``taskids`` (one id, or an iterable of ids) as a list of ints.
+
+    TypeError for anything else (a string, a float, a bool...); the ids
+    themselves are not checked against any task.
+    """
+    if isinstance(taskids, int) and not isinstance(taskids, bool):
+        return [taskids]
+    if isinstance(taskids, (str, bytes)) or not isinstance(taskids, Iterable):
+        raise TypeError(f"expected a task id or a list of task ids, not {taskids!r}")
+    ids = list(taskids)
+    for taskid in ids:
+        if isinstance(taskid, bool) or not isinstance(taskid, int):
+            raise TypeError(f"a task id is an int (as returned by run), not {taskid!r}")
+    return ids
+
+
 # -- the user-level description ----------------------------------------------
 @dataclass(eq=False)
 class TaskSpec:
@@ -111,6 +140,7 @@ class TaskSpec:
     retries: int = 0
     recovery_task: TaskSpec | None = None
     depend: Callable[[dict], Any] | None = None
+    timeout: float | None = None
 
     @classmethod
     def string(cls, expression: str, **options: Any) -> TaskSpec:
@@ -193,6 +223,17 @@ def _check_retries(retries: Any) -> None:
         raise TaskSpecError(f"retries must be an int >= 0, not {retries!r}")
 
 
+def _check_timeout(timeout: Any) -> float | None:
+    """The timeout as a float of seconds, None for none (0 or None)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+        0 <= timeout < float("inf")
+    ):
+        raise TaskSpecError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+    return float(timeout) or None
+
+
 def _chain(first: Any, next_of: Callable[[Any], Any]) -> list[Any]:
     """``first`` and its recovery tasks in order; RecoveryLoopError on a loop."""
     chain: list[Any] = []
@@ -211,13 +252,11 @@ def _chain(first: Any, next_of: Callable[[Any], Any]) -> list[Any]:
     return chain
 
 
-def encode_task(spec: TaskSpec, serialize_engine: Callable[[Any], bytes] = serialize) -> bytes:
-    """The wire form of ``spec`` and its recovery chain.
+def recovery_chain(spec: TaskSpec) -> list[TaskSpec]:
+    """``spec`` and its recovery tasks, in order.
 
-    ``serialize_engine`` turns each engine part into bytes; a client may pass
-    one that moves large parts to the bulk data channel.  Raises TaskSpecError
-    (bad attribute), RecoveryLoopError (the recovery chain loops) or
-    SerializationError (something cannot be pickled).
+    Raises RecoveryLoopError when the chain loops, TaskSpecError when it is
+    too long or a ``recovery_task`` is not a task.
     """
 
     def next_of(item: Any) -> Any:
@@ -226,8 +265,19 @@ def encode_task(spec: TaskSpec, serialize_engine: Callable[[Any], bytes] = seria
             raise TaskSpecError(f"recovery_task must be a task, not {type(recovery).__name__}")
         return recovery
 
+    return _chain(spec, next_of)
+
+
+def encode_task(spec: TaskSpec, serialize_engine: Callable[[Any], bytes] = serialize) -> bytes:
+    """The wire form of ``spec`` and its recovery chain.
+
+    ``serialize_engine`` turns each engine part into bytes; a client may pass
+    one that moves large parts to the bulk data channel.  Raises TaskSpecError
+    (bad attribute), RecoveryLoopError (the recovery chain loops) or
+    SerializationError (something cannot be pickled).
+    """
     envelope: dict | None = None
-    for item in reversed(_chain(spec, next_of)):
+    for item in reversed(recovery_chain(spec)):
         _check_retries(item.retries)
         if item.depend is not None and not callable(item.depend):
             raise TaskSpecError(f"depend must be callable, not {item.depend!r}")
@@ -235,6 +285,7 @@ def encode_task(spec: TaskSpec, serialize_engine: Callable[[Any], bytes] = seria
             "engine": serialize_engine(_engine_part(item)),
             "retries": item.retries,
             "depend": None if item.depend is None else serialize(item.depend),
+            "timeout": _check_timeout(getattr(item, "timeout", None)),
             "recovery": envelope,
         }
     return MAGIC + pickle.dumps(envelope, protocol=5)
@@ -247,7 +298,8 @@ class ControllerTask:
 
     ``payload`` is the opaque engine part; ``depend_key`` is the serialized
     depend (tasks with equal keys have the same depend), ``depend`` the
-    function itself.
+    function itself; ``timeout`` the seconds it may wait for an engine
+    (None: forever).
     """
 
     payload: bytes
@@ -255,6 +307,7 @@ class ControllerTask:
     depend_key: bytes | None = None
     depend: Callable[[dict], Any] | None = None
     recovery: ControllerTask | None = None
+    timeout: float | None = None
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -264,7 +317,7 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"a task envelope may not refer to {module}.{name}")
 
 
-def _envelope_fields(item: Any) -> tuple[bytes, int, bytes | None]:
+def _envelope_fields(item: Any) -> tuple[bytes, int, bytes | None, float | None]:
     if not isinstance(item, dict):
         raise TaskSpecError("a task envelope must be a dict")
     payload, retries, depend = item.get("engine"), item.get("retries"), item.get("depend")
@@ -273,7 +326,7 @@ def _envelope_fields(item: Any) -> tuple[bytes, int, bytes | None]:
     _check_retries(retries)
     if depend is not None and not isinstance(depend, bytes):
         raise TaskSpecError("depend must be serialized bytes")
-    return payload, retries, depend
+    return payload, retries, depend, _check_timeout(item.get("timeout"))
 
 
 def decode_task(data: bytes) -> ControllerTask:
@@ -292,13 +345,13 @@ def decode_task(data: bytes) -> ControllerTask:
     chain = _chain(envelope, lambda item: item.get("recovery") if isinstance(item, dict) else None)
     task: ControllerTask | None = None
     for item in reversed(chain):
-        payload, retries, depend_key = _envelope_fields(item)
+        payload, retries, depend_key, timeout = _envelope_fields(item)
         depend = None
         if depend_key is not None:
             depend = deserialize(depend_key)
             if not callable(depend):
                 raise SerializationError(f"depend is not callable: {depend!r}")
-        task = ControllerTask(payload, retries, depend_key, depend, task)
+        task = ControllerTask(payload, retries, depend_key, depend, task, timeout)
     if task is None:
         raise TaskSpecError("a task envelope must be a dict")
     return task
@@ -394,8 +447,8 @@ def run_on_engine(interpreter: Interpreter, task: Any) -> Any:
     """Run what the controller sent through ``run_task`` on an engine.
 
     A :class:`TaskBatch` gives its batch reply and a :class:`StashFetch` the
-    value kept back (see :mod:`plait.kernel._taskrun`); a single
-    :class:`EngineTask` gives its value (:func:`run_engine_task`).
+    value kept back (see :mod:`plait.kernel._taskrun`); anything else is a
+    SerializationError.
     """
     from plait.kernel import _taskrun
 
@@ -403,8 +456,6 @@ def run_on_engine(interpreter: Interpreter, task: Any) -> Any:
         return _taskrun.run_batch(interpreter, task)
     if isinstance(task, StashFetch):
         return _taskrun.take_stashed(task.key)
-    if isinstance(task, EngineTask) or hasattr(task, "kind"):  # (or an engine part alike)
-        return run_engine_task(interpreter, task)
     raise SerializationError(f"not a task payload: {type(task).__name__}")
 
 
@@ -484,9 +535,6 @@ class TaskResultRecord:
     def failure(self) -> RemoteFailure | None:
         """The RemoteFailure of a failed or aborted task; None when it succeeded."""
         return None if self.ok else deserialize(self.payload)
-
-    def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(TaskResultRecord))
