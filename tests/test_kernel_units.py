@@ -22,7 +22,7 @@ from plait.kernel._multiengine import MultiEngine
 from plait.kernel._queue import EngineQueue
 from plait.kernel._registry import EngineRegistry
 from plait.kernel._results import ResultStore
-from plait.kernel._serialize import deserialize, serialize
+from plait.kernel._serialize import deserialize, dumps_plain, serialize
 
 
 @implementer(IEngine)
@@ -192,7 +192,7 @@ def test_properties_are_kept_by_the_controller():
     registry = EngineRegistry()
     registry.register(FakeEngine(), "u", {"os": "linux"})
     me = MultiEngine(registry)
-    me.set_properties(serialize({"ram": 8}), targets=0)
+    me.set_properties(dumps_plain({"ram": 8}), targets=0)
     assert deserialize(me.get_properties(None, 0).result[0][2]) == {"os": "linux", "ram": 8}
     assert deserialize(me.has_properties(["ram", "gpu"], 0).result[0][2]) == [True, False]
     ok, payload = me.get_properties(["gpu"], 0).result[0][1:]
