@@ -257,3 +257,15 @@ def test_kill_waits_for_departures_at_most_a_timeout():
     assert fired == [0, 1] and not departures.watching
     registry.unregister(ids[1])  # no longer watched: nothing happens
     assert fired == [0, 1]
+
+
+def test_pending_results_belong_to_their_client(cluster4):
+    """One client's flush or ids cannot touch another client's pending results."""
+    from plait.kernel.client import ResultAlreadyRetrieved
+
+    a, b = cluster4.mec(), cluster4.mec()
+    pr = a.execute("import time; time.sleep(0.3); x = 1", targets=0, block=False)
+    assert b.flush() is None  # b has nothing to flush, and must not drop a's result
+    with pytest.raises(ResultAlreadyRetrieved):
+        b.get_pending_deferred(pr.result_id)
+    assert pr.get_result()[0]["input"]["raw"].endswith("x = 1")

@@ -65,7 +65,14 @@ class FoolscapMultiEngine(Referenceable):
         return outcome(self.service.registry.wait_for_engines(n))
 
     def remote_open_channel(self) -> tuple[bytes, int]:
-        return self.channels.issue(self)
+        """A channel served by a session of its own: the client's pending
+        results are kept apart from other clients' and dropped when it goes."""
+        session = FoolscapMultiEngine(self.service.session(), self.blobs, self.channels)
+
+        def bound(channel: Any) -> None:
+            channel.notifyOnDisconnect(session.service.flush)
+
+        return self.channels.issue(session, on_bound=bound)
 
     def remote_open_upload(self, size: int, readers: int) -> tuple:
         token, blob_id = self.blobs.create(size, readers)

@@ -143,6 +143,13 @@ class IMultiEngine(Interface):
     def flush():
         """Forget every result not yet taken."""
 
+    def session():
+        """This service with a store of pending results of its own.
+
+        Each client gets one, so that its results (ids, ``flush``) are its
+        own business and die with its connection.
+        """
+
 
 class RIMultiEngine(RemoteInterface):
     """What the MultiEngine FURL grants.  Every method answers an Outcome."""

@@ -12,6 +12,7 @@ for ``execute`` and ``run`` by the start of the code or the file name.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -341,3 +342,8 @@ class MultiEngine:
 
     def flush(self) -> int:
         return self.results.flush()
+
+    def session(self) -> MultiEngine:
+        view = copy.copy(self)
+        view.results = ResultStore(on_drop=view._drop_replies)
+        return view

@@ -33,13 +33,23 @@ Each task of a command ends its attempt with one :class:`Ended`:
     The attempt failed without a reply from user code: the engine lost
     while running it, or a reply that cannot be read (``payload`` says why).
 ``suspect``
-    The engine was lost while the task was at the engine, but not first in
-    line: it may never have started.  The controller decides (see
+    The engine was lost while the task was at the engine, but it may not
+    have been the one running.  The controller decides (see
     :mod:`plait.kernel._task`).
 
-When an engine is lost, the first task of the oldest command at the
-engine is the one presumed running: it ends ``failed``; the other tasks at
-the engine end ``suspect``.
+When an engine is lost, a command that carried a single task and was the
+oldest of ours at the engine is presumed running: its task ends
+``failed``.  Every other task at the engine ends ``suspect``, including
+all the tasks of a batch: the engine runs them one after another and
+answers only once, so any of them may have been the one running (and the
+first ones may be done).  The controller's rule for suspects (run again
+for free once, failed the second time) still catches a task that kills
+its engines.
+
+A value the engine kept back is fetched even if the fetch is cleared from
+the engine's queue (a MultiEngine ``clear_queue``): the fetch is submitted
+again, so the task does not fail for it and the value does not stay on the
+engine.
 """
 
 from __future__ import annotations
@@ -171,7 +181,8 @@ class Dispatcher:
             if line and command in line:
                 line.remove(command)
             if isinstance(result, Failure) and self._engine_gone(engine_id, result):
-                blame_first = oldest and engine_id not in self._blamed
+                blame_first = (oldest and len(command.sent) == 1
+                               and engine_id not in self._blamed)
                 if blame_first:
                     self._blamed.add(engine_id)
         try:
@@ -195,9 +206,8 @@ class Dispatcher:
                 self._end_all(command, sent, Ended("never_ran", engine_lost=gone))
             elif gone:
                 payload = failure_payload(result.value, engine_id)
-                for i, entry in enumerate(sent):
-                    kind = "failed" if (i == 0 and blame_first) else "suspect"
-                    self._end(command, entry, Ended(kind, payload=payload, engine_lost=True))
+                kind = "failed" if blame_first else "suspect"
+                self._end_all(command, sent, Ended(kind, payload=payload, engine_lost=True))
             else:
                 payload = failure_payload(result.value, engine_id)
                 self._end_all(command, sent, Ended("failed", payload=payload))
@@ -223,7 +233,12 @@ class Dispatcher:
 
     def _fetch(self, command: _Command, entry: Entry, ok: bool, seconds: float, key: bytes
                ) -> None:
-        """Fetch a value the engine kept back, then end the task with it."""
+        """Fetch a value the engine kept back, then end the task with it.
+
+        A fetch cleared from the engine's queue is submitted again: the
+        value is still on the engine, and must neither be lost to the task
+        nor left there.
+        """
         engine_id = command.engine_id
 
         def fetched(reply: Any) -> Ended:
@@ -232,9 +247,17 @@ class Dispatcher:
                 return Ended("failed", payload=payload)
             return Ended("reply", ok, payload, seconds)
 
-        def lost(f: Failure) -> Ended:
+        def lost(f: Failure) -> Ended | None:
+            if f.check(QueueCleared):
+                self._fetch(command, entry, ok, seconds, key)
+                return None
             return Ended("failed", payload=failure_payload(f.value, engine_id),
                          engine_lost=self._engine_gone(engine_id, f))
+
+        def end(ended: Ended | None) -> None:
+            if ended is not None:
+                self._end(command, entry, ended)
+                self._passed()
 
         try:
             queue = self._registry.get_queue(engine_id)
@@ -242,13 +265,13 @@ class Dispatcher:
             gone = EngineError(f"engine {engine_id} was lost before its result was fetched")
             self._end(command, entry, Ended("failed", payload=failure_payload(gone, engine_id),
                                             engine_lost=True))
+            self._passed()
             return
         d = queue.submit(lambda engine: engine.run_task(serialize(StashFetch(key))),
                          label=f"task {entry[0].taskid} (result)")
         d.addCallbacks(fetched, lost)
-        d.addCallback(lambda ended: self._end(command, entry, ended))
+        d.addCallback(end)
         d.addErrback(lambda f: log.failure("fetching a task result failed", f))
-        d.addBoth(lambda _: self._passed())
 
     def _end(self, command: _Command, entry: Entry, ended: Ended) -> None:
         task, attempt = entry

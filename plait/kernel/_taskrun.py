@@ -18,7 +18,9 @@ entry per task:
   controller fetches it with a :class:`~plait.kernel._taskspec.StashFetch`,
   as a command of its own whose reply can use the bulk data channel.
 
-Stashed values live until fetched, or until the engine exits.
+Stashed values live until fetched (the controller fetches every one it is
+told about, again if the fetch is cleared from the engine's queue), or until
+the engine exits.
 """
 
 from __future__ import annotations
@@ -91,8 +93,3 @@ def take_stashed(key: bytes) -> Any:
         return _stash.pop(key)
     except (KeyError, TypeError):
         raise KeyError("this engine holds no task value under that key") from None
-
-
-def stashed() -> int:
-    """How many values are waiting to be fetched."""
-    return len(_stash)

@@ -13,15 +13,24 @@ Options common to both kinds
     the task failed).
 ``retries``
     How many times a failed attempt is resubmitted, to an engine the task
-    has not failed on when one is available.  An engine that dies under a
-    task counts as a failed attempt.
+    has not failed on when one is available.  An engine that dies while it
+    runs the task alone counts as a failed attempt; when the task may not
+    have been running (it was sent in a batch with others, or behind
+    another one) it is run again without counting, unless that happens to
+    it twice (see :mod:`plait.kernel._task`).
 ``recovery_task``
     Another task, submitted once the retries are spent; it may have its own
     recovery task.  A chain that loops back is refused at ``run``.
 ``depend``
     A function of an engine's properties dict; the task only goes to
-    engines where it returns a true value (raising counts as False).  It is
-    called in the controller, again whenever an engine's properties change.
+    engines where it returns a true value (raising anything counts as
+    False).  It is called in the controller, again whenever an engine's
+    properties change: it runs with the controller's rights, which is why
+    the tc FURL must be guarded like the controller's account.
+``timeout``
+    Seconds the task may wait for an engine to take it (0 or None, the
+    default: forever).  A task still waiting then fails with
+    DependencyTimeout; one that has started is not interrupted.
 
 Results
 -------
@@ -44,12 +53,12 @@ from plait.kernel._taskspec import ABORTED, FAILED, SUCCEEDED, TaskResultRecord,
 
 __all__ = ["MapTask", "ResultNS", "StringTask", "Task", "TaskResult"]
 
-_OPTIONS = ("clear_before", "clear_after", "retries", "recovery_task", "depend")
+_OPTIONS = ("clear_before", "clear_after", "retries", "recovery_task", "depend", "timeout")
 
 
 def _option_text(task: TaskSpec) -> str:
     defaults = {"clear_before": False, "clear_after": False, "retries": 0,
-                "recovery_task": None, "depend": None}
+                "recovery_task": None, "depend": None, "timeout": None}
     parts = [f"{name}={getattr(task, name)!r}" for name in _OPTIONS
              if getattr(task, name) != defaults[name]]
     return "".join(f", {p}" for p in parts)
@@ -59,7 +68,8 @@ class StringTask(TaskSpec):
     """A task that runs Python source on an engine.
 
     ``StringTask(expression, pull=None, push=None, clear_before=False,
-    clear_after=False, retries=0, recovery_task=None, depend=None)``:
+    clear_after=False, retries=0, recovery_task=None, depend=None,
+    timeout=None)``:
     ``push`` (a dict) is put in the engine namespace first, then
     ``expression`` runs as with ``MultiEngineClient.execute``; the values of
     the names in ``pull`` (a name or a list of names) are the task's
@@ -76,12 +86,13 @@ class StringTask(TaskSpec):
         retries: int = 0,
         recovery_task: TaskSpec | None = None,
         depend: Callable[[dict], Any] | None = None,
+        timeout: float | None = None,
     ):
         super().__init__(
             "string", expression=expression,
             pull=pull if isinstance(pull, str) or pull is None else list(pull),
             push=dict(push or {}), clear_before=clear_before, clear_after=clear_after,
-            retries=retries, recovery_task=recovery_task, depend=depend,
+            retries=retries, recovery_task=recovery_task, depend=depend, timeout=timeout,
         )
         if self.pull is None:
             self.pull = []
@@ -100,7 +111,8 @@ class MapTask(TaskSpec):
     """A task that calls a function on an engine.
 
     ``MapTask(function, args=(), kwargs=None, clear_before=False,
-    clear_after=False, retries=0, recovery_task=None, depend=None)``: the
+    clear_after=False, retries=0, recovery_task=None, depend=None,
+    timeout=None)``: the
     task's result is ``function(*args, **kwargs)``.  A function defined
     interactively runs in the engine namespace, as with ``apply``.
     """
@@ -115,11 +127,12 @@ class MapTask(TaskSpec):
         retries: int = 0,
         recovery_task: TaskSpec | None = None,
         depend: Callable[[dict], Any] | None = None,
+        timeout: float | None = None,
     ):
         super().__init__(
             "map", function=function, args=tuple(args or ()), kwargs=dict(kwargs or {}),
             clear_before=clear_before, clear_after=clear_after, retries=retries,
-            recovery_task=recovery_task, depend=depend,
+            recovery_task=recovery_task, depend=depend, timeout=timeout,
         )
 
     def __repr__(self) -> str:
@@ -186,7 +199,10 @@ class TaskResult:
         submitted, when its last attempt was handed to its engine (None if
         never), when it finished.
     ``duration``
-        Seconds from ``started`` to ``completed`` (0.0 if it never started).
+        Seconds the last attempt ran on its engine, as the engine measured
+        it; when the engine could not say (it died, or the task was
+        aborted while running), the seconds from ``started`` to
+        ``completed``; 0.0 if it never started.
     ``attempts``, ``failed_on``
         How many times it was handed to an engine; the engines of its
         failed attempts, in order.

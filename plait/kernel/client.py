@@ -21,6 +21,7 @@ from plait.kernel._errors import (
     PlaitError,
     QueueCleared,
     RemoteException,
+    ResultAlreadyRetrieved,
     ResultNotCompleted,
     SerializationError,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "QueueCleared",
     "QueueStatusList",
     "RemoteException",
+    "ResultAlreadyRetrieved",
     "ResultList",
     "ResultNotCompleted",
     "SerializationError",
