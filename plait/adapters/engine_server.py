@@ -19,7 +19,6 @@ from zope.interface import implementer
 from plait.interfaces.engine import RIEngine
 from plait.kernel import _bulk
 from plait.kernel._engine import hard_exit
-from plait.kernel._errors import SerializationError
 from plait.kernel._serialize import deserialize, is_bulk
 
 log = Logger()
@@ -76,14 +75,10 @@ class FoolscapEngine(Referenceable):
         try:
             if decode:
                 args = tuple(self._decode(a) for a in args)
-            value = getattr(interp, method)(*args)
-            try:
-                reply = True, self._encode(value)
-            except SerializationError:
-                interp.serialize_value(method, args, value)  # raises, naming the culprit
-                raise
         except BaseException as exc:
             reply = False, interp.failure_payload(exc, method)
+        else:
+            reply = interp.handle(method, *args, encode=self._encode)
         changed = interp.take_changed_properties()
         if changed is not None:
             reactor.callFromThread(self.engine.sync_properties, changed)

@@ -87,7 +87,7 @@ import textwrap
 import threading
 import types
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import plait
@@ -492,16 +492,24 @@ class Interpreter:
 
     # -- the engine's entry point ----------------------------------------
 
-    def handle(self, method: str, *args: Any) -> tuple[bool, bytes]:
+    def handle(self, method: str, *args: Any,
+               encode: Callable[[Any], bytes] | None = None) -> tuple[bool, bytes]:
         """Run engine command ``method`` with ``args``; return the reply.
 
-        ``(True, serialize(value))`` or ``(False, serialize(RemoteFailure))``;
+        ``(True, encode(value))`` or ``(False, serialize(RemoteFailure))``;
         never raises.  ``method`` is one of :data:`METHODS`; ``args`` are the
-        method's arguments, already deserialized.
+        method's arguments, already deserialized.  ``encode`` defaults to
+        :func:`serialize`; the engine passes one that sends large values on
+        the bulk channel.  A value that cannot be encoded is reported naming
+        the culprit (for ``pull``, the key).
         """
         try:
             value = self._dispatch(method, args)
-            return True, self.serialize_value(method, args, value)
+            try:
+                return True, (encode or serialize)(value)
+            except SerializationError:
+                self.serialize_value(method, args, value)  # raises, naming the culprit
+                raise
         except BaseException as exc:
             return False, self.failure_payload(exc, method)
 
