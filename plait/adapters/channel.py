@@ -379,8 +379,10 @@ def open_channel(host: str, port: int, token: bytes, tub_id: str, local: Any = N
                  timeout: float = 10.0) -> defer.Deferred:
     """Connect to a channel server; fires with the bound :class:`ChannelProtocol`.
 
-    Fails with ChannelClosed when the server is not the one ``tub_id`` names,
-    refuses the ticket, or does not answer within ``timeout`` seconds.
+    Fails with ChannelClosed when the server is not the one ``tub_id`` names
+    or refuses the ticket, and with ``twisted.internet.defer.TimeoutError``
+    (the connection abandoned) when it does not answer within ``timeout``
+    seconds.
     """
     proto = _ClientProtocol()
     proto.expected_tub_id = tub_id

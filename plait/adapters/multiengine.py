@@ -62,7 +62,7 @@ class FoolscapMultiEngine(Referenceable):
     del _name
 
     def remote_wait_for_engines(self, n: int) -> defer.Deferred:
-        return outcome(self.service.registry.wait_for_engines(n))
+        return outcome(self.service.wait_for_engines(n))
 
     def remote_open_channel(self) -> tuple[bytes, int]:
         """A channel served by a session of its own: the client's pending

@@ -9,6 +9,22 @@ controller's own exceptions (InvalidTaskID, TaskAlreadyCompleted...) with
 their messages.  Result records are encoded here with
 :func:`~plait.kernel._taskspec.encode_result`; task payloads pass through
 unopened.
+
+Sessions
+--------
+Each client connection is a :class:`TaskSession`: the object its channel is
+bound to (``open_channel``), or, for a client that stays on foolscap, the
+object ``open_session`` returns.  A session is the *owner* of the task ids
+it reserves (no other connection can submit under them) and keeps track of
+its blocking calls (``barrier``, ``get_task_result(block=True)``...).  When
+its connection goes away the session ends: its unused ids are dropped and
+its blocking calls are cancelled, so that nothing a departed client asked
+for stays in the controller.  Callers of the published object itself (raw
+foolscap, without a session) share it as one owner.
+
+Security: tasks carry ``depend`` functions that the controller runs (see
+:mod:`plait.kernel._task`), so the tc FURL grants code execution in the
+controller.
 """
 
 from __future__ import annotations
@@ -25,7 +41,7 @@ from plait.kernel._taskspec import TaskResultRecord, encode_result
 
 #: The methods :meth:`FoolscapTaskController.remote_submit_then` may call.
 FOLLOWERS = frozenset({
-    "run", "reserve", "get_task_result", "get_task_results", "barrier", "abort",
+    "reserve", "get_task_result", "get_task_results", "barrier", "abort",
     "queue_status", "spin", "clear", "info",
 })
 
@@ -41,50 +57,64 @@ class FoolscapTaskController(Referenceable):
     ``blobs`` is the controller's :class:`~plait.kernel._blobserver.BlobServer`,
     through which clients upload tasks too large to travel inline;
     ``channels`` its client :class:`~plait.adapters.channel.ChannelServer`
-    (None: clients stay on foolscap).
+    (None: clients stay on foolscap).  Calls made on this object directly
+    share it as the owner of their task ids; clients get a
+    :class:`TaskSession` each (see the module documentation).
     """
 
     def __init__(self, service: ITaskController, blobs: Any = None, channels: Any = None):
         self.service = service
         self.blobs = blobs
         self.channels = channels
+        self._waits: set[defer.Deferred] = set()  # blocking calls not answered yet
 
     def _call(self, method: str, *args: Any) -> defer.Deferred:
         return outcome(defer.maybeDeferred(getattr(self.service, method), *args))
 
-    def remote_run(self, task: bytes) -> defer.Deferred:
-        return self._call("run", task)
+    def _blocking(self, d: defer.Deferred) -> defer.Deferred:
+        """Keep ``d`` (a service call that may wait long) until it fires."""
+        self._waits.add(d)
+
+        def done(result: Any) -> Any:
+            self._waits.discard(d)
+            return result
+
+        return d.addBoth(done)
 
     def remote_reserve(self, n: int) -> defer.Deferred:
-        return self._call("reserve", n)
+        return self._call("reserve", n, self)
 
     def remote_submit(self, tasks: list) -> defer.Deferred:
-        return self._call("submit", [tuple(item) for item in tasks])
+        return self._call("submit", [tuple(item) for item in tasks], self)
 
     def remote_submit_then(self, tasks: list, method: str, args: list) -> defer.Deferred:
         try:
-            refused = self.service.submit([tuple(item) for item in tasks])
+            refused = self.service.submit([tuple(item) for item in tasks], self)
         except Exception:
             return outcome(defer.fail())
+        follower = self._follower(method, args)
+        return outcome(follower.addCallback(lambda result: (refused, result)))
+
+    def _follower(self, method: str, args: list) -> defer.Deferred:
+        """The outcome of the call following a submission (its own refusal, if any)."""
         if method not in FOLLOWERS:
             return outcome(defer.fail(ValueError(f"submit_then cannot call {method!r}")))
         try:
             RITaskController[method].checkAllArgs(tuple(args), {}, True)
         except Exception:
             return outcome(defer.fail())
-        inner = getattr(self, f"remote_{method}")(*args)
-        return outcome(inner.addCallback(lambda result: (refused, result)))
+        return getattr(self, f"remote_{method}")(*args)
 
     def remote_get_task_result(self, taskid: int, block: bool = False) -> defer.Deferred:
         d = defer.maybeDeferred(self.service.get_task_result, taskid, block)
-        return outcome(d.addCallback(_encoded))
+        return outcome(self._blocking(d).addCallback(_encoded))
 
     def remote_get_task_results(self, taskids: list, block: bool = False) -> defer.Deferred:
         d = defer.maybeDeferred(self.service.get_task_results, list(taskids), block)
-        return outcome(d.addCallback(lambda records: [_encoded(r) for r in records]))
+        return outcome(self._blocking(d).addCallback(lambda rs: [_encoded(r) for r in rs]))
 
     def remote_barrier(self, taskids: list) -> defer.Deferred:
-        return self._call("barrier", list(taskids))
+        return outcome(self._blocking(defer.maybeDeferred(self.service.barrier, list(taskids))))
 
     def remote_abort(self, taskid: int) -> defer.Deferred:
         return self._call("abort", taskid)
@@ -108,4 +138,42 @@ class FoolscapTaskController(Referenceable):
     def remote_open_channel(self) -> tuple[bytes, int]:
         if self.channels is None:
             raise RuntimeError("this controller offers no channel for the task interface")
-        return self.channels.issue(self)
+        session = TaskSession(self.service, self.blobs)
+        return self.channels.issue(session, session.bind)
+
+    def remote_open_session(self, listener: Any) -> TaskSession:
+        if not hasattr(listener, "notifyOnDisconnect"):
+            raise TypeError("open_session needs a reference to an object of the client")
+        session = TaskSession(self.service, self.blobs)
+        listener.notifyOnDisconnect(session.close)
+        return session
+
+
+class TaskSession(FoolscapTaskController):
+    """The task interface as one client connection sees it (see the module doc).
+
+    :meth:`bind` ties it to a channel; :meth:`close` ends it.
+    """
+
+    def __init__(self, service: ITaskController, blobs: Any = None):
+        super().__init__(service, blobs, None)
+        self.closed = False
+
+    def bind(self, channel: Any) -> None:
+        """The channel serving this session is open: end the session when it closes."""
+        channel.notifyOnDisconnect(self.close)
+
+    def close(self) -> None:
+        """The connection went away: drop its unused task ids, cancel its blocking calls."""
+        if self.closed:
+            return
+        self.closed = True
+        self.service.release(self)
+        for d in list(self._waits):
+            d.cancel()
+
+    def remote_open_channel(self) -> tuple[bytes, int]:
+        raise RuntimeError("this is a session already: open channels on the published object")
+
+    def remote_open_session(self, listener: Any) -> TaskSession:
+        raise RuntimeError("this is a session already: open sessions on the published object")

@@ -226,7 +226,7 @@ class IEngineQueue(Interface):
         """Fail every command not yet started with QueueCleared."""
 
     def status():
-        """A dict ``{'queue': [labels waiting], 'pending': label or None}``."""
+        """A dict ``{'queue': [labels waiting], 'pending': [labels handed to the engine]}``."""
 
     def __len__():
         """Number of commands waiting or running."""

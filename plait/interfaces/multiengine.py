@@ -143,6 +143,9 @@ class IMultiEngine(Interface):
     def flush():
         """Forget every result not yet taken."""
 
+    def wait_for_engines(n):
+        """A Deferred firing with the id list once ``n`` engines are registered."""
+
     def session():
         """This service with a store of pending results of its own.
 

@@ -9,6 +9,10 @@ MultiEngine interface.
 Every task ends in exactly one of three states: ``succeeded``, ``failed``
 or ``aborted``.  Before that it is ``scheduled`` (waiting for an engine) or
 ``pending`` (handed to an engine).  Results are kept until cleared.
+
+Security: a task's ``depend`` function runs in the controller process.
+Whoever holds the tc FURL can therefore run code in the controller, with
+its account's rights; guard that FURL as you would the account.
 """
 
 from __future__ import annotations
@@ -41,35 +45,37 @@ Outcome = TupleOf(BooleanConstraint(), Any())
 class ITaskController(Interface):
     """The controller-side task service (local, Twisted code).
 
-    Task ids are ints.  :meth:`run` issues the next one; a client that wants
-    to give ids out before the controller answers reserves blocks of them
-    with :meth:`reserve` and submits tasks under those ids with
-    :meth:`submit`.  Either way ids grow with submission order, and tasks are
-    started oldest id first.  Methods that name an unknown id (never issued,
-    or cleared) fail with :class:`plait.kernel._taskspec.InvalidTaskID`.
+    Task ids are ints, each used once.  A client reserves blocks of them
+    with :meth:`reserve`, so that it can give ids out before the controller
+    answers, and submits tasks under them with :meth:`submit`.  Both name an
+    *owner* (any object; the adapter passes one per client connection): an
+    id is accepted only from the owner that reserved it, and only once, so
+    ids are never reused, even after :meth:`clear`.  :meth:`release` drops
+    what an owner reserved and did not use.  Tasks start in the order they
+    arrived, whatever their ids.  Methods that name an unknown id (never
+    issued, or cleared) fail with
+    :class:`plait.kernel._taskspec.InvalidTaskID`.
     """
 
-    def run(task):
-        """Submit ``task`` (bytes from :func:`~plait.kernel._taskspec.encode_task`).
-
-        Returns the new task id at once (an int, not a Deferred).  Raises
-        TaskSpecError / RecoveryLoopError / SerializationError when the task
-        is malformed, its recovery chain loops, or its depend cannot be read.
-        """
-
-    def reserve(n):
+    def reserve(n, owner=None):
         """Reserve ``n`` (1 to :data:`MAX_RESERVE`) consecutive task ids for
-        :meth:`submit`; returns the first.  ValueError for a bad ``n``."""
+        ``owner``'s :meth:`submit`; returns the first.  ValueError for a bad
+        ``n``."""
 
-    def submit(tasks):
-        """Submit ``[(taskid, task bytes), ...]`` under reserved ids.
+    def submit(tasks, owner=None):
+        """Submit ``[(taskid, task bytes), ...]`` under ids ``owner`` reserved.
 
-        Returns the list of ``(taskid, reason)`` for the items refused because
-        their id was not reserved or is already used (empty normally).  A task
-        whose bytes cannot be decoded is not refused: it is recorded as
+        Returns the list of ``(taskid, reason)`` for the items refused
+        because their id was not reserved by ``owner``, or was already used
+        (empty normally).  Nothing else is refused: a task that cannot be
+        decoded, or whose depend cannot be evaluated, is recorded as
         ``failed`` at once, its result carrying the error, so nothing
-        submitted is lost.
+        submitted is lost and one bad task does not affect the others.
         """
+
+    def release(owner):
+        """``owner`` is gone: drop its reserved and unused ids (they can no
+        longer be used by anyone); returns how many were dropped."""
 
     def get_task_result(taskid, block=False):
         """A Deferred firing with the task's :class:`TaskResultRecord`.
@@ -149,7 +155,8 @@ class IScheduler(Interface):
 
     def choose(candidates):
         """Pick one engine id from the non-empty collection ``candidates``
-        (all of them available)."""
+        (all of them available).  If it raises, or returns anything else,
+        the controller logs it and the task waits for the next pass."""
 
     def assigned(engine_id):
         """A task was handed to ``engine_id``."""
@@ -179,24 +186,25 @@ class RITaskController(RemoteInterface):
 
     __remote_name__ = "plait.RITaskController"
 
-    def run(task=WIRE_BYTES):
-        """Submit an encoded task; value: its id."""
-        return Outcome
-
     def reserve(n=IntegerConstraint(maxBytes=8)):
-        """Value: the first of ``n`` reserved task ids."""
+        """Value: the first of ``n`` task ids reserved for this connection."""
         return Outcome
 
     def submit(tasks=Submissions):
-        """Submit tasks under reserved ids; value: ``[(taskid, reason)]`` refused."""
+        """Submit tasks under ids this connection reserved; value:
+        ``[(taskid, reason)]`` refused."""
         return Outcome
 
     def submit_then(tasks=Submissions, method=UnicodeConstraint(maxLength=32),
                     args=ListOf(Any(), maxLength=8)):
         """:meth:`submit` ``tasks``, then call ``method(*args)`` (any method
-        below but ``open_upload`` and ``open_channel``), in one message.
+        below but ``open_upload``, ``open_channel`` and ``open_session``), in
+        one message.
 
-        Value: ``(refused, outcome of the method)``.
+        Value: ``(refused, outcome of the method)``: the tasks are submitted
+        whatever becomes of the method, whose own outcome ``(ok, value)``
+        says whether it was refused (an unknown method, bad arguments) or
+        failed.
         """
         return Outcome
 
@@ -241,5 +249,14 @@ class RITaskController(RemoteInterface):
 
     def open_channel():
         """A ticket ``(token, port)`` for a channel carrying these same calls
-        (see :mod:`plait.adapters.channel`)."""
+        (see :mod:`plait.adapters.channel`), as a connection of its own: the
+        ids it reserves are its own, and are dropped when it closes."""
         return TupleOf(Token, IntegerConstraint())
+
+    def open_session(listener=Any()):
+        """For a client that stays on foolscap: a reference to an object
+        offering these same calls as a connection of its own (as a channel
+        is).  ``listener`` is any Referenceable of the client; when its
+        connection is lost the session ends (its reserved ids are dropped,
+        its blocking calls forgotten)."""
+        return Any()

@@ -343,6 +343,9 @@ class MultiEngine:
     def flush(self) -> int:
         return self.results.flush()
 
+    def wait_for_engines(self, n: int) -> defer.Deferred:
+        return self.registry.wait_for_engines(n)
+
     def session(self) -> MultiEngine:
         view = copy.copy(self)
         view.results = ResultStore(on_drop=view._drop_replies)
