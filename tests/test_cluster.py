@@ -258,6 +258,26 @@ def test_fixed_ports_keep_furls_across_restarts(controller, tmp_path):
     assert client.MultiEngineClient(str(sec / "ipcontroller-mec.furl")).get_ids() == []
 
 
+def test_new_furls_revoke_the_old_ones(controller, tmp_path):
+    from foolscap.util import allocate_tcp_port
+
+    from plait.kernel import client
+
+    env = make_env(tmp_path / "p")
+    args = (f"--client-port={allocate_tcp_port()}", f"--engine-port={allocate_tcp_port()}")
+    first = controller(*args, env=env)
+    mec_file = Path(env["PLAIT_DIR"]) / "profile_default" / "security" / "ipcontroller-mec.furl"
+    old = mec_file.read_text().strip()
+    first.terminate()
+    first.wait()
+    controller(*args, "--new-furls", env=env)
+    new = mec_file.read_text().strip()
+    assert new != old and new.rsplit("/", 1)[0] == old.rsplit("/", 1)[0]  # same tub and port
+    assert client.MultiEngineClient(new).get_ids() == []
+    with pytest.raises(client.PlaitConnectionError, match="refused this FURL"):
+        client.MultiEngineClient(old)
+
+
 def test_ip_and_location_choose_interface_and_furl_host(controller, tmp_path):
     env = make_env(tmp_path / "p")
     controller("--ip=127.0.0.2", "--location=127.0.0.2", env=env)

@@ -94,6 +94,7 @@ class ControllerService(service.MultiService):
         hwm: int | None = None,
         publications: list[Publication] | None = None,
         engine_timeout: int = 30,
+        new_furls: bool = False,
     ):
         super().__init__()
         self.dirs = dirs
@@ -101,6 +102,7 @@ class ControllerService(service.MultiService):
         self.location = location or ip
         self.ports = {"client": client_port, "engine": engine_port}
         self.publications = publications or default_publications()
+        self.new_furls = new_furls  # False: keep the secrets of existing FURL files
         # Keepalives let the controller notice an engine whose host vanished; a
         # killed engine is noticed at once, as its connection closes.
         # (foolscap counts both in whole seconds; ipcontroller asks for >= 3)
@@ -169,7 +171,8 @@ class ControllerService(service.MultiService):
     def _publish(self, pub: Publication) -> None:
         tub = self.tubs[pub.listener]
         path = self.dirs.furl_path(pub.furl_name)
-        name = _swissnum_from(path, tub.getTubID()) or base64.b32encode(
+        kept = None if self.new_furls else _swissnum_from(path, tub.getTubID())
+        name = kept or base64.b32encode(
             secrets.token_bytes(20)
         ).decode().lower()
         referenceable = pub.adapter(self.service_for(pub.service), self)

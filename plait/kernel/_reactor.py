@@ -28,6 +28,11 @@ def in_reactor_thread() -> bool:
     return _thread is not None and threading.current_thread() is _thread
 
 
+def running_in_thread() -> bool:
+    """True while this module's reactor thread runs (it was started for blocking calls)."""
+    return _thread is not None and _thread.is_alive()
+
+
 def ensure_running() -> None:
     """Start the reactor thread if it is not running yet."""
     global _thread

@@ -32,13 +32,27 @@ raise the reason (:meth:`Submitter.refusal`).  A task the controller cannot
 read (a depend function it cannot unpickle) is not refused: it ends as
 ``failed`` at once and its result carries the error.
 
+Nothing submitted may be lost when the program ends: :meth:`Submitter.drain`
+sends whatever is buffered, then one more call, answered by the controller
+only after everything sent before it was processed (calls keep their order
+on a connection).  ``TaskClient.flush()`` and ``close()`` drain; so does the
+process at exit, for every client still open: an ``atexit`` hook (for the
+blocking clients, whose reactor runs in a daemon thread that exit would
+simply stop) and a Twisted ``before shutdown`` trigger (for asynchronous
+clients in a program that runs the reactor itself), both registered once per
+process and waiting at most :data:`EXIT_TIMEOUT` seconds.  What cannot be
+confirmed then is reported on stderr.
+
 Threads: :meth:`Submitter.take_id` and :meth:`Submitter.enqueue` may be
 called from any thread; every other method runs in the reactor thread.
 """
 
 from __future__ import annotations
 
+import atexit
+import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +60,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
 
+from plait.kernel import _reactor
 from plait.kernel._clientbase import raise_outcome
 from plait.kernel._errors import PlaitError
 
@@ -62,6 +77,8 @@ IDLE_TICKS = 20
 #: A ``submit`` message carries at most this many tasks, or about this many bytes.
 MAX_MESSAGE_TASKS = 20_000
 MAX_MESSAGE_BYTES = 4 << 20
+#: Seconds the process waits at exit for its submissions to be confirmed.
+EXIT_TIMEOUT = 10.0
 
 
 class TaskSubmissionError(PlaitError):
@@ -93,7 +110,14 @@ class Submitter:
         self._id_waiters: list[defer.Deferred] = []
         self._in_flight = 0
         self._refused: dict[int, Exception] = {}
+        self._problems = 0  # submissions refused or lost so far ...
+        self._reported = 0  # ... of which drain() has reported this many
+        self._first_problem = ""  # the first reason not reported yet
+        self._unconfirmed = False  # sent something since the last drain
+        self._runs: set[defer.Deferred] = set()  # runs still preparing their task
         self.messages_sent = 0
+        _live.add(self)
+        _hook_exit()
 
     # -- ids ------------------------------------------------------------------
     def take_id(self) -> int | None:
@@ -242,6 +266,7 @@ class Submitter:
         if not batch:
             return self._call(method, *args)
         self.messages_sent += 1
+        self._unconfirmed = True
         d = self._call("submit_then", batch, method, list(args))
 
         def split(value: Any) -> Any:
@@ -258,6 +283,7 @@ class Submitter:
     def _send(self, batch: list[tuple[int, bytes]]) -> None:
         self._in_flight += 1
         self.messages_sent += 1
+        self._unconfirmed = True
         d = self._call("submit", batch)
 
         def done(_: Any) -> None:
@@ -271,15 +297,63 @@ class Submitter:
 
     def _refuse(self, refused: list) -> None:
         for taskid, reason in refused:
-            self._refused[taskid] = TaskSubmissionError(
-                f"task {taskid} was refused by the controller: {reason}"
-            )
+            self._problem(taskid, f"task {taskid} was refused by the controller: {reason}")
 
     def _lose(self, batch: list[tuple[int, bytes]], f: Failure) -> None:
         for taskid, _ in batch:
-            self._refused[taskid] = TaskSubmissionError(
-                f"task {taskid} may not have reached the controller: {f.value}"
+            self._problem(taskid, f"task {taskid} may not have reached the controller: {f.value}")
+
+    def _problem(self, taskid: int, reason: str) -> None:
+        self._refused[taskid] = TaskSubmissionError(reason)
+        if self._problems == self._reported:
+            self._first_problem = reason
+        self._problems += 1
+
+    # -- draining ------------------------------------------------------------------
+    def track_run(self, d: defer.Deferred) -> None:
+        """(reactor) ``d`` fires once a ``run`` has enqueued its task (or failed):
+        :meth:`drain` waits for it."""
+        if not d.called:
+            self._runs.add(d)
+
+            def done(result: Any) -> Any:
+                self._runs.discard(d)
+                return result
+
+            d.addBoth(done)
+
+    @defer.inlineCallbacks
+    def drain(self) -> Any:
+        """(reactor) Make sure what was submitted so far has reached the controller.
+
+        Waits for runs still preparing their task, sends whatever is
+        buffered at once, then makes one more call, which the controller
+        answers only after processing everything sent before it.  Fires with
+        None; fails with TaskSubmissionError when submissions were refused
+        or lost since the last drain (saying how many and the first
+        reason), or when the controller could not be reached to confirm.
+        """
+        while self._runs:
+            yield defer.DeferredList(list(self._runs))
+        self.flush()
+        if self._unconfirmed:
+            self._unconfirmed = False
+            try:
+                yield self._call("submit", [])
+            except Exception as exc:
+                raise TaskSubmissionError(
+                    f"could not confirm that the tasks submitted reached the controller: {exc}"
+                ) from None
+        problems, first = self._problems - self._reported, self._first_problem
+        self._reported = self._problems
+        if problems:
+            raise TaskSubmissionError(
+                f"{problems} task submission(s) failed; the first: {first}"
             )
+
+    def close(self) -> None:
+        """(reactor) This client is closed: the exit hook forgets it."""
+        _live.discard(self)
 
     # -- refusals ------------------------------------------------------------------
     def refusal(self, taskid: Any) -> Exception | None:
@@ -297,3 +371,60 @@ class Submitter:
             for taskid in taskids:
                 self._refused.pop(taskid, None)
 
+
+
+# -- at exit -------------------------------------------------------------------------
+_live: weakref.WeakSet[Submitter] = weakref.WeakSet()
+_hooked = False
+
+
+def _hook_exit() -> None:
+    """Register the exit hooks, once per process."""
+    global _hooked
+    if _hooked:
+        return
+    _hooked = True
+    atexit.register(_drain_at_exit)
+    reactor.addSystemEventTrigger("before", "shutdown", drain_all)
+
+
+def drain_all(timeout: float = EXIT_TIMEOUT) -> defer.Deferred:
+    """(reactor) Drain every open client, reporting on stderr what could not be
+    confirmed; a Deferred firing with None when done or after ``timeout`` s."""
+    submitters = list(_live)
+    if not submitters:
+        return defer.succeed(None)
+    done: defer.Deferred = defer.Deferred()
+
+    def finish(results: list) -> None:
+        for ok, value in results:
+            if not ok:
+                _warn(str(value.value))
+        if not done.called:
+            done.callback(None)
+
+    def expire() -> None:
+        if not done.called:
+            _warn(f"gave up after {timeout:g} s waiting for the controller to confirm the "
+                  f"tasks submitted: some may not have reached it")
+            done.callback(None)
+
+    timer = reactor.callLater(timeout, expire)
+    done.addBoth(lambda result: timer.cancel() if timer.active() else None)
+    defer.DeferredList([s.drain() for s in submitters], consumeErrors=True).addCallback(finish)
+    return done
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"plait: {message}\n")
+    sys.stderr.flush()
+
+
+def _drain_at_exit() -> None:
+    """At exit: wait (bounded) until the blocking clients' submissions are confirmed."""
+    if not _live or not _reactor.running_in_thread():
+        return  # nothing submitted, or the program runs the reactor (see drain_all)
+    try:
+        _reactor.call(drain_all, timeout=EXIT_TIMEOUT + 1.0)
+    except Exception as exc:
+        _warn(f"could not confirm the tasks submitted at exit: {exc}")

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hwm", type=int, default=None,
                    help="task high-water mark: tasks outstanding per engine (default: adaptive, "
                         "about 5 ms of queued work per engine; 0: no limit)")
+    p.add_argument("--new-furls", action="store_true",
+                   help="write FURLs with new secrets: FURL files handed out before stop working")
     p.add_argument("--adapter", action="append", default=[], metavar="MODULE:NAME",
                    help="publish an extra interface (a plait.adapters.Publication)")
     p.add_argument("--engine-timeout", type=_seconds_at_least(3), default=30,
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         controller = ControllerService(
             dirs, ip=args.ip, location=args.location, client_port=args.client_port,
             engine_port=args.engine_port, scheme=args.scheme, hwm=args.hwm, publications=pubs,
-            engine_timeout=args.engine_timeout,
+            engine_timeout=args.engine_timeout, new_furls=args.new_furls,
         )
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         sys.exit(f"error: {exc}")
