@@ -428,8 +428,8 @@ def test_every_call_works_over_foolscap_too(cluster4):
     def session():
         furl, source = resolve_furl(cluster4.furl_file("tc"), None, "ipcontroller-tc.furl")
         ref = yield client_tub().getReference(furl)
-        tc = client.AsyncTaskClient((ref, None), source)
-        yield tc._submitter.reserve_first()
+        tc = yield client.AsyncTaskClient((ref, None), source)._start()
+        assert tc._remote is not ref  # a session of its own
         ids = []
         for n in range(3):
             ids.append((yield tc.run(client.StringTask(f"a = {n}", pull="a"))))
@@ -442,6 +442,7 @@ def test_every_call_works_over_foolscap_too(cluster4):
         yield tc.abort(waiting)
         yield tc.spin()
         info = yield tc.info()
+        yield tc.close()  # ends the session at once
         return [r.ns.a for r in results], set(ids) <= set(status["succeeded"]), values, \
             cleared, info["engines"]
 

@@ -15,14 +15,13 @@ from plait.kernel._serialize import serialize
 from plait.kernel._taskspec import TaskSpecError, decode_batch_reply
 
 
-def test_engine_lost_blames_only_the_task_presumed_running():
+def test_engine_lost_blames_a_task_that_was_running_alone():
     cluster = Cluster(n=2, hwm=3)
     ids = submit_many(cluster, ["a", "b", "c", "d", "e", "f"])
     engine0 = cluster.engines[0]
-    at_zero = [name for name in engine0.names()]
-    assert len(at_zero) == 3 and engine0.commands == 2
+    assert engine0.names() == ["a", "c", "e"] and engine0.commands == 2  # [a], [c, e]
     cluster.registry.unregister(0, "killed")
-    first = cluster.result(ids[0])  # the first task of the oldest command at engine 0
+    first = cluster.result(ids[0])  # alone in the oldest command: it was running
     assert first.status == "failed" and first.failure().ename == "EngineError"
     status = cluster.status()
     assert ids[0] in status["failed"] and len(status["failed"]) == 1
@@ -36,33 +35,56 @@ def test_engine_lost_blames_only_the_task_presumed_running():
         assert cluster.result(taskid).failed_on == []
 
 
-def test_a_task_suspected_twice_is_blamed():
-    cluster = Cluster(n=3, hwm=2)
-    a, b, c, d, e, f = submit_many(cluster, ["a", "b", "c", "d", "e", "f"])
-    assert cluster.placement() == {0: ["a", "d"], 1: ["b", "e"], 2: ["c", "f"]}
-    cluster.registry.unregister(0, "killed")  # 'a' was running; 'd' was behind it
-    assert cluster.status()["failed"] == [a] and cluster.status()["scheduled"] == [d]
-    cluster.engines[1].reply()  # 'b' done: 'd' goes behind 'e'
-    assert cluster.engines[1].names() == ["e", "d"]
-    cluster.registry.unregister(1, "killed")
-    record = cluster.result(d)
-    assert record.status == "failed" and record.failure().ename == "EngineError"
-    assert record.failed_on == [1] and record.attempts == 2
-    assert sorted(cluster.status()["failed"]) == [a, d, e]
-
-
-def test_commands_still_in_the_queue_when_the_engine_dies_never_ran():
+def test_engine_lost_under_a_batch_blames_none_of_its_tasks():
+    """The engine runs a batch one task after another: any of them may have been
+    running when it died (and the first ones may be done), so none is blamed."""
     cluster = Cluster(n=2, hwm=0)
     ids = submit_many(cluster, [f"t{i}" for i in range(8)])
-    queue = cluster.registry.get_queue(0)
-    assert len(queue) == 2  # two commands in flight
+    engine0 = cluster.engines[0]
+    assert engine0.commands == 2 and len(engine0.calls) == 4  # two batches of two
     cluster.registry.unregister(0, "killed")
     engine1 = cluster.engines[1]
     while engine1.calls:
         engine1.reply()
     status = cluster.status()
-    assert len(status["failed"]) == 1 and len(status["succeeded"]) == 7
-    assert sorted(status["failed"] + status["succeeded"]) == ids
+    assert status["failed"] == [] and sorted(status["succeeded"]) == ids
+    assert all(cluster.result(i).failed_on == [] for i in ids)
+
+
+def test_a_batch_that_kills_engines_is_caught_by_the_second_death():
+    cluster = Cluster(n=3, hwm=0)
+    engine0 = cluster.engines[0]
+    cluster.registry.set_properties(0, {"first": True})
+    names = ["kill", "x", "y", "z"]
+    ids = submit_many(cluster, names, depend=lambda p: p.get("first") or p.get("next"))
+    assert engine0.names() == names and engine0.commands == 2  # [kill, x], [y, z]
+    cluster.registry.unregister(0, "killed")
+    assert cluster.status()["scheduled"] == ids  # suspects: run again for free
+    cluster.registry.set_properties(1, {"next": True})
+    assert cluster.engines[1].names() == names
+    cluster.registry.unregister(1, "killed")  # a second death: they all fail now
+    for taskid in ids:
+        record = cluster.result(taskid)
+        assert record.status == "failed" and record.failure().ename == "EngineError"
+        assert record.attempts == 2 and record.failed_on == [1]
+    assert cluster.engines[2].calls == []
+
+
+def test_commands_still_in_the_queue_when_the_engine_dies_never_ran():
+    cluster = Cluster(n=1, hwm=0)
+    cluster.add()
+    first = submit_many(cluster, ["a", "b", "c", "d"])  # [a], [c] at engine 0
+    later = submit_many(cluster, ["e", "f"])  # [e] waits in engine 0's queue
+    queue = cluster.registry.get_queue(0)
+    assert queue.status()["queue"] == [f"task {later[0]}"]
+    cluster.registry.unregister(0, "killed")
+    engine1 = cluster.engines[1]
+    while engine1.calls:
+        engine1.reply()
+    assert cluster.status()["failed"] == [first[0]]  # alone and first: it was running
+    for taskid in (first[2], later[0]):  # behind it, or never sent: run again for free
+        record = cluster.result(taskid)
+        assert record.ok and record.engineid == 1 and record.failed_on == []
 
 
 def test_tasks_aborted_while_their_command_waits_are_left_out():

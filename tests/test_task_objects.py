@@ -132,7 +132,8 @@ def submitter():
     call(lambda: [sub.reserve_first()])  # (a list: do not wait for the Deferred)
     assert fake.calls[0][:2] == ("reserve", (FIRST_BLOCK,))
     fake.answer(0, 1000)
-    return sub, fake
+    yield sub, fake
+    call(sub.close)  # the fake never answers again: keep it out of the exit hook
 
 
 def test_ids_come_from_the_reserved_block(submitter):
@@ -243,7 +244,89 @@ def test_waiting_for_ids_when_none_are_left():
     assert fake.methods() == ["reserve"] and got == []
     fake.answer(0, 7)
     assert got == [7]
+    call(sub.close)
 
 
 def test_payload_helpers_round_trip():
     assert serialize(None)[:1] == b"P"
+
+
+# -- draining: nothing submitted is lost -------------------------------------------------------
+def drained(sub: Submitter) -> list:
+    """Start ``sub.drain()``; a list that will hold its outcome (a Failure or None)."""
+    out: list = []
+    call(lambda: [sub.drain().addBoth(out.append)])
+    return out
+
+
+def test_drain_sends_the_buffer_then_confirms(submitter, monkeypatch):
+    monkeypatch.setattr(_tcsubmit, "TICK", 3600)  # nothing leaves by the ticker
+    sub, fake = submitter
+    sub.enqueue(sub.take_id(), b"a")
+    settle()
+    sub.enqueue(sub.take_id(), b"b")  # buffered while "a" is unanswered
+    out = drained(sub)
+    assert fake.methods() == ["reserve", "submit", "submit", "submit"]
+    assert [len(args[0]) for _, args, _ in fake.calls[1:]] == [1, 1, 0]  # a, b, then a probe
+    fake.answer(1, [])
+    fake.answer(2, [])
+    assert out == []  # not before the probe is answered
+    fake.answer(3, [])
+    assert out == [None]
+    assert drained(sub) == [None] and len(fake.calls) == 4  # nothing new: no call at all
+
+
+def test_an_answered_call_confirms_what_was_sent_before_it(submitter):
+    sub, fake = submitter
+    sub.enqueue(sub.take_id(), b"a")
+    call(sub.flush)
+    [d] = call(lambda: [sub.call_after("queue_status", False)])  # behind the submission
+    fake.answer(2, {"scheduled": 1})
+    assert drained(sub) == [None] and fake.methods() == ["reserve", "submit", "queue_status"]
+    fake.answer(1, [])
+
+
+def test_drain_reports_refused_submissions_once(submitter):
+    sub, fake = submitter
+    first = sub.take_id()
+    sub.enqueue(first, b"a")
+    settle()
+    fake.answer(1, [(first, "task id 7 is reserved by another client")])
+    [failure] = drained(sub)
+    assert isinstance(failure.value, TaskSubmissionError)
+    assert str(failure.value).startswith("1 task submission(s) failed; the first: task")
+    assert "reserved by another client" in str(failure.value)
+    assert drained(sub) == [None]  # reported once
+
+
+def test_drain_fails_when_the_controller_cannot_confirm(submitter):
+    sub, fake = submitter
+    taskid = sub.take_id()
+    sub.enqueue(taskid, b"a")
+    settle()
+    out = drained(sub)
+    gone = _tcsubmit.ConnectionError_("lost the connection to the controller")
+    fake.fail(1, gone)
+    fake.fail(2, gone)
+    assert "could not confirm" in str(out[0].value) and "lost the connection" in str(
+        out[0].value)
+    assert "may not have reached the controller" in str(call(sub.refusal, taskid))
+
+
+def test_draining_at_exit_is_bounded_and_says_what_is_unconfirmed(submitter, capfd):
+    from twisted.internet.task import Clock
+
+    sub, fake = submitter
+    sub.enqueue(sub.take_id(), b"a")
+    settle()  # the controller never answers
+    clock = Clock()
+    out: list = []
+    call(lambda: [_tcsubmit.drain_all(timeout=10, clock=clock).addBoth(out.append)])
+    assert out == []
+    call(clock.advance, 10)
+    assert out == [None]
+    assert "gave up after 10 s waiting for the controller" in capfd.readouterr().err
+    call(sub.close)  # a closed client is not waited for
+    out.clear()
+    call(lambda: [_tcsubmit.drain_all(timeout=10, clock=clock).addBoth(out.append)])
+    assert out == [None]

@@ -40,7 +40,7 @@ from plait.kernel._taskspec import (
     decode_task,
     encode_result,
     encode_task,
-    run_on_engine,
+    run_engine_task,
 )
 
 
@@ -169,7 +169,7 @@ class Cluster:
         return engine
 
     def run(self, name: str = "t", **options) -> int:
-        return self.tc.run(encode_task(TaskSpec.string(name, **options)))
+        return submit_one(self.tc, encode_task(TaskSpec.string(name, **options)))
 
     def result(self, taskid: int) -> TaskResultRecord:
         record = fired(self.tc.get_task_result(taskid))
@@ -181,6 +181,13 @@ class Cluster:
 
     def placement(self) -> dict[int, list[str]]:
         return {i: e.names() for i, e in self.engines.items() if e.calls}
+
+
+def submit_one(tc: TaskController, data: bytes) -> int:
+    """Submit one encoded task under a fresh reserved id, as a client does."""
+    taskid = tc.reserve(1)
+    assert tc.submit([(taskid, data)]) == []
+    return taskid
 
 
 # -- the wire format ---------------------------------------------------------------------
@@ -266,9 +273,9 @@ def test_unreadable_depend_fails_at_submission():
     with pytest.raises(SerializationError):
         decode_task(data)
     cluster = Cluster()
-    with pytest.raises(SerializationError):
-        cluster.tc.run(data)
+    taskid = submit_one(cluster.tc, data)  # recorded as failed, saying why: not lost
     assert cluster.tc.queue_status()["scheduled"] == 0
+    assert cluster.result(taskid).failure().ename == "SerializationError"
 
 
 @pytest.mark.parametrize(
@@ -353,14 +360,14 @@ def test_run_string_task_in_order():
     interp.ns["old"] = 1
     spec = TaskSpec.string("b = a * 2", push={"a": 21}, pull=["a", "b"],
                            clear_before=True, clear_after=True)
-    assert run_on_engine(interp, engine_part(spec)) == {"a": 21, "b": 42}
+    assert run_engine_task(interp, engine_part(spec)) == {"a": 21, "b": 42}
     assert interp.log == ["reset", "push", "execute", "pull", "reset"]
     assert interp.ns == {}
 
 
 def test_run_string_task_without_pull_is_an_empty_dict():
     interp = FakeInterpreter()
-    assert run_on_engine(interp, engine_part(TaskSpec.string("a = 1"))) == {}
+    assert run_engine_task(interp, engine_part(TaskSpec.string("a = 1"))) == {}
     assert interp.ns["a"] == 1
     assert interp.log == ["execute"]
 
@@ -368,7 +375,7 @@ def test_run_string_task_without_pull_is_an_empty_dict():
 def test_run_map_task_returns_the_value():
     interp = FakeInterpreter()
     spec = TaskSpec.map(lambda x, y=0: x + y, [1], {"y": 2}, push={"base": 10})
-    assert run_on_engine(interp, engine_part(spec)) == 3
+    assert run_engine_task(interp, engine_part(spec)) == 3
     assert interp.log == ["push", "apply"]
     assert interp.ns["base"] == 10
 
@@ -376,10 +383,10 @@ def test_run_map_task_returns_the_value():
 def test_clear_after_happens_even_on_failure():
     interp = FakeInterpreter()
     with pytest.raises(ZeroDivisionError):
-        run_on_engine(interp, engine_part(TaskSpec.string("a = 1; 1/0", clear_after=True)))
+        run_engine_task(interp, engine_part(TaskSpec.string("a = 1; 1/0", clear_after=True)))
     assert interp.log[-1] == "reset" and interp.ns == {}
     with pytest.raises(KeyError):
-        run_on_engine(interp, engine_part(TaskSpec.string("a = 1", pull="zz", clear_after=True)))
+        run_engine_task(interp, engine_part(TaskSpec.string("a = 1", pull="zz", clear_after=True)))
     assert interp.ns == {}
 
 
@@ -389,14 +396,14 @@ def test_run_on_the_real_interpreter():
     interp = Interpreter()
     interp.push({"left": 1})
     spec = TaskSpec.string("b = a + 1", push={"a": 41}, pull=["a", "b"], clear_after=True)
-    assert run_on_engine(interp, engine_part(spec)) == {"a": 41, "b": 42}
+    assert run_engine_task(interp, engine_part(spec)) == {"a": 41, "b": 42}
     assert interp.keys() == []
     interp.push({"base": 100})
     spec = TaskSpec.map(lambda x, y=0: x * y, [6], {"y": 7}, clear_before=True)
-    assert run_on_engine(interp, engine_part(spec)) == 42
+    assert run_engine_task(interp, engine_part(spec)) == 42
     assert interp.keys() == []
     with pytest.raises(NameError):
-        run_on_engine(interp, engine_part(TaskSpec.string("c = 1", pull="missing")))
+        run_engine_task(interp, engine_part(TaskSpec.string("c = 1", pull="missing")))
 
 
 def test_decode_engine_task_refuses_other_payloads():
@@ -414,10 +421,9 @@ def test_provides_the_interfaces():
 def test_values_fit_the_remote_interface():
     cluster = Cluster(n=1)
     data = encode_task(TaskSpec.string("a", pull="a"))
-    RITaskController["run"].checkAllArgs((data,), {}, False)
     RITaskController["submit"].checkAllArgs(([(7, data)],), {}, False)
     RITaskController["reserve"].checkAllArgs((100,), {}, False)
-    taskid = cluster.tc.run(data)
+    taskid = submit_one(cluster.tc, data)
     cluster.engines[0].reply({"a": 1})
     RITaskController["get_task_result"].checkAllArgs((taskid,), {}, False)
     RITaskController["get_task_results"].checkAllArgs(([taskid], True), {}, False)
@@ -427,7 +433,8 @@ def test_values_fit_the_remote_interface():
     def response(method, value):
         RITaskController[method].getResponseConstraint().checkObject((True, value), False)
 
-    response("run", taskid)
+    response("reserve", taskid)
+    response("submit", [(taskid, "task id 0 was already used")])
     response("get_task_result", encode_result(cluster.result(taskid)))
     response("get_task_result", None)
     response("queue_status", cluster.tc.queue_status())
@@ -513,14 +520,14 @@ def test_tasks_assigned_in_one_pass_share_a_command():
 def test_reserve_and_submit():
     cluster = Cluster(n=1)
     first = cluster.tc.reserve(10)
-    assert cluster.tc.run(encode_task(TaskSpec.string("r"))) == first + 10
+    assert submit_one(cluster.tc, encode_task(TaskSpec.string("r"))) == first + 10
     data = encode_task(TaskSpec.string("s"))
     refused = cluster.tc.submit([(first + 3, data), (first + 3, data), (first + 99, data),
                                  (-1, data)])
     assert [taskid for taskid, _ in refused] == [first + 3, first + 99, -1]
-    assert "already in use" in refused[0][1] and "not reserved" in refused[1][1]
+    assert "already used" in refused[0][1] and "never reserved" in refused[1][1]
     assert cluster.status()["pending"] == [first + 10]
-    assert cluster.status()["scheduled"] == [first + 3]  # older ids go first from now on
+    assert cluster.status()["scheduled"] == [first + 3]
     with pytest.raises(ValueError, match="reserve"):
         cluster.tc.reserve(0)
 
@@ -829,7 +836,7 @@ def test_recovery_task_runs_after_retries_and_is_named():
     cluster = Cluster(n=1)
     spec = TaskSpec.string("main", retries=1,
                            recovery_task=TaskSpec.string("rescue", pull="x"))
-    taskid = cluster.tc.run(encode_task(spec))
+    taskid = submit_one(cluster.tc, encode_task(spec))
     engine = cluster.engines[0]
     engine.fail(OSError("1"))
     engine.fail(OSError("2"))
@@ -847,7 +854,7 @@ def test_recovery_chain_has_its_own_retries_and_recovery():
     cluster = Cluster(n=1)
     last = TaskSpec.string("last")
     middle = TaskSpec.string("middle", retries=1, recovery_task=last)
-    taskid = cluster.tc.run(encode_task(TaskSpec.string("first", recovery_task=middle)))
+    taskid = submit_one(cluster.tc, encode_task(TaskSpec.string("first", recovery_task=middle)))
     engine = cluster.engines[0]
     engine.fail(OSError("first"))
     engine.fail(OSError("middle 1"))
@@ -887,7 +894,7 @@ def test_engines_that_fail_synchronously_use_up_retries_and_recover():
     for engine in cluster.engines.values():
         engine.run_task = lambda task: defer.fail(OSError("refused"))
     spec = TaskSpec.string("a", retries=3, recovery_task=TaskSpec.string("r"))
-    taskid = cluster.tc.run(encode_task(spec))
+    taskid = submit_one(cluster.tc, encode_task(spec))
     record = cluster.result(taskid)
     assert record.failed_on == [0, 1, 0, 1]
     assert cluster.result(record.recovery_taskid).status == "failed"
@@ -904,11 +911,11 @@ def test_engine_gone_before_the_registry_tells_us():
     class Hook:
         def engine_removed(self, engine_id):
             spec = TaskSpec.string("late", depend=lambda p: p["big"])
-            submitted.append(tc.run(encode_task(spec)))
+            submitted.append(submit_one(tc, encode_task(spec)))
 
     registry.add_observer(Hook())
     tc = TaskController(registry, "leastload", 1)
-    busy = tc.run(encode_task(TaskSpec.string("busy")))
+    busy = submit_one(tc, encode_task(TaskSpec.string("busy")))
     assert engines[0].names() == ["busy"]
     registry.unregister(1, "killed")
     assert tc.queue_status(verbose=True)["scheduled"] == submitted
@@ -933,9 +940,9 @@ def test_dispatch_to_an_engine_that_vanished_requeues():
     for engine in engines:
         registry.register(engine, engine.uuid, {})
     tc = TaskController(registry, "lru", 1)
-    first = tc.run(encode_task(TaskSpec.string("first")))
+    first = submit_one(tc, encode_task(TaskSpec.string("first")))
     registry.gone.add(1)
-    second = tc.run(encode_task(TaskSpec.string("second")))  # lru picks engine 1: gone
+    second = submit_one(tc, encode_task(TaskSpec.string("second")))  # lru picks engine 1: gone
     assert tc.queue_status(verbose=True)["scheduled"] == [second]
     assert engines[1].calls == []
     engines[0].reply()
@@ -1135,7 +1142,7 @@ def test_thousands_of_waiting_tasks_schedule_in_constant_time():
     cluster = Cluster(n=8, hwm=2)
     payload = encode_task(TaskSpec.string("t"))
     start = time.perf_counter()
-    ids = [cluster.tc.run(payload) for _ in range(6000)]
+    ids = [submit_one(cluster.tc, payload) for _ in range(6000)]
     engines = list(cluster.engines.values())
     while any(e.calls for e in engines):
         for engine in engines:
@@ -1177,7 +1184,7 @@ def test_nothing_is_ever_lost(seed):
                 spec.recovery_task = TaskSpec.string("r")
             if rng.random() < 0.2:
                 spec.depend = needs_gpu
-            ids.append(cluster.tc.run(encode_task(spec)))
+            ids.append(submit_one(cluster.tc, encode_task(spec)))
         elif action < 0.65 and live:
             rng.choice(live).reply()
         elif action < 0.78 and live:
@@ -1210,7 +1217,7 @@ def test_nothing_is_ever_lost(seed):
     status = cluster.tc.queue_status(verbose=True)
     assert status["scheduled"] == [] and status["pending"] == []
     finished = status["succeeded"] + status["failed"] + status["aborted"]
-    assert sorted(finished) == list(range(cluster.tc._next_id))
+    assert sorted(finished) == list(range(cluster.tc._ids.next_id))
     assert set(ids) <= set(finished)
     for taskid in finished:
         assert cluster.result(taskid).status in ("succeeded", "failed", "aborted")

@@ -17,9 +17,10 @@ bound to (``open_channel``), or, for a client that stays on foolscap, the
 object ``open_session`` returns.  A session is the *owner* of the task ids
 it reserves (no other connection can submit under them) and keeps track of
 its blocking calls (``barrier``, ``get_task_result(block=True)``...).  When
-its connection goes away the session ends: its unused ids are dropped and
-its blocking calls are cancelled, so that nothing a departed client asked
-for stays in the controller.  Callers of the published object itself (raw
+its connection goes away, or the client ends it (``end_session``), the
+session ends: its unused ids are dropped and its blocking calls are
+cancelled, so that nothing a departed client asked for stays in the
+controller.  Callers of the published object itself (raw
 foolscap, without a session) share it as one owner.
 
 Security: tasks carry ``depend`` functions that the controller runs (see
@@ -141,6 +142,9 @@ class FoolscapTaskController(Referenceable):
         session = TaskSession(self.service, self.blobs)
         return self.channels.issue(session, session.bind)
 
+    def remote_end_session(self) -> defer.Deferred:
+        return outcome(defer.fail(RuntimeError("only a session can be ended")))
+
     def remote_open_session(self, listener: Any) -> TaskSession:
         if not hasattr(listener, "notifyOnDisconnect"):
             raise TypeError("open_session needs a reference to an object of the client")
@@ -171,6 +175,10 @@ class TaskSession(FoolscapTaskController):
         self.service.release(self)
         for d in list(self._waits):
             d.cancel()
+
+    def remote_end_session(self) -> defer.Deferred:
+        self.close()
+        return outcome(None)
 
     def remote_open_channel(self) -> tuple[bytes, int]:
         raise RuntimeError("this is a session already: open channels on the published object")

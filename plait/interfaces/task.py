@@ -182,6 +182,13 @@ class RITaskController(RemoteInterface):
     controller's exception type and message); otherwise ``value`` is the
     result described by :class:`ITaskController` (records encoded with
     :func:`~plait.kernel._taskspec.encode_result`).
+
+    Security: a reference to this interface (the tc FURL) is as powerful as
+    the controller's own account.  Every task may carry a ``depend``
+    function, which the controller unpickles and calls in its own process
+    and event loop (as the original system did), so a holder of the FURL
+    can run any code there with the controller's rights.  Give the FURL
+    only to those you would give that account.
     """
 
     __remote_name__ = "plait.RITaskController"
@@ -252,6 +259,12 @@ class RITaskController(RemoteInterface):
         (see :mod:`plait.adapters.channel`), as a connection of its own: the
         ids it reserves are its own, and are dropped when it closes."""
         return TupleOf(Token, IntegerConstraint())
+
+    def end_session():
+        """End this connection's session at once, as its disconnection would
+        (its unused task ids are dropped, its waiting calls cancelled); value
+        None.  Refused on the published object, which is no session."""
+        return Outcome
 
     def open_session(listener=Any()):
         """For a client that stays on foolscap: a reference to an object

@@ -18,13 +18,16 @@ the finest balance).
 The chunks are submitted together and collected with one call; a chunk that
 fails makes ``map`` raise its exception (the first failing chunk in element
 order) once every chunk has finished.  The tasks of a map are cleared from
-the controller once collected.
+the controller once collected; when ``map`` fails before that (a chunk that
+cannot be submitted, a lost connection), the chunks already submitted are
+aborted and cleared before the error is raised, as far as the controller
+can still be reached.
 
 ``tc.mapper(chunksize=None, **options)`` returns a :class:`TaskMapper`
 whose ``map`` uses those settings; ``@tc.parallel(...)`` turns a function of
 one element into a :class:`TaskParallelFunction` applied to whole sequences.
 ``options`` are the task options that make sense for a map: ``retries``,
-``clear_before``, ``clear_after`` and ``depend``.
+``clear_before``, ``clear_after``, ``depend`` and ``timeout``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from plait.kernel._tasks import MapTask
 CHUNK_FACTOR = 4
 #: No chunk is smaller than len / (TAIL_FRACTION * engines) elements.
 TAIL_FRACTION = 64
-MAP_OPTIONS = ("retries", "clear_before", "clear_after", "depend")
+MAP_OPTIONS = ("retries", "clear_before", "clear_after", "depend", "timeout")
 
 
 def run_chunk(function: Callable[..., Any], chunk: list[tuple]) -> list[Any]:
@@ -105,12 +108,17 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
         if chunksize is None:
             engines = (yield client.info())["engines"]
         shipped = Serialized.of(function)  # pickled once for all the chunks
-        ids, start = [], 0
-        for size in chunk_sizes(len(items), engines, chunksize):
-            task = MapTask(run_chunk, args=(shipped, items[start:start + size]), **options)
-            ids.append((yield client.run(task)))
-            start += size
-        results = yield client._results_of(ids, True, keep=False)
+        ids: list[int] = []
+        start = 0
+        try:
+            for size in chunk_sizes(len(items), engines, chunksize):
+                task = MapTask(run_chunk, args=(shipped, items[start:start + size]), **options)
+                ids.append((yield client.run(task)))
+                start += size
+            results = yield client._results_of(ids, True, keep=False)
+        except BaseException:
+            yield _discard(client, ids)
+            raise
         client.clear(ids).addErrback(lambda _: None)  # best effort: free the controller
         values: list[Any] = []
         for result in results:
@@ -119,6 +127,20 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
         return values
 
     return go()
+
+
+@defer.inlineCallbacks
+def _discard(client: Any, ids: list[int]) -> Any:
+    """Abort and clear the tasks ``ids`` of a map that failed; errors are ignored
+    (a task finished already, or the controller is out of reach)."""
+    if not ids:
+        return
+    aborts = [defer.maybeDeferred(client.abort, taskid) for taskid in ids]  # pipelined
+    yield defer.DeferredList(aborts, consumeErrors=True)
+    try:
+        yield client.clear(ids)
+    except Exception:
+        pass
 
 
 class TaskMapper:
@@ -165,7 +187,7 @@ class TaskMapMixin:
 
     def mapper(self, chunksize: int | None = None, **options: Any) -> TaskMapper:
         """A :class:`TaskMapper` whose ``map`` uses ``chunksize`` and the task
-        ``options`` (retries, clear_before, clear_after, depend)."""
+        ``options`` (retries, clear_before, clear_after, depend, timeout)."""
         return TaskMapper(self, chunksize, **options)
 
     def parallel(self, chunksize: int | None = None, **options: Any

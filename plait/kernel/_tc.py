@@ -9,6 +9,13 @@ Results fetched once are kept in the client (until :meth:`clear`), so asking
 again costs nothing; values too large to travel inline (above 1 MiB) come
 through the bulk data channel, which serves each of them once, so keeping
 them here is what lets them be asked for again.
+
+Each client is one *session* of the controller (its channel, or an
+``open_session`` object when it stays on foolscap): the task ids it
+reserves are its own, and are dropped when it closes or disconnects.
+Submissions are buffered for speed; :meth:`AsyncTaskClient.flush` and
+:meth:`AsyncTaskClient.close` make sure they reached the controller, and so
+does the process at exit (see :mod:`plait.kernel._tcsubmit`).
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from foolscap.api import Referenceable
 from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 
 from plait.interfaces.engine import INLINE_LIMIT
 from plait.interfaces.task import RITaskController  # noqa: F401 - registers the schema
@@ -29,35 +38,38 @@ from plait.kernel._clientbase import (
     raise_outcome,
     resolve_furl,
 )
+from plait.kernel._errors import ConnectionError_
 from plait.kernel._serialize import frame_parts, pack_framed, serialize_parts
 from plait.kernel._taskmap import TaskMapMixin, map_tasks
 from plait.kernel._tasks import TaskResult
-from plait.kernel._taskspec import TaskSpec, TaskSpecError, decode_result, encode_task
+from plait.kernel._taskspec import (
+    TASK_ID_LIMIT,
+    InvalidTaskID,
+    TaskSpec,
+    TaskSpecError,
+    decode_result,
+    encode_task,
+    recovery_chain,
+    task_ids,
+)
 from plait.kernel._tcsubmit import Submitter
 from plait.security import TC_FURL
 
 
 def _check_id(taskid: Any) -> int:
+    """``taskid`` if it can name a task: TypeError for a non-int, InvalidTaskID
+    for an int no task can have (negative, or too large for the wire)."""
     if isinstance(taskid, bool) or not isinstance(taskid, int):
         raise TypeError(f"a task id is an int (as returned by run), not {taskid!r}")
+    if not 0 <= taskid < TASK_ID_LIMIT:
+        raise InvalidTaskID(
+            f"no task with id {taskid}: task ids are ints from 0 to 2**64 - 1"
+        )
     return taskid
 
 
 def _id_list(taskids: Any) -> list[int]:
-    if isinstance(taskids, int) and not isinstance(taskids, bool):
-        return [taskids]
-    if isinstance(taskids, (str, bytes)) or not isinstance(taskids, Iterable):
-        raise TypeError(f"expected a task id or a list of task ids, not {taskids!r}")
-    return [_check_id(t) for t in taskids]
-
-
-def _chain(task: TaskSpec) -> list[TaskSpec]:
-    """``task`` and its recovery tasks (the chain is known not to loop)."""
-    chain = []
-    while task is not None:
-        chain.append(task)
-        task = task.recovery_task
-    return chain
+    return [_check_id(t) for t in task_ids(taskids)]
 
 
 class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
@@ -71,6 +83,8 @@ class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
         super().__init__(remote, source)
         self._submitter = Submitter(self._outcome)
         self._results: dict[int, TaskResult] = {}
+        self._listener: Referenceable | None = None  # the session's end, on foolscap
+        self._closed = False
 
     @classmethod
     def connect(cls, furl_or_file: Any = None, profile: str | None = None) -> defer.Deferred:
@@ -85,10 +99,31 @@ class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
         except Exception:
             return defer.fail()
 
-        def ready(client: AsyncTaskClient) -> defer.Deferred:
-            return client._submitter.reserve_first().addCallback(lambda _: client)
+        return connect(furl, source).addCallback(cls, source).addCallback(
+            lambda client: client._start())
 
-        return connect(furl, source).addCallback(cls, source).addCallback(ready)
+    @defer.inlineCallbacks
+    def _start(self) -> Any:
+        """Become a session of the controller and reserve the first ids; fires with self.
+
+        On a channel the channel is the session.  On foolscap alone, ask for
+        a session object (a controller that offers none is used directly).
+        """
+        if self._remote is self._reference:
+            self._listener = Referenceable()
+            try:
+                self._remote = yield self._reference.callRemote("open_session", self._listener)
+            except Exception:
+                self._listener = None
+        yield self._submitter.reserve_first()
+        return self
+
+    def _remote_call(self, method: str, *args: Any) -> defer.Deferred:
+        try:
+            self._check_open()
+        except ConnectionError_:
+            return defer.fail()
+        return super()._remote_call(method, *args)
 
     def _outcome(self, method: str, *args: Any) -> defer.Deferred:
         return self._remote_call(method, *args).addCallback(raise_outcome)
@@ -133,7 +168,7 @@ class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
     @defer.inlineCallbacks
     def _upload(self, task: TaskSpec, parts: list[Any]) -> Any:
         """Upload the large engine parts of ``task``; fires with its wire bytes."""
-        readers = [1 + item.retries for item in reversed(_chain(task))]
+        readers = [1 + item.retries for item in reversed(recovery_chain(task))]
         final: list[bytes] = []
         for out, n in zip(parts, readers, strict=True):
             if isinstance(out, bytes):
@@ -151,9 +186,11 @@ class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
 
         TaskSpecError / RecoveryLoopError / SerializationError (and TypeError
         for something that is not a task) fail the Deferred when the task
-        cannot be submitted; nothing is sent then.
+        cannot be submitted; nothing is sent then.  PlaitConnectionError once
+        the client is closed.
         """
         try:
+            self._check_open()
             data, parts = self._encode(task)
         except Exception:
             return defer.fail()
@@ -167,7 +204,9 @@ class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
             self._submitter.enqueue(taskid, wire)
             return taskid
 
-        return go()
+        d = go()
+        self._submitter.track_run(d)
+        return d
 
     def run_from_thread(self, task: TaskSpec) -> int:
         """:meth:`run` for a thread other than the reactor's: returns the id.
@@ -175,6 +214,7 @@ class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
         The task is encoded in the calling thread and, unless it is large or
         the reserved ids ran out, the reactor thread is not waited for.
         """
+        self._check_open()
         data, parts = self._encode(task)
         if any(not isinstance(p, bytes) for p in parts):
             data = _reactor.call(self._upload, task, parts)
@@ -183,6 +223,54 @@ class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
             taskid = _reactor.call(self._submitter.wait_for_id)
         self._submitter.enqueue(taskid, data)
         return taskid
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionError_(f"this TaskClient was closed ({self._source}); "
+                                   f"connect a new one")
+
+    @asynchronous
+    def flush(self) -> defer.Deferred:
+        """Make sure every task submitted so far has reached the controller.
+
+        ``run`` returns before its task is sent (submissions travel in
+        batches); this sends what waits and fires with None once the
+        controller has them all.  Fails with TaskSubmissionError when some
+        could not be submitted since the last flush (how many, and why), or
+        when the controller could not be reached to confirm.  Programs need
+        not call it before exiting: the process flushes every open client at
+        exit (waiting 10 s at most).
+        """
+        return self._submitter.drain()
+
+    @asynchronous
+    def close(self) -> defer.Deferred:
+        """:meth:`flush`, then close the connection; a Deferred firing with None.
+
+        The controller then drops the ids this client reserved and did not
+        use, and forgets its waiting calls; finished results stay there
+        until cleared.  Later calls fail with PlaitConnectionError; closing
+        again does nothing.  Fails as :meth:`flush` does (the client is
+        closed all the same).
+        """
+        if self._closed:
+            return defer.succeed(None)
+
+        @defer.inlineCallbacks
+        def shut(result: Any) -> Any:
+            if self._remote is not self._reference:  # a session: end it now
+                try:
+                    yield self._outcome("end_session")
+                except Exception:
+                    pass  # gone already (or an old controller): it ends with the connection
+            self._closed = True
+            self._submitter.close()
+            if hasattr(self._remote, "close"):
+                self._remote.close()  # the channel
+            if isinstance(result, Failure):
+                result.raiseException()  # what flush found
+
+        return self.flush().addBoth(shut)
 
     # -- results -------------------------------------------------------------------------
     def _result(self, data: bytes | None, keep: bool) -> Any:
@@ -340,17 +428,25 @@ class AsyncTaskClient(TaskMapMixin, AsyncClientBase):
 
         ``chunksize`` fixes the items per task (default: guided chunks);
         ``options`` are task options (retries, clear_before, clear_after,
-        depend).  Fails with TypeError / ValueError for bad arguments, else
-        with the exception of the first chunk that failed.  See
-        :mod:`plait.kernel._taskmap`.
+        depend, timeout).  Fails with TypeError / ValueError for bad
+        arguments, else with the exception of the first chunk that failed
+        (the chunks already submitted are aborted and cleared when the map
+        fails before collecting them).  See :mod:`plait.kernel._taskmap`.
         """
         return map_tasks(self, function, sequences, chunksize, options)
 
 
 class BlockingRunMixin:
-    """``run`` of the blocking TaskClient: encodes in the calling thread."""
+    """``run`` of the blocking TaskClient (it encodes in the calling thread), and
+    ``with TaskClient() as tc:`` (closed at the end of the block)."""
 
     _async: AsyncTaskClient
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()  # type: ignore[attr-defined]
 
     def run(self, task: TaskSpec) -> int:
         """Submit ``task`` (a StringTask or MapTask); returns its int id at once.

@@ -22,7 +22,9 @@ in the same message, so nothing is held back and a ``run`` followed by
 Blocks grow as they get used up (from :data:`FIRST_BLOCK` to
 :data:`LARGEST_BLOCK` ids) and the next one is reserved in the background
 when half of the current one is gone, so a busy client rarely waits for ids.
-Ids reserved but never used are simply skipped.
+Ids reserved but never used are skipped: they are this client's
+alone, and the controller drops them when it disconnects or closes (see
+:mod:`plait.kernel._taskids`).
 
 Errors: problems detectable locally (a malformed task, a recovery loop,
 something that cannot be pickled) are raised by ``run`` before an id is
@@ -62,7 +64,7 @@ from twisted.python.failure import Failure
 
 from plait.kernel import _reactor
 from plait.kernel._clientbase import raise_outcome
-from plait.kernel._errors import PlaitError
+from plait.kernel._errors import ConnectionError_, PlaitError
 
 #: Ids reserved by the first block, and the largest block.
 FIRST_BLOCK = 512
@@ -113,7 +115,8 @@ class Submitter:
         self._problems = 0  # submissions refused or lost so far ...
         self._reported = 0  # ... of which drain() has reported this many
         self._first_problem = ""  # the first reason not reported yet
-        self._unconfirmed = False  # sent something since the last drain
+        self._sent = 0  # messages carrying submissions sent so far; the controller
+        self._confirmed = 0  # is known to have processed the first this many
         self._runs: set[defer.Deferred] = set()  # runs still preparing their task
         self.messages_sent = 0
         _live.add(self)
@@ -264,10 +267,10 @@ class Submitter:
             self._send(batch)
             batch = following
         if not batch:
-            return self._call(method, *args)
+            return self._confirming(self._call(method, *args))
         self.messages_sent += 1
-        self._unconfirmed = True
-        d = self._call("submit_then", batch, method, list(args))
+        self._sent += 1
+        d = self._confirming(self._call("submit_then", batch, method, list(args)))
 
         def split(value: Any) -> Any:
             refused, outcome = value
@@ -283,8 +286,8 @@ class Submitter:
     def _send(self, batch: list[tuple[int, bytes]]) -> None:
         self._in_flight += 1
         self.messages_sent += 1
-        self._unconfirmed = True
-        d = self._call("submit", batch)
+        self._sent += 1
+        d = self._confirming(self._call("submit", batch))
 
         def done(_: Any) -> None:
             self._in_flight -= 1
@@ -294,6 +297,18 @@ class Submitter:
                 self.flush()
 
         d.addCallbacks(self._refuse, lambda f: self._lose(batch, f)).addBoth(done)
+
+    def _confirming(self, d: defer.Deferred) -> defer.Deferred:
+        """``d`` is a call made now: its answer proves that the controller
+        processed every submission sent before (calls keep their order)."""
+        sent = self._sent
+
+        def answered(result: Any) -> Any:
+            if not (isinstance(result, Failure) and result.check(ConnectionError_)):
+                self._confirmed = max(self._confirmed, sent)
+            return result
+
+        return d.addBoth(answered)
 
     def _refuse(self, refused: list) -> None:
         for taskid, reason in refused:
@@ -336,14 +351,16 @@ class Submitter:
         while self._runs:
             yield defer.DeferredList(list(self._runs))
         self.flush()
-        if self._unconfirmed:
-            self._unconfirmed = False
+        target = self._sent
+        if self._confirmed < target:
             try:
-                yield self._call("submit", [])
+                yield self._confirming(self._call("submit", []))
             except Exception as exc:
-                raise TaskSubmissionError(
-                    f"could not confirm that the tasks submitted reached the controller: {exc}"
-                ) from None
+                if self._confirmed < target:
+                    raise TaskSubmissionError(
+                        f"could not confirm that the tasks submitted reached the "
+                        f"controller: {exc}"
+                    ) from None
         problems, first = self._problems - self._reported, self._first_problem
         self._reported = self._problems
         if problems:
@@ -374,6 +391,8 @@ class Submitter:
 
 
 # -- at exit -------------------------------------------------------------------------
+#: Every open client's submitter.  Weak: one with submissions not confirmed yet
+#: has a call in flight, whose callbacks keep it alive.
 _live: weakref.WeakSet[Submitter] = weakref.WeakSet()
 _hooked = False
 
@@ -385,12 +404,15 @@ def _hook_exit() -> None:
         return
     _hooked = True
     atexit.register(_drain_at_exit)
-    reactor.addSystemEventTrigger("before", "shutdown", drain_all)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: drain_all())
 
 
-def drain_all(timeout: float = EXIT_TIMEOUT) -> defer.Deferred:
+def drain_all(timeout: float | None = None, clock: Any = reactor) -> defer.Deferred:
     """(reactor) Drain every open client, reporting on stderr what could not be
-    confirmed; a Deferred firing with None when done or after ``timeout`` s."""
+    confirmed; a Deferred firing with None when done or after ``timeout``
+    seconds of ``clock`` (default :data:`EXIT_TIMEOUT`)."""
+    if timeout is None:
+        timeout = EXIT_TIMEOUT
     submitters = list(_live)
     if not submitters:
         return defer.succeed(None)
@@ -409,7 +431,7 @@ def drain_all(timeout: float = EXIT_TIMEOUT) -> defer.Deferred:
                   f"tasks submitted: some may not have reached it")
             done.callback(None)
 
-    timer = reactor.callLater(timeout, expire)
+    timer = clock.callLater(timeout, expire)
     done.addBoth(lambda result: timer.cancel() if timer.active() else None)
     defer.DeferredList([s.drain() for s in submitters], consumeErrors=True).addCallback(finish)
     return done

@@ -89,6 +89,7 @@ from plait.kernel._errors import RemoteError  # noqa: E402
 from plait.kernel._taskmap import TaskMapMixin, TaskMapper, TaskParallelFunction  # noqa: E402
 from plait.kernel._tasks import MapTask, ResultNS, StringTask, Task, TaskResult  # noqa: E402
 from plait.kernel._taskspec import (  # noqa: E402
+    DependencyTimeout,
     InvalidTaskID,
     RecoveryLoopError,
     TaskAborted,
@@ -115,6 +116,7 @@ TaskClient = derive_blocking(
 
 __all__ += [
     "AsyncTaskClient",
+    "DependencyTimeout",
     "InvalidTaskID",
     "MapTask",
     "RecoveryLoopError",
