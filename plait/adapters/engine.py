@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from plait.adapters._uploads import OffersUploads
 from plait.adapters.channel import ChannelClosed
 from plait.interfaces.engine import IEngine, IEngineRegistry, RIEngineRegistrar, RIEngineSession
 from plait.kernel._errors import EngineError
@@ -118,7 +119,7 @@ def _plain_properties(data: bytes) -> dict:
 
 
 @implementer(RIEngineSession)
-class FoolscapEngineSession(Referenceable):
+class FoolscapEngineSession(OffersUploads, Referenceable):
     """One engine's own link to the controller, handed over at registration."""
 
     def __init__(self, registry: IEngineRegistry, engine_id: int, blobs: Any):
@@ -129,6 +130,3 @@ class FoolscapEngineSession(Referenceable):
     def remote_set_properties(self, properties: bytes) -> None:
         self.registry.set_properties(self.engine_id, _plain_properties(properties))
 
-    def remote_open_upload(self, size: int, readers: int) -> tuple:
-        token, blob_id = self.blobs.create(size, readers)
-        return token, blob_id, self.blobs.address

@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from plait.adapters._uploads import OffersUploads
 from plait.interfaces.multiengine import IMultiEngine, RIMultiEngine, targets_from_wire
 from plait.kernel._errors import RemoteFailure
 from plait.kernel._serialize import serialize
@@ -44,7 +45,7 @@ def _adapt(name: str):
 
 
 @implementer(RIMultiEngine)
-class FoolscapMultiEngine(Referenceable):
+class FoolscapMultiEngine(OffersUploads, Referenceable):
     """Publishes an :class:`IMultiEngine` service as :class:`RIMultiEngine`."""
 
     def __init__(self, service: IMultiEngine, blobs: Any = None, channels: Any = None):
@@ -74,6 +75,3 @@ class FoolscapMultiEngine(Referenceable):
 
         return self.channels.issue(session, on_bound=bound)
 
-    def remote_open_upload(self, size: int, readers: int) -> tuple:
-        token, blob_id = self.blobs.create(size, readers)
-        return token, blob_id, self.blobs.address

@@ -36,6 +36,7 @@ from foolscap.api import Referenceable
 from twisted.internet import defer
 from zope.interface import implementer
 
+from plait.adapters._uploads import OffersUploads
 from plait.adapters.multiengine import outcome
 from plait.interfaces.task import ITaskController, RITaskController
 from plait.kernel._taskspec import TaskResultRecord, encode_result
@@ -52,7 +53,7 @@ def _encoded(record: TaskResultRecord | None) -> bytes | None:
 
 
 @implementer(RITaskController)
-class FoolscapTaskController(Referenceable):
+class FoolscapTaskController(OffersUploads, Referenceable):
     """Publishes an :class:`ITaskController` service as :class:`RITaskController`.
 
     ``blobs`` is the controller's :class:`~plait.kernel._blobserver.BlobServer`,
@@ -131,10 +132,6 @@ class FoolscapTaskController(Referenceable):
 
     def remote_info(self) -> defer.Deferred:
         return self._call("info")
-
-    def remote_open_upload(self, size: int, readers: int) -> tuple:
-        token, blob_id = self.blobs.create(size, readers)
-        return token, blob_id, self.blobs.address
 
     def remote_open_channel(self) -> tuple[bytes, int]:
         if self.channels is None:
