@@ -114,6 +114,22 @@ def _record_pushpull(r: Results, key: str, nbytes: int, rounds: list[tuple[float
                  f"pull {median([nbytes / b / MB for _, b in rounds]):.0f} MB/s (medians)")
 
 
+def _start_stop_cycles(make_cluster, first_cycle, ops: set[str], p: dict, r: Results) -> None:
+    """Start and stop 2-engine clusters (``cycles`` times when timing start/stop),
+    run ``first_cycle(cluster)`` on the first one, and record start and stop."""
+    starts, stops, calls = [], [], []
+    for cycle in range(p["cycles"] if ops & {"start", "stop"} else 1):
+        c = make_cluster()
+        try:
+            starts.append(c.start())
+            if cycle == 0:
+                first_cycle(c)
+        finally:
+            stops.append(c.stop())
+            calls.append(c.call_time)
+    _record_start_stop(r, starts, stops, calls)
+
+
 def _record_start_stop(r: Results, starts: list[float], stops: list[float],
                        calls: list[float]) -> None:
     r.add("start", median(starts), each=starts)
@@ -212,17 +228,7 @@ def ipyparallel(p: dict, r: Results) -> None:
     os.environ["IPYTHONDIR"] = os.path.join(p["tmp"], "ipython")
     ops = set(p["ops"])
     if _wanted(ops, TWO):
-        starts, stops, calls = [], [], []
-        for cycle in range(p["cycles"] if ops & {"start", "stop"} else 1):
-            c = IppCluster(2)
-            try:
-                starts.append(c.start())
-                if cycle == 0:
-                    _ipp_two(c.rc, ops, p, r)
-            finally:
-                stops.append(c.stop())
-                calls.append(c.call_time)
-        _record_start_stop(r, starts, stops, calls)
+        _start_stop_cycles(lambda: IppCluster(2), lambda c: _ipp_two(c.rc, ops, p, r), ops, p, r)
     if _wanted(ops, FOUR):
         c = IppCluster(4)
         try:
@@ -326,17 +332,8 @@ def dask(p: dict, r: Results) -> None:
     ops = set(p["ops"])
     directory = os.path.join(p["tmp"], "dask")
     if _wanted(ops, TWO):
-        starts, stops, calls = [], [], []
-        for cycle in range(p["cycles"] if ops & {"start", "stop"} else 1):
-            c = DaskCluster(2, directory)
-            try:
-                starts.append(c.start())
-                if cycle == 0:
-                    _dask_two(c.client, ops, p, r)
-            finally:
-                stops.append(c.stop())
-                calls.append(c.call_time)
-        _record_start_stop(r, starts, stops, calls)
+        _start_stop_cycles(lambda: DaskCluster(2, directory),
+                           lambda c: _dask_two(c.client, ops, p, r), ops, p, r)
     if ops & {"execute_all", "scatter_gather"}:
         c = DaskCluster(4, directory)
         try:
