@@ -1,4 +1,4 @@
-"""Micro-benchmark of the bulk data channel (plait.kernel._bulk).
+"""Micro-benchmark of the bulk data channel (plait.wire.bulk).
 
 Runs a :class:`BlobServer` in its own process (like the controller) and two
 peer processes (like a client and an engine).  A *push* is one peer uploading
@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from plait.kernel import _blobserver, _bulk  # noqa: E402
+from plait.kernel.controller import blobserver as _blobserver
+from plait.wire import bulk as _bulk  # noqa: E402
 
 MB = 1_000_000
 

@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 def load_ipython_extension(ipython):  # pragma: no cover - thin shim
     """Register plait's parallel magics with an IPython shell."""
-    from plait.kernel._magics import load_ipython_extension as _load
+    from plait.kernel.client._magics import load_ipython_extension as _load
 
     _load(ipython)

@@ -148,7 +148,7 @@ def ipython_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets.config import Config
 
-    from plait.kernel import _magics
+    from plait.kernel.client import _magics
 
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""The bulk data channel (plait.kernel._bulk) over real loopback sockets.
+"""The bulk data channel (plait.wire.bulk) over real loopback sockets.
 
 Every server listens on an ephemeral port of 127.0.0.1.  Synchronisation is
 by events (a BlobServer subclass reports when a download arrives and when a
@@ -21,19 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from plait.kernel import _bulk
-from plait.kernel._blobserver import BlobServer
-from plait.kernel._bulk import (
-    BulkError,
-    BulkIntegrityError,
-    Outgoing,
-    fetch,
-    make_descriptor,
-    outgoing,
-    parse_descriptor,
-)
-from plait.kernel._errors import SerializationError
-from plait.kernel._serialize import (
+from plait.kernel.controller.blobserver import BlobServer
+from plait.wire import bulk as _bulk
+from plait.wire.bulk import Outgoing, fetch, make_descriptor, outgoing, parse_descriptor
+from plait.wire.errors import BulkError, BulkIntegrityError, SerializationError
+from plait.wire.serialize import (
     BULK,
     FRAMED,
     INLINE,
@@ -438,7 +430,7 @@ def test_unknown_blob_and_unreachable_server(server, small):
     ids=["http", "version", "op", "short", "empty"],
 )
 def test_garbage_on_the_data_port(server, small, caplog, garbage):
-    caplog.set_level(logging.WARNING, logger="plait.kernel._blobserver")
+    caplog.set_level(logging.WARNING, logger="plait.kernel.controller.blobserver")
     sock = socket.create_connection(server.address, timeout=WAIT)
     sock.sendall(garbage)
     try:

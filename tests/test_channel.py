@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from plait.adapters.channel import (
+from plait.kernel.client import _reactor
+from plait.wire.channel import (
     HELLO,
     REQUEST,
-    ChannelClosed,
-    ChannelError,
     channel_address,
     open_channel,
     safe_dumps,
     safe_loads,
 )
-from plait.kernel import _reactor
+from plait.wire.errors import ChannelClosed, ChannelError
 
 
 def _ticket(mec):
@@ -118,8 +117,8 @@ def test_strangers_on_the_channel_port_are_dropped(cluster4, frame):
 
 def test_strangers_holding_connections_open_do_not_lock_clients_out(cluster4):
     """Many idle connections on the channel and data ports: new clients still work."""
-    from plait.adapters.channel import MAX_UNPROVEN
-    from plait.kernel._blobserver import MAX_UNPROVEN as DATA_UNPROVEN
+    from plait.kernel.controller.blobserver import MAX_UNPROVEN as DATA_UNPROVEN
+    from plait.wire.channel import MAX_UNPROVEN
 
     mec = cluster4.mec()
     _, port = _ticket(mec)

@@ -180,8 +180,8 @@ def _engines(env: dict, n: int, *args: str) -> list[subprocess.Popen]:
 
 
 def _wait_for_engines(mec, n: int) -> list[int]:
-    from plait.kernel import _reactor
-    from plait.kernel._clientbase import raise_outcome
+    from plait.kernel.client import _reactor
+    from plait.kernel.client._base import raise_outcome
 
     d = lambda: mec.asynchronous._remote_call("wait_for_engines", n).addCallback(raise_outcome)  # noqa: E731
     return _reactor.call(d, timeout=30)

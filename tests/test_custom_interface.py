@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Cluster, make_env
-from plait.kernel import _reactor
+from plait.kernel.client import _reactor
 from plait.security import client_tub
 
 PLUGINS = str(Path(__file__).parent / "plugins")

@@ -6,9 +6,9 @@ import textwrap
 
 from IPython.lib.pretty import pretty
 
-from plait.kernel._display import QueueStatusList, ResultList
-from plait.kernel._errors import RemoteFailure
-from plait.kernel._interpreter import Interpreter
+from plait.kernel.client._display import QueueStatusList, ResultList
+from plait.kernel.engine.interpreter import Interpreter
+from plait.wire.errors import RemoteFailure
 
 
 def result(engine_id: int, number: int, code: str, stdout: str = "", stderr: str = "") -> dict:

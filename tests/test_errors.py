@@ -9,7 +9,8 @@ import threading
 import cloudpickle
 import pytest
 
-from plait.kernel._errors import (
+from plait.kernel.engine.interpreter import Interpreter
+from plait.wire.errors import (
     CompositeError,
     PlaitError,
     RemoteError,
@@ -17,8 +18,7 @@ from plait.kernel._errors import (
     RemoteFailure,
     collect_results,
 )
-from plait.kernel._interpreter import Interpreter
-from plait.kernel._serialize import deserialize
+from plait.wire.serialize import deserialize
 
 
 def engine_failure(engine_id: int, code: str = "1/0") -> RemoteFailure:

@@ -11,9 +11,9 @@ import types
 import cloudpickle
 import pytest
 
-from plait.kernel._errors import RemoteFailure
-from plait.kernel._interpreter import Interpreter, get_interpreter
-from plait.kernel._serialize import deserialize
+from plait.kernel.engine.interpreter import Interpreter, get_interpreter
+from plait.wire.errors import RemoteFailure
+from plait.wire.serialize import deserialize
 
 
 @pytest.fixture
@@ -279,7 +279,7 @@ def test_properties_changes_are_taken_once(interp):
     interp = Interpreter(0, properties={"RAM": 4})
     assert interp.take_changed_properties() is None  # registered with these
     interp.execute(
-        "from plait.kernel._interpreter import get_interpreter\n"
+        "from plait.kernel.engine.interpreter import get_interpreter\n"
         "get_interpreter().properties['RAM'] = 8"
     )
     assert interp.take_changed_properties() == {"RAM": 8}
@@ -302,7 +302,7 @@ def test_unserializable_properties_are_held_back_with_a_reason(interp):
 
 def test_get_interpreter_is_the_one_running(interp):
     other = Interpreter(1)
-    other.execute("from plait.kernel._interpreter import get_interpreter as g\nme = g().engine_id")
+    other.execute("from plait.kernel.engine.interpreter import get_interpreter as g\nme = g().engine_id")
     assert other.pull("me") == 1
     assert get_interpreter() is other
 

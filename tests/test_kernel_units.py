@@ -10,7 +10,11 @@ from zope.interface.verify import verifyObject
 from plait.adapters.engine import RemoteEngine
 from plait.interfaces.engine import IEngine, IEngineQueue, IEngineRegistry
 from plait.interfaces.multiengine import IMultiEngine, targets_from_wire, targets_to_wire
-from plait.kernel._errors import (
+from plait.kernel.controller.multiengine import MultiEngine
+from plait.kernel.controller.queue import EngineQueue
+from plait.kernel.controller.registry import EngineRegistry
+from plait.kernel.controller.results import ResultStore
+from plait.wire.errors import (
     EngineError,
     InvalidEngineID,
     QueueCleared,
@@ -18,11 +22,7 @@ from plait.kernel._errors import (
     ResultAlreadyRetrieved,
     ResultNotCompleted,
 )
-from plait.kernel._multiengine import MultiEngine
-from plait.kernel._queue import EngineQueue
-from plait.kernel._registry import EngineRegistry
-from plait.kernel._results import ResultStore
-from plait.kernel._serialize import deserialize, dumps_plain, serialize
+from plait.wire.serialize import deserialize, dumps_plain, serialize
 
 
 @implementer(IEngine)

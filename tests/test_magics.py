@@ -151,7 +151,8 @@ def test_blocking_client_in_a_cell_with_top_level_await(shell, capsys):
 
 
 def test_an_asynchronous_client_can_be_activated(shell, capsys, cluster4):
-    from plait.kernel import _reactor, client
+    from plait.kernel import client
+    from plait.kernel.client import _reactor
 
     async_mec = _reactor.call(client.AsyncMultiEngineClient.connect, cluster4.furl_file("mec"))
     async_mec.activate()

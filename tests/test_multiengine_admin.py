@@ -12,7 +12,8 @@ import time
 import pytest
 from twisted.internet import defer
 
-from plait.kernel import _reactor, client
+from plait.kernel import client
+from plait.kernel.client import _reactor
 
 GATE = "import os, time\nwhile not os.path.exists({path!r}): time.sleep(0.005)"
 
@@ -169,7 +170,7 @@ def test_blocking_client_under_a_running_asyncio_loop(cluster4, tmp_path):
 
 def test_scatter_and_map_follow_engines_that_come_and_go(cluster_factory):
     """'all' means the engines registered now, though the ids are not asked for each time."""
-    from plait.kernel._clientbase import raise_outcome
+    from plait.kernel.client._base import raise_outcome
 
     cluster = cluster_factory(2)
     mec = cluster.mec()
@@ -235,8 +236,8 @@ def test_kill_engines_then_the_controller(cluster_factory):
 def test_kill_waits_for_departures_at_most_a_timeout():
     from twisted.internet.task import Clock
 
-    from plait.kernel._multiengine import KILL_TIMEOUT, _Departures
-    from plait.kernel._registry import EngineRegistry
+    from plait.kernel.controller.multiengine import KILL_TIMEOUT, _Departures
+    from plait.kernel.controller.registry import EngineRegistry
 
     class Engine:
         id = None

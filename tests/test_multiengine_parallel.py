@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from plait.interfaces.engine import INLINE_LIMIT
 from plait.kernel import client
+from plait.wire.serialize import INLINE_LIMIT
 
 
 def test_scatter_and_gather_as_in_the_guide(mec):

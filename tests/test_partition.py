@@ -7,7 +7,7 @@ from collections import deque
 import numpy
 import pytest
 
-from plait.kernel._partition import bounds, join, partition, partitions
+from plait.kernel.client._partition import bounds, join, partition, partitions
 
 
 def test_range_is_scattered_as_lists_as_in_the_user_guide():

@@ -9,7 +9,7 @@ import pytest
 from zope.interface.verify import verifyObject
 
 from plait.interfaces.task import IScheduler
-from plait.kernel._scheduler import (
+from plait.kernel.controller.scheduler import (
     DEFAULT_HWM,
     DEFAULT_SCHEME,
     IDLE_RESET,

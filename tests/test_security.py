@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from plait.kernel import _reactor, client
+from plait.kernel import client
+from plait.kernel.client import _reactor
 from plait.security import client_tub
 
 
@@ -167,7 +168,7 @@ def test_refused_and_failed_pushes_do_not_leave_blobs_behind(cluster_factory):
     """A large push refused (bad target) or not delivered (engine killed) is freed."""
     import numpy as np
 
-    from plait.kernel._errors import InvalidEngineID
+    from plait.wire.errors import InvalidEngineID
 
     c = cluster_factory(2)
     mec = c.mec()

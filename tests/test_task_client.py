@@ -16,7 +16,7 @@ import cloudpickle
 import pytest
 
 from plait.kernel import client
-from plait.kernel._reactor import call
+from plait.kernel.client._reactor import call
 
 # The controller and the engines cannot import this module: its functions
 # travel by value, as those of an interactive session do.
@@ -318,7 +318,7 @@ def test_a_depend_the_controller_cannot_load_fails_the_task_clearly(tc, tmp_path
 
 
 def test_depend_on_properties_set_on_the_engine_itself(tc, mec):
-    mec.execute("from plait.kernel._interpreter import get_interpreter\n"
+    mec.execute("from plait.kernel.engine.interpreter import get_interpreter\n"
                 "get_interpreter().properties['gpu'] = True", targets=3)
     taskid = tc.run(client.StringTask("z = 1", depend=has_gpu))
     assert tc.get_task_result(taskid, block=True).engineid == 3
@@ -421,14 +421,14 @@ def test_every_call_works_over_foolscap_too(cluster4):
     """Without a channel (an old controller, or one that refuses it) calls use foolscap."""
     from twisted.internet import defer
 
-    from plait.kernel._clientbase import resolve_furl
+    from plait.kernel.client._base import resolve_furl
     from plait.security import client_tub
 
     @defer.inlineCallbacks
     def session():
         furl, source = resolve_furl(cluster4.furl_file("tc"), None, "ipcontroller-tc.furl")
         ref = yield client_tub().getReference(furl)
-        tc = yield client.AsyncTaskClient((ref, None), source)._start()
+        tc = yield client.AsyncTaskClient((ref, None), source)._started()
         assert tc._remote is not ref  # a session of its own
         ids = []
         for n in range(3):

@@ -10,9 +10,9 @@ import pytest
 from test_task_service import Cluster, submit_many
 from twisted.internet import defer
 
-from plait.kernel._errors import RemoteFailure
-from plait.kernel._serialize import serialize
-from plait.kernel._taskspec import TaskSpecError, decode_batch_reply
+from plait.wire.errors import RemoteFailure, TaskSpecError
+from plait.wire.serialize import serialize
+from plait.wire.task import decode_batch_reply
 
 
 def test_engine_lost_blames_a_task_that_was_running_alone():

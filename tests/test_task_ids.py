@@ -14,9 +14,9 @@ from twisted.internet import defer
 
 from plait.adapters.task import FoolscapTaskController, TaskSession
 from plait.interfaces.task import MAX_RESERVE
-from plait.kernel._serialize import deserialize
-from plait.kernel._taskids import TaskIds
-from plait.kernel._taskspec import TaskSpec, encode_task
+from plait.kernel.controller.taskids import TaskIds
+from plait.wire.serialize import deserialize
+from plait.wire.task import TaskSpec, encode_task
 
 DATA = encode_task(TaskSpec.string("t"))
 

@@ -8,14 +8,15 @@ import datetime
 import pytest
 from twisted.internet import defer
 
-from plait.kernel import _tcsubmit, client
-from plait.kernel._errors import RemoteFailure
-from plait.kernel._reactor import call
-from plait.kernel._serialize import serialize
-from plait.kernel._taskmap import CHUNK_FACTOR, TAIL_FRACTION, chunk_sizes
-from plait.kernel._tasks import TaskResult
-from plait.kernel._taskspec import TaskResultRecord
-from plait.kernel._tcsubmit import FIRST_BLOCK, Submitter, TaskSubmissionError
+from plait.kernel import client
+from plait.kernel.client import _submit as _tcsubmit
+from plait.kernel.client._reactor import call
+from plait.kernel.client._submit import FIRST_BLOCK, Submitter
+from plait.kernel.client._taskmap import CHUNK_FACTOR, TAIL_FRACTION, chunk_sizes
+from plait.kernel.client._tasks import TaskResult
+from plait.wire.errors import PlaitConnectionError, RemoteFailure, TaskSubmissionError
+from plait.wire.serialize import serialize
+from plait.wire.task import TaskResultRecord
 
 
 # -- task objects ----------------------------------------------------------------------------
@@ -305,7 +306,7 @@ def test_drain_fails_when_the_controller_cannot_confirm(submitter):
     sub.enqueue(taskid, b"a")
     settle()
     out = drained(sub)
-    gone = _tcsubmit.ConnectionError_("lost the connection to the controller")
+    gone = PlaitConnectionError("lost the connection to the controller")
     fake.fail(1, gone)
     fake.fail(2, gone)
     assert "could not confirm" in str(out[0].value) and "lost the connection" in str(

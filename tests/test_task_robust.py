@@ -15,11 +15,12 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from plait.interfaces.task import IScheduler
-from plait.kernel import _scheduler
-from plait.kernel._scheduler import Scheduler
-from plait.kernel._serialize import serialize
-from plait.kernel._task import TaskController
-from plait.kernel._taskspec import DependencyTimeout, TaskSpec, TaskSpecError, encode_task
+from plait.kernel.controller import scheduler as _scheduler
+from plait.kernel.controller.scheduler import Scheduler
+from plait.kernel.controller.task import TaskController
+from plait.wire.errors import DependencyTimeout, TaskSpecError
+from plait.wire.serialize import serialize
+from plait.wire.task import TaskSpec, encode_task
 
 
 class Stop(BaseException):

@@ -19,28 +19,30 @@ from zope.interface.verify import verifyObject
 
 from plait.interfaces.engine import IEngine
 from plait.interfaces.task import ITaskController, RITaskController
-from plait.kernel._errors import SerializationError
-from plait.kernel._registry import EngineRegistry
-from plait.kernel._serialize import deserialize, serialize
-from plait.kernel._task import TaskController
-from plait.kernel._taskspec import (
-    MAGIC,
-    EngineTask,
+from plait.kernel.controller.registry import EngineRegistry
+from plait.kernel.controller.task import TaskController
+from plait.kernel.engine.taskrun import run_engine_task
+from plait.wire.errors import (
     InvalidTaskID,
     RecoveryLoopError,
-    StashFetch,
+    SerializationError,
     TaskAborted,
     TaskAlreadyCompleted,
+    TaskSpecError,
+)
+from plait.wire.serialize import deserialize, serialize
+from plait.wire.task import (
+    MAGIC,
+    EngineTask,
+    StashFetch,
     TaskBatch,
     TaskResultRecord,
     TaskSpec,
-    TaskSpecError,
     decode_engine_task,
     decode_result,
     decode_task,
     encode_result,
     encode_task,
-    run_engine_task,
 )
 
 
@@ -141,7 +143,7 @@ class FakeEngine:
         command.set(i, (ok, None, seconds, key))
 
     def fail(self, exc: Exception, index: int = 0) -> None:
-        from plait.kernel._errors import RemoteFailure
+        from plait.wire.errors import RemoteFailure
 
         failure = RemoteFailure.from_exception(exc, engine_id=self.id)
         _, command, i = self.calls.pop(index)
@@ -391,7 +393,7 @@ def test_clear_after_happens_even_on_failure():
 
 
 def test_run_on_the_real_interpreter():
-    from plait.kernel._interpreter import Interpreter
+    from plait.kernel.engine.interpreter import Interpreter
 
     interp = Interpreter()
     interp.push({"left": 1})

@@ -19,8 +19,8 @@ import pytest
 
 from conftest import PYTHON
 from plait.kernel import client
-from plait.kernel._reactor import call
-from plait.kernel._taskspec import encode_task
+from plait.kernel.client._reactor import call
+from plait.wire.task import encode_task
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -37,7 +37,8 @@ print(json.dumps(ids), flush=True)
 
 STALLED_EXIT = """
 import sys
-from plait.kernel import _tcsubmit, client
+from plait.kernel.client import _submit as _tcsubmit
+from plait.kernel import client
 _tcsubmit.EXIT_TIMEOUT = 1.0
 tc = client.TaskClient(sys.argv[1])
 print("ready", flush=True)
@@ -101,7 +102,7 @@ def test_exit_waits_a_bounded_time_for_a_stalled_controller_and_says_so(cluster_
 def test_flush_confirms_and_close_ends_the_client(cluster4, tc):
     mine = cluster4.tc()
     ids = [mine.run(client.MapTask(abs, args=(-i,))) for i in range(50)]
-    assert mine.flush() is None
+    assert mine.wait_for_send() is None
     assert set(ids) <= everything(tc)  # another client sees them all
     mine.close()
     with pytest.raises(client.PlaitConnectionError, match="closed"):
@@ -124,7 +125,7 @@ def submit_raw(tc, taskid: int):
     """Submit a task under ``taskid`` through ``tc``'s connection, bypassing ``run``;
     ``flush`` says what became of it."""
     call(tc.asynchronous._submitter.enqueue, taskid, encode_task(client.Task("z = 1")))
-    return tc.flush()
+    return tc.wait_for_send()
 
 
 def test_no_client_can_use_the_ids_of_another_or_reuse_a_cleared_one(cluster4, tc):

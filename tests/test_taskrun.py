@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from plait.kernel import _taskrun
-from plait.kernel._errors import RemoteFailure, SerializationError
-from plait.kernel._interpreter import Interpreter
-from plait.kernel._serialize import deserialize, serialize
-from plait.kernel._taskspec import (
+from plait.kernel.engine import taskrun as _taskrun
+from plait.kernel.engine.interpreter import Interpreter
+from plait.kernel.engine.taskrun import run_on_engine
+from plait.wire.errors import RemoteFailure, SerializationError
+from plait.wire.serialize import deserialize, serialize
+from plait.wire.task import (
     StashFetch,
     TaskBatch,
     TaskSpec,
     decode_batch_reply,
     decode_task,
     encode_task,
-    run_on_engine,
 )
 
 

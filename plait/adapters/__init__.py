@@ -21,8 +21,10 @@ from zope.interface.interface import InterfaceClass
 
 from plait.adapters.engine import FoolscapEngineRegistrar
 from plait.adapters.multiengine import FoolscapMultiEngine
+from plait.adapters.task import FoolscapTaskController
 from plait.interfaces.engine import IEngineRegistry
 from plait.interfaces.multiengine import IMultiEngine
+from plait.interfaces.task import ITaskController
 from plait.security import ENGINE_FURL, MEC_FURL, TC_FURL
 
 
@@ -36,25 +38,9 @@ class Publication:
     adapter: Callable[[Any, Any], Any]  # (service, controller) -> Referenceable
 
 
-def _task_adapter(service: Any, controller: Any) -> Any:
-    from plait.adapters.task import FoolscapTaskController
-
-    channels = getattr(controller, "channels", {}).get("client")
-    return FoolscapTaskController(service, controller.blobs, channels)
-
-
-def _task_interface() -> InterfaceClass | None:
-    try:
-        import plait.adapters.task  # noqa: F401
-        from plait.interfaces.task import ITaskController
-    except ImportError:  # pragma: no cover - during development only
-        return None
-    return ITaskController
-
-
 def default_publications() -> list[Publication]:
     """The interfaces every controller offers."""
-    pubs = [
+    return [
         Publication(
             ENGINE_FURL, "engine", IEngineRegistry,
             lambda svc, ctl: FoolscapEngineRegistrar(svc, ctl.blobs, ctl.channels["engine"]),
@@ -63,11 +49,11 @@ def default_publications() -> list[Publication]:
             MEC_FURL, "client", IMultiEngine,
             lambda svc, ctl: FoolscapMultiEngine(svc, ctl.blobs, ctl.channels["client"]),
         ),
+        Publication(
+            TC_FURL, "client", ITaskController,
+            lambda svc, ctl: FoolscapTaskController(svc, ctl.blobs, ctl.channels["client"]),
+        ),
     ]
-    task = _task_interface()
-    if task is not None:
-        pubs.append(Publication(TC_FURL, "client", task, _task_adapter))
-    return pubs
 
 
 def load_publication(spec: str) -> Publication:

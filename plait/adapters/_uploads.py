@@ -7,7 +7,7 @@ from typing import Any
 
 class OffersUploads:
     """Mixin: ``remote_open_upload`` for adapters holding the controller's
-    :class:`~plait.kernel._blobserver.BlobServer` as ``blobs``."""
+    :class:`~plait.kernel.controller.blobserver.BlobServer` as ``blobs``."""
 
     blobs: Any
 

@@ -18,10 +18,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from plait.adapters._uploads import OffersUploads
-from plait.adapters.channel import ChannelClosed
 from plait.interfaces.engine import IEngine, IEngineRegistry, RIEngineRegistrar, RIEngineSession
-from plait.kernel._errors import EngineError
-from plait.kernel._serialize import loads_plain
+from plait.wire.errors import ChannelClosed, EngineError
+from plait.wire.serialize import loads_plain
 
 
 @implementer(IEngine)

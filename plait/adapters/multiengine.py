@@ -11,8 +11,8 @@ from zope.interface import implementer
 
 from plait.adapters._uploads import OffersUploads
 from plait.interfaces.multiengine import IMultiEngine, RIMultiEngine, targets_from_wire
-from plait.kernel._errors import RemoteFailure
-from plait.kernel._serialize import serialize
+from plait.wire.errors import RemoteFailure
+from plait.wire.serialize import serialize
 
 
 def outcome(d: Any) -> defer.Deferred:

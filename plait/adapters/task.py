@@ -7,7 +7,7 @@ method calls the service and answers with an outcome ``(ok, value)`` (see
 :func:`plait.adapters.multiengine.outcome`), so the client raises the
 controller's own exceptions (InvalidTaskID, TaskAlreadyCompleted...) with
 their messages.  Result records are encoded here with
-:func:`~plait.kernel._taskspec.encode_result`; task payloads pass through
+:func:`~plait.wire.task.encode_result`; task payloads pass through
 unopened.
 
 Sessions
@@ -24,7 +24,7 @@ controller.  Callers of the published object itself (raw
 foolscap, without a session) share it as one owner.
 
 Security: tasks carry ``depend`` functions that the controller runs (see
-:mod:`plait.kernel._task`), so the tc FURL grants code execution in the
+:mod:`plait.kernel.controller.task`), so the tc FURL grants code execution in the
 controller.
 """
 
@@ -39,7 +39,7 @@ from zope.interface import implementer
 from plait.adapters._uploads import OffersUploads
 from plait.adapters.multiengine import outcome
 from plait.interfaces.task import ITaskController, RITaskController
-from plait.kernel._taskspec import TaskResultRecord, encode_result
+from plait.wire.task import TaskResultRecord, encode_result
 
 #: The methods :meth:`FoolscapTaskController.remote_submit_then` may call.
 FOLLOWERS = frozenset({
@@ -56,9 +56,9 @@ def _encoded(record: TaskResultRecord | None) -> bytes | None:
 class FoolscapTaskController(OffersUploads, Referenceable):
     """Publishes an :class:`ITaskController` service as :class:`RITaskController`.
 
-    ``blobs`` is the controller's :class:`~plait.kernel._blobserver.BlobServer`,
+    ``blobs`` is the controller's :class:`~plait.kernel.controller.blobserver.BlobServer`,
     through which clients upload tasks too large to travel inline;
-    ``channels`` its client :class:`~plait.adapters.channel.ChannelServer`
+    ``channels`` its client :class:`~plait.wire.channel.ChannelServer`
     (None: clients stay on foolscap).  Calls made on this object directly
     share it as the owner of their task ids; clients get a
     :class:`TaskSession` each (see the module documentation).

@@ -11,8 +11,8 @@ Replies
 Every engine command answers with a *reply*, a ``(ok, payload)`` tuple:
 
 * ``ok`` is True: ``payload`` is the command's value, serialized by
-  :mod:`plait.kernel._serialize` (opaque bytes to the controller);
-* ``ok`` is False: ``payload`` is a serialized :class:`plait.kernel._errors.RemoteFailure`
+  :mod:`plait.wire.serialize` (opaque bytes to the controller);
+* ``ok`` is False: ``payload`` is a serialized :class:`plait.wire.errors.RemoteFailure`
   describing the exception raised on the engine (type name, message,
   traceback text, and the pickled exception when it could be pickled).
 
@@ -34,10 +34,9 @@ from foolscap.schema import (
 )
 from zope.interface import Attribute, Interface
 
-#: Largest payload carried inline in a foolscap message; bigger ones travel on
-#: the bulk data channel (:mod:`plait.kernel._bulk`).  The wire limit leaves room
-#: for framing.
-INLINE_LIMIT = 1 << 20
+from plait.wire.serialize import INLINE_LIMIT
+
+#: A payload on the wire (the limit leaves room for framing around INLINE_LIMIT).
 WIRE_BYTES = ByteStringConstraint(maxLength=INLINE_LIMIT + (1 << 16))
 CODE = UnicodeConstraint(maxLength=16 << 20)
 NAME = UnicodeConstraint(maxLength=1024)
@@ -137,7 +136,7 @@ class IEngine(Interface):
 
     Every method returns a Deferred that fires with a reply ``(ok, payload)``
     (see the module docstring).  When the engine is lost, the Deferred fails
-    with :class:`plait.kernel._errors.EngineError`.
+    with :class:`plait.wire.errors.EngineError`.
     """
 
     id = Attribute("The integer id, assigned at registration.")
@@ -165,10 +164,30 @@ class IEngine(Interface):
         """Clear the namespace."""
 
     def run_task(task):
-        """Run a serialized task (see :mod:`plait.kernel._task`)."""
+        """Run a serialized task (see :mod:`plait.kernel.controller.task`)."""
 
     def kill():
         """Ask the engine process to exit; fires with None."""
+
+
+class IEngineServer(Interface):
+    """The engine process, as its network adapter sees it (the engine side).
+
+    Commands are the methods of :class:`RIEngine`; each runs in the
+    engine's main thread and answers with a reply ``(ok, payload)``.
+    """
+
+    def call(method, args):
+        """Run the command ``method`` with the tuple ``args`` in the calling
+        thread (the engine's main thread) and return its reply.  ``kill``
+        and ``ping`` are answered too (None and True)."""
+
+    def submit(method, args):
+        """From the reactor thread: have the main thread run ``call(method,
+        args)``; a Deferred firing with the reply."""
+
+    def kill():
+        """Exit the process soon, from any thread, even while user code runs."""
 
 
 class IEngineRegistry(Interface):

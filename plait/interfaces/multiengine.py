@@ -35,7 +35,6 @@ from foolscap.schema import (
 from zope.interface import Attribute, Interface
 
 from plait.interfaces.engine import CODE, NAMES, WIRE_BYTES, Address, ChannelTicket, Token
-from plait.kernel._errors import PlaitError
 
 #: Targets on the wire: ``(True, [])`` for all engines, ``(False, ids)`` otherwise
 #: (foolscap's ChoiceOf cannot mix a str with a list).
@@ -43,20 +42,6 @@ Targets = TupleOf(BooleanConstraint(), ListOf(IntegerConstraint(), maxLength=100
 Block = BooleanConstraint()
 PerEngine = ListOf(TupleOf(IntegerConstraint(), BooleanConstraint(), WIRE_BYTES), maxLength=100_000)
 Outcome = TupleOf(BooleanConstraint(), Any())
-
-
-class EnginesChanged(PlaitError):
-    """A call prepared for all the engines met a different set of engines.
-
-    ``ids`` are the engines registered now; nothing was run.
-    """
-
-    def __init__(self, message: str, ids: list[int]):
-        super().__init__(message)
-        self.ids = list(ids)
-
-    def __reduce__(self) -> tuple:
-        return type(self), (str(self), self.ids)
 
 
 class IMultiEngine(Interface):

@@ -1,6 +1,6 @@
 """The Task service: load-balanced, fault-tolerant task farming.
 
-Clients submit tasks (:mod:`plait.kernel._taskspec`) without naming engines;
+Clients submit tasks (:mod:`plait.wire.task`) without naming engines;
 the controller's :class:`ITaskController` queues them, an :class:`IScheduler`
 picks an engine for each, and the task runs through that engine's
 :class:`~plait.interfaces.engine.IEngineQueue`, beside the commands of the
@@ -54,7 +54,7 @@ class ITaskController(Interface):
     what an owner reserved and did not use.  Tasks start in the order they
     arrived, whatever their ids.  Methods that name an unknown id (never
     issued, or cleared) fail with
-    :class:`plait.kernel._taskspec.InvalidTaskID`.
+    :class:`plait.wire.task.InvalidTaskID`.
     """
 
     def reserve(n, owner=None):
@@ -178,10 +178,10 @@ class RITaskController(RemoteInterface):
     Every method answers with an *outcome* ``(ok, value)``, as the
     MultiEngine interface does: ``ok`` False means the controller refused
     the call and ``value`` is a serialized
-    :class:`~plait.kernel._errors.RemoteFailure` (so the client raises the
+    :class:`~plait.wire.errors.RemoteFailure` (so the client raises the
     controller's exception type and message); otherwise ``value`` is the
     result described by :class:`ITaskController` (records encoded with
-    :func:`~plait.kernel._taskspec.encode_result`).
+    :func:`~plait.wire.task.encode_result`).
 
     Security: a reference to this interface (the tc FURL) is as powerful as
     the controller's own account.  Every task may carry a ``depend``
@@ -256,7 +256,7 @@ class RITaskController(RemoteInterface):
 
     def open_channel():
         """A ticket ``(token, port)`` for a channel carrying these same calls
-        (see :mod:`plait.adapters.channel`), as a connection of its own: the
+        (see :mod:`plait.wire.channel`), as a connection of its own: the
         ids it reserves are its own, and are dropped when it closes."""
         return TupleOf(Token, IntegerConstraint())
 

@@ -21,12 +21,9 @@ from pathlib import Path
 
 from plait.scripts._common import add_profile_option, dirs_for
 from plait.security._files import ProfileDirs
+from plait.wire.errors import ClusterError
 
 STATE_FILE = "ipcluster.json"
-
-
-class ClusterError(Exception):
-    """Starting the cluster failed; the message says why."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
 
     from plait.adapters import default_publications, load_publication
-    from plait.kernel._controller import ControllerService
+    from plait.kernel.controller.service import ControllerService
 
     try:
         pubs = default_publications() + [load_publication(s) for s in args.adapter]

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: {exc}")
     start_logging(dirs, "ipengine", to_stderr=True)
 
-    from plait.kernel._engine import Engine, hard_exit
+    from plait.kernel.engine.process import Engine, hard_exit
 
     def registered(engine_id: int) -> None:
         notify(args.notify_fd, f"engine {engine_id}")

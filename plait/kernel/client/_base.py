@@ -1,0 +1,201 @@
+"""What every asynchronous client shares: connecting, calling, decoding.
+
+Asynchronous clients are written once, with methods that return Deferreds
+and are marked :func:`asynchronous`; :mod:`plait.kernel.client._blocking`
+derives the blocking clients from them.  A client class names the FURL
+file it reads by default and the RemoteInterface it expects;
+:meth:`AsyncClientBase.connect` does the rest, for every client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from foolscap.api import DeadReferenceError, RemoteInterface
+from twisted.internet import defer, reactor, threads
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.python.failure import Failure
+
+from plait.kernel.client._pending import PendingResult
+from plait.security import client_tub, profile_dirs, read_furl
+from plait.wire import bulk as _bulk
+from plait.wire.channel import channel_address, open_channel
+from plait.wire.errors import ChannelClosed, PlaitConnectionError, RemoteFailure
+from plait.wire.serialize import deserialize, is_bulk
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Seconds to wait for a controller to answer a connection attempt.
+CONNECT_TIMEOUT = 10.0
+
+
+def asynchronous(fn: F) -> F:
+    """Mark a client method as returning a Deferred (the blocking twin waits)."""
+    fn._plait_asynchronous = True  # type: ignore[attr-defined]
+    return fn
+
+
+def resolve_furl(furl_or_file: str | Path | None, profile: str | None, default_name: str
+                 ) -> tuple[str, str]:
+    """``(furl, where it came from)`` for a FURL, a FURL file, or the profile's file."""
+    if furl_or_file is None:
+        path = profile_dirs(profile, create=False).furl_path(default_name)
+        return read_furl(path), str(path)
+    text = str(furl_or_file)
+    if text.startswith("pb://"):
+        return text, "the FURL given"
+    return read_furl(Path(text).expanduser()), text
+
+
+def connect(furl: str, source: str, interface: type[RemoteInterface]) -> defer.Deferred:
+    """A Deferred firing with ``(reference, channel or None)``.
+
+    The reference is foolscap's, to an object of ``interface``; when that
+    interface offers a channel (``open_channel``, see
+    :mod:`plait.wire.channel`), calls travel on it instead.  Fails with
+    PlaitConnectionError saying why.
+    """
+    location = furl.split("@", 1)[-1].split("/", 1)[0]
+    d = client_tub().getReference(furl)
+    d.addTimeout(CONNECT_TIMEOUT, reactor)
+    d.addCallback(_with_channel, furl, interface)
+
+    def failed(f: Failure) -> None:
+        if f.check(defer.TimeoutError):
+            why = f"no answer within {CONNECT_TIMEOUT:g} s"
+        elif "unknown" in str(f.value).lower() or "KeyError" in str(f.value):
+            why = "the controller refused this FURL (its secret is not valid there)"
+        else:
+            why = f"{f.value}"
+        raise PlaitConnectionError(
+            f"could not connect to the controller at {location} using {source}: {why}"
+        )
+
+    return d.addErrback(failed)
+
+
+@defer.inlineCallbacks
+def _with_channel(ref: Any, furl: str, interface: type[RemoteInterface]) -> Any:
+    if "open_channel" not in interface.names() or not _offers(ref, interface):
+        return ref, None
+    try:
+        token, port = yield ref.callRemote("open_channel")
+        tub_id, host = channel_address(furl)
+        channel = yield open_channel(host, port, token, tub_id)
+    except Exception:
+        return ref, None  # foolscap alone still works
+    return ref, channel
+
+
+def _offers(ref: Any, interface: type[RemoteInterface]) -> bool:
+    """Whether the object behind ``ref`` says it implements ``interface``."""
+    return getattr(ref.tracker, "interfaceName", None) == interface.__remote_name__
+
+
+def raise_outcome(outcome: tuple[bool, Any]) -> Any:
+    """The value of an ``(ok, value)`` outcome; raise the remote error otherwise."""
+    ok, value = outcome
+    if ok:
+        return value
+    info = deserialize(value)
+    raise info.exception() if isinstance(info, RemoteFailure) else RuntimeError(info)
+
+
+def decode(payload: bytes) -> Any:
+    """A Deferred (or value) with the object a payload carries."""
+    if is_bulk(payload):
+        return threads.deferToThread(_bulk.fetch, payload)
+    return deserialize(payload)
+
+
+def decode_replies(per_engine: list[tuple[int, bool, bytes]]) -> defer.Deferred:
+    """Decode ``[(id, ok, payload)]`` into ``[(id, ok, value-or-RemoteFailure)]``."""
+    ds = []
+    for engine_id, ok, payload in per_engine:
+        d = defer.maybeDeferred(decode, payload)
+        d.addCallback(lambda v, i=engine_id, ok=ok: (i, ok, v))
+        ds.append(d)
+    return defer.gatherResults(ds, consumeErrors=True).addErrback(
+        lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f
+    )
+
+
+class AsyncClientBase:
+    """A connection to one controller interface.
+
+    Subclasses name the FURL file they read by default (``furl_name``) and
+    the interface they expect (``remote_interface``), and call :meth:`_call`
+    with the remote method name, its arguments and a ``finish`` function
+    turning the wire value into the user's result.
+    """
+
+    furl_name: ClassVar[str]
+    remote_interface: ClassVar[type[RemoteInterface]]
+
+    def __init__(self, link: tuple[Any, Any], source: str = ""):
+        reference, channel = link
+        self._reference = reference  # foolscap: kept open, it is our capability
+        self._remote = channel or reference
+        self._source = source
+
+    @classmethod
+    def connect(cls, furl_or_file: str | Path | None = None, profile: str | None = None
+                ) -> defer.Deferred:
+        """A Deferred firing with a client connected to the controller.
+
+        With no argument, the client's FURL file in the security folder of
+        ``profile`` (default 'default') is used; else ``furl_or_file`` is a
+        FURL or the path of a FURL file.  Fails with PlaitConnectionError
+        when the controller cannot be reached or refuses the FURL, and with
+        OSError / ValueError when the FURL file cannot be read.
+        """
+        try:
+            furl, source = resolve_furl(furl_or_file, profile, cls.furl_name)
+        except Exception:
+            return defer.fail()
+        d = connect(furl, source, cls.remote_interface)
+        return d.addCallback(lambda link: cls(link, source)._started())
+
+    def _started(self) -> Any:
+        """The client is connected: the result of :meth:`connect` (or a
+        Deferred of it).  Subclasses with more to set up extend it."""
+        return self
+
+    def _lost(self, f: Failure) -> Failure:
+        if f.check(DeadReferenceError, ConnectionDone, ConnectionLost, ChannelClosed):
+            raise PlaitConnectionError(
+                f"lost the connection to the controller ({self._source}); "
+                f"is it still running?"
+            )
+        return f
+
+    def _remote_call(self, method: str, *args: Any) -> defer.Deferred:
+        try:
+            d = self._remote.callRemote(method, *args)
+        except Exception:
+            d = defer.fail()
+        return d.addErrback(self._lost)
+
+    def _call(self, method: str, *args: Any, block: bool | None = None,
+              finish: Callable[[Any], Any] | None = None, description: str = ""
+              ) -> defer.Deferred:
+        """Call ``method(*args[, block])`` and finish its value.
+
+        With ``block`` False, fire with a :class:`PendingResult` instead.
+        """
+        finish = finish or (lambda v: v)
+        call_args = args if block is None else (*args, bool(block))
+        d = self._remote_call(method, *call_args).addCallback(raise_outcome)
+        if block is None or block:
+            return d.addCallback(finish)
+        return d.addCallback(self._pending, finish, description or method)
+
+    def _pending(self, result_id: int, finish: Callable[[Any], Any], description: str
+                 ) -> PendingResult:
+        def fetch(block: bool) -> defer.Deferred:
+            d = self._remote_call("get_pending_result", result_id, block)
+            return d.addCallback(raise_outcome).addCallback(finish)
+
+        return PendingResult(fetch, result_id, description)

@@ -1,0 +1,102 @@
+"""Derive a blocking client from an asynchronous one, generically.
+
+Every method of the asynchronous class marked with
+:func:`plait.kernel.client._base.asynchronous` becomes a method of the same
+name and signature that runs it in the reactor thread and returns (or
+raises) its result.  Plain attributes (``targets``, ``block``) are shared
+with the asynchronous instance; helpers written only in terms of the public
+methods (mixins) are inherited as they are, so they block in the blocking
+client and return Deferreds in the asynchronous one.
+
+:func:`blocking_twin` turns an asynchronous client that already exists into
+its blocking twin (the magics use it on an asynchronous client activated
+from Twisted code).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from plait.kernel.client import _reactor
+
+
+class BlockingClientBase:
+    """Base of derived blocking clients: owns the asynchronous twin."""
+
+    _async_class: type
+    _shared_attributes: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        object.__setattr__(self, "_async", _reactor.call(self._async_class.connect, *args, **kwargs))
+
+    @classmethod
+    def wrapping(cls, async_client: Any) -> Any:
+        """A blocking client over ``async_client`` (already connected)."""
+        client = cls.__new__(cls)
+        object.__setattr__(client, "_async", async_client)
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self)._shared_attributes:
+            return getattr(self._async, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in type(self)._shared_attributes:
+            setattr(self._async, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    @property
+    def asynchronous(self) -> Any:
+        """The asynchronous client behind this one (for use in Twisted code)."""
+        return self._async
+
+
+def _blocking_method(name: str, fn: Any) -> Any:
+    @functools.wraps(fn)
+    def method(self: BlockingClientBase, *args: Any, **kwargs: Any) -> Any:
+        return _reactor.call(getattr(self._async, name), *args, **kwargs)
+
+    return method
+
+
+#: Each asynchronous client class derived from, and its blocking class.
+_twins: dict[type, type] = {}
+
+
+def derive_blocking(async_class: type, name: str, mixins: tuple[type, ...] = (),
+                    shared: tuple[str, ...] = (), doc: str | None = None) -> type:
+    """A blocking client class whose methods wait for ``async_class``'s Deferreds.
+
+    The class is named ``name`` and belongs to the module of
+    ``async_class`` until the public face that exports it says otherwise.
+    """
+    namespace: dict[str, Any] = {
+        "_async_class": async_class,
+        "_shared_attributes": shared,
+        "__doc__": doc or async_class.__doc__,
+        "__module__": async_class.__module__,
+        "__qualname__": name,
+    }
+    for attr, fn in inspect.getmembers(async_class, callable):
+        if getattr(fn, "_plait_asynchronous", False):
+            namespace[attr] = _blocking_method(attr, fn)
+    blocking = type(name, (*mixins, BlockingClientBase), namespace)
+    _twins[async_class] = blocking
+    return blocking
+
+
+def blocking_twin(client: Any) -> Any:
+    """``client`` if it blocks; the blocking client over it if it is asynchronous.
+
+    TypeError for an object of a class no blocking client was derived from.
+    """
+    if isinstance(client, BlockingClientBase):
+        return client
+    for cls in type(client).__mro__:
+        if cls in _twins:
+            return _twins[cls].wrapping(client)
+    raise TypeError(f"{type(client).__name__} is not a plait client")

@@ -1,0 +1,486 @@
+"""The asynchronous TaskClient (the blocking ``TaskClient`` is derived from it).
+
+Every method returns a Deferred.  The client submits tasks
+(:mod:`plait.kernel.client._tasks`) without naming engines; the controller's
+scheduler places them.  See :mod:`plait.kernel.client._submit` for how ``run``
+returns ids at once, and :mod:`plait.kernel.client._taskmap` for ``map``.
+
+Results fetched once are kept in the client (until :meth:`clear`), so asking
+again costs nothing; values too large to travel inline (above 1 MiB) come
+through the bulk data channel, which serves each of them once, so keeping
+them here is what lets them be asked for again.
+
+Each client is one *session* of the controller (its channel, or an
+``open_session`` object when it stays on foolscap): the task ids it
+reserves are its own, and are dropped when it closes or disconnects.
+Submissions are buffered for speed; :meth:`AsyncTaskClient.wait_for_send` and
+:meth:`AsyncTaskClient.close` make sure they reached the controller, and so
+does the process at exit (see :mod:`plait.kernel.client._submit`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from foolscap.api import Referenceable
+from twisted.internet import defer, threads
+from twisted.python.failure import Failure
+
+from plait.interfaces.task import RITaskController
+from plait.kernel.client import _reactor
+from plait.kernel.client._base import (
+    AsyncClientBase,
+    asynchronous,
+    decode,
+    raise_outcome,
+)
+from plait.kernel.client._mapping import Mapper, ParallelFunction, decorator
+from plait.kernel.client._submit import Submitter
+from plait.kernel.client._taskmap import check_map_options, map_tasks
+from plait.kernel.client._tasks import TaskResult
+from plait.security import TC_FURL
+from plait.wire import bulk as _bulk
+from plait.wire.errors import InvalidTaskID, PlaitConnectionError, TaskSpecError
+from plait.wire.serialize import INLINE_LIMIT, frame_parts, pack_framed, serialize_parts
+from plait.wire.task import (
+    TASK_ID_LIMIT,
+    TaskSpec,
+    decode_result,
+    encode_task,
+    recovery_chain,
+    task_ids,
+)
+
+
+def _check_id(taskid: Any) -> int:
+    """``taskid`` if it can name a task: TypeError for a non-int, InvalidTaskID
+    for an int no task can have (negative, or too large for the wire)."""
+    if isinstance(taskid, bool) or not isinstance(taskid, int):
+        raise TypeError(f"a task id is an int (as returned by run), not {taskid!r}")
+    if not 0 <= taskid < TASK_ID_LIMIT:
+        raise InvalidTaskID(
+            f"no task with id {taskid}: task ids are ints from 0 to 2**64 - 1"
+        )
+    return taskid
+
+
+def _id_list(taskids: Any) -> list[int]:
+    return [_check_id(t) for t in task_ids(taskids)]
+
+
+class TaskClientHelpers:
+    """What both TaskClients offer, written with their public methods:
+    ``mapper``, ``parallel`` and the old name of ``wait_for_send``."""
+
+    map: Callable[..., Any]
+    wait_for_send: Callable[[], Any]
+
+    def mapper(self, chunksize: int | None = None, **options: Any) -> Mapper:
+        """A :class:`~plait.kernel.client.Mapper` whose ``map`` is this client's
+        load-balanced ``map`` with ``chunksize`` and the task ``options``
+        (retries, clear_before, clear_after, depend, timeout)."""
+        check_map_options(chunksize, options)
+        return Mapper(self, chunksize=chunksize, **options)
+
+    def _map_with(self, function: Callable[..., Any], sequences: tuple, options: dict) -> Any:
+        """What a :class:`Mapper` of this client runs."""
+        return self.map(function, *sequences, **options)
+
+    def parallel(self, chunksize: int | None = None, **options: Any
+                 ) -> Callable[[Callable[..., Any]], ParallelFunction]:
+        """A decorator making a function of one element a
+        :class:`~plait.kernel.client.ParallelFunction`, load balanced::
+
+            @tc.parallel()
+            def f(x):
+                return 10.0 * x ** 4
+
+            f(range(32))   # load balanced over the engines
+        """
+        return decorator(self.mapper(chunksize, **options))
+
+    def flush(self) -> Any:
+        """Deprecated: the old name of :meth:`wait_for_send` (``mec.flush()``
+        is something else: it drops stored results)."""
+        warnings.warn(
+            "TaskClient.flush() is deprecated: call wait_for_send(), which does the same "
+            "(MultiEngineClient.flush() drops stored results, a different thing)",
+            DeprecationWarning, stacklevel=2,
+        )
+        return self.wait_for_send()
+
+
+class AsyncTaskClient(TaskClientHelpers, AsyncClientBase):
+    """Submit tasks to a controller's load-balanced task interface (Twisted API).
+
+    Create one with :meth:`connect`.  See :class:`~plait.kernel.client.TaskClient`
+    for the blocking client most users want.
+    """
+
+    furl_name = TC_FURL
+    remote_interface = RITaskController
+
+    def __init__(self, remote: Any, source: str = ""):
+        super().__init__(remote, source)
+        self._submitter = Submitter(self._outcome)
+        self._results: dict[int, TaskResult] = {}
+        self._listener: Referenceable | None = None  # the session's end, on foolscap
+        self._closed = False
+
+    @defer.inlineCallbacks
+    def _started(self) -> Any:
+        """Become a session of the controller and reserve the first ids; fires with self.
+
+        On a channel the channel is the session.  On foolscap alone, ask for
+        a session object (a controller that offers none is used directly).
+        """
+        if self._remote is self._reference:
+            self._listener = Referenceable()
+            try:
+                self._remote = yield self._reference.callRemote("open_session", self._listener)
+            except Exception:
+                self._listener = None
+        yield self._submitter.reserve_first()
+        return self
+
+    def _remote_call(self, method: str, *args: Any) -> defer.Deferred:
+        try:
+            self._check_open()
+        except PlaitConnectionError:
+            return defer.fail()
+        return super()._remote_call(method, *args)
+
+    def _outcome(self, method: str, *args: Any) -> defer.Deferred:
+        return self._remote_call(method, *args).addCallback(raise_outcome)
+
+    def _send(self, method: str, *args: Any) -> defer.Deferred:
+        """A remote call made after every submission made before it."""
+        return self._submitter.call_after(method, *args)
+
+    # -- submitting ----------------------------------------------------------------
+    def _encode(self, task: Any) -> tuple[bytes, list[Any]]:
+        """``(wire bytes, engine parts)``; parts too large to go inline are
+        :class:`~plait.wire.bulk.Outgoing` objects still to upload."""
+        if not isinstance(task, TaskSpec):
+            raise TypeError(
+                f"run takes a StringTask or a MapTask, not {type(task).__name__}"
+            )
+        parts: list[Any] = []
+
+        def part(engine_task: Any) -> bytes:
+            out = _bulk.outgoing(engine_task)
+            parts.append(out)
+            return out if isinstance(out, bytes) else b"B"
+
+        def bulk_part(engine_task: Any) -> bytes:  # all but the smallest go by bulk
+            head, buffers = serialize_parts(engine_task)
+            segments, size = frame_parts(head, buffers)
+            out = pack_framed(head, buffers) if size < 4096 else _bulk.Outgoing(segments, size)
+            parts.append(out)
+            return out if isinstance(out, bytes) else b"B"
+
+        data = encode_task(task, part)
+        if len(data) > INLINE_LIMIT:  # a recovery chain of large tasks: each part fits...
+            parts.clear()
+            data = encode_task(task, bulk_part)
+            if len(data) > INLINE_LIMIT:
+                raise TaskSpecError(
+                    f"this task is too large to submit ({len(data)} bytes without its code "
+                    f"and data): its depend functions pickle too large"
+                )
+        return data, parts
+
+    @defer.inlineCallbacks
+    def _upload(self, task: TaskSpec, parts: list[Any]) -> Any:
+        """Upload the large engine parts of ``task``; fires with its wire bytes."""
+        readers = [1 + item.retries for item in reversed(recovery_chain(task))]
+        final: list[bytes] = []
+        for out, n in zip(parts, readers, strict=True):
+            if isinstance(out, bytes):
+                final.append(out)
+                continue
+            token, blob_id, address = yield self._remote_call("open_upload", out.size, n)
+            address = tuple(address)
+            yield threads.deferToThread(out.send, address, token)
+            final.append(out.descriptor(address, blob_id))
+        it = iter(final)
+        return encode_task(task, lambda _: next(it))
+
+    def run(self, task: TaskSpec) -> defer.Deferred:
+        """Submit ``task``; a Deferred firing with its int id, at once.
+
+        TaskSpecError / RecoveryLoopError / SerializationError (and TypeError
+        for something that is not a task) fail the Deferred when the task
+        cannot be submitted; nothing is sent then.  PlaitConnectionError once
+        the client is closed.
+        """
+        try:
+            self._check_open()
+            data, parts = self._encode(task)
+        except Exception:
+            return defer.fail()
+
+        @defer.inlineCallbacks
+        def go() -> Any:
+            wire = data
+            if any(not isinstance(p, bytes) for p in parts):
+                wire = yield self._upload(task, parts)
+            taskid = yield self._submitter.wait_for_id()
+            self._submitter.enqueue(taskid, wire)
+            return taskid
+
+        d = go()
+        self._submitter.track_run(d)
+        return d
+
+    def run_from_thread(self, task: TaskSpec) -> int:
+        """:meth:`run` for a thread other than the reactor's: returns the id.
+
+        The task is encoded in the calling thread and, unless it is large or
+        the reserved ids ran out, the reactor thread is not waited for.
+        """
+        self._check_open()
+        data, parts = self._encode(task)
+        if any(not isinstance(p, bytes) for p in parts):
+            data = _reactor.call(self._upload, task, parts)
+        taskid = self._submitter.take_id()
+        if taskid is None:
+            taskid = _reactor.call(self._submitter.wait_for_id)
+        self._submitter.enqueue(taskid, data)
+        return taskid
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PlaitConnectionError(f"this TaskClient was closed ({self._source}); "
+                                   f"connect a new one")
+
+    @asynchronous
+    def wait_for_send(self) -> defer.Deferred:
+        """Make sure every task submitted so far has reached the controller.
+
+        ``run`` returns before its task is sent (submissions travel in
+        batches); this sends what waits and fires with None once the
+        controller has them all.  Fails with TaskSubmissionError when some
+        could not be submitted since the last time (how many, and why), or
+        when the controller could not be reached to confirm.  Programs need
+        not call it before exiting: the process flushes every open client at
+        exit (waiting 10 s at most).
+        """
+        return self._submitter.drain()
+
+    @asynchronous
+    def close(self) -> defer.Deferred:
+        """:meth:`wait_for_send`, then close the connection; a Deferred firing with None.
+
+        The controller then drops the ids this client reserved and did not
+        use, and forgets its waiting calls; finished results stay there
+        until cleared.  Later calls fail with PlaitConnectionError; closing
+        again does nothing.  Fails as :meth:`wait_for_send` does (the client is
+        closed all the same).
+        """
+        if self._closed:
+            return defer.succeed(None)
+
+        @defer.inlineCallbacks
+        def shut(result: Any) -> Any:
+            if self._remote is not self._reference:  # a session: end it now
+                try:
+                    yield self._outcome("end_session")
+                except Exception:
+                    pass  # gone already (or an old controller): it ends with the connection
+            self._closed = True
+            self._submitter.close()
+            if hasattr(self._remote, "close"):
+                self._remote.close()  # the channel
+            if isinstance(result, Failure):
+                result.raiseException()  # what wait_for_send found
+
+        return self.wait_for_send().addBoth(shut)
+
+    # -- results -------------------------------------------------------------------------
+    def _result(self, data: bytes | None, keep: bool) -> Any:
+        """A TaskResult (or a Deferred of one) from an encoded record; None stays None."""
+        if data is None:
+            return None
+        record = decode_result(data)
+
+        def made(value: Any) -> TaskResult:
+            result = TaskResult(record, value)
+            if keep:
+                self._results[record.taskid] = result
+            return result
+
+        return defer.maybeDeferred(decode, record.payload).addCallback(made)
+
+    def _check_refused(self, ids: list[int]) -> None:
+        for taskid in ids:
+            error = self._submitter.refusal(taskid)
+            if error is not None:
+                raise error
+
+    @asynchronous
+    def get_task_result(self, taskid: int, block: bool = False) -> defer.Deferred:
+        """A Deferred firing with the :class:`TaskResult` of the task once
+        finished; with None at once while it is not (unless ``block``: then
+        it waits).  A failed task's result carries its failure: this fails
+        only with InvalidTaskID (an id never issued, or cleared),
+        TaskSubmissionError, PlaitConnectionError or SerializationError (a
+        value that cannot be unpickled here).
+        """
+        try:
+            _check_id(taskid)
+            self._check_refused([taskid])
+        except Exception:
+            return defer.fail()
+        if taskid in self._results:
+            return defer.succeed(self._results[taskid])
+        d = self._send("get_task_result", taskid, bool(block))
+        return d.addCallback(self._result, True)
+
+    @asynchronous
+    def get_task_results(self, taskids: Iterable[int], block: bool = False) -> defer.Deferred:
+        """A Deferred firing with the list of :class:`TaskResult` s of ``taskids``
+        (None where unfinished; with ``block``, once all are finished), in
+        one call.  Fails as :meth:`get_task_result` does."""
+        return self._results_of(taskids, block, keep=True)
+
+    def _results_of(self, taskids: Any, block: bool, keep: bool) -> defer.Deferred:
+        try:
+            ids = _id_list(taskids)
+            self._check_refused(ids)
+        except Exception:
+            return defer.fail()
+        missing = [t for t in dict.fromkeys(ids) if t not in self._results]
+        if not missing:
+            return defer.succeed([self._results[t] for t in ids])
+
+        def got(records: list) -> defer.Deferred:
+            ds = [defer.maybeDeferred(self._result, r, keep) for r in records]
+            return defer.gatherResults(ds, consumeErrors=True)
+
+        def assemble(results: list) -> list:
+            fetched = dict(zip(missing, results, strict=True))
+            return [fetched[t] if t in fetched else self._results[t] for t in ids]
+
+        d = self._send("get_task_results", missing, bool(block)).addCallback(got)
+        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        return d.addCallback(assemble)
+
+    # -- control ---------------------------------------------------------------------
+    @asynchronous
+    def barrier(self, taskids: int | Iterable[int]) -> defer.Deferred:
+        """A Deferred firing with None once every task in ``taskids`` (an id or
+        a list) has finished, whatever its outcome.
+
+        Fails at once with InvalidTaskID if an id is unknown (TypeError for
+        something that is not an id).  Tasks on an engine that dies finish
+        too (failed or retried), so this never hangs on a dead engine.
+        """
+        try:
+            ids = _id_list(taskids)
+            self._check_refused(ids)
+        except Exception:
+            return defer.fail()
+        pending = [t for t in ids if t not in self._results]
+        if not pending:
+            return defer.succeed(None)
+        return self._send("barrier", pending)
+
+    @asynchronous
+    def queue_status(self, verbose: bool = False) -> defer.Deferred:
+        """A Deferred firing with ``{state: count}`` over ``'scheduled'``,
+        ``'pending'``, ``'succeeded'``, ``'failed'`` and ``'aborted'`` (with
+        ``verbose``, ``{state: sorted list of ids}``), counting the tasks of
+        every client that are not cleared."""
+        return self._send("queue_status", bool(verbose))
+
+    @asynchronous
+    def abort(self, taskid: int) -> defer.Deferred:
+        """Abort a task that has not finished; a Deferred firing with None.
+
+        A scheduled task never runs; a running one's result is discarded.
+        Its result then says it was aborted (a TaskAborted failure).  Fails
+        with TaskAlreadyCompleted (an IndexError) for a task already
+        finished, InvalidTaskID for an unknown id."""
+        try:
+            _check_id(taskid)
+        except Exception:
+            return defer.fail()
+        return self._send("abort", taskid)
+
+    @asynchronous
+    def spin(self) -> defer.Deferred:
+        """Ask the scheduler for a pass; a Deferred firing with None (rarely
+        needed: property changes and engine arrivals start one by themselves)."""
+        return self._send("spin")
+
+    @asynchronous
+    def clear(self, taskids: int | Iterable[int] | None = None) -> defer.Deferred:
+        """Forget finished tasks (all, or ``taskids``) here and in the controller.
+
+        A Deferred firing with how many the controller forgot.  Fails with
+        ValueError when a listed task has not finished, InvalidTaskID for an
+        unknown id (nothing is forgotten then).
+        """
+        try:
+            ids = None if taskids is None else _id_list(taskids)
+        except Exception:
+            return defer.fail()
+
+        def forget(n: int) -> int:
+            if ids is None:
+                self._results.clear()
+            else:
+                for taskid in ids:
+                    self._results.pop(taskid, None)
+            self._submitter.forget(ids)
+            return n
+
+        return self._send("clear", ids is None, ids or []).addCallback(forget)
+
+    @asynchronous
+    def info(self) -> defer.Deferred:
+        """A Deferred firing with ``{'scheme': name, 'hwm': the high water mark
+        (None: adaptive), 'engines': how many now, 'marks': {engine id: its
+        current mark}}``."""
+        return self._send("info")
+
+    @asynchronous
+    def map(self, function: Any, *sequences: Any, chunksize: int | None = None,
+            **options: Any) -> defer.Deferred:
+        """A Deferred firing with ``list(map(function, *sequences))``, computed
+        by load-balanced tasks.
+
+        ``chunksize`` fixes the items per task (default: guided chunks);
+        ``options`` are task options (retries, clear_before, clear_after,
+        depend, timeout).  Fails with TypeError / ValueError for bad
+        arguments, else with the exception of the first chunk that failed
+        (the chunks already submitted are aborted and cleared when the map
+        fails before collecting them).  See :mod:`plait.kernel.client._taskmap`.
+        """
+        return map_tasks(self, function, sequences, chunksize, options)
+
+
+class BlockingRunMixin:
+    """``run`` of the blocking TaskClient (it encodes in the calling thread), and
+    ``with TaskClient() as tc:`` (closed at the end of the block)."""
+
+    _async: AsyncTaskClient
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()  # type: ignore[attr-defined]
+
+    def run(self, task: TaskSpec) -> int:
+        """Submit ``task`` (a StringTask or MapTask); returns its int id at once.
+
+        Raises TaskSpecError / RecoveryLoopError / SerializationError when
+        the task cannot be submitted (a bad attribute, a recovery loop,
+        something that cannot be pickled).  The result is fetched with
+        :meth:`get_task_result`; :meth:`barrier` waits for tasks to finish.
+        """
+        return self._async.run_from_thread(task)

@@ -1,0 +1,138 @@
+"""The load-balanced ``map`` of the TaskClient.
+
+``tc.map(f, *sequences)`` returns ``list(map(f, *sequences))`` computed on the
+engines by tasks.  One task per element would cost a message per element;
+one task per engine would not balance uneven work.  So the elements are cut
+into *chunks*, one :class:`~plait.kernel.client._tasks.MapTask` each (running
+:func:`~plait.kernel.engine.shipped.map_chunk` on its slices of the
+sequences, as the MultiEngine map does on its blocks), sized by
+*guided self-scheduling*: each chunk takes ``1 / (CHUNK_FACTOR * engines)``
+of the elements still left, so chunks start large (few messages for the
+bulk of the work) and shrink toward the end (the last ones are small, so
+whichever engine frees up first takes them and all engines finish close
+together).  No chunk is smaller than ``len / (TAIL_FRACTION * engines)``
+(nor than one element), which bounds the number of tasks to about
+``CHUNK_FACTOR * engines * (1 + ln(TAIL_FRACTION / CHUNK_FACTOR))``,
+whatever the length: about 15 tasks per engine.  ``chunksize=k`` makes
+every chunk ``k`` elements instead (``chunksize=1``: one task per element,
+the finest balance).
+
+The chunks are submitted together and collected with one call; a chunk that
+fails makes ``map`` raise its exception (the first failing chunk in element
+order) once every chunk has finished.  The tasks of a map are cleared from
+the controller once collected; when ``map`` fails before that (a chunk that
+cannot be submitted, a lost connection), the chunks already submitted are
+aborted and cleared before the error is raised, as far as the controller
+can still be reached.
+
+``tc.mapper(chunksize=None, **options)`` and ``@tc.parallel(...)`` give the
+:class:`~plait.kernel.client._mapping.Mapper` and
+:class:`~plait.kernel.client._mapping.ParallelFunction` both clients share.
+``options`` are the task options that make sense for a map: ``retries``,
+``clear_before``, ``clear_after``, ``depend`` and ``timeout``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+
+from plait.kernel.client._mapping import cut, sequences_of
+from plait.kernel.client._tasks import MapTask
+from plait.kernel.engine.shipped import map_chunk
+from plait.wire.serialized import Serialized
+
+#: Each chunk takes 1 / (CHUNK_FACTOR * engines) of the elements left.
+CHUNK_FACTOR = 4
+#: No chunk is smaller than len / (TAIL_FRACTION * engines) elements.
+TAIL_FRACTION = 64
+MAP_OPTIONS = ("retries", "clear_before", "clear_after", "depend", "timeout")
+
+
+def chunk_sizes(n: int, engines: int, chunksize: int | None = None) -> list[int]:
+    """The sizes of the chunks ``n`` elements are cut into (see the module doc)."""
+    if chunksize is not None:
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be an int >= 1, not {chunksize!r}")
+        return [min(chunksize, n - i) for i in range(0, n, chunksize)]
+    engines = max(1, engines)
+    smallest = max(1, n // (TAIL_FRACTION * engines))
+    sizes = []
+    left = n
+    while left > 0:
+        size = min(left, max(smallest, math.ceil(left / (CHUNK_FACTOR * engines))))
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def check_map_options(chunksize: int | None, options: dict) -> None:
+    """TypeError / ValueError unless these are options of a load-balanced map."""
+    if chunksize is not None:
+        chunk_sizes(1, 1, chunksize)  # validates
+    unknown = sorted(set(options) - set(MAP_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"unknown map option(s) {', '.join(unknown)}; map takes chunksize and "
+            f"{', '.join(MAP_OPTIONS)}"
+        )
+
+
+def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
+              chunksize: int | None, options: dict) -> defer.Deferred:
+    """(Twisted) A Deferred firing with ``list(map(function, *sequences))``.
+
+    ``client`` is an AsyncTaskClient.  Fails with TypeError / ValueError for
+    bad arguments (nothing is submitted then), else with the exception of the
+    first chunk that failed.
+    """
+    try:
+        check_map_options(chunksize, options)
+        seqs, length = sequences_of(function, sequences)
+    except Exception:
+        return defer.fail()
+    if not length:
+        return defer.succeed([])
+
+    @defer.inlineCallbacks
+    def go() -> Any:
+        engines = 1
+        if chunksize is None:
+            engines = (yield client.info())["engines"]
+        shipped = Serialized.of(function)  # pickled once for all the chunks
+        ids: list[int] = []
+        start = 0
+        try:
+            for size in chunk_sizes(length, engines, chunksize):
+                parts = [cut(s, start, start + size) for s in seqs]
+                ids.append((yield client.run(MapTask(map_chunk, (shipped, *parts), **options))))
+                start += size
+            results = yield client._results_of(ids, True, keep=False)
+        except BaseException:
+            yield _discard(client, ids)
+            raise
+        client.clear(ids).addErrback(lambda _: None)  # best effort: free the controller
+        values: list[Any] = []
+        for result in results:
+            result.raise_exception()
+            values.extend(result.results)
+        return values
+
+    return go()
+
+
+@defer.inlineCallbacks
+def _discard(client: Any, ids: list[int]) -> Any:
+    """Abort and clear the tasks ``ids`` of a map that failed; errors are ignored
+    (a task finished already, or the controller is out of reach)."""
+    if not ids:
+        return
+    aborts = [defer.maybeDeferred(client.abort, taskid) for taskid in ids]  # pipelined
+    yield defer.DeferredList(aborts, consumeErrors=True)
+    try:
+        yield client.clear(ids)
+    except Exception:
+        pass

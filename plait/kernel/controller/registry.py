@@ -1,0 +1,123 @@
+"""The engine registry: which engines are connected, their ids and properties."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from plait.interfaces.engine import IEngine, IEngineRegistry
+from plait.kernel.controller.queue import EngineQueue
+from plait.wire.errors import EngineError, InvalidEngineID
+
+
+class _Record:
+    __slots__ = ("engine", "uuid", "properties", "queue")
+
+    def __init__(self, engine: IEngine, uuid: str, properties: dict, queue: EngineQueue):
+        self.engine = engine
+        self.uuid = uuid
+        self.properties = properties
+        self.queue = queue
+
+
+@implementer(IEngineRegistry)
+class EngineRegistry:
+    """Engines by id.  Ids are 0, 1, 2 ... in registration order, never reused.
+
+    Observers (see :meth:`add_observer`) are told of registrations, departures
+    and property changes; the task scheduler is one.
+    """
+
+    log = Logger()
+
+    def __init__(self, queue_factory: Callable[[IEngine], EngineQueue] = EngineQueue):
+        self._records: dict[int, _Record] = {}
+        self._next_id = 0
+        self._observers: list[Any] = []
+        self._waiters: list[tuple[int, defer.Deferred]] = []
+        self._queue_factory = queue_factory
+
+    # -- membership -------------------------------------------------------
+    def register(self, engine: IEngine, uuid: str, properties: dict) -> int:
+        engine_id = self._next_id
+        self._next_id += 1
+        engine.id = engine_id
+        self._records[engine_id] = _Record(
+            engine, uuid, dict(properties), self._queue_factory(engine)
+        )
+        self.log.info("engine {id} registered (uuid {uuid})", id=engine_id, uuid=uuid)
+        self._notify("engine_added", engine_id)
+        self._wake_waiters()
+        return engine_id
+
+    def unregister(self, engine_id: int, reason: str = "unregistered") -> None:
+        record = self._records.pop(engine_id, None)
+        if record is None:
+            return
+        self.log.info("engine {id} removed: {reason}", id=engine_id, reason=reason)
+        record.queue.fail_all(EngineError(f"engine {engine_id} was lost: {reason}"))
+        self._notify("engine_removed", engine_id)
+
+    def get_ids(self) -> list[int]:
+        return sorted(self._records)
+
+    def __contains__(self, engine_id: int) -> bool:
+        return engine_id in self._records
+
+    def _record(self, engine_id: int) -> _Record:
+        try:
+            return self._records[engine_id]
+        except (KeyError, TypeError):
+            raise InvalidEngineID(
+                f"no engine with id {engine_id!r}; registered engines: {self.get_ids()}"
+            ) from None
+
+    def get_engine(self, engine_id: int) -> IEngine:
+        return self._record(engine_id).engine
+
+    def get_queue(self, engine_id: int) -> EngineQueue:
+        return self._record(engine_id).queue
+
+    def get_uuid(self, engine_id: int) -> str:
+        return self._record(engine_id).uuid
+
+    # -- properties -------------------------------------------------------
+    def get_properties(self, engine_id: int) -> dict:
+        return self._record(engine_id).properties
+
+    def set_properties(self, engine_id: int, properties: dict) -> None:
+        self._record(engine_id).properties = dict(properties)
+        self._notify("properties_changed", engine_id)
+
+    # -- observation ------------------------------------------------------
+    def add_observer(self, observer: Any) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Any) -> None:
+        self._observers.remove(observer)
+
+    def _notify(self, event: str, engine_id: int) -> None:
+        for observer in list(self._observers):
+            handler = getattr(observer, event, None)
+            if handler is None:
+                continue
+            try:
+                handler(engine_id)
+            except Exception:
+                self.log.failure("observer {obs!r} failed on {event}", obs=observer, event=event)
+
+    def wait_for_engines(self, n: int) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append((n, d))
+        self._wake_waiters()
+        return d
+
+    def _wake_waiters(self) -> None:
+        ready = [(n, d) for n, d in self._waiters if len(self._records) >= n]
+        for item in ready:
+            self._waiters.remove(item)
+            item[1].callback(self.get_ids())

@@ -1,0 +1,202 @@
+"""The controller: a Twisted service tree of plait's kernel services.
+
+``ControllerService`` owns the engine registry (with a queue per engine),
+the result store, the MultiEngine and Task services and the bulk data
+server.  It starts two foolscap Tubs, each with a certificate kept in the
+security folder: the *engine* Tub serves the engine FURL, the *client* Tub
+the client FURLs.  What each FURL grants is decided by
+:mod:`plait.adapters`.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+from zope.interface.interface import InterfaceClass
+
+from plait.adapters import Publication, default_publications
+from plait.kernel.controller.blobserver import BlobServer
+from plait.kernel.controller.multiengine import MultiEngine
+from plait.kernel.controller.registry import EngineRegistry
+from plait.kernel.controller.task import TaskController
+from plait.security import ProfileDirs, load_or_create_certificate, make_tub, write_private
+from plait.wire.bulk import parse_descriptor
+from plait.wire.channel import ChannelServer
+from plait.wire.serialize import is_bulk
+
+#: Seconds an unread blob is kept when nothing released it (a client went away).
+BLOB_LIFETIME = 24 * 3600
+
+
+@implementer(IStreamServerEndpoint)
+class _BoundEndpoint:
+    """A server endpoint over a socket we bound ourselves (so port 0 works)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def listen(self, factory: Any) -> defer.Deferred:
+        port = reactor.adoptStreamPort(self.sock.fileno(), self.sock.family, factory)
+        self.sock.close()  # Twisted holds its own duplicate of the descriptor
+        return defer.succeed(port)
+
+
+def _bind(ip: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((ip, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {ip}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _swissnum_from(furl_path: Path, tub_id: str) -> str | None:
+    """The secret of an existing FURL file written by the same tub, if any."""
+    try:
+        furl = furl_path.read_text().strip()
+    except OSError:
+        return None
+    if not furl.startswith(f"pb://{tub_id}@") or "/" not in furl[5:]:
+        return None
+    return furl.rsplit("/", 1)[1] or None
+
+
+class ControllerService(service.MultiService):
+    """The controller of one plait cluster.
+
+    After :meth:`startService`, :attr:`ready` fires with a dict of the FURL
+    file paths written.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        dirs: ProfileDirs,
+        ip: str = "127.0.0.1",
+        location: str | None = None,
+        client_port: int = 0,
+        engine_port: int = 0,
+        scheme: str | None = None,
+        hwm: int | None = None,
+        publications: list[Publication] | None = None,
+        engine_timeout: int = 30,
+        new_furls: bool = False,
+    ):
+        super().__init__()
+        self.dirs = dirs
+        self.ip = ip
+        self.location = location or ip
+        self.ports = {"client": client_port, "engine": engine_port}
+        self.publications = publications or default_publications()
+        self.new_furls = new_furls  # False: keep the secrets of existing FURL files
+        # Keepalives let the controller notice an engine whose host vanished; a
+        # killed engine is noticed at once, as its connection closes.
+        # (foolscap counts both in whole seconds; ipcontroller asks for >= 3)
+        self.engine_tub_options = {
+            "keepaliveTimeout": max(engine_timeout // 3, 1),
+            "disconnectTimeout": max(engine_timeout, 3),
+        }
+        self.registry = EngineRegistry()
+        self.multiengine = MultiEngine(
+            self.registry, stop_controller=self.stop_controller, release=self._release_payload
+        )
+        self.results = self.multiengine.results
+        self.task = self._make_task_service(scheme, hwm)
+        # Blobs live until read, or until the command or result holding them
+        # is dropped (see _release_payload); expiry only reclaims the ones a
+        # vanished client never fetched.
+        self.blobs = BlobServer(ip, advertised_host=self.location, expire_after=BLOB_LIFETIME)
+        self.tubs: dict[str, Any] = {}
+        self.channels: dict[str, ChannelServer] = {}
+        self.furls: dict[str, str] = {}
+        self.ready: defer.Deferred = defer.Deferred()
+
+    def _make_task_service(self, scheme: str | None, hwm: int | None) -> TaskController:
+        kwargs: dict[str, Any] = {}
+        if scheme is not None:
+            kwargs["scheme"] = scheme
+        if hwm is not None:
+            kwargs["hwm"] = hwm
+        return TaskController(self.registry, **kwargs)
+
+    def service_for(self, interface: InterfaceClass) -> Any:
+        """The service of this controller that provides ``interface``."""
+        for candidate in (self.registry, self.multiengine, self.task):
+            if interface.providedBy(candidate):
+                return candidate
+        raise LookupError(f"this controller has no service providing {interface.__name__}")
+
+    def startService(self) -> None:
+        super().startService()
+        self.blobs.start()
+        for name in ("engine", "client"):
+            cert = load_or_create_certificate(self.dirs.security / f"ipcontroller-{name}.pem")
+            options = self.engine_tub_options if name == "engine" else {}
+            tub = make_tub(cert, **options)
+            sock = _bind(self.ip, self.ports[name])
+            port = sock.getsockname()[1]
+            tub.listenOn(_BoundEndpoint(sock))
+            tub.setLocation(f"{self.location}:{port}")
+            tub.setServiceParent(self)
+            self.tubs[name] = tub
+            self.channels[name] = ChannelServer(cert, self.ip)
+            self.channels[name].start()
+            self.ports[name] = port
+        for pub in self.publications:
+            self._publish(pub)
+        self.log.info(
+            "controller listening on {ip}: client port {c}, engine port {e}, data port {d}",
+            ip=self.ip, c=self.ports["client"], e=self.ports["engine"], d=self.blobs.address[1],
+        )
+        self.ready.callback(dict(self.furls))
+
+    def _publish(self, pub: Publication) -> None:
+        tub = self.tubs[pub.listener]
+        path = self.dirs.furl_path(pub.furl_name)
+        kept = None if self.new_furls else _swissnum_from(path, tub.getTubID())
+        name = kept or base64.b32encode(
+            secrets.token_bytes(20)
+        ).decode().lower()
+        referenceable = pub.adapter(self.service_for(pub.service), self)
+        furl = tub.registerReference(referenceable, name=name)
+        write_private(path, furl + "\n")
+        self.furls[pub.furl_name] = str(path)
+
+    def stopService(self) -> defer.Deferred:
+        self.blobs.stop()
+        for channels in self.channels.values():
+            channels.stop()
+        return defer.maybeDeferred(super().stopService)
+
+    def _release_payload(self, payload: bytes, whole: bool) -> None:
+        """Free the blob of a bulk payload that will not be delivered (all of it,
+        or one reader's share)."""
+        if not is_bulk(payload):
+            return
+        try:
+            blob_id = parse_descriptor(payload).blob_id
+        except Exception:
+            return
+        if whole:
+            self.blobs.discard(blob_id)
+        else:
+            self.blobs.forfeit(blob_id)
+
+    def stop_controller(self) -> None:
+        """Stop the whole controller process soon (``kill(controller=True)``)."""
+        reactor.callLater(0.05, reactor.stop)

@@ -1,0 +1,565 @@
+"""The Task service of the controller: queue tasks, place them, retry, report.
+
+:class:`TaskController` implements :class:`~plait.interfaces.task.ITaskController`
+over an :class:`~plait.interfaces.engine.IEngineRegistry`, which it observes.
+
+Security
+--------
+A task's ``depend`` is a function the *controller* calls, in its own
+process and event loop.  Whoever may submit tasks (whoever holds the tc
+FURL) may therefore run any code in the controller, with the controller's
+account: that FURL is as powerful as the account itself.  This was already
+so in the original system; give the FURL only to those you would give that
+account.  (A ``depend`` that is slow also stalls the controller while it
+runs, for every client.)
+
+Life of a task
+--------------
+A client reserves ids (:meth:`TaskController.reserve`, see
+:mod:`plait.kernel.controller.taskids`) and submits tasks under them
+(:meth:`TaskController.submit`).  Each is decoded
+(:mod:`plait.wire.task`) and put in the ``scheduled`` state, behind
+every task that arrived before it.  A scheduling pass assigns it to an
+engine: it is then ``pending``, and the
+:class:`~plait.kernel.controller.dispatch.Dispatcher` sends it, with the other
+tasks the pass gave that engine, through the engine's
+:class:`~plait.interfaces.engine.IEngineQueue` (the queue the MultiEngine
+interface uses too).  The attempt ends (see the dispatcher's ``Ended``):
+
+* the engine ran it and it returned: the task has ``succeeded``;
+* it raised, or the engine was lost while running it (EngineError), or
+  its reply could not be read: the attempt failed.  While ``retries``
+  remain the task is scheduled again, avoiding the engines it failed on as
+  long as another engine that satisfies its depend is registered.  Once
+  they are spent the task has ``failed`` with the last failure; if it has
+  a ``recovery_task``, that is submitted as a new task first, and the
+  failed task's result names it (``recovery_taskid``; the recovery task's
+  result has ``recovery_of``);
+* it never reached the engine (a MultiEngine ``clear_queue``, or the
+  engine was lost while the task waited in its queue): not an attempt; the
+  task is scheduled again;
+* the engine was lost while the task was at the engine but may not have
+  been running (*suspect*: it was behind another command, or one of
+  several tasks sent together, whose engine runs them one by one): the
+  first time, it is scheduled again without counting an attempt; the
+  second time it counts as failed.  So an innocent task does not pay for a
+  neighbour that killed its engine, and a task that kills engines is caught
+  by its second kill.
+
+A task may carry a ``timeout``: if no engine has taken it that many seconds
+after its submission, it fails with DependencyTimeout.
+
+``abort`` ends a scheduled or pending task as ``aborted`` at once (a pending
+one cannot be interrupted: its engine finishes it and the value is dropped;
+if it was still waiting in the engine queue it is left out there).  Aborted
+tasks are counted under their own key ``aborted`` in ``queue_status``,
+beside the reference's four, so that the states are disjoint and add up to
+the number of tasks known.  Every task ends succeeded, failed or aborted;
+its :class:`~plait.wire.task.TaskResultRecord` is kept until
+``clear`` forgets it.  A task the controller cannot read (or whose depend
+cannot be evaluated at all) is not refused: it is recorded as ``failed``
+at once, its result saying why.
+
+Times come from ``clock`` (``time.time`` by default).  ``started`` is when
+the engine queue handed the last attempt to its engine; ``seconds`` (the
+result's ``duration``) is the run time the engine measured.
+
+Waiting
+-------
+A blocking call (``get_task_result(block=True)``, ``get_task_results``,
+``barrier``) is one :class:`_Waiter`: a count of the tasks it still waits
+for, listed on each of them, not a Deferred per task.  Cancelling its
+Deferred takes it off the tasks (the adapter cancels the calls of a client
+whose connection went away).
+
+Scheduling
+----------
+Waiting tasks live in a :class:`~plait.kernel.controller.scheduler.WaitingTasks`,
+keyed by *arrival* (a counter stamped at submission, kept by retries), so
+tasks start in the order they reached the controller, whatever ids their
+clients reserved.  They are grouped by depend and engines to avoid, depends
+evaluated once per engine and again when its properties change; a depend
+that raises anything counts as False.  A pass repeatedly takes the
+earliest task that an engine below its high water mark may run and lets
+the :class:`~plait.interfaces.task.IScheduler` choose among those engines;
+it stops at once when every engine is at its mark.  A scheduler that fails
+to choose (raises, or names an engine that was not offered) is logged and
+the task waits for the next pass; whatever the pass had planned is sent.
+Passes run on submission, completion, engine arrival and departure,
+property changes and ``spin``; a pass requested while one runs (a reply
+that fires synchronously) is folded into it.  See
+:mod:`plait.kernel.controller.scheduler` for the costs and the marks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from itertools import count
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from plait.interfaces.engine import IEngineRegistry
+from plait.interfaces.task import IScheduler, ITaskController
+from plait.kernel.controller.dispatch import Dispatcher, Ended, failure_payload
+from plait.kernel.controller.scheduler import (
+    DEFAULT_HWM,
+    DEFAULT_SCHEME,
+    WaitingTasks,
+    make_scheduler,
+)
+from plait.kernel.controller.taskids import TaskIds
+from plait.wire.errors import DependencyTimeout, InvalidTaskID, TaskAborted, TaskAlreadyCompleted
+from plait.wire.task import (
+    ABORTED,
+    FAILED,
+    PENDING,
+    SCHEDULED,
+    SUCCEEDED,
+    ControllerTask,
+    TaskResultRecord,
+    decode_task,
+    task_ids,
+)
+
+STATES = (SCHEDULED, PENDING, SUCCEEDED, FAILED, ABORTED)
+FINISHED = (SUCCEEDED, FAILED, ABORTED)
+
+log = Logger()
+
+
+class _Task:
+    """A task inside the controller, from submission until it is cleared."""
+
+    __slots__ = (
+        "taskid", "spec", "state", "retries_left", "failed_on", "attempt", "engine_id",
+        "engine_uuid", "submitted", "started", "record", "waiters", "recovery_of",
+        "suspicions", "seconds", "arrival", "expiry",
+    )
+
+    def __init__(self, taskid: int, spec: ControllerTask, submitted: float,
+                 recovery_of: int | None, arrival: int):
+        self.taskid = taskid
+        self.spec: ControllerTask | None = spec  # dropped once finished
+        self.state = SCHEDULED
+        self.retries_left = spec.retries
+        self.failed_on: list[int] = []
+        self.attempt = 0  # times handed to an engine
+        self.engine_id: int | None = None
+        self.engine_uuid: str | None = None
+        self.submitted = submitted
+        self.started: float | None = None
+        self.record: TaskResultRecord | None = None
+        self.waiters: list[_Waiter] | None = None
+        self.recovery_of = recovery_of
+        self.suspicions = 0  # engine losses that may not have been its fault
+        self.seconds: float | None = None  # the run time of the last attempt
+        self.arrival = arrival  # its place among the waiting tasks
+        self.expiry: Any = None  # the delayed call of its timeout
+
+
+class _Waiter:
+    """One blocking call: fires ``value()`` once every task in ``tasks`` has finished."""
+
+    __slots__ = ("tasks", "value", "left", "deferred")
+
+    def __init__(self, tasks: list[_Task], value: Callable[[], Any]):
+        self.tasks = tasks
+        self.value = value
+        self.left = len(tasks)
+        self.deferred: defer.Deferred = defer.Deferred(canceller=self._cancel)
+        for task in tasks:
+            if task.waiters is None:
+                task.waiters = []
+            task.waiters.append(self)
+
+    def one_finished(self) -> None:
+        self.left -= 1
+        if not self.left:
+            self.deferred.callback(self.value())
+
+    def _cancel(self, _: defer.Deferred) -> None:
+        for task in self.tasks:
+            if task.waiters and self in task.waiters:
+                task.waiters.remove(self)
+
+
+@implementer(ITaskController)
+class TaskController:
+    """Load-balanced task farming over the engines of ``registry``.
+
+    ``scheme`` and ``hwm`` choose the scheduler
+    (:func:`~plait.kernel.controller.scheduler.make_scheduler`: a built-in scheme, a
+    ``'module:function'`` scheme or a ``'module:Class'`` IScheduler);
+    ``scheduler`` gives one directly (any
+    :class:`~plait.interfaces.task.IScheduler`).  ``clock`` (an
+    ``IReactorTime``, the reactor by default) stamps the results and times
+    task timeouts; ``rng`` seeds the random schemes.
+
+    Every submitted task's ``depend`` runs here, in the controller's event
+    loop: see the module's security note.
+    """
+
+    def __init__(
+        self,
+        registry: IEngineRegistry,
+        scheme: str = DEFAULT_SCHEME,
+        hwm: int | None = DEFAULT_HWM,
+        *,
+        scheduler: IScheduler | None = None,
+        clock: Any = None,
+        rng: Any = None,
+    ):
+        self._now: Callable[[], float] = time.time if clock is None else clock.seconds
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self._clock = clock
+        if scheduler is None:
+            scheduler = make_scheduler(scheme, hwm, rng, clock=self._now)
+        self.scheduler = scheduler
+        self._registry = registry
+        self._dispatcher = Dispatcher(registry, self._now, self._attempt_ended, self._schedule)
+        self._ids = TaskIds()
+        self._tasks: dict[int, _Task] = {}
+        self._states: dict[str, dict[int, None]] = {state: {} for state in STATES}
+        self._waiting = WaitingTasks(self._properties)
+        self._queued: dict[int, _Task] = {}  # arrival -> task, for the tasks in _waiting
+        self._arrivals = count()
+        self._engines: set[int] = set()
+        self._passing = False
+        self._again = False
+        registry.add_observer(self)
+        for engine_id in registry.get_ids():
+            self.engine_added(engine_id)
+
+    # -- ITaskController -------------------------------------------------------
+    def reserve(self, n: int, owner: Any = None) -> int:
+        return self._ids.reserve(n, owner)
+
+    def submit(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None
+               ) -> list[tuple[int, str]]:
+        refused: list[tuple[int, str]] = []
+        for taskid, data in tasks:
+            reason = self._ids.take(taskid, owner)
+            if reason is not None:
+                refused.append((taskid, reason))
+                continue
+            self._accept(taskid, data, None)
+        self._schedule()
+        return refused
+
+    def release(self, owner: Any) -> int:
+        return self._ids.release(owner)
+
+    def get_task_result(self, taskid: int, block: bool = False) -> defer.Deferred:
+        try:
+            task = self._task(taskid)
+        except InvalidTaskID:
+            return defer.fail()
+        if not block:
+            return defer.succeed(task.record)
+        return self._wait([task], lambda: task.record)
+
+    def get_task_results(self, taskids: Iterable[int], block: bool = False) -> defer.Deferred:
+        try:
+            tasks = [self._task(i) for i in task_ids(taskids)]
+        except (InvalidTaskID, TypeError):
+            return defer.fail()
+        if not block:
+            return defer.succeed([t.record for t in tasks])
+        return self._wait(tasks, lambda: [t.record for t in tasks])
+
+    def barrier(self, taskids: int | Iterable[int]) -> defer.Deferred:
+        try:
+            tasks = [self._task(i) for i in task_ids(taskids)]
+        except (InvalidTaskID, TypeError):
+            return defer.fail()
+        return self._wait(tasks, lambda: None)
+
+    def abort(self, taskid: int) -> None:
+        task = self._task(taskid)
+        if task.state in FINISHED:
+            raise TaskAlreadyCompleted(f"task {taskid} already completed ({task.state})")
+        if task.state == SCHEDULED:
+            self._unqueue(task)
+            engine_id, reason = None, f"task {taskid} was aborted before it ran"
+        else:
+            engine_id = task.engine_id
+            reason = f"task {taskid} was aborted on engine {engine_id}; its result is discarded"
+        self._finish(task, ABORTED, failure_payload(TaskAborted(reason), engine_id))
+
+    def queue_status(self, verbose: bool = False) -> dict[str, Any]:
+        if verbose:
+            return {state: sorted(ids) for state, ids in self._states.items()}
+        return {state: len(ids) for state, ids in self._states.items()}
+
+    def spin(self) -> None:
+        self._waiting.refresh_all()
+        self._schedule()
+
+    def clear(self, taskids: int | Iterable[int] | None = None) -> int:
+        if taskids is None:
+            ids = [i for state in FINISHED for i in self._states[state]]
+        else:
+            ids = list(dict.fromkeys(task_ids(taskids)))
+            for i in ids:
+                task = self._task(i)
+                if task.state not in FINISHED:
+                    raise ValueError(
+                        f"task {i} is {task.state}: only finished tasks can be cleared"
+                    )
+        for i in ids:
+            task = self._tasks.pop(i)
+            del self._states[task.state][i]
+        return len(ids)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "scheme": str(getattr(self.scheduler, "name", type(self.scheduler).__name__)),
+            "hwm": getattr(self.scheduler, "hwm", None),
+            "engines": len(self._engines),
+            "marks": {e: self.scheduler.mark(e) for e in sorted(self._engines)},
+        }
+
+    # -- registry observer -------------------------------------------------------
+    def engine_added(self, engine_id: int) -> None:
+        """A new engine: offer it the waiting tasks its properties allow."""
+        self._engines.add(engine_id)
+        self.scheduler.add_engine(engine_id)
+        self._waiting.engine_added(engine_id)
+        self._schedule()
+
+    def engine_removed(self, engine_id: int) -> None:
+        """An engine left; its tasks fail through the queue (EngineError)."""
+        self._drop_engine(engine_id)
+        self._schedule()
+
+    def properties_changed(self, engine_id: int) -> None:
+        """Re-evaluate the depends of waiting tasks on this engine."""
+        self._waiting.refresh(engine_id)
+        self._schedule()
+
+    # -- submission ------------------------------------------------------
+    def _accept(self, taskid: int, data: bytes | ControllerTask, recovery_of: int | None
+                ) -> None:
+        """Submit a task under a fresh ``taskid``; whatever goes wrong, it is recorded."""
+        try:
+            spec = data if isinstance(data, ControllerTask) else decode_task(data)
+            task = _Task(taskid, spec, self._now(), recovery_of, next(self._arrivals))
+            self._enqueue(task)  # evaluates its depend: nothing is recorded if that fails
+        except BaseException as exc:  # noqa: B036 - even a SystemExit from user code
+            task = _Task(taskid, ControllerTask(b"?"), self._now(), recovery_of,
+                         next(self._arrivals))
+            self._tasks[taskid] = task
+            self._states[SCHEDULED][taskid] = None
+            self._finish(task, FAILED, failure_payload(exc, None))
+            return
+        self._tasks[taskid] = task
+        self._states[SCHEDULED][taskid] = None
+        if task.spec is not None and task.spec.timeout:
+            task.expiry = self._clock.callLater(task.spec.timeout, self._expire, task)
+
+    def _enqueue(self, task: _Task) -> None:
+        assert task.spec is not None
+        self._waiting.add(task.arrival, task.spec.depend_key, task.spec.depend, task.failed_on)
+        self._queued[task.arrival] = task
+
+    def _unqueue(self, task: _Task) -> None:
+        self._waiting.remove(task.arrival)
+        del self._queued[task.arrival]
+
+    def _requeue(self, task: _Task) -> None:
+        self._set_state(task, SCHEDULED)
+        self._enqueue(task)
+
+    def _expire(self, task: _Task) -> None:
+        """The task's timeout: fail it if no engine has taken it yet."""
+        task.expiry = None
+        if task.state == SCHEDULED and task.attempt == 0:
+            self._unqueue(task)
+            assert task.spec is not None
+            self._finish(task, FAILED, failure_payload(DependencyTimeout(
+                f"task {task.taskid} found no engine to run it within its timeout of "
+                f"{task.spec.timeout:g} s"), None))
+
+    def _drop_engine(self, engine_id: int) -> None:
+        if engine_id in self._engines:
+            self._engines.discard(engine_id)
+            self.scheduler.remove_engine(engine_id)
+            self._waiting.engine_removed(engine_id)
+
+    def _properties(self, engine_id: int) -> dict | None:
+        """The engine's properties; None if it left (the registry tells us soon)."""
+        try:
+            return self._registry.get_properties(engine_id)
+        except KeyError:
+            return None
+
+    # -- scheduling ------------------------------------------------------------------
+    def _schedule(self) -> None:
+        """Place waiting tasks; a call made during a pass makes it go on."""
+        if self._passing:
+            self._again = True
+            return
+        self._passing = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                self._assign_all()
+        except Exception:
+            log.failure("a scheduling pass failed; the waiting tasks wait for the next one")
+        finally:
+            self._passing = False
+
+    def _assign_all(self) -> None:
+        """Take runnable tasks in arrival order; send each engine its share at once."""
+        plan: dict[int, list[_Task]] = {}
+        fresh: dict[int, bool] = {}
+        uuids: dict[int, str] = {}
+        try:
+            while True:
+                ready = self.scheduler.available()
+                found = self._waiting.pop_runnable(ready) if ready else None
+                if found is None:
+                    break
+                arrival, candidates = found
+                task = self._queued.pop(arrival)
+                engine_id = self._choose(task, candidates)
+                if engine_id is None:  # the scheduler failed: try again next pass
+                    self._enqueue(task)
+                    break
+                if engine_id not in plan:
+                    try:
+                        uuids[engine_id] = self._registry.get_engine(engine_id).uuid
+                        self._registry.get_queue(engine_id)
+                    except KeyError:  # left, and the registry has not told us yet
+                        self._drop_engine(engine_id)
+                        self._enqueue(task)
+                        continue
+                    plan[engine_id] = []
+                    fresh[engine_id] = self.scheduler.load(engine_id) == 0
+                self._claim(task, engine_id, uuids[engine_id])
+                plan[engine_id].append(task)
+        finally:
+            for engine_id, tasks in plan.items():
+                self._dispatcher.send(engine_id, tasks, fresh[engine_id])
+
+    def _choose(self, task: _Task, candidates: set[int]) -> int | None:
+        """The scheduler's choice among ``candidates``; None (logged) if it fails."""
+        try:
+            engine_id = self.scheduler.choose(candidates)
+            if engine_id in candidates:
+                return engine_id
+            problem = f"chose {engine_id!r}, not one of the engines offered {sorted(candidates)}"
+        except BaseException as exc:  # noqa: B036 - user code must not stop scheduling
+            problem = f"raised {exc!r}"
+        log.error("the scheduler {scheduler!r} {problem} for task {taskid}; the task waits "
+                  "for the next scheduling pass", scheduler=self.scheduler, problem=problem,
+                  taskid=task.taskid)
+        return None
+
+    def _claim(self, task: _Task, engine_id: int, uuid: str) -> None:
+        """``task`` is now pending on ``engine_id`` (a new attempt)."""
+        self._set_state(task, PENDING)
+        task.attempt += 1
+        task.engine_id = engine_id
+        task.engine_uuid = uuid
+        task.started = None
+        task.seconds = None
+        if task.expiry is not None:
+            task.expiry.cancel()
+            task.expiry = None
+        self.scheduler.assigned(engine_id)
+
+    def _attempt_ended(self, task: _Task, engine_id: int, attempt: int, ended: Ended) -> None:
+        """The dispatcher's report: one attempt of ``task`` on ``engine_id`` is over."""
+        self.scheduler.finished(engine_id, ended.seconds)
+        self._waiting.slot_freed(engine_id)
+        if ended.engine_lost:  # keep retries off it (the registry may not know yet)
+            self._drop_engine(engine_id)
+        if task.state != PENDING or task.attempt != attempt:
+            return  # aborted meanwhile: the outcome is dropped
+        if ended.kind == "reply":
+            task.seconds = ended.seconds
+            if ended.ok:
+                self._finish(task, SUCCEEDED, ended.payload)
+            else:
+                self._attempt_failed(task, engine_id, ended.payload)
+        elif ended.kind == "never_ran":
+            self._requeue(task)
+        elif ended.kind == "suspect" and task.suspicions == 0:
+            task.suspicions += 1  # it may never have started: run it again, freely
+            self._requeue(task)
+        else:  # failed, or under suspicion a second time
+            self._attempt_failed(task, engine_id, ended.payload)
+
+    def _attempt_failed(self, task: _Task, engine_id: int, failure: bytes) -> None:
+        assert task.spec is not None
+        task.failed_on.append(engine_id)
+        if task.retries_left > 0:
+            task.retries_left -= 1
+            self._requeue(task)
+            return
+        recovery_id = None
+        if task.spec.recovery is not None:
+            recovery_id = self._ids.issue()
+            self._accept(recovery_id, task.spec.recovery, task.taskid)
+        self._finish(task, FAILED, failure, recovery_id)
+
+    # -- endings -----------------------------------------------------------------------
+    def _finish(
+        self, task: _Task, state: str, payload: bytes, recovery_id: int | None = None
+    ) -> None:
+        self._set_state(task, state)
+        task.record = TaskResultRecord(
+            taskid=task.taskid,
+            status=state,
+            payload=payload,
+            engineid=task.engine_id,
+            engine_uuid=task.engine_uuid,
+            submitted=task.submitted,
+            started=task.started,
+            completed=self._now(),
+            attempts=task.attempt,
+            failed_on=list(task.failed_on),
+            recovery_taskid=recovery_id,
+            recovery_of=task.recovery_of,
+            seconds=task.seconds,
+        )
+        task.spec = None
+        if task.expiry is not None:
+            task.expiry.cancel()
+            task.expiry = None
+        waiters, task.waiters = task.waiters, None
+        for waiter in waiters or ():
+            waiter.one_finished()
+
+    def _wait(self, tasks: list[_Task], value: Callable[[], Any]) -> defer.Deferred:
+        """A Deferred firing with ``value()`` once every task in ``tasks`` has finished."""
+        unfinished = list({id(t): t for t in tasks if t.record is None}.values())
+        if not unfinished:
+            return defer.succeed(value())
+        return _Waiter(unfinished, value).deferred
+
+    # -- helpers -----------------------------------------------------------------------
+    def _set_state(self, task: _Task, state: str) -> None:
+        del self._states[task.state][task.taskid]
+        self._states[state][task.taskid] = None
+        task.state = state
+
+    def _task(self, taskid: int) -> _Task:
+        try:
+            task = None if isinstance(taskid, bool) else self._tasks.get(taskid)
+        except TypeError:  # unhashable
+            task = None
+        if task is None:
+            raise InvalidTaskID(
+                f"no task with id {taskid!r}: never submitted, or its result was cleared"
+            )
+        return task

@@ -1,0 +1,247 @@
+"""The engine process: a Twisted client of the controller that runs user code.
+
+User code runs in the process's main thread (so that signals, matplotlib and
+friends behave as in a normal script); the reactor runs in a background
+thread, where it keeps answering the controller's keepalives however long
+user code runs.
+
+Commands arrive one of two ways, and both end in :meth:`Engine.call`, which
+runs them in the main thread (:class:`~plait.kernel.engine.commands.Commands`):
+
+* on the engine's command channel (:class:`~plait.wire.channel.BlockingChannel`),
+  which the main thread itself serves: read a request, run it, answer;
+* through foolscap (an engine started with ``--no-channel``, or whose
+  channel could not be opened): :class:`~plait.adapters.engine_server.FoolscapEngine`
+  receives them in the reactor thread and :class:`MainThreadExecutor` hands
+  them to the main thread, one at a time, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import uuid as uuid_module
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from plait.adapters.engine_server import FoolscapEngine
+from plait.interfaces.engine import IEngineServer
+from plait.kernel.engine.commands import Commands, Reply
+from plait.kernel.engine.interpreter import Interpreter
+from plait.security import make_tub
+from plait.wire.channel import BlockingChannel, channel_address
+from plait.wire.errors import ChannelClosed
+from plait.wire.serialize import dumps_plain
+
+#: Seconds an engine waits for its controller to accept it.
+REGISTRATION_TIMEOUT = 60
+
+log = Logger()
+
+
+class MainThreadExecutor:
+    """Runs callables in the thread that calls :meth:`run_forever`.
+
+    :meth:`submit` may be called from the reactor thread; it returns a
+    Deferred that fires (in the reactor thread) with the callable's result.
+    The callable must not raise: engine handlers return replies.
+    """
+
+    _STOP = object()
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._queue.put((fn, args, d))
+        return d
+
+    def stop(self) -> None:
+        self._queue.put(self._STOP)
+
+    def run_forever(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._STOP:
+                return
+            fn, args, d = item
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # a handler bug; keep the engine alive
+                result = exc
+                reactor.callFromThread(d.errback, exc)
+                continue
+            reactor.callFromThread(d.callback, result)
+
+
+@implementer(IEngineServer)
+class Engine:
+    """One engine: connects, registers, serves commands until told to stop."""
+
+    def __init__(self, furl: str, properties: dict | None = None,
+                 on_registered: Callable[[int], None] | None = None, channel: bool = True):
+        self.furl = furl
+        self.uuid = str(uuid_module.uuid4())
+        self.interpreter = Interpreter(properties=properties)
+        self.commands = Commands(self.interpreter, self._open_upload, self._properties_changed)
+        self.executor = MainThreadExecutor()
+        self.remote_self = FoolscapEngine(self)
+        self.registrar: Any = None
+        self.session: Any = None  # this engine's RIEngineSession, once registered
+        self.channel: Any = None
+        self.id: int | None = None
+        self.on_registered = on_registered
+        self.want_channel = channel
+        self.exit_code = 0
+        self.stopping = False
+        self.error: str | None = None
+
+    # -- reactor thread -----------------------------------------------------
+    @defer.inlineCallbacks
+    def _join(self) -> Any:
+        """Reach the registrar and get a channel ticket (``None``: no channel)."""
+        # An engine's own Tub probes a silent controller and gives up on it
+        # after a minute, so that an engine whose controller's host vanished
+        # exits instead of waiting for ever.
+        self.tub = make_tub(keepaliveTimeout=15, disconnectTimeout=60)
+        self.tub.startService()
+        d = self.tub.getReference(self.furl)
+        self.registrar = yield d.addTimeout(REGISTRATION_TIMEOUT, reactor)
+        self.registrar.notifyOnDisconnect(self._controller_lost)
+        if not self.want_channel:
+            return None
+        try:
+            ticket = yield self.registrar.callRemote("open_channel")
+        except Exception as exc:
+            log.warn("no command channel ({e}); commands will travel on foolscap", e=exc)
+            ticket = None
+        return ticket
+
+    def _register(self, token: bytes) -> defer.Deferred:
+        d = self.registrar.callRemote(
+            "register_engine", self.remote_self, self.uuid,
+            dumps_plain(self.interpreter.properties, "the engine's properties"), token,
+        )
+
+        def registered(answer: tuple) -> int:
+            self.id, self.session = answer
+            return self.id
+
+        return d.addTimeout(REGISTRATION_TIMEOUT, reactor).addCallback(registered)
+
+    def _controller_lost(self, *args: Any) -> None:
+        if not self.stopping:
+            log.info("the controller went away; engine {id} exits", id=self.id)
+        self.shutdown(0)
+
+    def shutdown(self, code: int = 0) -> None:
+        """Stop serving (from any thread); :meth:`run` then returns ``code``."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.exit_code = code
+        self.executor.stop()
+        if self.channel is not None:
+            self.channel.close()
+
+    # -- IEngineServer ------------------------------------------------------
+    def call(self, method: str, args: tuple) -> Reply | bool | None:
+        """Run a command in this (the main) thread; see :class:`IEngineServer`."""
+        if method == "kill":
+            self.kill()
+            return None
+        if method == "ping":
+            return True
+        return self.commands.run(method, args)
+
+    def submit(self, method: str, args: tuple) -> defer.Deferred:
+        """(reactor thread) Have the main thread run :meth:`call`."""
+        return self.executor.submit(self.call, method, args)
+
+    def kill(self) -> None:
+        """Exit soon (any thread): the answer to ``kill`` leaves first."""
+        reactor.callFromThread(reactor.callLater, 0.01, hard_exit, 0)
+
+    # -- what commands need -------------------------------------------------
+    def _open_upload(self, size: int, readers: int) -> tuple[bytes, bytes, Any]:
+        """(main thread) Reserve a blob on the controller's data port."""
+        return blockingCallFromThread(
+            reactor, self.session.callRemote, "open_upload", size, readers
+        )
+
+    def _properties_changed(self, props: dict) -> None:
+        """(main thread) User code changed the properties: tell the controller."""
+        reactor.callFromThread(self.sync_properties, props)
+
+    def sync_properties(self, props: dict) -> None:
+        """Send properties changed by user code to the controller."""
+        if self.session is not None:
+            self.session.callRemote("set_properties", dumps_plain(props)).addErrback(
+                lambda f: log.failure("could not sync properties", f)
+            )
+
+    # -- main thread --------------------------------------------------------
+    def _connect(self) -> bool:
+        """Join the controller; True once registered.  Sets :attr:`error`."""
+        where = self.furl.split("@")[-1].split("/")[0]
+        try:
+            ticket = blockingCallFromThread(reactor, self._join)
+            token = b""
+            if ticket is not None:
+                tub_id, host = channel_address(self.furl)
+                try:
+                    self.channel = BlockingChannel.open(host, ticket[1], ticket[0], tub_id)
+                    token = ticket[0]
+                except ChannelClosed as exc:
+                    log.warn("no command channel ({e}); commands will travel on foolscap", e=exc)
+            self.id = blockingCallFromThread(reactor, self._register, token)
+        except Exception as exc:
+            self.error = f"could not register with the controller at {where}: {exc}"
+            log.error("{msg}", msg=self.error)
+            return False
+        self.interpreter.engine_id = self.id
+        log.info("registered as engine {id}", id=self.id)
+        if self.on_registered is not None:
+            self.on_registered(self.id)
+        return True
+
+    def run(self) -> int:
+        """Start the reactor thread, register, and serve until stopped.
+
+        Commands arrive on the channel, served right here; without one they
+        come through foolscap and :class:`MainThreadExecutor`.
+        """
+        thread = threading.Thread(
+            target=reactor.run, kwargs={"installSignalHandlers": False},
+            name="plait-reactor", daemon=True,
+        )
+        thread.start()
+        try:
+            if not self._connect():
+                return 2
+            if self.channel is not None:
+                self.channel.serve(self.remote_self, self.call)
+                self.shutdown(self.exit_code)
+            else:
+                self.executor.run_forever()
+        except KeyboardInterrupt:
+            self.exit_code = 130
+        return self.exit_code
+
+
+def hard_exit(code: int) -> None:
+    """Leave now: flush what can be flushed, skip interpreter teardown."""
+    for stream in ("stdout", "stderr"):
+        try:
+            getattr(sys, stream).flush()
+        except Exception:
+            pass
+    os._exit(code)

@@ -1,0 +1,141 @@
+"""The engine side of the Task service: running a batch of tasks.
+
+The controller sends an engine a :class:`~plait.wire.task.TaskBatch`
+(one or more serialized engine parts) through ``run_task``; the engine's
+interpreter hands it to :func:`run_batch`, in the engine's main thread.
+The tasks run one after another, each timed and isolated: a task that
+raises (even SystemExit or KeyboardInterrupt) fails alone and the next one
+runs.  The answer is the batch reply, one ``(ok, payload, seconds, stash)``
+entry per task:
+
+* ``ok`` True: ``payload`` is the task's value, serialized (what a reply
+  to a single command would carry); ``ok`` False: a serialized
+  :class:`~plait.wire.errors.RemoteFailure`;
+* ``seconds``: how long the task ran here (``time.perf_counter``);
+* the whole reply must travel inline, so its payloads share a budget of
+  :data:`REPLY_BUDGET` bytes.  A payload that does not fit is kept here
+  under a random ``stash`` key (its ``payload`` is None) until the
+  controller fetches it with a :class:`~plait.wire.task.StashFetch`,
+  as a command of its own whose reply can use the bulk data channel.
+
+Stashed values live until fetched (the controller fetches every one it is
+told about, again if the fetch is cleared from the engine's queue), or until
+the engine exits.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from plait.wire import bulk as _bulk
+from plait.wire.errors import SerializationError
+from plait.wire.serialize import INLINE_LIMIT, deserialize, is_bulk, pack_framed, serialize_parts
+from plait.wire.serialized import Serialized
+from plait.wire.task import BatchItem, EngineTask, StashFetch, TaskBatch
+
+#: Bytes of payloads one batch reply may carry; larger ones are stashed.
+REPLY_BUDGET = INLINE_LIMIT // 2
+
+_stash: dict[bytes, Any] = {}
+
+
+class Interpreter(Protocol):
+    """What :func:`run_on_engine` needs of the engine's interpreter."""
+
+    def reset(self) -> None: ...
+
+    def push(self, namespace: dict) -> None: ...
+
+    def pull(self, keys: list[str]) -> list: ...
+
+    def execute(self, lines: str) -> dict: ...
+
+    def apply(self, function: Callable[..., Any], args: tuple, kwargs: dict) -> Any: ...
+
+    def failure_payload(self, exc: BaseException, method: str) -> bytes: ...
+
+
+def run_on_engine(interpreter: Interpreter, task: Any) -> Any:
+    """Run what the controller sent through ``run_task`` on an engine.
+
+    A :class:`TaskBatch` gives its batch reply and a :class:`StashFetch` the
+    value kept back; anything else is a SerializationError.
+    """
+    if isinstance(task, TaskBatch):
+        return run_batch(interpreter, task)
+    if isinstance(task, StashFetch):
+        return take_stashed(task.key)
+    raise SerializationError(f"not a task payload: {type(task).__name__}")
+
+
+def run_engine_task(interpreter: Interpreter, task: EngineTask) -> Any:
+    """Run ``task`` on an engine: clear_before, push, execute or apply, pull, clear_after.
+
+    Returns the ``{name: value}`` dict of ``pull`` for a string task, the
+    function's return value for a map task.  Exceptions from user code
+    propagate; the namespace is cleared afterwards (``clear_after``) even then.
+    """
+    if task.clear_before:
+        interpreter.reset()
+    try:
+        if task.push:
+            interpreter.push(task.push)
+        if task.kind == "map":
+            return interpreter.apply(task.function, task.args, task.kwargs)
+        interpreter.execute(task.expression)
+        names = list(task.pull)
+        return dict(zip(names, interpreter.pull(names), strict=True)) if names else {}
+    finally:
+        if task.clear_after:
+            interpreter.reset()
+
+
+def _load(payload: bytes) -> EngineTask:
+    task = _bulk.fetch(payload) if is_bulk(payload) else deserialize(payload)
+    if not isinstance(task, EngineTask):
+        raise TypeError(f"not a task payload: {type(task).__name__}")
+    return task
+
+
+def _keep(obj: Any) -> bytes:
+    key = secrets.token_bytes(16)
+    _stash[key] = obj
+    return key
+
+
+def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
+    """Run every task of ``batch`` in order; return the batch reply (never raises)."""
+    replies: list[BatchItem] = []
+    budget = REPLY_BUDGET
+    for payload in batch.payloads:
+        start = time.perf_counter()
+        try:
+            value = run_engine_task(interpreter, _load(payload))
+            seconds = time.perf_counter() - start
+            head, buffers = serialize_parts(value)
+            size = len(head) + sum(memoryview(b).nbytes for b in buffers)
+            if size + 64 > budget:
+                replies.append((True, None, seconds, _keep(value)))
+                continue
+            data = pack_framed(head, buffers)
+            ok = True
+        except BaseException as exc:  # noqa: B036 - a task may not end the engine
+            seconds = time.perf_counter() - start
+            ok, data = False, interpreter.failure_payload(exc, "run_task")
+            if len(data) > budget:
+                replies.append((False, None, seconds, _keep(Serialized(data))))
+                continue
+        budget -= len(data)
+        replies.append((ok, data, seconds, None))
+    return replies
+
+
+def take_stashed(key: bytes) -> Any:
+    """The value stashed under ``key``, forgotten here; KeyError when unknown."""
+    try:
+        return _stash.pop(key)
+    except (KeyError, TypeError):
+        raise KeyError("this engine holds no task value under that key") from None
