@@ -1,7 +1,8 @@
 """plait: interactive parallel computing for Python.
 
-The user-facing API lives in :mod:`plait.kernel.client`.  ``%load_ext plait`` in
-IPython loads the parallel magics (``%px``, ``%autopx``, ``%result``).
+The user-facing API lives in :mod:`plait.kernel.client`.  ``%load_ext plait``
+in IPython loads the parallel magics (``%px``, ``%autopx``, ``%result``).
+How the code is laid out, and its rules: :mod:`plait.kernel`.
 """
 
 __version__ = "0.1.0"

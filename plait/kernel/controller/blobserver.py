@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from plait.wire import bulk as wire
+from plait.wire.errors import BulkError
+from plait.wire.serialize import is_bulk
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +192,21 @@ class BlobServer:
             finished = blob.completed >= blob.readers and not blob.dead
         if finished:
             self._kill(blob, "no reader left", reusable=blob.downloads == 0)
+
+    def release_payload(self, payload: bytes, whole: bool) -> None:
+        """A payload will not be delivered: if it names a blob here, free it
+        (``whole``) or give up one reader's share of it.  Inline payloads and
+        malformed descriptors are ignored."""
+        if not is_bulk(payload):
+            return
+        try:
+            blob_id = wire.parse_descriptor(payload).blob_id
+        except BulkError:
+            return
+        if whole:
+            self.discard(blob_id)
+        else:
+            self.forfeit(blob_id)
 
     def expire(self, now: float | None = None) -> int:
         """Free the blobs idle for ``expire_after`` seconds; return how many.

@@ -29,9 +29,7 @@ from plait.kernel.controller.multiengine import MultiEngine
 from plait.kernel.controller.registry import EngineRegistry
 from plait.kernel.controller.task import TaskController
 from plait.security import ProfileDirs, load_or_create_certificate, make_tub, write_private
-from plait.wire.bulk import parse_descriptor
 from plait.wire.channel import ChannelServer
-from plait.wire.serialize import is_bulk
 
 #: Seconds an unread blob is kept when nothing released it (a client went away).
 BLOB_LIFETIME = 24 * 3600
@@ -112,15 +110,15 @@ class ControllerService(service.MultiService):
             "disconnectTimeout": max(engine_timeout, 3),
         }
         self.registry = EngineRegistry()
+        # Blobs live until read, or until the command or result holding them
+        # is dropped (BlobServer.release_payload); expiry only reclaims the
+        # ones a vanished client never fetched.
+        self.blobs = BlobServer(ip, advertised_host=self.location, expire_after=BLOB_LIFETIME)
         self.multiengine = MultiEngine(
-            self.registry, stop_controller=self.stop_controller, release=self._release_payload
+            self.registry, stop_controller=self.stop_controller, release=self.blobs.release_payload
         )
         self.results = self.multiengine.results
         self.task = self._make_task_service(scheme, hwm)
-        # Blobs live until read, or until the command or result holding them
-        # is dropped (see _release_payload); expiry only reclaims the ones a
-        # vanished client never fetched.
-        self.blobs = BlobServer(ip, advertised_host=self.location, expire_after=BLOB_LIFETIME)
         self.tubs: dict[str, Any] = {}
         self.channels: dict[str, ChannelServer] = {}
         self.furls: dict[str, str] = {}
@@ -182,20 +180,6 @@ class ControllerService(service.MultiService):
         for channels in self.channels.values():
             channels.stop()
         return defer.maybeDeferred(super().stopService)
-
-    def _release_payload(self, payload: bytes, whole: bool) -> None:
-        """Free the blob of a bulk payload that will not be delivered (all of it,
-        or one reader's share)."""
-        if not is_bulk(payload):
-            return
-        try:
-            blob_id = parse_descriptor(payload).blob_id
-        except Exception:
-            return
-        if whole:
-            self.blobs.discard(blob_id)
-        else:
-            self.blobs.forfeit(blob_id)
 
     def stop_controller(self) -> None:
         """Stop the whole controller process soon (``kill(controller=True)``)."""

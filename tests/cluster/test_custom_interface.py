@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 import pytest
 
-from conftest import Cluster, make_env
 from plait.kernel.client import _reactor
 from plait.security import client_tub
+from support import TESTS
+from support.cluster import Cluster, make_env, wait_for_engines
 
-PLUGINS = str(Path(__file__).parent / "plugins")
+PLUGINS = str(TESTS / "plugins")
 
 
 def test_custom_interface_is_published_beside_the_others(tmp_path):
@@ -38,9 +38,8 @@ def test_custom_interface_is_published_beside_the_others(tmp_path):
             for _ in range(2)
         ]
         mec = c.mec()
-        from test_cluster import _wait_for_engines
 
-        assert _wait_for_engines(mec, 2) == [0, 1]
+        assert wait_for_engines(mec, 2) == [0, 1]
         census = _reactor.call(client_tub().getReference, census_file.read_text().strip())
         assert _reactor.call(census.callRemote, "count") == 2
         uuids = _reactor.call(census.callRemote, "uuids")

@@ -9,7 +9,6 @@ TaskController and adapter.
 from __future__ import annotations
 
 import pytest
-from test_task_service import Cluster, fired, pending
 from twisted.internet import defer
 
 from plait.adapters.task import FoolscapTaskController, TaskSession
@@ -17,6 +16,7 @@ from plait.interfaces.task import MAX_RESERVE
 from plait.kernel.controller.taskids import TaskIds
 from plait.wire.serialize import deserialize
 from plait.wire.task import TaskSpec, encode_task
+from support.fakes import TaskHarness, fired, pending
 
 DATA = encode_task(TaskSpec.string("t"))
 
@@ -71,7 +71,7 @@ def test_bad_reservations_are_refused(n):
 
 # -- the controller ---------------------------------------------------------------------------
 def test_a_cleared_id_is_never_used_again():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     first = cluster.tc.reserve(4)
     assert cluster.tc.submit([(first, DATA)]) == []
     cluster.engines[0].reply()
@@ -81,7 +81,7 @@ def test_a_cleared_id_is_never_used_again():
 
 
 def test_ids_reserved_by_another_client_are_refused():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     alice, bob = object(), object()
     theirs = cluster.tc.reserve(4, alice)
     cluster.tc.reserve(4, bob)
@@ -91,7 +91,7 @@ def test_ids_reserved_by_another_client_are_refused():
 
 
 def test_tasks_start_in_arrival_order_whatever_their_ids():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     early_block = cluster.tc.reserve(100, "early")
     late_block = cluster.tc.reserve(100, "late")
     cluster.tc.submit([(late_block, named("busy"))], "late")
@@ -106,7 +106,7 @@ def test_tasks_start_in_arrival_order_whatever_their_ids():
 
 
 def test_a_released_owner_cannot_submit_its_leftover_ids():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     first = cluster.tc.reserve(8, "gone")
     assert cluster.tc.release("gone") == 8
     [(taskid, reason)] = cluster.tc.submit([(first, DATA)], "gone")
@@ -122,13 +122,13 @@ def outcome(d: defer.Deferred):
     return value
 
 
-def adapter(cluster: Cluster) -> tuple[FoolscapTaskController, TaskSession, TaskSession]:
+def adapter(cluster: TaskHarness) -> tuple[FoolscapTaskController, TaskSession, TaskSession]:
     published = FoolscapTaskController(cluster.tc)
     return published, TaskSession(cluster.tc), TaskSession(cluster.tc)
 
 
 def test_each_session_owns_its_ids():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     _, alice, bob = adapter(cluster)
     theirs = outcome(alice.remote_reserve(4))
     refused = outcome(bob.remote_submit([(theirs, DATA)]))
@@ -137,7 +137,7 @@ def test_each_session_owns_its_ids():
 
 
 def test_a_closed_session_frees_its_ids_and_forgets_its_waiting_calls():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     _, session, _ = adapter(cluster)
     first = outcome(session.remote_reserve(10))
     outcome(session.remote_submit([(first, named("a")), (first + 1, named("b"))]))
@@ -157,7 +157,7 @@ def test_a_closed_session_frees_its_ids_and_forgets_its_waiting_calls():
 
 
 def test_a_barrier_is_one_waiter_whatever_the_number_of_tasks():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     ids = [cluster.run(f"t{i}") for i in range(50)]
     d = cluster.tc.barrier(ids + ids)  # duplicates count once
     waiters = {id(w) for i in ids for w in cluster.tc._tasks[i].waiters}
@@ -170,7 +170,7 @@ def test_a_barrier_is_one_waiter_whatever_the_number_of_tasks():
 
 
 def test_a_bad_follower_does_not_lose_the_tasks_submitted_with_it():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     _, session, _ = adapter(cluster)
     first = outcome(session.remote_reserve(4))
     cases = [("get_task_result", [2**70]), ("open_channel", []), ("barrier", ["x"])]
@@ -184,7 +184,7 @@ def test_a_bad_follower_does_not_lose_the_tasks_submitted_with_it():
 
 
 def test_sessions_cannot_open_sessions_or_channels():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     _, session, _ = adapter(cluster)
     with pytest.raises(RuntimeError, match="session already"):
         session.remote_open_channel()
@@ -200,7 +200,7 @@ def test_a_foolscap_session_ends_when_its_client_disconnects():
         def notifyOnDisconnect(self, callback, *args):  # noqa: N802 - foolscap's name
             self.on_disconnect.append(callback)
 
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     published, _, _ = adapter(cluster)
     listener = Listener()
     session = published.remote_open_session(listener)
@@ -214,7 +214,7 @@ def test_a_foolscap_session_ends_when_its_client_disconnects():
 
 
 def test_a_client_ends_its_session_itself_but_not_the_published_object():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     published, session, _ = adapter(cluster)
     outcome(session.remote_reserve(4))
     assert outcome(session.remote_end_session()) is None

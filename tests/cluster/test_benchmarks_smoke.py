@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+
 RUN = ROOT / "benchmarks" / "run.py"
 
 LABELS = [

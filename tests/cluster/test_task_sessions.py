@@ -17,10 +17,10 @@ import time
 import cloudpickle
 import pytest
 
-from conftest import PYTHON
 from plait.kernel import client
 from plait.kernel.client._reactor import call
 from plait.wire.task import encode_task
+from support.cluster import PYTHON
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from plait.kernel import client
+from support.cluster import make_env, run_cmd, wait_exit, wait_for_engines
 
 
 def _pids(mec) -> list[int]:
@@ -59,12 +60,11 @@ def test_engine_answers_keepalives_while_user_code_runs(cluster_factory):
 
 
 def test_engines_exit_when_controller_is_killed(cluster_factory):
-    from test_cluster import _wait_exit
 
     c = cluster_factory(2)
     state = c.state()
     os.kill(state["controller"], signal.SIGKILL)
-    assert all(_wait_exit(p, 10) for p in state["engines"])
+    assert all(wait_exit(p, 10) for p in state["engines"])
 
 
 def test_client_reports_a_lost_controller(cluster_factory):
@@ -80,8 +80,6 @@ def test_engine_without_channel_is_driven_through_foolscap(cluster_factory):
     import subprocess
     import sys
 
-    from test_cluster import _wait_for_engines
-
     c = cluster_factory(1)
     extra = subprocess.Popen(
         [sys.executable, "-m", "plait.scripts.ipengine", "--no-channel"], env=c.env,
@@ -89,7 +87,7 @@ def test_engine_without_channel_is_driven_through_foolscap(cluster_factory):
     )
     try:
         mec = c.mec()
-        assert _wait_for_engines(mec, 2) == [0, 1]
+        assert wait_for_engines(mec, 2) == [0, 1]
         mec.execute("import os; pid = os.getpid(); print('hi')")
         r = mec.execute("print(pid == os.getpid())", targets=1)
         assert r[0]["stdout"] == "True\n"
@@ -120,7 +118,6 @@ def test_kill_stops_an_engine_stuck_in_user_code(cluster_factory):
 
 @pytest.mark.parametrize("value, message", [("2", "at least 3 seconds"), ("x", "not a whole number")])
 def test_engine_timeout_too_short_is_refused(tmp_path, value, message):
-    from conftest import make_env, run_cmd
 
     out = run_cmd(["ipcontroller", f"--engine-timeout={value}"], make_env(tmp_path), check=False)
     assert out.returncode == 2 and message in out.stderr

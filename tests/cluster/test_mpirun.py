@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from conftest import Cluster, make_env
-from test_cluster import _wait_for_engines
+from support.cluster import Cluster, make_env, wait_for_engines
 
 MPIRUN = shutil.which("mpirun")
 
@@ -30,7 +29,7 @@ def test_mpirun_starts_engines(tmp_path):
                                 "plait.scripts.ipengine"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         mec = c.mec()
-        assert _wait_for_engines(mec, 3) == [0, 1, 2]
+        assert wait_for_engines(mec, 3) == [0, 1, 2]
         mec.execute("import os; rank = int(os.environ['OMPI_COMM_WORLD_RANK'])")
         assert sorted(mec.pull("rank")) == [0, 1, 2]
     finally:

@@ -16,8 +16,8 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from conftest import run_cmd
 from plait.kernel import client
+from support.cluster import run_cmd
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -145,7 +145,7 @@ def test_default_scheduler_is_leastload_with_an_adaptive_mark(cluster_factory):
 
 
 def test_an_unknown_scheme_is_refused_with_the_valid_ones(tmp_path):
-    from conftest import make_env
+    from support.cluster import make_env
 
     env = make_env(tmp_path / "plait")
     proc = run_cmd(["ipcontroller", "--scheme=fastest"], env, check=False, timeout=30)

@@ -11,22 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, Cluster, make_env, run_cmd
 from plait.scripts.ipcluster import pid_alive
-
-
-def _wait_exit(pid: int, timeout: float) -> bool:
-    """Wait for a process (not our child) to exit, without polling: pidfd."""
-    import select
-
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0]) or not pid_alive(pid)
-    finally:
-        os.close(fd)
+from support.cluster import PYTHON, Cluster, make_env, run_cmd, wait_exit, wait_for_engines
 
 
 def _listening(port: int) -> list[str]:
@@ -87,7 +73,7 @@ def test_ipcluster_stop_ends_every_process(cluster_factory):
     assert all(pid_alive(p) for p in pids)
     out = run_cmd(["ipcluster", "stop"], c.env)
     assert "stopped" in out.stdout
-    assert all(_wait_exit(p, 5) for p in pids)
+    assert all(wait_exit(p, 5) for p in pids)
     # stopping again says there is nothing to stop
     again = run_cmd(["ipcluster", "stop"], c.env, check=False)
     assert again.returncode == 1 and "no cluster is running" in again.stderr
@@ -143,7 +129,7 @@ def test_foreground_ipcluster_stops_everything_on_ctrl_c(tmp_path, how):
         else:
             proc.terminate()  # ipcluster alone: it must stop its children itself
         assert proc.wait(10) == 0
-        assert all(_wait_exit(p, 5) for p in pids)
+        assert all(wait_exit(p, 5) for p in pids)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -179,14 +165,6 @@ def _engines(env: dict, n: int, *args: str) -> list[subprocess.Popen]:
     ]
 
 
-def _wait_for_engines(mec, n: int) -> list[int]:
-    from plait.kernel.client import _reactor
-    from plait.kernel.client._base import raise_outcome
-
-    d = lambda: mec.asynchronous._remote_call("wait_for_engines", n).addCallback(raise_outcome)  # noqa: E731
-    return _reactor.call(d, timeout=30)
-
-
 def test_ipcontroller_then_ipengines(controller, tmp_path):
     env = make_env(tmp_path / "p")
     ctl = controller(env=env)
@@ -199,7 +177,7 @@ def test_ipcontroller_then_ipengines(controller, tmp_path):
             mec = client.MultiEngineClient()
         finally:
             del os.environ["PLAIT_DIR"]
-        assert _wait_for_engines(mec, 3) == [0, 1, 2]
+        assert wait_for_engines(mec, 3) == [0, 1, 2]
         assert mec.execute("x = 1", targets=2)[0]["id"] == 2
         # engines exit when their controller is gone for good
         ctl.kill()
@@ -222,7 +200,7 @@ def test_ipengine_with_explicit_furl_file(controller, tmp_path):
         from plait.kernel import client
 
         mec = client.MultiEngineClient(str(furl.parent / "ipcontroller-mec.furl"))
-        assert _wait_for_engines(mec, 1) == [0]
+        assert wait_for_engines(mec, 1) == [0]
     finally:
         for e in engines:
             e.kill()
@@ -291,7 +269,7 @@ def test_ip_and_location_choose_interface_and_furl_host(controller, tmp_path):
         from plait.kernel import client
 
         mec = client.MultiEngineClient(str(sec / "ipcontroller-mec.furl"))
-        assert _wait_for_engines(mec, 1) == [0]
+        assert wait_for_engines(mec, 1) == [0]
     finally:
         for e in engines:
             e.kill()

@@ -7,16 +7,16 @@ registry and the engine queues are the real ones.
 from __future__ import annotations
 
 import pytest
-from test_task_service import Cluster, submit_many
 from twisted.internet import defer
 
 from plait.wire.errors import RemoteFailure, TaskSpecError
 from plait.wire.serialize import serialize
 from plait.wire.task import decode_batch_reply
+from support.fakes import TaskHarness, submit_many
 
 
 def test_engine_lost_blames_a_task_that_was_running_alone():
-    cluster = Cluster(n=2, hwm=3)
+    cluster = TaskHarness(n=2, hwm=3)
     ids = submit_many(cluster, ["a", "b", "c", "d", "e", "f"])
     engine0 = cluster.engines[0]
     assert engine0.names() == ["a", "c", "e"] and engine0.commands == 2  # [a], [c, e]
@@ -38,7 +38,7 @@ def test_engine_lost_blames_a_task_that_was_running_alone():
 def test_engine_lost_under_a_batch_blames_none_of_its_tasks():
     """The engine runs a batch one task after another: any of them may have been
     running when it died (and the first ones may be done), so none is blamed."""
-    cluster = Cluster(n=2, hwm=0)
+    cluster = TaskHarness(n=2, hwm=0)
     ids = submit_many(cluster, [f"t{i}" for i in range(8)])
     engine0 = cluster.engines[0]
     assert engine0.commands == 2 and len(engine0.calls) == 4  # two batches of two
@@ -52,7 +52,7 @@ def test_engine_lost_under_a_batch_blames_none_of_its_tasks():
 
 
 def test_a_batch_that_kills_engines_is_caught_by_the_second_death():
-    cluster = Cluster(n=3, hwm=0)
+    cluster = TaskHarness(n=3, hwm=0)
     engine0 = cluster.engines[0]
     cluster.registry.set_properties(0, {"first": True})
     names = ["kill", "x", "y", "z"]
@@ -71,7 +71,7 @@ def test_a_batch_that_kills_engines_is_caught_by_the_second_death():
 
 
 def test_commands_still_in_the_queue_when_the_engine_dies_never_ran():
-    cluster = Cluster(n=1, hwm=0)
+    cluster = TaskHarness(n=1, hwm=0)
     cluster.add()
     first = submit_many(cluster, ["a", "b", "c", "d"])  # [a], [c] at engine 0
     later = submit_many(cluster, ["e", "f"])  # [e] waits in engine 0's queue
@@ -88,7 +88,7 @@ def test_commands_still_in_the_queue_when_the_engine_dies_never_ran():
 
 
 def test_tasks_aborted_while_their_command_waits_are_left_out():
-    cluster = Cluster(n=1, hwm=0)
+    cluster = TaskHarness(n=1, hwm=0)
     queue = cluster.registry.get_queue(0)
     queue.window = 1
     blocker: defer.Deferred = defer.Deferred()
@@ -106,7 +106,7 @@ def test_tasks_aborted_while_their_command_waits_are_left_out():
 
 
 def test_every_aborted_task_of_a_command_means_nothing_is_sent():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     queue = cluster.registry.get_queue(0)
     queue.window = 1
     blocker: defer.Deferred = defer.Deferred()
@@ -123,7 +123,7 @@ def test_every_aborted_task_of_a_command_means_nothing_is_sent():
 
 
 def test_a_large_value_is_fetched_with_a_command_of_its_own():
-    cluster = Cluster(n=1, hwm=2)
+    cluster = TaskHarness(n=1, hwm=2)
     taskid = cluster.run("big")
     engine = cluster.engines[0]
     engine.stash(b"k" * 16, seconds=2.0)
@@ -136,7 +136,7 @@ def test_a_large_value_is_fetched_with_a_command_of_its_own():
 
 
 def test_a_large_failure_is_fetched_too_and_fails_the_task():
-    cluster = Cluster(n=1, hwm=2)
+    cluster = TaskHarness(n=1, hwm=2)
     taskid = cluster.run("big")
     engine = cluster.engines[0]
     engine.stash(b"f" * 16, ok=False)
@@ -147,7 +147,7 @@ def test_a_large_failure_is_fetched_too_and_fails_the_task():
 
 
 def test_losing_the_engine_before_the_fetch_fails_the_task():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     taskid = cluster.run("big", retries=1)
     engine = cluster.engines[0]
     engine.stash(b"x" * 16)
@@ -158,7 +158,7 @@ def test_losing_the_engine_before_the_fetch_fails_the_task():
 
 
 def test_an_engine_that_cannot_run_the_batch_fails_its_tasks():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     failure = serialize(RemoteFailure("BulkError", "download failed", ""))
     cluster.engines[0].run_task = lambda task: defer.succeed((False, failure))
     taskid = cluster.run("a")
@@ -172,7 +172,7 @@ def test_an_engine_that_cannot_run_the_batch_fails_its_tasks():
     (True, serialize([(True, b"P", 0.0, b"k")])),  # both a payload and a stash key
 ])
 def test_unreadable_batch_replies_fail_the_tasks(reply):
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     cluster.engines[0].run_task = lambda task: defer.succeed(reply)
     taskid = cluster.run("a")
     record = cluster.result(taskid)
@@ -187,7 +187,7 @@ def test_batch_replies_are_read_without_unpickling_objects():
 
 
 def test_the_adaptive_mark_grows_batches_for_tiny_tasks_and_shrinks_for_long_ones():
-    cluster = Cluster(n=1, hwm=None)
+    cluster = TaskHarness(n=1, hwm=None)
     engine = cluster.engines[0]
     submit_many(cluster, [f"t{i}" for i in range(200)])
     assert len(engine.calls) == 2  # unknown run time: the start mark

@@ -13,8 +13,6 @@ import time
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from plait.interfaces.engine import IEngine
@@ -30,12 +28,10 @@ from plait.wire.errors import (
     TaskAlreadyCompleted,
     TaskSpecError,
 )
-from plait.wire.serialize import deserialize, serialize
+from plait.wire.serialize import serialize
 from plait.wire.task import (
     MAGIC,
     EngineTask,
-    StashFetch,
-    TaskBatch,
     TaskResultRecord,
     TaskSpec,
     decode_engine_task,
@@ -44,152 +40,15 @@ from plait.wire.task import (
     encode_result,
     encode_task,
 )
-
-
-# -- helpers ---------------------------------------------------------------------------
-def fired(d: defer.Deferred):
-    """The result of a Deferred that has fired (re-raising a failure)."""
-    out: list = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
-
-
-def pending(d: defer.Deferred) -> bool:
-    """True while ``d`` has not fired (its result passes through untouched)."""
-    out: list = []
-
-    def look(result):
-        out.append(result)
-        return result
-
-    d.addBoth(look)
-    return not out
-
-
-class FakeCommand:
-    """One ``run_task`` command received by a FakeEngine: a batch awaiting replies."""
-
-    def __init__(self, size: int):
-        self.deferred: defer.Deferred = defer.Deferred()
-        self.items: list = [None] * size
-
-    def set(self, index: int, item: tuple) -> None:
-        self.items[index] = item
-        if all(i is not None for i in self.items):
-            self.deferred.callback((True, serialize(self.items)))
-
-
-def batch_reply(task: bytes, value=None) -> tuple:
-    """A reply to the batch command ``task`` where every task returned ``value``."""
-    batch = deserialize(task)
-    return True, serialize([(True, serialize(value), 0.0, None)] * len(batch.payloads))
-
-
-@implementer(IEngine)
-class FakeEngine:
-    """An engine whose task replies are fired by the test, one task at a time.
-
-    ``calls`` lists the tasks received and not answered yet, in order, as
-    ``(task name, command, index in the command)``.
-    """
-
-    def __init__(self, uuid: str):
-        self.id: int | None = None
-        self.uuid = uuid
-        self.calls: list[tuple[str, FakeCommand, int]] = []
-        self.commands = 0
-        self.fetches: list[tuple[bytes, defer.Deferred]] = []  # StashFetch commands
-
-    def _done(self, *args) -> defer.Deferred:
-        return defer.succeed((True, serialize(None)))
-
-    execute = push = pull = apply = get_result = _done
-
-    def keys(self) -> defer.Deferred:
-        return self._done()
-
-    def reset(self) -> defer.Deferred:
-        return self._done()
-
-    def kill(self) -> defer.Deferred:
-        return defer.succeed(None)
-
-    def run_task(self, task: bytes) -> defer.Deferred:
-        batch = deserialize(task)
-        if isinstance(batch, StashFetch):
-            d: defer.Deferred = defer.Deferred()
-            self.fetches.append((batch.key, d))
-            return d
-        assert isinstance(batch, TaskBatch)
-        command = FakeCommand(len(batch.payloads))
-        self.commands += 1
-        for index, payload in enumerate(batch.payloads):
-            self.calls.append((decode_engine_task(payload).expression, command, index))
-        return command.deferred
-
-    def names(self) -> list[str]:
-        return [name for name, _, _ in self.calls]
-
-    def reply(self, value=None, index: int = 0, seconds: float = 0.0) -> None:
-        _, command, i = self.calls.pop(index)
-        command.set(i, (True, serialize(value), seconds, None))
-
-    def stash(self, key: bytes, ok: bool = True, index: int = 0, seconds: float = 0.0) -> None:
-        """Answer a task as the engine does for a value too large for the batch reply."""
-        _, command, i = self.calls.pop(index)
-        command.set(i, (ok, None, seconds, key))
-
-    def fail(self, exc: Exception, index: int = 0) -> None:
-        from plait.wire.errors import RemoteFailure
-
-        failure = RemoteFailure.from_exception(exc, engine_id=self.id)
-        _, command, i = self.calls.pop(index)
-        command.set(i, (False, serialize(failure), 0.0, None))
-
-
-class Cluster:
-    """A registry of fake engines and a TaskController over it."""
-
-    def __init__(self, n: int = 2, scheme: str = "leastload", hwm: int = 1, **props):
-        self.clock = Clock()
-        self.clock.advance(1000)
-        self.registry = EngineRegistry()
-        self.engines: dict[int, FakeEngine] = {}
-        for _ in range(n):
-            self.add(**props)
-        self.tc = TaskController(
-            self.registry, scheme, hwm, clock=self.clock, rng=random.Random(1)
-        )
-
-    def add(self, **props) -> FakeEngine:
-        engine = FakeEngine(f"uuid-{len(self.engines)}")
-        engine_id = self.registry.register(engine, engine.uuid, props)
-        self.engines[engine_id] = engine
-        return engine
-
-    def run(self, name: str = "t", **options) -> int:
-        return submit_one(self.tc, encode_task(TaskSpec.string(name, **options)))
-
-    def result(self, taskid: int) -> TaskResultRecord:
-        record = fired(self.tc.get_task_result(taskid))
-        assert record is not None, f"task {taskid} has not finished"
-        return record
-
-    def status(self) -> dict:
-        return self.tc.queue_status(verbose=True)
-
-    def placement(self) -> dict[int, list[str]]:
-        return {i: e.names() for i, e in self.engines.items() if e.calls}
-
-
-def submit_one(tc: TaskController, data: bytes) -> int:
-    """Submit one encoded task under a fresh reserved id, as a client does."""
-    taskid = tc.reserve(1)
-    assert tc.submit([(taskid, data)]) == []
-    return taskid
+from support.fakes import (
+    FakeEngine,
+    TaskHarness,
+    batch_reply,
+    fired,
+    pending,
+    submit_many,
+    submit_one,
+)
 
 
 # -- the wire format ---------------------------------------------------------------------
@@ -274,7 +133,7 @@ def test_unreadable_depend_fails_at_submission():
     data = MAGIC + pickle.dumps({"engine": b"P", "retries": 0, "depend": missing})
     with pytest.raises(SerializationError):
         decode_task(data)
-    cluster = Cluster()
+    cluster = TaskHarness()
     taskid = submit_one(cluster.tc, data)  # recorded as failed, saying why: not lost
     assert cluster.tc.queue_status()["scheduled"] == 0
     assert cluster.result(taskid).failure().ename == "SerializationError"
@@ -415,13 +274,13 @@ def test_decode_engine_task_refuses_other_payloads():
 
 # -- the controller: basics --------------------------------------------------------------
 def test_provides_the_interfaces():
-    cluster = Cluster()
+    cluster = TaskHarness()
     assert verifyObject(IEngine, cluster.engines[0])
     assert verifyObject(ITaskController, cluster.tc)
 
 
 def test_values_fit_the_remote_interface():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     data = encode_task(TaskSpec.string("a", pull="a"))
     RITaskController["submit"].checkAllArgs(([(7, data)],), {}, False)
     RITaskController["reserve"].checkAllArgs((100,), {}, False)
@@ -447,7 +306,7 @@ def test_values_fit_the_remote_interface():
 
 
 def test_run_returns_ids_at_once_and_uses_the_engine_queues():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     ids = [cluster.run(f"t{i}") for i in range(3)]
     assert ids == [0, 1, 2]
     assert cluster.placement() == {0: ["t0"], 1: ["t1"]}
@@ -457,7 +316,7 @@ def test_run_returns_ids_at_once_and_uses_the_engine_queues():
 
 
 def test_success_record():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     taskid = cluster.run("a = 1", pull="a")
     cluster.clock.advance(5)
     engine = cluster.engines[0]
@@ -474,7 +333,7 @@ def test_success_record():
 
 
 def test_started_is_when_the_engine_queue_hands_it_over():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     queue = cluster.registry.get_queue(0)
     queue.window = 1
     blocker: defer.Deferred = defer.Deferred()
@@ -494,16 +353,8 @@ def test_duration_falls_back_to_the_controller_clock():
     assert TaskResultRecord(0, "aborted", b"", completed=12.5).duration == 0.0
 
 
-def submit_many(cluster: Cluster, names: list[str], **options) -> list[int]:
-    first = cluster.tc.reserve(len(names))
-    ids = list(range(first, first + len(names)))
-    data = [encode_task(TaskSpec.string(name, **options)) for name in names]
-    assert cluster.tc.submit(list(zip(ids, data, strict=True))) == []
-    return ids
-
-
 def test_tasks_assigned_in_one_pass_share_a_command():
-    cluster = Cluster(n=1, hwm=4)
+    cluster = TaskHarness(n=1, hwm=4)
     ids = submit_many(cluster, [f"t{i}" for i in range(6)])
     engine = cluster.engines[0]
     # the engine was idle: two commands, so the second half waits at the engine
@@ -520,7 +371,7 @@ def test_tasks_assigned_in_one_pass_share_a_command():
 
 
 def test_reserve_and_submit():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     first = cluster.tc.reserve(10)
     assert submit_one(cluster.tc, encode_task(TaskSpec.string("r"))) == first + 10
     data = encode_task(TaskSpec.string("s"))
@@ -535,7 +386,7 @@ def test_reserve_and_submit():
 
 
 def test_a_task_the_controller_cannot_read_fails_at_once_and_is_kept():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     first = cluster.tc.reserve(1)
     assert cluster.tc.submit([(first, b"garbage")]) == []
     record = cluster.result(first)
@@ -544,7 +395,7 @@ def test_a_task_the_controller_cannot_read_fails_at_once_and_is_kept():
 
 
 def test_get_task_results_in_one_call():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     a, b = cluster.run("a"), cluster.run("b")
     assert fired(cluster.tc.get_task_results([a, b])) == [None, None]
     d = cluster.tc.get_task_results([b, a], block=True)
@@ -557,13 +408,13 @@ def test_get_task_results_in_one_call():
 
 
 def test_info_describes_the_scheduler():
-    cluster = Cluster(n=2, hwm=3)
+    cluster = TaskHarness(n=2, hwm=3)
     assert cluster.tc.info() == {"scheme": "leastload", "hwm": 3, "engines": 2,
                                  "marks": {0: 3, 1: 3}}
 
 
 def test_get_task_result_nonblocking_and_blocking():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     taskid = cluster.run("a")
     assert fired(cluster.tc.get_task_result(taskid)) is None
     waiting = cluster.tc.get_task_result(taskid, block=True)
@@ -575,7 +426,7 @@ def test_get_task_result_nonblocking_and_blocking():
 
 
 def test_cancelled_waiter_is_forgotten():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     taskid = cluster.run("a")
     waiting = cluster.tc.get_task_result(taskid, block=True)
     waiting.cancel()
@@ -585,7 +436,7 @@ def test_cancelled_waiter_is_forgotten():
 
 
 def test_unknown_ids_are_clear_errors():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     for bad in (5, -1, "x", None, True, [0]):
         with pytest.raises(InvalidTaskID, match="never submitted"):
             fired(cluster.tc.get_task_result(bad))
@@ -598,7 +449,7 @@ def test_unknown_ids_are_clear_errors():
 
 
 def test_queue_status_through_the_life_of_tasks():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     ids = [cluster.run(f"t{i}") for i in range(5)]
     assert cluster.tc.queue_status() == {
         "scheduled": 4, "pending": 1, "succeeded": 0, "failed": 0, "aborted": 0
@@ -613,7 +464,7 @@ def test_queue_status_through_the_life_of_tasks():
 
 
 def test_barrier():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     ids = [cluster.run(f"t{i}") for i in range(3)]
     done = cluster.tc.barrier(ids)
     single = cluster.tc.barrier(ids[0])
@@ -628,7 +479,7 @@ def test_barrier():
 
 
 def test_clear_forgets_finished_results_only():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     first, second, third = cluster.run("a"), cluster.run("b"), cluster.run("c")
     cluster.engines[0].reply()
     with pytest.raises(ValueError, match="only finished"):
@@ -648,7 +499,7 @@ def test_clear_forgets_finished_results_only():
 
 # -- abort ---------------------------------------------------------------------------------
 def test_abort_scheduled_task_never_runs():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     running, waiting = cluster.run("a"), cluster.run("b")
     assert cluster.tc.abort(waiting) is None
     record = cluster.result(waiting)
@@ -664,7 +515,7 @@ def test_abort_scheduled_task_never_runs():
 
 
 def test_abort_pending_task_reports_aborted_and_drops_the_value():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     running, after = cluster.run("a"), cluster.run("b")
     cluster.tc.abort(running)
     record = cluster.result(running)
@@ -679,7 +530,7 @@ def test_abort_pending_task_reports_aborted_and_drops_the_value():
 
 
 def test_abort_pending_task_still_queued_behind_other_commands_skips_it():
-    cluster = Cluster(n=1, hwm=0)
+    cluster = TaskHarness(n=1, hwm=0)
     queue = cluster.registry.get_queue(0)
     blocker: defer.Deferred = defer.Deferred()
     queue.submit(lambda engine: blocker, label=("mec", "execute"))
@@ -693,7 +544,7 @@ def test_abort_pending_task_still_queued_behind_other_commands_skips_it():
 
 
 def test_abort_finished_task_is_an_index_error():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     taskid = cluster.run("a")
     cluster.engines[0].reply()
     with pytest.raises(TaskAlreadyCompleted, match="already completed"):
@@ -703,7 +554,7 @@ def test_abort_finished_task_is_an_index_error():
 
 
 def test_abort_a_task_waiting_to_be_retried():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     first, flaky = cluster.run("a"), cluster.run("b", retries=5)
     cluster.engines[0].reply()
     cluster.engines[0].fail(OSError("flaky"))
@@ -717,7 +568,7 @@ def test_abort_a_task_waiting_to_be_retried():
 
 # -- failures, retries and recovery -------------------------------------------------------
 def test_failure_without_retries():
-    cluster = Cluster(n=2)
+    cluster = TaskHarness(n=2)
     taskid = cluster.run("a")
     cluster.engines[0].fail(ZeroDivisionError("division by zero"))
     record = cluster.result(taskid)
@@ -729,7 +580,7 @@ def test_failure_without_retries():
 
 
 def test_retry_goes_to_another_engine():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     taskid = cluster.run("a", retries=1)
     cluster.engines[0].fail(OSError("disk"))
     assert cluster.placement() == {1: ["a"]}
@@ -741,7 +592,7 @@ def test_retry_goes_to_another_engine():
 
 
 def test_retry_waits_for_an_engine_it_has_not_failed_on():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     flaky, slow = cluster.run("flaky", retries=1), cluster.run("slow")
     assert cluster.placement() == {0: ["flaky"], 1: ["slow"]}
     cluster.engines[0].fail(OSError("x"))
@@ -755,7 +606,7 @@ def test_retry_waits_for_an_engine_it_has_not_failed_on():
 
 
 def test_retry_uses_a_failed_engine_when_no_other_exists():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     taskid = cluster.run("a", retries=2)
     cluster.engines[0].fail(OSError("1"))
     cluster.engines[0].fail(OSError("2"))
@@ -766,7 +617,7 @@ def test_retry_uses_a_failed_engine_when_no_other_exists():
 
 
 def test_retry_falls_back_to_a_failed_engine_when_the_others_leave():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     flaky, slow = cluster.run("flaky", retries=1), cluster.run("slow", retries=0)
     cluster.engines[0].fail(OSError("x"))
     assert cluster.status()["scheduled"] == [flaky]  # waiting for engine 1
@@ -778,7 +629,7 @@ def test_retry_falls_back_to_a_failed_engine_when_the_others_leave():
 
 
 def test_retries_run_out():
-    cluster = Cluster(n=3, hwm=1)
+    cluster = TaskHarness(n=3, hwm=1)
     taskid = cluster.run("a", retries=2)
     for engine_id in (0, 1, 2):
         assert cluster.placement() == {engine_id: ["a"]}
@@ -789,7 +640,7 @@ def test_retries_run_out():
 
 
 def test_engine_lost_without_retries_fails_with_engine_error():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     taskid = cluster.run("a")
     cluster.registry.unregister(0, "killed")
     record = cluster.result(taskid)
@@ -800,7 +651,7 @@ def test_engine_lost_without_retries_fails_with_engine_error():
 
 
 def test_engine_lost_with_retries_reruns_elsewhere():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     lost, other = cluster.run("lost", retries=1), cluster.run("other")
     cluster.registry.unregister(0, "killed")
     assert cluster.status()["scheduled"] == [lost]  # engine 1 is busy: wait for it
@@ -813,7 +664,7 @@ def test_engine_lost_with_retries_reruns_elsewhere():
 
 
 def test_engine_lost_with_many_queued_tasks_loses_none():
-    cluster = Cluster(n=2, hwm=0)
+    cluster = TaskHarness(n=2, hwm=0)
     ids = [cluster.run(f"t{i}", retries=1) for i in range(10)]
     assert len(cluster.registry.get_queue(0)) == 5
     cluster.registry.unregister(0, "killed")
@@ -824,7 +675,7 @@ def test_engine_lost_with_many_queued_tasks_loses_none():
 
 
 def test_tasks_wait_when_every_engine_is_gone():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     taskid = cluster.run("a", retries=1)
     cluster.registry.unregister(0, "killed")
     assert cluster.status()["scheduled"] == [taskid]
@@ -835,7 +686,7 @@ def test_tasks_wait_when_every_engine_is_gone():
 
 
 def test_recovery_task_runs_after_retries_and_is_named():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     spec = TaskSpec.string("main", retries=1,
                            recovery_task=TaskSpec.string("rescue", pull="x"))
     taskid = submit_one(cluster.tc, encode_task(spec))
@@ -853,7 +704,7 @@ def test_recovery_task_runs_after_retries_and_is_named():
 
 
 def test_recovery_chain_has_its_own_retries_and_recovery():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     last = TaskSpec.string("last")
     middle = TaskSpec.string("middle", retries=1, recovery_task=last)
     taskid = submit_one(cluster.tc, encode_task(TaskSpec.string("first", recovery_task=middle)))
@@ -871,7 +722,7 @@ def test_recovery_chain_has_its_own_retries_and_recovery():
 
 
 def test_queue_cleared_by_the_multiengine_side_reschedules():
-    cluster = Cluster(n=1, hwm=0)
+    cluster = TaskHarness(n=1, hwm=0)
     queue = cluster.registry.get_queue(0)
     queue.window = 1
     first, second = cluster.run("a"), cluster.run("b")
@@ -883,7 +734,7 @@ def test_queue_cleared_by_the_multiengine_side_reschedules():
 
 
 def test_engines_that_answer_synchronously():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     for engine in cluster.engines.values():
         engine.run_task = lambda task: defer.succeed(batch_reply(task, "now"))
     ids = [cluster.run(f"t{i}") for i in range(20)]
@@ -892,7 +743,7 @@ def test_engines_that_answer_synchronously():
 
 
 def test_engines_that_fail_synchronously_use_up_retries_and_recover():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     for engine in cluster.engines.values():
         engine.run_task = lambda task: defer.fail(OSError("refused"))
     spec = TaskSpec.string("a", retries=3, recovery_task=TaskSpec.string("r"))
@@ -905,7 +756,7 @@ def test_engines_that_fail_synchronously_use_up_retries_and_recover():
 def test_engine_gone_before_the_registry_tells_us():
     """An observer ahead of ours submits a task while an engine is being removed."""
     registry = EngineRegistry()
-    engines = [FakeEngine("u0"), FakeEngine("u1")]
+    engines = [FakeEngine("u0", hold=False), FakeEngine("u1", hold=False)]
     for engine in engines:
         registry.register(engine, engine.uuid, {"big": True})
     submitted: list[int] = []
@@ -938,7 +789,7 @@ def test_dispatch_to_an_engine_that_vanished_requeues():
             return super().get_queue(engine_id)
 
     registry = Vanishing()
-    engines = [FakeEngine("u0"), FakeEngine("u1")]
+    engines = [FakeEngine("u0", hold=False), FakeEngine("u1", hold=False)]
     for engine in engines:
         registry.register(engine, engine.uuid, {})
     tc = TaskController(registry, "lru", 1)
@@ -954,7 +805,7 @@ def test_dispatch_to_an_engine_that_vanished_requeues():
 
 
 def test_malformed_reply_fails_the_task_instead_of_losing_it():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     taskid = cluster.run("a")
     cluster.engines[0].calls.pop()[1].deferred.callback("not a reply")
     assert cluster.result(taskid).status == "failed"
@@ -962,7 +813,7 @@ def test_malformed_reply_fails_the_task_instead_of_losing_it():
 
 # -- sharing engines with the MultiEngine interface ------------------------------------------
 def test_tasks_and_multiengine_commands_share_the_engine_queue():
-    cluster = Cluster(n=1, hwm=2)
+    cluster = TaskHarness(n=1, hwm=2)
     queue = cluster.registry.get_queue(0)
     queue.window = 1
     done: list = []
@@ -985,7 +836,7 @@ def needs_gpu(properties):
 
 
 def test_depend_restricts_engines():
-    cluster = Cluster(n=2, hwm=2)
+    cluster = TaskHarness(n=2, hwm=2)
     cluster.registry.set_properties(1, {"gpu": True})
     ids = [cluster.run(f"g{i}", depend=needs_gpu) for i in range(3)]
     assert cluster.placement() == {1: ["g0", "g1"]}
@@ -993,7 +844,7 @@ def test_depend_restricts_engines():
 
 
 def test_task_no_engine_accepts_stays_scheduled_until_properties_change():
-    cluster = Cluster(n=2)
+    cluster = TaskHarness(n=2)
     taskid = cluster.run("g", depend=needs_gpu)
     plain = cluster.run("plain")
     assert cluster.status()["scheduled"] == [taskid]
@@ -1004,7 +855,7 @@ def test_task_no_engine_accepts_stays_scheduled_until_properties_change():
 
 
 def test_a_joining_engine_runs_waiting_tasks():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     taskid = cluster.run("g", depend=needs_gpu)
     gpu = cluster.add(gpu=True)
     assert gpu.names() == ["g"]
@@ -1016,7 +867,7 @@ def test_depend_that_raises_counts_as_false():
     def broken(properties):
         return properties["missing"]
 
-    cluster = Cluster(n=2)
+    cluster = TaskHarness(n=2)
     cluster.registry.set_properties(0, {"missing": True})
     taskid = cluster.run("a", depend=broken)
     never = cluster.run("b", depend=lambda p: 1 / 0)
@@ -1032,13 +883,13 @@ def test_depend_sees_a_copy_of_the_properties():
         properties["touched"] = True
         return True
 
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     cluster.run("a", depend=meddle)
     assert cluster.registry.get_properties(0) == {}
 
 
 def test_spin_picks_up_properties_changed_behind_our_back():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     taskid = cluster.run("g", depend=needs_gpu)
     cluster.registry.get_properties(0)["gpu"] = True  # no notification
     cluster.tc.spin()
@@ -1048,7 +899,7 @@ def test_spin_picks_up_properties_changed_behind_our_back():
 
 
 def test_properties_lost_eligibility_keeps_task_waiting():
-    cluster = Cluster(n=1, hwm=1, gpu=True)
+    cluster = TaskHarness(n=1, hwm=1, gpu=True)
     busy, gpu_task = cluster.run("busy"), cluster.run("g", depend=needs_gpu)
     cluster.registry.set_properties(0, {"gpu": False})
     cluster.engines[0].reply()
@@ -1057,7 +908,7 @@ def test_properties_lost_eligibility_keeps_task_waiting():
 
 
 def test_retry_respects_depend():
-    cluster = Cluster(n=3, hwm=1)
+    cluster = TaskHarness(n=3, hwm=1)
     cluster.registry.set_properties(0, {"gpu": True})
     cluster.registry.set_properties(2, {"gpu": True})
     taskid = cluster.run("g", depend=needs_gpu, retries=1)
@@ -1069,7 +920,7 @@ def test_retry_respects_depend():
 
 # -- scheduling order, hwm and the schemes ----------------------------------------------------
 def test_tasks_start_in_submission_order():
-    cluster = Cluster(n=1, hwm=1, scheme="fifo")
+    cluster = TaskHarness(n=1, hwm=1, scheme="fifo")
     for i in range(5):
         cluster.run(f"t{i}")
     started = []
@@ -1080,7 +931,7 @@ def test_tasks_start_in_submission_order():
 
 
 def test_retried_task_keeps_its_place_ahead_of_newer_ones():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     flaky = cluster.run("flaky", retries=1)
     cluster.run("b")
     cluster.run("c")
@@ -1093,7 +944,7 @@ def test_retried_task_keeps_its_place_ahead_of_newer_ones():
 
 @pytest.mark.parametrize("hwm", [1, 2, 3])
 def test_hwm_caps_tasks_per_engine(hwm):
-    cluster = Cluster(n=2, hwm=hwm)
+    cluster = TaskHarness(n=2, hwm=hwm)
     for i in range(10):
         cluster.run(f"t{i}")
     queues = {i: len(cluster.registry.get_queue(i)) for i in cluster.engines}
@@ -1103,7 +954,7 @@ def test_hwm_caps_tasks_per_engine(hwm):
 
 
 def test_hwm_zero_sends_everything_at_once():
-    cluster = Cluster(n=2, hwm=0)
+    cluster = TaskHarness(n=2, hwm=0)
     for i in range(10):
         cluster.run(f"t{i}")
     assert cluster.tc.queue_status()["scheduled"] == 0
@@ -1111,7 +962,7 @@ def test_hwm_zero_sends_everything_at_once():
 
 
 def test_leastload_balances_uneven_tasks():
-    cluster = Cluster(n=2, hwm=1)
+    cluster = TaskHarness(n=2, hwm=1)
     for i in range(4):
         cluster.run(f"t{i}")
     cluster.engines[1].reply()  # engine 1 is quick: it gets the next task
@@ -1123,7 +974,7 @@ def test_leastload_balances_uneven_tasks():
                                     "weighted"])
 @pytest.mark.parametrize("hwm", [0, 1, 2])
 def test_every_scheme_runs_every_task(scheme, hwm):
-    cluster = Cluster(n=3, scheme=scheme, hwm=hwm)
+    cluster = TaskHarness(n=3, scheme=scheme, hwm=hwm)
     ids = [cluster.run(f"t{i}") for i in range(30)]
     rng = random.Random(scheme)
     while any(e.calls for e in cluster.engines.values()):
@@ -1133,7 +984,7 @@ def test_every_scheme_runs_every_task(scheme, hwm):
 
 
 def test_scheme_and_hwm_reach_the_scheduler():
-    cluster = Cluster(scheme="lru", hwm=3)
+    cluster = TaskHarness(scheme="lru", hwm=3)
     assert (cluster.tc.scheduler.name, cluster.tc.scheduler.hwm) == ("lru", 3)
     with pytest.raises(ValueError, match="valid schemes"):
         TaskController(EngineRegistry(), "nope")
@@ -1141,7 +992,7 @@ def test_scheme_and_hwm_reach_the_scheduler():
 
 # -- scale and robustness -----------------------------------------------------------------
 def test_thousands_of_waiting_tasks_schedule_in_constant_time():
-    cluster = Cluster(n=8, hwm=2)
+    cluster = TaskHarness(n=8, hwm=2)
     payload = encode_task(TaskSpec.string("t"))
     start = time.perf_counter()
     ids = [submit_one(cluster.tc, payload) for _ in range(6000)]
@@ -1156,7 +1007,7 @@ def test_thousands_of_waiting_tasks_schedule_in_constant_time():
 
 
 def test_many_distinct_depends_stay_correct():
-    cluster = Cluster(n=4, hwm=1)
+    cluster = TaskHarness(n=4, hwm=1)
     for engine_id in range(4):
         cluster.registry.set_properties(engine_id, {"rank": engine_id})
     ids = [cluster.run(f"t{i}", depend=lambda p, r=i % 4: p["rank"] == r) for i in range(40)]
@@ -1174,7 +1025,7 @@ def test_many_distinct_depends_stay_correct():
 def test_nothing_is_ever_lost(seed):
     """Random replies, failures, engine deaths, arrivals and aborts: every task ends."""
     rng = random.Random(seed)
-    cluster = Cluster(n=3, hwm=rng.choice([0, 1, 2]),
+    cluster = TaskHarness(n=3, hwm=rng.choice([0, 1, 2]),
                       scheme=rng.choice(["leastload", "lru", "twobin", "fifo"]))
     ids: list[int] = []
     for _ in range(300):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-DOC = Path(__file__).parent.parent / "docs" / "overview.md"
+from support import ROOT
+
+DOC = ROOT / "docs" / "overview.md"
 
 
 def _session(text: str) -> list[tuple[str, str]]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet import defer
-from zope.interface import implementer
+from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from plait.adapters.engine import RemoteEngine
 from plait.interfaces.engine import IEngine, IEngineQueue, IEngineRegistry
 from plait.interfaces.multiengine import IMultiEngine, targets_from_wire, targets_to_wire
-from plait.kernel.controller.multiengine import MultiEngine
+from plait.kernel.controller.multiengine import KILL_TIMEOUT, MultiEngine, _Departures
 from plait.kernel.controller.queue import EngineQueue
 from plait.kernel.controller.registry import EngineRegistry
 from plait.kernel.controller.results import ResultStore
@@ -23,53 +23,7 @@ from plait.wire.errors import (
     ResultNotCompleted,
 )
 from plait.wire.serialize import deserialize, dumps_plain, serialize
-
-
-@implementer(IEngine)
-class FakeEngine:
-    """Answers each command with a Deferred the test fires by hand."""
-
-    def __init__(self) -> None:
-        self.id = None
-        self.uuid = "fake"
-        self.calls: list[tuple[str, tuple, defer.Deferred]] = []
-
-    def _cmd(self, name: str, *args):
-        d: defer.Deferred = defer.Deferred()
-        self.calls.append((name, args, d))
-        return d
-
-    def execute(self, lines, filename=None):
-        return self._cmd("execute", lines)
-
-    def push(self, namespace):
-        return self._cmd("push", namespace)
-
-    def pull(self, keys):
-        return self._cmd("pull", keys)
-
-    def apply(self, call):
-        return self._cmd("apply", call)
-
-    def get_result(self, i):
-        return self._cmd("get_result", i)
-
-    def keys(self):
-        return self._cmd("keys")
-
-    def reset(self):
-        return self._cmd("reset")
-
-    def run_task(self, task):
-        return self._cmd("run_task", task)
-
-    def kill(self):
-        return defer.succeed(None)
-
-    def answer(self, value=None):
-        name, args, d = self.calls.pop(0)
-        d.callback((True, serialize(value)))
-        return name, args
+from support.fakes import FakeEngine
 
 
 def test_interfaces_are_provided():
@@ -87,10 +41,10 @@ def test_queue_runs_in_order_with_a_window():
     engine = FakeEngine()
     q = EngineQueue(engine, window=2)
     results = [q.submit(lambda e, i=i: e.execute(str(i)), label=i) for i in range(4)]
-    assert [c[1] for c in engine.calls] == [("0",), ("1",)]  # two in flight
+    assert [c[1] for c in engine.held] == [("0",), ("1",)]  # two in flight
     assert q.status() == {"queue": [2, 3], "pending": [0, 1]}
     engine.answer("a")
-    assert [c[1] for c in engine.calls] == [("1",), ("2",)]
+    assert [c[1] for c in engine.held] == [("1",), ("2",)]
     assert results[0].result == (True, serialize("a"))
     assert len(q) == 3
 
@@ -235,3 +189,22 @@ def test_undelivered_payloads_are_released():
     assert me.flush() == 1
     assert released[2:] == [(serialize("value"), True)]
     del rid
+
+
+def test_kill_waits_for_departures_at_most_a_timeout():
+    registry = EngineRegistry()
+    ids = [registry.register(FakeEngine(f"uuid{k}"), f"uuid{k}", {}) for k in range(3)]
+    clock = Clock()
+    fired: list[int] = []
+    departures = _Departures(registry, ids[:2], clock, KILL_TIMEOUT)
+    for engine_id, d in departures.deferreds.items():
+        d.addCallback(lambda _, i=engine_id: fired.append(i))
+    registry.unregister(ids[0])
+    registry.unregister(ids[2])  # not waited for
+    assert fired == [0]
+    clock.advance(KILL_TIMEOUT - 0.1)
+    assert fired == [0]
+    clock.advance(0.1)
+    assert fired == [0, 1] and not departures.watching
+    registry.unregister(ids[1])  # no longer watched: nothing happens
+    assert fired == [0, 1]

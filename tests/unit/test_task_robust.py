@@ -10,7 +10,6 @@ engine queues, a Clock.
 from __future__ import annotations
 
 import pytest
-from test_task_service import Cluster, fired, submit_one
 from twisted.internet import defer
 from zope.interface import implementer
 
@@ -21,6 +20,7 @@ from plait.kernel.controller.task import TaskController
 from plait.wire.errors import DependencyTimeout, TaskSpecError
 from plait.wire.serialize import serialize
 from plait.wire.task import TaskSpec, encode_task
+from support.fakes import TaskHarness, fired, submit_one
 
 
 class Stop(BaseException):
@@ -42,7 +42,7 @@ def interrupt(properties):
 # -- depends ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("depend", [stop, leave, interrupt])
 def test_a_depend_raising_anything_counts_as_false_and_harms_no_other_task(depend):
-    cluster = Cluster(n=1, hwm=0)
+    cluster = TaskHarness(n=1, hwm=0)
     first = cluster.tc.reserve(3)
     items = [(first, encode_task(TaskSpec.string("good"))),
              (first + 1, encode_task(TaskSpec.string("bad", depend=depend))),
@@ -60,7 +60,7 @@ def test_a_depend_raising_anything_counts_as_false_and_harms_no_other_task(depen
 
 
 def test_a_task_that_cannot_be_queued_is_recorded_as_failed_alone(monkeypatch):
-    cluster = Cluster(n=1, hwm=0)
+    cluster = TaskHarness(n=1, hwm=0)
     add = cluster.tc._waiting.add
 
     def fragile(key, depend_key, depend, avoid=()):
@@ -99,7 +99,7 @@ def test_a_failing_scheme_leaves_the_task_waiting_and_sends_what_was_planned(
         how, monkeypatch):
     scheme = Flaky()
     monkeypatch.setitem(_scheduler.SCHEMES, "flaky", scheme)
-    cluster = Cluster(n=1, scheme="flaky", hwm=0)
+    cluster = TaskHarness(n=1, scheme="flaky", hwm=0)
     first = cluster.tc.reserve(3)
     cluster.tc.submit([(first, encode_task(TaskSpec.string("a")))])
     scheme.broken = how
@@ -122,7 +122,7 @@ def test_a_pass_in_which_the_scheme_fails_midway_sends_what_it_planned(monkeypat
         return slots[0]
 
     monkeypatch.setitem(_scheduler.SCHEMES, "second_fails", second_fails)
-    cluster = Cluster(n=2, scheme="second_fails", hwm=1)
+    cluster = TaskHarness(n=2, scheme="second_fails", hwm=1)
     first = cluster.tc.reserve(2)
     cluster.tc.submit([(first, encode_task(TaskSpec.string("a"))),
                        (first + 1, encode_task(TaskSpec.string("b")))])
@@ -141,7 +141,7 @@ class BrokenLoads(Scheduler):
 
 
 def test_a_scheduler_that_raises_does_not_fail_the_submission():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     tc = TaskController(cluster.registry, scheduler=BrokenLoads(hwm=1), clock=cluster.clock)
     taskid = submit_one(tc, encode_task(TaskSpec.string("a")))  # no exception here
     assert tc.queue_status(verbose=True)["scheduled"] == [taskid]
@@ -149,7 +149,7 @@ def test_a_scheduler_that_raises_does_not_fail_the_submission():
 
 # -- values kept back on the engine -----------------------------------------------------------
 def test_a_fetch_cleared_from_the_engine_queue_is_made_again():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     queue = cluster.registry.get_queue(0)
     taskid = cluster.run("big")
     blockers = [defer.Deferred(), defer.Deferred()]
@@ -175,7 +175,7 @@ def nobody(properties):
 
 
 def test_a_task_no_engine_takes_fails_at_its_timeout():
-    cluster = Cluster(n=1)
+    cluster = TaskHarness(n=1)
     taskid = cluster.run("x", depend=nobody, timeout=5)
     waiting = cluster.tc.get_task_result(taskid, block=True)
     cluster.clock.advance(4.9)
@@ -190,7 +190,7 @@ def test_a_task_no_engine_takes_fails_at_its_timeout():
 
 
 def test_a_task_taken_in_time_is_not_timed_out():
-    cluster = Cluster(n=1, hwm=1)
+    cluster = TaskHarness(n=1, hwm=1)
     busy = cluster.run("busy")
     taskid = cluster.run("x", timeout=5)
     cluster.clock.advance(2)

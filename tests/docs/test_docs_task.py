@@ -17,14 +17,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
+from support import ROOT
 
 pytest.importorskip("IPython")
 
 
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "task.md"
+GUIDE = ROOT / "docs" / "task.md"
 CELL = re.compile(r"In \[(\d+)\]: ?(.*)")
 MORE = re.compile(r" +\.\.\.: ?(.*)")
 

@@ -20,15 +20,16 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+
+from support import ROOT
 
 pytest.importorskip("IPython")
 
 
 
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "multiengine.md"
+GUIDE = ROOT / "docs" / "multiengine.md"
 _IN = re.compile(r"In \[(\d+)\]: ?(.*)")
 _MORE = re.compile(r"\s+\.\.\.: ?(.*)")
 

@@ -14,6 +14,7 @@ from twisted.internet import defer
 
 from plait.kernel import client
 from plait.kernel.client import _reactor
+from support.cluster import wait_for_engines
 
 GATE = "import os, time\nwhile not os.path.exists({path!r}): time.sleep(0.005)"
 
@@ -170,7 +171,6 @@ def test_blocking_client_under_a_running_asyncio_loop(cluster4, tmp_path):
 
 def test_scatter_and_map_follow_engines_that_come_and_go(cluster_factory):
     """'all' means the engines registered now, though the ids are not asked for each time."""
-    from plait.kernel.client._base import raise_outcome
 
     cluster = cluster_factory(2)
     mec = cluster.mec()
@@ -180,8 +180,7 @@ def test_scatter_and_map_follow_engines_that_come_and_go(cluster_factory):
     extra = subprocess.Popen([sys.executable, "-m", "plait.scripts.ipengine"], env=cluster.env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        ready = lambda: mec.asynchronous._remote_call("wait_for_engines", 3)  # noqa: E731
-        assert raise_outcome(_reactor.call(ready, timeout=60)) == [0, 1, 2]
+        assert wait_for_engines(mec, 3) == [0, 1, 2]
         mec.scatter("a", range(6))  # prepared for engines [0, 1]: redone for [0, 1, 2]
         assert mec.pull("a") == [[0, 1], [2, 3], [4, 5]]
         mec.execute("import os; pid = os.getpid()")
@@ -231,33 +230,6 @@ def test_kill_engines_then_the_controller(cluster_factory):
         mec.execute("x = 1", targets=1)
     assert mec.kill(controller=True) == [None]
     assert _gone(state["controller"]) and _gone(state["engines"][0])
-
-
-def test_kill_waits_for_departures_at_most_a_timeout():
-    from twisted.internet.task import Clock
-
-    from plait.kernel.controller.multiengine import KILL_TIMEOUT, _Departures
-    from plait.kernel.controller.registry import EngineRegistry
-
-    class Engine:
-        id = None
-
-    registry = EngineRegistry()
-    ids = [registry.register(Engine(), f"uuid{k}", {}) for k in range(3)]
-    clock = Clock()
-    fired: list[int] = []
-    departures = _Departures(registry, ids[:2], clock, KILL_TIMEOUT)
-    for engine_id, d in departures.deferreds.items():
-        d.addCallback(lambda _, i=engine_id: fired.append(i))
-    registry.unregister(ids[0])
-    registry.unregister(ids[2])  # not waited for
-    assert fired == [0]
-    clock.advance(KILL_TIMEOUT - 0.1)
-    assert fired == [0]
-    clock.advance(0.1)
-    assert fired == [0, 1] and not departures.watching
-    registry.unregister(ids[1])  # no longer watched: nothing happens
-    assert fired == [0, 1]
 
 
 def test_pending_results_belong_to_their_client(cluster4):
