@@ -16,6 +16,7 @@ import time
 
 import cloudpickle
 import pytest
+from twisted.internet import defer
 
 from plait.kernel import client
 from plait.kernel.client._reactor import call
@@ -99,7 +100,7 @@ def test_exit_waits_a_bounded_time_for_a_stalled_controller_and_says_so(cluster_
     assert "plait: gave up after 1 s waiting for the controller to confirm" in err
 
 
-def test_flush_confirms_and_close_ends_the_client(cluster4, tc):
+def test_wait_for_send_confirms_and_close_ends_the_client(cluster4, tc):
     mine = cluster4.tc()
     ids = [mine.run(client.MapTask(abs, args=(-i,))) for i in range(50)]
     assert mine.wait_for_send() is None
@@ -118,6 +119,28 @@ def test_flush_confirms_and_close_ends_the_client(cluster4, tc):
         scoped.get_task_result(taskid)
     assert tc.get_task_result(taskid, block=True).ns.b == 2
     tc.clear(ids + [taskid])
+
+
+def test_flush_is_the_deprecated_name_of_wait_for_send(cluster4, tc):
+    """``tc.flush()`` still sends and confirms, and says to call wait_for_send()
+    (mec.flush() keeps its meaning: it drops stored results)."""
+    taskid = tc.run(client.MapTask(abs, args=(-3,)))
+    with pytest.warns(DeprecationWarning, match=r"TaskClient.flush\(\) is deprecated: call wait_for_send"):
+        assert tc.flush() is None
+    assert tc.get_task_result(taskid, block=True).results == 3
+
+    @defer.inlineCallbacks
+    def asynchronous():
+        atc = yield client.AsyncTaskClient.connect(cluster4.furl_file("tc"))
+        other = yield atc.run(client.MapTask(abs, args=(-4,)))
+        with pytest.warns(DeprecationWarning, match="wait_for_send"):
+            d = atc.flush()
+        yield d
+        result = yield atc.get_task_result(other, block=True)
+        yield atc.close()
+        return result.results
+
+    assert call(asynchronous) == 4
 
 
 # -- ids are each client's own -----------------------------------------------------------------
