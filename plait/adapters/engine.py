@@ -73,8 +73,9 @@ class RemoteEngine:
         return d
 
 
+# mypy-zope looks for the RI methods by name; foolscap calls remote_<name> ones
 @implementer(RIEngineRegistrar)
-class FoolscapEngineRegistrar(Referenceable):
+class FoolscapEngineRegistrar(Referenceable):  # type: ignore[misc]
     """Published under ``ipcontroller-engine.furl``: engines join here."""
 
     log = Logger()
@@ -117,8 +118,9 @@ def _plain_properties(data: bytes) -> dict:
     return props
 
 
+# mypy-zope looks for the RI methods by name; foolscap calls remote_<name> ones
 @implementer(RIEngineSession)
-class FoolscapEngineSession(OffersUploads, Referenceable):
+class FoolscapEngineSession(OffersUploads, Referenceable):  # type: ignore[misc]
     """One engine's own link to the controller, handed over at registration."""
 
     def __init__(self, registry: IEngineRegistry, engine_id: int, blobs: Any):

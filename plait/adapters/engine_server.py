@@ -29,8 +29,9 @@ def _command(name: str) -> Any:
     return remote_method
 
 
+# mypy-zope looks for the RI methods by name; foolscap calls remote_<name> ones
 @implementer(RIEngine)
-class FoolscapEngine(Referenceable):
+class FoolscapEngine(Referenceable):  # type: ignore[misc]
     """Publishes an :class:`IEngineServer` as :class:`RIEngine`."""
 
     def __init__(self, engine: IEngineServer):

@@ -44,8 +44,9 @@ def _adapt(name: str):
     return remote_method
 
 
+# mypy-zope looks for the RI methods by name; foolscap calls remote_<name> ones
 @implementer(RIMultiEngine)
-class FoolscapMultiEngine(OffersUploads, Referenceable):
+class FoolscapMultiEngine(OffersUploads, Referenceable):  # type: ignore[misc]
     """Publishes an :class:`IMultiEngine` service as :class:`RIMultiEngine`."""
 
     def __init__(self, service: IMultiEngine, blobs: Any = None, channels: Any = None):

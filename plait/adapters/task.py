@@ -52,8 +52,9 @@ def _encoded(record: TaskResultRecord | None) -> bytes | None:
     return None if record is None else encode_result(record)
 
 
+# mypy-zope looks for the RI methods by name; foolscap calls remote_<name> ones
 @implementer(RITaskController)
-class FoolscapTaskController(OffersUploads, Referenceable):
+class FoolscapTaskController(OffersUploads, Referenceable):  # type: ignore[misc]
     """Publishes an :class:`ITaskController` service as :class:`RITaskController`.
 
     ``blobs`` is the controller's :class:`~plait.kernel.controller.blobserver.BlobServer`,

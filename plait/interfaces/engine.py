@@ -206,6 +206,9 @@ class IEngineRegistry(Interface):
     def get_ids():
         """The ids of the engines registered now, sorted."""
 
+    def __contains__(engine_id):
+        """Whether ``engine_id`` is registered now."""
+
     def get_engine(engine_id):
         """The :class:`IEngine` for ``engine_id``; KeyError when there is none."""
 

@@ -244,7 +244,7 @@ def _engine_id(value: object) -> int | None:
     if isinstance(value, (bool, str)) or not hasattr(value, "__index__"):
         return None
     try:
-        return operator.index(value)  # type: ignore[arg-type]
+        return operator.index(value)
     except TypeError:
         return None
 

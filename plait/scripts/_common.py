@@ -37,6 +37,7 @@ def start_logging(dirs: ProfileDirs, name: str, to_stderr: bool = False) -> Path
     """Send Twisted's log to ``log/NAME-PID.log`` in the profile; returns its path."""
     from twisted.logger import (
         FilteringLogObserver,
+        ILogObserver,
         LogLevel,
         LogLevelFilterPredicate,
         globalLogBeginner,
@@ -44,7 +45,9 @@ def start_logging(dirs: ProfileDirs, name: str, to_stderr: bool = False) -> Path
     )
 
     path = dirs.log / f"{name}-{os.getpid()}.log"
-    observers = [textFileLogObserver(open(path, "a", buffering=1, encoding="utf-8"))]
+    observers: list[ILogObserver] = [
+        textFileLogObserver(open(path, "a", buffering=1, encoding="utf-8"))
+    ]
     if to_stderr:
         observers.append(
             FilteringLogObserver(

@@ -106,12 +106,13 @@ class Cluster:
                                f"see its log in {self.dirs.log}")
         furl = Path(line.split(" ", 1)[1]).read_text().strip()
         for proc in self.engines:
+            assert proc.stdin is not None  # engines are spawned with stdin=True
             try:
                 proc.stdin.write((furl + "\n").encode())
                 proc.stdin.close()
             except OSError:
                 pass
-        ids = []
+        ids: list[int] = []
         for fd in pending:
             self.selector.register(fd, selectors.EVENT_READ)
         buffers = {fd: b"" for fd in pending}
@@ -227,14 +228,16 @@ def terminate(pids: list[int], grace: float = 3.0) -> None:
                 break
             for key, _ in sel.select(left):
                 sel.unregister(key.fd)
-        stragglers = [(pidfds[fd], fd) for fd in sel.get_map()]
+        stragglers: list[tuple[int, int | None]] = [
+            (pidfds[key.fd], key.fd) for key in sel.get_map().values()
+        ]
     while polled and time.monotonic() < deadline:
         polled = [pid for pid in polled if pid_alive(pid)]
         if polled:
             time.sleep(0.02)  # fallback without pidfds: poll
     stragglers += [(pid, None) for pid in polled]
-    for pid, fd in stragglers:
-        _signal(pid, fd, signal.SIGKILL)
+    for pid, pidfd in stragglers:
+        _signal(pid, pidfd, signal.SIGKILL)
     for fd in pidfds:
         os.close(fd)
 
@@ -301,6 +304,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                   + (f" --profile={args.profile}" if args.profile else ""), flush=True)
             return 0
         print("press Ctrl-C to stop the cluster", flush=True)
+        assert cluster.controller is not None  # started by cluster.start
         cluster.controller.wait()
         print("the controller exited; stopping the engines", flush=True)
         code = 0

@@ -35,7 +35,8 @@ from typing import Any
 
 from foolscap.crypto import digest32
 from foolscap.schema import Violation
-from twisted.internet import defer, protocol, reactor, ssl
+from twisted.internet import defer, protocol, ssl
+from twisted.internet import reactor as _twisted_reactor
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
@@ -44,6 +45,8 @@ from zope.interface import implementer
 
 from plait.wire.errors import ChannelClosed, ChannelError
 from plait.wire.serialize import loads_plain
+
+reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
 REQUEST, RESPONSE, HELLO, WELCOME = 0, 1, 2, 3
 
@@ -137,6 +140,12 @@ class ChannelProtocol(Int32StringReceiver):
         self.local = local
         self._schema = local.getInterface()
 
+    @property
+    def _tls(self) -> Any:
+        """The connection's TLS transport (``abortConnection``, ``getPeerCertificate``):
+        set once connected; Twisted types ``transport`` as a bare ``ITransport | None``."""
+        return self.transport
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.loseConnection()
@@ -148,7 +157,7 @@ class ChannelProtocol(Int32StringReceiver):
             kind = message[0]
         except Exception as exc:
             self.log.warn("dropping a channel: unreadable frame ({e})", e=exc)
-            self.transport.abortConnection()
+            self._tls.abortConnection()
             return
         if kind == REQUEST:
             self._dispatch(*message[1:])
@@ -166,7 +175,7 @@ class ChannelProtocol(Int32StringReceiver):
 
     def frame(self, message: tuple) -> None:
         """Handle a handshake frame (subclasses)."""
-        self.transport.abortConnection()
+        self._tls.abortConnection()
 
     def _dispatch(self, call_id: int, method: str, args: tuple) -> None:
         d = defer.maybeDeferred(self._invoke, method, args)
@@ -198,7 +207,7 @@ class ChannelProtocol(Int32StringReceiver):
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.log.warn("dropping a channel: frame of {n} bytes is too large", n=length)
-        self.transport.abortConnection()
+        self._tls.abortConnection()
 
     def connectionMade(self) -> None:
         # (the TLS wrapper hands attribute look-ups down to the TCP transport)
@@ -238,7 +247,7 @@ class _ServerProtocol(ChannelProtocol):
         super().connectionMade()
         # A stranger gets HELLO_TIMEOUT seconds to present a ticket, and only
         # MAX_UNPROVEN strangers are kept at once (the oldest goes first).
-        self._deadline = reactor.callLater(HELLO_TIMEOUT, self.transport.abortConnection)
+        self._deadline = reactor.callLater(HELLO_TIMEOUT, self._tls.abortConnection)
         self.factory.unproven[self] = None
         if len(self.factory.unproven) > MAX_UNPROVEN:
             oldest = next(iter(self.factory.unproven))
@@ -263,18 +272,18 @@ class _ServerProtocol(ChannelProtocol):
             message = None
         if not (isinstance(message, tuple) and len(message) == 2 and message[0] == HELLO):
             self.log.warn("refused a channel: it did not start with a ticket")
-            self.transport.abortConnection()
+            self._tls.abortConnection()
             return
         self.frame(message)
 
     def frame(self, message: tuple) -> None:
         if self.welcomed:
-            self.transport.abortConnection()
+            self._tls.abortConnection()
             return
         ticket = self.factory.redeem(message[1])
         if ticket is None:
             self.log.warn("refused a channel: unknown or expired ticket")
-            self.transport.abortConnection()
+            self._tls.abortConnection()
             return
         local, on_bound = ticket
         self.welcomed = True
@@ -353,10 +362,10 @@ class _ClientProtocol(ChannelProtocol):
     token = b""
 
     def handshakeCompleted(self) -> None:
-        cert = self.transport.getPeerCertificate()
+        cert = self._tls.getPeerCertificate()
         if cert is None or not hmac.compare_digest(tub_id_of(cert), self.expected_tub_id):
             self.log.warn("refused a channel: the server is not the controller the FURL names")
-            self.transport.abortConnection()
+            self._tls.abortConnection()
             return
         self.sendString(safe_dumps((HELLO, self.token)))
 
@@ -365,7 +374,7 @@ class _ClientProtocol(ChannelProtocol):
             self.MAX_LENGTH = MAX_FRAME
             self.ready.callback(self)
         else:
-            self.transport.abortConnection()
+            self._tls.abortConnection()
 
 
 def open_channel(host: str, port: int, token: bytes, tub_id: str, local: Any = None,
@@ -383,7 +392,8 @@ def open_channel(host: str, port: int, token: bytes, tub_id: str, local: Any = N
     if local is not None:
         proto.bind(local)
 
-    factory = protocol.ClientFactory.forProtocol(lambda: proto)
+    # a ClientFactory (Twisted types forProtocol as returning a Factory), given its failure hook below
+    factory: Any = protocol.ClientFactory.forProtocol(lambda: proto)
 
     def failed(connector: Any, reason: Failure) -> None:
         if not proto.ready.called:

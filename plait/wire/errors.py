@@ -217,9 +217,11 @@ class RemoteFailure:
             for _ in range(tb_skip):
                 if tb is not None and tb.tb_next is not None:
                     tb = tb.tb_next
+        blob: bytes | None
         try:
-            blob: bytes | None = cloudpickle.dumps(exc, protocol=5)
-            pickle.loads(blob)  # make sure it comes back
+            dumped: bytes = cloudpickle.dumps(exc, protocol=5)
+            pickle.loads(dumped)  # make sure it comes back
+            blob = dumped
         except Exception:
             blob = None
         return cls(
@@ -272,6 +274,9 @@ class RemoteError(PlaitError):
     are copied from it for convenience.
     """
 
+    #: None only on a :class:`CompositeError` that holds no failures.
+    failure: RemoteFailure | None
+
     def __init__(self, failure: RemoteFailure, method: str | None = None):
         self.failure = failure
         self.method = method if method is not None else failure.method
@@ -290,6 +295,7 @@ class RemoteError(PlaitError):
         The remote traceback text is attached as a note (Python 3.11+) or as
         the ``remote_traceback`` attribute.
         """
+        assert self.failure is not None  # set by __init__
         _raise_original(self.failure, _label(self.engine_id, self.method))
 
     def print_traceback(self, file: TextIO | None = None) -> None:

@@ -33,11 +33,14 @@ from __future__ import annotations
 import pickle
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from plait.wire.errors import SerializationError
+
+if TYPE_CHECKING:
+    import mmap
 
 #: Largest payload carried inline in a message; bigger ones travel on the bulk
 #: data channel (:mod:`plait.wire.bulk`).
@@ -161,7 +164,7 @@ def frame_layout(frame: memoryview) -> tuple[tuple[int, int], list[tuple[int, in
     return head, spans
 
 
-def unframe(frame: memoryview | bytearray | bytes) -> Any:
+def unframe(frame: memoryview | bytearray | bytes | mmap.mmap) -> Any:
     """Unpickle a frame, passing its buffers as views into ``frame`` (no copy).
 
     Objects rebuilt from the buffers (numpy arrays) share memory with

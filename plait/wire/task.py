@@ -200,9 +200,11 @@ def _engine_part(spec: TaskSpec) -> EngineTask:
     )
 
 
-def _check_retries(retries: Any) -> None:
+def _check_retries(retries: Any) -> int:
+    """``retries``, once checked to be an int >= 0."""
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise TaskSpecError(f"retries must be an int >= 0, not {retries!r}")
+    return retries
 
 
 def _check_timeout(timeout: Any) -> float | None:
@@ -305,7 +307,7 @@ def _envelope_fields(item: Any) -> tuple[bytes, int, bytes | None, float | None]
     payload, retries, depend = item.get("engine"), item.get("retries"), item.get("depend")
     if not isinstance(payload, bytes) or not payload:
         raise TaskSpecError("a task envelope lacks its engine part")
-    _check_retries(retries)
+    retries = _check_retries(retries)
     if depend is not None and not isinstance(depend, bytes):
         raise TaskSpecError("depend must be serialized bytes")
     return payload, retries, depend, _check_timeout(item.get("timeout"))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from plait.kernel.client import _reactor
 from plait.wire.channel import (
     HELLO,
     REQUEST,
@@ -20,10 +19,11 @@ from plait.wire.channel import (
     safe_loads,
 )
 from plait.wire.errors import ChannelClosed, ChannelError
+from support import in_reactor
 
 
 def _ticket(mec):
-    return _reactor.call(mec.asynchronous._reference.callRemote, "open_channel")
+    return in_reactor(mec.asynchronous._reference.callRemote, "open_channel")
 
 
 def _furl(c, name="mec"):
@@ -40,12 +40,12 @@ def test_a_ticket_opens_one_channel_once(cluster4):
     mec = cluster4.mec()
     token, port = _ticket(mec)
     tub_id, host = channel_address(_furl(cluster4))
-    channel = _reactor.call(open_channel, host, port, token, tub_id)
-    assert _reactor.call(channel.callRemote, "get_ids") == (True, [0, 1, 2, 3])
+    channel = in_reactor(open_channel, host, port, token, tub_id)
+    assert in_reactor(channel.callRemote, "get_ids") == (True, [0, 1, 2, 3])
     with pytest.raises(ChannelClosed):  # the same ticket again
-        _reactor.call(open_channel, host, port, token, tub_id)
+        in_reactor(open_channel, host, port, token, tub_id)
     with pytest.raises(ChannelClosed):  # a made-up ticket
-        _reactor.call(open_channel, host, port, b"x" * 32, tub_id)
+        in_reactor(open_channel, host, port, b"x" * 32, tub_id)
 
 
 def test_channel_refuses_a_server_that_is_not_the_furls(cluster4):
@@ -54,16 +54,16 @@ def test_channel_refuses_a_server_that_is_not_the_furls(cluster4):
     _, host = channel_address(_furl(cluster4))
     engine_tub_id, _ = channel_address(_furl(cluster4, "engine"))  # another certificate
     with pytest.raises(ChannelClosed):
-        _reactor.call(open_channel, host, port, token, engine_tub_id)
+        in_reactor(open_channel, host, port, token, engine_tub_id)
 
 
 def test_channel_checks_the_remote_interface(cluster4):
     mec = cluster4.mec()
     channel = mec.asynchronous._remote
     with pytest.raises(ChannelError, match="Violation"):
-        _reactor.call(channel.callRemote, "execute", 42, (True, []), True)
+        in_reactor(channel.callRemote, "execute", 42, (True, []), True)
     with pytest.raises(ChannelError, match="no method 'register_engine'"):
-        _reactor.call(channel.callRemote, "register_engine", None, "u", b"P", b"")
+        in_reactor(channel.callRemote, "register_engine", None, "u", b"P", b"")
     assert mec.get_ids() == [0, 1, 2, 3]  # the channel survives both
 
 
@@ -123,7 +123,7 @@ def test_strangers_holding_connections_open_do_not_lock_clients_out(cluster4):
     mec = cluster4.mec()
     _, port = _ticket(mec)
     host = channel_address(_furl(cluster4))[1]
-    data = tuple(_reactor.call(mec.asynchronous._remote_call, "open_upload", 10, 1)[2])
+    data = tuple(in_reactor(mec.asynchronous._remote_call, "open_upload", 10, 1)[2])
     idle = [socket.create_connection((host, port)) for _ in range(MAX_UNPROVEN * 3)]
     idle += [socket.create_connection(data) for _ in range(DATA_UNPROVEN * 3)]
     try:

@@ -7,9 +7,8 @@ import stat
 
 import pytest
 
-from plait.kernel.client import _reactor
 from plait.security import client_tub
-from support import TESTS
+from support import TESTS, in_reactor
 from support.cluster import Cluster, make_env, wait_for_engines
 
 PLUGINS = str(TESTS / "plugins")
@@ -40,13 +39,13 @@ def test_custom_interface_is_published_beside_the_others(tmp_path):
         mec = c.mec()
 
         assert wait_for_engines(mec, 2) == [0, 1]
-        census = _reactor.call(client_tub().getReference, census_file.read_text().strip())
-        assert _reactor.call(census.callRemote, "count") == 2
-        uuids = _reactor.call(census.callRemote, "uuids")
+        census = in_reactor(client_tub().getReference, census_file.read_text().strip())
+        assert in_reactor(census.callRemote, "count") == 2
+        uuids = in_reactor(census.callRemote, "uuids")
         assert sorted(uuids) == [0, 1] and all(len(u) == 36 for u in uuids.values())
         # the census capability grants nothing else
         with pytest.raises(Exception, match="execute"):
-            _reactor.call(census.callRemote, "execute", "1", (True, []), True)
+            in_reactor(census.callRemote, "execute", "1", (True, []), True)
     finally:
         for p in [*engines, ctl]:
             p.kill()

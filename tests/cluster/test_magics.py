@@ -152,9 +152,9 @@ def test_blocking_client_in_a_cell_with_top_level_await(shell, capsys):
 
 def test_an_asynchronous_client_can_be_activated(shell, capsys, cluster4):
     from plait.kernel import client
-    from plait.kernel.client import _reactor
+    from support import in_reactor
 
-    async_mec = _reactor.call(client.AsyncMultiEngineClient.connect, cluster4.furl_file("mec"))
+    async_mec = in_reactor(client.AsyncMultiEngineClient.connect, cluster4.furl_file("mec"))
     async_mec.activate()
     out = lines(run(shell, capsys, "%px shared = 'via the async client'"))
     assert out[0] == "Executing command on Controller" and out[2] == "<Results List>"

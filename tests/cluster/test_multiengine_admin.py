@@ -13,7 +13,7 @@ import pytest
 from twisted.internet import defer
 
 from plait.kernel import client
-from plait.kernel.client import _reactor
+from support import in_reactor
 from support.cluster import wait_for_engines
 
 GATE = "import os, time\nwhile not os.path.exists({path!r}): time.sleep(0.005)"
@@ -141,7 +141,7 @@ def test_asynchronous_client_in_twisted_code(cluster4):
             out["error"] = str(e).splitlines()[1]
         return out
 
-    assert _reactor.call(session) == {
+    assert in_reactor(session) == {
         "ids": [0, 1, 2, 3], "a": [5] * 4, "x": list(range(8)), "map": [1, 2, 3, 4],
         "pending": True, "b": [10], "error": "[1:execute]: ZeroDivisionError: division by zero",
     }

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from plait.kernel import client
-from plait.kernel.client import _reactor
 from plait.security import client_tub
+from support import in_reactor
 
 
 def _ref(furl: str):
-    return _reactor.call(client_tub().getReference, furl, timeout=30)
+    return in_reactor(client_tub().getReference, furl, timeout=30)
 
 
 def _furl(c, name: str) -> str:
@@ -58,7 +58,7 @@ def test_missing_furl_file_says_where_it_looked(tmp_path):
 def test_client_furl_cannot_register_engines(cluster4):
     ref = _ref(_furl(cluster4, "mec"))
     with pytest.raises(Exception, match="register_engine"):
-        _reactor.call(ref.callRemote, "register_engine", None, "x", b"P")
+        in_reactor(ref.callRemote, "register_engine", None, "x", b"P")
     assert cluster4.mec().get_ids() == [0, 1, 2, 3]
 
 
@@ -66,13 +66,13 @@ def test_engine_furl_cannot_drive_engines(cluster4):
     ref = _ref(_furl(cluster4, "engine"))
     for method, args in (("execute", ("1", (True, []), True)), ("get_ids", ())):
         with pytest.raises(Exception, match=method):
-            _reactor.call(ref.callRemote, method, *args)
+            in_reactor(ref.callRemote, method, *args)
 
 
 def test_bad_arguments_get_a_clear_error_and_the_connection_survives(mec):
     ref = mec.asynchronous._remote
     with pytest.raises(Exception, match="Violation"):
-        _reactor.call(ref.callRemote, "execute", 42, (True, []), True)
+        in_reactor(ref.callRemote, "execute", 42, (True, []), True)
     assert mec.get_ids() == [0, 1, 2, 3]
 
 
@@ -116,7 +116,7 @@ def test_junk_on_the_data_port_leaves_it_working(cluster4):
     import numpy as np
 
     mec = cluster4.mec()
-    addr = _reactor.call(mec.asynchronous._remote_call, "open_upload", 10, 1)[2]
+    addr = in_reactor(mec.asynchronous._remote_call, "open_upload", 10, 1)[2]
     with socket.create_connection(tuple(addr), timeout=5) as s:
         s.sendall(b"x" * 1000)
     big = np.arange(300_000, dtype=np.float64)  # above the inline limit
@@ -146,10 +146,10 @@ def test_engine_furl_cannot_make_the_controller_unpickle_code(cluster4, tmp_path
     ref = _ref(_furl(cluster4, "engine"))
     # registering with pickled code as properties is refused, and nothing ran
     with pytest.raises(Exception, match="may not load"):
-        _reactor.call(ref.callRemote, "register_engine", FoolscapEngine(None), "u" * 36, evil, b"")
+        in_reactor(ref.callRemote, "register_engine", FoolscapEngine(None), "u" * 36, evil, b"")
     # the registrar has no way to set another engine's properties any more
     with pytest.raises(Exception, match="set_properties"):
-        _reactor.call(ref.callRemote, "set_properties", 0, evil)
+        in_reactor(ref.callRemote, "set_properties", 0, evil)
     assert not marker.exists()
     assert cluster4.mec().get_ids() == [0, 1, 2, 3]
 

@@ -16,7 +16,7 @@ import cloudpickle
 import pytest
 
 from plait.kernel import client
-from plait.kernel.client._reactor import call
+from support import in_reactor as call
 
 # The controller and the engines cannot import this module: its functions
 # travel by value, as those of an interactive session do.

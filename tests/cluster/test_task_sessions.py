@@ -19,8 +19,8 @@ import pytest
 from twisted.internet import defer
 
 from plait.kernel import client
-from plait.kernel.client._reactor import call
 from plait.wire.task import encode_task
+from support import in_reactor as call
 from support.cluster import PYTHON
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -7,3 +7,11 @@ from pathlib import Path
 #: The root of the repository, and the tests folder.
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
+
+
+def in_reactor(fn, *args, timeout=None, **kwargs):
+    """Run ``fn(*args, **kwargs)`` in the reactor thread the blocking clients use,
+    and wait for its result (or its Deferred's): how tests drive Twisted code."""
+    from plait.kernel.client._reactor import call
+
+    return call(fn, *args, timeout=timeout, **kwargs)

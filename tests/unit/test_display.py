@@ -6,7 +6,7 @@ import textwrap
 
 from IPython.lib.pretty import pretty
 
-from plait.kernel.client._display import QueueStatusList, ResultList
+from plait.kernel.client import QueueStatusList, ResultList
 from plait.kernel.engine.interpreter import Interpreter
 from plait.wire.errors import RemoteFailure
 

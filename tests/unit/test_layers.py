@@ -235,3 +235,22 @@ def test_an_engine_loads_no_client_or_controller_code(module):
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_architecture_page_shows_the_same_rules_and_real_paths():
+    """docs/architecture.md repeats the table (it must not drift) and names
+    files and folders of plait that exist."""
+    from support import ROOT
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    doc = plait.kernel.__doc__ or ""
+    lines = doc.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(r"\s+area\s+may import", line))
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        assert line.strip() in page, f"docs/architecture.md lacks the rule: {line.strip()}"
+    for path in re.findall(r"`((?:plait|tests)/[\w/.]+)`", page):
+        assert (ROOT / path).exists(), f"docs/architecture.md names {path}, which does not exist"
+    for path in re.findall(r"`(kernel/[\w/.]+\.py)`", page):
+        assert (ROOT / "plait" / path).exists(), f"docs/architecture.md names {path}"

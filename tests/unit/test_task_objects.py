@@ -9,14 +9,14 @@ import pytest
 from twisted.internet import defer
 
 from plait.kernel import client
+from plait.kernel.client import TaskResult
 from plait.kernel.client import _submit as _tcsubmit
-from plait.kernel.client._reactor import call
 from plait.kernel.client._submit import FIRST_BLOCK, Submitter
 from plait.kernel.client._taskmap import CHUNK_FACTOR, TAIL_FRACTION, chunk_sizes
-from plait.kernel.client._tasks import TaskResult
 from plait.wire.errors import PlaitConnectionError, RemoteFailure, TaskSubmissionError
 from plait.wire.serialize import serialize
 from plait.wire.task import TaskResultRecord
+from support import in_reactor as call
 
 
 # -- task objects ----------------------------------------------------------------------------

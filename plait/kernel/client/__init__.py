@@ -74,7 +74,8 @@ MultiEngineClient = derive_blocking(
     call, on the engines instead of here.
     """,
 )
-classImplements(MultiEngineClient, IFullBlockingMultiEngineClient)
+# (made at run time by derive_blocking: mypy-zope only knows classes from class statements)
+classImplements(MultiEngineClient, IFullBlockingMultiEngineClient)  # type: ignore[misc]
 classImplements(PendingResult, IPendingResult)
 #: The name of the blocking client in the reference API.
 FullBlockingMultiEngineClient = MultiEngineClient

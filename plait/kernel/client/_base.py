@@ -112,10 +112,13 @@ def decode(payload: bytes) -> Any:
 
 def decode_replies(per_engine: list[tuple[int, bool, bytes]]) -> defer.Deferred:
     """Decode ``[(id, ok, payload)]`` into ``[(id, ok, value-or-RemoteFailure)]``."""
+    def tagged(value: Any, engine_id: int, ok: bool) -> tuple[int, bool, Any]:
+        return engine_id, ok, value
+
     ds = []
     for engine_id, ok, payload in per_engine:
         d = defer.maybeDeferred(decode, payload)
-        d.addCallback(lambda v, i=engine_id, ok=ok: (i, ok, v))
+        d.addCallback(tagged, engine_id, ok)
         ds.append(d)
     return defer.gatherResults(ds, consumeErrors=True).addErrback(
         lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f

@@ -25,7 +25,7 @@ from plait.kernel.client import _reactor
 class BlockingClientBase:
     """Base of derived blocking clients: owns the asynchronous twin."""
 
-    _async_class: type
+    _async_class: type[Any]
     _shared_attributes: tuple[str, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -64,11 +64,11 @@ def _blocking_method(name: str, fn: Any) -> Any:
 
 
 #: Each asynchronous client class derived from, and its blocking class.
-_twins: dict[type, type] = {}
+_twins: dict[type, type[Any]] = {}
 
 
 def derive_blocking(async_class: type, name: str, mixins: tuple[type, ...] = (),
-                    shared: tuple[str, ...] = (), doc: str | None = None) -> type:
+                    shared: tuple[str, ...] = (), doc: str | None = None) -> type[Any]:
     """A blocking client class whose methods wait for ``async_class``'s Deferreds.
 
     The class is named ``name`` and belongs to the module of

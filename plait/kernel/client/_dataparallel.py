@@ -211,7 +211,7 @@ class DataParallelMixin:
             n = min(len(ids), length)
             if n == 0:
                 return [] if block else _done([], "map")
-            calls = []
+            calls: list[tuple[Callable[..., Any], tuple, dict]] = []
             for index in range(n):
                 start, stop = bounds(length, n, index)
                 calls.append((map_chunk, (function, *[cut(s, start, stop) for s in seqs]), {}))

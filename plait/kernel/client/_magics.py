@@ -133,7 +133,9 @@ def _magics_class() -> type:
                 self.enable_autopx()
 
         def enable_autopx(self) -> None:
-            shell = self.shell
+            # run_cell & co. are replaced on this shell instance while autopx is on
+            # (disable_autopx drops the instance attributes): untyped for that.
+            shell: Any = self.shell
             shell.run_cell = self._run_remote_cell
             shell.run_cell_async = self._run_remote_cell_async
             shell.should_run_async = lambda *args, **kwargs: False
@@ -158,11 +160,13 @@ def _magics_class() -> type:
                              cell_id: Any = None, **kwargs: Any) -> Any:
             """Stands in for ``shell.run_cell`` while autopx is on."""
             shell = self.shell
+            assert shell is not None  # magics are registered with their shell
             info = ExecutionInfo(raw_cell, store_history, silent, shell_futures, cell_id)
             result = ExecutionResult(info)
             if not raw_cell.strip():
                 return result
             if store_history:
+                assert shell.history_manager is not None  # as in InteractiveShell.run_cell
                 shell.history_manager.store_inputs(shell.execution_count, raw_cell, raw_cell)
                 result.execution_count = shell.execution_count
             if _AUTOPX.fullmatch(raw_cell):

@@ -74,7 +74,7 @@ def decorator(mapper: Mapper) -> Callable[[Callable[..., Any]], ParallelFunction
     return decorate
 
 
-def _ndarray() -> type | None:
+def _ndarray() -> type[Any] | None:
     numpy = sys.modules.get("numpy")
     return getattr(numpy, "ndarray", None)
 

@@ -45,7 +45,7 @@ def _a(noun: str) -> str:
     """``noun`` with its indefinite article: 'an int', 'a dict'."""
     return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
-def _ndarray_type() -> type | None:
+def _ndarray_type() -> type[Any] | None:
     """``numpy.ndarray`` if NumPy is loaded (no array can exist otherwise)."""
     numpy = sys.modules.get("numpy")
     return getattr(numpy, "ndarray", None)

@@ -61,7 +61,7 @@ class PendingResult:
             self._fetching = d
         return self._fetching
 
-    def _poll(self) -> None:
+    def _poll(self) -> defer.Deferred | None:
         if self._done.is_set() or self._fetching is not None:
             return None
         d = self._fetch(False)

@@ -12,10 +12,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
+from twisted.internet import reactor as _twisted_reactor
 from twisted.python.failure import Failure
 
 from plait.wire.errors import PlaitError
+
+reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
 #: Errors that describe the user's call, not a bug: raised without our frames.
 _QUIET = (PlaitError, TypeError, ValueError, KeyError, IndexError, LookupError, OSError)

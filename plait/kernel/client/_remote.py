@@ -158,7 +158,7 @@ def strip_whitespace(source: str | Iterable[str]) -> str:
             "(client.remote()): the code after it runs on the engines"
         )
     first = tree.body[0]
-    rest = body[first.end_lineno:]  # type: ignore[misc]
+    rest = body[first.end_lineno:]
     while rest and not rest[-1].strip():
         rest.pop()
     return "".join(rest)

@@ -59,12 +59,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
+from twisted.internet import reactor as _twisted_reactor
 from twisted.python.failure import Failure
 
 from plait.kernel.client import _reactor
 from plait.kernel.client._base import raise_outcome
 from plait.wire.errors import PlaitConnectionError, TaskSubmissionError
+
+reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
 #: Ids reserved by the first block, and the largest block.
 FIRST_BLOCK = 512
@@ -173,7 +176,7 @@ class Submitter:
                 self._reserving = False
             self._serve_id_waiters()
 
-        def failed(f: Failure) -> None:
+        def failed(f: Failure) -> Failure:
             with self._lock:
                 self._reserving = False
             waiters, self._id_waiters = self._id_waiters, []
@@ -233,7 +236,8 @@ class Submitter:
     def _take(self) -> list[tuple[int, bytes]]:
         """The oldest buffered submissions that fit in one message (maybe none)."""
         with self._lock:
-            batch, size = [], 0
+            batch: list[tuple[int, bytes]] = []
+            size = 0
             for item in self._buffer:
                 if batch and (len(batch) >= MAX_MESSAGE_TASKS
                               or size + len(item[1]) > MAX_MESSAGE_BYTES):

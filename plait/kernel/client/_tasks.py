@@ -90,12 +90,10 @@ class StringTask(TaskSpec):
     ):
         super().__init__(
             "string", expression=expression,
-            pull=pull if isinstance(pull, str) or pull is None else list(pull),
+            pull=pull if isinstance(pull, str) else [] if pull is None else list(pull),
             push=dict(push or {}), clear_before=clear_before, clear_after=clear_after,
             retries=retries, recovery_task=recovery_task, depend=depend, timeout=timeout,
         )
-        if self.pull is None:
-            self.pull = []
 
     def __repr__(self) -> str:
         extra = f", pull={self.pull!r}" if self.pull else ""

@@ -428,6 +428,7 @@ class BlobServer:
             self._refuse(sock, peer, f"blob unavailable: {reason}")
             self._kill(blob, reason)
             return
+        assert view is not None  # no reason: the buffer was taken and its view made above
         total = blob.ct_size
         received = published = 0
         failure = "upload aborted"
@@ -503,6 +504,7 @@ class BlobServer:
                         break
                     end = blob.watermark
                     view = blob.view
+                    assert view is not None  # data was uploaded and the blob is not dead
                 while sent < end:
                     step = min(end, sent + wire._IO_SLICE)
                     sock.sendall(view[sent:step])

@@ -177,7 +177,7 @@ class Dispatcher:
         blame_first = False
         if command.at_engine:
             line = self._at_engine.get(engine_id)
-            oldest = bool(line) and line[0] is command
+            oldest = bool(line and line[0] is command)
             if line and command in line:
                 line.remove(command)
             if isinstance(result, Failure) and self._engine_gone(engine_id, result):
@@ -227,6 +227,7 @@ class Dispatcher:
             return
         for entry, (task_ok, data, seconds, stash) in zip(sent, items, strict=True):
             if stash is None:
+                assert data is not None  # decode_batch_reply: either data or a stash key
                 self._end(command, entry, Ended("reply", task_ok, data, float(seconds)))
             else:
                 self._fetch(command, entry, task_ok, float(seconds), stash)

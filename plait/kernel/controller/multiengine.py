@@ -55,7 +55,7 @@ class _Departures:
     def __init__(self, registry: IEngineRegistry, ids: list[int], clock: IReactorTime,
                  timeout: float):
         self.registry = registry
-        self.waiting = {i: defer.Deferred() for i in ids}
+        self.waiting: dict[int, defer.Deferred[None]] = {i: defer.Deferred() for i in ids}
         self.deferreds = dict(self.waiting)
         self.watching = True
         registry.add_observer(self)
@@ -191,7 +191,11 @@ class MultiEngine:
             for payload in payloads.values():
                 self._release(payload, True)
             return defer.fail()
-        calls = {i: (lambda engine, _i, p=p: invoke(engine, p)) for i, p in payloads.items()}
+
+        def sending(payload: bytes) -> Callable[[IEngine, int], defer.Deferred]:
+            return lambda engine, _i: invoke(engine, payload)
+
+        calls = {i: sending(p) for i, p in payloads.items()}
         return self._maybe_pending(self._gather(method, calls, None, payloads), block)
 
     def _local(self, method: str, fn: Callable[[int], Any], targets: Any, block: bool
@@ -271,15 +275,18 @@ class MultiEngine:
             )
             ds.append(d)
         d = defer.gatherResults(ds, consumeErrors=True)
-        if controller and self._stop_controller is not None:
-            d.addBoth(lambda r: (self._stop_controller(), r)[1])
+        stop = self._stop_controller
+        if controller and stop is not None:
+            d.addBoth(lambda r: (stop(), r)[1])
         return self._maybe_pending(d, block)
 
     def _departures(self, ids: list[int]) -> dict[int, defer.Deferred]:
         """A Deferred per engine, firing once it left the registry (or on timeout)."""
         clock = self._clock
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
+
+            clock = reactor
         return _Departures(self.registry, ids, clock, KILL_TIMEOUT).deferreds
 
     def clear_queue(self, targets: Any = "all", block: bool = True) -> defer.Deferred:

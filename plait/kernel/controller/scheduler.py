@@ -248,7 +248,8 @@ def make_scheduler(scheme: str = DEFAULT_SCHEME, hwm: int | None = DEFAULT_HWM,
     if isinstance(scheme, str) and ":" in scheme:
         obj = _import(scheme)
         if isinstance(obj, type) and IScheduler.implementedBy(obj):
-            scheduler = obj(hwm=hwm)
+            cls: Callable[..., Any] = obj  # the class, called with hwm= (not an adaptation)
+            scheduler = cls(hwm=hwm)
             verifyObject(IScheduler, scheduler)
             return scheduler
     return Scheduler(scheme, hwm, rng, clock=clock)

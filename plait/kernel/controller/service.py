@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, reactor
+from twisted.internet import defer
+from twisted.internet import reactor as _twisted_reactor
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -30,6 +31,8 @@ from plait.kernel.controller.registry import EngineRegistry
 from plait.kernel.controller.task import TaskController
 from plait.security import ProfileDirs, load_or_create_certificate, make_tub, write_private
 from plait.wire.channel import ChannelServer
+
+reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
 #: Seconds an unread blob is kept when nothing released it (a client went away).
 BLOB_LIFETIME = 24 * 3600

@@ -88,7 +88,7 @@ import threading
 import types
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from plait.kernel.engine.taskrun import run_on_engine
 from plait.wire.errors import RemoteFailure, SerializationError
@@ -130,12 +130,14 @@ class _Capture(io.TextIOBase):
         self._dropped = 0
         self._lock = threading.Lock()
 
+    # (io.TextIOBase's encoding and errors are read-only too; typeshed declares them
+    # as writable attributes)
     @property
-    def encoding(self) -> str:  # some libraries look before they write
+    def encoding(self) -> str:  # type: ignore[override]  # some libraries look before they write
         return "utf-8"
 
     @property
-    def errors(self) -> str:
+    def errors(self) -> str:  # type: ignore[override]
         return "strict"
 
     def writable(self) -> bool:
@@ -355,10 +357,15 @@ class Interpreter:
             return _copy_result(result)
 
     def _run_source(self, source: str, name: str, out: _Capture) -> None:
-        tree = compile(source, name, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+        # (typeshed types compile(..., PyCF_ONLY_AST) as AST; in "exec" mode it is a Module)
+        tree = cast(
+            ast.Module, compile(source, name, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+        )
         last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = compile(ast.Expression(tree.body.pop().value), name, "eval", dont_inherit=True)
+        final = tree.body[-1] if tree.body else None
+        if isinstance(final, ast.Expr):
+            tree.body.pop()
+            last = compile(ast.Expression(final.value), name, "eval", dont_inherit=True)
         exec(compile(tree, name, "exec", dont_inherit=True), self.namespace)
         if last is not None:
             value = eval(last, self.namespace)

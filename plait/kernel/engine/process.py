@@ -24,9 +24,10 @@ import sys
 import threading
 import uuid as uuid_module
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
+from twisted.internet import reactor as _twisted_reactor
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -40,10 +41,24 @@ from plait.wire.channel import BlockingChannel, channel_address
 from plait.wire.errors import ChannelClosed
 from plait.wire.serialize import dumps_plain
 
+reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
+
 #: Seconds an engine waits for its controller to accept it.
 REGISTRATION_TIMEOUT = 60
 
 log = Logger()
+
+_T = TypeVar("_T")
+
+
+def _wait_for(fn: Callable[..., defer.Deferred[_T]], *args: Any) -> _T:
+    """(main thread) Run ``fn(*args)`` in the reactor thread and wait for its Deferred.
+
+    Plain ``blockingCallFromThread``, with the result type stated: Twisted's
+    annotation of it does not let mypy infer a Deferred's result type.
+    """
+    call: Callable[..., Any] = fn
+    return blockingCallFromThread(reactor, call, *args)
 
 
 class MainThreadExecutor:
@@ -125,7 +140,7 @@ class Engine:
             ticket = None
         return ticket
 
-    def _register(self, token: bytes) -> defer.Deferred:
+    def _register(self, token: bytes) -> defer.Deferred[int]:
         d = self.registrar.callRemote(
             "register_engine", self.remote_self, self.uuid,
             dumps_plain(self.interpreter.properties, "the engine's properties"), token,
@@ -193,7 +208,7 @@ class Engine:
         """Join the controller; True once registered.  Sets :attr:`error`."""
         where = self.furl.split("@")[-1].split("/")[0]
         try:
-            ticket = blockingCallFromThread(reactor, self._join)
+            ticket = _wait_for(self._join)
             token = b""
             if ticket is not None:
                 tub_id, host = channel_address(self.furl)
@@ -202,7 +217,7 @@ class Engine:
                     token = ticket[0]
                 except ChannelClosed as exc:
                     log.warn("no command channel ({e}); commands will travel on foolscap", e=exc)
-            self.id = blockingCallFromThread(reactor, self._register, token)
+            self.id = _wait_for(self._register, token)
         except Exception as exc:
             self.error = f"could not register with the controller at {where}: {exc}"
             log.error("{msg}", msg=self.error)

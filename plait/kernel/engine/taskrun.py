@@ -83,8 +83,11 @@ def run_engine_task(interpreter: Interpreter, task: EngineTask) -> Any:
     try:
         if task.push:
             interpreter.push(task.push)
+        # (an EngineTask is built by plait.wire.task._engine_part, which checked these)
         if task.kind == "map":
+            assert task.function is not None
             return interpreter.apply(task.function, task.args, task.kwargs)
+        assert task.expression is not None
         interpreter.execute(task.expression)
         names = list(task.pull)
         return dict(zip(names, interpreter.pull(names), strict=True)) if names else {}
