@@ -8,7 +8,7 @@ listener serves it (``'engine'`` or ``'client'``).
 
 Adding an interface to the controller is writing one adapter and one
 Publication, passed to the controller (``ipcontroller --adapter
-module:NAME``); see ``tests/test_custom_interface.py``.
+module:NAME``); see ``tests/cluster/test_custom_interface.py``.
 """
 
 from __future__ import annotations

@@ -19,9 +19,20 @@ from zope.interface import implementer
 
 from plait.interfaces.engine import IEngineServer, RIEngine
 
+#: The RIEngine methods that are commands (run in the engine's main thread).
+COMMANDS = tuple(name for name in RIEngine.names() if name not in ("kill", "ping"))
+
 
 def _command(name: str) -> Any:
-    def remote_method(self: FoolscapEngine, *args: Any) -> defer.Deferred:
+    argnames = RIEngine[name].argumentNames
+
+    def remote_method(self: FoolscapEngine, *args: Any, **kwargs: Any) -> defer.Deferred:
+        for argname in argnames[len(args):]:  # foolscap callers may name arguments
+            if argname not in kwargs:
+                break
+            args += (kwargs.pop(argname),)
+        if kwargs:
+            raise TypeError(f"{name}() got unexpected arguments: {', '.join(sorted(kwargs))}")
         return self.engine.submit(name, args)
 
     remote_method.__name__ = f"remote_{name}"
@@ -37,7 +48,7 @@ class FoolscapEngine(Referenceable):  # type: ignore[misc]
     def __init__(self, engine: IEngineServer):
         self.engine = engine
 
-    for _name in ("execute", "push", "pull", "apply", "get_result", "keys", "reset", "run_task"):
+    for _name in COMMANDS:
         locals()[f"remote_{_name}"] = _command(_name)
     del _name
 

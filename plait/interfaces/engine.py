@@ -18,6 +18,9 @@ Every engine command answers with a *reply*, a ``(ok, payload)`` tuple:
 
 The controller creates failure replies of its own the same way, for instance
 an ``EngineError`` when an engine dies with commands queued on it.
+
+Wire contract: the ``__remote_name__`` of each RemoteInterface here is how
+the two ends of a connection recognise it; keep those names.
 """
 
 from __future__ import annotations

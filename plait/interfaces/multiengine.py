@@ -15,6 +15,9 @@ means the controller refused the call (for instance an unknown engine id)
 and ``value`` is a serialized RemoteFailure; otherwise ``value`` is the
 result, or, for a call made with ``block=False``, an int id to collect it
 with :meth:`RIMultiEngine.get_pending_result`.
+
+Wire contract: the ``__remote_name__`` of each RemoteInterface here is how
+the two ends of a connection recognise it; keep those names.
 """
 
 from __future__ import annotations

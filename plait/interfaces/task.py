@@ -13,6 +13,9 @@ or ``aborted``.  Before that it is ``scheduled`` (waiting for an engine) or
 Security: a task's ``depend`` function runs in the controller process.
 Whoever holds the tc FURL can therefore run code in the controller, with
 its account's rights; guard that FURL as you would the account.
+
+Wire contract: the ``__remote_name__`` of each RemoteInterface here is how
+the two ends of a connection recognise it; keep those names.
 """
 
 from __future__ import annotations
@@ -48,13 +51,13 @@ class ITaskController(Interface):
     Task ids are ints, each used once.  A client reserves blocks of them
     with :meth:`reserve`, so that it can give ids out before the controller
     answers, and submits tasks under them with :meth:`submit`.  Both name an
-    *owner* (any object; the adapter passes one per client connection): an
+    *owner* (any object; a :meth:`session` is the owner of its client's): an
     id is accepted only from the owner that reserved it, and only once, so
     ids are never reused, even after :meth:`clear`.  :meth:`release` drops
     what an owner reserved and did not use.  Tasks start in the order they
     arrived, whatever their ids.  Methods that name an unknown id (never
     issued, or cleared) fail with
-    :class:`plait.wire.task.InvalidTaskID`.
+    :class:`plait.wire.errors.InvalidTaskID`.
     """
 
     def reserve(n, owner=None):
@@ -124,6 +127,22 @@ class ITaskController(Interface):
         """A dict describing the service: ``scheme`` (str), ``hwm`` (int, or
         None when adaptive), ``engines`` (the number registered now) and
         ``marks`` (``{engine id: current mark}``)."""
+
+    def session():
+        """This service as one client sees it: an :class:`ITaskSession`.
+        Each client connection gets one (see
+        :mod:`plait.kernel.controller.tasksession`)."""
+
+
+class ITaskSession(ITaskController):
+    """One client's view of the task service: the default owner of its
+    methods is the session itself, and its blocking calls are its own."""
+
+    closed = Attribute("True once :meth:`close` was called.")
+
+    def close():
+        """The client went away: drop the ids it reserved and did not use,
+        cancel its blocking calls still waiting.  Closing again does nothing."""
 
 
 class IScheduler(Interface):

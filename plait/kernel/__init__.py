@@ -18,8 +18,9 @@ beside what they share::
     plait/adapters/           foolscap Referenceables that only delegate to a
                               service; the one place publications are listed
     plait/kernel/controller/  the controller's services (registry, queue,
-                              results, multiengine, task, taskids, dispatch,
-                              scheduler, blobserver) and their wiring (service)
+                              results, multiengine, task, tasksession, taskids,
+                              dispatch, scheduler, blobserver) and their
+                              wiring (service)
     plait/kernel/engine/      the engine process (process, commands,
                               interpreter, taskrun) and the functions clients
                               ship to it by reference (shipped)
@@ -32,9 +33,11 @@ Rules
 An area may import its own modules and the areas listed after it, nothing
 else of plait, whether at the top of a module or inside a function.  An
 entry names a package or one module; a more specific row overrides a
-broader one; ``!name`` forbids a third-party package; ``*`` allows all.
-``tests/unit/test_layers.py`` reads this table, checks every import of
-every module against it, and fails on any import circle.
+broader one; ``!name`` forbids a package or module even where a broader
+entry allows it.  Every module belongs to a row (``plait`` is the package's
+own ``__init__`` only).  ``tests/unit/test_layers.py`` reads this table,
+checks every import of every module against it, and fails on any import
+circle.
 
 .. code-block:: text
 
@@ -45,18 +48,21 @@ every module against it, and fails on any import circle.
     plait.adapters                    plait.wire plait.interfaces plait.security
     plait.kernel                      -
     plait.kernel._interpreter         plait.kernel.engine.interpreter
-    plait.kernel.controller           plait.wire plait.interfaces !foolscap
+    plait.kernel.controller           plait.wire plait.interfaces !foolscap !plait.wire.channel
     plait.kernel.controller.service   plait.wire plait.interfaces plait.security plait.adapters plait.kernel.controller
-    plait.kernel.engine               plait.wire plait.interfaces plait.security plait.adapters.engine_server
+    plait.kernel.engine               plait.wire plait.interfaces
+    plait.kernel.engine.process       plait.wire plait.interfaces plait.security plait.adapters.engine_server plait.kernel.engine
     plait.kernel.client               plait.wire plait.interfaces plait.security plait.kernel.engine.shipped
     plait.scripts                     plait.wire plait.security plait.adapters plait.kernel.controller.service plait.kernel.engine.process
-    plait                             *
+    plait.demo                        plait.kernel.client
+    plait                             plait.kernel.client
 
 In words: the wire vocabulary and security stand alone; the services of the
 controller know interfaces and wire formats but no network code (no
 foolscap: the adapters turn them into remote objects, and
 ``controller.service`` wires the two together); the engine reaches the
-network through its one adapter; clients talk to the controller only
+network from ``process``, and is published through its one adapter;
+clients talk to the controller only
 through the wire formats and the interfaces, and know of the engine only the
 functions they send it.  Controller, engine and client never import each
 other otherwise.

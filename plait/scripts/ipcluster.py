@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from plait.scripts._common import add_profile_option, dirs_for
-from plait.security._files import ProfileDirs
+from plait.security import ProfileDirs, write_private
 from plait.wire.errors import ClusterError
 
 STATE_FILE = "ipcluster.json"
@@ -331,8 +331,6 @@ def _interrupt(*args: object) -> None:
 
 
 def _write_state(dirs: ProfileDirs, state: dict) -> None:
-    from plait.security._files import write_private
-
     write_private(_state_path(dirs), json.dumps(state))
 
 

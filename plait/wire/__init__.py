@@ -19,7 +19,9 @@ other part of plait:
     Large payloads: the encrypted format of the data port and its peer side
     (upload, fetch).
 ``channel``
-    The lean TLS channel that carries the calls of the hot path.
+    The lean TLS channel that carries the calls of the hot path: both its
+    ends (the controller's server, the clients' and the engines' side), as
+    one protocol is best read in one place.
 
 Names here that travel by reference are a wire contract (see
 :mod:`plait.kernel`, "Wire contract").

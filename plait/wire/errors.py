@@ -1,8 +1,8 @@
 """Every exception of plait, in one module, and how engine exceptions travel.
 
 All three kinds of process raise and catch these, and send them to each
-other pickled: a class here travels *by reference*, under the name
-``plait.wire.errors.<Class>``.  Those names are a wire contract: keep them,
+other pickled (inside a :class:`RemoteFailure`, or a task's result): a class
+here travels *by reference*, under the name ``plait.wire.errors.<Class>``.  Those names are a wire contract: keep them,
 and keep each class's constructor able to rebuild it from its ``__reduce__``
 (processes of one cluster may unpickle what another sent).  Users import
 them from :mod:`plait.kernel.client`, which re-exports them; their

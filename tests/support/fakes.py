@@ -10,6 +10,10 @@ MultiEngine and Task services); only the engines are fakes, and a Twisted
   batch waits in ``calls`` until :meth:`FakeEngine.reply`,
   :meth:`FakeEngine.fail` or :meth:`FakeEngine.stash`.
 * :class:`TaskHarness`: a registry of fake engines and a TaskController.
+* :class:`FakeInterpreter`: the engine's interpreter as the task runner uses it.
+* :class:`FakeController`: the far end of a TaskClient's submitter.
+* :class:`LocalTaskClient`: the calls of a TaskClient that its ``map`` makes,
+  answered by running each task here.
 * :func:`fired`, :func:`pending`: look at a Deferred without a reactor.
 """
 
@@ -36,6 +40,7 @@ from plait.wire.task import (
     decode_engine_task,
     encode_task,
 )
+from support import in_reactor
 
 
 def fired(d: defer.Deferred) -> Any:
@@ -219,3 +224,96 @@ def submit_many(harness: TaskHarness, names: list[str], **options: Any) -> list[
     data = [encode_task(TaskSpec.string(name, **options)) for name in names]
     assert harness.tc.submit(list(zip(ids, data, strict=True))) == []
     return ids
+
+
+class FakeInterpreter:
+    """What the engine's task runner needs of an interpreter, logging each call."""
+
+    def __init__(self):
+        self.ns: dict = {}
+        self.log: list = []
+
+    def reset(self):
+        self.log.append("reset")
+        self.ns.clear()
+
+    def push(self, namespace):
+        self.log.append("push")
+        self.ns.update(namespace)
+
+    def pull(self, keys):
+        self.log.append("pull")
+        return [self.ns[k] for k in keys]
+
+    def execute(self, lines):
+        self.log.append("execute")
+        exec(lines, self.ns)
+        return {}
+
+    def apply(self, function, args, kwargs):
+        self.log.append("apply")
+        return function(*args, **kwargs)
+
+
+class FakeController:
+    """The remote end of a task client's Submitter: records its calls; the test
+    answers them (in the reactor thread)."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, tuple, defer.Deferred]] = []
+
+    def __call__(self, method, *args):
+        d: defer.Deferred = defer.Deferred()
+        self.calls.append((method, args, d))
+        return d
+
+    def answer(self, index, value):
+        in_reactor(lambda: self.calls[index][2].callback(value))
+
+    def fail(self, index, exc):
+        in_reactor(lambda: self.calls[index][2].errback(exc))
+
+    def methods(self):
+        return [m for m, _, _ in self.calls]
+
+
+class LocalTaskClient:
+    """What ``map_tasks`` asks of an AsyncTaskClient, answered by running each
+    task at once in this process (after a pickling round trip, as on an engine).
+
+    ``runs`` lists the MapTasks submitted.
+    """
+
+    def __init__(self, engines: int = 2):
+        self.engines = engines
+        self.runs: list[Any] = []
+        self._results: dict[int, Any] = {}
+
+    def info(self) -> defer.Deferred:
+        return defer.succeed({"engines": self.engines})
+
+    def run(self, task: Any) -> defer.Deferred:
+        import cloudpickle
+
+        from plait.kernel.client import TaskResult
+
+        taskid = len(self.runs)
+        self.runs.append(task)
+        function, args = cloudpickle.loads(cloudpickle.dumps((task.function, task.args)))
+        record = TaskResultRecord(taskid=taskid, status="succeeded", payload=b"")
+        try:
+            value = function(*args)
+        except Exception as exc:
+            record.status = "failed"
+            value = RemoteFailure.from_exception(exc)
+        self._results[taskid] = TaskResult(record, value)
+        return defer.succeed(taskid)
+
+    def _results_of(self, ids: list[int], block: bool, keep: bool) -> defer.Deferred:
+        return defer.succeed([self._results[i] for i in ids])
+
+    def clear(self, ids: Any) -> defer.Deferred:
+        return defer.succeed(len(ids))
+
+    def abort(self, taskid: int) -> defer.Deferred:
+        return defer.succeed(None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer
 
-from plait.adapters.task import FoolscapTaskController, TaskSession
+from plait.adapters.task import FoolscapTaskController, FoolscapTaskSession
 from plait.interfaces.task import MAX_RESERVE
 from plait.kernel.controller.taskids import TaskIds
 from plait.wire.serialize import deserialize
@@ -122,9 +122,12 @@ def outcome(d: defer.Deferred):
     return value
 
 
-def adapter(cluster: TaskHarness) -> tuple[FoolscapTaskController, TaskSession, TaskSession]:
+def adapter(cluster: TaskHarness
+            ) -> tuple[FoolscapTaskController, FoolscapTaskSession, FoolscapTaskSession]:
+    """The published adapter, and two clients' sessions as their channels see them."""
     published = FoolscapTaskController(cluster.tc)
-    return published, TaskSession(cluster.tc), TaskSession(cluster.tc)
+    return (published, FoolscapTaskSession(cluster.tc.session()),
+            FoolscapTaskSession(cluster.tc.session()))
 
 
 def test_each_session_owns_its_ids():
@@ -146,11 +149,11 @@ def test_a_closed_session_frees_its_ids_and_forgets_its_waiting_calls():
     calls.append(session.remote_get_task_result(first + 1, True))
     calls.append(session.remote_get_task_results([first + 1], True))
     assert all(pending(d) for d in calls) and len(task.waiters) == 7
-    session.close()
+    session.service.close()
     assert not task.waiters  # nothing of the departed client is kept
     assert all(fired(d)[0] is False for d in calls)  # answered (to nobody) with an error
-    assert cluster.tc._ids.open_blocks(session) == 0
-    session.close()  # twice: nothing happens
+    assert cluster.tc._ids.open_blocks(session.service) == 0
+    assert outcome(session.remote_end_session()) is None  # twice: nothing happens
     cluster.engines[0].reply()
     cluster.engines[0].reply()
     assert cluster.status()["succeeded"] == [first, first + 1]  # the tasks themselves run
@@ -197,18 +200,18 @@ def test_a_foolscap_session_ends_when_its_client_disconnects():
         def __init__(self):
             self.on_disconnect = []
 
-        def notifyOnDisconnect(self, callback, *args):  # noqa: N802 - foolscap's name
+        def notifyOnDisconnect(self, callback, *args):  # (foolscap's name)
             self.on_disconnect.append(callback)
 
     cluster = TaskHarness(n=1)
     published, _, _ = adapter(cluster)
     listener = Listener()
     session = published.remote_open_session(listener)
-    assert isinstance(session, TaskSession)
+    assert isinstance(session, FoolscapTaskSession)
     outcome(session.remote_reserve(4))
     [disconnected] = listener.on_disconnect
     disconnected()
-    assert session.closed and cluster.tc._ids.open_blocks(session) == 0
+    assert session.service.closed and cluster.tc._ids.open_blocks(session.service) == 0
     with pytest.raises(TypeError, match="reference"):
         published.remote_open_session("not a reference")
 
@@ -218,6 +221,6 @@ def test_a_client_ends_its_session_itself_but_not_the_published_object():
     published, session, _ = adapter(cluster)
     outcome(session.remote_reserve(4))
     assert outcome(session.remote_end_session()) is None
-    assert session.closed and cluster.tc._ids.open_blocks(session) == 0
+    assert session.service.closed and cluster.tc._ids.open_blocks(session.service) == 0
     with pytest.raises(RuntimeError, match="only a session"):
         outcome(published.remote_end_session())

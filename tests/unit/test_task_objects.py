@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from twisted.internet import defer
 
 from plait.kernel import client
 from plait.kernel.client import TaskResult
@@ -17,6 +16,7 @@ from plait.wire.errors import PlaitConnectionError, RemoteFailure, TaskSubmissio
 from plait.wire.serialize import serialize
 from plait.wire.task import TaskResultRecord
 from support import in_reactor as call
+from support.fakes import FakeController
 
 
 # -- task objects ----------------------------------------------------------------------------
@@ -100,27 +100,6 @@ def test_fixed_chunksize():
 
 
 # -- the submitter ---------------------------------------------------------------------------
-class FakeController:
-    """Records the remote calls of a Submitter; the test answers them."""
-
-    def __init__(self):
-        self.calls: list[tuple[str, tuple, defer.Deferred]] = []
-
-    def __call__(self, method, *args):
-        d: defer.Deferred = defer.Deferred()
-        self.calls.append((method, args, d))
-        return d
-
-    def answer(self, index, value):
-        call(lambda: self.calls[index][2].callback(value))
-
-    def fail(self, index, exc):
-        call(lambda: self.calls[index][2].errback(exc))
-
-    def methods(self):
-        return [m for m, _, _ in self.calls]
-
-
 def settle() -> None:
     """Let the reactor run what was scheduled from this thread so far."""
     call(lambda: None)
@@ -169,12 +148,12 @@ def test_a_burst_of_submissions_leaves_in_few_messages(submitter):
     assert sub.messages_sent == 2
 
 
-def test_flush_sends_at_once(submitter):
+def test_send_buffered_sends_at_once(submitter):
     sub, fake = submitter
     sub.enqueue(sub.take_id(), b"a")
     settle()
     sub.enqueue(sub.take_id(), b"b")
-    call(sub.flush)  # e.g. before a barrier: never held back
+    call(sub.send_buffered)  # e.g. before a barrier: never held back
     assert fake.methods() == ["reserve", "submit", "submit"]
 
 
@@ -188,7 +167,7 @@ def test_refused_and_lost_submissions_are_remembered(submitter):
     assert isinstance(error, TaskSubmissionError) and "already in use" in str(error)
     second = sub.take_id()
     sub.enqueue(second, b"b")
-    call(sub.flush)
+    call(sub.send_buffered)
     fake.fail(2, ConnectionError("gone"))
     assert "may not have reached the controller" in str(call(sub.refusal, second))
     call(sub.forget, None)
@@ -280,7 +259,7 @@ def test_drain_sends_the_buffer_then_confirms(submitter, monkeypatch):
 def test_an_answered_call_confirms_what_was_sent_before_it(submitter):
     sub, fake = submitter
     sub.enqueue(sub.take_id(), b"a")
-    call(sub.flush)
+    call(sub.send_buffered)
     [d] = call(lambda: [sub.call_after("queue_status", False)])  # behind the submission
     fake.answer(2, {"scheduled": 1})
     assert drained(sub) == [None] and fake.methods() == ["reserve", "submit", "queue_status"]

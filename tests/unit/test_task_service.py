@@ -42,6 +42,7 @@ from plait.wire.task import (
 )
 from support.fakes import (
     FakeEngine,
+    FakeInterpreter,
     TaskHarness,
     batch_reply,
     fired,
@@ -185,33 +186,6 @@ def test_result_record_round_trip():
 
 
 # -- the engine side --------------------------------------------------------------------
-class FakeInterpreter:
-    def __init__(self):
-        self.ns: dict = {}
-        self.log: list = []
-
-    def reset(self):
-        self.log.append("reset")
-        self.ns.clear()
-
-    def push(self, namespace):
-        self.log.append("push")
-        self.ns.update(namespace)
-
-    def pull(self, keys):
-        self.log.append("pull")
-        return [self.ns[k] for k in keys]
-
-    def execute(self, lines):
-        self.log.append("execute")
-        exec(lines, self.ns)
-        return {}
-
-    def apply(self, function, args, kwargs):
-        self.log.append("apply")
-        return function(*args, **kwargs)
-
-
 def engine_part(spec: TaskSpec) -> EngineTask:
     return decode_engine_task(decode_task(encode_task(spec)).payload)
 

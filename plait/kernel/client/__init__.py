@@ -10,10 +10,11 @@ Deferred.
 This module is the public face of the client: :data:`__all__` lists every
 name users import, each once.  The modules beside it (``_base``,
 ``_blocking``, ``_multiengine``, ``_task``...) are the plumbing, shared with
-the later API generation, and private.  Names keep their ``__module__``
-pointing here, except the exceptions and :class:`Serialized`: those are
-defined in :mod:`plait.wire`, the vocabulary every process shares, and
-travel between processes pickled under the names they have there.
+the later API generation, and private.  Names have their ``__module__``
+pointing here, except the exceptions and :class:`Serialized`, defined in
+:mod:`plait.wire` (the vocabulary every process shares: they travel between
+processes pickled under the names they have there), and the zope interfaces
+of the reference API, defined in :mod:`plait.interfaces`.
 """
 
 from __future__ import annotations
@@ -26,14 +27,19 @@ from zope.interface import classImplements
 from plait.interfaces.multiengine import IFullBlockingMultiEngineClient, IPendingResult
 from plait.kernel.client._blocking import derive_blocking
 from plait.kernel.client._display import QueueStatusList, ResultList
-from plait.kernel.client._interactive import InteractiveMultiEngineClient, MultiEngineHelpers
+from plait.kernel.client._interactive import InteractiveMultiEngineClient
+from plait.kernel.client._interactive import MultiEngineHelpers as _MultiEngineHelpers
 from plait.kernel.client._mapping import Mapper, ParallelFunction
+from plait.kernel.client._mapping import TaskMapper as _TaskMapper
+from plait.kernel.client._mapping import TaskParallelFunction as _TaskParallelFunction
 from plait.kernel.client._multiengine import AsyncMultiEngineClient
 from plait.kernel.client._multiengine import wrap_result_list as wrap_result_list
 from plait.kernel.client._pending import PendingResult
 from plait.kernel.client._remote import remote
 from plait.kernel.client._remote import strip_whitespace as strip_whitespace
-from plait.kernel.client._task import AsyncTaskClient, BlockingRunMixin, TaskClientHelpers
+from plait.kernel.client._task import AsyncTaskClient
+from plait.kernel.client._task import BlockingRunMixin as _BlockingRunMixin
+from plait.kernel.client._task import TaskClientHelpers as _TaskClientHelpers
 from plait.kernel.client._tasks import MapTask, ResultNS, StringTask, Task, TaskResult
 from plait.wire.errors import (
     CompositeError,
@@ -61,7 +67,7 @@ from plait.wire.serialized import Serialized
 MultiEngineClient = derive_blocking(
     AsyncMultiEngineClient,
     "MultiEngineClient",
-    mixins=(InteractiveMultiEngineClient, MultiEngineHelpers),
+    mixins=(InteractiveMultiEngineClient, _MultiEngineHelpers),
     shared=("targets", "block"),
     doc="""A blocking client of the MultiEngine interface.
 
@@ -83,7 +89,7 @@ FullBlockingMultiEngineClient = MultiEngineClient
 TaskClient = derive_blocking(
     AsyncTaskClient,
     "TaskClient",
-    mixins=(BlockingRunMixin, TaskClientHelpers),
+    mixins=(_BlockingRunMixin, _TaskClientHelpers),
     doc="""A blocking client of the load-balanced Task interface.
 
     ``TaskClient(furl_or_file=None, profile=None)``: with no argument, the
@@ -148,8 +154,9 @@ _REFERENCE_HELPERS = ["wrap_result_list", "strip_whitespace"]
 
 #: Old names: still given (with a DeprecationWarning), for one release.
 _DEPRECATED = {
-    "TaskMapper": (Mapper, "Mapper (what tc.mapper() returns)"),
-    "TaskParallelFunction": (ParallelFunction, "ParallelFunction(function, mapper)"),
+    "TaskMapper": (_TaskMapper, "tc.mapper(), which returns a Mapper"),
+    "TaskParallelFunction": (_TaskParallelFunction, "ParallelFunction(function, mapper)"),
+    "ConnectionError_": (PlaitConnectionError, "PlaitConnectionError"),
 }
 
 

@@ -49,18 +49,17 @@ def resolve_furl(furl_or_file: str | Path | None, profile: str | None, default_n
     return read_furl(Path(text).expanduser()), text
 
 
-def connect(furl: str, source: str, interface: type[RemoteInterface]) -> defer.Deferred:
+def connect(furl: str, source: str) -> defer.Deferred:
     """A Deferred firing with ``(reference, channel or None)``.
 
-    The reference is foolscap's, to an object of ``interface``; when that
-    interface offers a channel (``open_channel``, see
-    :mod:`plait.wire.channel`), calls travel on it instead.  Fails with
-    PlaitConnectionError saying why.
+    The reference is foolscap's; when the interface it names offers a
+    channel (``open_channel``, see :mod:`plait.wire.channel`), calls travel
+    on it instead.  Fails with PlaitConnectionError saying why.
     """
     location = furl.split("@", 1)[-1].split("/", 1)[0]
     d = client_tub().getReference(furl)
     d.addTimeout(CONNECT_TIMEOUT, reactor)
-    d.addCallback(_with_channel, furl, interface)
+    d.addCallback(_with_channel, furl)
 
     def failed(f: Failure) -> None:
         if f.check(defer.TimeoutError):
@@ -77,8 +76,8 @@ def connect(furl: str, source: str, interface: type[RemoteInterface]) -> defer.D
 
 
 @defer.inlineCallbacks
-def _with_channel(ref: Any, furl: str, interface: type[RemoteInterface]) -> Any:
-    if "open_channel" not in interface.names() or not _offers(ref, interface):
+def _with_channel(ref: Any, furl: str) -> Any:
+    if "open_channel" not in _method_names(ref):
         return ref, None
     try:
         token, port = yield ref.callRemote("open_channel")
@@ -89,9 +88,11 @@ def _with_channel(ref: Any, furl: str, interface: type[RemoteInterface]) -> Any:
     return ref, channel
 
 
-def _offers(ref: Any, interface: type[RemoteInterface]) -> bool:
-    """Whether the object behind ``ref`` says it implements ``interface``."""
-    return getattr(ref.tracker, "interfaceName", None) == interface.__remote_name__
+def _method_names(ref: Any) -> set[str]:
+    """The remote methods of the interface ``ref``'s object names (none when this
+    process does not know that interface)."""
+    schema = getattr(ref, "tracker", None) and ref.tracker.interface
+    return set(schema.names()) if schema is not None else set()
 
 
 def raise_outcome(outcome: tuple[bool, Any]) -> Any:
@@ -120,16 +121,23 @@ def decode_replies(per_engine: list[tuple[int, bool, bytes]]) -> defer.Deferred:
         d = defer.maybeDeferred(decode, payload)
         d.addCallback(tagged, engine_id, ok)
         ds.append(d)
-    return defer.gatherResults(ds, consumeErrors=True).addErrback(
-        lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f
-    )
+    return all_of(ds)
+
+
+def all_of(ds: list[defer.Deferred]) -> defer.Deferred:
+    """A Deferred with the list of results of ``ds``; fails with the first failure
+    (itself, not wrapped in a FirstError)."""
+    d = defer.gatherResults(ds, consumeErrors=True)
+    return d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
 
 
 class AsyncClientBase:
     """A connection to one controller interface.
 
     Subclasses name the FURL file they read by default (``furl_name``) and
-    the interface they expect (``remote_interface``), and call :meth:`_call`
+    the RemoteInterface they speak (``remote_interface``: naming it also
+    makes foolscap know it, so that the reference says which methods its
+    object offers, a channel among them), and call :meth:`_call`
     with the remote method name, its arguments and a ``finish`` function
     turning the wire value into the user's result.
     """
@@ -158,7 +166,7 @@ class AsyncClientBase:
             furl, source = resolve_furl(furl_or_file, profile, cls.furl_name)
         except Exception:
             return defer.fail()
-        d = connect(furl, source, cls.remote_interface)
+        d = connect(furl, source)
         return d.addCallback(lambda link: cls(link, source)._started())
 
     def _started(self) -> Any:

@@ -17,27 +17,18 @@ Each is one round trip to the engines (plus, when ``targets`` is
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import defer
 
 from plait.interfaces.multiengine import targets_to_wire
-from plait.kernel.client._base import asynchronous
-from plait.kernel.client._mapping import cut, sequences_of
-from plait.kernel.client._partition import bounds, join, partitions
+from plait.kernel.client._base import all_of, asynchronous
+from plait.kernel.client._partition import bounds, check_dist, join, ndarray_type, partitions
 from plait.kernel.client._pending import PendingResult
 from plait.kernel.engine.shipped import map_chunk
 from plait.wire.errors import EnginesChanged, SerializationError
 from plait.wire.serialized import Serialized
-
-
-def check_dist(dist: str) -> None:
-    """ValueError unless ``dist`` is the block distribution ``'b'``."""
-    if dist != "b":
-        raise ValueError(
-            f"unknown distribution {dist!r}: only the block distribution 'b' is supported"
-        )
 
 
 def check_name(key: Any, method: str) -> None:
@@ -48,10 +39,29 @@ def check_name(key: Any, method: str) -> None:
         raise ValueError(f"{method}: {key!r} is not a valid Python name")
 
 
-def all_of(ds: list[defer.Deferred]) -> defer.Deferred:
-    """A Deferred with the list of results of ``ds``; fails with the first failure."""
-    d = defer.gatherResults(ds, consumeErrors=True)
-    return d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+def _sequence(seq: Any, position: int) -> Any:
+    """``seq`` if it can be cut in blocks, else the list of its items."""
+    ndarray = ndarray_type()
+    if isinstance(seq, (list, tuple, range, str, bytes, bytearray)):
+        return seq
+    if ndarray is not None and isinstance(seq, ndarray) and seq.ndim > 0:
+        return seq
+    if hasattr(seq, "__len__") and hasattr(seq, "__getitem__") and not isinstance(seq, Mapping):
+        return seq
+    try:
+        return list(seq)
+    except TypeError:
+        raise TypeError(
+            f"map: argument {position + 2} is not iterable: a {type(seq).__name__}"
+        ) from None
+
+
+def _cut(seq: Any, start: int, stop: int) -> Any:
+    """Items ``start:stop`` of ``seq``: a slice (a view for arrays), or a list."""
+    try:
+        return seq[start:stop]
+    except (TypeError, KeyError):
+        return list(itertools.islice(seq, start, stop))
 
 
 def _concat(blocks: list) -> list:
@@ -195,10 +205,15 @@ class DataParallelMixin:
         ``func`` over its block, in one round trip.  The shortest sequence
         sets the length.  Iterables without a length are read into lists.
         """
+        if not callable(func):
+            raise TypeError(f"map: the function is not callable: a {type(func).__name__}")
         check_dist(dist)
         if not isinstance(seqs, (list, tuple)):
             raise TypeError("raw_map takes the sequences in a list: raw_map(f, [xs, ys])")
-        seqs, length = sequences_of(func, seqs)
+        if not seqs:
+            raise TypeError("map needs at least one sequence")
+        seqs = [_sequence(s, k) for k, s in enumerate(seqs)]
+        length = min(len(s) for s in seqs)
         targets, block = self._tb(targets, block)
         try:
             function = Serialized.of(func)  # pickled once for every engine
@@ -214,7 +229,7 @@ class DataParallelMixin:
             calls: list[tuple[Callable[..., Any], tuple, dict]] = []
             for index in range(n):
                 start, stop = bounds(length, n, index)
-                calls.append((map_chunk, (function, *[cut(s, start, stop) for s in seqs]), {}))
+                calls.append((map_chunk, (function, *[_cut(s, start, stop) for s in seqs]), {}))
             return self._each(
                 "apply_each", "map", calls, ids[:n], everyone and n == len(ids), block,
                 self._per_engine("map", _concat),

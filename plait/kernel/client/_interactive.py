@@ -17,8 +17,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from plait.kernel.client._dataparallel import check_dist
 from plait.kernel.client._mapping import Mapper, ParallelFunction, decorator
+from plait.kernel.client._partition import check_dist
 from plait.kernel.client._remote import (
     block_body,
     ipython_cell_lines,

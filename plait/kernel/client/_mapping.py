@@ -1,24 +1,26 @@
 """One mapper and one parallel function, for both clients.
 
 ``client.mapper(**options)`` returns a :class:`Mapper`: ``map(func,
-*sequences)`` with those options fixed.  ``client.parallel(**options)``
-returns a decorator making a :class:`ParallelFunction`, a function of one
-element that maps itself over whole sequences.  How the map runs is the
-client's business (its ``_map_with``): the MultiEngine client gives every
-engine one block of the sequences, the TaskClient cuts them into
-load-balanced tasks.  Either way each engine maps the function over its
-chunk with :func:`plait.kernel.engine.shipped.map_chunk`, and the
-sequences are prepared and cut the same way (:func:`sequences_of`,
-:func:`cut`).
+*sequences)`` with those options fixed (they read and write as attributes
+too: ``mapper.targets``).  ``client.parallel(**options)`` returns a
+decorator making a :class:`ParallelFunction`, a function of one element
+that maps itself over whole sequences.  How the map runs is the client's
+business (its ``_map_with``): the MultiEngine client gives every engine one
+block of the sequences, the TaskClient cuts them into load-balanced tasks.
+Either way each engine maps the function over its chunk with
+:func:`plait.kernel.engine.shipped.map_chunk`.
+
+:class:`TaskMapper` and :class:`TaskParallelFunction` are the Task
+client's old classes, kept with their old signatures (deprecated).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
+
+from plait.kernel.client._taskmap import check_map_options
 
 
 class Mapper:
@@ -26,16 +28,31 @@ class Mapper:
 
     In a blocking client ``map`` returns the list of results (or what the
     options ask for: a PendingResult with ``block=False``); in an
-    asynchronous one, a Deferred of it.
+    asynchronous one, a Deferred of it.  Each option is also an attribute.
     """
 
+    client: Any
+    options: dict[str, Any]
+
     def __init__(self, client: Any, **options: Any):
-        self.client = client
-        self.options = dict(options)
+        object.__setattr__(self, "client", client)
+        object.__setattr__(self, "options", dict(options))
 
     def map(self, func: Callable[..., Any], *sequences: Any) -> Any:
         """``map(func, *sequences)`` in parallel, with this mapper's options."""
         return self.client._map_with(func, sequences, self.options)
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not attributes
+        options = self.__dict__.get("options", {})
+        if name in options:
+            return options[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__.get("options", {}):
+            self.options[name] = value
+        else:
+            object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         options = " ".join(f"{name}={value!r}" for name, value in self.options.items())
@@ -74,49 +91,23 @@ def decorator(mapper: Mapper) -> Callable[[Callable[..., Any]], ParallelFunction
     return decorate
 
 
-def _ndarray() -> type[Any] | None:
-    numpy = sys.modules.get("numpy")
-    return getattr(numpy, "ndarray", None)
+# -- the Task client's old names (deprecated) --------------------------------------------
+class TaskMapper(Mapper):
+    """Deprecated: ``TaskMapper(client, chunksize=None, **options)`` is
+    ``client.mapper(chunksize, **options)``."""
+
+    def __init__(self, client: Any, chunksize: int | None = None, **options: Any):
+        check_map_options(chunksize, options)
+        super().__init__(client, chunksize=chunksize, **options)
 
 
-def _sliceable(seq: Any) -> bool:
-    ndarray = _ndarray()
-    if isinstance(seq, (list, tuple, range, str, bytes, bytearray)):
-        return True
-    if ndarray is not None and isinstance(seq, ndarray):
-        return seq.ndim > 0
-    return hasattr(seq, "__len__") and hasattr(seq, "__getitem__") and not isinstance(seq, Mapping)
+class TaskParallelFunction(ParallelFunction):
+    """Deprecated: ``TaskParallelFunction(mapper, function)`` is
+    ``ParallelFunction(function, mapper)``."""
 
+    def __init__(self, mapper: Mapper, function: Callable[..., Any]):
+        super().__init__(function, mapper)
 
-def sequences_of(func: Any, sequences: Any) -> tuple[list[Any], int]:
-    """The sequences of ``map(func, *sequences)``, ready to be cut, and the map's length.
-
-    Sequences that can be sliced (lists, tuples, ranges, strings, NumPy
-    arrays...) are kept as they are; other iterables are read into lists.
-    The shortest sequence sets the length, as for the builtin.  TypeError
-    when ``func`` is not callable, there is no sequence, or one is not
-    iterable.
-    """
-    if not callable(func):
-        raise TypeError(f"map: the function is not callable: a {type(func).__name__}")
-    if not sequences:
-        raise TypeError("map needs at least one sequence")
-    seqs = []
-    for position, seq in enumerate(sequences):
-        if not _sliceable(seq):
-            try:
-                seq = list(seq)
-            except TypeError:
-                raise TypeError(
-                    f"map: argument {position + 2} is not iterable: a {type(seq).__name__}"
-                ) from None
-        seqs.append(seq)
-    return seqs, min(len(s) for s in seqs)
-
-
-def cut(seq: Any, start: int, stop: int) -> Any:
-    """Items ``start:stop`` of a prepared sequence: a slice (a view for arrays), or a list."""
-    try:
-        return seq[start:stop]
-    except (TypeError, KeyError):
-        return list(itertools.islice(seq, start, stop))
+    @property
+    def function(self) -> Callable[..., Any]:
+        return self.func

@@ -40,18 +40,19 @@ from typing import Any
 _PRESERVED = (tuple, str, bytes, bytearray)
 
 
-
 def _a(noun: str) -> str:
     """``noun`` with its indefinite article: 'an int', 'a dict'."""
     return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
-def _ndarray_type() -> type[Any] | None:
+
+def ndarray_type() -> type[Any] | None:
     """``numpy.ndarray`` if NumPy is loaded (no array can exist otherwise)."""
     numpy = sys.modules.get("numpy")
     return getattr(numpy, "ndarray", None)
 
 
-def _check_dist(dist: str) -> None:
+def check_dist(dist: str) -> None:
+    """ValueError unless ``dist`` is the block distribution ``'b'``."""
     if dist != "b":
         raise ValueError(
             f"unknown distribution {dist!r}: only the block distribution 'b' is supported"
@@ -70,7 +71,7 @@ def _length(seq: Any) -> int:
         raise TypeError(
             f"cannot partition {_a(kind)}: it has no order; pass a list such as sorted(s)"
         )
-    ndarray = _ndarray_type()
+    ndarray = ndarray_type()
     if ndarray is not None and isinstance(seq, ndarray) and seq.ndim == 0:
         raise TypeError("cannot partition a 0-d array: it has no items")
     if isinstance(seq, Iterator):
@@ -105,7 +106,7 @@ def _slice(seq: Any, start: int, stop: int) -> Any:
         return list(seq[start:stop])
     if isinstance(seq, (list, *_PRESERVED)):
         return seq[start:stop]
-    ndarray = _ndarray_type()
+    ndarray = ndarray_type()
     if ndarray is not None and isinstance(seq, ndarray):
         return seq[start:stop]  # basic slicing: a view
     try:
@@ -123,7 +124,7 @@ def partition(
     TypeError for something that is not a sequence, ValueError for a bad
     ``n`` or ``dist``, IndexError for an ``index`` outside ``0..n-1``.
     """
-    _check_dist(dist)
+    check_dist(dist)
     start, stop = bounds(_length(seq), n, index)
     part = _slice(seq, start, stop)
     if flatten and stop - start == 1:
@@ -133,7 +134,7 @@ def partition(
 
 def partitions(seq: Any, n: int, *, flatten: bool = False, dist: str = "b") -> list[Any]:
     """All ``n`` parts of ``seq``, in order (see :func:`partition`)."""
-    _check_dist(dist)
+    check_dist(dist)
     _check_count(n)
     length = _length(seq)
     parts = []
@@ -145,7 +146,7 @@ def partitions(seq: Any, n: int, *, flatten: bool = False, dist: str = "b") -> l
 
 
 def _is_part(obj: Any) -> bool:
-    ndarray = _ndarray_type()
+    ndarray = ndarray_type()
     if ndarray is not None and isinstance(obj, ndarray):
         return obj.ndim > 0
     return isinstance(obj, (list, range, *_PRESERVED))

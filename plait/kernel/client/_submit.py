@@ -104,7 +104,7 @@ class Submitter:
         self._low = 0  # reserve more when fewer ids than this are left
         self._reserving = False
         self._buffer: list[tuple[int, bytes]] = []
-        self._flush_scheduled = False
+        self._send_scheduled = False
         self._ticking = False
         self._idle_ticks = 0
         # -- reactor thread only
@@ -206,19 +206,19 @@ class Submitter:
         with self._lock:
             self._buffer.append((taskid, data))
             self._idle_ticks = 0
-            wake = not self._ticking and not self._flush_scheduled
+            wake = not self._ticking and not self._send_scheduled
             if wake:
-                self._flush_scheduled = True
+                self._send_scheduled = True
         if wake:
-            reactor.callFromThread(self._auto_flush)
+            reactor.callFromThread(self._auto_send)
 
-    def _auto_flush(self) -> None:
+    def _auto_send(self) -> None:
         with self._lock:
-            self._flush_scheduled = False
+            self._send_scheduled = False
             start = not self._ticking
             self._ticking = True
         if self._in_flight < MAX_IN_FLIGHT:
-            self.flush()
+            self.send_buffered()
         if start:
             reactor.callLater(TICK, self._tick)
 
@@ -230,7 +230,7 @@ class Submitter:
                     self._ticking = False  # from now on, enqueue wakes us
                     return
         if self._in_flight < MAX_IN_FLIGHT:
-            self.flush()
+            self.send_buffered()
         reactor.callLater(TICK, self._tick)
 
     def _take(self) -> list[tuple[int, bytes]]:
@@ -247,7 +247,7 @@ class Submitter:
             del self._buffer[:len(batch)]
         return batch
 
-    def flush(self) -> None:
+    def send_buffered(self) -> None:
         """(reactor) Send everything buffered now, in order."""
         while batch := self._take():
             self._send(batch)
@@ -294,7 +294,7 @@ class Submitter:
             with self._lock:
                 more = bool(self._buffer)
             if more and self._in_flight < MAX_IN_FLIGHT:
-                self.flush()
+                self.send_buffered()
 
         d.addCallbacks(self._refuse, lambda f: self._lose(batch, f)).addBoth(done)
 
@@ -350,7 +350,7 @@ class Submitter:
         """
         while self._runs:
             yield defer.DeferredList(list(self._runs))
-        self.flush()
+        self.send_buffered()
         target = self._sent
         if self._confirmed < target:
             try:

@@ -32,6 +32,7 @@ from plait.interfaces.task import RITaskController
 from plait.kernel.client import _reactor
 from plait.kernel.client._base import (
     AsyncClientBase,
+    all_of,
     asynchronous,
     decode,
     raise_outcome,
@@ -265,8 +266,8 @@ class AsyncTaskClient(TaskClientHelpers, AsyncClientBase):
         controller has them all.  Fails with TaskSubmissionError when some
         could not be submitted since the last time (how many, and why), or
         when the controller could not be reached to confirm.  Programs need
-        not call it before exiting: the process flushes every open client at
-        exit (waiting 10 s at most).
+        not call it before exiting: at exit the process does so for every
+        open client (waiting 10 s at most).
         """
         return self._submitter.drain()
 
@@ -357,15 +358,13 @@ class AsyncTaskClient(TaskClientHelpers, AsyncClientBase):
             return defer.succeed([self._results[t] for t in ids])
 
         def got(records: list) -> defer.Deferred:
-            ds = [defer.maybeDeferred(self._result, r, keep) for r in records]
-            return defer.gatherResults(ds, consumeErrors=True)
+            return all_of([defer.maybeDeferred(self._result, r, keep) for r in records])
 
         def assemble(results: list) -> list:
             fetched = dict(zip(missing, results, strict=True))
             return [fetched[t] if t in fetched else self._results[t] for t in ids]
 
         d = self._send("get_task_results", missing, bool(block)).addCallback(got)
-        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
         return d.addCallback(assemble)
 
     # -- control ---------------------------------------------------------------------

@@ -4,8 +4,8 @@
 engines by tasks.  One task per element would cost a message per element;
 one task per engine would not balance uneven work.  So the elements are cut
 into *chunks*, one :class:`~plait.kernel.client._tasks.MapTask` each (running
-:func:`~plait.kernel.engine.shipped.map_chunk` on its slices of the
-sequences, as the MultiEngine map does on its blocks), sized by
+:func:`~plait.kernel.engine.shipped.map_chunk` on its part of each
+sequence, as the MultiEngine map does on its blocks), sized by
 *guided self-scheduling*: each chunk takes ``1 / (CHUNK_FACTOR * engines)``
 of the elements still left, so chunks start large (few messages for the
 bulk of the work) and shrink toward the end (the last ones are small, so
@@ -40,7 +40,6 @@ from typing import Any
 
 from twisted.internet import defer
 
-from plait.kernel.client._mapping import cut, sequences_of
 from plait.kernel.client._tasks import MapTask
 from plait.kernel.engine.shipped import map_chunk
 from plait.wire.serialized import Serialized
@@ -69,16 +68,20 @@ def chunk_sizes(n: int, engines: int, chunksize: int | None = None) -> list[int]
     return sizes
 
 
-def check_map_options(chunksize: int | None, options: dict) -> None:
-    """TypeError / ValueError unless these are options of a load-balanced map."""
-    if chunksize is not None:
-        chunk_sizes(1, 1, chunksize)  # validates
+def _check_options(options: dict) -> None:
     unknown = sorted(set(options) - set(MAP_OPTIONS))
     if unknown:
         raise TypeError(
             f"unknown map option(s) {', '.join(unknown)}; map takes chunksize and "
             f"{', '.join(MAP_OPTIONS)}"
         )
+
+
+def check_map_options(chunksize: int | None, options: dict) -> None:
+    """TypeError (an unknown option) or ValueError (a bad chunksize), in that order."""
+    _check_options(options)
+    if chunksize is not None:
+        chunk_sizes(1, 1, chunksize)  # validates
 
 
 def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
@@ -90,11 +93,17 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
     first chunk that failed.
     """
     try:
-        check_map_options(chunksize, options)
-        seqs, length = sequences_of(function, sequences)
+        if not callable(function):
+            raise TypeError(f"map needs a callable, not {function!r}")
+        if not sequences:
+            raise TypeError("map needs at least one sequence")
+        _check_options(options)
+        items = list(zip(*sequences, strict=False))  # as the builtin map reads them
+        if chunksize is not None:
+            chunk_sizes(1, 1, chunksize)  # validates
     except Exception:
         return defer.fail()
-    if not length:
+    if not items:
         return defer.succeed([])
 
     @defer.inlineCallbacks
@@ -106,9 +115,10 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
         ids: list[int] = []
         start = 0
         try:
-            for size in chunk_sizes(length, engines, chunksize):
-                parts = [cut(s, start, start + size) for s in seqs]
-                ids.append((yield client.run(MapTask(map_chunk, (shipped, *parts), **options))))
+            for size in chunk_sizes(len(items), engines, chunksize):
+                columns = zip(*items[start:start + size], strict=True)  # one per sequence
+                task = MapTask(map_chunk, (shipped, *columns), **options)
+                ids.append((yield client.run(task)))
                 start += size
             results = yield client._results_of(ids, True, keep=False)
         except BaseException:

@@ -394,7 +394,7 @@ class _Group:
         if self.depend is not None:
             try:
                 accepted = bool(self.depend(dict(properties)))
-            except BaseException as exc:  # noqa: B036 - user code must not stop the controller
+            except BaseException as exc:  # user code must not stop the controller
                 accepted = False
                 log.warn(
                     "the depend {depend!r} raised {error!r} on engine {engine}: "

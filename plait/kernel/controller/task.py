@@ -112,6 +112,7 @@ from plait.kernel.controller.scheduler import (
     make_scheduler,
 )
 from plait.kernel.controller.taskids import TaskIds
+from plait.kernel.controller.tasksession import TaskSession
 from plait.wire.errors import DependencyTimeout, InvalidTaskID, TaskAborted, TaskAlreadyCompleted
 from plait.wire.task import (
     ABORTED,
@@ -318,6 +319,9 @@ class TaskController:
             del self._states[task.state][i]
         return len(ids)
 
+    def session(self) -> TaskSession:
+        return TaskSession(self)
+
     def info(self) -> dict[str, Any]:
         return {
             "scheme": str(getattr(self.scheduler, "name", type(self.scheduler).__name__)),
@@ -352,7 +356,7 @@ class TaskController:
             spec = data if isinstance(data, ControllerTask) else decode_task(data)
             task = _Task(taskid, spec, self._now(), recovery_of, next(self._arrivals))
             self._enqueue(task)  # evaluates its depend: nothing is recorded if that fails
-        except BaseException as exc:  # noqa: B036 - even a SystemExit from user code
+        except BaseException as exc:  # even a SystemExit from user code
             task = _Task(taskid, ControllerTask(b"?"), self._now(), recovery_of,
                          next(self._arrivals))
             self._tasks[taskid] = task
@@ -457,7 +461,7 @@ class TaskController:
             if engine_id in candidates:
                 return engine_id
             problem = f"chose {engine_id!r}, not one of the engines offered {sorted(candidates)}"
-        except BaseException as exc:  # noqa: B036 - user code must not stop scheduling
+        except BaseException as exc:  # user code must not stop scheduling
             problem = f"raised {exc!r}"
         log.error("the scheduler {scheduler!r} {problem} for task {taskid}; the task waits "
                   "for the next scheduling pass", scheduler=self.scheduler, problem=problem,

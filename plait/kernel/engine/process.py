@@ -91,7 +91,6 @@ class MainThreadExecutor:
             try:
                 result = fn(*args)
             except BaseException as exc:  # a handler bug; keep the engine alive
-                result = exc
                 reactor.callFromThread(d.errback, exc)
                 continue
             reactor.callFromThread(d.callback, result)
@@ -188,9 +187,7 @@ class Engine:
     # -- what commands need -------------------------------------------------
     def _open_upload(self, size: int, readers: int) -> tuple[bytes, bytes, Any]:
         """(main thread) Reserve a blob on the controller's data port."""
-        return blockingCallFromThread(
-            reactor, self.session.callRemote, "open_upload", size, readers
-        )
+        return _wait_for(self.session.callRemote, "open_upload", size, readers)
 
     def _properties_changed(self, props: dict) -> None:
         """(main thread) User code changed the properties: tell the controller."""

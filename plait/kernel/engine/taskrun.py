@@ -125,7 +125,7 @@ def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
                 continue
             data = pack_framed(head, buffers)
             ok = True
-        except BaseException as exc:  # noqa: B036 - a task may not end the engine
+        except BaseException as exc:  # a task may not end the engine
             seconds = time.perf_counter() - start
             ok, data = False, interpreter.failure_payload(exc, "run_task")
             if len(data) > budget:
