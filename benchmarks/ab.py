@@ -4,7 +4,9 @@ On a shared machine figures move by tens of percent between runs, which
 hides the few percent a change on a hot path may cost.  This script starts
 one 2-engine cluster per side *at the same time* and alternates blocks of
 calls between them (in alternating order), so that whatever else the
-machine does falls on both sides alike.
+machine does falls on both sides alike.  The side started first tends to
+run a few percent slower, so half of the blocks run with each side started
+first.
 
     python benchmarks/ab.py /path/to/other/checkout/.venv/bin/python
     python benchmarks/ab.py OTHER_PYTHON --figures rtt:200:10,bulk:1:30
@@ -13,7 +15,8 @@ machine does falls on both sides alike.
 checkout (its own virtualenv).  Figures (``name:calls per block:blocks``):
 ``rtt`` (``mec.execute('pass', targets=0)``), ``task`` (one no-op MapTask,
 ``run`` to result), ``rate`` (2000 no-op MapTasks, ``run`` then
-``barrier``), ``bulk`` (push + pull of a 100 MB array).  Latencies print
+``barrier``), ``bulk`` (push + pull of a 100 MB array), ``tmap`` and
+``mmap`` (``tc.map`` and ``mec.map`` of ``x**10`` over ``range(10000)``).  Latencies print
 their 10th percentile, median and 90th percentile; rates and bandwidths
 their median.  Both clusters are stopped at the end, whatever happens.
 """
@@ -21,6 +24,7 @@ their median.  Both clusters are stopped at the end, whatever happens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -28,9 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-DEFAULT = "rtt:200:10,task:200:10,rate:1:20,bulk:1:20"
+DEFAULT = "rtt:200:10,task:200:10,rate:1:20,bulk:1:20,tmap:5:10,mmap:5:10"
 
 
 def child() -> None:
@@ -45,6 +50,9 @@ def child() -> None:
 
     def noop() -> None:
         return None
+
+    def power(x: int) -> int:
+        return x**10
 
     for _ in range(50):  # warm up
         mec.execute("pass", targets=0)
@@ -65,6 +73,10 @@ def child() -> None:
             elif what == "bulk":
                 mec.push({"a": array}, targets=0)
                 mec.pull("a", targets=0)
+            elif what == "tmap":
+                tc.map(power, range(10000))
+            elif what == "mmap":
+                mec.map(power, range(10000))
             seconds.append(time.perf_counter() - start)
             if what == "rate":
                 tc.clear(ids)
@@ -82,20 +94,9 @@ def summary(what: str, seconds: list[float]) -> str:
     return f"p10 {ms[k // 10]:.3f}  median {statistics.median(ms):.3f}  p90 {ms[9 * k // 10]:.3f} ms (n={k})"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("other", nargs="?", help="the Python interpreter of the other checkout")
-    p.add_argument("--figures", default=DEFAULT, help=f"name:calls:blocks,... (default {DEFAULT})")
-    p.add_argument("--child", action="store_true", help="(internal) run one side")
-    args = p.parse_args()
-    if args.child:
-        child()
-        return 0
-    if not args.other:
-        p.error("give the Python interpreter of the other checkout")
-    plan = [(name, int(n), int(blocks)) for name, n, blocks in
-            (f.split(":") for f in args.figures.split(","))]
-    sides = {"this": sys.executable, "other": args.other}
+@contextlib.contextmanager
+def clusters(sides: dict[str, str]) -> Iterator[dict[str, subprocess.Popen]]:
+    """A 2-engine cluster and a driver per side, started in order; all stopped at the end."""
     here = str(Path(__file__).resolve())
     procs: dict[str, subprocess.Popen] = {}
     envs: dict[str, dict] = {}
@@ -111,19 +112,7 @@ def main() -> int:
                                            text=True)
             if procs[name].stdout.readline().strip() != "ready":
                 raise SystemExit(f"the {name} side did not start")
-        load = os.getloadavg()[0]
-        print(f"A/B on {os.cpu_count()} cores, load {load:.2f}: this = {sys.executable}, "
-              f"other = {args.other}")
-        for what, n, blocks in plan:
-            seconds: dict[str, list[float]] = {name: [] for name in sides}
-            for block in range(blocks):
-                for name in (sides if block % 2 == 0 else reversed(list(sides))):
-                    proc = procs[name]
-                    proc.stdin.write(f"{what} {n}\n")
-                    proc.stdin.flush()
-                    seconds[name] += json.loads(proc.stdout.readline())
-            print(f"{what:5} this:  {summary(what, seconds['this'])}")
-            print(f"{'':5} other: {summary(what, seconds['other'])}")
+        yield procs
     finally:
         for proc in procs.values():
             if proc.stdin:
@@ -132,6 +121,41 @@ def main() -> int:
         for name, env in envs.items():
             subprocess.run([sides[name], "-m", "plait.scripts.ipcluster", "stop"], env=env,
                            cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("other", nargs="?", help="the Python interpreter of the other checkout")
+    p.add_argument("--figures", default=DEFAULT, help=f"name:calls:blocks,... (default {DEFAULT})")
+    p.add_argument("--child", action="store_true", help="(internal) run one side")
+    args = p.parse_args()
+    if args.child:
+        child()
+        return 0
+    if not args.other:
+        p.error("give the Python interpreter of the other checkout")
+    plan = [(name, int(n), int(blocks)) for name, n, blocks in
+            (f.split(":") for f in args.figures.split(","))]
+    sides = {"this": sys.executable, "other": args.other}
+    seconds: dict[tuple[str, str], list[float]] = {}
+    print(f"A/B on {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}: "
+          f"this = {sys.executable}, other = {args.other}")
+    # The side started first runs a few percent slower on a small machine: each
+    # half of the blocks runs with the clusters started in one order.
+    for first in ("this", "other"):
+        order = [first, "other" if first == "this" else "this"]
+        with clusters({name: sides[name] for name in order}) as procs:
+            for what, n, blocks in plan:
+                for block in range(blocks // 2 + (blocks % 2 if first == "this" else 0)):
+                    for name in (order if block % 2 == 0 else reversed(order)):
+                        proc = procs[name]
+                        proc.stdin.write(f"{what} {n}\n")
+                        proc.stdin.flush()
+                        seconds.setdefault((what, name), []).extend(
+                            json.loads(proc.stdout.readline()))
+    for what, _, _ in plan:
+        print(f"{what:5} this:  {summary(what, seconds[(what, 'this')])}")
+        print(f"{'':5} other: {summary(what, seconds[(what, 'other')])}")
     return 0
 
 
