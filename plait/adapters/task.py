@@ -52,7 +52,6 @@ def _encoded(record: TaskResultRecord | None) -> bytes | None:
 
 # mypy-zope looks for the RI methods by name; foolscap calls remote_<name> ones
 @implementer(RITaskController)
-# mypy-zope looks for the RI methods by name; foolscap calls remote_<name> ones
 class FoolscapTaskController(OffersUploads, Referenceable):  # type: ignore[misc]
     """Publishes an :class:`ITaskController` service as :class:`RITaskController`.
 
