@@ -37,7 +37,7 @@ from zope.interface import implementer
 from plait.adapters._outcome import outcome
 from plait.adapters._uploads import OffersUploads
 from plait.interfaces.task import ITaskController, ITaskSession, RITaskController
-from plait.wire.task import TaskResultRecord, encode_result
+from plait.wire.records import TaskResultRecord, encode_result
 
 #: The methods :meth:`FoolscapTaskController.remote_submit_then` may call.
 FOLLOWERS = frozenset({

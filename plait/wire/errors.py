@@ -35,6 +35,7 @@ translated before it reaches users).
 
 from __future__ import annotations
 
+import builtins
 import pickle
 import sys
 import traceback
@@ -122,12 +123,40 @@ class TaskAborted(PlaitError):
     """The failure carried by the result of an aborted task."""
 
 
-class DependencyTimeout(PlaitError):
+class TaskSubmissionError(PlaitError):
+    """A task submitted by ``run`` never reached the controller's queue."""
+
+
+class TaskTimeout(PlaitError):
+    """A task ran longer than its time limit."""
+
+
+class UnmetDependency(PlaitError):
+    """Raised on an engine by a task whose functional dependency is not met
+    there: the scheduler sends the task to another engine (never twice to the
+    same one) instead of reporting a failure."""
+
+
+class ImpossibleDependency(UnmetDependency):
+    """A task whose dependencies can never be met: its graph dependencies
+    failed (or ran where it cannot follow), or every engine refused it."""
+
+
+class DependencyTimeout(ImpossibleDependency):
     """The failure of a task that no engine took within its ``timeout``."""
 
 
-class TaskSubmissionError(PlaitError):
-    """A task submitted by ``run`` never reached the controller's queue."""
+class InvalidDependency(ImpossibleDependency):
+    """A task depends on tasks that do not exist (never submitted, or purged)."""
+
+
+class NoEnginesRegistered(PlaitError):
+    """A call needs engines and the controller has none."""
+
+
+class TimeoutError(PlaitError, builtins.TimeoutError):  # (ipyparallel's name)
+    """Waiting for a result took longer than the timeout given (also a
+    :class:`builtins.TimeoutError`)."""
 
 
 # -- transports --------------------------------------------------------------------------

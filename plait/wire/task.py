@@ -57,19 +57,21 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from plait.wire.errors import (
     RecoveryLoopError,
-    RemoteFailure,
     SerializationError,
     TaskSpecError,
 )
 from plait.wire.serialize import deserialize, serialize
 
 MAGIC = b"T1"
-KINDS = ("string", "map")
+#: ``string`` and ``map``: the kernel generation's StringTask and MapTask;
+#: ``call`` and ``execute``: a function call or Python source of the later
+#: generation's views, run with their output captured (see :class:`Meta`).
+KINDS = ("string", "map", "call", "execute")
 #: A recovery chain longer than this is refused (it is almost surely a bug).
 MAX_RECOVERY_CHAIN = 256
 
@@ -101,6 +103,62 @@ def task_ids(taskids: Any) -> list[int]:
     return ids
 
 
+@dataclass(frozen=True)
+class GraphDependency:
+    """Other tasks a task depends on (``after``: when it may run; ``follow``:
+    where: on the engines those ran on).
+
+    With ``all`` it is met once every one of ``ids`` has finished in a way
+    that counts (succeeded when ``success``, failed or aborted when
+    ``failure``), else once one of them has.
+    """
+
+    ids: tuple[int, ...]
+    all: bool = True
+    success: bool = True
+    failure: bool = False
+
+    def plain(self) -> tuple:
+        return list(self.ids), self.all, self.success, self.failure
+
+
+def _graph_dependency(value: Any, what: str) -> GraphDependency | None:
+    """A GraphDependency from its plain form (or None); TaskSpecError if malformed."""
+    if value is None:
+        return None
+    if isinstance(value, GraphDependency):
+        value = value.plain()
+    try:
+        ids, every, success, failure = value
+        ids = task_ids(ids)
+    except (TypeError, ValueError):
+        raise TaskSpecError(f"{what} must list task ids, with all/success/failure flags") from None
+    if not all(isinstance(flag, bool) for flag in (every, success, failure)):
+        raise TaskSpecError(f"the all/success/failure flags of {what} must be booleans")
+    if not (success or failure):
+        raise TaskSpecError(f"{what} counts neither successes nor failures: it can never be met")
+    return GraphDependency(tuple(ids), every, success, failure)
+
+
+def _check_pinned(targets: tuple[int, ...] | None, envelope: dict) -> None:
+    if targets is None or len(targets) != 1:
+        raise TaskSpecError("a pinned task names exactly one engine in targets")
+    if envelope.get("after") or envelope.get("follow") or envelope.get("recovery"):
+        raise TaskSpecError("a pinned task takes no after, follow or recovery task")
+
+
+def _targets(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        ids = task_ids(value)
+    except TypeError:
+        raise TaskSpecError(f"targets must be engine ids, not {value!r}") from None
+    if not ids:
+        raise TaskSpecError("targets names no engine")
+    return tuple(ids)
+
+
 # -- the user-level description ----------------------------------------------
 @dataclass(eq=False)
 class TaskSpec:
@@ -123,6 +181,10 @@ class TaskSpec:
     recovery_task: TaskSpec | None = None
     depend: Callable[[dict], Any] | None = None
     timeout: float | None = None
+    after: GraphDependency | None = None
+    follow: GraphDependency | None = None
+    targets: tuple[int, ...] | None = None
+    pinned: bool = False  # run on the one engine of ``targets`` at once (a direct request)
 
     @classmethod
     def string(cls, expression: str, **options: Any) -> TaskSpec:
@@ -137,6 +199,21 @@ class TaskSpec:
         """A task calling ``function(*args, **kwargs)``; its value is the return value."""
         return cls("map", function=function, args=tuple(args), kwargs=dict(kwargs or {}),
                    **options)
+
+    @classmethod
+    def call(
+        cls, function: Callable[..., Any], args: Iterable = (), kwargs: dict | None = None,
+        **options: Any,
+    ) -> TaskSpec:
+        """A call of the later generation: ``function(*args, **kwargs)``, its output
+        captured and its functional dependencies checked on the engine."""
+        return cls("call", function=function, args=tuple(args), kwargs=dict(kwargs or {}),
+                   **options)
+
+    @classmethod
+    def execute(cls, lines: str, **options: Any) -> TaskSpec:
+        """Python source of the later generation, its output captured; value None."""
+        return cls("execute", expression=lines, **options)
 
 
 @dataclass(frozen=True)
@@ -167,16 +244,16 @@ def _engine_part(spec: TaskSpec) -> EngineTask:
     if spec.kind not in KINDS:
         raise TaskSpecError(f"task kind must be one of {KINDS}, not {spec.kind!r}")
     pull = _names(spec.pull)
-    if spec.kind == "string":
+    if spec.kind in ("string", "execute"):
         if not isinstance(spec.expression, str):
-            raise TaskSpecError(f"a string task needs source text, not {spec.expression!r}")
+            raise TaskSpecError(f"a {spec.kind} task needs source text, not {spec.expression!r}")
         if spec.function is not None or spec.args or spec.kwargs:
             raise TaskSpecError("a string task takes no function, args or kwargs")
     else:
         if not callable(spec.function):
-            raise TaskSpecError(f"a map task needs a callable, not {spec.function!r}")
+            raise TaskSpecError(f"a {spec.kind} task needs a callable, not {spec.function!r}")
         if spec.expression is not None:
-            raise TaskSpecError("a map task takes no expression")
+            raise TaskSpecError(f"a {spec.kind} task takes no expression")
         if pull:
             raise TaskSpecError(
                 "pull is for string tasks: a map task's value is the function's return value"
@@ -272,6 +349,16 @@ def encode_task(spec: TaskSpec, serialize_engine: Callable[[Any], bytes] = seria
             "timeout": _check_timeout(getattr(item, "timeout", None)),
             "recovery": envelope,
         }
+        for name in ("after", "follow"):
+            dependency = _graph_dependency(getattr(item, name, None), name)
+            if dependency is not None:
+                envelope[name] = dependency.plain()
+        targets = _targets(getattr(item, "targets", None))
+        if targets is not None:
+            envelope["targets"] = list(targets)
+        if getattr(item, "pinned", False):
+            _check_pinned(targets, envelope)
+            envelope["pinned"] = True
     return MAGIC + pickle.dumps(envelope, protocol=5)
 
 
@@ -292,6 +379,10 @@ class ControllerTask:
     depend: Callable[[dict], Any] | None = None
     recovery: ControllerTask | None = None
     timeout: float | None = None
+    after: GraphDependency | None = None
+    follow: GraphDependency | None = None
+    targets: tuple[int, ...] | None = None
+    pinned: bool = False
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -313,12 +404,13 @@ def _envelope_fields(item: Any) -> tuple[bytes, int, bytes | None, float | None]
     return payload, retries, depend, _check_timeout(item.get("timeout"))
 
 
-def decode_task(data: bytes) -> ControllerTask:
+def decode_task(data: bytes, allow_depend: bool = True) -> ControllerTask:
     """Read a task sent by :func:`encode_task`, deserializing its depend functions.
 
-    Raises TaskSpecError (not a task, or malformed), RecoveryLoopError (a
-    crafted envelope whose recovery chain loops) or SerializationError (a
-    depend function cannot be unpickled here).
+    Raises TaskSpecError (not a task, or malformed; or, when not
+    ``allow_depend``, a task with a depend, which is then never unpickled),
+    RecoveryLoopError (a crafted envelope whose recovery chain loops) or
+    SerializationError (a depend function cannot be unpickled here).
     """
     if not isinstance(data, bytes) or not data.startswith(MAGIC):
         raise TaskSpecError("not a task: the data lacks the task header")
@@ -331,11 +423,25 @@ def decode_task(data: bytes) -> ControllerTask:
     for item in reversed(chain):
         payload, retries, depend_key, timeout = _envelope_fields(item)
         depend = None
+        if depend_key is not None and not allow_depend:
+            raise TaskSpecError(
+                "this interface runs no depend function in the controller: use functional "
+                "dependencies (require, depend) or graph dependencies (after, follow)"
+            )
         if depend_key is not None:
             depend = deserialize(depend_key)
             if not callable(depend):
                 raise SerializationError(f"depend is not callable: {depend!r}")
-        task = ControllerTask(payload, retries, depend_key, depend, task, timeout)
+        targets = _targets(item.get("targets"))
+        pinned = item.get("pinned", False) is True
+        if pinned:
+            _check_pinned(targets, item)
+        task = ControllerTask(
+            payload, retries, depend_key, depend, task, timeout,
+            after=_graph_dependency(item.get("after"), "after"),
+            follow=_graph_dependency(item.get("follow"), "follow"),
+            targets=targets, pinned=pinned,
+        )
     if task is None:
         raise TaskSpecError("a task envelope must be a dict")
     return task
@@ -374,8 +480,13 @@ class StashFetch:
         return StashFetch, (self.key,)
 
 
-#: One task's entry in a batch reply: ``(ok, payload or None, seconds, stash key or None)``.
-BatchItem = tuple[bool, "bytes | None", float, "bytes | None"]
+#: One task's entry in a batch reply: ``(ok, payload or None, seconds, stash key or
+#: None, meta or None)``; ``meta`` (for ``call`` and ``execute`` tasks) is a dict of
+#: plain data: ``started`` and ``completed`` (engine clock), ``stdout``, ``stderr``,
+#: ``pyout`` (the repr of the value of source ending with an expression, or None)
+#: and ``unmet`` (True: a functional dependency was not met on this engine).
+BatchItem = tuple[bool, "bytes | None", float, "bytes | None", "dict | None"]
+META_KEYS = frozenset({"started", "completed", "stdout", "stderr", "pyout", "unmet"})
 
 
 def decode_batch_reply(payload: bytes, n: int) -> list[BatchItem]:
@@ -393,11 +504,13 @@ def decode_batch_reply(payload: bytes, n: int) -> list[BatchItem]:
     if not isinstance(items, list) or len(items) != n:
         raise TaskSpecError(f"a batch reply must list {n} results")
     for item in items:
-        if not (isinstance(item, tuple) and len(item) == 4 and isinstance(item[0], bool)
+        if not (isinstance(item, tuple) and len(item) == 5 and isinstance(item[0], bool)
                 and isinstance(item[1], (bytes, type(None)))
                 and isinstance(item[2], (int, float))
                 and isinstance(item[3], (bytes, type(None)))
-                and (item[1] is None) != (item[3] is None)):
+                and (item[1] is None) != (item[3] is None)
+                and (item[4] is None or (isinstance(item[4], dict)
+                                         and set(item[4]) <= META_KEYS))):
             raise TaskSpecError(f"malformed batch reply entry {item!r:.80}")
     return items
 
@@ -408,84 +521,3 @@ def decode_engine_task(payload: bytes) -> EngineTask:
     if not isinstance(task, EngineTask):
         raise SerializationError(f"not a task payload: {type(task).__name__}")
     return task
-
-
-# -- results -------------------------------------------------------------------
-@dataclass
-class TaskResultRecord:
-    """What the controller knows of a finished task.
-
-    ``status`` is ``succeeded``, ``failed`` or ``aborted``.  ``payload`` is the
-    serialized value when the task succeeded, else a serialized RemoteFailure
-    (the engine's exception, an EngineError, or TaskAborted).  Times are
-    seconds since the epoch on the controller's clock: ``submitted`` when
-    ``run`` was called, ``started`` when the last attempt was handed to its
-    engine (None if it never was), ``completed`` when the task finished.
-    ``engineid``/``engine_uuid`` name the engine of the last attempt.
-    ``seconds`` is how long the last attempt ran on its engine, measured
-    there (None if unknown).  ``failed_on`` lists the engines of failed
-    attempts, in order;
-    ``recovery_taskid`` is the id of the recovery task submitted when this
-    task failed for good; ``recovery_of`` the task this one recovers.
-    """
-
-    taskid: int
-    status: str
-    payload: bytes
-    engineid: int | None = None
-    engine_uuid: str | None = None
-    submitted: float = 0.0
-    started: float | None = None
-    completed: float = 0.0
-    attempts: int = 0
-    failed_on: list[int] = field(default_factory=list)
-    recovery_taskid: int | None = None
-    recovery_of: int | None = None
-    seconds: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == SUCCEEDED
-
-    @property
-    def duration(self) -> float:
-        """Seconds the last attempt ran on its engine; when unknown, from its
-        hand-over to completion (0.0 if it never started)."""
-        if self.seconds is not None:
-            return self.seconds
-        return 0.0 if self.started is None else self.completed - self.started
-
-    def value(self) -> Any:
-        """The task's value (an inline payload); SerializationError if it failed."""
-        if not self.ok:
-            raise SerializationError(f"task {self.taskid} {self.status}: it has no value")
-        return deserialize(self.payload)
-
-    def failure(self) -> RemoteFailure | None:
-        """The RemoteFailure of a failed or aborted task; None when it succeeded."""
-        return None if self.ok else deserialize(self.payload)
-
-
-_RECORD_FIELDS = tuple(f.name for f in fields(TaskResultRecord))
-RECORD_MAGIC = b"R1"
-
-
-def encode_result(record: TaskResultRecord) -> bytes:
-    """The wire form of ``record``: ``RECORD_MAGIC`` and a pickle of its fields
-    (plain values only; the payload stays opaque bytes)."""
-    values = tuple(getattr(record, name) for name in _RECORD_FIELDS)
-    return RECORD_MAGIC + pickle.dumps(values, protocol=5)
-
-
-def decode_result(data: bytes) -> TaskResultRecord:
-    """Inverse of :func:`encode_result`; SerializationError for anything else.
-
-    Read with an unpickler that refuses every class and global.
-    """
-    if not isinstance(data, bytes) or not data.startswith(RECORD_MAGIC):
-        raise SerializationError("not a task result record")
-    try:
-        values = _PlainUnpickler(io.BytesIO(memoryview(data)[len(RECORD_MAGIC):])).load()
-        return TaskResultRecord(*values)
-    except Exception as exc:
-        raise SerializationError(f"unreadable task result record: {exc}") from None

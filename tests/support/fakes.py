@@ -31,15 +31,9 @@ from plait.interfaces.engine import IEngine
 from plait.kernel.controller.registry import EngineRegistry
 from plait.kernel.controller.task import TaskController
 from plait.wire.errors import RemoteFailure
+from plait.wire.records import TaskResultRecord
 from plait.wire.serialize import deserialize, serialize
-from plait.wire.task import (
-    StashFetch,
-    TaskBatch,
-    TaskResultRecord,
-    TaskSpec,
-    decode_engine_task,
-    encode_task,
-)
+from plait.wire.task import StashFetch, TaskBatch, TaskSpec, decode_engine_task, encode_task
 from support import in_reactor
 
 
@@ -81,7 +75,7 @@ class FakeCommand:
 def batch_reply(task: bytes, value: Any = None) -> tuple:
     """A reply to the batch command ``task`` where every task returned ``value``."""
     batch = deserialize(task)
-    return True, serialize([(True, serialize(value), 0.0, None)] * len(batch.payloads))
+    return True, serialize([(True, serialize(value), 0.0, None, None)] * len(batch.payloads))
 
 
 @implementer(IEngine)
@@ -161,17 +155,17 @@ class FakeEngine:
 
     def reply(self, value: Any = None, index: int = 0, seconds: float = 0.0) -> None:
         _, command, i = self.calls.pop(index)
-        command.set(i, (True, serialize(value), seconds, None))
+        command.set(i, (True, serialize(value), seconds, None, None))
 
     def stash(self, key: bytes, ok: bool = True, index: int = 0, seconds: float = 0.0) -> None:
         """Answer a task as the engine does for a value too large for the batch reply."""
         _, command, i = self.calls.pop(index)
-        command.set(i, (ok, None, seconds, key))
+        command.set(i, (ok, None, seconds, key, None))
 
     def fail(self, exc: Exception, index: int = 0) -> None:
         failure = RemoteFailure.from_exception(exc, engine_id=self.id)
         _, command, i = self.calls.pop(index)
-        command.set(i, (False, serialize(failure), 0.0, None))
+        command.set(i, (False, serialize(failure), 0.0, None, None))
 
 
 class TaskHarness:

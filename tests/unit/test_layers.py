@@ -249,7 +249,7 @@ def test_an_engine_running_a_map_chunk_loads_no_client_code(tmp_path):
         "from plait.kernel.engine.interpreter import Interpreter\n"
         "from plait.wire.serialize import deserialize\n"
         f"batch = deserialize(pathlib.Path({str(tmp_path / 'batch')!r}).read_bytes())\n"
-        "[(ok, payload, seconds, stash)] = Interpreter().run_task(batch)\n"
+        "[(ok, payload, seconds, stash, meta)] = Interpreter().run_task(batch)\n"
         "print(ok, deserialize(payload))\n"
         "print(sorted(m for m in sys.modules if m.startswith(('plait.kernel.client', "
         "'plait.kernel.controller', 'plait.adapters'))))\n"

@@ -182,7 +182,7 @@ def test_unreadable_batch_replies_fail_the_tasks(reply):
 def test_batch_replies_are_read_without_unpickling_objects():
     with pytest.raises(TaskSpecError, match="unreadable"):
         decode_batch_reply(serialize([RemoteFailure("E", "v", "")]), 1)
-    items = [(True, b"P", 0.5, None), (False, None, 1, b"key")]
+    items = [(True, b"P", 0.5, None, None), (False, None, 1, b"key", {"unmet": True})]
     assert decode_batch_reply(serialize(items), 2) == items
 
 

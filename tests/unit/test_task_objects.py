@@ -13,8 +13,8 @@ from plait.kernel.client import _submit as _tcsubmit
 from plait.kernel.client._submit import FIRST_BLOCK, Submitter
 from plait.kernel.client._taskmap import CHUNK_FACTOR, TAIL_FRACTION, chunk_sizes
 from plait.wire.errors import PlaitConnectionError, RemoteFailure, TaskSubmissionError
+from plait.wire.records import TaskResultRecord
 from plait.wire.serialize import serialize
-from plait.wire.task import TaskResultRecord
 from support import in_reactor as call
 from support.fakes import FakeController
 

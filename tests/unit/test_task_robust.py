@@ -63,10 +63,10 @@ def test_a_task_that_cannot_be_queued_is_recorded_as_failed_alone(monkeypatch):
     cluster = TaskHarness(n=1, hwm=0)
     add = cluster.tc._waiting.add
 
-    def fragile(key, depend_key, depend, avoid=()):
+    def fragile(key, depend_key, depend, avoid=(), only=None, never=()):
         if depend_key is not None:
             raise Stop("cannot queue this one")
-        return add(key, depend_key, depend, avoid)
+        return add(key, depend_key, depend, avoid, only, never)
 
     monkeypatch.setattr(cluster.tc._waiting, "add", fragile)
     first = cluster.tc.reserve(3)

@@ -28,16 +28,14 @@ from plait.wire.errors import (
     TaskAlreadyCompleted,
     TaskSpecError,
 )
+from plait.wire.records import TaskResultRecord, decode_result, encode_result
 from plait.wire.serialize import serialize
 from plait.wire.task import (
     MAGIC,
     EngineTask,
-    TaskResultRecord,
     TaskSpec,
     decode_engine_task,
-    decode_result,
     decode_task,
-    encode_result,
     encode_task,
 )
 from support.fakes import (

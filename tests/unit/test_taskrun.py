@@ -38,7 +38,7 @@ def test_tasks_run_in_order_each_timed_and_isolated():
         TaskSpec.string("raise SystemExit(2)"),
         TaskSpec.string("b = a + 1", pull="b"),
     )
-    oks = [ok for ok, _, _, _ in items]
+    oks = [ok for ok, _, _, _, _ in items]
     assert oks == [True, False, False, True]
     assert deserialize(items[0][1]) == {"a": 1}
     failure = deserialize(items[1][1])
@@ -46,8 +46,8 @@ def test_tasks_run_in_order_each_timed_and_isolated():
     assert failure.engine_id == 3 and failure.method == "run_task"
     assert deserialize(items[2][1]).ename == "SystemExit"
     assert deserialize(items[3][1]) == {"b": 2}
-    assert all(seconds >= 0 for _, _, seconds, _ in items)
-    assert all(stash is None for _, _, _, stash in items)
+    assert all(seconds >= 0 for _, _, seconds, _, _ in items)
+    assert all(stash is None and meta is None for _, _, _, stash, meta in items)
 
 
 def test_clear_options_hold_inside_a_batch():
@@ -64,7 +64,7 @@ def test_large_values_are_kept_back_for_a_fetch():
     interp = Interpreter()
     big = _taskrun.REPLY_BUDGET + 10
     items = run(interp, TaskSpec.map(bytes, [big]), TaskSpec.map(abs, [-1]))
-    ok, payload, _, key = items[0]
+    ok, payload, _, key, _ = items[0]
     assert ok and payload is None and isinstance(key, bytes)
     assert deserialize(items[1][1]) == 1
     assert run_on_engine(interp, StashFetch(key)) == bytes(big)
@@ -77,7 +77,7 @@ def test_the_reply_budget_is_shared_by_the_batch():
     interp = Interpreter()
     third = _taskrun.REPLY_BUDGET // 3
     items = run(interp, *[TaskSpec.map(bytes, [third]) for _ in range(4)])
-    kept = [key for _, payload, _, key in items if payload is None]
+    kept = [key for _, payload, _, key, _ in items if payload is None]
     assert len(kept) >= 1 and items[0][3] is None
     for key in kept:
         assert run_on_engine(interp, StashFetch(key)) == bytes(third)
@@ -86,7 +86,7 @@ def test_the_reply_budget_is_shared_by_the_batch():
 def test_a_large_failure_is_kept_back_and_comes_back_as_a_failure():
     interp = Interpreter()
     items = run(interp, TaskSpec.string(f"raise ValueError('x' * {_taskrun.REPLY_BUDGET})"))
-    ok, payload, _, key = items[0]
+    ok, payload, _, key, _ = items[0]
     assert not ok and payload is None
     shipped = serialize(run_on_engine(interp, StashFetch(key)))
     failure = deserialize(shipped)

@@ -44,15 +44,9 @@ from plait.kernel.client._tasks import TaskResult
 from plait.security import TC_FURL
 from plait.wire import bulk as _bulk
 from plait.wire.errors import InvalidTaskID, PlaitConnectionError, TaskSpecError
+from plait.wire.records import decode_result
 from plait.wire.serialize import INLINE_LIMIT, frame_parts, pack_framed, serialize_parts
-from plait.wire.task import (
-    TASK_ID_LIMIT,
-    TaskSpec,
-    decode_result,
-    encode_task,
-    recovery_chain,
-    task_ids,
-)
+from plait.wire.task import TASK_ID_LIMIT, TaskSpec, encode_task, recovery_chain, task_ids
 
 
 def _check_id(taskid: Any) -> int:

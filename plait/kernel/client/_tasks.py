@@ -49,7 +49,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from plait.wire.errors import RemoteError, RemoteFailure
-from plait.wire.task import ABORTED, FAILED, SUCCEEDED, TaskResultRecord, TaskSpec
+from plait.wire.records import TaskResultRecord
+from plait.wire.task import ABORTED, FAILED, SUCCEEDED, TaskSpec
 
 __all__ = ["MapTask", "ResultNS", "StringTask", "Task", "TaskResult"]
 

@@ -84,6 +84,7 @@ class Ended:
     payload: bytes = b""
     seconds: float | None = None
     engine_lost: bool = False  # the engine is gone (even if not unregistered yet)
+    meta: dict | None = None  # a later-generation task's output and engine times
 
 
 NEVER_RAN = Ended("never_ran")
@@ -225,15 +226,16 @@ class Dispatcher:
             payload = failure_payload(exc, engine_id)
             self._end_all(command, sent, Ended("failed", payload=payload))
             return
-        for entry, (task_ok, data, seconds, stash) in zip(sent, items, strict=True):
+        for entry, (task_ok, data, seconds, stash, meta) in zip(sent, items, strict=True):
             if stash is None:
                 assert data is not None  # decode_batch_reply: either data or a stash key
-                self._end(command, entry, Ended("reply", task_ok, data, float(seconds)))
+                self._end(command, entry, Ended("reply", task_ok, data, float(seconds),
+                                                meta=meta))
             else:
-                self._fetch(command, entry, task_ok, float(seconds), stash)
+                self._fetch(command, entry, task_ok, float(seconds), stash, meta)
 
-    def _fetch(self, command: _Command, entry: Entry, ok: bool, seconds: float, key: bytes
-               ) -> None:
+    def _fetch(self, command: _Command, entry: Entry, ok: bool, seconds: float, key: bytes,
+               meta: dict | None = None) -> None:
         """Fetch a value the engine kept back, then end the task with it.
 
         A fetch cleared from the engine's queue is submitted again: the
@@ -245,12 +247,12 @@ class Dispatcher:
         def fetched(reply: Any) -> Ended:
             fetch_ok, payload = reply
             if not fetch_ok:
-                return Ended("failed", payload=payload)
-            return Ended("reply", ok, payload, seconds)
+                return Ended("failed", payload=payload, meta=meta)
+            return Ended("reply", ok, payload, seconds, meta=meta)
 
         def lost(f: Failure) -> Ended | None:
             if f.check(QueueCleared):
-                self._fetch(command, entry, ok, seconds, key)
+                self._fetch(command, entry, ok, seconds, key, meta)
                 return None
             return Ended("failed", payload=failure_payload(f.value, engine_id),
                          engine_lost=self._engine_gone(engine_id, f))

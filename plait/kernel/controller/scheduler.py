@@ -365,7 +365,10 @@ class Scheduler:
 
 # -- the waiting tasks ----------------------------------------------------------------
 class _Group:
-    """Waiting tasks sharing a depend and a set of engines to avoid.
+    """Waiting tasks sharing their constraints: a depend, engines to avoid if
+    possible (``avoid``: they failed there), engines they may run on only
+    (``only``, None for any) and engines they must never run on (``never``:
+    a functional dependency was unmet there).
 
     ``heap`` holds task keys, earliest first, plus keys removed since
     (skipped lazily); ``live`` counts the tasks really waiting.  ``listed``
@@ -373,12 +376,15 @@ class _Group:
     None while it is parked.
     """
 
-    __slots__ = ("key", "depend", "avoid", "heap", "live", "eligible", "listed")
+    __slots__ = ("key", "depend", "avoid", "only", "never", "heap", "live", "eligible", "listed")
 
-    def __init__(self, key: tuple, depend: Any, avoid: frozenset[int]):
+    def __init__(self, key: tuple, depend: Any, avoid: frozenset[int],
+                 only: frozenset[int] | None = None, never: frozenset[int] = frozenset()):
         self.key = key
         self.depend = depend
         self.avoid = avoid
+        self.only = only
+        self.never = never
         self.heap: list[int] = []
         self.live = 0
         self.eligible: set[int] = set()
@@ -390,8 +396,8 @@ class _Group:
         Never raises: a depend that raises anything at all (even SystemExit)
         counts as False.
         """
-        accepted = True
-        if self.depend is not None:
+        accepted = engine_id not in self.never and (self.only is None or engine_id in self.only)
+        if accepted and self.depend is not None:
             try:
                 accepted = bool(self.depend(dict(properties)))
             except BaseException as exc:  # user code must not stop the controller
@@ -447,17 +453,20 @@ class WaitingTasks:
 
     # -- tasks ------------------------------------------------------------------------
     def add(self, key: int, depend_key: bytes | None, depend: Any,
-            avoid: Iterable[int] = ()) -> None:
+            avoid: Iterable[int] = (), only: Iterable[int] | None = None,
+            never: Iterable[int] = ()) -> None:
         """A task waits (keys must grow with arrival; a retried task keeps its own).
 
         A new group's depend is evaluated on every engine before anything is
         recorded, so nothing is left half-added if that fails.
         """
         avoid = frozenset(avoid)
-        constraints = (depend_key, avoid)
+        only_set = None if only is None else frozenset(only)
+        never_set = frozenset(never)
+        constraints = (depend_key, avoid, only_set, never_set)
         group = self._groups.get(constraints)
         if group is None:
-            group = _Group(constraints, depend, avoid)
+            group = _Group(constraints, depend, avoid, only_set, never_set)
             for engine_id in self._engines:
                 properties = self._properties(engine_id)
                 if properties is not None:
@@ -468,6 +477,22 @@ class WaitingTasks:
         self._where[key] = group
         if group.live == 1 or (group.listed is not None and key < group.listed):
             self._list(group)
+
+    def hopeless(self) -> list[int]:
+        """The keys of the tasks that no registered engine may ever take (all
+        the engines they may run on are gone, or refused them): they stop
+        waiting."""
+        keys = []
+        for group in list(self._groups.values()):
+            if group.only is None and not group.never:
+                continue
+            possible = self._engines if group.only is None else self._engines & group.only
+            if possible - group.never:
+                continue
+            for key in [k for k, g in self._where.items() if g is group]:
+                self.remove(key)
+                keys.append(key)
+        return keys
 
     def remove(self, key: int) -> None:
         """A task stops waiting (KeyError if it was not)."""

@@ -67,7 +67,7 @@ result's ``duration``) is the run time the engine measured.
 Waiting
 -------
 A blocking call (``get_task_result(block=True)``, ``get_task_results``,
-``barrier``) is one :class:`_Waiter`: a count of the tasks it still waits
+``barrier``) is one :class:`Waiter`: a count of the tasks it still waits
 for, listed on each of them, not a Deferred per task.  Cancelling its
 Deferred takes it off the tasks (the adapter cancels the calls of a client
 whose connection went away).
@@ -94,6 +94,7 @@ that fires synchronously) is folded into it.  See
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import count
 from typing import Any
@@ -105,6 +106,7 @@ from zope.interface import implementer
 from plait.interfaces.engine import IEngineRegistry
 from plait.interfaces.task import IScheduler, ITaskController
 from plait.kernel.controller.dispatch import Dispatcher, Ended, failure_payload
+from plait.kernel.controller.graph import MET, RUNNING, WAITING, Graph
 from plait.kernel.controller.scheduler import (
     DEFAULT_HWM,
     DEFAULT_SCHEME,
@@ -113,7 +115,18 @@ from plait.kernel.controller.scheduler import (
 )
 from plait.kernel.controller.taskids import TaskIds
 from plait.kernel.controller.tasksession import TaskSession
-from plait.wire.errors import DependencyTimeout, InvalidTaskID, TaskAborted, TaskAlreadyCompleted
+from plait.kernel.controller.taskstate import Task, Waiter
+from plait.wire.errors import (
+    DependencyTimeout,
+    EngineError,
+    ImpossibleDependency,
+    InvalidDependency,
+    InvalidEngineID,
+    InvalidTaskID,
+    TaskAborted,
+    TaskAlreadyCompleted,
+)
+from plait.wire.records import TaskResultRecord
 from plait.wire.task import (
     ABORTED,
     FAILED,
@@ -121,7 +134,6 @@ from plait.wire.task import (
     SCHEDULED,
     SUCCEEDED,
     ControllerTask,
-    TaskResultRecord,
     decode_task,
     task_ids,
 )
@@ -130,62 +142,6 @@ STATES = (SCHEDULED, PENDING, SUCCEEDED, FAILED, ABORTED)
 FINISHED = (SUCCEEDED, FAILED, ABORTED)
 
 log = Logger()
-
-
-class _Task:
-    """A task inside the controller, from submission until it is cleared."""
-
-    __slots__ = (
-        "taskid", "spec", "state", "retries_left", "failed_on", "attempt", "engine_id",
-        "engine_uuid", "submitted", "started", "record", "waiters", "recovery_of",
-        "suspicions", "seconds", "arrival", "expiry",
-    )
-
-    def __init__(self, taskid: int, spec: ControllerTask, submitted: float,
-                 recovery_of: int | None, arrival: int):
-        self.taskid = taskid
-        self.spec: ControllerTask | None = spec  # dropped once finished
-        self.state = SCHEDULED
-        self.retries_left = spec.retries
-        self.failed_on: list[int] = []
-        self.attempt = 0  # times handed to an engine
-        self.engine_id: int | None = None
-        self.engine_uuid: str | None = None
-        self.submitted = submitted
-        self.started: float | None = None
-        self.record: TaskResultRecord | None = None
-        self.waiters: list[_Waiter] | None = None
-        self.recovery_of = recovery_of
-        self.suspicions = 0  # engine losses that may not have been its fault
-        self.seconds: float | None = None  # the run time of the last attempt
-        self.arrival = arrival  # its place among the waiting tasks
-        self.expiry: Any = None  # the delayed call of its timeout
-
-
-class _Waiter:
-    """One blocking call: fires ``value()`` once every task in ``tasks`` has finished."""
-
-    __slots__ = ("tasks", "value", "left", "deferred")
-
-    def __init__(self, tasks: list[_Task], value: Callable[[], Any]):
-        self.tasks = tasks
-        self.value = value
-        self.left = len(tasks)
-        self.deferred: defer.Deferred = defer.Deferred(canceller=self._cancel)
-        for task in tasks:
-            if task.waiters is None:
-                task.waiters = []
-            task.waiters.append(self)
-
-    def one_finished(self) -> None:
-        self.left -= 1
-        if not self.left:
-            self.deferred.callback(self.value())
-
-    def _cancel(self, _: defer.Deferred) -> None:
-        for task in self.tasks:
-            if task.waiters and self in task.waiters:
-                task.waiters.remove(self)
 
 
 @implementer(ITaskController)
@@ -213,6 +169,7 @@ class TaskController:
         scheduler: IScheduler | None = None,
         clock: Any = None,
         rng: Any = None,
+        hub: Any = None,
     ):
         self._now: Callable[[], float] = time.time if clock is None else clock.seconds
         if clock is None:
@@ -226,14 +183,20 @@ class TaskController:
         self._registry = registry
         self._dispatcher = Dispatcher(registry, self._now, self._attempt_ended, self._schedule)
         self._ids = TaskIds()
-        self._tasks: dict[int, _Task] = {}
+        self._tasks: dict[int, Task] = {}
         self._states: dict[str, dict[int, None]] = {state: {} for state in STATES}
         self._waiting = WaitingTasks(self._properties)
-        self._queued: dict[int, _Task] = {}  # arrival -> task, for the tasks in _waiting
+        self._queued: dict[int, Task] = {}  # arrival -> task, for the tasks in _waiting
         self._arrivals = count()
         self._engines: set[int] = set()
         self._passing = False
         self._again = False
+        self._hub = hub  # an IHub told of every task submitted and finished, or None
+        self._graph = Graph(self._status)
+        self._done: dict[int, tuple[bool, int | None]] = {}  # later tasks, once finished
+        self._direct: dict[int, list[tuple[Task, str]]] = {}  # pinned tasks to send
+        self._endings: deque[Task] = deque()  # finished tasks whose dependents wait
+        self._settling = False
         registry.add_observer(self)
         for engine_id in registry.get_ids():
             self.engine_added(engine_id)
@@ -242,16 +205,19 @@ class TaskController:
     def reserve(self, n: int, owner: Any = None) -> int:
         return self._ids.reserve(n, owner)
 
-    def submit(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None
-               ) -> list[tuple[int, str]]:
+    def submit(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None,
+               later: bool = False) -> list[tuple[int, str]]:
         refused: list[tuple[int, str]] = []
-        for taskid, data in tasks:
-            reason = self._ids.take(taskid, owner)
-            if reason is not None:
-                refused.append((taskid, reason))
-                continue
-            self._accept(taskid, data, None)
-        self._schedule()
+        try:
+            for taskid, data in tasks:
+                reason = self._ids.take(taskid, owner)
+                if reason is not None:
+                    refused.append((taskid, reason))
+                    continue
+                self._accept(taskid, data, None, owner, later)
+        finally:
+            self._send_direct()
+            self._schedule()
         return refused
 
     def release(self, owner: Any) -> int:
@@ -283,11 +249,13 @@ class TaskController:
         return self._wait(tasks, lambda: None)
 
     def abort(self, taskid: int) -> None:
+        if isinstance(taskid, int) and taskid in self._done:
+            raise TaskAlreadyCompleted(f"task {taskid} already completed")
         task = self._task(taskid)
         if task.state in FINISHED:
             raise TaskAlreadyCompleted(f"task {taskid} already completed ({task.state})")
         if task.state == SCHEDULED:
-            self._unqueue(task)
+            self._withdraw(task)
             engine_id, reason = None, f"task {taskid} was aborted before it ran"
         else:
             engine_id = task.engine_id
@@ -339,8 +307,15 @@ class TaskController:
         self._schedule()
 
     def engine_removed(self, engine_id: int) -> None:
-        """An engine left; its tasks fail through the queue (EngineError)."""
+        """An engine left; its tasks fail through the queue (EngineError).
+
+        Waiting tasks that only that engine could take can never run now.
+        """
         self._drop_engine(engine_id)
+        for arrival in self._waiting.hopeless():
+            task = self._queued.pop(arrival)
+            self._impossible(task, f"every engine it may run on is gone or refused it "
+                                   f"(engine {engine_id} just left)")
         self._schedule()
 
     def properties_changed(self, engine_id: int) -> None:
@@ -349,43 +324,130 @@ class TaskController:
         self._schedule()
 
     # -- submission ------------------------------------------------------
-    def _accept(self, taskid: int, data: bytes | ControllerTask, recovery_of: int | None
-                ) -> None:
-        """Submit a task under a fresh ``taskid``; whatever goes wrong, it is recorded."""
+    def _accept(self, taskid: int, data: bytes | ControllerTask, recovery_of: int | None,
+                owner: Any = None, later: bool = False) -> None:
+        """Submit a task under a fresh ``taskid``; whatever goes wrong, it is recorded.
+
+        ``later``: a task of the later generation (no depend may run here;
+        once finished, the hub keeps its record and only its outcome stays).
+        """
+        problem: str | None = None
         try:
-            spec = data if isinstance(data, ControllerTask) else decode_task(data)
-            task = _Task(taskid, spec, self._now(), recovery_of, next(self._arrivals))
-            self._enqueue(task)  # evaluates its depend: nothing is recorded if that fails
+            spec = (data if isinstance(data, ControllerTask)
+                    else decode_task(data, allow_depend=not later))
+            task = Task(taskid, spec, self._now(), recovery_of, next(self._arrivals),
+                        owner, later)
+            problem = self._admit(task)  # evaluates its depend: nothing is recorded if that fails
         except BaseException as exc:  # even a SystemExit from user code
-            task = _Task(taskid, ControllerTask(b"?"), self._now(), recovery_of,
-                         next(self._arrivals))
-            self._tasks[taskid] = task
-            self._states[SCHEDULED][taskid] = None
+            task = Task(taskid, ControllerTask(b"?"), self._now(), recovery_of,
+                        next(self._arrivals), owner, later)
+            self._record(task, data)
             self._finish(task, FAILED, failure_payload(exc, None))
             return
-        self._tasks[taskid] = task
-        self._states[SCHEDULED][taskid] = None
-        if task.spec is not None and task.spec.timeout:
+        self._record(task, data)
+        if problem is not None:
+            self._impossible(task, problem, invalid=problem.startswith("it depends on tasks"))
+        elif task.spec is not None and task.spec.timeout and task.state == SCHEDULED:
             task.expiry = self._clock.callLater(task.spec.timeout, self._expire, task)
 
-    def _enqueue(self, task: _Task) -> None:
-        assert task.spec is not None
-        self._waiting.add(task.arrival, task.spec.depend_key, task.spec.depend, task.failed_on)
-        self._queued[task.arrival] = task
+    def _record(self, task: Task, data: bytes | ControllerTask) -> None:
+        self._tasks[task.taskid] = task
+        self._states[task.state][task.taskid] = None
+        if self._hub is not None:
+            self._hub.submitted(task, data if isinstance(data, bytes) else None)
 
-    def _unqueue(self, task: _Task) -> None:
+    def _admit(self, task: Task) -> str | None:
+        """Place a new task: pinned to its engine, blocked on its graph
+        dependencies, or waiting for the scheduler.  Returns why it can never
+        run, or None."""
+        spec = task.spec
+        assert spec is not None
+        if spec.pinned:
+            assert spec.targets is not None  # (decode_task checked)
+            engine_id = spec.targets[0]
+            try:
+                uuid = self._registry.get_engine(engine_id).uuid
+            except KeyError:
+                raise InvalidEngineID(f"no engine with id {engine_id!r}; registered engines: "
+                                      f"{self._registry.get_ids()}") from None
+            self._direct.setdefault(engine_id, []).append((task, uuid))
+            return None
+        if spec.targets is not None and not (set(spec.targets) & self._engines):
+            raise InvalidEngineID(f"no engine with an id in targets {list(spec.targets)}; "
+                                  f"registered engines: {sorted(self._engines)}")
+        if spec.after is not None or spec.follow is not None:
+            state, detail = self._graph.add(task, spec.after, spec.follow)
+            if state == WAITING:
+                return None
+            if state != MET:
+                return detail
+            self._follow(task, detail)
+        return self._enqueue(task)
+
+    def _follow(self, task: Task, engines: frozenset[int] | None) -> None:
+        """``task``'s graph dependencies are met: keep it to the engines it must follow."""
+        if engines is not None:
+            task.only = engines if task.only is None else task.only & engines
+
+    def _send_direct(self) -> None:
+        """Send the pinned tasks just submitted to their engines, in order."""
+        direct, self._direct = self._direct, {}
+        for engine_id, entries in direct.items():
+            tasks = [task for task, _ in entries if task.state == SCHEDULED]
+            for task, uuid in entries:
+                if task.state == SCHEDULED:
+                    self._claim(task, engine_id, uuid)
+            try:
+                self._dispatcher.send(engine_id, tasks, fresh=False)
+            except KeyError:  # the engine left meanwhile
+                for task in tasks:
+                    self._finish(task, FAILED, failure_payload(EngineError(
+                        f"engine {engine_id} was lost before task {task.taskid} was sent"),
+                        engine_id))
+
+    def _enqueue(self, task: Task) -> str | None:
+        """``task`` waits for an engine; returns why none may ever take it, or None."""
+        assert task.spec is not None
+        if task.only is not None or task.never:
+            possible = self._engines if task.only is None else self._engines & task.only
+            if not possible - task.never:
+                return (f"no engine can run it: it may run on engines {sorted(task.only or ())}"
+                        f" and was refused by {sorted(task.never)}; registered engines: "
+                        f"{sorted(self._engines)}")
+        self._waiting.add(task.arrival, task.spec.depend_key, task.spec.depend, task.failed_on,
+                          task.only, task.never)
+        self._queued[task.arrival] = task
+        return None
+
+    def _unqueue(self, task: Task) -> None:
         self._waiting.remove(task.arrival)
         del self._queued[task.arrival]
 
-    def _requeue(self, task: _Task) -> None:
-        self._set_state(task, SCHEDULED)
-        self._enqueue(task)
+    def _withdraw(self, task: Task) -> None:
+        """A scheduled task stops waiting (for an engine, or its dependencies)."""
+        if task.arrival in self._queued:
+            self._unqueue(task)
+        else:
+            self._graph.forget(task)
 
-    def _expire(self, task: _Task) -> None:
+    def _impossible(self, task: Task, why: str, invalid: bool = False) -> None:
+        """``task`` can never run: it fails with ImpossibleDependency saying ``why``."""
+        error = (InvalidDependency if invalid else ImpossibleDependency)(
+            f"task {task.taskid} cannot run: {why}")
+        self._graph.forget(task)
+        self._finish(task, FAILED, failure_payload(error, None))
+
+    def _requeue(self, task: Task) -> None:
+        self._set_state(task, SCHEDULED)
+        problem = self._enqueue(task)
+        if problem is not None:
+            self._impossible(task, problem)
+
+    def _expire(self, task: Task) -> None:
         """The task's timeout: fail it if no engine has taken it yet."""
         task.expiry = None
         if task.state == SCHEDULED and task.attempt == 0:
-            self._unqueue(task)
+            self._withdraw(task)
             assert task.spec is not None
             self._finish(task, FAILED, failure_payload(DependencyTimeout(
                 f"task {task.taskid} found no engine to run it within its timeout of "
@@ -423,7 +485,7 @@ class TaskController:
 
     def _assign_all(self) -> None:
         """Take runnable tasks in arrival order; send each engine its share at once."""
-        plan: dict[int, list[_Task]] = {}
+        plan: dict[int, list[Task]] = {}
         fresh: dict[int, bool] = {}
         uuids: dict[int, str] = {}
         try:
@@ -436,7 +498,7 @@ class TaskController:
                 task = self._queued.pop(arrival)
                 engine_id = self._choose(task, candidates)
                 if engine_id is None:  # the scheduler failed: try again next pass
-                    self._enqueue(task)
+                    self._queue_again(task)
                     break
                 if engine_id not in plan:
                     try:
@@ -444,7 +506,7 @@ class TaskController:
                         self._registry.get_queue(engine_id)
                     except KeyError:  # left, and the registry has not told us yet
                         self._drop_engine(engine_id)
-                        self._enqueue(task)
+                        self._queue_again(task)
                         continue
                     plan[engine_id] = []
                     fresh[engine_id] = self.scheduler.load(engine_id) == 0
@@ -454,7 +516,13 @@ class TaskController:
             for engine_id, tasks in plan.items():
                 self._dispatcher.send(engine_id, tasks, fresh[engine_id])
 
-    def _choose(self, task: _Task, candidates: set[int]) -> int | None:
+    def _queue_again(self, task: Task) -> None:
+        """Put back a task taken for this pass but not placed."""
+        problem = self._enqueue(task)
+        if problem is not None:
+            self._impossible(task, problem)
+
+    def _choose(self, task: Task, candidates: set[int]) -> int | None:
         """The scheduler's choice among ``candidates``; None (logged) if it fails."""
         try:
             engine_id = self.scheduler.choose(candidates)
@@ -468,7 +536,7 @@ class TaskController:
                   taskid=task.taskid)
         return None
 
-    def _claim(self, task: _Task, engine_id: int, uuid: str) -> None:
+    def _claim(self, task: Task, engine_id: int, uuid: str) -> None:
         """``task`` is now pending on ``engine_id`` (a new attempt)."""
         self._set_state(task, PENDING)
         task.attempt += 1
@@ -481,7 +549,7 @@ class TaskController:
             task.expiry = None
         self.scheduler.assigned(engine_id)
 
-    def _attempt_ended(self, task: _Task, engine_id: int, attempt: int, ended: Ended) -> None:
+    def _attempt_ended(self, task: Task, engine_id: int, attempt: int, ended: Ended) -> None:
         """The dispatcher's report: one attempt of ``task`` on ``engine_id`` is over."""
         self.scheduler.finished(engine_id, ended.seconds)
         self._waiting.slot_freed(engine_id)
@@ -489,12 +557,20 @@ class TaskController:
             self._drop_engine(engine_id)
         if task.state != PENDING or task.attempt != attempt:
             return  # aborted meanwhile: the outcome is dropped
+        if ended.meta is not None:
+            task.meta = ended.meta
+        pinned = task.spec is not None and task.spec.pinned
         if ended.kind == "reply":
             task.seconds = ended.seconds
             if ended.ok:
                 self._finish(task, SUCCEEDED, ended.payload)
+            elif ended.meta and ended.meta.get("unmet") and not pinned:
+                self._unmet(task, engine_id)
             else:
                 self._attempt_failed(task, engine_id, ended.payload)
+        elif pinned:  # a direct request runs where it was sent, or fails
+            self._finish(task, FAILED, ended.payload or failure_payload(EngineError(
+                f"engine {engine_id} was lost before it ran task {task.taskid}"), engine_id))
         elif ended.kind == "never_ran":
             self._requeue(task)
         elif ended.kind == "suspect" and task.suspicions == 0:
@@ -503,7 +579,13 @@ class TaskController:
         else:  # failed, or under suspicion a second time
             self._attempt_failed(task, engine_id, ended.payload)
 
-    def _attempt_failed(self, task: _Task, engine_id: int, failure: bytes) -> None:
+    def _unmet(self, task: Task, engine_id: int) -> None:
+        """A functional dependency of ``task`` is not met on ``engine_id``: it goes
+        to another engine (never back to that one), or fails when none is left."""
+        task.never.add(engine_id)
+        self._requeue(task)
+
+    def _attempt_failed(self, task: Task, engine_id: int, failure: bytes) -> None:
         assert task.spec is not None
         task.failed_on.append(engine_id)
         if task.retries_left > 0:
@@ -513,15 +595,15 @@ class TaskController:
         recovery_id = None
         if task.spec.recovery is not None:
             recovery_id = self._ids.issue()
-            self._accept(recovery_id, task.spec.recovery, task.taskid)
+            self._accept(recovery_id, task.spec.recovery, task.taskid, task.owner, task.later)
         self._finish(task, FAILED, failure, recovery_id)
 
     # -- endings -----------------------------------------------------------------------
     def _finish(
-        self, task: _Task, state: str, payload: bytes, recovery_id: int | None = None
+        self, task: Task, state: str, payload: bytes, recovery_id: int | None = None
     ) -> None:
         self._set_state(task, state)
-        task.record = TaskResultRecord(
+        record = TaskResultRecord(
             taskid=task.taskid,
             status=state,
             payload=payload,
@@ -536,6 +618,14 @@ class TaskController:
             recovery_of=task.recovery_of,
             seconds=task.seconds,
         )
+        meta = task.meta
+        if meta is not None:
+            record.stdout = meta.get("stdout") or ""
+            record.stderr = meta.get("stderr") or ""
+            record.engine_started = meta.get("started")
+            record.engine_completed = meta.get("completed")
+            record.pyout = meta.get("pyout")
+        task.record = record
         task.spec = None
         if task.expiry is not None:
             task.expiry.cancel()
@@ -543,21 +633,69 @@ class TaskController:
         waiters, task.waiters = task.waiters, None
         for waiter in waiters or ():
             waiter.one_finished()
+        if self._hub is not None:
+            self._hub.finished(record, task)
+        notify = getattr(task.owner, "task_finished", None)
+        if notify is not None:
+            notify(record)
+        if task.later:  # the hub has its record: only its outcome stays here
+            del self._tasks[task.taskid]
+            del self._states[state][task.taskid]
+            self._done[task.taskid] = (state == SUCCEEDED, task.engine_id)
+        self._endings.append(task)
+        self._settle_dependents()
 
-    def _wait(self, tasks: list[_Task], value: Callable[[], Any]) -> defer.Deferred:
+    def _settle_dependents(self) -> None:
+        """Tell the graph of the tasks that finished (a loop, not a recursion: a
+        chain of failures can be thousands long)."""
+        if self._settling:
+            return
+        self._settling = True
+        placed = False
+        try:
+            while self._endings:
+                done = self._endings.popleft()
+                decided = self._graph.finished(done.taskid, done.state == SUCCEEDED,
+                                               done.engine_id)
+                for task, state, detail in decided:
+                    if task.state != SCHEDULED:
+                        continue  # aborted or timed out meanwhile
+                    if state == MET:
+                        self._follow(task, detail)
+                        problem = self._enqueue(task)
+                        if problem is not None:
+                            self._impossible(task, problem)
+                        placed = True
+                    else:
+                        self._impossible(task, detail)
+        finally:
+            self._settling = False
+        if placed:
+            self._schedule()
+
+    def _status(self, taskid: int) -> Any:
+        """How a task stands, for graph dependencies (see :mod:`.graph`)."""
+        task = self._tasks.get(taskid)
+        if task is not None:
+            if task.state in FINISHED:
+                return task.state == SUCCEEDED, task.engine_id
+            return RUNNING
+        return self._done.get(taskid)
+
+    def _wait(self, tasks: list[Task], value: Callable[[], Any]) -> defer.Deferred:
         """A Deferred firing with ``value()`` once every task in ``tasks`` has finished."""
         unfinished = list({id(t): t for t in tasks if t.record is None}.values())
         if not unfinished:
             return defer.succeed(value())
-        return _Waiter(unfinished, value).deferred
+        return Waiter(unfinished, value).deferred
 
     # -- helpers -----------------------------------------------------------------------
-    def _set_state(self, task: _Task, state: str) -> None:
+    def _set_state(self, task: Task, state: str) -> None:
         del self._states[task.state][task.taskid]
         self._states[state][task.taskid] = None
         task.state = state
 
-    def _task(self, taskid: int) -> _Task:
+    def _task(self, taskid: int) -> Task:
         try:
             task = None if isinstance(taskid, bool) else self._tasks.get(taskid)
         except TypeError:  # unhashable

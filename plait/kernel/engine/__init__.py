@@ -33,7 +33,7 @@ def __getattr__(name: str) -> Any:
     # Loaded on demand: a client imports ``shipped`` (the functions it sends)
     # without loading the interpreter.
     if name == "get_interpreter":
-        from plait.kernel.engine.interpreter import get_interpreter
+        from plait.kernel.engine.current import get_interpreter
 
         return get_interpreter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -90,6 +90,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+from plait.kernel.engine import current
+from plait.kernel.engine.current import get_interpreter as get_interpreter
+from plait.kernel.engine.shipped import Reference, dependent
 from plait.kernel.engine.taskrun import run_on_engine
 from plait.wire.errors import RemoteFailure, SerializationError
 from plait.wire.serialize import dumps_plain, serialize
@@ -104,19 +107,6 @@ METHODS = (
     "execute", "push", "pull", "apply", "apply_call", "get_result", "keys", "reset", "run_task",
 )
 
-_current: Interpreter | None = None
-_running_stack: list[Interpreter] = []
-
-
-def get_interpreter() -> Interpreter:
-    """The interpreter running user code in this process (or the last that did).
-
-    User code on an engine reaches its engine with it, for instance to set
-    ``get_interpreter().properties['RAM'] = 8``.
-    """
-    if _current is None:
-        raise RuntimeError("no plait engine interpreter has run code in this process")
-    return _current
 
 
 class _Capture(io.TextIOBase):
@@ -229,6 +219,9 @@ class Interpreter:
         self._count = 0
         self._sent_properties = self._snapshot()  # the engine registers with these
         self.properties_error: str | None = None
+        #: The repr of the value of the last executed source's final expression
+        #: (None when it had none, or it was None).
+        self.last_pyout: str | None = None
         self._lock = threading.RLock()
         self.module = self._new_module()
 
@@ -251,11 +244,9 @@ class Interpreter:
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
         """Run user code: one at a time, as ``__main__``, visible to get_interpreter."""
-        global _current
         with self._lock:
             saved_main = sys.modules.get("__main__")
-            _running_stack.append(self)
-            _current = self
+            current.enter(self)
             sys.modules["__main__"] = self.module
             try:
                 yield
@@ -264,9 +255,7 @@ class Interpreter:
                     sys.modules.pop("__main__", None)
                 else:
                     sys.modules["__main__"] = saved_main
-                _running_stack.pop()
-                if _running_stack:  # back to an interpreter that was running
-                    _current = _running_stack[-1]
+                current.leave()
 
     def push(self, namespace: dict) -> None:
         """Merge ``namespace`` (names to values) into the engine namespace.
@@ -329,6 +318,7 @@ class Interpreter:
         with self._running():
             self._count += 1
             number = self._count
+            self.last_pyout = None
             result = {
                 "id": self.engine_id,
                 "number": number,
@@ -370,7 +360,8 @@ class Interpreter:
         if last is not None:
             value = eval(last, self.namespace)
             if value is not None:
-                out.write(repr(value) + "\n")
+                self.last_pyout = repr(value)
+                out.write(self.last_pyout + "\n")
 
     def get_result(self, i: int | None = None) -> dict:
         """The result dict of command number ``i`` (None: the last command).
@@ -419,6 +410,58 @@ class Interpreter:
                 for name, value in added.items():  # take back what the call borrowed
                     if self.namespace.get(name, _MISSING) is value:
                         del self.namespace[name]
+
+    def call(self, function: Any, args: Any = (), kwargs: dict | None = None
+             ) -> tuple[Any, str, str]:
+        """A call of the later generation: ``(value, stdout, stderr)``.
+
+        As :meth:`apply`, with the output captured (as :meth:`execute` does),
+        :class:`~plait.kernel.engine.shipped.Reference` arguments replaced by
+        the values they name, and the parts of a
+        :class:`~plait.kernel.engine.shipped.dependent` re-bound to the
+        namespace too.  An exception of user code propagates with
+        ``plait_output``, the ``(stdout, stderr)`` so far, attached.
+        """
+        if not callable(function):
+            raise TypeError(f"apply needs a callable, not a {type(function).__name__}")
+        args = tuple(self._resolve(a) for a in args or ())
+        kwargs = {k: self._resolve(v) for k, v in (kwargs or {}).items()}
+        with self._running(), _captured(self.output_limit) as (out, err):
+            memo: dict[int, Any] = {}
+            added: dict[str, Any] = {}
+            try:
+                function = self._adopt_callable(function, memo, added)
+                args = tuple(self._adopt(a, memo, added) for a in args)
+                kwargs = {k: self._adopt(v, memo, added) for k, v in kwargs.items()}
+                value = function(*args, **kwargs)
+            except BaseException as exc:
+                try:
+                    exc.plait_output = (out.getvalue(), err.getvalue())  # type: ignore[attr-defined]
+                except Exception:
+                    pass
+                raise exc.with_traceback(_user_traceback(exc.__traceback__)) from None
+            finally:
+                for name, item in added.items():
+                    if self.namespace.get(name, _MISSING) is item:
+                        del self.namespace[name]
+        return value, out.getvalue(), err.getvalue()
+
+    def _resolve(self, value: Any) -> Any:
+        return self._lookup(value.name) if isinstance(value, Reference) else value
+
+    def _adopt_callable(self, function: Any, memo: dict[int, Any], added: dict[str, Any]
+                        ) -> Any:
+        """``function`` re-bound as :meth:`_adopt` does, looking inside dependents."""
+        if isinstance(function, dependent):
+            return dependent(self._adopt_callable(function.function, memo, added),
+                             self._adopt_callable(function.depends, memo, added),
+                             *function.args, **function.kwargs)
+        return self._adopt(function, memo, added)
+
+    def adopt(self, function: Any) -> Any:
+        """``function`` re-bound to the namespace for good (as :meth:`push` does)."""
+        with self._running():
+            return self._adopt(function, {}, {})
 
     def apply_call(self, call: tuple) -> Any:
         """:meth:`apply` taking one ``(function, args, kwargs)`` tuple, as sent."""

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from plait.wire import bulk as _bulk
-from plait.wire.errors import SerializationError
+from plait.wire.errors import SerializationError, UnmetDependency
 from plait.wire.serialize import INLINE_LIMIT, deserialize, is_bulk, pack_framed, serialize_parts
 from plait.wire.serialized import Serialized
 from plait.wire.task import BatchItem, EngineTask, StashFetch, TaskBatch
@@ -40,6 +40,9 @@ from plait.wire.task import BatchItem, EngineTask, StashFetch, TaskBatch
 REPLY_BUDGET = INLINE_LIMIT // 2
 
 _stash: dict[bytes, Any] = {}
+
+#: The task kinds of the later generation, run with their output captured.
+LATER_KINDS = ("call", "execute")
 
 
 class Interpreter(Protocol):
@@ -56,6 +59,11 @@ class Interpreter(Protocol):
     def apply(self, function: Callable[..., Any], args: tuple, kwargs: dict) -> Any: ...
 
     def failure_payload(self, exc: BaseException, method: str) -> bytes: ...
+
+    def call(self, function: Callable[..., Any], args: tuple, kwargs: dict
+             ) -> tuple[Any, str, str]: ...
+
+    last_pyout: str | None
 
 
 def run_on_engine(interpreter: Interpreter, task: Any) -> Any:
@@ -96,6 +104,48 @@ def run_engine_task(interpreter: Interpreter, task: EngineTask) -> Any:
             interpreter.reset()
 
 
+def run_call(interpreter: Interpreter, task: EngineTask) -> tuple[Any, dict]:
+    """Run a ``call`` or ``execute`` task of the later generation: ``(value, meta)``.
+
+    ``meta`` is the batch reply's (see :data:`plait.wire.task.BatchItem`).
+    An exception from user code propagates with ``plait_meta`` (its meta,
+    output so far included) attached.
+    """
+    meta: dict[str, Any] = {"started": time.time(), "unmet": False, "pyout": None}
+    try:
+        if task.kind == "execute":
+            assert task.expression is not None
+            result = interpreter.execute(task.expression)
+            value = None
+            meta.update(stdout=result["stdout"], stderr=result["stderr"],
+                        pyout=interpreter.last_pyout)
+        else:
+            assert task.function is not None
+            value, meta["stdout"], meta["stderr"] = interpreter.call(
+                task.function, task.args, task.kwargs)
+    except BaseException as exc:
+        meta["completed"] = time.time()
+        meta["unmet"] = isinstance(exc, UnmetDependency)
+        meta["stdout"], meta["stderr"] = _pop_attribute(exc, "plait_output") or ("", "")
+        failed = getattr(exc, "plait_result", None)  # a failed execute's result dict
+        if isinstance(failed, dict):
+            meta["stdout"], meta["stderr"] = failed.get("stdout", ""), failed.get("stderr", "")
+        try:
+            vars(exc)["plait_meta"] = meta
+        except Exception:  # an exception type without a __dict__
+            pass
+        raise
+    meta["completed"] = time.time()
+    return value, meta
+
+
+def _pop_attribute(exc: BaseException, name: str) -> Any:
+    try:
+        return exc.__dict__.pop(name, None)
+    except Exception:
+        return None
+
+
 def _load(payload: bytes) -> EngineTask:
     task = _bulk.fetch(payload) if is_bulk(payload) else deserialize(payload)
     if not isinstance(task, EngineTask):
@@ -115,24 +165,30 @@ def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
     budget = REPLY_BUDGET
     for payload in batch.payloads:
         start = time.perf_counter()
+        meta: dict | None = None
         try:
-            value = run_engine_task(interpreter, _load(payload))
+            task = _load(payload)
+            if task.kind in LATER_KINDS:
+                value, meta = run_call(interpreter, task)
+            else:
+                value = run_engine_task(interpreter, task)
             seconds = time.perf_counter() - start
             head, buffers = serialize_parts(value)
             size = len(head) + sum(memoryview(b).nbytes for b in buffers)
             if size + 64 > budget:
-                replies.append((True, None, seconds, _keep(value)))
+                replies.append((True, None, seconds, _keep(value), meta))
                 continue
             data = pack_framed(head, buffers)
             ok = True
         except BaseException as exc:  # a task may not end the engine
             seconds = time.perf_counter() - start
+            meta = _pop_attribute(exc, "plait_meta")
             ok, data = False, interpreter.failure_payload(exc, "run_task")
             if len(data) > budget:
-                replies.append((False, None, seconds, _keep(Serialized(data))))
+                replies.append((False, None, seconds, _keep(Serialized(data)), meta))
                 continue
         budget -= len(data)
-        replies.append((ok, data, seconds, None))
+        replies.append((ok, data, seconds, None, meta))
     return replies
 
 

@@ -1,0 +1,105 @@
+"""What the controller records of a finished task, and its wire form.
+
+A :class:`TaskResultRecord` travels from the controller to clients encoded
+by :func:`encode_result`: ``RECORD_MAGIC`` and a pickle of plain values
+(the payload stays opaque bytes), read back with an unpickler that refuses
+every class.  New fields go at the end, with defaults.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from plait.wire.errors import RemoteFailure, SerializationError
+from plait.wire.serialize import deserialize, loads_plain
+from plait.wire.task import SUCCEEDED
+
+
+@dataclass
+class TaskResultRecord:
+    """What the controller knows of a finished task.
+
+    ``status`` is ``succeeded``, ``failed`` or ``aborted``.  ``payload`` is the
+    serialized value when the task succeeded, else a serialized RemoteFailure
+    (the engine's exception, an EngineError, or TaskAborted).  Times are
+    seconds since the epoch on the controller's clock: ``submitted`` when
+    ``run`` was called, ``started`` when the last attempt was handed to its
+    engine (None if it never was), ``completed`` when the task finished.
+    ``engineid``/``engine_uuid`` name the engine of the last attempt.
+    ``seconds`` is how long the last attempt ran on its engine, measured
+    there (None if unknown).  ``failed_on`` lists the engines of failed
+    attempts, in order;
+    ``recovery_taskid`` is the id of the recovery task submitted when this
+    task failed for good; ``recovery_of`` the task this one recovers.
+    For ``call`` and ``execute`` tasks, ``stdout``/``stderr`` hold their
+    output, ``engine_started``/``engine_completed`` the engine's clock
+    around the call, ``pyout`` the repr of a final expression's value.
+    """
+
+    taskid: int
+    status: str
+    payload: bytes
+    engineid: int | None = None
+    engine_uuid: str | None = None
+    submitted: float = 0.0
+    started: float | None = None
+    completed: float = 0.0
+    attempts: int = 0
+    failed_on: list[int] = field(default_factory=list)
+    recovery_taskid: int | None = None
+    recovery_of: int | None = None
+    seconds: float | None = None
+    stdout: str = ""
+    stderr: str = ""
+    engine_started: float | None = None
+    engine_completed: float | None = None
+    pyout: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCEEDED
+
+    @property
+    def duration(self) -> float:
+        """Seconds the last attempt ran on its engine; when unknown, from its
+        hand-over to completion (0.0 if it never started)."""
+        if self.seconds is not None:
+            return self.seconds
+        return 0.0 if self.started is None else self.completed - self.started
+
+    def value(self) -> Any:
+        """The task's value (an inline payload); SerializationError if it failed."""
+        if not self.ok:
+            raise SerializationError(f"task {self.taskid} {self.status}: it has no value")
+        return deserialize(self.payload)
+
+    def failure(self) -> RemoteFailure | None:
+        """The RemoteFailure of a failed or aborted task; None when it succeeded."""
+        return None if self.ok else deserialize(self.payload)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(TaskResultRecord))
+RECORD_MAGIC = b"R1"
+
+
+def encode_result(record: TaskResultRecord) -> bytes:
+    """The wire form of ``record``: ``RECORD_MAGIC`` and a pickle of its fields
+    (plain values only; the payload stays opaque bytes)."""
+    values = tuple(getattr(record, name) for name in _RECORD_FIELDS)
+    return RECORD_MAGIC + pickle.dumps(values, protocol=5)
+
+
+def decode_result(data: bytes) -> TaskResultRecord:
+    """Inverse of :func:`encode_result`; SerializationError for anything else.
+
+    Read with an unpickler that refuses every class and global.
+    """
+    if not isinstance(data, bytes) or not data.startswith(RECORD_MAGIC):
+        raise SerializationError("not a task result record")
+    try:
+        values = loads_plain(data[len(RECORD_MAGIC):])
+        return TaskResultRecord(*values)
+    except Exception as exc:
+        raise SerializationError(f"unreadable task result record: {exc}") from None
