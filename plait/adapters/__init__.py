@@ -21,11 +21,13 @@ from zope.interface.interface import InterfaceClass
 
 from plait.adapters.engine import FoolscapEngineRegistrar
 from plait.adapters.multiengine import FoolscapMultiEngine
+from plait.adapters.parallel import FoolscapParallel
 from plait.adapters.task import FoolscapTaskController
 from plait.interfaces.engine import IEngineRegistry
 from plait.interfaces.multiengine import IMultiEngine
+from plait.interfaces.parallel import IParallel
 from plait.interfaces.task import ITaskController
-from plait.security import ENGINE_FURL, MEC_FURL, TC_FURL
+from plait.security import ENGINE_FURL, MEC_FURL, PARALLEL_FURL, TC_FURL
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ def default_publications() -> list[Publication]:
         Publication(
             TC_FURL, "client", ITaskController,
             lambda svc, ctl: FoolscapTaskController(svc, ctl.blobs, ctl.channels["client"]),
+        ),
+        Publication(
+            PARALLEL_FURL, "client", IParallel,
+            lambda svc, ctl: FoolscapParallel(svc, ctl.blobs, ctl.channels["client"]),
         ),
     ]
 

@@ -65,8 +65,10 @@ class ITaskController(Interface):
         ``owner``'s :meth:`submit`; returns the first.  ValueError for a bad
         ``n``."""
 
-    def submit(tasks, owner=None):
-        """Submit ``[(taskid, task bytes), ...]`` under ids ``owner`` reserved.
+    def submit(tasks, owner=None, later=False):
+        """Submit ``[(taskid, task bytes), ...]`` under ids ``owner`` reserved
+        (``later``: tasks of the later API generation, see
+        :mod:`plait.interfaces.parallel`).
 
         Returns the list of ``(taskid, reason)`` for the items refused
         because their id was not reserved by ``owner``, or was already used

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="return once the engines are ready; stop with 'ipcluster stop'")
     start.add_argument("--timeout", type=float, default=30.0,
                        help="seconds to wait for the engines to be ready (default 30)")
-    for opt in ("--ip", "--location", "--scheme"):
+    for opt in ("--ip", "--location", "--scheme", "--db"):
         start.add_argument(opt, default=None, help=f"passed to ipcontroller {opt}")
     for opt in ("--hwm", "--client-port", "--engine-port"):
         start.add_argument(opt, type=int, default=None, help=f"passed to ipcontroller {opt}")
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _controller_args(args: argparse.Namespace) -> list[str]:
     out = []
-    for name in ("ip", "location", "scheme", "hwm", "client_port", "engine_port", "engine_timeout"):
+    for name in ("ip", "location", "scheme", "db", "hwm", "client_port", "engine_port",
+                 "engine_timeout"):
         value = getattr(args, name)
         if value is not None:
             out.append(f"--{name.replace('_', '-')}={value}")

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hwm", type=int, default=None,
                    help="task high-water mark: tasks outstanding per engine (default: adaptive, "
                         "about 5 ms of queued work per engine; 0: no limit)")
+    p.add_argument("--db", choices=("sqlite", "memory", "none"), default="sqlite",
+                   help="where the hub keeps the records of tasks: an SQLite database in the "
+                        "profile (default; they survive restarts), memory, or nowhere")
     p.add_argument("--new-furls", action="store_true",
                    help="write FURLs with new secrets: FURL files handed out before stop working")
     p.add_argument("--adapter", action="append", default=[], metavar="MODULE:NAME",
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         controller = ControllerService(
             dirs, ip=args.ip, location=args.location, client_port=args.client_port,
             engine_port=args.engine_port, scheme=args.scheme, hwm=args.hwm, publications=pubs,
-            engine_timeout=args.engine_timeout, new_furls=args.new_furls,
+            engine_timeout=args.engine_timeout, new_furls=args.new_furls, db=args.db,
         )
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         sys.exit(f"error: {exc}")

@@ -8,6 +8,7 @@ by the controller's certificate, whose hash is the tub id inside the FURL.
 from plait.security._files import (
     ENGINE_FURL,
     MEC_FURL,
+    PARALLEL_FURL,
     TC_FURL,
     ProfileDirs,
     plait_dir,
@@ -27,6 +28,7 @@ def __getattr__(name: str):  # the Tub helpers import foolscap: load them on dem
 __all__ = [
     "ENGINE_FURL",
     "MEC_FURL",
+    "PARALLEL_FURL",
     "TC_FURL",
     "ProfileDirs",
     "client_tub",

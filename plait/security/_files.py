@@ -19,6 +19,8 @@ from pathlib import Path
 ENGINE_FURL = "ipcontroller-engine.furl"
 MEC_FURL = "ipcontroller-mec.furl"
 TC_FURL = "ipcontroller-tc.furl"
+#: The capability of plait.parallel's Client (the later API generation).
+PARALLEL_FURL = "ipcontroller-client.furl"
 
 
 def plait_dir() -> Path:
@@ -37,6 +39,14 @@ class ProfileDirs:
 
     def furl_path(self, name: str) -> Path:
         return self.security / name
+
+    @property
+    def db(self) -> Path:
+        """The hub's records (private: results may hold user data), made on first use."""
+        path = self.root / "db"
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+        return path
 
 
 def profile_dirs(profile: str | None = None, create: bool = True) -> ProfileDirs:

@@ -150,6 +150,10 @@ class InvalidDependency(ImpossibleDependency):
     """A task depends on tasks that do not exist (never submitted, or purged)."""
 
 
+class QueryError(PlaitError, ValueError):
+    """A hub query (``db_query``) that is not understood; the message says what."""
+
+
 class NoEnginesRegistered(PlaitError):
     """A call needs engines and the controller has none."""
 

@@ -81,6 +81,20 @@ class TaskResultRecord:
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(TaskResultRecord))
+
+
+def record_of(row: dict) -> TaskResultRecord:
+    """The record of a hub row (see :mod:`plait.kernel.controller.hub`); its
+    ``status`` is ``"pending"`` while the task has not finished."""
+    return TaskResultRecord(
+        taskid=row["id"], status=row.get("status") or "pending", payload=row.get("payload") or b"",
+        engineid=row.get("engine_id"), engine_uuid=row.get("engine_uuid"),
+        submitted=row.get("submitted") or 0.0, started=row.get("started"),
+        completed=row.get("completed") or 0.0, attempts=row.get("attempts") or 0,
+        stdout=row.get("stdout") or "", stderr=row.get("stderr") or "",
+        engine_started=row.get("engine_started"), engine_completed=row.get("engine_completed"),
+        pyout=row.get("pyout"),
+    )
 RECORD_MAGIC = b"R1"
 
 

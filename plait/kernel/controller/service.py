@@ -26,7 +26,10 @@ from zope.interface.interface import InterfaceClass
 
 from plait.adapters import Publication, default_publications
 from plait.kernel.controller.blobserver import BlobServer
+from plait.kernel.controller.hub import Hub
+from plait.kernel.controller.hubstore import open_store
 from plait.kernel.controller.multiengine import MultiEngine
+from plait.kernel.controller.parallel import ParallelService
 from plait.kernel.controller.registry import EngineRegistry
 from plait.kernel.controller.task import TaskController
 from plait.security import ProfileDirs, load_or_create_certificate, make_tub, write_private
@@ -65,6 +68,18 @@ def _bind(ip: str, port: int) -> socket.socket:
     return sock
 
 
+def _prefix(dirs: ProfileDirs) -> int:
+    """The 64-bit number naming this profile's controller in message ids; made
+    once and kept, so that ids stay valid across restarts."""
+    path = dirs.db / "msg-id-prefix"
+    try:
+        return int(path.read_text().strip(), 16)
+    except (OSError, ValueError):
+        prefix = secrets.randbits(64)
+        write_private(path, f"{prefix:016x}\n")
+        return prefix
+
+
 def _swissnum_from(furl_path: Path, tub_id: str) -> str | None:
     """The secret of an existing FURL file written by the same tub, if any."""
     try:
@@ -97,6 +112,7 @@ class ControllerService(service.MultiService):
         publications: list[Publication] | None = None,
         engine_timeout: int = 30,
         new_furls: bool = False,
+        db: str = "sqlite",
     ):
         super().__init__()
         self.dirs = dirs
@@ -121,7 +137,11 @@ class ControllerService(service.MultiService):
             self.registry, stop_controller=self.stop_controller, release=self.blobs.release_payload
         )
         self.results = self.multiengine.results
+        self.db = db
+        self.hub = Hub(open_store(db, dirs.db / "hub.sqlite3" if db == "sqlite" else None),
+                       _prefix(dirs))
         self.task = self._make_task_service(scheme, hwm)
+        self.parallel = ParallelService(self.task, self.registry, self.hub, self.multiengine, db)
         self.tubs: dict[str, Any] = {}
         self.channels: dict[str, ChannelServer] = {}
         self.furls: dict[str, str] = {}
@@ -133,11 +153,11 @@ class ControllerService(service.MultiService):
             kwargs["scheme"] = scheme
         if hwm is not None:
             kwargs["hwm"] = hwm
-        return TaskController(self.registry, **kwargs)
+        return TaskController(self.registry, hub=self.hub, **kwargs)
 
     def service_for(self, interface: InterfaceClass) -> Any:
         """The service of this controller that provides ``interface``."""
-        for candidate in (self.registry, self.multiengine, self.task):
+        for candidate in (self.registry, self.multiengine, self.task, self.parallel):
             if interface.providedBy(candidate):
                 return candidate
         raise LookupError(f"this controller has no service providing {interface.__name__}")
@@ -182,7 +202,8 @@ class ControllerService(service.MultiService):
         self.blobs.stop()
         for channels in self.channels.values():
             channels.stop()
-        return defer.maybeDeferred(super().stopService)
+        d = defer.maybeDeferred(super().stopService)
+        return d.addBoth(lambda result: self.hub.store.close().addBoth(lambda _: result))
 
     def stop_controller(self) -> None:
         """Stop the whole controller process soon (``kill(controller=True)``)."""

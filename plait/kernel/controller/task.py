@@ -196,6 +196,7 @@ class TaskController:
         self._done: dict[int, tuple[bool, int | None]] = {}  # later tasks, once finished
         self._direct: dict[int, list[tuple[Task, str]]] = {}  # pinned tasks to send
         self._endings: deque[Task] = deque()  # finished tasks whose dependents wait
+        self._completed_on: dict[int, int] = {}  # engine id -> tasks it finished
         self._settling = False
         registry.add_observer(self)
         for engine_id in registry.get_ids():
@@ -222,6 +223,51 @@ class TaskController:
 
     def release(self, owner: Any) -> int:
         return self._ids.release(owner)
+
+    def submit_new(self, tasks: Iterable[bytes], owner: Any = None, later: bool = False
+                   ) -> list[int]:
+        """Submit tasks under ids issued here (resubmissions); their ids, in order."""
+        ids = []
+        try:
+            for data in tasks:
+                taskid = self._ids.issue()
+                ids.append(taskid)
+                self._accept(taskid, data, None, owner, later)
+        finally:
+            self._send_direct()
+            self._schedule()
+        return ids
+
+    def forget(self, taskids: Iterable[int] | None) -> None:
+        """Forget the outcomes of finished later-generation tasks (all when None):
+        graph dependencies on them are invalid from now on."""
+        if taskids is None:
+            self._done.clear()
+        else:
+            for taskid in taskids:
+                self._done.pop(taskid, None)
+
+    def engine_status(self, verbose: bool = False) -> dict[Any, Any]:
+        """Per engine: tasks handed to it (``tasks``), commands waiting in its
+        queue (``queue``) and tasks it finished (``completed``); and the tasks
+        waiting for an engine (``unassigned``).  Lists of ids with ``verbose``."""
+        status: dict[Any, Any] = {}
+        running: dict[int, list[int]] = {e: [] for e in self._registry.get_ids()}
+        for taskid in self._states[PENDING]:
+            engine_id = self._tasks[taskid].engine_id
+            if engine_id in running:
+                running[engine_id].append(taskid)
+        for engine_id, ids in running.items():
+            queue = self._registry.get_queue(engine_id).status()["queue"]
+            done = self._completed_on.get(engine_id, 0)
+            status[engine_id] = {
+                "queue": list(queue) if verbose else len(queue),
+                "tasks": sorted(ids) if verbose else len(ids),
+                "completed": done,
+            }
+        scheduled = self._states[SCHEDULED]
+        status["unassigned"] = sorted(scheduled) if verbose else len(scheduled)
+        return status
 
     def get_task_result(self, taskid: int, block: bool = False) -> defer.Deferred:
         try:
@@ -633,6 +679,8 @@ class TaskController:
         waiters, task.waiters = task.waiters, None
         for waiter in waiters or ():
             waiter.one_finished()
+        if task.engine_id is not None and state in (SUCCEEDED, FAILED):
+            self._completed_on[task.engine_id] = self._completed_on.get(task.engine_id, 0) + 1
         if self._hub is not None:
             self._hub.finished(record, task)
         notify = getattr(task.owner, "task_finished", None)

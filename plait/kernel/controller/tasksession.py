@@ -59,9 +59,9 @@ class TaskSession:
     def reserve(self, n: int, owner: Any = None) -> int:
         return self._tasks.reserve(n, self._owner(owner))
 
-    def submit(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None
-               ) -> list[tuple[int, str]]:
-        return self._tasks.submit(tasks, self._owner(owner))
+    def submit(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None,
+               later: bool = False) -> list[tuple[int, str]]:
+        return self._tasks.submit(tasks, self._owner(owner), later)
 
     def release(self, owner: Any = None) -> int:
         return self._tasks.release(self._owner(owner))

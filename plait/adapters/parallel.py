@@ -1,0 +1,167 @@
+"""The foolscap adapter of ``plait.parallel``'s service (``ipcontroller-client.furl``).
+
+:class:`FoolscapParallel` publishes an :class:`~plait.interfaces.parallel.IParallel`
+as :class:`~plait.interfaces.parallel.RIParallel`; each client opens a
+session of its own (a channel, or ``open_session`` on foolscap), published
+as a :class:`FoolscapParallelSession` and closed with its connection.  Both
+only delegate, answering outcomes ``(ok, value)`` (see :mod:`._outcome`);
+records travel encoded (:func:`~plait.wire.records.encode_result`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from foolscap.api import Referenceable
+from twisted.internet import defer
+from zope.interface import implementer
+
+from plait.adapters._outcome import outcome
+from plait.adapters._uploads import OffersUploads
+from plait.interfaces.parallel import IParallel, IParallelSession, RIParallel
+from plait.wire.errors import TaskAlreadyCompleted
+from plait.wire.records import encode_result, record_of
+from plait.wire.serialize import loads_plain
+
+#: The methods :meth:`FoolscapParallelSession.remote_submit_then` may call.
+FOLLOWERS = frozenset({
+    "reserve", "records", "result_status", "abort", "queue_status", "info", "get_ids",
+    "history", "resubmit", "results",
+})
+
+_SESSION_ONLY = "this call needs a session: open a channel or a session first"
+
+
+def _encoded_rows(rows: list[dict | None]) -> list[bytes | None]:
+    return [None if row is None else encode_result(record_of(row)) for row in rows]
+
+
+# mypy-zope looks for the RI methods by name; foolscap calls remote_<name> ones
+@implementer(RIParallel)
+class FoolscapParallel(OffersUploads, Referenceable):  # type: ignore[misc]
+    """Publishes an :class:`IParallel`: what needs no session, and sessions."""
+
+    def __init__(self, service: IParallel, blobs: Any = None, channels: Any = None):
+        self.service = service
+        self.blobs = blobs
+        self.channels = channels
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        return outcome(defer.maybeDeferred(fn, *args))
+
+    def remote_info(self) -> defer.Deferred:
+        return self._call(self.service.info)
+
+    def remote_get_ids(self) -> defer.Deferred:
+        return self._call(self.service.get_ids)
+
+    def remote_wait_for_engines(self, n: int) -> defer.Deferred:
+        return self._call(self.service.wait_for_engines, n)
+
+    def remote_records(self, taskids: list, block: bool = False) -> defer.Deferred:
+        d = defer.maybeDeferred(self.service.hub.records, list(taskids), block)
+        return outcome(d.addCallback(_encoded_rows))
+
+    def remote_result_status(self, taskids: list) -> defer.Deferred:
+        return self._call(self.service.hub.status, list(taskids))
+
+    def remote_history(self) -> defer.Deferred:
+        return self._call(self.service.hub.history)
+
+    def remote_query(self, query: bytes, keys: list, everything: bool) -> defer.Deferred:
+        return self._call(lambda: self.service.hub.query(
+            loads_plain(query), None if everything else list(keys)))
+
+    def remote_purge(self, everything: bool, taskids: list) -> defer.Deferred:
+        return self._call(self.service.purge, None if everything else list(taskids))
+
+    def remote_queue_status(self, verbose: bool = False) -> defer.Deferred:
+        return self._call(self.service.queue_status, verbose)
+
+    def remote_shutdown(self, everyone: bool, targets: list, hub: bool) -> defer.Deferred:
+        return self._call(self.service.shutdown, None if everyone else list(targets), hub)
+
+    def remote_open_channel(self) -> tuple[bytes, int]:
+        """A channel served by a session of its own, closed with the channel."""
+        if self.channels is None:
+            raise RuntimeError("this controller offers no channel for plait.parallel")
+        session = self.service.session()
+
+        def bound(channel: Any) -> None:
+            channel.notifyOnDisconnect(session.close)
+
+        return self.channels.issue(FoolscapParallelSession(session, self.blobs), on_bound=bound)
+
+    def remote_open_session(self, listener: Any) -> FoolscapParallelSession:
+        """A session for a client on foolscap, closed when ``listener``'s connection goes."""
+        if not hasattr(listener, "notifyOnDisconnect"):
+            raise TypeError("open_session needs a reference to an object of the client")
+        session = self.service.session()
+        listener.notifyOnDisconnect(session.close)
+        return FoolscapParallelSession(session, self.blobs)
+
+    def _session_only(self, *args: Any) -> defer.Deferred:
+        return outcome(defer.fail(RuntimeError(_SESSION_ONLY)))
+
+    remote_reserve = remote_submit = remote_submit_then = remote_results = _session_only
+    remote_abort = remote_resubmit = remote_end_session = _session_only
+
+
+class FoolscapParallelSession(FoolscapParallel):
+    """One client's session (an :class:`IParallelSession`) on the wire."""
+
+    def __init__(self, session: IParallelSession, blobs: Any = None):
+        super().__init__(session.service, blobs, None)
+        self.session = session
+
+    def remote_reserve(self, n: int) -> defer.Deferred:
+        return self._call(self.session.reserve, n)
+
+    def remote_submit(self, tasks: list) -> defer.Deferred:
+        return self._call(self.session.submit, [tuple(item) for item in tasks])
+
+    def remote_submit_then(self, tasks: list, method: str, args: list) -> defer.Deferred:
+        try:
+            refused = self.session.submit([tuple(item) for item in tasks])
+        except Exception:
+            return outcome(defer.fail())
+        if method not in FOLLOWERS:
+            follower = outcome(defer.fail(ValueError(f"submit_then cannot call {method!r}")))
+        else:
+            try:
+                RIParallel[method].checkAllArgs(tuple(args), {}, True)
+                follower = getattr(self, f"remote_{method}")(*args)
+            except Exception:
+                follower = outcome(defer.fail())
+        return outcome(follower.addCallback(lambda result: (refused, result)))
+
+    def remote_results(self) -> defer.Deferred:
+        d = defer.maybeDeferred(self.session.results)
+        return outcome(d.addCallback(lambda records: [encode_result(r) for r in records]))
+
+    def remote_abort(self, taskids: list) -> defer.Deferred:
+        def abort() -> list[int]:
+            finished = []
+            for taskid in taskids:
+                try:
+                    self.session.abort(taskid)
+                except TaskAlreadyCompleted:
+                    finished.append(taskid)
+            return finished
+
+        return self._call(abort)
+
+    def remote_resubmit(self, taskids: list) -> defer.Deferred:
+        return self._call(self.session.resubmit, list(taskids))
+
+    def remote_end_session(self) -> defer.Deferred:
+        return self._call(self.session.close)
+
+    def remote_open_channel(self) -> tuple[bytes, int]:
+        raise RuntimeError("this is a session already: open channels on the published object")
+
+    def remote_open_session(self, listener: Any) -> FoolscapParallelSession:
+        raise RuntimeError("this is a session already: open sessions on the published object")
+
+

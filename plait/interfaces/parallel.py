@@ -1,0 +1,208 @@
+"""The later API generation: one interface for views of both kinds, and the hub.
+
+:class:`IParallel` is the controller-side service behind ``plait.parallel``'s
+``Client``; :class:`RIParallel` is what the ``ipcontroller-client.furl``
+capability grants over the wire.  Direct views and load-balanced views both
+submit *tasks* (:mod:`plait.wire.task`: ``call`` and ``execute`` kinds; a
+direct view's are *pinned* to their engine), so every request has one id,
+one record in the hub and one way back: each client session receives the
+records of its tasks as they finish (:meth:`IParallelSession.results`).
+
+Security: this capability lets its holder run code on the engines (as the
+mec and tc FURLs do) and read, wait for and purge every record of the hub,
+whoever submitted it; it runs no code in the controller (a task with a
+controller-side ``depend`` is refused), and ``shutdown(hub=True)`` stops
+the controller.
+
+Wire contract: the ``__remote_name__`` of each RemoteInterface here is how
+the two ends of a connection recognise it; keep those names.
+"""
+
+from __future__ import annotations
+
+from foolscap.api import RemoteInterface
+from foolscap.schema import (
+    Any,
+    BooleanConstraint,
+    IntegerConstraint,
+    ListOf,
+    TupleOf,
+    UnicodeConstraint,
+)
+from zope.interface import Attribute, Interface
+
+from plait.interfaces.engine import WIRE_BYTES, Address, ChannelTicket, Token
+from plait.interfaces.task import FlagOff, ITaskSession, Submissions, TaskIds
+
+Outcome = TupleOf(BooleanConstraint(), Any())
+Keys = ListOf(UnicodeConstraint(maxLength=64), maxLength=64)
+
+
+class IHub(Interface):
+    """The record of every task of a controller, for every client.
+
+    Records are dicts (see :mod:`plait.kernel.controller.hub`); methods
+    returning a Deferred fail with the store's error (QueryError, a
+    ValueError, for a query it does not understand).
+    """
+
+    prefix = Attribute("The 64-bit number naming this controller in message ids.")
+
+    def submitted(task, data):
+        """The task controller accepted ``task`` (submitted as the bytes ``data``)."""
+
+    def finished(record, task):
+        """``task`` finished with the TaskResultRecord ``record``."""
+
+    def msg_id(taskid):
+        """The message id (a UUID string) of task ``taskid``."""
+
+    def taskid(msg_id):
+        """The task id a message id names here, or None."""
+
+    def records(taskids, block=False):
+        """A Deferred firing with the records of ``taskids`` (None for unknown
+        ids; ``status`` None for unfinished ones), once all are finished if
+        ``block``."""
+
+    def status(taskids):
+        """A Deferred firing with ``{'pending': ids, 'completed': ids, 'unknown': ids}``."""
+
+    def history():
+        """A Deferred firing with every task id known, in submission order."""
+
+    def query(query, keys=None):
+        """A Deferred firing with the records matching a Mongo-style ``query``,
+        with the ``keys`` given (all when None), ``id`` always among them."""
+
+    def purge(taskids):
+        """Forget finished records (all when None); fails with ValueError for an
+        unfinished one (nothing is purged then)."""
+
+
+class IParallelSession(ITaskSession):
+    """One client of the later generation: a task session whose tasks are the
+    later generation's, and whose finished records come back to it."""
+
+    uuid = Attribute("A string naming this client in the hub's records (client_uuid).")
+    service = Attribute("The IParallel this session belongs to.")
+
+    def results():
+        """A Deferred firing with the TaskResultRecords of this session's tasks
+        finished since the last call, as soon as there is at least one.  One
+        call at a time; cancelled when the session closes."""
+
+    def resubmit(taskids):
+        """Submit again, under new ids, finished tasks (of any client): the new
+        ids, in order.  ValueError for an unfinished task, InvalidTaskID for
+        an unknown or purged one."""
+
+
+class IParallel(Interface):
+    """The controller-side service of ``plait.parallel``'s clients."""
+
+    hub = Attribute("The IHub.")
+
+    def session():
+        """A new :class:`IParallelSession`."""
+
+    def get_ids():
+        """The registered engine ids."""
+
+    def wait_for_engines(n):
+        """A Deferred firing with the id list once ``n`` engines are registered."""
+
+    def info():
+        """A dict: ``prefix`` (of message ids), ``scheme``, ``hwm``, ``engines``, ``db``."""
+
+    def queue_status(verbose=False):
+        """``{engine_id: {'queue': n, 'tasks': n, 'completed': n}, 'unassigned': n}``
+        (lists of task ids instead of counts with ``verbose``)."""
+
+    def purge(taskids):
+        """Forget finished tasks (all when None) in the hub and in the task
+        controller; a Deferred (fails with ValueError for an unfinished one)."""
+
+    def shutdown(targets, hub):
+        """Stop the ``targets`` engines (a list of ids, or None for all) and, with
+        ``hub``, the controller; a Deferred firing once the engines have left."""
+
+
+class RIParallel(RemoteInterface):
+    """What the ``ipcontroller-client.furl`` capability grants.  Every method
+    answers an outcome ``(ok, value)``; records travel encoded with
+    :func:`plait.wire.records.encode_result` (``status`` None: unfinished)."""
+
+    __remote_name__ = "plait.RIParallel"
+
+    def info():
+        return Outcome
+
+    def get_ids():
+        return Outcome
+
+    def wait_for_engines(n=IntegerConstraint()):
+        return Outcome
+
+    def reserve(n=IntegerConstraint(maxBytes=8)):
+        return Outcome
+
+    def submit(tasks=Submissions):
+        return Outcome
+
+    def submit_then(tasks=Submissions, method=UnicodeConstraint(maxLength=32),
+                    args=ListOf(Any(), maxLength=8)):
+        """Submit, then call ``method(*args)`` (as the Task interface does)."""
+        return Outcome
+
+    def results():
+        """Value: the encoded records of this session's tasks finished since the
+        last call, once there is one (a long poll)."""
+        return Outcome
+
+    def abort(taskids=TaskIds):
+        """Abort unfinished tasks; value: the ids that had finished already."""
+        return Outcome
+
+    def records(taskids=TaskIds, block=FlagOff):
+        """Value: the encoded records of ``taskids`` (None for unknown ids)."""
+        return Outcome
+
+    def result_status(taskids=TaskIds):
+        return Outcome
+
+    def history():
+        return Outcome
+
+    def query(query=WIRE_BYTES, keys=Keys, everything=BooleanConstraint()):
+        """``query``: a dict pickled as plain data; ``everything``: all keys
+        (``keys`` ignored).  Value: a list of record dicts."""
+        return Outcome
+
+    def purge(everything=BooleanConstraint(), taskids=TaskIds):
+        return Outcome
+
+    def resubmit(taskids=TaskIds):
+        return Outcome
+
+    def queue_status(verbose=FlagOff):
+        return Outcome
+
+    def shutdown(everyone=BooleanConstraint(), targets=ListOf(IntegerConstraint()),
+                 hub=BooleanConstraint()):
+        return Outcome
+
+    def open_upload(size=IntegerConstraint(maxBytes=16), readers=IntegerConstraint()):
+        return TupleOf(Token, Token, Address)
+
+    def open_channel():
+        """A ticket for a channel that is a session of its own."""
+        return ChannelTicket
+
+    def open_session(listener=Any()):
+        """A reference to a session of its own, ended with ``listener``'s connection."""
+        return Any()
+
+    def end_session():
+        return Outcome
+

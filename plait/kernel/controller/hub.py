@@ -1,0 +1,160 @@
+"""The hub: the record of every task, for every client.
+
+The task controller tells the hub of each task it accepts
+(:meth:`Hub.submitted`) and of each that finishes (:meth:`Hub.finished`).
+Unfinished tasks are kept here, in memory (they are in the controller's
+memory anyway); finished ones go to the store (:mod:`.hubstore`: SQLite by
+default, so they survive the controller and do not fill its memory).  Any
+client may then ask for any record by id, wait for one, query them, or
+purge them.
+
+Records are dicts of the store's columns (``id``, ``msg_id``,
+``client_uuid``, ``submitted``, ``started``, ``completed``, ``engine_id``,
+``status``, ``stdout``...).  ``status`` is None while a task is
+unfinished, then ``succeeded``, ``failed`` or ``aborted``; ``payload`` the
+serialized value or failure (opaque), ``request`` the task as submitted
+(kept so that it can be resubmitted).
+
+Message ids: a task's ``msg_id`` is a UUID whose first 64 bits name this
+controller (its *prefix*, kept in the profile so that it survives
+restarts) and whose last 64 are the task id, so ids of different
+controllers never collide and the hub finds a task from its ``msg_id``
+without an index.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from plait.interfaces.parallel import IHub
+from plait.kernel.controller.hubstore import QueryError, check_query, matches
+from plait.wire.records import TaskResultRecord
+
+_LOW = (1 << 64) - 1
+
+
+def msg_id(prefix: int, taskid: int) -> str:
+    """The message id of task ``taskid`` of the controller ``prefix``."""
+    return str(uuid.UUID(int=(prefix << 64) | taskid))
+
+
+def taskid_of(prefix: int, text: Any) -> int | None:
+    """The task id ``text`` names on the controller ``prefix``; None otherwise."""
+    try:
+        value = uuid.UUID(text).int
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return value & _LOW if value >> 64 == prefix else None
+
+
+@implementer(IHub)
+class Hub:
+    """Records of every task, in ``store``; ``prefix`` names this controller."""
+
+    def __init__(self, store: Any, prefix: int):
+        self.store = store
+        self.prefix = prefix
+        self._pending: dict[int, dict] = {}
+        self._waiters: dict[int, list[defer.Deferred]] = {}
+
+    # -- what the task controller tells ----------------------------------------------------
+    def submitted(self, task: Any, data: bytes | None) -> None:
+        spec = task.spec
+        self._pending[task.taskid] = {
+            "id": task.taskid,
+            "msg_id": msg_id(self.prefix, task.taskid),
+            "client_uuid": getattr(task.owner, "uuid", None),
+            "kind": "later" if task.later else "task",
+            "submitted": task.submitted,
+            "status": None,
+            "after": None if spec is None or spec.after is None else list(spec.after.ids),
+            "follow": None if spec is None or spec.follow is None else list(spec.follow.ids),
+            "request": data,
+        }
+
+    def finished(self, record: TaskResultRecord, task: Any) -> None:
+        row = self._pending.pop(record.taskid, None) or {
+            "id": record.taskid, "msg_id": msg_id(self.prefix, record.taskid)}
+        row.update(
+            started=record.started, completed=record.completed, engine_id=record.engineid,
+            engine_uuid=record.engine_uuid, status=record.status, attempts=record.attempts,
+            stdout=record.stdout, stderr=record.stderr, pyout=record.pyout,
+            engine_started=record.engine_started, engine_completed=record.engine_completed,
+            payload=record.payload,
+        )
+        self.store.add(row)
+        for d in self._waiters.pop(record.taskid, ()):
+            d.callback(None)
+
+    # -- IHub ------------------------------------------------------------------------------
+    def msg_id(self, taskid: int) -> str:
+        return msg_id(self.prefix, taskid)
+
+    def taskid(self, text: Any) -> int | None:
+        return taskid_of(self.prefix, text)
+
+    def records(self, taskids: list[int], block: bool = False) -> defer.Deferred:
+        if block:
+            waits = []
+            for taskid in taskids:
+                if taskid in self._pending:
+                    d: defer.Deferred = defer.Deferred()
+                    self._waiters.setdefault(taskid, []).append(d)
+                    waits.append(d)
+            if waits:
+                return defer.gatherResults(waits).addCallback(
+                    lambda _: self.records(taskids))
+        finished = [t for t in taskids if t not in self._pending]
+        d = self.store.get(finished) if finished else defer.succeed([])
+
+        def merge(found: list[dict | None]) -> list[dict | None]:
+            by_id = dict(zip(finished, found, strict=True))
+            return [dict(self._pending[t]) if t in self._pending else by_id.get(t)
+                    for t in taskids]
+
+        return d.addCallback(merge)
+
+    def status(self, taskids: list[int]) -> defer.Deferred:
+        def sort(found: list[dict | None]) -> dict[str, list[int]]:
+            out: dict[str, list[int]] = {"pending": [], "completed": [], "unknown": []}
+            for taskid, record in zip(taskids, found, strict=True):
+                key = ("unknown" if record is None
+                       else "pending" if record["status"] is None else "completed")
+                out[key].append(taskid)
+            return out
+
+        return self.records(taskids).addCallback(sort)
+
+    def history(self) -> defer.Deferred:
+        return self.store.ids().addCallback(lambda ids: sorted({*ids, *self._pending}))
+
+    def query(self, query: dict, keys: list[str] | None = None) -> defer.Deferred:
+        try:
+            columns = check_query(query, keys)
+        except QueryError:
+            return defer.fail()
+        pending = [{k: r.get(k) for k in columns} for r in self._pending.values()
+                   if matches(r, query)]
+        d = self.store.find(query, columns)
+        return d.addCallback(lambda found: sorted(found + pending, key=lambda r: r["id"]))
+
+    def purge(self, taskids: Iterable[int] | None) -> defer.Deferred:
+        if taskids is None:
+            self.store.delete(None)
+            return defer.succeed(None)
+        ids = list(taskids)
+        busy = [t for t in ids if t in self._pending]
+        if busy:
+            return defer.fail(ValueError(
+                f"cannot purge unfinished tasks: {[self.msg_id(t) for t in busy]}"))
+        self.store.delete(ids)
+        return defer.succeed(None)
+
+    def pending(self) -> list[int]:
+        """The ids of the tasks not finished yet."""
+        return list(self._pending)

@@ -1,0 +1,406 @@
+"""Where the hub keeps its records: SQLite (the default), memory, or nowhere.
+
+A record is a dict of the :data:`COLUMNS` below, keyed by the task id.  A
+store takes writes from the reactor thread without waiting (``add``,
+``update``, ``delete``), and answers reads with Deferreds (``get``,
+``find``, ``ids``): a read sees every write made before it.
+
+:class:`SQLiteStore` keeps one connection in a thread of its own: writes
+queue up and are applied in batches, in one transaction, committed at
+least every :data:`COMMIT_EVERY` seconds; reads run in the same thread,
+after the writes before them.  The reactor thread never touches the
+database.  Memory stays bounded by the SQLite page cache, however many
+records accumulate; payloads live in the database file, not in memory.
+
+Queries (:meth:`find`) take ipyparallel's Mongo-style dicts:
+``{'completed': {'$gt': t}, 'engine_id': {'$in': [0, 1]}, 'status': 'ok'}``
+with ``$lt $lte $gt $gte $eq $ne $in $nin $exists``; a plain value means
+equality.  They become SQL for SQLite and run as Python for memory.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet import reactor as _twisted_reactor
+
+from plait.wire.errors import QueryError
+
+reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
+
+#: Columns of a record, and their SQL types (``after``/``follow`` are JSON lists).
+COLUMNS: dict[str, str] = {
+    "id": "INTEGER PRIMARY KEY",
+    "msg_id": "TEXT",
+    "client_uuid": "TEXT",
+    "kind": "TEXT",
+    "submitted": "REAL",
+    "started": "REAL",
+    "completed": "REAL",
+    "engine_started": "REAL",
+    "engine_completed": "REAL",
+    "engine_id": "INTEGER",
+    "engine_uuid": "TEXT",
+    "status": "TEXT",
+    "attempts": "INTEGER",
+    "stdout": "TEXT",
+    "stderr": "TEXT",
+    "pyout": "TEXT",
+    "after": "TEXT",
+    "follow": "TEXT",
+    "payload": "BLOB",
+    "request": "BLOB",
+    "resubmitted": "TEXT",
+}
+_JSON = ("after", "follow")
+OPERATORS = {"$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">=", "$eq": "=", "$ne": "!="}
+
+#: Seconds between commits of queued writes, at most.
+COMMIT_EVERY = 0.25
+
+
+def check_query(query: Any, keys: Any) -> list[str]:
+    """The columns ``keys`` names (all of them when None); QueryError for bad input."""
+    if not isinstance(query, dict):
+        raise QueryError(f"a query is a dict, not a {type(query).__name__}")
+    for column, condition in query.items():
+        if column not in COLUMNS:
+            raise QueryError(f"unknown record key {column!r}; known: {sorted(COLUMNS)}")
+        if isinstance(condition, dict):
+            for op in condition:
+                if op not in OPERATORS and op not in ("$in", "$nin", "$exists"):
+                    raise QueryError(f"unknown query operator {op!r} for {column!r}")
+    if keys is None:
+        return list(COLUMNS)
+    if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise QueryError("keys is a list of record keys")
+    unknown = [k for k in keys if k not in COLUMNS]
+    if unknown:
+        raise QueryError(f"unknown record keys {unknown}; known: {sorted(COLUMNS)}")
+    return list(dict.fromkeys(["id", *keys]))
+
+
+def matches(record: dict, query: dict) -> bool:
+    """Whether ``record`` satisfies ``query`` (the memory store's way)."""
+    for column, condition in query.items():
+        value = record.get(column)
+        if not isinstance(condition, dict):
+            condition = {"$eq": condition}
+        for op, operand in condition.items():
+            if op == "$exists":
+                if (value is not None) != bool(operand):
+                    return False
+                continue
+            if op in ("$in", "$nin"):
+                if (value in operand) != (op == "$in"):
+                    return False
+                continue
+            if op in ("$eq", "$ne"):
+                if (value == operand) != (op == "$eq"):
+                    return False
+                continue
+            if value is None or not _compare(value, op, operand):
+                return False
+    return True
+
+
+def _compare(value: Any, op: str, operand: Any) -> bool:
+    try:
+        return {"$lt": value < operand, "$lte": value <= operand,
+                "$gt": value > operand, "$gte": value >= operand}[op]
+    except TypeError:
+        return False
+
+
+class MemoryStore:
+    """Records in a dict: fast, lost with the controller, bounded only by purging."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._records: dict[int, dict] = {}
+
+    def add(self, record: dict) -> None:
+        self._records[record["id"]] = dict(record)
+
+    def update(self, taskid: int, fields: dict) -> None:
+        record = self._records.get(taskid)
+        if record is not None:
+            record.update(fields)
+
+    def delete(self, taskids: Iterable[int] | None) -> None:
+        if taskids is None:
+            self._records.clear()
+        else:
+            for taskid in taskids:
+                self._records.pop(taskid, None)
+
+    def get(self, taskids: list[int], keys: list[str] | None = None) -> defer.Deferred:
+        out = []
+        for taskid in taskids:
+            record = self._records.get(taskid)
+            out.append(None if record is None else _pick(record, keys))
+        return defer.succeed(out)
+
+    def find(self, query: dict, keys: list[str]) -> defer.Deferred:
+        found = [_pick(r, keys) for r in self._records.values() if matches(r, query)]
+        return defer.succeed(found)
+
+    def ids(self) -> defer.Deferred:
+        return defer.succeed(list(self._records))
+
+    def close(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+
+class NoStore(MemoryStore):
+    """Records nothing: ``ipcontroller --db none`` (results reach their clients only)."""
+
+    name = "none"
+
+    def add(self, record: dict) -> None:
+        pass
+
+
+def _pick(record: dict, keys: list[str] | None) -> dict:
+    if keys is None:
+        return dict(record)
+    return {k: record.get(k) for k in keys}
+
+
+class SQLiteStore:
+    """Records in an SQLite database file, written behind by a thread of its own."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path | str):
+        self.path = str(path)
+        self._ops: queue.SimpleQueue = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="plait-hub-db", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    # -- the reactor thread ---------------------------------------------------------
+    def add(self, record: dict) -> None:
+        self._ops.put(("add", _row(record)))
+
+    def update(self, taskid: int, fields: dict) -> None:
+        self._ops.put(("update", (taskid, _encode(fields))))
+
+    def delete(self, taskids: Iterable[int] | None) -> None:
+        self._ops.put(("delete", None if taskids is None else list(taskids)))
+
+    def get(self, taskids: list[int], keys: list[str] | None = None) -> defer.Deferred:
+        return self._read(self._get, list(taskids), keys or list(COLUMNS))
+
+    def find(self, query: dict, keys: list[str]) -> defer.Deferred:
+        return self._read(self._find, query, keys)
+
+    def ids(self) -> defer.Deferred:
+        return self._read(lambda db: [row[0] for row in db.execute(
+            "SELECT id FROM records ORDER BY id")])
+
+    def close(self) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._ops.put(("close", d))
+        return d
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._ops.put(("read", (fn, args, d)))
+        return d
+
+    # -- the database thread ----------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+            db.execute(f"CREATE TABLE IF NOT EXISTS records ({columns})")
+            for name, kind in COLUMNS.items():  # a database of an older plait
+                try:
+                    db.execute(f"ALTER TABLE records ADD COLUMN {name} {kind.split()[0]}")
+                except sqlite3.OperationalError:
+                    pass
+            for index in ("submitted", "completed", "engine_id", "client_uuid", "status"):
+                db.execute(f"CREATE INDEX IF NOT EXISTS records_{index} ON records ({index})")
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        insert = (f"INSERT OR REPLACE INTO records ({', '.join(COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(COLUMNS))})")
+        in_transaction = False
+        last_commit = time.monotonic()
+        while True:
+            try:
+                ops = [self._ops.get(timeout=COMMIT_EVERY)]
+            except queue.Empty:
+                if in_transaction:
+                    db.execute("COMMIT")
+                    in_transaction = False
+                    last_commit = time.monotonic()
+                continue
+            while len(ops) < 10_000:  # take what queued up meanwhile: one transaction
+                try:
+                    ops.append(self._ops.get_nowait())
+                except queue.Empty:
+                    break
+            rows: list[tuple] = []
+            for op, arg in ops:
+                if op == "add":
+                    rows.append(arg)
+                    continue
+                if rows or op in ("update", "delete"):
+                    if not in_transaction:
+                        db.execute("BEGIN")
+                        in_transaction = True
+                    self._write(db, insert, rows, op, arg)
+                    rows = []
+                if op == "read":
+                    self._answer(db, *arg)
+                elif op == "close":
+                    if in_transaction:
+                        db.execute("COMMIT")
+                    db.close()
+                    reactor.callFromThread(arg.callback, None)
+                    return
+            if rows:
+                if not in_transaction:
+                    db.execute("BEGIN")
+                    in_transaction = True
+                self._write(db, insert, rows, None, None)
+            if in_transaction and time.monotonic() - last_commit > COMMIT_EVERY:
+                db.execute("COMMIT")
+                in_transaction = False
+                last_commit = time.monotonic()
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, insert: str, rows: list[tuple], op: str | None,
+               arg: Any) -> None:
+        """Insert ``rows``, then apply an update or delete (a bad write is logged)."""
+        try:
+            if rows:
+                db.executemany(insert, rows)
+            if op == "update":
+                taskid, fields = arg
+                if fields:
+                    assignments = ", ".join(f"{name} = ?" for name in fields)
+                    db.execute(f"UPDATE records SET {assignments} WHERE id = ?",
+                               [*fields.values(), taskid])
+            elif op == "delete":
+                if arg is None:
+                    db.execute("DELETE FROM records")
+                else:
+                    db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in arg])
+        except sqlite3.Error as exc:  # a bad write must not stop the store
+            _log_error(exc)
+
+    @staticmethod
+    def _answer(db: sqlite3.Connection, fn: Callable[..., Any], args: tuple,
+                d: defer.Deferred) -> None:
+        try:
+            result = fn(db, *args)
+        except Exception as exc:
+            reactor.callFromThread(d.errback, exc)
+        else:
+            reactor.callFromThread(d.callback, result)
+
+    @staticmethod
+    def _get(db: sqlite3.Connection, taskids: list[int], keys: list[str]) -> list[dict | None]:
+        found: dict[int, dict] = {}
+        names = list(dict.fromkeys(["id", *keys]))
+        for start in range(0, len(taskids), 500):
+            chunk = taskids[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for row in db.execute(f"SELECT {', '.join(names)} FROM records "
+                                  f"WHERE id IN ({marks})", chunk):
+                record = _decode(dict(zip(names, row, strict=True)))
+                found[record["id"]] = {k: record[k] for k in keys}
+        return [found.get(taskid) for taskid in taskids]
+
+    @staticmethod
+    def _find(db: sqlite3.Connection, query: dict, keys: list[str]) -> list[dict]:
+        where, values = _where(query)
+        sql = f"SELECT {', '.join(keys)} FROM records"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        return [_decode(dict(zip(keys, row, strict=True))) for row in db.execute(sql, values)]
+
+
+def _where(query: dict) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    values: list[Any] = []
+    for column, condition in query.items():
+        if not isinstance(condition, dict):
+            condition = {"$eq": condition}
+        for op, operand in condition.items():
+            if column in _JSON and op not in ("$exists",):
+                operand = json.dumps(operand)
+            if op == "$exists":
+                clauses.append(f"{column} IS {'NOT ' if operand else ''}NULL")
+            elif op in ("$in", "$nin"):
+                items = list(operand)
+                if not items:
+                    clauses.append("0" if op == "$in" else "1")
+                    continue
+                marks = ", ".join("?" * len(items))
+                clauses.append(f"{column} {'NOT ' if op == '$nin' else ''}IN ({marks})")
+                values.extend(items)
+            elif operand is None and op in ("$eq", "$ne"):
+                clauses.append(f"{column} IS {'NOT ' if op == '$ne' else ''}NULL")
+            else:
+                clauses.append(f"{column} {OPERATORS[op]} ?")
+                values.append(operand)
+    return clauses, values
+
+
+def _encode(fields: dict) -> dict:
+    return {k: (json.dumps(v) if k in _JSON and v is not None else v) for k, v in fields.items()}
+
+
+def _row(record: dict) -> tuple:
+    encoded = _encode(record)
+    return tuple(encoded.get(name) for name in COLUMNS)
+
+
+def _decode(record: dict) -> dict:
+    for name in _JSON:
+        if isinstance(record.get(name), str):
+            record[name] = json.loads(record[name])
+    return record
+
+
+def _log_error(exc: BaseException) -> None:
+    from twisted.logger import Logger
+
+    Logger().error("hub database write failed: {error}", error=exc)
+
+
+def open_store(kind: str, path: Path | None) -> Any:
+    """The store ``ipcontroller --db KIND`` asks for: 'sqlite' (in ``path``),
+    'memory' or 'none'; ValueError for anything else."""
+    if kind == "sqlite":
+        if path is None:
+            raise ValueError("the sqlite hub store needs a path")
+        return SQLiteStore(path)
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "none":
+        return NoStore()
+    raise ValueError(f"unknown hub store {kind!r}: sqlite, memory or none")

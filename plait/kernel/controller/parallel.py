@@ -1,0 +1,147 @@
+"""The service behind ``plait.parallel``'s clients: sessions, engines, the hub.
+
+Each client is a :class:`ParallelSession`: a task session (its ids, its
+waiting calls) whose tasks are of the later generation (their records go to
+the hub; no depend runs here) and whose finished records are handed back to
+it through :meth:`ParallelSession.results`, a long poll: the call waits
+until at least one of the session's tasks has finished, then answers every
+record ready, gathered over one turn of the reactor.  Direct views submit
+pinned tasks, load-balanced views scheduled ones: both are tasks of the one
+task controller, shared with the kernel generation's TaskClients.
+"""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet import reactor as _twisted_reactor
+from zope.interface import implementer
+
+from plait.interfaces.parallel import IParallel, IParallelSession
+from plait.kernel.controller.tasksession import TaskSession
+from plait.wire.errors import InvalidTaskID
+from plait.wire.records import TaskResultRecord
+
+reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
+
+
+@implementer(IParallelSession)
+class ParallelSession(TaskSession):
+    """One client of the later generation (see the module documentation)."""
+
+    def __init__(self, service: ParallelService):
+        super().__init__(service.tasks)
+        self.service = service
+        self.uuid = str(uuid_module.uuid4())
+        self._ready: list[TaskResultRecord] = []
+        self._poll: defer.Deferred | None = None
+        self._answering = False
+
+    def submit(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None,
+               later: bool = True) -> list[tuple[int, str]]:
+        """Submit tasks of the later generation (``later`` is always True here)."""
+        return self._tasks.submit(tasks, self._owner(owner), later=True)
+
+    # -- the way back -----------------------------------------------------------------
+    def task_finished(self, record: TaskResultRecord) -> None:
+        """(The task controller) one of this session's tasks finished."""
+        if self.closed:
+            return
+        self._ready.append(record)
+        if self._poll is not None and not self._answering:
+            self._answering = True
+            reactor.callLater(0, self._answer)  # gather what finishes in this turn
+
+    def results(self) -> defer.Deferred:
+        if self._poll is not None:
+            return defer.fail(RuntimeError("a results() call is waiting already"))
+        if self._ready:
+            ready, self._ready = self._ready, []
+            return defer.succeed(ready)
+        self._poll = defer.Deferred(canceller=lambda _: self._forget_poll())
+        return self._poll
+
+    def _forget_poll(self) -> None:
+        self._poll = None
+
+    def _answer(self) -> None:
+        self._answering = False
+        poll, self._poll = self._poll, None
+        if poll is not None and self._ready:
+            ready, self._ready = self._ready, []
+            poll.callback(ready)
+        elif poll is not None:
+            self._poll = poll
+
+    def resubmit(self, taskids: list[int]) -> defer.Deferred:
+        return self.service.resubmit(list(taskids), self)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        self._ready = []
+        if self._poll is not None:
+            self._poll.cancel()
+
+
+@implementer(IParallel)
+class ParallelService:
+    """Sessions over ``tasks`` (the TaskController), with ``registry``, ``hub``
+    and ``multiengine`` (for ``shutdown``)."""
+
+    def __init__(self, tasks: Any, registry: Any, hub: Any, multiengine: Any,
+                 db: str = "memory"):
+        self.tasks = tasks
+        self.registry = registry
+        self.hub = hub
+        self.multiengine = multiengine
+        self.db = db
+
+    def session(self) -> ParallelSession:
+        return ParallelSession(self)
+
+    def get_ids(self) -> list[int]:
+        return self.registry.get_ids()
+
+    def wait_for_engines(self, n: int) -> defer.Deferred:
+        return self.registry.wait_for_engines(n)
+
+    def info(self) -> dict[str, Any]:
+        info = dict(self.tasks.info())
+        info.pop("marks", None)
+        info.update(prefix=self.hub.prefix, db=self.db)
+        return info
+
+    def queue_status(self, verbose: bool = False) -> dict[Any, Any]:
+        return self.tasks.engine_status(verbose)
+
+    def purge(self, taskids: list[int] | None) -> defer.Deferred:
+        d = self.hub.purge(taskids)
+        return d.addCallback(lambda _: self.tasks.forget(taskids))
+
+    def shutdown(self, targets: list[int] | None, hub: bool) -> defer.Deferred:
+        return self.multiengine.kill(bool(hub), "all" if targets is None else targets, True)
+
+    def resubmit(self, taskids: list[int], owner: Any) -> defer.Deferred:
+        """Submit the finished tasks ``taskids`` again, for ``owner``: the new ids."""
+
+        def again(records: list[dict | None]) -> list[int]:
+            requests = []
+            for taskid, record in zip(taskids, records, strict=True):
+                if record is None:
+                    raise InvalidTaskID(f"no task {self.hub.msg_id(taskid)}: never submitted, "
+                                        f"or purged")
+                if record["status"] is None:
+                    raise ValueError(f"task {self.hub.msg_id(taskid)} has not finished: only "
+                                     f"finished tasks can be resubmitted")
+                if not record.get("request"):
+                    raise ValueError(f"task {self.hub.msg_id(taskid)} cannot be resubmitted: "
+                                     f"its request was not kept")
+                requests.append(record["request"])
+            return self.tasks.submit_new(requests, owner, later=True)
+
+        return self.hub.records(taskids).addCallback(again)
