@@ -138,7 +138,8 @@ class FoolscapParallelSession(FoolscapParallel):
 
     def remote_results(self) -> defer.Deferred:
         d = defer.maybeDeferred(self.session.results)
-        return outcome(d.addCallback(lambda records: [encode_result(r) for r in records]))
+        return outcome(d.addCallback(
+            lambda news: ([encode_result(r) for r in news[0]], news[1])))
 
     def remote_abort(self, taskids: list) -> defer.Deferred:
         def abort() -> list[int]:

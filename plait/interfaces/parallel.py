@@ -88,9 +88,10 @@ class IParallelSession(ITaskSession):
     service = Attribute("The IParallel this session belongs to.")
 
     def results():
-        """A Deferred firing with the TaskResultRecords of this session's tasks
-        finished since the last call, as soon as there is at least one.  One
-        call at a time; cancelled when the session closes."""
+        """A Deferred firing with ``(records, engines)`` as soon as there is
+        news: the TaskResultRecords of this session's tasks finished since the
+        last call, and the engine ids now if the engines changed (else None).
+        One call at a time; cancelled when the session closes."""
 
     def resubmit(taskids):
         """Submit again, under new ids, finished tasks (of any client): the new
@@ -113,7 +114,8 @@ class IParallel(Interface):
         """A Deferred firing with the id list once ``n`` engines are registered."""
 
     def info():
-        """A dict: ``prefix`` (of message ids), ``scheme``, ``hwm``, ``engines``, ``db``."""
+        """A dict: ``prefix`` (of message ids), ``scheme``, ``hwm``, ``engines`` (a
+        count), ``ids`` (the engine ids), ``db``."""
 
     def queue_status(verbose=False):
         """``{engine_id: {'queue': n, 'tasks': n, 'completed': n}, 'unassigned': n}``
@@ -156,8 +158,9 @@ class RIParallel(RemoteInterface):
         return Outcome
 
     def results():
-        """Value: the encoded records of this session's tasks finished since the
-        last call, once there is one (a long poll)."""
+        """Value: ``(encoded records, engine ids or None)``, once there is news:
+        this session's tasks finished since the last call, the engines
+        changed (a long poll)."""
         return Outcome
 
     def abort(taskids=TaskIds):

@@ -53,6 +53,7 @@ circle.
     plait.kernel.engine               plait.wire plait.interfaces
     plait.kernel.engine.process       plait.wire plait.interfaces plait.security plait.adapters.engine_server plait.kernel.engine
     plait.kernel.client               plait.wire plait.interfaces plait.security plait.kernel.engine.shipped
+    plait.parallel                    plait.wire plait.interfaces plait.security plait.kernel.client plait.kernel.engine.shipped
     plait.scripts                     plait.wire plait.security plait.adapters plait.kernel.controller.service plait.kernel.engine.process
     plait.demo                        plait.kernel.client
     plait                             plait.kernel.client

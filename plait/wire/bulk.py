@@ -400,12 +400,12 @@ class Outgoing:
             raise BulkError("internal error: chunk count mismatch")
 
 
-def outgoing(obj: Any) -> bytes | Outgoing:
+def outgoing(obj: Any, pickler: str = "cloudpickle") -> bytes | Outgoing:
     """Pickle ``obj`` once; inline payload bytes if small enough, else an :class:`Outgoing`.
 
     The inline payload is understood by :func:`plait.wire.serialize.deserialize`.
     """
-    head, buffers = serialize_parts(obj)
+    head, buffers = serialize_parts(obj, pickler)
     if not buffers and len(head) + 1 <= INLINE_LIMIT:
         return pack_framed(head, buffers)  # the plain b"P" payload
     segments, size = frame_parts(head, buffers)

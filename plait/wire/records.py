@@ -1,14 +1,20 @@
-"""What the controller records of a finished task, and its wire form.
+"""What the controller records of a finished task, its wire form, and message ids.
 
 A :class:`TaskResultRecord` travels from the controller to clients encoded
 by :func:`encode_result`: ``RECORD_MAGIC`` and a pickle of plain values
 (the payload stays opaque bytes), read back with an unpickler that refuses
 every class.  New fields go at the end, with defaults.
+
+A task's *message id* (``plait.parallel``'s ``msg_id``) is a UUID string
+whose first 64 bits name its controller (a number kept in the profile) and
+whose last 64 are the task id: ids of different controllers never
+collide, and either end turns one into the other without a table.
 """
 
 from __future__ import annotations
 
 import pickle
+import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -117,3 +123,21 @@ def decode_result(data: bytes) -> TaskResultRecord:
         return TaskResultRecord(*values)
     except Exception as exc:
         raise SerializationError(f"unreadable task result record: {exc}") from None
+
+
+# -- message ids ---------------------------------------------------------------------
+_LOW = (1 << 64) - 1
+
+
+def msg_id(prefix: int, taskid: int) -> str:
+    """The message id of task ``taskid`` of the controller ``prefix``."""
+    return str(uuid.UUID(int=(prefix << 64) | taskid))
+
+
+def taskid_of(prefix: int, text: Any) -> int | None:
+    """The task id ``text`` names on the controller ``prefix``; None otherwise."""
+    try:
+        value = uuid.UUID(text).int
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return value & _LOW if value >> 64 == prefix else None

@@ -74,14 +74,35 @@ def serialize(obj: Any) -> bytes:
         ) from exc
 
 
-def serialize_parts(obj: Any) -> tuple[bytes, list[memoryview]]:
-    """Pickle ``obj`` with its large buffers out-of-band (no copies of them).
+#: The picklers a client may choose for what it sends (``use_pickle()`` and co.):
+#: every one writes a pickle stream the receiver reads with :mod:`pickle`.
+PICKLERS = ("cloudpickle", "pickle", "dill")
+
+
+def _dumps(pickler: str) -> Any:
+    if pickler == "cloudpickle":
+        return cloudpickle.dumps
+    if pickler == "pickle":
+        return pickle.dumps
+    if pickler == "dill":
+        try:
+            import dill
+        except ImportError:
+            raise SerializationError("use_dill() needs dill: pip install dill") from None
+        return dill.dumps
+    raise SerializationError(f"unknown pickler {pickler!r}: one of {PICKLERS}")
+
+
+def serialize_parts(obj: Any, pickler: str = "cloudpickle") -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj`` with its large buffers out-of-band (no copies of them),
+    with ``pickler`` (see :data:`PICKLERS`).
 
     Returns the pickle stream and the list of raw buffers it refers to.
     """
     buffers: list[pickle.PickleBuffer] = []
+    dumps = _dumps(pickler)
     try:
-        head = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        head = dumps(obj, protocol=5, buffer_callback=buffers.append)
     except Exception as exc:
         raise SerializationError(
             f"could not serialize {_describe(obj)} ({type(obj).__name__}): "

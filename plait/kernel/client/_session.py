@@ -69,9 +69,10 @@ class SessionClient(AsyncClientBase):
         return self._submitter.call_after(method, *args)
 
     # -- submitting ----------------------------------------------------------------
-    def _encode(self, task: Any) -> tuple[bytes, list[Any]]:
+    def _encode(self, task: Any, pickler: str = "cloudpickle") -> tuple[bytes, list[Any]]:
         """``(wire bytes, engine parts)``; parts too large to go inline are
-        :class:`~plait.wire.bulk.Outgoing` objects still to upload."""
+        :class:`~plait.wire.bulk.Outgoing` objects still to upload.  The engine
+        parts are pickled with ``pickler`` (see :data:`plait.wire.serialize.PICKLERS`)."""
         if not isinstance(task, TaskSpec):
             raise TypeError(
                 f"run takes a StringTask or a MapTask, not {type(task).__name__}"
@@ -79,12 +80,12 @@ class SessionClient(AsyncClientBase):
         parts: list[Any] = []
 
         def part(engine_task: Any) -> bytes:
-            out = _bulk.outgoing(engine_task)
+            out = _bulk.outgoing(engine_task, pickler)
             parts.append(out)
             return out if isinstance(out, bytes) else b"B"
 
         def bulk_part(engine_task: Any) -> bytes:  # all but the smallest go by bulk
-            head, buffers = serialize_parts(engine_task)
+            head, buffers = serialize_parts(engine_task, pickler)
             segments, size = frame_parts(head, buffers)
             out = pack_framed(head, buffers) if size < 4096 else _bulk.Outgoing(segments, size)
             parts.append(out)
@@ -150,15 +151,36 @@ class SessionClient(AsyncClientBase):
         The task is encoded in the calling thread and, unless it is large or
         the reserved ids ran out, the reactor thread is not waited for.
         """
+        data = self.prepare_from_thread(task)
+        taskid = self.take_id_from_thread()
+        self._submitter.enqueue(taskid, data)
+        return taskid
+
+    def prepare_from_thread(self, task: TaskSpec, pickler: str = "cloudpickle") -> bytes:
+        """(Not the reactor thread) ``task``'s wire bytes, its large parts uploaded.
+
+        Raises what :meth:`run` fails with.
+        """
         self._check_open()
-        data, parts = self._encode(task)
+        data, parts = self._encode(task, pickler)
         if any(not isinstance(p, bytes) for p in parts):
             data = _reactor.call(self._upload, task, parts)
+        return data
+
+    def take_id_from_thread(self) -> int:
+        """(Not the reactor thread) a reserved task id, waiting for one if none is left."""
         taskid = self._submitter.take_id()
         if taskid is None:
             taskid = _reactor.call(self._submitter.wait_for_id)
-        self._submitter.enqueue(taskid, data)
         return taskid
+
+    def enqueue(self, taskid: int, data: bytes) -> None:
+        """(Any thread) submit ``data`` under ``taskid`` soon (see the Submitter)."""
+        self._submitter.enqueue(taskid, data)
+
+    def hurry(self) -> None:
+        """(Any thread) send what is buffered now: someone waits for it."""
+        self._submitter.hurry()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -212,6 +212,15 @@ class Submitter:
         if wake:
             reactor.callFromThread(self._auto_send)
 
+    def hurry(self) -> None:
+        """(Any thread) Someone waits for what is buffered: send it now, not at
+        the ticker's next tick."""
+        with self._lock:
+            if not self._buffer or self._send_scheduled:
+                return
+            self._send_scheduled = True
+        reactor.callFromThread(self._auto_send)
+
     def _auto_send(self) -> None:
         with self._lock:
             self._send_scheduled = False

@@ -24,7 +24,6 @@ without an index.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,23 +32,7 @@ from zope.interface import implementer
 
 from plait.interfaces.parallel import IHub
 from plait.kernel.controller.hubstore import QueryError, check_query, matches
-from plait.wire.records import TaskResultRecord
-
-_LOW = (1 << 64) - 1
-
-
-def msg_id(prefix: int, taskid: int) -> str:
-    """The message id of task ``taskid`` of the controller ``prefix``."""
-    return str(uuid.UUID(int=(prefix << 64) | taskid))
-
-
-def taskid_of(prefix: int, text: Any) -> int | None:
-    """The task id ``text`` names on the controller ``prefix``; None otherwise."""
-    try:
-        value = uuid.UUID(text).int
-    except (TypeError, ValueError, AttributeError):
-        return None
-    return value & _LOW if value >> 64 == prefix else None
+from plait.wire.records import TaskResultRecord, msg_id, taskid_of
 
 
 @implementer(IHub)

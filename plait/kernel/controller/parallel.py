@@ -37,8 +37,10 @@ class ParallelSession(TaskSession):
         self.service = service
         self.uuid = str(uuid_module.uuid4())
         self._ready: list[TaskResultRecord] = []
+        self._engines_changed = False
         self._poll: defer.Deferred | None = None
         self._answering = False
+        service.registry.add_observer(self)
 
     def submit(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None,
                later: bool = True) -> list[tuple[int, str]]:
@@ -51,18 +53,33 @@ class ParallelSession(TaskSession):
         if self.closed:
             return
         self._ready.append(record)
+        self._wake()
+
+    def engine_added(self, engine_id: int) -> None:
+        """(The registry) the engines changed: the client hears of it."""
+        self._engines_changed = True
+        self._wake()
+
+    engine_removed = engine_added
+
+    def _wake(self) -> None:
         if self._poll is not None and not self._answering:
             self._answering = True
-            reactor.callLater(0, self._answer)  # gather what finishes in this turn
+            reactor.callLater(0, self._answer)  # gather what happens in this turn
 
     def results(self) -> defer.Deferred:
         if self._poll is not None:
             return defer.fail(RuntimeError("a results() call is waiting already"))
-        if self._ready:
-            ready, self._ready = self._ready, []
-            return defer.succeed(ready)
+        if self._ready or self._engines_changed:
+            return defer.succeed(self._take())
         self._poll = defer.Deferred(canceller=lambda _: self._forget_poll())
         return self._poll
+
+    def _take(self) -> tuple[list[TaskResultRecord], list[int] | None]:
+        ready, self._ready = self._ready, []
+        engines = self.service.get_ids() if self._engines_changed else None
+        self._engines_changed = False
+        return ready, engines
 
     def _forget_poll(self) -> None:
         self._poll = None
@@ -70,9 +87,8 @@ class ParallelSession(TaskSession):
     def _answer(self) -> None:
         self._answering = False
         poll, self._poll = self._poll, None
-        if poll is not None and self._ready:
-            ready, self._ready = self._ready, []
-            poll.callback(ready)
+        if poll is not None and (self._ready or self._engines_changed):
+            poll.callback(self._take())
         elif poll is not None:
             self._poll = poll
 
@@ -83,6 +99,7 @@ class ParallelSession(TaskSession):
         if self.closed:
             return
         super().close()
+        self.service.registry.remove_observer(self)
         self._ready = []
         if self._poll is not None:
             self._poll.cancel()
@@ -113,7 +130,7 @@ class ParallelService:
     def info(self) -> dict[str, Any]:
         info = dict(self.tasks.info())
         info.pop("marks", None)
-        info.update(prefix=self.hub.prefix, db=self.db)
+        info.update(prefix=self.hub.prefix, db=self.db, ids=self.registry.get_ids())
         return info
 
     def queue_status(self, verbose: bool = False) -> dict[Any, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from plait.kernel.engine.current import get_interpreter
 from plait.wire.errors import SerializationError, UnmetDependency
 from plait.wire.serialize import serialize
 
@@ -37,8 +38,6 @@ def serialized_values(names: list[str]) -> list[bytes]:
     NameError for a name that is not defined; SerializationError, naming the
     variable, for a value that cannot be pickled.
     """
-    from plait.kernel.engine.current import get_interpreter
-
     values = get_interpreter().pull(list(names))
     out = []
     for name, value in zip(names, values, strict=True):
@@ -51,11 +50,26 @@ def serialized_values(names: list[str]) -> list[bytes]:
 
 def forget(names: list[str]) -> None:
     """Remove ``names`` from the engine namespace, where they are."""
-    from plait.kernel.engine.current import get_interpreter
-
     namespace = get_interpreter().namespace
     for name in names:
         namespace.pop(name, None)
+
+
+def push(namespace: dict) -> None:
+    """Put the names and values of ``namespace`` in the engine namespace (as
+    ``Interpreter.push``: interactively defined functions are re-bound there)."""
+    get_interpreter().push(namespace)
+
+
+def pull(names: str | list[str]) -> Any:
+    """The value of a name, or the list of values of a list of names (NameError
+    for one that is not defined)."""
+    return get_interpreter().pull(names)
+
+
+def reset() -> None:
+    """Empty the engine namespace."""
+    get_interpreter().reset()
 
 
 # -- what travels with a call of the later generation ---------------------------------
@@ -142,8 +156,6 @@ def _importable(names: tuple[str, ...], functions: tuple[Callable[..., Any], ...
     """(On an engine) import ``names`` into the namespace and put ``functions``
     there; False when a module cannot be imported."""
     import importlib
-
-    from plait.kernel.engine.current import get_interpreter
 
     namespace = get_interpreter().namespace
     for name in names:

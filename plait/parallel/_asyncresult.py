@@ -1,0 +1,529 @@
+"""AsyncResult: the results of submitted tasks, as they arrive.
+
+An :class:`AsyncResult` stands for one or more tasks (``msg_ids``).  It is a
+:class:`concurrent.futures.Future` (``result()``, ``done()``,
+``add_done_callback``, ``concurrent.futures.wait``, ``await ar`` in asyncio
+code) and offers the interface of :class:`multiprocessing.pool.AsyncResult`
+(``get``, ``wait``, ``ready``, ``successful``) and more: ``get_dict``,
+``metadata`` (with attribute access, and by attribute on the result itself:
+``ar.engine_id``), timings (``elapsed``, ``progress``, ``serial_time``,
+``wall_time``), ``abort``, ``split``, ``join``, ``display_outputs``.
+
+Results arrive in the reactor thread, one task at a time
+(:meth:`AsyncResult._arrived`); waiting happens in the user's thread, on a
+condition.  A task that fails makes ``get`` raise: a
+:class:`~plait.wire.errors.RemoteError` for a result of one task, a
+:class:`~plait.wire.errors.CompositeError` (keeping the values of the
+others) for several.  :class:`AsyncMapResult` joins the chunks of a map and
+can be iterated while they arrive; :class:`AsyncHubResult` stands for tasks
+another client submitted, fetched from the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from plait.kernel.client._base import decode
+from plait.parallel._connection import LOST
+from plait.wire.errors import (
+    CompositeError,
+    PlaitConnectionError,
+    RemoteError,
+    RemoteFailure,
+    TimeoutError,
+)
+from plait.wire.records import TaskResultRecord
+
+ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
+FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
+FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
+
+
+class Metadata(dict):
+    """A dict with attribute access: ``md.engine_id`` is ``md['engine_id']``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+def _when(stamp: float | None) -> datetime.datetime | None:
+    return None if not stamp else datetime.datetime.fromtimestamp(stamp)
+
+
+def new_metadata(msg_id: str, submitted: float, after: list[str], follow: list[str]
+                 ) -> Metadata:
+    """The metadata of a task just submitted."""
+    return Metadata(
+        msg_id=msg_id, submitted=_when(submitted), started=None, completed=None,
+        received=None, engine_id=None, engine_uuid=None, status=None, stdout="", stderr="",
+        pyout=None, execute_result=None, pyerr=None, error=None, after=list(after),
+        follow=list(follow), outputs=[],
+    )
+
+
+def _timeout(value: float | None) -> float | None:
+    """ipyparallel's convention: -1 or None wait for ever."""
+    return None if value is None or value < 0 else value
+
+
+class AsyncResult(concurrent.futures.Future):
+    """The pending result of tasks submitted by a Client (see the module documentation).
+
+    ``client`` is the Client; ``taskids`` the tasks, in order; ``single``:
+    the result is the value of the one task, not a list; ``fname`` names
+    the call in errors.
+    """
+
+    def __init__(self, client: Any, taskids: list[int], fname: str = "unknown",
+                 single: bool = False, targets: Any = None, listen: bool = True,
+                 metadata: list[Metadata] | None = None):
+        super().__init__()
+        self._client = client
+        self._ids = list(taskids)
+        self._index = {taskid: k for k, taskid in enumerate(self._ids)}
+        self.msg_ids = [client._msg_id(t) for t in self._ids]
+        self._fname = fname
+        self._single = single
+        self._targets = targets
+        self._cond = threading.Condition()
+        self._values: dict[int, Any] = {}
+        self._failures: dict[int, RemoteError | PlaitConnectionError] = {}
+        self._order: list[int] = []  # task ids in the order they finished
+        self._observers: list[Callable[[int], None]] = []
+        self._sent = False
+        now = time.time()
+        self._submitted = now
+        self._metadata = metadata or [client._metadata_for(msg_id, now) for msg_id in self.msg_ids]
+        if listen:
+            for taskid in self._ids:
+                client._listen(taskid, self._arrived)
+        if not self._ids:
+            self._finish()
+
+    # -- arrivals (the reactor thread) ---------------------------------------------------
+    def _arrived(self, record: TaskResultRecord) -> None:
+        if record.status == LOST:
+            self._settle(record, None, PlaitConnectionError(record.stderr))
+            return
+        d = defer.maybeDeferred(decode, record.payload) if record.payload else defer.succeed(None)
+        d.addBoth(self._decoded, record)
+
+    def _decoded(self, value: Any, record: TaskResultRecord) -> None:
+        error: Any = None
+        if isinstance(value, Failure):  # the value could not be fetched or unpickled
+            error = RemoteError(RemoteFailure.from_exception(value.value,
+                                                             engine_id=record.engineid))
+            value = None
+        elif record.status != "succeeded":
+            failure = value if isinstance(value, RemoteFailure) else RemoteFailure(
+                "RemoteException", repr(value), "")
+            if failure.engine_id is None:
+                failure.engine_id = record.engineid
+            error = RemoteError(failure, self._fname)
+            value = None
+        self._settle(record, value, error)
+
+    def _settle(self, record: TaskResultRecord, value: Any, error: Any) -> None:
+        taskid = record.taskid
+        k = self._index.get(taskid)
+        if k is None:
+            return
+        md = self._metadata[k]
+        md.update(
+            started=_when(record.engine_started or record.started),
+            completed=_when(record.engine_completed or record.completed),
+            received=datetime.datetime.now(), engine_id=record.engineid,
+            engine_uuid=record.engine_uuid, stdout=record.stdout, stderr=record.stderr,
+            pyout=record.pyout, execute_result=record.pyout,
+            status="error" if error is not None else "ok", pyerr=error, error=error,
+        )
+        with self._cond:
+            if taskid in self._values or taskid in self._failures:
+                return
+            if error is None:
+                self._values[taskid] = value
+            else:
+                self._failures[taskid] = error
+            self._order.append(taskid)
+            self._sent = True
+            done = len(self._order) == len(self._ids)
+            self._cond.notify_all()
+        self._client._record_result(self.msg_ids[k], value, error, md)
+        for observer in list(self._observers):
+            observer(taskid)
+        if done:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Every task has finished: settle the Future."""
+        if self.done():
+            return
+        error = self._error()
+        if error is not None:
+            self.set_exception(error)
+        else:
+            self.set_result(self._assemble())
+
+    def _error(self) -> BaseException | None:
+        if not self._failures:
+            return None
+        if self._single and len(self._ids) == 1:
+            return self._failures[self._ids[0]]
+        lost = [e for e in self._failures.values() if isinstance(e, PlaitConnectionError)]
+        if lost:
+            return lost[0]
+        failures = []
+        results = {}
+        for k, taskid in enumerate(self._ids):
+            engine_id = self._metadata[k].get("engine_id")
+            if taskid in self._failures:
+                failure = self._failures[taskid]
+                assert isinstance(failure, RemoteError) and failure.failure is not None
+                failures.append((engine_id, failure.failure))
+            elif engine_id is not None:
+                results[engine_id] = self._values.get(taskid)
+        return CompositeError(self._fname, failures, results)
+
+    def _assemble(self) -> Any:
+        values = [self._values.get(taskid) for taskid in self._ids]
+        return values[0] if self._single and len(values) == 1 else values
+
+    # -- the multiprocessing.pool.AsyncResult interface -------------------------------------
+    def wait(self, timeout: float | None = -1, return_when: str = ALL_COMPLETED) -> bool:
+        """Wait until the tasks are done (or, with ``return_when``, the first one, or
+        the first that failed), ``timeout`` seconds at most (-1 or None: for
+        ever).  Returns whether they are all done; never raises."""
+        limit = _timeout(timeout)
+        if not self.done():
+            self._client._hurry()
+
+        def reached() -> bool:
+            if return_when == FIRST_COMPLETED:
+                return bool(self._order) or not self._ids
+            if return_when == FIRST_EXCEPTION and self._failures:
+                return True
+            return len(self._order) == len(self._ids)
+
+        with self._cond:
+            self._cond.wait_for(reached, limit)
+        return self.ready()
+
+    def ready(self) -> bool:
+        """Whether every task has finished (successfully or not)."""
+        return self.done()
+
+    def successful(self) -> bool:
+        """Whether every task succeeded; AssertionError while not ready."""
+        if not self.ready():
+            raise AssertionError(f"{self!r} is not ready yet")
+        return self.exception(0) is None
+
+    def get(self, timeout: float | None = -1, return_exceptions: bool = False) -> Any:
+        """The result once ready, waiting ``timeout`` seconds at most (-1 or None:
+        for ever); TimeoutError past it.  A failure is raised (RemoteError, or
+        CompositeError for several tasks), unless ``return_exceptions``: then
+        failed tasks give their exception in place of their value."""
+        if not self.wait(timeout):
+            raise TimeoutError(f"{self._fname}: the result is not ready after {timeout} s")
+        if return_exceptions:
+            values = [self._failures.get(t, self._values.get(t)) for t in self._ids]
+            return values[0] if self._single and len(values) == 1 else values
+        return super().result(0)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As :meth:`get` (the Future's name)."""
+        return self.get(timeout)
+
+    @property
+    def r(self) -> Any:
+        """``get()``: the result, waiting for it."""
+        return self.get()
+
+    def get_dict(self, timeout: float | None = -1) -> dict[int, Any]:
+        """The results keyed by the engine id each ran on (ValueError when two ran
+        on the same engine)."""
+        values = self.get(timeout)
+        if self._single:
+            values = [values]
+        engines = [md["engine_id"] for md in self._metadata]
+        if len(set(engines)) != len(engines):
+            raise ValueError(f"cannot key the results by engine: tasks ran on engines "
+                             f"{engines}, some more than once")
+        return dict(zip(engines, values, strict=True))
+
+    def abort(self) -> None:
+        """Keep the tasks not yet run from running; they fail with TaskAborted."""
+        self._client.abort(self)
+
+    # -- more --------------------------------------------------------------------------------
+    @property
+    def metadata(self) -> Any:
+        """The metadata of the task (one task) or a list of them."""
+        return self._metadata[0] if self._single and len(self._metadata) == 1 else self._metadata
+
+    def __getattr__(self, key: str) -> Any:
+        """``ar.engine_id``, ``ar.stdout``...: that key of the metadata (a list
+        for several tasks)."""
+        if key.startswith("_"):
+            raise AttributeError(key)
+        metadata = self.__dict__.get("_metadata")
+        if not metadata or key not in metadata[0]:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+        values = [md[key] for md in metadata]
+        return values[0] if self._single and len(values) == 1 else values
+
+    def __getitem__(self, key: Any) -> Any:
+        """``ar['engine_id']``: metadata; ``ar[0]``, ``ar[1:3]``: results."""
+        if isinstance(key, str):
+            return self.__getattr__(key)
+        values = self.get()
+        return (values if isinstance(values, list) else [values])[key]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[Any]:
+        values = self.get()
+        yield from (values if isinstance(values, list) else [values])
+
+    def __await__(self) -> Any:
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        state = "finished" if self.ready() else "pending"
+        return f"<{type(self).__name__}({self._fname}): {state}>"
+
+    @property
+    def progress(self) -> int:
+        """How many of the tasks have finished."""
+        return len(self._order)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since submission (until the last result, once all arrived)."""
+        if self.ready():
+            return self.wall_time
+        return time.time() - self._submitted
+
+    @property
+    def serial_time(self) -> float:
+        """The tasks' run times added up (engine clock), in seconds."""
+        total = 0.0
+        for md in self._metadata:
+            if md.get("started") and md.get("completed"):
+                total += (md["completed"] - md["started"]).total_seconds()
+        return total
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds from the first submission to the last result received."""
+        received = [md["received"] for md in self._metadata if md.get("received")]
+        submitted = [md["submitted"] for md in self._metadata if md.get("submitted")]
+        if not received or not submitted:
+            return 0.0
+        return (max(received) - min(submitted)).total_seconds()
+
+    def wait_interactive(self, interval: float = 0.1, timeout: float | None = -1) -> None:
+        """Wait, printing how many tasks are done and for how long, every ``interval`` s."""
+        limit = _timeout(timeout)
+        start = time.monotonic()
+        n = len(self)
+        while not self.ready():
+            if limit is not None and time.monotonic() - start >= limit:
+                break
+            self.wait(interval)
+            sys.stdout.write(f"\r{self.progress:4}/{n:4} tasks finished after {self.elapsed:4.0f} s")
+            sys.stdout.flush()
+        sys.stdout.write("\ndone\n" if self.ready() else "\n")
+        sys.stdout.flush()
+
+    @property
+    def sent(self) -> bool:
+        """Whether the tasks are known to have reached the controller."""
+        return self._sent
+
+    def wait_for_send(self, timeout: float | None = -1) -> bool:
+        """Make sure the tasks reached the controller; whether they did."""
+        if not self._sent:
+            self._client._wait_for_send(_timeout(timeout))
+            self._sent = True
+        return True
+
+    def display_outputs(self, groupby: str = "type") -> None:
+        """Print what each task wrote: ``[stdout:engine]`` blocks (``groupby``
+        'type': all stdout, then all stderr; 'engine': one engine after the other)."""
+        entries = [(md.get("engine_id"), md.get("stdout") or "", md.get("stderr") or "",
+                    md.get("pyout")) for md in self._metadata]
+        if groupby == "engine":
+            for engine_id, out, err, pyout in entries:
+                _print_stream("stdout", engine_id, out, sys.stdout)
+                _print_stream("stderr", engine_id, err, sys.stderr)
+                if pyout:
+                    print(f"Out[{engine_id}]: {pyout}")
+            return
+        for engine_id, out, _, _ in entries:
+            _print_stream("stdout", engine_id, out, sys.stdout)
+        for engine_id, _, err, _ in entries:
+            _print_stream("stderr", engine_id, err, sys.stderr)
+        for engine_id, _, _, pyout in entries:
+            if pyout:
+                print(f"Out[{engine_id}]: {pyout}")
+
+    # -- splitting and joining ------------------------------------------------------------
+    def split(self) -> tuple[AsyncResult, ...]:
+        """One AsyncResult per task."""
+        return tuple(self._derived([taskid], single=True) for taskid in self._ids)
+
+    @classmethod
+    def join(cls, *results: AsyncResult) -> AsyncResult:
+        """One AsyncResult for the tasks of several (of one client)."""
+        if not results:
+            raise ValueError("join needs at least one AsyncResult")
+        client = results[0]._client
+        if any(r._client is not client for r in results):
+            raise ValueError("cannot join the AsyncResults of different clients")
+        ids = [taskid for r in results for taskid in r._ids]
+        joined = AsyncResult(client, ids, "join", listen=False,
+                             metadata=[md for r in results for md in r._metadata])
+        for r in results:
+            r._feed(joined)
+        return joined
+
+    def __add__(self, other: AsyncResult) -> AsyncResult:
+        return AsyncResult.join(self, other)
+
+    def _derived(self, taskids: list[int], single: bool) -> AsyncResult:
+        child = AsyncResult(self._client, taskids, self._fname, single=single, listen=False,
+                            metadata=[self._metadata[self._index[t]] for t in taskids])
+        self._feed(child)
+        return child
+
+    def _feed(self, other: AsyncResult) -> None:
+        """Have ``other`` receive this one's results, those arrived already included."""
+
+        def pass_on(taskid: int) -> None:
+            if taskid not in other._index:
+                return
+            with other._cond:
+                if taskid in other._order:
+                    return
+                if taskid in self._failures:
+                    other._failures[taskid] = self._failures[taskid]
+                else:
+                    other._values[taskid] = self._values.get(taskid)
+                other._order.append(taskid)
+                other._sent = True
+                done = len(other._order) == len(other._ids)
+                other._cond.notify_all()
+            for observer in list(other._observers):
+                observer(taskid)
+            if done:
+                other._finish()
+
+        with self._cond:
+            arrived = list(self._order)
+            self._observers.append(pass_on)
+        for taskid in arrived:
+            pass_on(taskid)
+
+
+def _print_stream(name: str, engine_id: Any, text: str, stream: Any) -> None:
+    if text:
+        print(f"[{name}:{engine_id}] " + text.rstrip("\n").replace("\n", f"\n[{name}:"
+                                                                    f"{engine_id}] "),
+              file=stream)
+
+
+class AsyncMapResult(AsyncResult):
+    """The result of a map: each task computed a chunk (a list); the result is
+    their concatenation.  Iterating yields the elements while they arrive: in
+    order, or, with ``ordered=False``, chunk by chunk as they finish."""
+
+    def __init__(self, client: Any, taskids: list[int], fname: str = "map",
+                 ordered: bool = True, joiner: Callable[[list], Any] | None = None,
+                 **kwargs: Any):
+        self.ordered = ordered
+        self._joiner = joiner  # how the chunks join (default: concatenated lists)
+        super().__init__(client, taskids, fname, **kwargs)
+
+    def _assemble(self) -> Any:
+        if self._joiner is not None:
+            return self._joiner([self._values.get(taskid) for taskid in self._ids])
+        out: list[Any] = []
+        for taskid in self._ids:
+            out.extend(self._values.get(taskid) or [])
+        return out
+
+    def get(self, timeout: float | None = -1, return_exceptions: bool = False) -> Any:
+        if not return_exceptions:
+            return super().get(timeout)
+        if not self.wait(timeout):
+            raise TimeoutError(f"{self._fname}: the result is not ready after {timeout} s")
+        out: list[Any] = []
+        for taskid in self._ids:
+            if taskid in self._failures:
+                out.append(self._failures[taskid])
+            else:
+                out.extend(self._values.get(taskid) or [])
+        return out
+
+    def __iter__(self) -> Iterator[Any]:
+        order = iter(self._ids)
+        seen = 0
+        while True:
+            with self._cond:
+                if self.ordered:
+                    taskid = next(order, None)
+                    if taskid is None:
+                        return
+                    self._cond.wait_for(partial(_arrived, self, taskid))
+                else:
+                    if seen == len(self._ids):
+                        return
+                    self._cond.wait_for(partial(_more_than, self, seen))
+                    taskid = self._order[seen]
+                    seen += 1
+                error = self._failures.get(taskid)
+                chunk = self._values.get(taskid)
+            if error is not None:
+                raise error
+            yield from chunk or []
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def _arrived(result: AsyncResult, taskid: int) -> bool:
+    return taskid in result._values or taskid in result._failures
+
+
+def _more_than(result: AsyncResult, n: int) -> bool:
+    return len(result._order) > n
+
+
+class AsyncHubResult(AsyncResult):
+    """Tasks this client did not submit (or no longer follows): their records
+    come from the hub, which is asked to answer once they have finished."""
+
+    def __init__(self, client: Any, taskids: list[int], fname: str = "get_result",
+                 **kwargs: Any):
+        super().__init__(client, taskids, fname, listen=False, **kwargs)
+        if taskids:
+            client._fetch_from_hub(taskids, self._arrived)

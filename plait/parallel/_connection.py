@@ -1,0 +1,187 @@
+"""The connection of a ``plait.parallel`` Client to its controller (Twisted API).
+
+A :class:`ParallelConnection` is a session of the controller, as the
+kernel generation's TaskClient is (:class:`~plait.kernel.client._session.SessionClient`:
+ids reserved in blocks, submissions coalesced, confirmed at
+``wait_for_send``, ``close`` and exit).  On top of that it keeps one call
+``results()`` waiting at the controller, a long poll that the controller
+answers with the records of this session's tasks as they finish; each
+record goes to the listener registered for its task id (an AsyncResult).
+Its other methods are the hub's queries, each a Deferred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from plait.interfaces.parallel import RIParallel
+from plait.kernel.client._base import asynchronous
+from plait.kernel.client._session import SessionClient
+from plait.security import PARALLEL_FURL
+from plait.wire.records import TaskResultRecord, decode_result
+from plait.wire.serialize import dumps_plain
+
+log = Logger()
+
+Listener = Callable[[TaskResultRecord], None]
+
+
+class ParallelConnection(SessionClient):
+    """A session of ``ipcontroller-client.furl`` (see the module documentation)."""
+
+    furl_name = PARALLEL_FURL
+    remote_interface = RIParallel
+
+    def __init__(self, remote: Any, source: str = ""):
+        super().__init__(remote, source)
+        self.info_at_connect: dict[str, Any] = {}
+        #: The engine ids as last heard from the controller (kept up to date by it).
+        self.engine_ids: list[int] = []
+        self._listeners: dict[int, Listener] = {}
+        self._early: dict[int, TaskResultRecord] = {}  # records no one listened for yet
+        self._lost_because: Failure | None = None
+
+    @defer.inlineCallbacks
+    def _started(self) -> Any:
+        yield super()._started()
+        self.info_at_connect = yield self._outcome("info")
+        self.engine_ids = list(self.info_at_connect["ids"])
+        self._poll()
+        return self
+
+    @property
+    def prefix(self) -> int:
+        """The number naming the controller in message ids."""
+        return int(self.info_at_connect["prefix"])
+
+    # -- records coming back --------------------------------------------------------
+    def listen(self, taskid: int, listener: Listener) -> None:
+        """(Any thread, before the task is submitted; or the reactor thread) call
+        ``listener(record)`` in the reactor thread once task ``taskid`` finished."""
+        record = self._early.pop(taskid, None)
+        if record is not None:
+            listener(record)
+        else:
+            self._listeners[taskid] = listener
+
+    def _poll(self) -> None:
+        if self._closed:
+            return
+        d = self._outcome("results")
+        d.addCallbacks(self._delivered, self._poll_failed)
+
+    def _delivered(self, news: tuple[list[bytes], list[int] | None]) -> None:
+        encoded, engines = news
+        if engines is not None:
+            self.engine_ids = list(engines)
+        for data in encoded:
+            try:
+                record = decode_result(data)
+            except Exception:
+                log.failure("an unreadable record from the controller")
+                continue
+            listener = self._listeners.pop(record.taskid, None)
+            if listener is None:
+                self._early[record.taskid] = record
+                continue
+            try:
+                listener(record)
+            except Exception:
+                log.failure("a result listener failed")
+        self._poll()
+
+    def _poll_failed(self, failure: Failure) -> None:
+        if self._closed:
+            return
+        self._lost_because = failure
+        listeners, self._listeners = self._listeners, {}
+        if listeners:
+            log.warn("the connection to the controller was lost: {n} results will not come",
+                     n=len(listeners))
+        for taskid, listener in listeners.items():
+            try:
+                listener(_lost_record(taskid, failure))
+            except Exception:
+                log.failure("a result listener failed")
+
+    def outstanding(self) -> int:
+        """How many submitted tasks this connection still waits for."""
+        return len(self._listeners)
+
+    # -- the hub and the engines -------------------------------------------------------
+    @asynchronous
+    def info(self) -> defer.Deferred:
+        return self._send("info")
+
+    @asynchronous
+    def get_ids(self) -> defer.Deferred:
+        return self._send("get_ids").addCallback(self._remember_ids)
+
+    @asynchronous
+    def wait_for_engines(self, n: int) -> defer.Deferred:
+        return self._send("wait_for_engines", n).addCallback(self._remember_ids)
+
+    def _remember_ids(self, ids: list[int]) -> list[int]:
+        self.engine_ids = list(ids)
+        return ids
+
+    @asynchronous
+    def records(self, taskids: list[int], block: bool = False) -> defer.Deferred:
+        """A Deferred firing with the TaskResultRecords of ``taskids`` (``status``
+        'pending' while unfinished, None for unknown ids)."""
+        d = self._send("records", list(taskids), bool(block))
+        return d.addCallback(lambda rows: [None if r is None else decode_result(r) for r in rows])
+
+    @asynchronous
+    def result_status(self, taskids: list[int]) -> defer.Deferred:
+        return self._send("result_status", list(taskids))
+
+    @asynchronous
+    def history(self) -> defer.Deferred:
+        return self._send("history")
+
+    @asynchronous
+    def query(self, query: dict, keys: list[str] | None) -> defer.Deferred:
+        try:
+            data = dumps_plain(query, "the query")
+        except Exception:
+            return defer.fail()
+        return self._send("query", data, list(keys or []), keys is None)
+
+    @asynchronous
+    def purge(self, taskids: list[int] | None) -> defer.Deferred:
+        return self._send("purge", taskids is None, list(taskids or []))
+
+    @asynchronous
+    def resubmit(self, taskids: list[int]) -> defer.Deferred:
+        return self._send("resubmit", list(taskids))
+
+    @asynchronous
+    def queue_status(self, verbose: bool = False) -> defer.Deferred:
+        return self._send("queue_status", bool(verbose))
+
+    @asynchronous
+    def abort(self, taskids: list[int]) -> defer.Deferred:
+        """Abort tasks; a Deferred firing with the ids of those finished already."""
+        return self._send("abort", list(taskids))
+
+    @asynchronous
+    def shutdown(self, targets: list[int] | None, hub: bool) -> defer.Deferred:
+        return self._send("shutdown", targets is None, list(targets or []), bool(hub))
+
+
+#: The status of a record standing for a result that will not come (the client's own).
+LOST = "lost"
+
+
+def _lost_record(taskid: int, failure: Failure) -> TaskResultRecord:
+    """The record standing for a result that will not come: the connection is gone
+    (``stderr`` says why)."""
+    why = (f"lost the connection to the controller before task {taskid} finished: "
+           f"{failure.value}")
+    return TaskResultRecord(taskid=taskid, status=LOST, payload=b"", stderr=why)
