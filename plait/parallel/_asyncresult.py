@@ -93,8 +93,9 @@ class AsyncResult(concurrent.futures.Future):
 
     def __init__(self, client: Any, taskids: list[int], fname: str = "unknown",
                  single: bool = False, targets: Any = None, listen: bool = True,
-                 metadata: list[Metadata] | None = None):
+                 metadata: list[Metadata] | None = None, method: str = "apply"):
         super().__init__()
+        self._method = method  # the view's method, labelling each engine's error
         self._client = client
         self._ids = list(taskids)
         self._index = {taskid: k for k, taskid in enumerate(self._ids)}
@@ -136,7 +137,8 @@ class AsyncResult(concurrent.futures.Future):
                 "RemoteException", repr(value), "")
             if failure.engine_id is None:
                 failure.engine_id = record.engineid
-            error = RemoteError(failure, self._fname)
+            failure.method = self._method
+            error = RemoteError(failure)
             value = None
         self._settle(record, value, error)
 
@@ -411,6 +413,7 @@ class AsyncResult(concurrent.futures.Future):
 
     def _derived(self, taskids: list[int], single: bool) -> AsyncResult:
         child = AsyncResult(self._client, taskids, self._fname, single=single, listen=False,
+                            method=self._method,
                             metadata=[self._metadata[self._index[t]] for t in taskids])
         self._feed(child)
         return child

@@ -158,15 +158,15 @@ class Client:
 
     def _submit(self, specs: list[TaskSpec], fname: str, single: bool = False,
                 mapping: bool = False, ordered: bool = True, pickler: str = "cloudpickle",
-                joiner: Any = None) -> AsyncResult:
+                joiner: Any = None, method: str = "apply") -> AsyncResult:
         conn = self._async
         datas = [conn.prepare_from_thread(spec, pickler) for spec in specs]
         ids = [conn.take_id_from_thread() for _ in datas]
         ar: AsyncResult
         if mapping:
-            ar = AsyncMapResult(self, ids, fname, ordered=ordered, joiner=joiner)
+            ar = AsyncMapResult(self, ids, fname, ordered=ordered, joiner=joiner, method=method)
         else:
-            ar = AsyncResult(self, ids, fname, single=single)
+            ar = AsyncResult(self, ids, fname, single=single, method=method)
         for spec, md in zip(specs, ar._metadata, strict=True):
             md["after"] = [] if spec.after is None else [self._msg_id(t) for t in spec.after.ids]
             md["follow"] = [] if spec.follow is None else [self._msg_id(t)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
+import sys
 import tokenize
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -164,16 +166,68 @@ class View:
     # -- submitting --------------------------------------------------------------------------
     def _submit(self, specs: list[TaskSpec], fname: str, single: bool = False,
                 mapping: bool = False, ordered: bool = True,
-                joiner: Callable[[list], Any] | None = None) -> AsyncResult:
+                joiner: Callable[[list], Any] | None = None, method: str = "apply"
+                ) -> AsyncResult:
         ar = self.client._submit(specs, fname, single=single, mapping=mapping,
-                                 ordered=ordered, pickler=self._pickler, joiner=joiner)
+                                 ordered=ordered, pickler=self._pickler, joiner=joiner,
+                                 method=method)
         self.history.extend(ar.msg_ids)
         return ar
 
     def _apply(self, f: Callable[..., Any], args: tuple, kwargs: dict) -> AsyncResult:
         raise NotImplementedError
 
-    def _map(self, f: Callable[..., Any], sequences: tuple, **options: Any) -> AsyncMapResult:
+    def _map(self, f: Callable[..., Any], sequences: tuple, chunksize: int | None = None,
+             ordered: bool = True, **options: Any) -> AsyncMapResult:
+        return self._chunked(shipped.map_chunk, f, sequences, chunksize, ordered, options,
+                             "map")
+
+    def _call_with(self, f: Callable[..., Any], sequences: tuple, options: dict) -> Any:
+        """What calling a ParallelFunction of this view runs: ``f`` called on each
+        chunk of the sequences (not on each element: that is its ``map``), the
+        chunks' results joined."""
+        options = dict(options)
+        block = options.pop("block", None)
+        ar = self._chunked(shipped.call_chunk, f, sequences, options.pop("chunksize", None),
+                           options.pop("ordered", True), options, "parallel",
+                           joiner=functools.partial(join, flatten=True))
+        return ar.get() if (self.block if block is None else block) else ar
+
+    def _chunked(self, helper: Callable[..., Any], f: Callable[..., Any], sequences: tuple,
+                 chunksize: int | None, ordered: bool, options: dict, method: str,
+                 joiner: Callable[[list], Any] | None = None) -> AsyncMapResult:
+        """Cut ``sequences`` into chunks (after :meth:`_plan`), each one task running
+        ``helper(f, *chunk's slices)``."""
+        if options:
+            raise TypeError(f"{type(self).__name__}.map takes no options {sorted(options)}; "
+                            f"it takes {self._map_options}")
+        if not callable(f):
+            raise TypeError(f"map needs a callable, not a {type(f).__name__}: {f!r}")
+        if not sequences:
+            raise TypeError("map needs at least one sequence")
+        check_map_options(chunksize, {})
+        seqs = [_sequence(s, k) for k, s in enumerate(sequences)]
+        length = min(len(s) for s in seqs)
+        try:
+            function = Serialized.of(f)  # pickled once for all the chunks
+        except SerializationError as exc:
+            raise SerializationError(f"map: cannot send the function: {exc}") from None
+        specs = [self._chunk_spec(helper, (function, *[_cut(s, start, stop) for s in seqs]),
+                                  target)
+                 for start, stop, target in self._plan(length, chunksize)]
+        result = self._submit(specs, _name(f), mapping=True, ordered=ordered, joiner=joiner,
+                              method=method)
+        assert isinstance(result, AsyncMapResult)
+        return result
+
+    _map_options = "block and ordered"
+
+    def _plan(self, length: int, chunksize: int | None) -> list[tuple[int, int, int | None]]:
+        """The chunks of a map of ``length`` elements: ``(start, stop, engine or None)``."""
+        raise NotImplementedError
+
+    def _chunk_spec(self, helper: Callable[..., Any], args: tuple, target: int | None
+                    ) -> TaskSpec:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -240,7 +294,7 @@ class DirectView(View):
         if not isinstance(code, str):
             raise TypeError(f"execute wants a str of Python code, not {type(code).__name__}")
         ar = self._on_each(lambda e: TaskSpec.execute(code, targets=(e,), pinned=True),
-                           "execute", targets)
+                           "execute", targets, method="execute")
         return self._result(ar, block)
 
     def run(self, filename: str | Path, targets: Any = None, block: bool | None = None) -> Any:
@@ -263,7 +317,7 @@ class DirectView(View):
             raise ValueError(f"push: keys must be valid Python names, got {bad!r}")
         ar = self._on_each(
             lambda e: TaskSpec.call(shipped.push, (ns,), targets=(e,), pinned=True), "push",
-            targets)
+            targets, method="push")
         return self._result(ar, block)
 
     def pull(self, names: str | list[str] | tuple[str, ...], targets: Any = None,
@@ -275,7 +329,7 @@ class DirectView(View):
             raise TypeError(f"pull wants names (str), got {names!r}")
         ar = self._on_each(
             lambda e: TaskSpec.call(shipped.pull, (keys,), targets=(e,), pinned=True), "pull",
-            targets)
+            targets, method="pull")
         return self._result(ar, block)
 
     def scatter(self, key: str, seq: Any, dist: str = "b", flatten: bool = False,
@@ -290,7 +344,7 @@ class DirectView(View):
         parts = partitions(seq, len(ids), flatten=flatten, dist=dist)
         specs = [TaskSpec.call(shipped.push, ({key: part},), targets=(e,), pinned=True)
                  for e, part in zip(ids, parts, strict=True)]
-        return self._result(self._submit(specs, "scatter"), block)
+        return self._result(self._submit(specs, "scatter", method="scatter"), block)
 
     def gather(self, key: str, dist: str = "b", targets: Any = None,
                block: bool | None = None) -> Any:
@@ -299,41 +353,26 @@ class DirectView(View):
         check_dist(dist)
         ids, _ = self._engines(targets)
         specs = [TaskSpec.call(shipped.pull, (key,), targets=(e,), pinned=True) for e in ids]
-        ar = self._submit(specs, "gather", mapping=True, joiner=join)
+        ar = self._submit(specs, "gather", mapping=True, joiner=join, method="gather")
         return self._result(ar, block)
 
-    def _map(self, f: Callable[..., Any], sequences: tuple, **options: Any) -> AsyncMapResult:
-        if options:
-            raise TypeError(f"DirectView.map takes no options {sorted(options)} (block only)")
-        if not callable(f):
-            raise TypeError(f"map: the function is not callable: a {type(f).__name__}")
-        if not sequences:
-            raise TypeError("map needs at least one sequence")
-        seqs = [_sequence(s, k) for k, s in enumerate(sequences)]
-        length = min(len(s) for s in seqs)
+    def _plan(self, length: int, chunksize: int | None) -> list[tuple[int, int, int | None]]:
+        if chunksize is not None:
+            raise TypeError("DirectView.map takes no chunksize: each engine gets one part")
         ids, _ = self._engines()
-        if not ids:
-            raise ValueError("map: there are no engines to map on")
         n = min(len(ids), length)
-        try:
-            function = Serialized.of(f)  # pickled once for every engine
-        except SerializationError as exc:
-            raise SerializationError(f"map: cannot send the function: {exc}") from None
-        specs = []
-        for index in range(n):
-            start, stop = bounds(length, n, index)
-            parts = [_cut(s, start, stop) for s in seqs]
-            specs.append(TaskSpec.call(shipped.map_chunk, (function, *parts),
-                                       targets=(ids[index],), pinned=True))
-        result = self._submit(specs, _name(f), mapping=True)
-        assert isinstance(result, AsyncMapResult)
-        return result
+        return [(*bounds(length, n, index), ids[index]) for index in range(n)]
+
+    def _chunk_spec(self, helper: Callable[..., Any], args: tuple, target: int | None
+                    ) -> TaskSpec:
+        assert target is not None
+        return TaskSpec.call(helper, args, targets=(target,), pinned=True)
 
     def clear(self, targets: Any = None, block: bool | None = None) -> Any:
         """Empty the engines' namespaces."""
         ar = self._on_each(
             lambda e: TaskSpec.call(shipped.reset, (), targets=(e,), pinned=True), "clear",
-            targets)
+            targets, method="clear")
         return self._result(ar, block)
 
     def update(self, ns: dict) -> Any:
@@ -363,17 +402,20 @@ class DirectView(View):
         on the engines too (and here, unless ``local`` is False)."""
         real_import = builtins.__import__
         view = self
+        block_frame = sys._getframe(2)  # the user's frame (past contextmanager's __enter__)
 
         def importing(name: str, globals: Any = None, locals: Any = None,
                       fromlist: Any = (), level: int = 0) -> Any:
-            if level == 0:
+            # only the import statements of the block itself, not the imports
+            # they (or plait, sending them) make in turn
+            if level == 0 and sys._getframe(1) is block_frame:
                 statement = (f"from {name} import {', '.join(fromlist)}" if fromlist
                              else f"import {name}")
                 if not quiet:
                     print(f"importing {', '.join(fromlist) + ' from ' if fromlist else ''}"
                           f"{name} on engine(s)")
                 view.execute(statement, block=True)
-            if local:
+            if local or sys._getframe(1) is not block_frame:
                 return real_import(name, globals, locals, fromlist, level)
             return None
 
@@ -453,28 +495,17 @@ class LoadBalancedView(View):
             raise TypeError(f"apply needs a callable, not a {type(f).__name__}")
         return self._submit([self._spec(TaskSpec.call, f, args, kwargs)], _name(f), single=True)
 
-    def _map(self, f: Callable[..., Any], sequences: tuple, chunksize: int | None = None,
-             ordered: bool = True, **options: Any) -> AsyncMapResult:
-        if options:
-            raise TypeError(f"LoadBalancedView.map takes no options {sorted(options)}; it "
-                            f"takes block, chunksize and ordered")
-        if not callable(f):
-            raise TypeError(f"map needs a callable, not {f!r}")
-        if not sequences:
-            raise TypeError("map needs at least one sequence")
-        check_map_options(chunksize, {})
-        items = list(zip(*sequences, strict=False))  # as the builtin map reads them
-        try:
-            function = Serialized.of(f)  # pickled once for all the chunks
-        except SerializationError as exc:
-            raise SerializationError(f"map: cannot send the function: {exc}") from None
+    _map_options = "block, chunksize and ordered"
+
+    def _plan(self, length: int, chunksize: int | None) -> list[tuple[int, int, int | None]]:
         engines = 1 if chunksize is not None else max(1, len(self.client.ids))
-        specs = []
+        plan: list[tuple[int, int, int | None]] = []
         start = 0
-        for size in chunk_sizes(len(items), engines, chunksize):
-            columns = zip(*items[start:start + size], strict=True)
-            specs.append(self._spec(TaskSpec.call, shipped.map_chunk, (function, *columns), {}))
+        for size in chunk_sizes(length, engines, chunksize):
+            plan.append((start, start + size, None))
             start += size
-        result = self._submit(specs, _name(f), mapping=True, ordered=ordered)
-        assert isinstance(result, AsyncMapResult)
-        return result
+        return plan
+
+    def _chunk_spec(self, helper: Callable[..., Any], args: tuple, target: int | None
+                    ) -> TaskSpec:
+        return self._spec(TaskSpec.call, helper, args, {})

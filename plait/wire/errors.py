@@ -322,6 +322,13 @@ class RemoteError(PlaitError):
     def __reduce__(self) -> tuple:
         return (type(self), (self.failure, self.method))
 
+    @property
+    def engine_info(self) -> dict[str, Any]:
+        """Where it happened, as ipyparallel names it: ``engine_id``, ``engine_uuid``
+        (None when unknown) and ``method``."""
+        uuid = self.failure.extra.get("engine_uuid") if self.failure is not None else None
+        return {"engine_id": self.engine_id, "engine_uuid": uuid, "method": self.method}
+
     def raise_exception(self) -> NoReturn:
         """Raise the original exception (type and message) from the engine.
 

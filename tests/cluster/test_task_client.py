@@ -7,36 +7,19 @@ test depends on timing.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 
 import cloudpickle
 import pytest
 
 from plait.kernel import client
 from support import in_reactor as call
+from support.cluster import Gate
 
 # The controller and the engines cannot import this module: its functions
 # travel by value, as those of an interactive session do.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-class Gate:
-    """A named pipe: a task reading it waits until the test calls :meth:`open`."""
-
-    def __init__(self, folder: Path, name: str = "gate"):
-        self.path = str(folder / name)
-        os.mkfifo(self.path)
-
-    @property
-    def wait_code(self) -> str:
-        return f"open({self.path!r}).read()"
-
-    def open(self) -> None:
-        with open(self.path, "w") as f:
-            f.write("go")
 
 
 @pytest.fixture(scope="module")

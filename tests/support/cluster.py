@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
+
 from plait.scripts.ipcluster import pid_alive
 
 PYTHON = sys.executable
@@ -88,6 +90,12 @@ class Cluster:
 
         return client.TaskClient(self.furl_file("tc"), **kw)
 
+    def rc(self, **kw):
+        """A ``plait.parallel.Client`` of this cluster."""
+        import plait.parallel
+
+        return plait.parallel.Client(self.furl_file("client"), **kw)
+
 
 def make_env(plait_dir: Path) -> dict:
     env = dict(os.environ)
@@ -117,3 +125,32 @@ def wait_for_engines(mec: Any, n: int) -> list[int]:
         return mec.asynchronous._remote_call("wait_for_engines", n).addCallback(raise_outcome)
 
     return _reactor.call(wait, timeout=30)
+
+
+class Gate:
+    """A named pipe: a task reading it waits until the test calls :meth:`open`."""
+
+    def __init__(self, folder: Path, name: str = "gate"):
+        self.path = str(folder / name)
+        os.mkfifo(self.path)
+
+    @property
+    def wait_code(self) -> str:
+        return f"open({self.path!r}).read()"
+
+    def waiter(self):
+        """A function (sent by value) that waits until the gate opens."""
+        path = self.path
+
+        def wait_for_gate(*args, **kwargs):
+            with open(path) as f:
+                return f.read()
+
+        return wait_for_gate
+
+    def open(self) -> None:
+        with open(self.path, "w") as f:
+            f.write("go")
+
+# Functions of this module (Gate.waiter) travel to engines by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])

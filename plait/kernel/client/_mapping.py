@@ -62,7 +62,10 @@ class Mapper:
 class ParallelFunction:
     """A function of one element (of each sequence) applied to whole sequences.
 
-    ``pf(xs, ys)`` and ``pf.map(xs, ys)`` are ``mapper.map(func, xs, ys)``.
+    ``pf(xs, ys)`` and ``pf.map(xs, ys)`` are ``mapper.map(func, xs, ys)``;
+    except on the views of :mod:`plait.parallel` (whose ``_call_with`` says
+    what a call does), where, as in ipyparallel, ``pf(xs)`` calls ``func`` on
+    each chunk of ``xs`` and joins the results.
     """
 
     def __init__(self, func: Callable[..., Any], mapper: Mapper):
@@ -73,6 +76,9 @@ class ParallelFunction:
         functools.update_wrapper(self, func)
 
     def __call__(self, *sequences: Any) -> Any:
+        call = getattr(self.mapper.client, "_call_with", None)
+        if call is not None:
+            return call(self.func, sequences, self.mapper.options)
         return self.mapper.map(self.func, *sequences)
 
     def map(self, *sequences: Any) -> Any:

@@ -32,6 +32,12 @@ def map_chunk(function: Callable[..., Any], *parts: Any) -> list[Any]:
     return list(map(function, *parts))
 
 
+def call_chunk(function: Callable[..., Any], *parts: Any) -> Any:
+    """``function(*parts)``: one chunk of a call of a later-generation parallel
+    function (which, unlike its ``map``, gets whole chunks)."""
+    return function(*parts)
+
+
 def serialized_values(names: list[str]) -> list[bytes]:
     """The serialized values of ``names`` in the engine namespace.
 
