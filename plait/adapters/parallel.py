@@ -27,7 +27,7 @@ from plait.wire.serialize import loads_plain
 #: The methods :meth:`FoolscapParallelSession.remote_submit_then` may call.
 FOLLOWERS = frozenset({
     "reserve", "records", "result_status", "abort", "queue_status", "info", "get_ids",
-    "history", "resubmit", "results",
+    "history", "resubmit", "results", "purge", "query", "shutdown", "wait_for_engines",
 })
 
 _SESSION_ONLY = "this call needs a session: open a channel or a session first"

@@ -47,6 +47,8 @@ class IHub(Interface):
     """
 
     prefix = Attribute("The 64-bit number naming this controller in message ids.")
+    first_free_id = Attribute("The lowest task id no record holds: where the task ids of "
+                              "a controller started on this hub begin.")
 
     def submitted(task, data):
         """The task controller accepted ``task`` (submitted as the bytes ``data``)."""

@@ -187,7 +187,12 @@ class AsyncResult(concurrent.futures.Future):
         if not self._failures:
             return None
         if self._single and len(self._ids) == 1:
-            return self._failures[self._ids[0]]
+            only = self._failures[self._ids[0]]
+            if isinstance(only, RemoteError) and only.ename == "TaskAborted":
+                # not an error of the task's code: raised as itself, as ipyparallel does
+                assert only.failure is not None
+                return only.failure.exception()
+            return only
         lost = [e for e in self._failures.values() if isinstance(e, PlaitConnectionError)]
         if lost:
             return lost[0]
@@ -369,24 +374,45 @@ class AsyncResult(concurrent.futures.Future):
         return True
 
     def display_outputs(self, groupby: str = "type") -> None:
-        """Print what each task wrote: ``[stdout:engine]`` blocks (``groupby``
-        'type': all stdout, then all stderr; 'engine': one engine after the other)."""
-        entries = [(md.get("engine_id"), md.get("stdout") or "", md.get("stderr") or "",
-                    md.get("pyout")) for md in self._metadata]
+        """Print what each task wrote and showed, engine by engine: ``[stdout:0] ...``
+        and ``[stderr:0] ...`` lines, display outputs (``[output:0] ...``), and the
+        value of code ending in an expression (``Out[0]: ...``; ``Out[0:n]`` when the
+        engine gives its execution count ``n``).
+
+        ``groupby`` 'type': every engine's stdout, then every stderr, then the
+        display outputs, then the values; 'engine': all of one engine, then the
+        next; 'order': as 'type', but the display outputs collated: the first of
+        each engine, then the second of each, and so on.
+        """
+        if groupby not in ("type", "engine", "order"):
+            raise ValueError(f"groupby is 'type', 'engine' or 'order', not {groupby!r}")
+        mds = list(self._metadata)
         if groupby == "engine":
-            for engine_id, out, err, pyout in entries:
-                _print_stream("stdout", engine_id, out, sys.stdout)
-                _print_stream("stderr", engine_id, err, sys.stderr)
-                if pyout:
-                    print(f"Out[{engine_id}]: {pyout}")
+            for md in mds:
+                _print_stream("stdout", md.get("engine_id"), _own_stdout(md), sys.stdout)
+                _print_stream("stderr", md.get("engine_id"), md.get("stderr") or "",
+                              sys.stderr)
+                for output in md.get("outputs") or []:
+                    _print_output(md.get("engine_id"), output)
+                _print_pyout(md)
             return
-        for engine_id, out, _, _ in entries:
-            _print_stream("stdout", engine_id, out, sys.stdout)
-        for engine_id, _, err, _ in entries:
-            _print_stream("stderr", engine_id, err, sys.stderr)
-        for engine_id, _, _, pyout in entries:
-            if pyout:
-                print(f"Out[{engine_id}]: {pyout}")
+        for md in mds:
+            _print_stream("stdout", md.get("engine_id"), _own_stdout(md), sys.stdout)
+        for md in mds:
+            _print_stream("stderr", md.get("engine_id"), md.get("stderr") or "", sys.stderr)
+        if groupby == "order":
+            longest = max((len(md.get("outputs") or []) for md in mds), default=0)
+            for i in range(longest):
+                for md in mds:
+                    outputs = md.get("outputs") or []
+                    if i < len(outputs):
+                        _print_output(md.get("engine_id"), outputs[i])
+        else:
+            for md in mds:
+                for output in md.get("outputs") or []:
+                    _print_output(md.get("engine_id"), output)
+        for md in mds:
+            _print_pyout(md)
 
     # -- splitting and joining ------------------------------------------------------------
     def split(self) -> tuple[AsyncResult, ...]:
@@ -452,6 +478,34 @@ def _print_stream(name: str, engine_id: Any, text: str, stream: Any) -> None:
         print(f"[{name}:{engine_id}] " + text.rstrip("\n").replace("\n", f"\n[{name}:"
                                                                     f"{engine_id}] "),
               file=stream)
+
+
+def _own_stdout(md: dict) -> str:
+    """What the task printed: its stdout without the repr of a final expression's
+    value, which the engine's interpreter writes there too (``Out[...]`` shows it)."""
+    out = md.get("stdout") or ""
+    pyout = md.get("pyout")
+    if pyout is not None and out.endswith(pyout + "\n"):
+        out = out[:len(out) - len(pyout) - 1]
+    return out
+
+
+def _print_output(engine_id: Any, output: Any) -> None:
+    """One display output: its text/plain form when it is a display message's data."""
+    data = output.get("data") if isinstance(output, dict) else None
+    text = data.get("text/plain", "") if isinstance(data, dict) else str(output)
+    _print_stream("output", engine_id, str(text), sys.stdout)
+
+
+def _print_pyout(md: dict) -> None:
+    """``Out[engine]: value`` (``Out[engine:count]`` with the engine's execution count)."""
+    pyout = md.get("pyout")
+    if pyout is None:
+        return
+    count = md.get("execution_count")
+    where = md.get("engine_id") if not isinstance(count, int) else f"{md.get('engine_id')}:{count}"
+    text = f"\n{pyout}" if "\n" in pyout and not pyout.startswith("\n") else pyout
+    print(f"Out[{where}]: {text}")
 
 
 class AsyncMapResult(AsyncResult):

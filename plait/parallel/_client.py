@@ -252,8 +252,13 @@ class Client:
         """InvalidTaskID naming the tasks the hub does not know (never submitted, purged)."""
         unknown = self._conn.result_status(taskids)["unknown"] if taskids else []
         if unknown:
-            raise InvalidTaskID(f"no tasks {[self._msg_id(t) for t in unknown]} in the hub: "
-                                f"never submitted, or purged")
+            raise self._unknown(unknown)
+
+    def _unknown(self, taskids: list[int]) -> InvalidTaskID:
+        why = ("this controller's hub keeps no records (ipcontroller --db none)"
+               if self._async.info_at_connect.get("db") == "none"
+               else "never submitted, or purged")
+        return InvalidTaskID(f"no tasks {[self._msg_id(t) for t in taskids]} in the hub: {why}")
 
     def wait(self, jobs: Any = None, timeout: float | None = -1) -> bool:
         """Wait for tasks (this client's outstanding ones by default); whether all are done."""
@@ -273,8 +278,7 @@ class Client:
         out: dict[str, Any] = {key: [self._msg_id(t) for t in status[key]]
                                for key in ("pending", "completed")}
         if status.get("unknown"):
-            raise InvalidTaskID(f"no tasks {[self._msg_id(t) for t in status['unknown']]} in "
-                                f"the hub: never submitted, or purged")
+            raise self._unknown(status["unknown"])
         if not status_only and status["completed"]:
             ar = AsyncHubResult(self, status["completed"])
             values = ar.get(return_exceptions=True)
@@ -336,8 +340,8 @@ class Client:
 
     def db_query(self, query: dict, keys: Iterable[str] | None = None) -> list[dict]:
         """The hub's records matching a Mongo-style ``query`` (``$lt``, ``$gt``,
-        ``$in``, ``$nin``, ``$ne``, ...), with ``keys`` (all when None); times are
-        datetimes."""
+        ``$in``, ``$nin``, ``$ne``, ...), with ``keys`` (all when None; ``msg_id``
+        always); times are datetimes."""
         if not isinstance(query, dict):
             raise TypeError(f"a query is a dict, not a {type(query).__name__}")
         translated = {}
@@ -345,12 +349,18 @@ class Client:
             if key == "msg_id":
                 key, condition = "id", _ids_condition(self, condition)
             translated[key] = _stamp(condition)
-        rows = self._conn.query(translated, None if keys is None else list(keys))
+        wanted = None if keys is None else [k for k in keys if k != "msg_id"]
+        rows = self._conn.query(translated, None if wanted is None else ["id", *wanted])
+        out = []
         for row in rows:
+            record = {"msg_id": self._msg_id(row.pop("id"))}  # always there, as in ipyparallel
+            row.pop("msg_id", None)
             for name in _TIMES:
                 if row.get(name):
                     row[name] = datetime.datetime.fromtimestamp(row[name])
-        return rows
+            record.update(row)
+            out.append(record)
+        return out
 
     def queue_status(self, targets: Any = "all", verbose: bool = False) -> dict:
         """Per engine: ``{'queue': n, 'tasks': n, 'completed': n}``, and

@@ -11,37 +11,14 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import cloudpickle
 import pytest
 
 from plait.kernel import client
-from support.cluster import run_cmd
+from support.cluster import Signal, run_cmd
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-class Signal:
-    """A named pipe through which a task reports its engine's pid, then hangs."""
-
-    def __init__(self, folder: Path, name: str = "running"):
-        self.path = str(folder / name)
-        os.mkfifo(self.path)
-
-    @property
-    def code(self) -> str:
-        return (f"import os, time\n"
-                f"with open({self.path!r}, 'w') as f:\n"
-                f"    f.write(str(os.getpid()))\n"
-                f"time.sleep(120)\n")
-
-    def kill_engine(self) -> float:
-        """Wait until the task runs, SIGKILL its engine; returns the time of the kill."""
-        with open(self.path) as f:
-            pid = int(f.read())
-        os.kill(pid, signal.SIGKILL)
-        return time.monotonic()
 
 
 def on(engine_id):

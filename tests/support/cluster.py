@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,43 @@ class Gate:
     def open(self) -> None:
         with open(self.path, "w") as f:
             f.write("go")
+
+
+class Signal:
+    """A named pipe through which a task reports its engine's pid, then hangs."""
+
+    def __init__(self, folder: Path, name: str = "running"):
+        self.path = str(folder / name)
+        os.mkfifo(self.path)
+
+    @property
+    def code(self) -> str:
+        return (f"import os, time\n"
+                f"with open({self.path!r}, 'w') as f:\n"
+                f"    f.write(str(os.getpid()))\n"
+                f"time.sleep(120)\n")
+
+    def hanger(self):
+        """A function (sent by value) doing what :attr:`code` does."""
+        path = self.path
+
+        def report_and_hang(*args, **kwargs):
+            import os
+            import time
+
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(120)
+
+        return report_and_hang
+
+    def kill_engine(self) -> float:
+        """Wait until the task runs, SIGKILL its engine; returns the time of the kill."""
+        with open(self.path) as f:
+            pid = int(f.read())
+        os.kill(pid, signal.SIGKILL)
+        return time.monotonic()
+
 
 # Functions of this module (Gate.waiter) travel to engines by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

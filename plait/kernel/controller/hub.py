@@ -45,6 +45,10 @@ class Hub:
         self._pending: dict[int, dict] = {}
         self._waiters: dict[int, list[defer.Deferred]] = {}
 
+    @property
+    def first_free_id(self) -> int:
+        return int(self.store.first_free_id)
+
     # -- what the task controller tells ----------------------------------------------------
     def submitted(self, task: Any, data: bytes | None) -> None:
         spec = task.spec

@@ -124,6 +124,8 @@ class MemoryStore:
     """Records in a dict: fast, lost with the controller, bounded only by purging."""
 
     name = "memory"
+    #: The lowest task id no record of this store has (what a new controller starts at).
+    first_free_id = 0
 
     def __init__(self) -> None:
         self._records: dict[int, dict] = {}
@@ -183,6 +185,7 @@ class SQLiteStore:
 
     def __init__(self, path: Path | str):
         self.path = str(path)
+        self.first_free_id = 0
         self._ops: queue.SimpleQueue = queue.SimpleQueue()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -237,6 +240,10 @@ class SQLiteStore:
                     pass
             for index in ("submitted", "completed", "engine_id", "client_uuid", "status"):
                 db.execute(f"CREATE INDEX IF NOT EXISTS records_{index} ON records ({index})")
+            # ids go on from the last run's: the records of the tasks of an
+            # earlier controller keep their msg_ids
+            self.first_free_id = db.execute(
+                "SELECT coalesce(max(id) + 1, 0) FROM records").fetchone()[0]
         except BaseException as exc:
             self._error = exc
             self._ready.set()

@@ -182,7 +182,8 @@ class TaskController:
         self.scheduler = scheduler
         self._registry = registry
         self._dispatcher = Dispatcher(registry, self._now, self._attempt_ended, self._schedule)
-        self._ids = TaskIds()
+        # ids go on after those the hub's store still holds (an earlier run's)
+        self._ids = TaskIds(0 if hub is None else hub.first_free_id)
         self._tasks: dict[int, Task] = {}
         self._states: dict[str, dict[int, None]] = {state: {} for state in STATES}
         self._waiting = WaitingTasks(self._properties)

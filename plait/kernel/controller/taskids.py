@@ -39,8 +39,8 @@ class _Block:
 class TaskIds:
     """The ids issued so far and the blocks still open (see the module doc)."""
 
-    def __init__(self) -> None:
-        self._next = 0
+    def __init__(self, first: int = 0) -> None:
+        self._next = first
         self._starts: list[int] = []  # first ids of the open blocks, ascending
         self._blocks: dict[int, _Block] = {}
 
