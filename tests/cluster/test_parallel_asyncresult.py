@@ -1,0 +1,215 @@
+"""``AsyncResult`` over real processes: the multiprocessing interface, the
+Future interface, metadata and timing, splitting and joining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime
+import os
+import sys
+import threading
+
+import cloudpickle
+import pytest
+
+import plait.parallel as ipp
+from plait.parallel import error
+from support.cluster import Gate
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def rc(cluster4):
+    with cluster4.rc() as c:
+        yield c
+
+
+def talk(x):
+    import sys
+
+    print("out", x)
+    print("err", x, file=sys.stderr)
+    return x
+
+
+def fail():
+    raise ValueError("bad")
+
+
+def test_get_dict_keyed_by_engine(rc):
+    ar = rc[:].apply_async(os.getpid)
+    pids = ar.get_dict()
+    assert sorted(pids) == [0, 1, 2, 3]
+    rc[:]["pid_map"] = pids
+    assert rc[2]["pid_map"] == pids
+    lview = rc.load_balanced_view()
+    with pytest.raises(ValueError, match="more than once"):
+        ipp.AsyncResult.join(*[rc[0].apply_async(os.getpid) for _ in range(2)]).get_dict()
+    assert lview.apply_async(os.getpid).get_dict().keys() <= {0, 1, 2, 3}
+
+
+def test_metadata_keys_and_attribute_access(rc):
+    before = datetime.datetime.now()
+    ar = rc[1].apply_async(talk, 5)
+    ar.get()
+    md = ar.metadata
+    assert md.engine_id == md["engine_id"] == ar.engine_id == 1
+    assert isinstance(md.engine_uuid, str) and md.engine_uuid
+    assert md.stdout == ar.stdout == "out 5\n"
+    assert md.stderr == "err 5\n"
+    assert md.status == "ok" and md.pyerr is None
+    assert md.msg_id == ar.msg_ids[0]
+    assert md.after == [] and md.follow == []
+    for key in ("submitted", "started", "completed", "received"):
+        assert isinstance(md[key], datetime.datetime), key
+    assert before <= md.submitted <= md.started <= md.completed <= md.received
+    assert ar["engine_id"] == 1
+    with pytest.raises(AttributeError):
+        getattr(ar, "no_such_key")
+
+
+def test_metadata_of_several_tasks_is_a_list(rc):
+    ar = rc[:].apply_async(talk, 1)
+    ar.get()
+    assert ar.engine_id == [0, 1, 2, 3]
+    assert len(ar.metadata) == 4
+    assert all(md.status == "ok" for md in ar.metadata)
+
+
+def test_error_metadata(rc):
+    ar = rc[0].apply_async(fail)
+    ar.wait()
+    assert ar.metadata.status == "error"
+    assert ar.metadata.pyerr.ename == "ValueError"
+    assert not ar.successful()
+
+
+def test_timing(rc):
+    lview = rc.load_balanced_view()
+    ar = lview.map_async(lambda x: sum(range(20000)) + x, range(40), chunksize=2)
+    ar.get()
+    assert ar.progress == len(ar) == 20
+    assert 0 < ar.serial_time
+    assert 0 < ar.wall_time
+    assert ar.elapsed == ar.wall_time
+    speedup = ar.serial_time / ar.wall_time
+    assert speedup > 0
+
+
+def test_wait_interactive_prints_progress(rc, capsys):
+    ar = rc.load_balanced_view().map_async(abs, range(8), chunksize=1)
+    ar.wait_interactive(interval=0.01)
+    out = capsys.readouterr().out
+    assert "8/   8 tasks finished" in out and out.rstrip().endswith("done")
+
+
+def test_future_interface(rc):
+    ar = rc[0].apply_async(lambda: 11)
+    assert isinstance(ar, concurrent.futures.Future)
+    assert ar.result(timeout=30) == 11
+    done, _ = concurrent.futures.wait([ar])
+    assert ar in done
+    seen = []
+    ar.add_done_callback(lambda f: seen.append(f.result()))
+    assert seen == [11]  # already done: called at once
+    called = threading.Event()
+    later = rc[0].apply_async(lambda: 12)
+    later.add_done_callback(lambda f: (seen.append(f.result()), called.set()))
+    assert called.wait(30)
+    assert seen == [11, 12]
+
+
+def test_awaiting_in_asyncio(rc):
+    async def main():
+        return await rc[0].apply_async(lambda: "awaited")
+
+    assert asyncio.run(main()) == "awaited"
+
+
+def test_wait_return_when(rc, tmp_path):
+    gate = Gate(tmp_path)
+    lview = rc.load_balanced_view()
+    slow = lview.apply_async(gate.waiter())
+    quick = lview.apply_async(abs, -1)
+    both = ipp.AsyncResult.join(slow, quick)
+    try:
+        assert both.wait(return_when=concurrent.futures.FIRST_COMPLETED) is False
+        assert both.progress == 1
+        failing = ipp.AsyncResult.join(slow, lview.apply_async(fail))
+        assert failing.wait(return_when=concurrent.futures.FIRST_EXCEPTION) is False
+    finally:
+        gate.open()
+    assert both.get() == ["go", 1]
+
+
+def test_get_return_exceptions(rc):
+    ar = ipp.AsyncResult.join(rc[0].apply_async(abs, -2), rc[1].apply_async(fail))
+    values = ar.get(return_exceptions=True)
+    assert values[0] == 2 and isinstance(values[1], error.RemoteError)
+    with pytest.raises(error.CompositeError):
+        ar.get()
+
+
+def test_split_and_join(rc):
+    ar = rc[:].apply_async(abs, -3)
+    parts = ar.split()
+    assert len(parts) == 4
+    assert [p.get() for p in parts] == [3] * 4
+    assert parts[2].engine_id == 2
+    joined = ipp.AsyncResult.join(*parts)
+    assert joined.get() == [3] * 4
+    assert joined.msg_ids == ar.msg_ids
+    assert (parts[0] + parts[1]).get() == [3, 3]
+    with pytest.raises(ValueError):
+        ipp.AsyncResult.join()
+
+
+def test_indexing_iterating_and_r(rc):
+    ar = rc[:].apply_async(abs, -4)
+    assert ar.r == [4] * 4
+    assert ar[1] == 4 and ar[1:3] == [4, 4]
+    assert list(ar) == [4] * 4
+    assert len(ar) == 4
+
+
+def test_sent_and_wait_for_send(rc):
+    ar = rc[0].apply_async(abs, -5)
+    assert ar.wait_for_send() is True
+    assert ar.sent is True
+    assert ar.get() == 5
+
+
+def test_display_outputs(rc, capsys):
+    ar = rc[:2].apply_async(talk, 7)
+    ar.get()
+    ar.display_outputs()
+    captured = capsys.readouterr()
+    assert "[stdout:0] out 7" in captured.out and "[stdout:1] out 7" in captured.out
+    assert "[stderr:0] err 7" in captured.err
+
+
+def test_execute_result_as_pyout(rc):
+    ar = rc[:2].execute("21 * 2", silent=False)
+    ar.get()
+    assert all("42" in str(md.pyout) for md in ar.metadata)
+
+
+def test_view_wait_and_outstanding(rc, tmp_path):
+    gate = Gate(tmp_path)
+    view = rc.load_balanced_view()
+    ar = view.apply_async(gate.waiter())
+    assert ar.msg_ids[0] in view.outstanding
+    assert ar.msg_ids[0] in rc.outstanding
+    assert view.wait(timeout=0) is False
+    gate.open()
+    assert view.wait() is True
+    assert not view.outstanding
+
+
+def test_spin_does_nothing_harmful(rc):
+    rc.spin()
+    rc[:].spin()
+    assert rc[0].apply_sync(abs, -1) == 1
