@@ -79,4 +79,5 @@ def ipython_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     if magics is not None and magics.autopx_enabled:
         magics.disable_autopx()
     _magics._active = None
+    _magics._owners.clear()  # what %px{suffix} ran on, of both generations
     InteractiveShell.clear_instance()

@@ -68,7 +68,7 @@ def test_metadata_keys_and_attribute_access(rc):
     assert before <= md.submitted <= md.started <= md.completed <= md.received
     assert ar["engine_id"] == 1
     with pytest.raises(AttributeError):
-        getattr(ar, "no_such_key")
+        _ = ar.no_such_key
 
 
 def test_metadata_of_several_tasks_is_a_list(rc):

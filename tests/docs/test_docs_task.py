@@ -9,82 +9,20 @@ text.  A ``python`` block is a program run in its own process; the
 ``output`` block after it is what it must print.  ``console`` blocks are
 not run: the cluster comes from the ``cluster4`` fixture (a fresh
 ``ipcluster start -n 4`` for this module, so task ids start at 0 as in the
-guide).
+guide).  The runner is ``support.docs``, which every guide's test shares.
 """
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-
 import pytest
 
 from support import ROOT
+from support.docs import Cell, examples, run_examples, session, shows
 
 pytest.importorskip("IPython")
 
 
 GUIDE = ROOT / "docs" / "task.md"
-CELL = re.compile(r"In \[(\d+)\]: ?(.*)")
-MORE = re.compile(r" +\.\.\.: ?(.*)")
-
-
-def blocks(text: str) -> list[tuple[int, str, list[str]]]:
-    """``(first line number, info string, lines)`` of every fenced block."""
-    found, lines, i = [], text.splitlines(), 0
-    while i < len(lines):
-        if lines[i].startswith("```"):
-            info, start = lines[i][3:].strip(), i + 2
-            end = i + 1
-            while not lines[end].startswith("```"):
-                end += 1
-            found.append((start, info, lines[i + 1:end]))
-            i = end
-        i += 1
-    return found
-
-
-def cells(start: int, lines: list[str]) -> list[tuple[int, int, str, str]]:
-    """``(line, prompt number, code, output shown)`` of a session block."""
-    out, i = [], 0
-    while i < len(lines):
-        first = CELL.fullmatch(lines[i])
-        if first is None:
-            assert not lines[i].strip(), f"{GUIDE.name}:{start + i}: text outside a cell"
-            i += 1
-            continue
-        line, code = start + i, [first.group(2)]
-        i += 1
-        while i < len(lines) and (more := MORE.fullmatch(lines[i])):
-            code.append(more.group(1))
-            i += 1
-        shown = []
-        while i < len(lines) and not CELL.fullmatch(lines[i]):
-            shown.append(lines[i])
-            i += 1
-        out.append((line, int(first.group(1)), "\n".join(code) + "\n", "\n".join(shown)))
-    return out
-
-
-def tidy(text: str) -> list[str]:
-    lines = [line.rstrip() for line in text.splitlines()]
-    while lines and not lines[0]:
-        lines.pop(0)
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines
-
-
-def matches(shown: str, printed: str) -> bool:
-    """Whether ``printed`` is what the guide ``shown`` (with its ``...`` wildcards)."""
-    pattern = ""
-    for line in tidy(shown):
-        if line == "...":
-            pattern += r"(?:[^\n]*\n)*?"
-        else:
-            pattern += "[^\n]*?".join(map(re.escape, line.split("..."))) + r"\n"
-    return re.fullmatch(pattern, "".join(f"{line}\n" for line in tidy(printed))) is not None
 
 
 @pytest.fixture
@@ -94,45 +32,21 @@ def shell(ipython_shell):
 
 
 def test_the_matcher():
-    assert matches("Out[3]: [...]", "Out[3]: [1, 2]  \n")
-    assert matches("a\n...\nz", "a\nb\nc\nz") and matches("a\n...\nz", "a\nz")
-    assert not matches("Out[3]: [1]", "Out[3]: [2]")
-    assert not matches("a ... z", "a b\nz")
-    [(line, number, code, shown)] = cells(1, ["In [4]: for i in range(2):", "   ...:     i",
-                                               "   ...:", "", "Out: x"])
-    assert (number, code, shown) == (4, "for i in range(2):\n    i\n\n", "\nOut: x")
+    assert shows("Out[3]: [...]", "Out[3]: [1, 2]  \n")
+    assert shows("a\n...\nz", "a\nb\nc\nz") and shows("a\n...\nz", "a\nz")
+    assert not shows("Out[3]: [1]", "Out[3]: [2]")
+    assert not shows("a ... z", "a b\nz")
+    [cell] = session(1, ["In [4]: for i in range(2):", "   ...:     i", "   ...:", "", "Out: x"])
+    assert (cell.number, cell.code, cell.expected) == (4, "for i in range(2):\n    i\n\n",
+                                                       "\nOut: x")
 
 
 def test_every_example_of_the_guide_runs_as_shown(cluster4, shell, capsys, monkeypatch):
     monkeypatch.setenv("PLAIT_DIR", str(cluster4.plait_dir))
-    capsys.readouterr()
-    found = blocks(GUIDE.read_text())
-    mismatches, count = [], 0
-    for k, (start, info, lines) in enumerate(found):
-        if info == "ipython":
-            for line, number, code, shown in cells(start, lines):
-                count += 1
-                shell.execution_count = number
-                shell.run_cell(code, store_history=True)
-                captured = capsys.readouterr()
-                printed = captured.out + captured.err
-                if not matches(shown, printed):
-                    mismatches.append((line, code, shown, printed))
-        elif info == "python":
-            follows = found[k + 1] if k + 1 < len(found) else None
-            shown = "\n".join(follows[2]) if follows and follows[1] == "output" else ""
-            done = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True,
-                                  text=True, timeout=120, env=dict(cluster4.env))
-            printed = done.stdout + (done.stderr if done.returncode else "")
-            if done.returncode or not matches(shown, printed):
-                mismatches.append((start, "(program)", shown, printed))
-    assert count > 70
-    report = "\n\n".join(
-        f"{GUIDE.name}:{line}: {code.strip()!r}\n--- the guide shows:\n{shown.strip()}\n"
-        f"--- but it printed:\n{printed.strip()}"
-        for line, code, shown, printed in mismatches
-    )
-    assert not mismatches, report
+    found = examples(GUIDE.read_text(), GUIDE.name)
+    assert sum(isinstance(example, Cell) for example in found) > 70
+    mismatches = run_examples(found, shell, capsys, cluster4.env)
+    assert not mismatches, "\n\n".join(m.report(GUIDE.name) for m in mismatches)
 
 
 # The examples of the reference guide (kernel-task.rst), as the guide spells them.
