@@ -25,7 +25,6 @@ import asyncio
 import concurrent.futures
 import datetime
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -44,6 +43,7 @@ from plait.wire.errors import (
     TimeoutError,
 )
 from plait.wire.records import TaskResultRecord
+from plait.wire.serialize import deserialize, is_bulk
 
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
@@ -63,19 +63,33 @@ class Metadata(dict):
         self[key] = value
 
 
+_FROM_STAMP = datetime.datetime.fromtimestamp
+_NOW = datetime.datetime.now
+
+
 def _when(stamp: float | None) -> datetime.datetime | None:
     return None if not stamp else datetime.datetime.fromtimestamp(stamp)
 
 
-def new_metadata(msg_id: str, submitted: float, after: list[str], follow: list[str]
+_BLANK = dict(
+    msg_id=None, submitted=None, started=None, completed=None, received=None, engine_id=None,
+    engine_uuid=None, status=None, stdout="", stderr="", pyout=None, execute_result=None,
+    pyerr=None, error=None, after=None, follow=None, outputs=None,
+)
+
+
+def new_metadata(msg_id: str, submitted: datetime.datetime | float | None,
+                 after: list[str] | None = None, follow: list[str] | None = None
                  ) -> Metadata:
-    """The metadata of a task just submitted."""
-    return Metadata(
-        msg_id=msg_id, submitted=_when(submitted), started=None, completed=None,
-        received=None, engine_id=None, engine_uuid=None, status=None, stdout="", stderr="",
-        pyout=None, execute_result=None, pyerr=None, error=None, after=list(after),
-        follow=list(follow), outputs=[],
-    )
+    """The metadata of a task just submitted (``submitted``: a datetime, or seconds
+    since the epoch)."""
+    md = Metadata(_BLANK)
+    md["msg_id"] = msg_id
+    md["submitted"] = submitted if not isinstance(submitted, float) else _when(submitted)
+    md["after"] = list(after or ())
+    md["follow"] = list(follow or ())
+    md["outputs"] = []
+    return md
 
 
 def _timeout(value: float | None) -> float | None:
@@ -103,15 +117,17 @@ class AsyncResult(concurrent.futures.Future):
         self._fname = fname
         self._single = single
         self._targets = targets
-        self._cond = threading.Condition()
+        self._cond = self._condition  # the Future's: one lock for both
         self._values: dict[int, Any] = {}
         self._failures: dict[int, RemoteError | PlaitConnectionError] = {}
         self._order: list[int] = []  # task ids in the order they finished
         self._observers: list[Callable[[int], None]] = []
         self._sent = False
-        now = time.time()
-        self._submitted = now
-        self._metadata = metadata or [client._metadata_for(msg_id, now) for msg_id in self.msg_ids]
+        self._submitted = time.time()
+        if metadata is None:
+            submitted = datetime.datetime.fromtimestamp(self._submitted)
+            metadata = [client._metadata_for(msg_id, submitted) for msg_id in self.msg_ids]
+        self._metadata = metadata
         if listen:
             for taskid in self._ids:
                 client._listen(taskid, self._arrived)
@@ -123,8 +139,17 @@ class AsyncResult(concurrent.futures.Future):
         if record.status == LOST:
             self._settle(record, None, PlaitConnectionError(record.stderr))
             return
-        d = defer.maybeDeferred(decode, record.payload) if record.payload else defer.succeed(None)
-        d.addBoth(self._decoded, record)
+        payload = record.payload
+        if not payload:
+            self._decoded(None, record)
+        elif is_bulk(payload):  # fetched from the bulk data channel, off the reactor thread
+            defer.maybeDeferred(decode, payload).addBoth(self._decoded, record)
+        else:
+            try:
+                value = deserialize(payload)
+            except Exception:
+                value = Failure()
+            self._decoded(value, record)
 
     def _decoded(self, value: Any, record: TaskResultRecord) -> None:
         error: Any = None
@@ -148,14 +173,18 @@ class AsyncResult(concurrent.futures.Future):
         if k is None:
             return
         md = self._metadata[k]
-        md.update(
-            started=_when(record.engine_started or record.started),
-            completed=_when(record.engine_completed or record.completed),
-            received=datetime.datetime.now(), engine_id=record.engineid,
-            engine_uuid=record.engine_uuid, stdout=record.stdout, stderr=record.stderr,
-            pyout=record.pyout, execute_result=record.pyout,
-            status="error" if error is not None else "ok", pyerr=error, error=error,
-        )
+        started = record.engine_started or record.started
+        completed = record.engine_completed or record.completed
+        md["started"] = _FROM_STAMP(started) if started else None
+        md["completed"] = _FROM_STAMP(completed) if completed else None
+        md["received"] = _NOW()
+        md["engine_id"] = record.engineid
+        md["engine_uuid"] = record.engine_uuid
+        md["stdout"] = record.stdout
+        md["stderr"] = record.stderr
+        md["pyout"] = md["execute_result"] = record.pyout
+        md["status"] = "ok" if error is None else "error"
+        md["pyerr"] = md["error"] = error
         with self._cond:
             if taskid in self._values or taskid in self._failures:
                 return
@@ -386,33 +415,16 @@ class AsyncResult(concurrent.futures.Future):
         """
         if groupby not in ("type", "engine", "order"):
             raise ValueError(f"groupby is 'type', 'engine' or 'order', not {groupby!r}")
-        mds = list(self._metadata)
-        if groupby == "engine":
-            for md in mds:
+        mds: list[dict] = list(self._metadata)
+        for group in ([[md] for md in mds] if groupby == "engine" else [mds]):
+            for md in group:
                 _print_stream("stdout", md.get("engine_id"), _own_stdout(md), sys.stdout)
+            for md in group:
                 _print_stream("stderr", md.get("engine_id"), md.get("stderr") or "",
                               sys.stderr)
-                for output in md.get("outputs") or []:
-                    _print_output(md.get("engine_id"), output)
+            _print_outputs(group, collate=groupby == "order")
+            for md in group:
                 _print_pyout(md)
-            return
-        for md in mds:
-            _print_stream("stdout", md.get("engine_id"), _own_stdout(md), sys.stdout)
-        for md in mds:
-            _print_stream("stderr", md.get("engine_id"), md.get("stderr") or "", sys.stderr)
-        if groupby == "order":
-            longest = max((len(md.get("outputs") or []) for md in mds), default=0)
-            for i in range(longest):
-                for md in mds:
-                    outputs = md.get("outputs") or []
-                    if i < len(outputs):
-                        _print_output(md.get("engine_id"), outputs[i])
-        else:
-            for md in mds:
-                for output in md.get("outputs") or []:
-                    _print_output(md.get("engine_id"), output)
-        for md in mds:
-            _print_pyout(md)
 
     # -- splitting and joining ------------------------------------------------------------
     def split(self) -> tuple[AsyncResult, ...]:
@@ -490,11 +502,18 @@ def _own_stdout(md: dict) -> str:
     return out
 
 
-def _print_output(engine_id: Any, output: Any) -> None:
-    """One display output: its text/plain form when it is a display message's data."""
-    data = output.get("data") if isinstance(output, dict) else None
-    text = data.get("text/plain", "") if isinstance(data, dict) else str(output)
-    _print_stream("output", engine_id, str(text), sys.stdout)
+def _print_outputs(mds: list[dict], collate: bool) -> None:
+    """The display outputs of tasks, task by task; collated: the first of each
+    task, then the second... (an output: its text/plain form when it is a display
+    message's data)."""
+    pending = [(md.get("engine_id"), list(md.get("outputs") or [])) for md in mds]
+    while any(outputs for _, outputs in pending):
+        for engine_id, outputs in pending:
+            for output in (outputs[:1] if collate else outputs):
+                data = output.get("data") if isinstance(output, dict) else None
+                text = data.get("text/plain", "") if isinstance(data, dict) else output
+                _print_stream("output", engine_id, str(text), sys.stdout)
+            del outputs[:1 if collate else len(outputs)]
 
 
 def _print_pyout(md: dict) -> None:
@@ -504,8 +523,8 @@ def _print_pyout(md: dict) -> None:
         return
     count = md.get("execution_count")
     where = md.get("engine_id") if not isinstance(count, int) else f"{md.get('engine_id')}:{count}"
-    text = f"\n{pyout}" if "\n" in pyout and not pyout.startswith("\n") else pyout
-    print(f"Out[{where}]: {text}")
+    multiline = "\n" in pyout and not pyout.startswith("\n")
+    print(f"Out[{where}]:\n{pyout}" if multiline else f"Out[{where}]: {pyout}")
 
 
 class AsyncMapResult(AsyncResult):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import datetime
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,7 +41,7 @@ from plait.wire.errors import (
     RemoteFailure,
     TimeoutError,
 )
-from plait.wire.records import TaskResultRecord, msg_id, taskid_of
+from plait.wire.records import TaskResultRecord, msg_id_maker, taskid_of
 from plait.wire.serialize import serialize
 from plait.wire.task import TaskSpec
 
@@ -49,6 +50,11 @@ _BlockingConnection = derive_blocking(ParallelConnection, "_BlockingConnection")
 
 def _timeout(value: float | None) -> float | None:
     return None if value is None or value < 0 else value
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (a monotonic time; None: no limit)."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _stamp(value: Any) -> Any:
@@ -77,12 +83,14 @@ class Client:
         self._conn = _BlockingConnection(url_file, profile)
         self._async: ParallelConnection = self._conn.asynchronous
         self._prefix = self._async.prefix
+        self._msg_id = msg_id_maker(self._prefix)  # task id -> msg_id
         self.block = False
         self.history: list[str] = []
         self.results: dict[str, Any] = {}
         self.metadata: dict[str, Metadata] = {}
         self._outstanding: set[str] = set()
         self._lock = threading.Lock()
+        self._finished = threading.Condition(self._lock)  # notified as results arrive
         self._closed = False
 
     # -- engines and views -------------------------------------------------------------
@@ -142,14 +150,11 @@ class Client:
         raise TypeError(f"targets are 'all', an engine id or a list of ids, not {targets!r}")
 
     # -- submitting (the views) -------------------------------------------------------------
-    def _msg_id(self, taskid: int) -> str:
-        return msg_id(self._prefix, taskid)
-
     def _taskid(self, text: Any) -> int | None:
         return taskid_of(self._prefix, text)
 
-    def _metadata_for(self, msg: str, now: float) -> Metadata:
-        md = new_metadata(msg, now, [], [])
+    def _metadata_for(self, msg: str, submitted: datetime.datetime) -> Metadata:
+        md = new_metadata(msg, submitted)
         self.metadata[msg] = md
         return md
 
@@ -183,6 +188,7 @@ class Client:
         with self._lock:
             self.results[msg] = error if error is not None else value
             self._outstanding.discard(msg)
+            self._finished.notify_all()
 
     def _hurry(self) -> None:
         self._async.hurry()
@@ -261,14 +267,41 @@ class Client:
         return InvalidTaskID(f"no tasks {[self._msg_id(t) for t in taskids]} in the hub: {why}")
 
     def wait(self, jobs: Any = None, timeout: float | None = -1) -> bool:
-        """Wait for tasks (this client's outstanding ones by default); whether all are done."""
-        if isinstance(jobs, AsyncResult):
-            return jobs.wait(timeout)
-        ids = self._taskids(jobs)
-        if not ids:
-            return True
-        ar = AsyncHubResult(self, ids)
-        return ar.wait(timeout)
+        """Wait for tasks (msg_ids, AsyncResults, history indices; by default this
+        client's outstanding ones), ``timeout`` seconds at most (-1 or None: for
+        ever); whether all are done.  Never raises for a task that failed."""
+        limit = _timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        if jobs is None:
+            jobs = self.outstanding
+        elif isinstance(jobs, (str, int, AsyncResult)):
+            jobs = [jobs]
+        mine: list[str] = []
+        results: list[AsyncResult] = []
+        foreign: list[int] = []
+        for job in jobs:
+            if isinstance(job, AsyncResult):
+                results.append(job)
+                continue
+            if isinstance(job, int) and not isinstance(job, bool):
+                job = self.history[job]
+            taskid = self._taskid(job)
+            if taskid is None:
+                raise ValueError(f"{job!r} is not a msg_id of this controller")
+            if job in self.results or job in self._outstanding:
+                mine.append(job)
+            else:
+                foreign.append(taskid)
+        if foreign:
+            self._check_known(foreign)
+            results.append(AsyncHubResult(self, foreign))
+        if mine or results:
+            self._hurry()
+        with self._finished:
+            if not self._finished.wait_for(lambda: self._outstanding.isdisjoint(mine),
+                                           _left(deadline)):
+                return False
+        return all(ar.wait(_left(deadline)) for ar in results)
 
     def result_status(self, msg_ids: Any, status_only: bool = True) -> dict[str, Any]:
         """``{'pending': [msg_ids], 'completed': [msg_ids]}`` (and the results of the

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -132,6 +133,16 @@ _LOW = (1 << 64) - 1
 def msg_id(prefix: int, taskid: int) -> str:
     """The message id of task ``taskid`` of the controller ``prefix``."""
     return str(uuid.UUID(int=(prefix << 64) | taskid))
+
+
+def msg_id_maker(prefix: int) -> Callable[[int], str]:
+    """A fast :func:`msg_id` for the controller ``prefix`` (the same strings)."""
+    head = str(uuid.UUID(int=prefix << 64))[:18]  # the first three groups: the prefix
+
+    def make(taskid: int) -> str:
+        return f"{head}-{taskid >> 48:04x}-{taskid & 0xFFFFFFFFFFFF:012x}"
+
+    return make
 
 
 def taskid_of(prefix: int, text: Any) -> int | None:

@@ -35,8 +35,7 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
+from plait.wire import pickling
 from plait.wire.errors import SerializationError
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ def _describe(obj: Any) -> str:
 def serialize(obj: Any) -> bytes:
     """Pickle ``obj`` in-band; raise SerializationError naming what failed."""
     try:
-        return INLINE + cloudpickle.dumps(obj, protocol=5)
+        return INLINE + pickling.dumps(obj)
     except Exception as exc:  # pickling raises many types
         raise SerializationError(
             f"could not serialize {_describe(obj)} ({type(obj).__name__}): "
@@ -79,9 +78,13 @@ def serialize(obj: Any) -> bytes:
 PICKLERS = ("cloudpickle", "pickle", "dill")
 
 
+def _cloud_dumps(obj: Any, protocol: int = 5, buffer_callback: Any = None) -> bytes:
+    return pickling.dumps(obj, buffer_callback)
+
+
 def _dumps(pickler: str) -> Any:
     if pickler == "cloudpickle":
-        return cloudpickle.dumps
+        return _cloud_dumps
     if pickler == "pickle":
         return pickle.dumps
     if pickler == "dill":

@@ -57,6 +57,7 @@ def test_a_second_client_gets_the_first_ones_result(rc, rc2):
 def test_a_second_client_waits_for_a_pending_result(rc, rc2, tmp_path):
     gate = Gate(tmp_path)
     ar = rc.load_balanced_view().apply_async(gate.waiter())
+    ar.wait_for_send()  # (submissions leave in batches: make sure the hub has it)
     theirs = rc2.get_result(ar.msg_ids)
     assert not theirs.ready()
     assert rc2.result_status(ar.msg_ids) == {"pending": ar.msg_ids, "completed": []}

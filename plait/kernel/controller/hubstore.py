@@ -65,6 +65,9 @@ OPERATORS = {"$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">=", "$eq": "=", "$n
 
 #: Seconds between commits of queued writes, at most.
 COMMIT_EVERY = 0.25
+#: Seconds new records wait in the reactor thread before they go to the database
+#: thread together (waking that thread for each record would slow every task).
+HAND_OVER_EVERY = 0.05
 
 
 def check_query(query: Any, keys: Any) -> list[str]:
@@ -186,6 +189,8 @@ class SQLiteStore:
     def __init__(self, path: Path | str):
         self.path = str(path)
         self.first_free_id = 0
+        self._new: list[dict] = []  # records added, not yet handed to the database thread
+        self._hand_over_call: Any = None
         self._ops: queue.SimpleQueue = queue.SimpleQueue()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -196,14 +201,34 @@ class SQLiteStore:
             raise self._error
 
     # -- the reactor thread ---------------------------------------------------------
+    # New records are handed to the database thread in batches, every
+    # HAND_OVER_EVERY seconds; any other operation hands over what waits first,
+    # so operations keep their order and reads see every record added before.
     def add(self, record: dict) -> None:
-        self._ops.put(("add", _row(record)))
+        self._new.append(record)
+        if self._hand_over_call is None:
+            from twisted.internet import reactor
+
+            self._hand_over_call = reactor.callLater(HAND_OVER_EVERY, self._hand_over)
+
+    def _hand_over(self) -> None:
+        if self._hand_over_call is not None:
+            if self._hand_over_call.active():
+                self._hand_over_call.cancel()
+            self._hand_over_call = None
+        if self._new:
+            new, self._new = self._new, []
+            self._ops.put(("add", new))
+
+    def _put(self, op: str, arg: Any) -> None:
+        self._hand_over()
+        self._ops.put((op, arg))
 
     def update(self, taskid: int, fields: dict) -> None:
-        self._ops.put(("update", (taskid, _encode(fields))))
+        self._put("update", (taskid, _encode(fields)))
 
     def delete(self, taskids: Iterable[int] | None) -> None:
-        self._ops.put(("delete", None if taskids is None else list(taskids)))
+        self._put("delete", None if taskids is None else list(taskids))
 
     def get(self, taskids: list[int], keys: list[str] | None = None) -> defer.Deferred:
         return self._read(self._get, list(taskids), keys or list(COLUMNS))
@@ -217,12 +242,12 @@ class SQLiteStore:
 
     def close(self) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
-        self._ops.put(("close", d))
+        self._put("close", d)
         return d
 
     def _read(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
-        self._ops.put(("read", (fn, args, d)))
+        self._put("read", (fn, args, d))
         return d
 
     # -- the database thread ----------------------------------------------------------
@@ -270,7 +295,7 @@ class SQLiteStore:
             rows: list[tuple] = []
             for op, arg in ops:
                 if op == "add":
-                    rows.append(arg)
+                    rows.extend(_row(record) for record in arg)
                     continue
                 if rows or op in ("update", "delete"):
                     if not in_transaction:
