@@ -36,6 +36,7 @@ class ParallelConnection(SessionClient):
 
     furl_name = PARALLEL_FURL
     remote_interface = RIParallel
+    one_way_submissions = True  # a refused task comes back as a failed record
 
     def __init__(self, remote: Any, source: str = ""):
         super().__init__(remote, source)

@@ -19,7 +19,8 @@ Frames are 4-byte lengths followed by a pickle restricted to plain types
 (``safe_loads`` refuses to load any class, so a peer can never make the
 other side run code by unpickling).  Either end may call the other: a
 request ``(REQUEST, id, method, args)`` is answered by
-``(RESPONSE, id, ok, value)``.
+``(RESPONSE, id, ok, value)``; a request whose id is None
+(``callRemoteOnly``) is not answered.
 """
 
 from __future__ import annotations
@@ -129,6 +130,13 @@ class ChannelProtocol(Int32StringReceiver):
         self.sendString(safe_dumps((REQUEST, call_id, method, args)))
         return d
 
+    def callRemoteOnly(self, method: str, *args: Any) -> None:
+        """Call ``method`` without asking for an answer (as foolscap's
+        ``callRemoteOnly``): the peer runs it and sends nothing back; what it
+        returns or raises is dropped (a failure is logged there)."""
+        if not self._closed:
+            self.sendString(safe_dumps((REQUEST, None, method, args)))
+
     def notifyOnDisconnect(self, callback: Callable, *args: Any) -> None:
         if self._closed:
             reactor.callLater(0, callback, *args)
@@ -177,8 +185,12 @@ class ChannelProtocol(Int32StringReceiver):
         """Handle a handshake frame (subclasses)."""
         self._tls.abortConnection()
 
-    def _dispatch(self, call_id: int, method: str, args: tuple) -> None:
+    def _dispatch(self, call_id: int | None, method: str, args: tuple) -> None:
         d = defer.maybeDeferred(self._invoke, method, args)
+        if call_id is None:  # a call that wants no answer (callRemoteOnly)
+            d.addErrback(lambda f: self.log.warn("a one-way {method} call failed: {e}",
+                                                 method=method, e=f.value))
+            return
         d.addCallbacks(
             lambda value: (True, value),
             lambda f: (False, f"{f.type.__name__}: {f.value} (in {method})"),

@@ -97,6 +97,7 @@ def test_a_killed_engine_fails_what_it_held_for_both_generations(cluster_factory
             pid = int(f.read())
         engine = pids[pid]
         behind = rc[engine].apply_async(engine_pid)  # queued behind, on that engine
+        behind.wait_for_send()
         os.kill(pid, 9)
         result = tc.get_task_result(doomed, block=True)
         assert result.failure.ename == "EngineError"

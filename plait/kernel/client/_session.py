@@ -32,9 +32,14 @@ from plait.wire.task import TaskSpec, encode_task, recovery_chain
 class SessionClient(AsyncClientBase):
     """A client that is a session of the controller and submits tasks (Twisted API)."""
 
+    #: Send submissions one way (the controller reports a refused one as the
+    #: task's failure, in the session's results): a session of plait.parallel.
+    one_way_submissions = False
+
     def __init__(self, remote: Any, source: str = ""):
         super().__init__(remote, source)
-        self._submitter = Submitter(self._outcome)
+        self._submitter = Submitter(
+            self._outcome, self._remote_call_only if self.one_way_submissions else None)
         self._listener: Referenceable | None = None  # the session's end, on foolscap
         self._closed = False
 
@@ -60,6 +65,10 @@ class SessionClient(AsyncClientBase):
         except PlaitConnectionError:
             return defer.fail()
         return super()._remote_call(method, *args)
+
+    def _remote_call_only(self, method: str, *args: Any) -> None:
+        self._check_open()
+        self._remote.callRemoteOnly(method, *args)
 
     def _outcome(self, method: str, *args: Any) -> defer.Deferred:
         return self._remote_call(method, *args).addCallback(raise_outcome)

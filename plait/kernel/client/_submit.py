@@ -91,11 +91,18 @@ class Submitter:
 
     ``call(method, *args)`` makes a remote call of the task interface (in the
     reactor thread) and returns a Deferred firing with its outcome's value.
-    Every other call of the client goes through :meth:`call_after`.
+    Every other call of the client goes through :meth:`call_after`.  With
+    ``call_only(method, *args)`` (a call that gets no answer), submissions
+    are sent one way: the controller reports a refused one as the task's
+    failure, and they coalesce by the ticker alone.
     """
 
-    def __init__(self, call: Callable[..., defer.Deferred]):
+    def __init__(self, call: Callable[..., defer.Deferred],
+                 call_only: Callable[..., None] | None = None):
         self._call = call
+        # One-way submissions (``call_only``): the controller does not confirm
+        # each one, and reports a refusal as the task's failure instead.
+        self._call_only = call_only
         self._lock = threading.Lock()
         # -- guarded by _lock
         self._blocks: deque[list[int]] = deque()  # [next id, end]
@@ -293,6 +300,14 @@ class Submitter:
         return d.addCallbacks(split, lost)
 
     def _send(self, batch: list[tuple[int, bytes]]) -> None:
+        if self._call_only is not None:
+            self.messages_sent += 1
+            self._sent += 1
+            try:
+                self._call_only("submit", batch)
+            except Exception:
+                self._lose(batch, Failure())
+            return
         self._in_flight += 1
         self.messages_sent += 1
         self._sent += 1

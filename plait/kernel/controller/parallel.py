@@ -12,6 +12,7 @@ task controller, shared with the kernel generation's TaskClients.
 
 from __future__ import annotations
 
+import time
 import uuid as uuid_module
 from collections.abc import Iterable
 from typing import Any
@@ -22,8 +23,9 @@ from zope.interface import implementer
 
 from plait.interfaces.parallel import IParallel, IParallelSession
 from plait.kernel.controller.tasksession import TaskSession
-from plait.wire.errors import InvalidTaskID
+from plait.wire.errors import InvalidTaskID, RemoteFailure, TaskSubmissionError
 from plait.wire.records import TaskResultRecord
+from plait.wire.serialize import serialize
 
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
@@ -44,8 +46,23 @@ class ParallelSession(TaskSession):
 
     def submit(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None,
                later: bool = True) -> list[tuple[int, str]]:
-        """Submit tasks of the later generation (``later`` is always True here)."""
-        return self._tasks.submit(tasks, self._owner(owner), later=True)
+        """Submit tasks of the later generation (``later`` is always True here).
+
+        Returns the refused ones, ``[(taskid, reason)]``; each also comes back
+        through :meth:`results` as a failed record (TaskSubmissionError), as
+        the client sends its submissions without waiting for this answer.
+        """
+        refused = self._tasks.submit(tasks, self._owner(owner), later=True)
+        for taskid, reason in refused:
+            failure = RemoteFailure.from_exception(
+                TaskSubmissionError(f"task {taskid} was refused by the controller: {reason}"))
+            now = time.time()
+            self._ready.append(TaskResultRecord(taskid=taskid, status="failed",
+                                                payload=serialize(failure), submitted=now,
+                                                completed=now))
+        if refused:
+            self._wake()
+        return refused
 
     # -- the way back -----------------------------------------------------------------
     def task_finished(self, record: TaskResultRecord) -> None:
