@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from plait.adapters.engine import RemoteEngine
+from plait.adapters.parallel import FOLLOWERS, FoolscapParallel, FoolscapParallelSession
 from plait.interfaces.engine import IEngine, IEngineQueue, IEngineRegistry
 from plait.interfaces.multiengine import IMultiEngine, targets_from_wire, targets_to_wire
+from plait.interfaces.parallel import IHub, IParallel, IParallelSession, RIParallel
+from plait.kernel.controller.hub import Hub
+from plait.kernel.controller.hubstore import MemoryStore
 from plait.kernel.controller.multiengine import KILL_TIMEOUT, MultiEngine, _Departures
+from plait.kernel.controller.parallel import ParallelService
 from plait.kernel.controller.queue import EngineQueue
 from plait.kernel.controller.registry import EngineRegistry
 from plait.kernel.controller.results import ResultStore
+from plait.kernel.controller.task import TaskController
 from plait.wire.errors import (
     EngineError,
     InvalidEngineID,
@@ -208,3 +216,38 @@ def test_kill_waits_for_departures_at_most_a_timeout():
     assert fired == [0, 1] and not departures.watching
     registry.unregister(ids[1])  # no longer watched: nothing happens
     assert fired == [0, 1]
+
+
+def test_the_parallel_services_provide_their_interfaces():
+    registry = EngineRegistry()
+    registry.register(FakeEngine(), "u", {})
+    hub = Hub(MemoryStore(), 7)
+    tasks = TaskController(registry, clock=Clock(), hub=hub)
+    service = ParallelService(tasks, registry, hub, MultiEngine(registry))
+    verifyObject(IHub, hub)
+    verifyObject(IParallel, service)
+    session = service.session()
+    verifyObject(IParallelSession, session)
+    session.close()
+
+
+def _remote_methods(cls) -> dict[str, object]:
+    return {name[len("remote_"):]: getattr(cls, name) for name in dir(cls)
+            if name.startswith("remote_")}
+
+
+@pytest.mark.parametrize("adapter", [FoolscapParallel, FoolscapParallelSession])
+def test_every_remote_method_of_the_parallel_adapters_is_declared(adapter):
+    methods = _remote_methods(adapter)
+    assert sorted(methods) == sorted(RIParallel.names())  # none undeclared, none missing
+    for name, method in methods.items():
+        parameters = list(inspect.signature(method).parameters.values())[1:]  # not self
+        if [p.kind for p in parameters] == [inspect.Parameter.VAR_POSITIONAL]:
+            continue  # refuses whatever it is given (a session-only call)
+        # foolscap hands the arguments over by the names the interface gives them
+        assert [p.name for p in parameters] == RIParallel[name].argumentNames, name
+
+
+def test_the_methods_submit_then_may_call_are_declared():
+    assert FOLLOWERS <= set(RIParallel.names())
+    assert RIParallel.__remote_name__ == "plait.RIParallel"

@@ -155,7 +155,7 @@ class Graph:
                              f"purged): {sorted(set(unknown))}")
         verdict = blocked.verdict()
         if verdict[0] == WAITING:
-            for taskid in pending:
+            for taskid in dict.fromkeys(pending):  # once, though after and follow name it
                 self._blocked_on.setdefault(taskid, []).append(blocked)
             task.blocked = blocked
         return verdict

@@ -78,9 +78,17 @@ def check_query(query: Any, keys: Any) -> list[str]:
         if column not in COLUMNS:
             raise QueryError(f"unknown record key {column!r}; known: {sorted(COLUMNS)}")
         if isinstance(condition, dict):
-            for op in condition:
+            for op, operand in condition.items():
                 if op not in OPERATORS and op not in ("$in", "$nin", "$exists"):
                     raise QueryError(f"unknown query operator {op!r} for {column!r}")
+                if op in ("$in", "$nin") and not isinstance(operand, (list, tuple, set,
+                                                                      frozenset)):
+                    raise QueryError(f"{op} for {column!r} takes a list of values, not "
+                                     f"{operand!r}")
+                if op in ("$lt", "$lte", "$gt", "$gte") and (
+                        operand is None or isinstance(operand, (dict, list, tuple, set))):
+                    raise QueryError(f"{op} for {column!r} compares with a number or a "
+                                     f"string, not {operand!r}")
     if keys is None:
         return list(COLUMNS)
     if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
@@ -191,6 +199,7 @@ class SQLiteStore:
         self.first_free_id = 0
         self._new: list[dict] = []  # records added, not yet handed to the database thread
         self._hand_over_call: Any = None
+        self._closing: defer.Deferred | None = None
         self._ops: queue.SimpleQueue = queue.SimpleQueue()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -205,6 +214,8 @@ class SQLiteStore:
     # HAND_OVER_EVERY seconds; any other operation hands over what waits first,
     # so operations keep their order and reads see every record added before.
     def add(self, record: dict) -> None:
+        if not self._open():
+            return
         self._new.append(record)
         if self._hand_over_call is None:
             from twisted.internet import reactor
@@ -224,11 +235,19 @@ class SQLiteStore:
         self._hand_over()
         self._ops.put((op, arg))
 
+    def _open(self) -> bool:
+        if self._closing is not None:
+            _log_error(RuntimeError("the hub store is closed: a write was dropped"))
+            return False
+        return True
+
     def update(self, taskid: int, fields: dict) -> None:
-        self._put("update", (taskid, _encode(fields)))
+        if self._open():
+            self._put("update", (taskid, _encode(fields)))
 
     def delete(self, taskids: Iterable[int] | None) -> None:
-        self._put("delete", None if taskids is None else list(taskids))
+        if self._open():
+            self._put("delete", None if taskids is None else list(taskids))
 
     def get(self, taskids: list[int], keys: list[str] | None = None) -> defer.Deferred:
         return self._read(self._get, list(taskids), keys or list(COLUMNS))
@@ -241,11 +260,18 @@ class SQLiteStore:
             "SELECT id FROM records ORDER BY id")])
 
     def close(self) -> defer.Deferred:
+        """Write what waits and close the database; a Deferred firing with None
+        (closing again fires once the first close is done)."""
+        if self._closing is None:
+            self._closing = defer.Deferred()
+            self._put("close", self._closing)
         d: defer.Deferred = defer.Deferred()
-        self._put("close", d)
+        self._closing.addBoth(lambda result: (d.callback(None), result)[1])
         return d
 
     def _read(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        if self._closing is not None:
+            return defer.fail(RuntimeError("the hub store is closed"))
         d: defer.Deferred = defer.Deferred()
         self._put("read", (fn, args, d))
         return d
@@ -327,7 +353,14 @@ class SQLiteStore:
         """Insert ``rows``, then apply an update or delete (a bad write is logged)."""
         try:
             if rows:
-                db.executemany(insert, rows)
+                try:
+                    db.executemany(insert, rows)
+                except sqlite3.Error:  # one bad row must not lose the others
+                    for row in rows:
+                        try:
+                            db.execute(insert, row)
+                        except sqlite3.Error as exc:
+                            _log_error(exc)
             if op == "update":
                 taskid, fields = arg
                 if fields:
@@ -376,29 +409,38 @@ class SQLiteStore:
 
 
 def _where(query: dict) -> tuple[list[str], list[Any]]:
+    """SQL conditions meaning what :func:`matches` means (null: a missing value,
+    as in Mongo: ``$ne`` and ``$nin`` match it, ``$in`` does when it lists None)."""
     clauses: list[str] = []
     values: list[Any] = []
     for column, condition in query.items():
         if not isinstance(condition, dict):
             condition = {"$eq": condition}
+
+        def stored(value: Any, column: str = column) -> Any:
+            return json.dumps(value) if column in _JSON and value is not None else value
+
         for op, operand in condition.items():
-            if column in _JSON and op not in ("$exists",):
-                operand = json.dumps(operand)
             if op == "$exists":
                 clauses.append(f"{column} IS {'NOT ' if operand else ''}NULL")
             elif op in ("$in", "$nin"):
-                items = list(operand)
-                if not items:
-                    clauses.append("0" if op == "$in" else "1")
-                    continue
-                marks = ", ".join("?" * len(items))
-                clauses.append(f"{column} {'NOT ' if op == '$nin' else ''}IN ({marks})")
+                items = [stored(v) for v in operand if v is not None]
+                with_null = any(v is None for v in operand)
+                listed = f"{column} IN ({', '.join('?' * len(items))})" if items else "0"
                 values.extend(items)
+                if op == "$in":
+                    clauses.append(f"({listed} OR {column} IS NULL)" if with_null else listed)
+                else:
+                    clauses.append(f"({column} IS NOT NULL AND NOT {listed})" if with_null
+                                   else f"({column} IS NULL OR NOT {listed})")
             elif operand is None and op in ("$eq", "$ne"):
                 clauses.append(f"{column} IS {'NOT ' if op == '$ne' else ''}NULL")
+            elif op == "$ne":
+                clauses.append(f"({column} IS NULL OR {column} != ?)")
+                values.append(stored(operand))
             else:
                 clauses.append(f"{column} {OPERATORS[op]} ?")
-                values.append(operand)
+                values.append(stored(operand))
     return clauses, values
 
 

@@ -85,6 +85,8 @@ class ParallelSession(TaskSession):
             reactor.callLater(0, self._answer)  # gather what happens in this turn
 
     def results(self) -> defer.Deferred:
+        if self.closed:
+            return defer.fail(RuntimeError("this session is closed"))
         if self._poll is not None:
             return defer.fail(RuntimeError("a results() call is waiting already"))
         if self._ready or self._engines_changed:

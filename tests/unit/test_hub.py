@@ -1,0 +1,658 @@
+"""The hub and its stores, as pure logic: no network, no processes.
+
+The memory stores answer at once.  The SQLite store writes behind in a
+thread of its own and fires its Deferreds in the reactor thread, so its
+operations run there, through ``in_reactor`` (as the blocking clients run
+theirs); a Twisted ``Clock`` stands in for the reactor where the hand-over
+timer is the point.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from types import SimpleNamespace
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from zope.interface.verify import verifyObject
+
+from plait.interfaces.parallel import IHub
+from plait.kernel.controller.hub import Hub
+from plait.kernel.controller.hubstore import (
+    COLUMNS,
+    HAND_OVER_EVERY,
+    MemoryStore,
+    NoStore,
+    QueryError,
+    SQLiteStore,
+    check_query,
+    matches,
+    open_store,
+)
+from plait.kernel.controller.registry import EngineRegistry
+from plait.kernel.controller.task import TaskController
+from plait.kernel.controller.taskstate import Task
+from plait.wire.records import TaskResultRecord, msg_id
+from plait.wire.serialize import serialize
+from plait.wire.task import ControllerTask, GraphDependency, TaskSpec, encode_task
+from support import in_reactor
+from support.fakes import FakeEngine, fired, pending
+
+PREFIX = 0x1234_5678_9ABC_DEF0
+
+
+def row(taskid: int, **fields) -> dict:
+    """A store record: ``id`` and the fields given (the other columns missing)."""
+    return {"id": taskid, **fields}
+
+
+def ids_of(records) -> list[int]:
+    return sorted(r["id"] for r in records)
+
+
+# -- the stores ------------------------------------------------------------------------------
+class Opened:
+    """A store under test, closed at teardown if the test did not close it."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def close(self):
+        if isinstance(self.store, SQLiteStore) and self.store._thread.is_alive():
+            in_reactor(self.store.close, timeout=30)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    opened = Opened(MemoryStore() if request.param == "memory"
+                    else SQLiteStore(tmp_path / "hub.sqlite3"))
+    yield opened.store
+    opened.close()
+
+
+@pytest.fixture
+def sqlite_path(tmp_path):
+    return tmp_path / "hub.sqlite3"
+
+
+@pytest.fixture
+def sqlite(sqlite_path):
+    opened = Opened(SQLiteStore(sqlite_path))
+    yield opened.store
+    opened.close()
+
+
+def add_all(store, records) -> None:
+    in_reactor(lambda: [store.add(r) for r in records])
+
+
+def test_add_get_ids_in_the_order_asked(store):
+    add_all(store, [row(2, status="succeeded", engine_id=1), row(0, status="failed"),
+                    row(1, status=None)])
+    assert sorted(in_reactor(store.ids)) == [0, 1, 2]
+    got = in_reactor(store.get, [2, 7, 0], ["status", "engine_id"])
+    assert got == [{"status": "succeeded", "engine_id": 1}, None,
+                   {"status": "failed", "engine_id": None}]
+    [whole] = in_reactor(store.get, [1])
+    assert set(whole) >= {"id", "status"} and whole["id"] == 1 and whole["status"] is None
+
+
+def test_sqlite_ids_are_sorted_and_get_reads_every_column(sqlite):
+    add_all(sqlite, [row(5), row(3), row(4, status="ok", payload=b"\x00\xff")])
+    assert in_reactor(sqlite.ids) == [3, 4, 5]
+    [record] = in_reactor(sqlite.get, [4])
+    assert list(record) == list(COLUMNS)
+    assert record["payload"] == b"\x00\xff" and record["msg_id"] is None
+
+
+def test_get_many_ids_at_once(store):
+    add_all(store, [row(i, attempts=i) for i in range(1_200)])
+    asked = list(range(1_250))[::-1]
+    got = in_reactor(store.get, asked, ["attempts"])
+    assert got == [None if i >= 1_200 else {"attempts": i} for i in asked]
+
+
+def test_update_changes_the_fields_given_only(store):
+    add_all(store, [row(0, status=None, stdout="a", after=[1])])
+    in_reactor(store.update, 0, {"status": "succeeded", "after": [2, 3]})
+    in_reactor(store.update, 9, {"status": "failed"})  # no such record: nothing happens
+    assert in_reactor(store.get, [0, 9], ["status", "stdout", "after"]) == [
+        {"status": "succeeded", "stdout": "a", "after": [2, 3]}, None]
+
+
+def test_delete_some_then_all(store):
+    add_all(store, [row(i) for i in range(4)])
+    in_reactor(store.delete, [1, 3, 99])
+    assert sorted(in_reactor(store.ids)) == [0, 2]
+    in_reactor(store.delete, None)
+    assert in_reactor(store.ids) == [] and in_reactor(store.get, [0]) == [None]
+
+
+def test_json_columns_round_trip(store):
+    add_all(store, [row(0, after=[1, 2], follow=None), row(1, after=[], follow=[0])])
+    got = in_reactor(store.get, [0, 1], ["after", "follow"])
+    assert got == [{"after": [1, 2], "follow": None}, {"after": [], "follow": [0]}]
+    found = in_reactor(store.find, {"follow": [0]}, ["id", "after"])
+    assert found == [{"id": 1, "after": []}]
+
+
+def test_find_picks_the_keys_asked(store):
+    add_all(store, [row(0, status="ok", stdout="x"), row(1, status="ok", stdout="y")])
+    found = in_reactor(store.find, {"status": "ok"}, ["id", "stdout"])
+    assert sorted(found, key=lambda r: r["id"]) == [{"id": 0, "stdout": "x"},
+                                                    {"id": 1, "stdout": "y"}]
+
+
+def test_the_no_store_records_nothing():
+    store = NoStore()
+    store.add(row(0, status="succeeded"))
+    store.update(0, {"status": "failed"})
+    store.delete([0])
+    assert fired(store.get([0])) == [None]
+    assert fired(store.ids()) == [] and fired(store.find({}, ["id"])) == []
+    assert store.first_free_id == 0 and store.name == "none"
+    assert fired(store.close()) is None
+
+
+def test_memory_store_keeps_copies():
+    store = MemoryStore()
+    record = row(0, status="ok")
+    store.add(record)
+    record["status"] = "changed"
+    fired(store.get([0]))[0]["status"] = "changed too"
+    assert fired(store.get([0], ["status"])) == [{"status": "ok"}]
+    assert store.first_free_id == 0
+
+
+def test_open_store_kinds(tmp_path):
+    assert isinstance(open_store("memory", None), MemoryStore)
+    assert isinstance(open_store("none", None), NoStore)
+    with pytest.raises(ValueError, match="needs a path"):
+        open_store("sqlite", None)
+    with pytest.raises(ValueError, match="unknown hub store 'mongo'"):
+        open_store("mongo", tmp_path)
+    opened = Opened(open_store("sqlite", tmp_path / "x.sqlite3"))
+    try:
+        assert isinstance(opened.store, SQLiteStore) and opened.store.name == "sqlite"
+    finally:
+        opened.close()
+
+
+# -- the query language ---------------------------------------------------------------------
+QUERY_RECORDS = [
+    row(0, status="succeeded", engine_id=0, completed=10.0, after=[1, 2], follow=None),
+    row(1, status=None, engine_id=None, completed=None, after=None, follow=[0]),
+    row(2, status="failed", engine_id=1, completed=20.0, after=None, follow=None),
+    row(3, status="succeeded", engine_id=2, completed=30.0, after=[0], follow=[0]),
+]
+
+# (query, the ids of the records it matches): the same on every store, with
+# Mongo's meaning of null (a missing value: $ne and $nin match it)
+QUERIES = [
+    ({}, [0, 1, 2, 3]),
+    ({"status": "succeeded"}, [0, 3]),
+    ({"status": None}, [1]),
+    ({"status": {"$eq": "failed"}}, [2]),
+    ({"status": {"$eq": None}}, [1]),
+    ({"status": {"$ne": None}}, [0, 2, 3]),
+    ({"status": {"$ne": "succeeded"}}, [1, 2]),
+    ({"completed": {"$lt": 20}}, [0]),
+    ({"completed": {"$lte": 20}}, [0, 2]),
+    ({"completed": {"$gt": 20}}, [3]),
+    ({"completed": {"$gte": 20}}, [2, 3]),
+    ({"completed": {"$gt": 5, "$lt": 25}}, [0, 2]),
+    ({"engine_id": 0}, [0]),
+    ({"engine_id": {"$in": [0, 2]}}, [0, 3]),
+    ({"engine_id": {"$in": []}}, []),
+    ({"engine_id": {"$in": [None, 1]}}, [1, 2]),
+    ({"engine_id": {"$nin": [0, 2]}}, [1, 2]),
+    ({"engine_id": {"$nin": []}}, [0, 1, 2, 3]),
+    ({"engine_id": {"$exists": False}}, [1]),
+    ({"engine_id": {"$exists": True}}, [0, 2, 3]),
+    ({"status": "succeeded", "engine_id": {"$gte": 1}}, [3]),
+    ({"after": [1, 2]}, [0]),
+    ({"follow": [0]}, [1, 3]),
+    ({"after": {"$exists": True}}, [0, 3]),
+    ({"after": None}, [1, 2]),
+    ({"follow": {"$eq": None}}, [0, 2]),
+    ({"after": {"$ne": [0]}}, [0, 1, 2]),
+    ({"follow": {"$in": [[0]]}}, [1, 3]),
+]
+
+
+def _query_params():
+    for query, expected in QUERIES:
+        yield pytest.param("memory", query, expected, id=f"memory-{query}")
+        yield pytest.param("sqlite", query, expected, id=f"sqlite-{query}")
+
+
+@pytest.mark.parametrize("kind, query, expected", list(_query_params()))
+def test_query_operators(kind, query, expected, tmp_path):
+    check_query(query, None)
+    assert ids_of(r for r in QUERY_RECORDS if matches(r, query)) == expected
+    opened = Opened(MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "q.sqlite3"))
+    try:
+        add_all(opened.store, QUERY_RECORDS)
+        assert ids_of(in_reactor(opened.store.find, query, ["id"])) == expected
+    finally:
+        opened.close()
+
+
+@pytest.mark.parametrize("query, keys, match", [
+    (["status"], None, "a query is a dict, not a list"),
+    ({"colour": "red"}, None, "unknown record key 'colour'"),
+    ({"status": {"$regex": "s.*"}}, None, r"unknown query operator '\$regex' for 'status'"),
+    ({"status": {"$eq": "ok", "$where": "1"}}, None, "unknown query operator"),
+    ({"completed": {"$lt": None}}, None, r"\$lt for 'completed' compares with a number"),
+    ({"engine_id": {"$in": 5}}, None, r"\$in for 'engine_id' takes a list"),
+    ({}, "status", "keys is a list of record keys"),
+    ({}, ["status", 3], "keys is a list of record keys"),
+    ({}, ["status", "colour"], r"unknown record keys \['colour'\]"),
+])
+def test_check_query_refuses(query, keys, match):
+    with pytest.raises(QueryError, match=match):
+        check_query(query, keys)
+
+
+def test_check_query_names_the_columns():
+    assert check_query({}, None) == list(COLUMNS)
+    assert check_query({"status": {"$exists": True}}, ["status"]) == ["id", "status"]
+    assert check_query({}, ["status", "id", "status"]) == ["id", "status"]
+    assert check_query({}, []) == ["id"]
+
+
+# -- the SQLite store in particular -----------------------------------------------------------
+def test_records_survive_close_and_reopen(sqlite_path):
+    store = SQLiteStore(sqlite_path)
+    assert store.first_free_id == 0
+    add_all(store, [row(i, status="succeeded", payload=serialize(i), after=[i - 1])
+                    for i in range(5)] + [row(10, msg_id="m", follow=[1, 2])])
+    in_reactor(store.close)  # what is not handed over yet goes with the close
+    again = Opened(SQLiteStore(sqlite_path))
+    try:
+        assert again.store.first_free_id == 11  # the largest id + 1
+        assert in_reactor(again.store.ids) == [0, 1, 2, 3, 4, 10]
+        assert in_reactor(again.store.get, [3, 10], ["payload", "after", "follow", "msg_id"]) == [
+            {"payload": serialize(3), "after": [2], "follow": None, "msg_id": None},
+            {"payload": None, "after": None, "follow": [1, 2], "msg_id": "m"}]
+    finally:
+        again.close()
+
+
+def test_an_older_database_gains_the_new_columns(sqlite_path):
+    db = sqlite3.connect(sqlite_path)
+    db.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, status TEXT)")
+    db.execute("INSERT INTO records VALUES (7, 'succeeded')")
+    db.commit()
+    db.close()
+    opened = Opened(SQLiteStore(sqlite_path))
+    try:
+        store = opened.store
+        assert store.first_free_id == 8
+        add_all(store, [row(8, status="failed", follow=[7], resubmitted="x")])
+        assert in_reactor(store.get, [7, 8], ["status", "follow", "resubmitted"]) == [
+            {"status": "succeeded", "follow": None, "resubmitted": None},
+            {"status": "failed", "follow": [7], "resubmitted": "x"}]
+    finally:
+        opened.close()
+
+
+def test_an_unusable_database_file_fails_at_once(tmp_path):
+    with pytest.raises(sqlite3.Error):
+        SQLiteStore(tmp_path)  # a directory
+
+
+def test_reads_see_the_records_added_just_before(sqlite):
+    def turn():
+        sqlite.add(row(0, status="succeeded"))
+        sqlite.add(row(1, status="failed"))
+        return defer.gatherResults([sqlite.get([0, 1], ["status"]), sqlite.ids(),
+                                    sqlite.find({"status": "failed"}, ["id"])])
+
+    assert in_reactor(turn) == [[{"status": "succeeded"}, {"status": "failed"}], [0, 1],
+                                [{"id": 1}]]
+    # added in one call, read in the next: still well before the hand-over timer
+    add_all(sqlite, [row(2)])
+    assert in_reactor(sqlite.ids) == [0, 1, 2]
+
+
+def test_updates_and_deletes_keep_their_order_with_the_adds(sqlite):
+    def turn():
+        sqlite.add(row(0, status=None))
+        sqlite.update(0, {"status": "succeeded"})  # after the add it follows
+        sqlite.add(row(1, status="x"))
+        sqlite.delete([1])
+        sqlite.add(row(1, status="again"))  # re-added after its delete
+        sqlite.add(row(2))
+        sqlite.delete(None)
+        sqlite.add(row(3, status="last"))
+        return sqlite.find({}, ["id", "status"])
+
+    assert in_reactor(turn) == [{"id": 3, "status": "last"}]
+
+    def other_turn():
+        sqlite.add(row(4, status=None))
+        sqlite.update(4, {"status": "failed"})
+        sqlite.add(row(5, status="ok"))
+        sqlite.delete([3])
+        return sqlite.find({}, ["id", "status"])
+
+    assert in_reactor(other_turn) == [{"id": 4, "status": "failed"}, {"id": 5, "status": "ok"}]
+
+
+def test_new_records_are_handed_over_on_a_timer(sqlite, monkeypatch):
+    import twisted.internet
+
+    clock = Clock()
+    monkeypatch.setattr(twisted.internet, "reactor", clock)  # what add() schedules on
+    sqlite.add(row(0))
+    sqlite.add(row(1))
+    [call] = clock.getDelayedCalls()  # one hand-over for every record of the batch
+    assert call.getTime() == pytest.approx(HAND_OVER_EVERY)
+    clock.advance(HAND_OVER_EVERY / 2)
+    assert sqlite._new and clock.getDelayedCalls() == [call]
+    clock.advance(HAND_OVER_EVERY / 2)
+    assert not sqlite._new and clock.getDelayedCalls() == []
+    sqlite.add(row(2))
+    [call] = clock.getDelayedCalls()  # a new batch, a new timer
+    # a read hands over at once, cancelling the timer
+    assert in_reactor(sqlite.ids) == [0, 1, 2]
+    assert clock.getDelayedCalls() == [] and not call.active()
+    monkeypatch.undo()
+
+
+def test_a_bad_write_is_logged_and_the_store_goes_on(sqlite):
+    errors: list[dict] = []
+
+    def observe(event):
+        if "hub database write failed" in event.get("log_format", ""):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        add_all(sqlite, [row(0, status="ok")])
+        in_reactor(sqlite.update, 0, {"no_such_column": 1})
+        assert in_reactor(sqlite.get, [0], ["status"]) == [{"status": "ok"}]
+        add_all(sqlite, [row(1, stdout={"not": "text"})])  # SQLite cannot store a dict
+        assert in_reactor(sqlite.ids) == [0]
+        add_all(sqlite, [row(2, status="later")])
+        in_reactor(sqlite.update, 0, {"status": "updated"})
+        assert in_reactor(sqlite.find, {}, ["id", "status"]) == [
+            {"id": 0, "status": "updated"}, {"id": 2, "status": "later"}]
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert len(errors) == 2
+    assert "no_such_column" in str(errors[0]["error"])
+
+
+def test_a_bad_record_does_not_take_its_neighbours_with_it(sqlite):
+    add_all(sqlite, [row(0, status="ok"), row(1, stdout={"not": "text"}), row(2, status="ok")])
+    assert in_reactor(sqlite.ids) == [0, 2]
+
+
+def test_reads_after_close_fail_instead_of_hanging(sqlite_path):
+    store = SQLiteStore(sqlite_path)
+    in_reactor(store.close)
+    store._thread.join(timeout=30)
+    assert not store._thread.is_alive()
+    [d] = in_reactor(lambda: [store.ids()])
+    assert in_reactor(lambda: d.called)  # one reactor turn later: answered
+    d.addErrback(lambda _: None)
+
+
+# -- the hub -----------------------------------------------------------------------------------
+def make_task(taskid, owner=None, after=None, follow=None, later=True, submitted=100.0):
+    return Task(taskid, ControllerTask(b"P", after=after, follow=follow), submitted, None,
+                taskid, owner, later)
+
+
+def result(taskid, status="succeeded", engineid=0, **fields):
+    return TaskResultRecord(taskid=taskid, status=status, payload=b"v%d" % taskid,
+                            engineid=engineid, engine_uuid=f"uuid-{engineid}",
+                            submitted=100.0, started=101.0, completed=102.0, attempts=1,
+                            **fields)
+
+
+def make_hub(store=None):
+    return Hub(MemoryStore() if store is None else store, PREFIX)
+
+
+def submit(hub, *taskids, owner=None, **options):
+    tasks = [make_task(t, owner, **options) for t in taskids]
+    for task in tasks:
+        hub.submitted(task, b"request %d" % task.taskid)
+    return tasks
+
+
+def finish(hub, task, status="succeeded", engineid=0, **fields):
+    hub.finished(result(task.taskid, status, engineid, **fields), task)
+
+
+def test_the_hub_provides_ihub():
+    assert verifyObject(IHub, make_hub())
+
+
+def test_a_submitted_task_is_pending_with_what_was_submitted():
+    hub = make_hub()
+    client = SimpleNamespace(uuid="client-1")
+    [task] = submit(hub, 4, owner=client, after=GraphDependency((1, 2)),
+                    follow=GraphDependency((3,), all=False))
+    [record] = fired(hub.records([4]))
+    assert record == {
+        "id": 4, "msg_id": msg_id(PREFIX, 4), "client_uuid": "client-1", "kind": "later",
+        "submitted": 100.0, "status": None, "after": [1, 2], "follow": [3],
+        "request": b"request 4"}
+    assert hub.pending() == [4]
+    assert fired(hub.store.ids()) == []  # unfinished: not in the store yet
+    hub.submitted(make_task(5, owner=object(), later=False), None)
+    [other] = fired(hub.records([5]))
+    assert other["client_uuid"] is None and other["kind"] == "task"
+    assert other["after"] is None and other["request"] is None
+
+
+def test_a_finished_task_goes_to_the_store():
+    hub = make_hub()
+    [task] = submit(hub, 0, owner=SimpleNamespace(uuid="c"))
+    finish(hub, task, "failed", engineid=3, stdout="out", stderr="err", pyout="1",
+           engine_started=101.5, engine_completed=101.7)
+    assert hub.pending() == []
+    [record] = fired(hub.store.get([0]))
+    assert record == {
+        "id": 0, "msg_id": msg_id(PREFIX, 0), "client_uuid": "c", "kind": "later",
+        "submitted": 100.0, "status": "failed", "after": None, "follow": None,
+        "request": b"request 0", "started": 101.0, "completed": 102.0, "engine_id": 3,
+        "engine_uuid": "uuid-3", "attempts": 1, "stdout": "out", "stderr": "err",
+        "pyout": "1", "engine_started": 101.5, "engine_completed": 101.7, "payload": b"v0"}
+    assert fired(hub.records([0])) == [record]
+
+
+def test_a_task_finished_unannounced_is_still_recorded():
+    hub = make_hub()
+    hub.finished(result(8), make_task(8))
+    [record] = fired(hub.records([8]))
+    assert record["msg_id"] == msg_id(PREFIX, 8) and record["status"] == "succeeded"
+
+
+def test_records_keep_the_order_asked_and_say_none_for_unknown_ids():
+    hub = make_hub()
+    a, b = submit(hub, 0, 1)
+    finish(hub, a)
+    records = fired(hub.records([1, 9, 0, 1]))
+    assert [r and (r["id"], r["status"]) for r in records] == [
+        (1, None), None, (0, "succeeded"), (1, None)]
+    records[0]["status"] = "meddled"  # a copy: the hub's pending record is untouched
+    assert fired(hub.records([1]))[0]["status"] is None
+
+
+def test_records_with_block_wait_for_every_pending_task():
+    hub = make_hub()
+    a, b, c = submit(hub, 0, 1, 2)
+    finish(hub, c)
+    d = hub.records([0, 1, 2, 42], block=True)
+    assert pending(d)
+    twice = hub.records([1, 1], block=True)
+    finish(hub, b, "aborted")
+    assert pending(d)
+    assert [r["status"] for r in fired(twice)] == ["aborted", "aborted"]
+    finish(hub, a)
+    records = fired(d)
+    assert [r and r["status"] for r in records] == ["succeeded", "aborted", "succeeded", None]
+    assert fired(hub.records([2], block=True))[0]["status"] == "succeeded"  # at once
+
+
+def test_status_sorts_pending_completed_unknown():
+    hub = make_hub()
+    a, _ = submit(hub, 0, 1)
+    finish(hub, a)
+    assert fired(hub.status([1, 0, 5, 0])) == {
+        "pending": [1], "completed": [0, 0], "unknown": [5]}
+
+
+def test_history_lists_every_known_task_in_order():
+    hub = make_hub()
+    tasks = submit(hub, 3, 0, 2)
+    finish(hub, tasks[0])
+    hub.finished(result(1), make_task(1))
+    assert fired(hub.history()) == [0, 1, 2, 3]
+
+
+def test_query_merges_pending_and_stored_records():
+    hub = make_hub()
+    client = SimpleNamespace(uuid="me")
+    tasks = submit(hub, 0, 1, 2, 3, owner=client)
+    finish(hub, tasks[2], engineid=1)
+    finish(hub, tasks[0], "failed", engineid=0)
+    assert fired(hub.query({"client_uuid": "me"}, ["status"])) == [
+        {"id": 0, "status": "failed"}, {"id": 1, "status": None},
+        {"id": 2, "status": "succeeded"}, {"id": 3, "status": None}]
+    assert fired(hub.query({"status": None}, [])) == [{"id": 1}, {"id": 3}]
+    assert fired(hub.query({"status": {"$ne": "succeeded"}}, ["engine_id"])) == [
+        {"id": 0, "engine_id": 0}, {"id": 1, "engine_id": None}, {"id": 3, "engine_id": None}]
+    [whole] = fired(hub.query({"id": 2}))
+    assert list(whole) == list(COLUMNS) and whole["payload"] == b"v2"
+    pending_whole = fired(hub.query({"id": 1}))[0]
+    assert list(pending_whole) == list(COLUMNS) and pending_whole["request"] == b"request 1"
+
+
+@pytest.mark.parametrize("query, keys", [
+    ({"colour": 1}, None), ({"status": {"$like": "%"}}, None), ({}, ["colour"]), ("x", None),
+])
+def test_a_bad_query_fails_the_deferred_with_query_error(query, keys):
+    hub = make_hub()
+    submit(hub, 0)
+    d = hub.query(query, keys)
+    with pytest.raises(QueryError):
+        fired(d)
+
+
+def test_a_malformed_operand_fails_the_deferred_with_query_error():
+    hub = make_hub()
+    submit(hub, 0)
+    d = hub.query({"engine_id": {"$in": 5}})
+    with pytest.raises(QueryError):
+        fired(d)
+
+
+def test_purge_refuses_unfinished_tasks_and_purges_nothing_then():
+    hub = make_hub()
+    a, b, c = submit(hub, 0, 1, 2)
+    finish(hub, a)
+    finish(hub, c)
+    with pytest.raises(ValueError, match=r"cannot purge unfinished tasks: \[.*" + msg_id(PREFIX, 1)):
+        fired(hub.purge([0, 1]))
+    assert fired(hub.history()) == [0, 1, 2]
+    assert fired(hub.purge([0, 77])) is None  # an unknown id is no matter
+    assert fired(hub.history()) == [1, 2]
+    assert fired(hub.records([0])) == [None]
+
+
+def test_purge_all_forgets_every_finished_record_and_keeps_the_pending():
+    hub = make_hub()
+    a, b = submit(hub, 0, 1)
+    finish(hub, a)
+    assert fired(hub.purge(None)) is None
+    assert fired(hub.history()) == [1]
+    finish(hub, b)
+    assert fired(hub.history()) == [1]
+
+
+def test_msg_ids_and_task_ids_round_trip():
+    hub = make_hub()
+    for taskid in (0, 1, 2**48 + 5, 2**64 - 1):
+        text = hub.msg_id(taskid)
+        assert text == msg_id(PREFIX, taskid)
+        assert text.replace("-", "").startswith(f"{PREFIX:016x}")
+        assert hub.taskid(text) == taskid
+        assert hub.taskid(text.upper()) == taskid
+    assert Hub(MemoryStore(), PREFIX + 1).taskid(hub.msg_id(3)) is None  # another controller
+    for garbage in ("not a uuid", None, 3, b"bytes", ""):
+        assert hub.taskid(garbage) is None
+
+
+def test_first_free_id_comes_from_the_store():
+    class Remembering(MemoryStore):
+        first_free_id = 42
+
+    hub = Hub(Remembering(), PREFIX)
+    assert hub.first_free_id == 42 and make_hub().first_free_id == 0
+    registry = EngineRegistry()
+    tc = TaskController(registry, clock=Clock(), hub=hub)
+    assert tc.reserve(3) == 42 and tc.reserve(1) == 45
+
+
+def test_the_task_controller_tells_the_hub_of_its_later_tasks():
+    clock = Clock()
+    clock.advance(500)
+    registry = EngineRegistry()
+    engine = FakeEngine("uuid-a", hold=False)
+    registry.register(engine, engine.uuid, {})
+    hub = make_hub()
+    tc = TaskController(registry, clock=clock, hub=hub)
+    owner = SimpleNamespace(uuid="session", seen=[])
+    owner.task_finished = owner.seen.append
+    data = encode_task(TaskSpec.execute("work"))
+    taskid = tc.reserve(1, owner)
+    assert tc.submit([(taskid, data)], owner, later=True) == []
+    [record] = fired(hub.records([taskid]))
+    assert (record["status"], record["client_uuid"], record["request"]) == (None, "session", data)
+    clock.advance(2)
+    engine.reply("value", seconds=0.5)
+    [record] = fired(hub.records([taskid]))
+    assert record["status"] == "succeeded" and record["engine_uuid"] == "uuid-a"
+    assert record["submitted"] == 500 and record["completed"] == 502
+    assert record["payload"] == serialize("value")
+    assert [r.taskid for r in owner.seen] == [taskid]
+    assert hub.pending() == []
+
+
+def test_a_hub_over_sqlite(sqlite):
+    hub = Hub(sqlite, PREFIX)
+    tasks = {}
+
+    def submit_and_finish():
+        tasks.update(enumerate(submit(hub, 0, 1, 2)))
+        finish(hub, tasks[0])
+        finish(hub, tasks[2], "failed")
+        # read in the same turn: the records just finished are there
+        return defer.gatherResults([
+            hub.records([0, 1, 2, 3]), hub.status([0, 1, 2, 3]), hub.history(),
+            hub.query({"status": {"$in": ["failed", "succeeded"]}}, ["status"])])
+
+    records, status, history, found = in_reactor(submit_and_finish)
+    assert [r and r["status"] for r in records] == ["succeeded", None, "failed", None]
+    assert status == {"pending": [1], "completed": [0, 2], "unknown": [3]}
+    assert history == [0, 1, 2]
+    assert found == [{"id": 0, "status": "succeeded"}, {"id": 2, "status": "failed"}]
+
+    def block():
+        d = hub.records([1], block=True)
+        assert pending(d)
+        finish(hub, tasks[1])  # the waiter reads the record just added: it is there
+        return d
+
+    [record] = in_reactor(block)
+    assert record["status"] == "succeeded"
+    in_reactor(hub.purge, [0, 1])
+    assert in_reactor(hub.history) == [2]
