@@ -74,7 +74,7 @@ def _when(stamp: float | None) -> datetime.datetime | None:
 _BLANK = dict(
     msg_id=None, submitted=None, started=None, completed=None, received=None, engine_id=None,
     engine_uuid=None, status=None, stdout="", stderr="", pyout=None, execute_result=None,
-    pyerr=None, error=None, after=None, follow=None, outputs=None,
+    pyerr=None, error=None, after=None, follow=None, outputs=None, execution_count=None,
 )
 
 
@@ -183,6 +183,7 @@ class AsyncResult(concurrent.futures.Future):
         md["stdout"] = record.stdout
         md["stderr"] = record.stderr
         md["pyout"] = md["execute_result"] = record.pyout
+        md["execution_count"] = record.execution_count
         md["status"] = "ok" if error is None else "error"
         md["pyerr"] = md["error"] = error
         with self._cond:
@@ -418,7 +419,7 @@ class AsyncResult(concurrent.futures.Future):
         mds: list[dict] = list(self._metadata)
         for group in ([[md] for md in mds] if groupby == "engine" else [mds]):
             for md in group:
-                _print_stream("stdout", md.get("engine_id"), _own_stdout(md), sys.stdout)
+                _print_stream("stdout", md.get("engine_id"), md.get("stdout") or "", sys.stdout)
             for md in group:
                 _print_stream("stderr", md.get("engine_id"), md.get("stderr") or "",
                               sys.stderr)
@@ -490,16 +491,6 @@ def _print_stream(name: str, engine_id: Any, text: str, stream: Any) -> None:
         print(f"[{name}:{engine_id}] " + text.rstrip("\n").replace("\n", f"\n[{name}:"
                                                                     f"{engine_id}] "),
               file=stream)
-
-
-def _own_stdout(md: dict) -> str:
-    """What the task printed: its stdout without the repr of a final expression's
-    value, which the engine's interpreter writes there too (``Out[...]`` shows it)."""
-    out = md.get("stdout") or ""
-    pyout = md.get("pyout")
-    if pyout is not None and out.endswith(pyout + "\n"):
-        out = out[:len(out) - len(pyout) - 1]
-    return out
 
 
 def _print_outputs(mds: list[dict], collate: bool) -> None:

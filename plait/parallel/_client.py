@@ -428,6 +428,7 @@ class Client:
     def activate(self, targets: Any = "all", suffix: str = "") -> DirectView:
         """Make a DirectView of ``targets`` the one of the ``%px`` magics."""
         view = self.direct_view(targets)
+        view.block = True  # the magics wait for their results, as in ipyparallel
         view.activate(suffix)
         return view
 

@@ -42,7 +42,8 @@ class TaskResultRecord:
     task failed for good; ``recovery_of`` the task this one recovers.
     For ``call`` and ``execute`` tasks, ``stdout``/``stderr`` hold their
     output, ``engine_started``/``engine_completed`` the engine's clock
-    around the call, ``pyout`` the repr of a final expression's value.
+    around the call, ``pyout`` the repr of a final expression's value,
+    ``execution_count`` an execute task's command number on its engine.
     """
 
     taskid: int
@@ -63,6 +64,7 @@ class TaskResultRecord:
     engine_started: float | None = None
     engine_completed: float | None = None
     pyout: str | None = None
+    execution_count: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -100,7 +102,7 @@ def record_of(row: dict) -> TaskResultRecord:
         completed=row.get("completed") or 0.0, attempts=row.get("attempts") or 0,
         stdout=row.get("stdout") or "", stderr=row.get("stderr") or "",
         engine_started=row.get("engine_started"), engine_completed=row.get("engine_completed"),
-        pyout=row.get("pyout"),
+        pyout=row.get("pyout"), execution_count=row.get("execution_count"),
     )
 RECORD_MAGIC = b"R1"
 

@@ -483,10 +483,12 @@ class StashFetch:
 #: One task's entry in a batch reply: ``(ok, payload or None, seconds, stash key or
 #: None, meta or None)``; ``meta`` (for ``call`` and ``execute`` tasks) is a dict of
 #: plain data: ``started`` and ``completed`` (engine clock), ``stdout``, ``stderr``,
-#: ``pyout`` (the repr of the value of source ending with an expression, or None)
-#: and ``unmet`` (True: a functional dependency was not met on this engine).
+#: ``pyout`` (the repr of the value of source ending with an expression, or None),
+#: ``execution_count`` (an execute task's command number on its engine) and
+#: ``unmet`` (True: a functional dependency was not met on this engine).
 BatchItem = tuple[bool, "bytes | None", float, "bytes | None", "dict | None"]
-META_KEYS = frozenset({"started", "completed", "stdout", "stderr", "pyout", "unmet"})
+META_KEYS = frozenset({"started", "completed", "stdout", "stderr", "pyout", "unmet",
+                       "execution_count"})
 
 
 def decode_batch_reply(payload: bytes, n: int) -> list[BatchItem]:

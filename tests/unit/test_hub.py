@@ -464,7 +464,8 @@ def test_a_finished_task_goes_to_the_store():
         "submitted": 100.0, "status": "failed", "after": None, "follow": None,
         "request": b"request 0", "started": 101.0, "completed": 102.0, "engine_id": 3,
         "engine_uuid": "uuid-3", "attempts": 1, "stdout": "out", "stderr": "err",
-        "pyout": "1", "engine_started": 101.5, "engine_completed": 101.7, "payload": b"v0"}
+        "pyout": "1", "engine_started": 101.5, "engine_completed": 101.7, "payload": b"v0",
+        "execution_count": None}
     assert fired(hub.records([0])) == [record]
 
 

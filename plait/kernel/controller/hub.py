@@ -71,6 +71,7 @@ class Hub:
             started=record.started, completed=record.completed, engine_id=record.engineid,
             engine_uuid=record.engine_uuid, status=record.status, attempts=record.attempts,
             stdout=record.stdout, stderr=record.stderr, pyout=record.pyout,
+            execution_count=record.execution_count,
             engine_started=record.engine_started, engine_completed=record.engine_completed,
             payload=record.payload,
         )

@@ -54,6 +54,7 @@ COLUMNS: dict[str, str] = {
     "stdout": "TEXT",
     "stderr": "TEXT",
     "pyout": "TEXT",
+    "execution_count": "INTEGER",
     "after": "TEXT",
     "follow": "TEXT",
     "payload": "BLOB",
@@ -266,7 +267,12 @@ class SQLiteStore:
             self._closing = defer.Deferred()
             self._put("close", self._closing)
         d: defer.Deferred = defer.Deferred()
-        self._closing.addBoth(lambda result: (d.callback(None), result)[1])
+
+        def closed(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self._closing.addBoth(closed)
         return d
 
     def _read(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:

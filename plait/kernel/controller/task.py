@@ -672,6 +672,7 @@ class TaskController:
             record.engine_started = meta.get("started")
             record.engine_completed = meta.get("completed")
             record.pyout = meta.get("pyout")
+            record.execution_count = meta.get("execution_count")
         task.record = record
         task.spec = None
         if task.expiry is not None:

@@ -303,11 +303,13 @@ class Interpreter:
 
     # -- execute -------------------------------------------------------
 
-    def execute(self, lines: str, filename: str | None = None) -> dict:
+    def execute(self, lines: str, filename: str | None = None, echo: bool = True) -> dict:
         """Run the Python source ``lines``; return the command's result dict.
 
         ``filename`` names the source in tracebacks (as ``run`` does with the
-        name of the file it sends); default ``<In [n]>``.  A failing command
+        name of the file it sends); default ``<In [n]>``.  The repr of the
+        value of a final expression is :attr:`last_pyout` and, with ``echo``
+        (the kernel generation's way), written to stdout too.  A failing command
         raises the exception of user code (SyntaxError for bad source) with the
         result dict attached as ``plait_result``.
         """
@@ -334,7 +336,7 @@ class Interpreter:
             failure: BaseException | None = None
             with _captured(self.output_limit) as (out, err):
                 try:
-                    self._run_source(source, name, out)
+                    self._run_source(source, name, out if echo else None)
                 except BaseException as exc:
                     failure = exc
             result["stdout"], result["stderr"] = out.getvalue(), err.getvalue()
@@ -346,7 +348,7 @@ class Interpreter:
                 raise failure.with_traceback(_user_traceback(failure.__traceback__))
             return _copy_result(result)
 
-    def _run_source(self, source: str, name: str, out: _Capture) -> None:
+    def _run_source(self, source: str, name: str, out: _Capture | None) -> None:
         # (typeshed types compile(..., PyCF_ONLY_AST) as AST; in "exec" mode it is a Module)
         tree = cast(
             ast.Module, compile(source, name, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
@@ -361,7 +363,8 @@ class Interpreter:
             value = eval(last, self.namespace)
             if value is not None:
                 self.last_pyout = repr(value)
-                out.write(self.last_pyout + "\n")
+                if out is not None:
+                    out.write(self.last_pyout + "\n")
 
     def get_result(self, i: int | None = None) -> dict:
         """The result dict of command number ``i`` (None: the last command).

@@ -54,7 +54,7 @@ class Interpreter(Protocol):
 
     def pull(self, keys: list[str]) -> list: ...
 
-    def execute(self, lines: str) -> dict: ...
+    def execute(self, lines: str, filename: str | None = None, echo: bool = True) -> dict: ...
 
     def apply(self, function: Callable[..., Any], args: tuple, kwargs: dict) -> Any: ...
 
@@ -115,10 +115,10 @@ def run_call(interpreter: Interpreter, task: EngineTask) -> tuple[Any, dict]:
     try:
         if task.kind == "execute":
             assert task.expression is not None
-            result = interpreter.execute(task.expression)
+            result = interpreter.execute(task.expression, echo=False)
             value = None
             meta.update(stdout=result["stdout"], stderr=result["stderr"],
-                        pyout=interpreter.last_pyout)
+                        pyout=interpreter.last_pyout, execution_count=result["number"])
         else:
             assert task.function is not None
             value, meta["stdout"], meta["stderr"] = interpreter.call(
