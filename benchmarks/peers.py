@@ -67,6 +67,12 @@ LABELS = {
         "task_rate": "lview.apply_async(noop) x N + lview.wait",
         "task_map": "lview.map_sync(x**10, range({n})), chunksize 1 (default)",
         "task_uneven": "lview.map_sync of uneven sleeps: makespan / ideal",
+        "par_rtt": "rc[0].apply_sync(noop) round trip",
+        "par_lb_rtt": "lview.apply_sync(noop) round trip",
+        "par_rate": "lview.apply_async(noop) x N + rc.wait",
+        "par_map": "lview.map_sync(x**10, range({n})), default chunksize (1)",
+        "par_pushpull": "rc[0].push + rc[0].pull {size} array",
+        "par_dag": "a DAG of N tasks, 3 dependencies each (after=)",
     },
     "dask": {
         "start": "LocalCluster(n_workers=2) + Client + wait_for_workers",
@@ -82,6 +88,8 @@ LABELS = {
     },
 }
 TWO = {"start", "stop", "rtt_one", "task_latency", "task_rate", "task_map", "task_uneven"}
+#: The parallel section's figures ipyparallel is measured for (its own API: the same calls).
+PARALLEL = {"par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull", "par_dag"}
 FOUR = {"execute_all", "dv_map", "scatter_gather"}
 
 
@@ -229,6 +237,13 @@ def ipyparallel(p: dict, r: Results) -> None:
     ops = set(p["ops"])
     if _wanted(ops, TWO):
         _start_stop_cycles(lambda: IppCluster(2), lambda c: _ipp_two(c.rc, ops, p, r), ops, p, r)
+    if ops & PARALLEL:
+        c = IppCluster(2)
+        try:
+            c.start()
+            _ipp_parallel(c.rc, ops, p, r)
+        finally:
+            c.stop()
     if _wanted(ops, FOUR):
         c = IppCluster(4)
         try:
@@ -287,6 +302,58 @@ def _ipp_two(rc, ops: set[str], p: dict, r: Results) -> None:
             ", chunksize 1"))
     if "task_uneven" in ops:
         r.measure("task_uneven", lambda: _uneven(r, p, lambda s: lv.map_sync(sleep_for, s)))
+
+
+def _ipp_parallel(rc, ops: set[str], p: dict, r: Results) -> None:
+    """The parallel section's figures, with ipyparallel's own API (what plait's mimics)."""
+    from plait_bench import dag_edges
+
+    v, lv = rc[0], rc.load_balanced_view()
+    if "par_rtt" in ops:
+        r.measure("par_rtt", lambda: r.add(
+            "par_rtt", rtt(lambda: v.apply_sync(noop), p["rtt_count"]) * 1e3))
+    if "par_lb_rtt" in ops:
+        r.measure("par_lb_rtt", lambda: r.add(
+            "par_lb_rtt", rtt(lambda: lv.apply_sync(noop), p["rtt_count"]) * 1e3))
+    if "par_rate" in ops:
+        def rate() -> None:
+            n, rates = p["peer_par_tasks"], []
+            for _ in range(p["rate_rounds"]):
+                t0 = time.perf_counter()
+                ars = [lv.apply_async(noop) for _ in range(n)]
+                rc.wait(ars)
+                rates.append(n / (time.perf_counter() - t0))
+            r.add("par_rate", median(rates), each=rates, detail=f"{n} tasks a round")
+
+        r.measure("par_rate", rate)
+    if "par_map" in ops:
+        r.measure("par_map", lambda: _map_figure(
+            r, "par_map", lambda seq: lv.map_sync(power10, seq), p, p["peer_map_repeat"],
+            ", chunksize 1 (its default)"))
+    if "par_pushpull" in ops:
+        def pushpull() -> None:
+            nbytes = int(max(p["sizes"]) * MB)
+            a = rng_array(nbytes)
+            v.push(dict(a=a), block=True)
+            v.pull("a", block=True)
+            rounds = [(timed(lambda: v.push(dict(a=a), block=True)),
+                       timed(lambda: v.pull("a", block=True))) for _ in range(p["repeat"])]
+            v.execute("del a", block=True)
+            _record_pushpull(r, "par_pushpull", nbytes, rounds)
+
+        r.measure("par_pushpull", pushpull)
+    if "par_dag" in ops:
+        def dag() -> None:
+            n = p["peer_par_tasks"]
+            t0 = time.perf_counter()
+            ars = []
+            for deps in dag_edges(n):
+                with lv.temp_flags(after=[ars[j] for j in deps]):
+                    ars.append(lv.apply_async(noop))
+            rc.wait(ars)
+            r.add("par_dag", n / (time.perf_counter() - t0), detail=f"{n} tasks")
+
+        r.measure("par_dag", dag)
 
 
 def _ipp_scatter(dv, p: dict, r: Results) -> None:

@@ -1,7 +1,7 @@
 """plait's figures: one section per child process, each on clusters of its own.
 
 ``python plait_bench.py SECTION --params JSON --out FILE`` with SECTION one of
-``foundation``, ``multiengine``, ``task``.  Clusters are started with
+``foundation``, ``multiengine``, ``task``, ``parallel``.  Clusters are started with
 ``ipcluster start -n N --daemonize`` in a temporary PLAIT_DIR and stopped with
 ``ipcluster stop`` in ``finally`` blocks.  What each figure means is written
 in ``run.py``'s catalogue (``python run.py --list``).
@@ -260,7 +260,154 @@ def _task_uneven(tc, p: dict, r: Results) -> None:
                  f"({len(sleeps)} sleeps, {sum(sleeps):.2f} s of work on 2 engines)")
 
 
-SECTIONS = {"foundation": foundation, "multiengine": multiengine, "task": task}
+# -- parallel (the later generation) ----------------------------------------------------------
+
+PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
+                 "par_pushpull_vs_mec", "par_dag", "par_hub_rss", "par_hub_query"]
+
+
+def dag_edges(n: int, k: int = 3, window: int = 64, seed: int = 1) -> list[list[int]]:
+    """For each of ``n`` tasks, the ``k`` earlier tasks it depends on (drawn among
+    the ``window`` before it: a DAG as wide as a real workflow's)."""
+    import random
+
+    rng = random.Random(seed)
+    return [rng.sample(range(max(0, i - window), i), min(k, i)) for i in range(n)]
+
+
+def parallel(p: dict, r: Results) -> None:
+    import plait.parallel as ipp
+    from plait.kernel import client
+
+    with plait_cluster(2) as cluster:
+        rc = ipp.Client(cluster.furl("client"))
+        rc.wait_for_engines(2, timeout=60)
+        v, lv = rc[0], rc.load_balanced_view()
+        r.measure("par_rtt", lambda: r.add(
+            "par_rtt", rtt(lambda: v.apply_sync(noop), p["rtt_count"]) * 1e3,
+            detail="rc[0].apply_sync(noop), SQLite hub"))
+        r.measure("par_lb_rtt", lambda: r.add(
+            "par_lb_rtt", rtt(lambda: lv.apply_sync(noop), p["rtt_count"]) * 1e3))
+        r.measure("par_rate", lambda: _par_rate(rc, lv, p, r))
+        r.measure("par_map", lambda: _map_figure_plait(r, "par_map", lv.map_sync, p))
+        mec = client.MultiEngineClient(cluster.furl("mec"))
+        r.measure(["par_pushpull", "par_pushpull_vs_mec"], lambda: _par_pushpull(v, mec, p, r))
+        r.measure("par_dag", lambda: _par_dag(rc, lv, p["dag_n"], r))
+        rc.close()
+    with plait_cluster(2) as cluster:
+        r.measure(["par_hub_rss", "par_hub_query"], lambda: _par_hub(cluster, p, r))
+
+
+def _par_rate(rc, lv, p: dict, r: Results) -> None:
+    n = p["par_tasks"]
+    rc.wait([lv.apply_async(noop) for _ in range(100)])
+    rates, submits = [], []
+    for _ in range(p["rate_rounds"]):
+        t0 = time.perf_counter()
+        ars = [lv.apply_async(noop) for _ in range(n)]
+        t1 = time.perf_counter()
+        if not rc.wait(ars, timeout=600):
+            raise RuntimeError("the tasks did not finish in 600 s")
+        rates.append(n / (time.perf_counter() - t0))
+        submits.append(n / (t1 - t0))
+        ars[-1].get()
+    r.add("par_rate", median(rates), each=rates,
+          detail=f"{n} tasks a round, SQLite hub; submitting alone {median(submits):.0f}/s")
+
+
+def _map_figure_plait(r: Results, key: str, run_map, p: dict) -> None:
+    if list(run_map(power10, range(-100, 0))) != [power10(x) for x in range(-100, 0)]:
+        raise AssertionError(f"{key}: the warm-up map returned a wrong result")
+    times = [timed(lambda: run_map(power10, range(p["map_n"]))) for _ in range(p["repeat"])]
+    r.add(key, median(times), each=times, detail=f"n={p['map_n']}, default chunksize")
+
+
+def _par_pushpull(v, mec, p: dict, r: Results) -> None:
+    size_mb = max(p["sizes"])
+    nbytes = int(size_mb * MB)
+    a = rng_array(nbytes)
+    v.push(dict(a=a), block=True)
+    _check_equal(v.pull("a", block=True), a, "DirectView push+pull")
+    mine, theirs = [], []
+    for _ in range(p["repeat"]):  # interleaved: the same noise for both
+        t = timed(lambda: v.push(dict(a=a), block=True)) + timed(lambda: v.pull("a", block=True))
+        mine.append(2 * nbytes / t / MB)
+        t = (timed(lambda: mec.push(dict(a=a), targets=0))
+             + timed(lambda: mec.pull("a", targets=0)))
+        theirs.append(2 * nbytes / t / MB)
+    v.execute("del a", block=True)
+    r.add("par_pushpull", median(mine), each=mine, detail=f"{size_mb:g} MB float64")
+    r.add("par_pushpull_vs_mec", median(mine) / median(theirs),
+          detail=f"mec.push+pull of the same, interleaved: {median(theirs):.0f} MB/s")
+
+
+def _par_dag(rc, lv, n: int, r: Results) -> None:
+    edges = dag_edges(n)
+    t0 = time.perf_counter()
+    ars = []
+    for deps in edges:
+        lv.after = [ars[j] for j in deps] or None
+        ars.append(lv.apply_async(noop))
+    lv.after = None
+    t1 = time.perf_counter()
+    if not rc.wait(ars, timeout=600):
+        raise RuntimeError("the DAG did not finish in 600 s")
+    elapsed = time.perf_counter() - t0
+    for ar, deps in zip(ars[-50:], edges[-50:], strict=True):  # a check of the order
+        started = ar.metadata.started
+        if any(ars[j].metadata.completed > started for j in deps):
+            raise AssertionError("a task of the DAG started before one it depends on ended")
+    r.add("par_dag", n / elapsed,
+          detail=f"{n} tasks, 3 dependencies each (after=); submitting {n / (t1 - t0):.0f}/s")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def _par_hub(cluster, p: dict, r: Results) -> None:
+    import datetime
+    import json
+
+    import plait.parallel as ipp
+
+    state = json.loads((cluster.plait_dir / "profile_default" / "run" / "ipcluster.json")
+                       .read_text())
+    controller = state["controller"]
+    rc = ipp.Client(cluster.furl("client"))
+    lv = rc.load_balanced_view()
+    rc.wait([lv.apply_async(noop) for _ in range(100)])
+    idle = _rss_mb(controller)
+    start = datetime.datetime.now()
+    n, done = p["hub_results"], 0
+    while done < n:
+        batch = min(10_000, n - done)
+        if not rc.wait([lv.apply_async(noop) for _ in range(batch)], timeout=600):
+            raise RuntimeError("the hub tasks did not finish in 600 s")
+        rc.purge_local_results("all")  # the client's memory is not the figure
+        done += batch
+    grown = _rss_mb(controller) - idle
+    rows = None
+
+    def query() -> None:
+        nonlocal rows
+        rows = rc.db_query({"submitted": {"$gte": start}}, keys=["msg_id", "engine_id"])
+
+    times = [timed(query) for _ in range(3)]
+    if rows is None or len(rows) != n:
+        raise AssertionError(f"db_query found {0 if rows is None else len(rows)} of {n} records")
+    rc.close()
+    r.add("par_hub_rss", grown, detail=f"controller RSS {idle:.0f} MB idle, "
+          f"{idle + grown:.0f} MB after {n} results (SQLite hub)")
+    r.add("par_hub_query", median(times),
+          detail=f"db_query of all {n} records by submitted time, keys msg_id and engine_id")
+
+
+SECTIONS = {"foundation": foundation, "multiengine": multiengine, "task": task,
+            "parallel": parallel}
 
 
 def main_child(params: dict, results: Results) -> None:

@@ -8,8 +8,9 @@ Usage::
     python benchmarks/run.py --list               # what every figure means
 
 Sections: ``foundation`` (round trip, push+pull, ipcluster start/stop),
-``multiengine`` (4 engines), ``task`` (2 engines), ``peers`` (ipyparallel and
-dask doing the same, where installed).  The machine's limits (loopback TCP
+``multiengine`` (4 engines), ``task`` (2 engines), ``parallel`` (the later
+generation, ``plait.parallel``, with ipyparallel measured in the same run),
+``peers`` (ipyparallel and dask doing the same, where installed).  The machine's limits (loopback TCP
 round trip, one-hop TLS bandwidth, interpreter start, local map) are measured
 in the same run whenever a plait section runs, and every plait figure is shown
 as a ratio to its limit and to each peer's figure.
@@ -36,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 from harness import HERE, run_child  # noqa: E402
 
-SECTIONS = ("foundation", "multiengine", "task", "peers")
+SECTIONS = ("foundation", "multiengine", "task", "parallel", "peers")
+PLAIT_SECTIONS = SECTIONS[:4]
 
 
 @dataclass
@@ -109,7 +111,46 @@ def catalogue(p: dict) -> list[Spec]:
              "", "tc.map(sleep_for, [0.1]*8 + [0.01]*24 (x scale)) on 2 engines; ideal = "
              "max(total / 2, longest task); 1.0 is perfect balance, a static split gives 1.7"),
     ]
-    return specs
+    return specs + _parallel_specs(p)
+
+
+def _parallel_specs(p: dict) -> list[Spec]:
+    n, size = p["map_n"], max(p["sizes"])
+    return [
+        Spec("parallel", "par_rtt", "rc[0].apply_sync(noop) round trip", "ms", ("<=", 0.8),
+             "tcp_rtt", "", f"median of {p['rtt_count']} blocking DirectView.apply_sync of a "
+             "no-op on a 2-engine cluster with the SQLite hub, after 20 warm-up calls"),
+        Spec("parallel", "par_lb_rtt", "lview.apply_sync(noop) round trip", "ms", None,
+             "tcp_rtt", "", "the same through a LoadBalancedView"),
+        Spec("parallel", "par_rate", "lview.apply_async(noop) x N + rc.wait", "tasks/s",
+             (">=", 10_000.0), None, "ipp about 500",
+             f"N={p['par_tasks']} no-op tasks submitted one by one, then rc.wait(ars); N / "
+             f"elapsed, median of {p['rate_rounds']} rounds, 2 engines, SQLite hub on"),
+        Spec("parallel", "par_map", f"lview.map_sync(x**10, range({n}))", "s",
+             ("<=", 0.5) if n == 10_000 else None, "local_map",
+             "ipp 20 (chunksize 1)" if n == 10_000 else "",
+             f"blocking LoadBalancedView.map_sync with the default chunksize, 2 engines; "
+             f"median of {p['repeat']}"),
+        Spec("parallel", "par_pushpull", f"DirectView push+pull {size:g} MB array", "MB/s",
+             None, "tls_bw", "", f"2 x {size:g} MB / (rc[0].push + rc[0].pull time), "
+             f"blocking; median of {p['repeat']} rounds interleaved with mec's"),
+        Spec("parallel", "par_pushpull_vs_mec", "DirectView push+pull / mec push+pull", "x",
+             (">=", 0.95), None, "", "the rate above over mec.push + mec.pull of the same "
+             "array on the same engine, interleaved round by round (1.0: as fast; the "
+             "target allows 5% of noise)"),
+        Spec("parallel", "par_dag", f"a DAG of {p['dag_n']} tasks, 3 dependencies each",
+             "tasks/s", (">=", 5000.0) if p["dag_n"] >= 10_000 else None, None, "",
+             "each task depends (after=) on 3 of the 64 tasks before it; N / the time from "
+             "the first submission to the last result, 2 engines"),
+        Spec("parallel", "par_hub_rss", f"controller RSS growth after {p['hub_results']} "
+             "results", "MB", ("<=", 300.0) if p["hub_results"] >= 100_000 else None, None,
+             "", "controller RSS after that many no-op tasks finished (SQLite hub, records "
+             "kept) minus its RSS once idle after 100 tasks"),
+        Spec("parallel", "par_hub_query", f"db_query over {p['hub_results']} records", "s",
+             ("<=", 0.5) if p["hub_results"] >= 100_000 else None, None, "",
+             "rc.db_query({'submitted': {'$gte': start}}, keys=['msg_id', 'engine_id']) "
+             "answering every record; median of 3"),
+    ]
 
 
 LIMITS = {
@@ -129,7 +170,9 @@ def params_for(args: argparse.Namespace) -> dict:
              map_n=1000 if quick else 10_000, tasks=200 if quick else 3000,
              rate_rounds=1 if quick else 3, latency_count=30 if quick else 300,
              uneven_scale=0.2 if quick else 1.0, peer_tasks=200 if quick else 1000,
-             peer_map_repeat=1, tls_mb=10.0 if quick else 100.0)
+             peer_map_repeat=1, tls_mb=10.0 if quick else 100.0,
+             par_tasks=500 if quick else 10_000, dag_n=500 if quick else 10_000,
+             hub_results=2000 if quick else 100_000, peer_par_tasks=200 if quick else 1000)
     for name in ("rtt_count", "repeat", "cycles", "tasks", "map_n"):
         value = getattr(args, name)
         if value is not None:
@@ -146,7 +189,7 @@ def params_for(args: argparse.Namespace) -> dict:
 def run_all(args: argparse.Namespace, p: dict) -> tuple[dict, list[str]]:
     """Measure what was asked; returns ``({"plait": {...}, "limits": ..., peer: ...}, notes)``."""
     only = args.only
-    plait_sections = [s for s in SECTIONS[:3] if s in only]
+    plait_sections = [s for s in PLAIT_SECTIONS if s in only]
     measured: dict[str, dict] = {}
     notes: list[str] = []
     timeout = args.timeout or (180 if args.quick else 900)
@@ -175,14 +218,18 @@ def run_all(args: argparse.Namespace, p: dict) -> tuple[dict, list[str]]:
     for section in plait_sections:
         for key, fig in child("plait_bench.py", section, p).items():
             measured["plait"][f"{section}.{key}" if key != "_error" else f"{section}._error"] = fig
-    wanted = [s.key for s in catalogue(p) if s.section in (plait_sections or SECTIONS[:3])
-              and not s.key.endswith(("_vs_one", "_vs_ipp"))]
+    wanted = [s.key for s in catalogue(p) if s.section in (plait_sections or PLAIT_SECTIONS)
+              and not s.key.endswith(("_vs_one", "_vs_ipp", "_vs_mec"))]
+    parallel_ops = [s.key for s in catalogue(p) if s.section == "parallel"
+                    and s.key in peers.PARALLEL]
     for peer in peers.PEERS:
         version = peers.installed(peer)
         if "peers" in only:
             ops = wanted
-        elif "multiengine" in only and peer == "ipyparallel":
-            ops = ["dv_map"]  # the multiengine section compares with it in the same run
+        elif peer == "ipyparallel" and ("multiengine" in only or "parallel" in only):
+            # those sections compare with it in the same run
+            ops = (["dv_map"] if "multiengine" in only else []) + (
+                parallel_ops if "parallel" in only else [])
         else:
             continue
         if version is None:
@@ -269,7 +316,8 @@ def build_rows(p: dict, measured: dict, only: list[str]) -> list[dict]:
         version = measured[peer].get("_version", "")
         for spec in catalogue(p):
             fig = measured[peer].get(spec.key)
-            if fig is None or "peers" not in only and spec.key != "dv_map":
+            if fig is None or "peers" not in only and spec.key != "dv_map" and not (
+                    spec.section == "parallel" and "parallel" in only):
                 continue
             template = peers.LABELS[peer].get(spec.key.split("_")[0] if spec.key.startswith(
                 "pushpull_") else spec.key, spec.label)

@@ -256,7 +256,9 @@ class AsyncResult(concurrent.futures.Future):
                 return bool(self._order) or not self._ids
             if return_when == FIRST_EXCEPTION and self._failures:
                 return True
-            return len(self._order) == len(self._ids)
+            # done(), not "every result arrived": the Future is settled a moment
+            # after the last arrival (it notifies this same condition then)
+            return self.done()
 
         with self._cond:
             self._cond.wait_for(reached, limit)
