@@ -21,7 +21,7 @@ from plait.adapters._outcome import outcome
 from plait.adapters._uploads import OffersUploads
 from plait.interfaces.parallel import IParallel, IParallelSession, RIParallel
 from plait.wire.errors import TaskAlreadyCompleted
-from plait.wire.records import encode_result, record_of
+from plait.wire.records import encode_result, encode_results, record_of
 from plait.wire.serialize import loads_plain
 
 #: The methods :meth:`FoolscapParallelSession.remote_submit_then` may call.
@@ -139,7 +139,7 @@ class FoolscapParallelSession(FoolscapParallel):
     def remote_results(self) -> defer.Deferred:
         d = defer.maybeDeferred(self.session.results)
         return outcome(d.addCallback(
-            lambda news: ([encode_result(r) for r in news[0]], news[1])))
+            lambda news: (encode_results(news[0]), news[1])))
 
     def remote_abort(self, taskids: list) -> defer.Deferred:
         def abort() -> list[int]:

@@ -160,9 +160,10 @@ class RIParallel(RemoteInterface):
         return Outcome
 
     def results():
-        """Value: ``(encoded records, engine ids or None)``, once there is news:
-        this session's tasks finished since the last call, the engines
-        changed (a long poll)."""
+        """Value: ``(records, engine ids or None)`` once there is news (a long
+        poll): the records (one :func:`~plait.wire.records.encode_results`) of
+        this session's tasks finished since the last call, and the engine ids
+        if the engines changed."""
         return Outcome
 
     def abort(taskids=TaskIds):

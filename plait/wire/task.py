@@ -230,6 +230,12 @@ class EngineTask:
     clear_before: bool
     clear_after: bool
 
+    def __reduce__(self) -> tuple:
+        # (positional: the pickle is smaller and quicker than a dataclass's default)
+        return EngineTask, (self.kind, self.expression, self.function, self.args,
+                            self.kwargs, self.push, self.pull, self.clear_before,
+                            self.clear_after)
+
 
 def _names(pull: Any) -> tuple[str, ...]:
     names = (pull,) if isinstance(pull, str) else tuple(pull or ())
