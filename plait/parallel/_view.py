@@ -290,12 +290,16 @@ class DirectView(View):
 
     def execute(self, code: str, silent: bool = True, targets: Any = None,
                 block: bool | None = None) -> Any:
-        """Run Python source on the engines (output in the metadata: ``ar.stdout``)."""
+        """Run Python source on the engines: an AsyncResult, finished when
+        blocking (its errors raised then), as ipyparallel's (the output is in
+        its metadata: ``ar.stdout``, ``ar.display_outputs()``)."""
         if not isinstance(code, str):
             raise TypeError(f"execute wants a str of Python code, not {type(code).__name__}")
         ar = self._on_each(lambda e: TaskSpec.execute(code, targets=(e,), pinned=True),
                            "execute", targets, method="execute")
-        return self._result(ar, block)
+        if self.block if block is None else block:
+            ar.get()
+        return ar
 
     def run(self, filename: str | Path, targets: Any = None, block: bool | None = None) -> Any:
         """Run a local Python file on the engines (read and compiled here first)."""

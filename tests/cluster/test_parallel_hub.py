@@ -99,6 +99,7 @@ def test_history_results_metadata_of_the_client(rc):
 
 def test_hub_history_holds_every_clients_tasks_in_order(rc, rc2):
     mine = rc[0].apply_async(shout, "a")
+    mine.wait_for_send()  # (in the order they reached the controller)
     theirs = rc2[0].apply_async(shout, "b")
     rc.wait(mine)
     rc2.wait(theirs)

@@ -41,17 +41,9 @@ PROFILES = [("mpi", 2, []), ("lru", 4, ["--scheme=lru", "--hwm=0"])]
 #: Examples whose output plait.parallel does not give yet: a snippet of the
 #: cell's code, and why.
 KNOWN_GAPS = {
-    "dview.execute('d = a * 2')":
-        "a blocking DirectView.execute returns [None, None, None, None], not the "
-        "finished AsyncResult (whose stdout one would read)",
     "os.path.exists(os.path.join(gates, 'touched-direct'))":
         "an aborted DirectView task that waits in its engine's queue still runs there "
         "(only its result is discarded: 'aborted on engine 0; its result is discarded')",
-    "rc.hub_history()[-1] == pending.msg_ids[0]":
-        "hub_history is sorted by task id, and ids are reserved in blocks per client "
-        "(and resubmitted tasks get ids of their own), so it is not in submission order",
-    "rc.queue_status(verbose=True)['unassigned'] == waiting.msg_ids":
-        "queue_status(verbose=True) lists internal int task ids, not msg_ids",
 }
 
 

@@ -511,12 +511,14 @@ def test_status_sorts_pending_completed_unknown():
         "pending": [1], "completed": [0, 0], "unknown": [5]}
 
 
-def test_history_lists_every_known_task_in_order():
+def test_history_lists_every_known_task_in_submission_order():
     hub = make_hub()
     tasks = submit(hub, 3, 0, 2)
+    for task, when in zip(tasks, (10.0, 11.0, 12.0), strict=True):
+        hub._pending[task.taskid]["submitted"] = when
     finish(hub, tasks[0])
-    hub.finished(result(1), make_task(1))
-    assert fired(hub.history()) == [0, 1, 2, 3]
+    hub.finished(result(1), make_task(1))  # never seen submitted: first
+    assert fired(hub.history()) == [1, 3, 0, 2]
 
 
 def test_query_merges_pending_and_stored_records():

@@ -295,10 +295,11 @@ def test_queue_status_counts_or_lists_per_engine(monkeypatch):
     assert cluster.service.queue_status() == {
         0: {"queue": 0, "tasks": 1, "completed": 1}, 1: {"queue": 0, "tasks": 1, "completed": 0},
         "unassigned": 1}
+    msg = cluster.service.hub.msg_id
     assert cluster.service.queue_status(verbose=True) == {
-        0: {"queue": [], "tasks": [ids[2]], "completed": 1},
-        1: {"queue": [], "tasks": [ids[1]], "completed": 0},
-        "unassigned": [ids[3]]}
+        0: {"queue": [], "tasks": [msg(ids[2])], "completed": 1},
+        1: {"queue": [], "tasks": [msg(ids[1])], "completed": 0},
+        "unassigned": [msg(ids[3])]}
 
 
 def test_shutdown_asks_the_multiengine(cluster):

@@ -24,6 +24,7 @@ without an index.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 from typing import Any
 
@@ -119,7 +120,13 @@ class Hub:
         return self.records(taskids).addCallback(sort)
 
     def history(self) -> defer.Deferred:
-        return self.store.ids().addCallback(lambda ids: sorted({*ids, *self._pending}))
+        """A Deferred firing with every task id, in submission order."""
+
+        def merge(stored: list[tuple[float, int]]) -> list[int]:
+            pending = sorted((r["submitted"] or 0.0, t) for t, r in self._pending.items())
+            return [t for _, t in heapq.merge(stored, pending)]
+
+        return self.store.submissions().addCallback(merge)
 
     def query(self, query: dict, keys: list[str] | None = None) -> defer.Deferred:
         try:

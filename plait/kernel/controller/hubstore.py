@@ -169,7 +169,13 @@ class MemoryStore:
         return defer.succeed(found)
 
     def ids(self) -> defer.Deferred:
-        return defer.succeed(list(self._records))
+        """The ids of the records, in submission order."""
+        return self.submissions().addCallback(lambda pairs: [t for _, t in pairs])
+
+    def submissions(self) -> defer.Deferred:
+        """``[(submitted, id)]`` of every record, in submission order."""
+        return defer.succeed(sorted((r.get("submitted") or 0.0, r["id"])
+                                    for r in self._records.values()))
 
     def close(self) -> defer.Deferred:
         return defer.succeed(None)
@@ -257,8 +263,12 @@ class SQLiteStore:
         return self._read(self._find, query, keys)
 
     def ids(self) -> defer.Deferred:
-        return self._read(lambda db: [row[0] for row in db.execute(
-            "SELECT id FROM records ORDER BY id")])
+        return self.submissions().addCallback(lambda pairs: [t for _, t in pairs])
+
+    def submissions(self) -> defer.Deferred:
+        """``[(submitted, id)]`` of every record, in submission order."""
+        return self._read(lambda db: [(row[0] or 0.0, row[1]) for row in db.execute(
+            "SELECT submitted, id FROM records ORDER BY submitted, id")])
 
     def close(self) -> defer.Deferred:
         """Write what waits and close the database; a Deferred firing with None

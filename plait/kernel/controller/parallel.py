@@ -153,7 +153,10 @@ class ParallelService:
         return info
 
     def queue_status(self, verbose: bool = False) -> dict[Any, Any]:
-        return self.tasks.engine_status(verbose)
+        """ipyparallel's: per engine ``queue`` (direct requests and commands
+        waiting or running), ``tasks`` (load-balanced ones), ``completed``; and
+        ``unassigned``; with ``verbose`` lists of msg_ids instead of counts."""
+        return self.tasks.engine_status(verbose, name=self.hub.msg_id)
 
     def purge(self, taskids: list[int] | None) -> defer.Deferred:
         d = self.hub.purge(taskids)

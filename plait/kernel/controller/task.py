@@ -248,26 +248,38 @@ class TaskController:
             for taskid in taskids:
                 self._done.pop(taskid, None)
 
-    def engine_status(self, verbose: bool = False) -> dict[Any, Any]:
+    def engine_status(self, verbose: bool = False, name: Callable[[int], Any] | None = None
+                      ) -> dict[Any, Any]:
         """Per engine: tasks handed to it (``tasks``), commands waiting in its
         queue (``queue``) and tasks it finished (``completed``); and the tasks
-        waiting for an engine (``unassigned``).  Lists of ids with ``verbose``."""
+        waiting for an engine (``unassigned``).  Lists with ``verbose``.
+
+        With ``name`` (the later generation's view), pinned tasks count in
+        ``queue`` (a direct view's requests), and ``name(taskid)`` names each
+        task in the lists.
+        """
         status: dict[Any, Any] = {}
         running: dict[int, list[int]] = {e: [] for e in self._registry.get_ids()}
+        pinned: dict[int, list[int]] = {e: [] for e in running}
         for taskid in self._states[PENDING]:
-            engine_id = self._tasks[taskid].engine_id
+            task = self._tasks[taskid]
+            engine_id = task.engine_id
             if engine_id in running:
-                running[engine_id].append(taskid)
+                direct = name is not None and task.spec is not None and task.spec.pinned
+                (pinned if direct else running)[engine_id].append(taskid)
+        label = name or (lambda taskid: taskid)
         for engine_id, ids in running.items():
-            queue = self._registry.get_queue(engine_id).status()["queue"]
+            queue = [*self._registry.get_queue(engine_id).status()["queue"],
+                     *(label(t) for t in sorted(pinned[engine_id]))]
             done = self._completed_on.get(engine_id, 0)
             status[engine_id] = {
-                "queue": list(queue) if verbose else len(queue),
-                "tasks": sorted(ids) if verbose else len(ids),
+                "queue": queue if verbose else len(queue),
+                "tasks": [label(t) for t in sorted(ids)] if verbose else len(ids),
                 "completed": done,
             }
         scheduled = self._states[SCHEDULED]
-        status["unassigned"] = sorted(scheduled) if verbose else len(scheduled)
+        status["unassigned"] = ([label(t) for t in sorted(scheduled)] if verbose
+                                else len(scheduled))
         return status
 
     def get_task_result(self, taskid: int, block: bool = False) -> defer.Deferred:
