@@ -67,6 +67,11 @@ class RemoteEngine:
     def run_task(self, task: bytes) -> defer.Deferred:
         return self._call("run_task", task)
 
+    def skip_tasks(self, taskids: list[int]) -> defer.Deferred:
+        d = self.control.callRemote("skip_tasks", list(taskids))
+        d.addErrback(lambda f: None)  # gone, or an engine that cannot: the task runs
+        return d
+
     def kill(self) -> defer.Deferred:
         d = self.control.callRemote("kill")
         d.addErrback(lambda f: None)  # the engine may be gone before it answers

@@ -20,7 +20,8 @@ from zope.interface import implementer
 from plait.interfaces.engine import IEngineServer, RIEngine
 
 #: The RIEngine methods that are commands (run in the engine's main thread).
-COMMANDS = tuple(name for name in RIEngine.names() if name not in ("kill", "ping"))
+COMMANDS = tuple(name for name in RIEngine.names()
+                 if name not in ("kill", "ping", "skip_tasks"))
 
 
 def _command(name: str) -> Any:
@@ -58,3 +59,7 @@ class FoolscapEngine(Referenceable):  # type: ignore[misc]
 
     def remote_ping(self) -> bool:
         return True
+
+    def remote_skip_tasks(self, taskids: list[int]) -> None:
+        """Skip aborted tasks of the batches held (in this, the reactor thread)."""
+        self.engine.skip_tasks(taskids)

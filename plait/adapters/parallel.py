@@ -142,14 +142,14 @@ class FoolscapParallelSession(FoolscapParallel):
             lambda news: (encode_results(news[0]), news[1])))
 
     def remote_abort(self, taskids: list) -> defer.Deferred:
-        def abort() -> list[int]:
-            finished = []
+        def abort() -> defer.Deferred:
+            finished, told = [], []
             for taskid in taskids:
                 try:
-                    self.session.abort(taskid)
+                    told.append(self.session.abort(taskid))
                 except TaskAlreadyCompleted:
                     finished.append(taskid)
-            return finished
+            return defer.gatherResults(told).addCallback(lambda _: finished)
 
         return self._call(abort)
 

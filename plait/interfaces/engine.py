@@ -94,6 +94,11 @@ class RIEngine(RemoteInterface):
         """Exit the engine process soon after answering."""
         return None
 
+    def skip_tasks(taskids=ListOf(int, maxLength=100_000)):
+        """Do not run the tasks ``taskids`` of a batch if they have not started
+        (answered at once, even while user code runs: they were aborted)."""
+        return None
+
     def ping():
         """Liveness probe."""
         return BooleanConstraint()
@@ -172,6 +177,11 @@ class IEngine(Interface):
     def kill():
         """Ask the engine process to exit; fires with None."""
 
+    def skip_tasks(taskids):
+        """Tell the engine not to start the tasks ``taskids`` of the batches it
+        holds (they were aborted); fires with None (never fails: a task that
+        started runs to its end)."""
+
 
 class IEngineServer(Interface):
     """The engine process, as its network adapter sees it (the engine side).
@@ -191,6 +201,9 @@ class IEngineServer(Interface):
 
     def kill():
         """Exit the process soon, from any thread, even while user code runs."""
+
+    def skip_tasks(taskids):
+        """From any thread: tasks of a batch not to run if they have not started."""
 
 
 class IEngineRegistry(Interface):

@@ -101,13 +101,15 @@ class ITaskController(Interface):
         InvalidTaskID if an id is unknown."""
 
     def abort(taskid):
-        """Abort a task; returns None.
+        """Abort a task; returns a Deferred firing with None.
 
-        A scheduled task never runs; a pending one runs to its end on its
-        engine but its result is discarded.  Either way the task finishes
-        now as ``aborted`` and its result carries a TaskAborted failure.
-        Raises TaskAlreadyCompleted (an IndexError) when the task has
-        finished, InvalidTaskID when it is unknown.
+        A scheduled task never runs; a pending one does not start on its
+        engine if it has not started yet (the Deferred fires once the engine
+        was told), else runs to its end there and its result is discarded.
+        Either way the task finishes now as ``aborted`` and its result
+        carries a TaskAborted failure.  Raises TaskAlreadyCompleted (an
+        IndexError) when the task has finished, InvalidTaskID when it is
+        unknown.
         """
 
     def queue_status(verbose=False):

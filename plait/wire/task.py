@@ -455,15 +455,17 @@ def decode_task(data: bytes, allow_depend: bool = True) -> ControllerTask:
 
 # -- between the controller and the engines ------------------------------------
 class TaskBatch:
-    """Engine parts to run in order on one engine (serialized payloads)."""
+    """Engine parts to run in order on one engine (serialized payloads), and
+    their task ids (which the controller may ask the engine to skip)."""
 
-    __slots__ = ("payloads",)
+    __slots__ = ("payloads", "taskids")
 
-    def __init__(self, payloads: tuple[bytes, ...]):
+    def __init__(self, payloads: tuple[bytes, ...], taskids: tuple[int, ...] = ()):
         self.payloads = tuple(payloads)
+        self.taskids = tuple(taskids)
 
     def __reduce__(self) -> tuple:
-        return TaskBatch, (self.payloads,)
+        return TaskBatch, (self.payloads, self.taskids)
 
     def payload(self) -> bytes:
         """This batch as an inline payload (the engine reads it with ``deserialize``).

@@ -385,3 +385,25 @@ def test_the_client_as_a_context_manager_closes_it(cluster4):
     with cluster4.rc() as rc:
         assert rc[0].apply_sync(lambda: 1) == 1
     rc.close()  # closing again does nothing
+
+
+def test_an_aborted_task_queued_on_its_engine_does_not_run(rc, tmp_path):
+    from support.cluster import Gate
+
+    gate = Gate(tmp_path)
+    marker = tmp_path / "touched"
+
+    def touch():
+        open(str(marker), "w").close()
+
+    view = rc[3]
+    running = view.apply_async(gate.waiter())
+    queued = view.apply_async(touch)  # behind it, in the same batch to the engine
+    queued.wait_for_send()
+    queued.abort()
+    gate.open()
+    assert running.get() == "go"
+    with pytest.raises(error.TaskAborted):
+        queued.get()
+    assert view.apply_sync(lambda: 1) == 1  # the engine went on
+    assert not marker.exists()

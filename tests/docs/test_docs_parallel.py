@@ -40,11 +40,7 @@ PROFILES = [("mpi", 2, []), ("lru", 4, ["--scheme=lru", "--hwm=0"])]
 
 #: Examples whose output plait.parallel does not give yet: a snippet of the
 #: cell's code, and why.
-KNOWN_GAPS = {
-    "os.path.exists(os.path.join(gates, 'touched-direct'))":
-        "an aborted DirectView task that waits in its engine's queue still runs there "
-        "(only its result is discarded: 'aborted on engine 0; its result is discarded')",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

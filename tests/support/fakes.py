@@ -96,6 +96,7 @@ class FakeEngine:
         self.calls: list[tuple[str, FakeCommand, int]] = []
         self.commands = 0
         self.fetches: list[tuple[bytes, defer.Deferred]] = []
+        self.skipped: list[int] = []  # task ids the controller asked it not to start
 
     # -- MultiEngine commands ------------------------------------------------------
     def _command(self, name: str, *args: Any) -> defer.Deferred:
@@ -127,6 +128,10 @@ class FakeEngine:
         return self._command("reset")
 
     def kill(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+    def skip_tasks(self, taskids: list[int]) -> defer.Deferred:
+        self.skipped.extend(taskids)
         return defer.succeed(None)
 
     def answer(self, value: Any = None) -> tuple[str, tuple]:

@@ -145,6 +145,9 @@ def test_the_engine_is_an_iengine_server_behind_a_thin_adapter():
         def kill(self):
             self.killed += 1
 
+        def skip_tasks(self, taskids):
+            self.skipped = list(taskids)
+
     server = Server()
     adapter = FoolscapEngine(server)
     for method in RIEngine.names():

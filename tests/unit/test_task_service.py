@@ -473,7 +473,7 @@ def test_clear_forgets_finished_results_only():
 def test_abort_scheduled_task_never_runs():
     cluster = TaskHarness(n=1, hwm=1)
     running, waiting = cluster.run("a"), cluster.run("b")
-    assert cluster.tc.abort(waiting) is None
+    assert fired(cluster.tc.abort(waiting)) is None
     record = cluster.result(waiting)
     assert record.status == "aborted" and not record.ok
     failure = record.failure()
@@ -493,6 +493,7 @@ def test_abort_pending_task_reports_aborted_and_drops_the_value():
     record = cluster.result(running)
     assert record.status == "aborted" and record.engineid == 0
     assert "engine 0" in record.failure().evalue
+    assert cluster.engines[0].skipped == [running]  # told not to start it
     assert cluster.engines[0].names() == ["a"]  # still busy: the slot is not free
     cluster.engines[0].reply("late")
     assert cluster.result(running).status == "aborted"

@@ -108,3 +108,26 @@ def test_payloads_that_are_not_tasks_fail_alone():
     assert reply[0][0] is False and "not a task payload" in deserialize(reply[0][1]).evalue
     with pytest.raises(SerializationError, match="not a task payload"):
         run_on_engine(interp, {"what": 1})
+
+
+def test_a_task_the_controller_skipped_does_not_run():
+    interp = Interpreter()
+    specs = [TaskSpec.string("a = 1"), TaskSpec.string("b = 2"), TaskSpec.string("c = 3")]
+    payloads = tuple(decode_task(encode_task(spec)).payload for spec in specs)
+    _taskrun.skip([11])
+    reply = run_on_engine(interp, TaskBatch(payloads, (10, 11, 12)))
+    items = decode_batch_reply(serialize(reply), 3)
+    oks = [item[0] for item in items]
+    assert oks == [True, False, True]
+    failure = deserialize(items[1][1])
+    assert failure.ename == "TaskAborted" and "before it started" in failure.evalue
+    assert interp.pull(["a", "c"]) == [1, 3]
+    assert "b" not in interp.namespace
+    assert 11 not in _taskrun._skipped  # used once
+
+
+def test_the_skip_list_stays_bounded(monkeypatch):
+    monkeypatch.setattr(_taskrun, "MAX_SKIPPED", 3)
+    monkeypatch.setattr(_taskrun, "_skipped", {})
+    _taskrun.skip([1, 2, 3, 4, 5])
+    assert list(_taskrun._skipped) == [3, 4, 5]

@@ -169,7 +169,8 @@ class Dispatcher:
             task.started = now
         command.at_engine = True
         self._at_engine.setdefault(command.engine_id, deque()).append(command)
-        batch = TaskBatch(tuple(task.spec.payload for task, _ in command.sent))
+        batch = TaskBatch(tuple(task.spec.payload for task, _ in command.sent),
+                          tuple(task.taskid for task, _ in command.sent))
         return engine.run_task(batch.payload())
 
     # -- endings -----------------------------------------------------------------------

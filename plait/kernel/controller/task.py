@@ -307,19 +307,24 @@ class TaskController:
             return defer.fail()
         return self._wait(tasks, lambda: None)
 
-    def abort(self, taskid: int) -> None:
+    def abort(self, taskid: int) -> defer.Deferred:
         if isinstance(taskid, int) and taskid in self._done:
             raise TaskAlreadyCompleted(f"task {taskid} already completed")
         task = self._task(taskid)
         if task.state in FINISHED:
             raise TaskAlreadyCompleted(f"task {taskid} already completed ({task.state})")
+        told: defer.Deferred = defer.succeed(None)
         if task.state == SCHEDULED:
             self._withdraw(task)
             engine_id, reason = None, f"task {taskid} was aborted before it ran"
         else:
             engine_id = task.engine_id
-            reason = f"task {taskid} was aborted on engine {engine_id}; its result is discarded"
+            reason = (f"task {taskid} was aborted on engine {engine_id}: it does not start "
+                      f"there, or, if it had started, its result is discarded")
+            if engine_id in self._registry:  # it skips the task if it has not started it
+                told = self._registry.get_engine(engine_id).skip_tasks([taskid])
         self._finish(task, ABORTED, failure_payload(TaskAborted(reason), engine_id))
+        return told
 
     def queue_status(self, verbose: bool = False) -> dict[str, Any]:
         if verbose:

@@ -75,7 +75,7 @@ class TaskSession:
     def barrier(self, taskids: int | Iterable[int]) -> defer.Deferred:
         return self._wait(self._tasks.barrier(taskids))
 
-    def abort(self, taskid: int) -> None:
+    def abort(self, taskid: int) -> defer.Deferred:
         return self._tasks.abort(taskid)
 
     def queue_status(self, verbose: bool = False) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from plait.adapters.engine_server import FoolscapEngine
 from plait.interfaces.engine import IEngineServer
+from plait.kernel.engine import taskrun
 from plait.kernel.engine.commands import Commands, Reply
 from plait.kernel.engine.interpreter import Interpreter
 from plait.security import make_tub
@@ -174,11 +175,18 @@ class Engine:
             return None
         if method == "ping":
             return True
+        if method == "skip_tasks":
+            self.skip_tasks(*args)
+            return None
         return self.commands.run(method, args)
 
     def submit(self, method: str, args: tuple) -> defer.Deferred:
         """(reactor thread) Have the main thread run :meth:`call`."""
         return self.executor.submit(self.call, method, args)
+
+    def skip_tasks(self, taskids: list[int]) -> None:
+        """(Any thread) tasks of the batches held not to start: aborted."""
+        taskrun.skip(taskids)
 
     def kill(self) -> None:
         """Exit soon (any thread): the answer to ``kill`` leaves first."""

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from plait.wire import bulk as _bulk
-from plait.wire.errors import SerializationError, UnmetDependency
+from plait.wire.errors import SerializationError, TaskAborted, UnmetDependency
 from plait.wire.serialize import INLINE_LIMIT, deserialize, is_bulk, pack_framed, serialize_parts
 from plait.wire.serialized import Serialized
 from plait.wire.task import BatchItem, EngineTask, StashFetch, TaskBatch
@@ -159,13 +159,38 @@ def _keep(obj: Any) -> bytes:
     return key
 
 
+#: Tasks the controller asked this engine not to start (they were aborted), and
+#: how many such ids are remembered at most (an abort may come after the task ran).
+_skipped: dict[int, None] = {}
+MAX_SKIPPED = 100_000
+
+
+def skip(taskids: list[int]) -> None:
+    """(Any thread) do not start these tasks of the batches this engine holds."""
+    for taskid in taskids:
+        _skipped[taskid] = None
+    while len(_skipped) > MAX_SKIPPED:
+        del _skipped[next(iter(_skipped))]
+
+
 def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
-    """Run every task of ``batch`` in order; return the batch reply (never raises)."""
+    """Run every task of ``batch`` in order; return the batch reply (never raises).
+
+    A task the controller asked to skip (:func:`skip`) before it started does
+    not run: its entry is a TaskAborted failure.
+    """
     replies: list[BatchItem] = []
     budget = REPLY_BUDGET
-    for payload in batch.payloads:
+    taskids = batch.taskids or (None,) * len(batch.payloads)
+    for payload, taskid in zip(batch.payloads, taskids, strict=True):
         start = time.perf_counter()
         meta: dict | None = None
+        if taskid is not None and _skipped and taskid in _skipped:
+            del _skipped[taskid]
+            aborted = TaskAborted(f"task {taskid} was aborted before it started")
+            replies.append((False, interpreter.failure_payload(aborted, "run_task"), 0.0, None,
+                            None))
+            continue
         try:
             task = _load(payload)
             if task.kind in LATER_KINDS:
