@@ -240,3 +240,71 @@ def test_an_unknown_store_is_refused(tmp_path):
                    check=False, timeout=30)
     assert proc.returncode != 0
     assert "sqlite" in proc.stderr and "postgres" in proc.stderr
+
+
+# -- large results --------------------------------------------------------------------------
+def big(n):
+    import numpy
+
+    return numpy.full(n, 7.0)
+
+
+def _rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_large_results_are_kept_on_disk_for_every_client_and_a_restart(cluster_factory):
+    pytest.importorskip("numpy")
+    c = cluster_factory(1)
+    keep = c.plait_dir / "profile_default" / "db" / "blobs"
+    with c.rc() as rc, c.rc() as other:
+        ar = rc[0].apply_async(big, 400_000)  # 3.2 MB: beyond what travels inline
+        assert ar.get().sum() == 2_800_000.0
+        assert other.get_result(ar.msg_ids[0]).get().sum() == 2_800_000.0
+        assert rc.get_result(ar.msg_ids[0]).get().shape == (400_000,)  # read again
+        kept = ar.msg_ids[0]
+    c.stop()  # (a controller that stops writes what it keeps first)
+    assert len(list(keep.iterdir())) == 1
+    c.start()
+    with c.rc() as rc:
+        assert rc.get_result(kept).get().sum() == 2_800_000.0
+        rc.purge_results([kept])
+        with pytest.raises(error.InvalidTaskID):
+            rc.get_result(kept)
+    c.stop()
+    assert list(keep.iterdir()) == []
+
+
+def test_controller_memory_stays_bounded_with_many_large_results(cluster_factory):
+    pytest.importorskip("numpy")
+    c = cluster_factory(1)
+    controller = c.state()["controller"]
+    with c.rc() as rc:
+        lview = rc.load_balanced_view()
+        lview.apply_sync(big, 400_000)
+        before = _rss_mb(controller)
+        for _ in range(5):  # 40 results of 3.2 MB: 128 MB in all
+            ars = [lview.apply_async(big, 400_000) for _ in range(8)]
+            rc.wait(ars)
+            assert all(ar.get().shape == (400_000,) for ar in ars)
+            rc.purge_local_results("all")
+        grown = _rss_mb(controller) - before
+        assert grown < 64, f"the controller grew by {grown:.0f} MB for 128 MB of results"
+        assert len(rc.db_query({"status": "succeeded"}, ["msg_id"])) == 41
+
+
+def test_purge_all_removes_the_kept_results(cluster_factory):
+    pytest.importorskip("numpy")
+    c = cluster_factory(1)
+    keep = c.plait_dir / "profile_default" / "db" / "blobs"
+    with c.rc() as rc:
+        ar = rc[0].apply_async(big, 400_000)
+        ar.get()
+        rc.purge_results("all")
+        with pytest.raises(error.InvalidTaskID):
+            rc.get_result(ar.msg_ids[0])
+    c.stop()
+    assert list(keep.iterdir()) == []

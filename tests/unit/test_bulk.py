@@ -56,6 +56,11 @@ class ObservedServer(BlobServer):
             self.events.notify_all()
         super()._serve_download(sock, peer, blob_id)
 
+    def _write_kept(self, blob):
+        super()._write_kept(blob)
+        with self.events:
+            self.events.notify_all()
+
     def _kill(self, blob, reason, reusable=False):
         super()._kill(blob, reason, reusable)
         with self.events:
@@ -675,3 +680,79 @@ def test_server_api_guards():
             srv.start()
     finally:
         srv.stop()
+
+
+# -- kept blobs (the hub's large results) ---------------------------------------------------
+@pytest.fixture
+def keeping(tmp_path) -> Iterator[ObservedServer]:
+    srv = ObservedServer(keep_dir=str(tmp_path / "keep"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_a_kept_blob_goes_to_disk_and_serves_any_number_of_readers(keeping, tmp_path):
+    value = np.arange(300_000, dtype=np.int64)
+    out, token, desc = prepare(keeping, value)
+    assert keeping.keep(desc)
+    out.send(keeping.address, token)
+    for _ in range(3):  # readers=1 was asked, yet every one is served
+        np.testing.assert_array_equal(fetch(desc), value)
+    keeping.stop()  # waits for the write
+    files = list((tmp_path / "keep").iterdir())
+    assert len(files) == 1 and files[0].stat().st_mode & 0o777 == 0o600
+
+
+def test_a_kept_blob_leaves_memory_once_written(keeping):
+    value = np.arange(300_000, dtype=np.int64)
+    out, token, desc = prepare(keeping, value)
+    keeping.keep(desc)
+    out.send(keeping.address, token)
+    np.testing.assert_array_equal(fetch(desc), value)
+    keeping.wait_for(lambda: keeping.stats()["bytes"] == 0)  # (notified once written)
+
+
+def test_a_kept_blob_is_served_by_the_next_server_on_its_folder(tmp_path):
+    first = BlobServer(keep_dir=str(tmp_path / "keep"))
+    first.start()
+    value = np.arange(200_000, dtype=np.int64)
+    out, token, desc = prepare(first, value)
+    first.keep(desc)
+    out.send(first.address, token)
+    first.stop()
+    second = BlobServer(keep_dir=str(tmp_path / "keep"))
+    second.start()
+    try:
+        moved = second.readdress(desc)
+        assert parse_descriptor(moved).address == second.address
+        np.testing.assert_array_equal(fetch(moved), value)
+        second.drop_payload(moved)
+        assert list((tmp_path / "keep").iterdir()) == []
+        with pytest.raises(BulkError, match="unknown"):
+            fetch(moved)
+    finally:
+        second.stop()
+
+
+def test_drop_all_kept(keeping, tmp_path):
+    descs = []
+    for n in (150_000, 160_000):
+        out, token, desc = prepare(keeping, np.zeros(n))
+        keeping.keep(desc)
+        out.send(keeping.address, token)
+        descs.append(desc)
+    fetch(descs[0])
+    keeping.drop_all_kept()
+    keeping.stop()
+    assert list((tmp_path / "keep").iterdir()) == []
+
+
+def test_keep_refuses_what_it_cannot_keep(server, keeping):
+    out, token, desc = prepare(server, np.zeros(200_000))
+    assert not server.keep(desc)  # no keep folder
+    assert not keeping.keep(b"P" + b"inline")
+    assert not keeping.keep(desc)  # not one of its blobs
+    out.send(server.address, token)
+    fetch(desc)

@@ -5,6 +5,14 @@ ciphertext (see :mod:`plait.wire.bulk` for the format and the peer side);
 receivers download it while it arrives.  The relay never holds a key: it
 stores and forwards bytes it can neither read nor forge, with blocking
 sockets in its own threads, so the controller's reactor never waits on it.
+
+A blob lives in memory until its readers have read it.  A *kept* blob
+(:meth:`BlobServer.keep`: a large result the hub records) is written to a
+file of the keep folder once uploaded, freed from memory, and served from
+that file to any number of readers until it is discarded (a purge); the
+file is named after the digest of the blob's id, so a controller started
+again serves the blobs its hub's records name.  The file holds ciphertext:
+what the relay never reads, at rest as on the wire.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import hmac
 import logging
 import mmap
+import os
 import secrets
 import socket
 import threading
@@ -51,7 +60,8 @@ class _Blob:
         self.downloads = 0  # downloads running now
         self.last_activity = now
         self.sockets: set[socket.socket] = set()
-
+        self.keep: str | None = None  # the file a kept blob is (to be) served from
+        self.on_disk = False  # written there, freed from memory
 
 class BlobServer:
     """The controller's data port: holds uploaded ciphertext and relays it to readers.
@@ -73,8 +83,10 @@ class BlobServer:
         max_connections: int = 256,
         clock: Callable[[], float] = time.monotonic,
         cache_bytes: int = 256 << 20,
+        keep_dir: str | None = None,
     ):
         self.interface = interface
+        self.keep_dir = keep_dir  # where kept blobs are written (None: none can be)
         self.advertised_host = advertised_host
         self.expire_after = expire_after
         self.io_timeout = io_timeout
@@ -173,11 +185,150 @@ class BlobServer:
         return token, blob_id
 
     def discard(self, blob_id: bytes) -> None:
-        """Free a blob now; its transfers are aborted.  Unknown ids are ignored."""
+        """Free a blob now (and its file, if kept); its transfers are aborted.
+        Unknown ids are ignored."""
         with self._lock:
             blob = self._by_id.get(wire._digest(blob_id))
         if blob is not None and hmac.compare_digest(blob.blob_id, blob_id):
             self._kill(blob, "discarded")
+        path = self._keep_path(blob_id)
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _keep_path(self, blob_id: bytes) -> str | None:
+        if self.keep_dir is None:
+            return None
+        return os.path.join(self.keep_dir, wire._digest(blob_id).hex())
+
+    def keep(self, payload: bytes) -> bool:
+        """Keep the blob a bulk payload names for as long as it is not discarded:
+        on disk once uploaded, for any number of readers.  False (nothing done)
+        for an inline payload, an unknown blob, or when there is no keep folder."""
+        if not is_bulk(payload) or self.keep_dir is None:
+            return False
+        try:
+            blob_id = wire.parse_descriptor(payload).blob_id
+        except BulkError:
+            return False
+        with self._lock:
+            blob = self._by_id.get(wire._digest(blob_id))
+        if blob is None or not hmac.compare_digest(blob.blob_id, blob_id):
+            return False
+        path = self._keep_path(blob_id)
+        assert path is not None
+        with blob.cond:
+            if blob.dead:
+                return False
+            blob.keep = path
+            write_now = blob.complete
+        if write_now:
+            def write() -> None:
+                try:
+                    self._write_kept(blob)
+                finally:
+                    with self._lock:
+                        self._threads.discard(threading.current_thread())
+
+            thread = threading.Thread(target=write, name="plait-bulk-keep", daemon=True)
+            with self._lock:
+                self._threads.add(thread)  # stop() waits for the write
+            thread.start()
+        return True
+
+    def readdress(self, payload: bytes) -> bytes:
+        """A bulk payload naming this server's current address (a record of an
+        earlier run names the data port that run had); other payloads as they are."""
+        if not is_bulk(payload) or not self._port:
+            return payload
+        try:
+            descriptor = wire.parse_descriptor(payload)
+        except BulkError:
+            return payload
+        if descriptor.address == self.address:
+            return payload
+        return wire.make_descriptor(self.address, descriptor.blob_id, descriptor.key,
+                                    descriptor.size)
+
+    def drop_all_kept(self) -> None:
+        """Discard every kept blob, and every file of the keep folder."""
+        with self._lock:
+            kept = [b for b in self._by_id.values() if b.keep is not None]
+        for blob in kept:
+            self._kill(blob, "discarded")
+        if self.keep_dir is None:
+            return
+        try:
+            names = os.listdir(self.keep_dir)
+        except OSError:
+            return
+        for name in names:
+            try:
+                os.unlink(os.path.join(self.keep_dir, name))
+            except OSError:
+                pass
+
+    def drop_payload(self, payload: bytes) -> None:
+        """Discard the kept blob of a payload (a purged record's)."""
+        if not is_bulk(payload):
+            return
+        try:
+            self.discard(wire.parse_descriptor(payload).blob_id)
+        except BulkError:
+            return
+
+    def _write_kept(self, blob: _Blob) -> None:
+        """(a blob thread) Write a kept, complete blob to its file and free its memory."""
+        with blob.cond:
+            view, path = blob.view, blob.keep
+        if view is None or path is None:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(view[:blob.ct_size])
+            finally:
+                view = None
+            os.replace(path + ".part", path)
+        except OSError as exc:  # served from memory then, as any blob
+            log.warning("bulk: could not keep a blob on disk (%s): it stays in memory", exc)
+            return
+        with blob.cond:
+            if blob.dead and blob.reason == "discarded":  # purged while it was written
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+                return
+            if blob.dead:
+                return
+            blob.on_disk = True
+            buffer, blob.buffer, blob.view = blob.buffer, None, None
+            busy = bool(blob.downloads)
+        if buffer is not None and not busy:
+            self._give_buffer(buffer)
+
+    def _kept_on_disk(self, blob_id: bytes) -> _Blob | None:
+        """A kept blob of an earlier run (its file exists): registered again."""
+        path = self._keep_path(blob_id)
+        if path is None:
+            return None
+        try:
+            ct_size = os.path.getsize(path)
+        except OSError:
+            return None
+        blob = _Blob(blob_id, secrets.token_bytes(wire.TOKEN_SIZE), 0, 1, self._clock())
+        blob.ct_size = ct_size
+        blob.watermark = ct_size
+        blob.complete = blob.on_disk = True
+        blob.keep = path
+        with self._lock:
+            blob = self._by_id.setdefault(wire._digest(blob_id), blob)
+        return blob
 
     def forfeit(self, blob_id: bytes) -> None:
         """One reader of a blob will never come (its engine is gone, its command
@@ -189,7 +340,7 @@ class BlobServer:
             return
         with blob.cond:
             blob.readers -= 1
-            finished = blob.completed >= blob.readers and not blob.dead
+            finished = blob.completed >= blob.readers and not blob.dead and blob.keep is None
         if finished:
             self._kill(blob, "no reader left", reusable=blob.downloads == 0)
 
@@ -224,7 +375,8 @@ class BlobServer:
         for blob in blobs:
             with blob.cond:
                 busy = blob.uploading or (blob.downloads and blob.watermark > 0)
-                stale = not busy and now - blob.last_activity >= self.expire_after
+                stale = (not busy and blob.keep is None
+                         and now - blob.last_activity >= self.expire_after)
             if stale:
                 log.info("bulk: blob expired after %.0f s idle", self.expire_after)
                 self._kill(blob, "expired")
@@ -452,7 +604,10 @@ class BlobServer:
                     blob.complete = True
                     blob.last_activity = self._clock()
                     blob.sockets.discard(sock)
+                    kept = blob.keep is not None
                 sock.sendall(wire.OK)
+                if kept:
+                    self._write_kept(blob)
                 return
         except OSError as exc:
             failure = f"upload failed at {received} of {total} bytes: {wire._describe_os_error(exc)}"
@@ -461,7 +616,7 @@ class BlobServer:
         self._kill(blob, failure)
 
     def _serve_download(self, sock: socket.socket, peer: Any, blob_id: bytes) -> None:
-        blob = self._lookup(self._by_id, blob_id, token=False)
+        blob = self._lookup(self._by_id, blob_id, token=False) or self._kept_on_disk(blob_id)
         if blob is None:
             self._refuse(sock, peer, "unknown, expired or discarded blob")
             return
@@ -469,7 +624,7 @@ class BlobServer:
         with blob.cond:
             if blob.dead:
                 reason = blob.reason
-            elif blob.claimed >= blob.readers:
+            elif blob.claimed >= blob.readers and blob.keep is None:
                 reason = "every reader of this blob is served already"
             else:
                 reason = ""
@@ -504,7 +659,12 @@ class BlobServer:
                         break
                     end = blob.watermark
                     view = blob.view
-                    assert view is not None  # data was uploaded and the blob is not dead
+                    path = blob.keep if blob.on_disk else None
+                if path is not None:  # a kept blob, on disk: the rest from its file
+                    with open(path, "rb") as f:
+                        sent += sock.sendfile(f, offset=sent, count=end - sent)
+                    continue
+                assert view is not None  # data was uploaded and the blob is not dead
                 while sent < end:
                     step = min(end, sent + wire._IO_SLICE)
                     sock.sendall(view[sent:step])
@@ -530,7 +690,7 @@ class BlobServer:
                 blob.completed += 1
             else:
                 blob.claimed -= 1  # another attempt may take this reader's place
-            finished = blob.completed >= blob.readers
+            finished = blob.completed >= blob.readers and blob.keep is None
         if finished:
             self._kill(blob, "read by every reader", reusable=True)
 

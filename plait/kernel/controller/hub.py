@@ -34,15 +34,19 @@ from zope.interface import implementer
 from plait.interfaces.parallel import IHub
 from plait.kernel.controller.hubstore import QueryError, check_query, matches
 from plait.wire.records import TaskResultRecord, msg_id, taskid_of
+from plait.wire.serialize import is_bulk
 
 
 @implementer(IHub)
 class Hub:
     """Records of every task, in ``store``; ``prefix`` names this controller."""
 
-    def __init__(self, store: Any, prefix: int):
+    def __init__(self, store: Any, prefix: int, blobs: Any = None):
         self.store = store
         self.prefix = prefix
+        # The blob server: the large results of later-generation tasks are kept
+        # there (on disk) for as long as their records, when the store keeps any.
+        self.blobs = blobs if store.name != "none" else None
         self._pending: dict[int, dict] = {}
         self._waiters: dict[int, list[defer.Deferred]] = {}
 
@@ -76,6 +80,8 @@ class Hub:
             engine_started=record.engine_started, engine_completed=record.engine_completed,
             payload=record.payload,
         )
+        if self.blobs is not None and row.get("kind") == "later" and is_bulk(record.payload):
+            self.blobs.keep(record.payload)
         self.store.add(row)
         for d in self._waiters.pop(record.taskid, ()):
             d.callback(None)
@@ -103,8 +109,13 @@ class Hub:
 
         def merge(found: list[dict | None]) -> list[dict | None]:
             by_id = dict(zip(finished, found, strict=True))
-            return [dict(self._pending[t]) if t in self._pending else by_id.get(t)
+            rows = [dict(self._pending[t]) if t in self._pending else by_id.get(t)
                     for t in taskids]
+            if self.blobs is not None:  # kept large results, where they are served now
+                for row in rows:
+                    if row is not None and row.get("payload"):
+                        row["payload"] = self.blobs.readdress(row["payload"])
+            return rows
 
         return d.addCallback(merge)
 
@@ -141,14 +152,26 @@ class Hub:
     def purge(self, taskids: Iterable[int] | None) -> defer.Deferred:
         if taskids is None:
             self.store.delete(None)
+            if self.blobs is not None:
+                self.blobs.drop_all_kept()
             return defer.succeed(None)
         ids = list(taskids)
         busy = [t for t in ids if t in self._pending]
         if busy:
             return defer.fail(ValueError(
                 f"cannot purge unfinished tasks: {[self.msg_id(t) for t in busy]}"))
-        self.store.delete(ids)
-        return defer.succeed(None)
+        blobs = self.blobs
+        if blobs is None:
+            self.store.delete(ids)
+            return defer.succeed(None)
+
+        def drop(rows: list[dict | None]) -> None:  # the large results they kept
+            for row in rows:
+                if row is not None and row.get("payload"):
+                    blobs.drop_payload(row["payload"])
+            self.store.delete(ids)
+
+        return self.store.get(ids, ["payload"]).addCallback(drop)
 
     def pending(self) -> list[int]:
         """The ids of the tasks not finished yet."""

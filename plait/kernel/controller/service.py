@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -132,14 +133,18 @@ class ControllerService(service.MultiService):
         # Blobs live until read, or until the command or result holding them
         # is dropped (BlobServer.release_payload); expiry only reclaims the
         # ones a vanished client never fetched.
-        self.blobs = BlobServer(ip, advertised_host=self.location, expire_after=BLOB_LIFETIME)
+        keep = dirs.db / "blobs"  # large results the hub keeps
+        if db != "sqlite":  # records of an earlier run are gone: so are their results
+            shutil.rmtree(keep, ignore_errors=True)
+        self.blobs = BlobServer(ip, advertised_host=self.location, expire_after=BLOB_LIFETIME,
+                                keep_dir=str(keep) if db != "none" else None)
         self.multiengine = MultiEngine(
             self.registry, stop_controller=self.stop_controller, release=self.blobs.release_payload
         )
         self.results = self.multiengine.results
         self.db = db
         self.hub = Hub(open_store(db, dirs.db / "hub.sqlite3" if db == "sqlite" else None),
-                       _prefix(dirs))
+                       _prefix(dirs), self.blobs)
         self.task = self._make_task_service(scheme, hwm)
         self.parallel = ParallelService(self.task, self.registry, self.hub, self.multiengine, db)
         self.tubs: dict[str, Any] = {}
