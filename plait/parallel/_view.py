@@ -16,6 +16,8 @@ limited to the view.
 from __future__ import annotations
 
 import builtins
+import collections
+import concurrent.futures
 import contextlib
 import functools
 import sys
@@ -513,3 +515,50 @@ class LoadBalancedView(View):
     def _chunk_spec(self, helper: Callable[..., Any], args: tuple, target: int | None
                     ) -> TaskSpec:
         return self._spec(TaskSpec.call, helper, args, {})
+
+    def imap(self, f: Callable[..., Any], *sequences: Any, ordered: bool = True,
+             max_outstanding: int | str = "auto", **options: Any) -> Iterator[Any]:
+        """``map(f, *sequences)`` lazily, as ipyparallel's: the sequences (any
+        iterables, endless ones too) are read as results come back, keeping
+        ``max_outstanding`` tasks submitted at most ('auto': twice the engines),
+        and the results are yielded in order (or, with ``ordered=False``, as
+        they finish).  A task that failed raises its RemoteError when reached."""
+        if options:
+            raise TypeError(f"LoadBalancedView.imap takes no options {sorted(options)}; it "
+                            f"takes ordered and max_outstanding")
+        if not callable(f):
+            raise TypeError(f"imap needs a callable, not a {type(f).__name__}: {f!r}")
+        if not sequences:
+            raise TypeError("imap needs at least one sequence")
+        if max_outstanding == "auto":
+            limit = 2 * max(1, len(self.client.ids))
+        elif isinstance(max_outstanding, int) and not isinstance(max_outstanding, bool) \
+                and max_outstanding >= 1:
+            limit = max_outstanding
+        else:
+            raise ValueError(f"max_outstanding is 'auto' or an int >= 1, not "
+                             f"{max_outstanding!r}")
+        return self._lazy_map(f, zip(*sequences, strict=False), ordered, limit)
+
+    def _lazy_map(self, f: Callable[..., Any], items: Iterator[tuple], ordered: bool,
+                  limit: int) -> Iterator[Any]:
+        outstanding: collections.deque[AsyncResult] = collections.deque()
+        exhausted = False
+        while True:
+            while not exhausted and len(outstanding) < limit:
+                item = next(items, None)
+                if item is None:
+                    exhausted = True
+                    break
+                outstanding.append(self._submit([self._spec(TaskSpec.call, f, item, {})],
+                                                _name(f), single=True, method="imap"))
+            if not outstanding:
+                return
+            if ordered:
+                yield outstanding.popleft().get()
+                continue
+            done, _ = concurrent.futures.wait(outstanding,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            for ar in [a for a in outstanding if a in done]:
+                outstanding.remove(ar)
+                yield ar.get()

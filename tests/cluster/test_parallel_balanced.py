@@ -429,3 +429,38 @@ def test_direct_and_balanced_tasks_depend_on_each_other(rc, lview):
     direct = rc[2].apply_async(engine_pid)
     with lview.temp_flags(follow=direct):
         assert lview.apply_sync(engine_pid) == direct.get()
+
+
+def test_imap_reads_endless_input_lazily(lview):
+    import itertools
+
+    it = lview.imap(abs, itertools.count(-3))
+    assert [next(it) for _ in range(6)] == [3, 2, 1, 0, 1, 2]
+
+
+def test_imap_keeps_at_most_max_outstanding_tasks(rc, lview):
+    seen = []
+
+    def numbers():
+        for i in range(10):
+            seen.append((i, len(lview.outstanding)))
+            yield i
+
+    assert list(lview.imap(square, numbers(), max_outstanding=2)) == [i * i for i in range(10)]
+    assert max(n for _, n in seen) <= 2
+
+
+def test_imap_unordered_and_errors(lview):
+    assert sorted(lview.imap(square, range(12), ordered=False)) == [i * i for i in range(12)]
+
+    def picky(x):
+        if x == 2:
+            raise KeyError(x)
+        return x
+
+    it = lview.imap(picky, range(5))
+    assert [next(it), next(it)] == [0, 1]
+    with pytest.raises(error.RemoteError, match="KeyError"):
+        next(it)
+    with pytest.raises(ValueError, match="max_outstanding"):
+        lview.imap(abs, range(3), max_outstanding=0)
