@@ -592,7 +592,7 @@ class AsyncHubResult(AsyncResult):
     come from the hub, which is asked to answer once they have finished."""
 
     def __init__(self, client: Any, taskids: list[int], fname: str = "get_result",
-                 **kwargs: Any):
+                 fetch: bool = True, **kwargs: Any):
         super().__init__(client, taskids, fname, listen=False, **kwargs)
-        if taskids:
+        if taskids and fetch:  # (resubmit hears of its new tasks by itself)
             client._fetch_from_hub(taskids, self._arrived)

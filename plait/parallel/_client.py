@@ -68,6 +68,12 @@ def _stamp(value: Any) -> Any:
     return value
 
 
+#: ipyparallel's Client options, accepted so that its code runs, and unused: a FURL file
+#: says where the controller is and how to reach it securely.
+_ACCEPTED = frozenset({"cluster_id", "context", "debug", "sshserver", "sshkey", "password",
+                       "paramiko", "timeout", "url_or_file", "profile_dir", "ipython_dir",
+                       "exec_key", "packer", "unpacker", "session", "cluster", "username"})
+
 _TIMES = ("submitted", "started", "completed", "engine_started", "engine_completed")
 
 
@@ -79,7 +85,14 @@ class Client:
     ``profile`` (default 'default').
     """
 
-    def __init__(self, url_file: Any = None, profile: str | None = None, **ignored: Any):
+    def __init__(self, url_file: Any = None, profile: str | None = None, **options: Any):
+        unknown = sorted(set(options) - _ACCEPTED)
+        if unknown:
+            raise TypeError(f"Client() got unexpected arguments {unknown}; it takes url_file, "
+                            f"profile and the ipyparallel options {sorted(_ACCEPTED)} (which "
+                            f"plait's FURL connection has no use for)")
+        if url_file is None:  # ipyparallel's older name of the first argument
+            url_file = options.get("url_or_file")
         self._conn = _BlockingConnection(url_file, profile)
         self._async: ParallelConnection = self._conn.asynchronous
         self._prefix = self._async.prefix
@@ -330,7 +343,7 @@ class Client:
         """Run finished tasks again (their results come under new msg_ids)."""
         ids = self._taskids(-1 if indices_or_msg_ids is None else indices_or_msg_ids)
         new = self._conn.resubmit(ids)
-        ar = AsyncResult(self, new, "resubmit", listen=False)
+        ar = AsyncHubResult(self, new, "resubmit", fetch=False)
         for taskid in new:
             _reactor.call(self._async.listen, taskid, ar._arrived)
         with self._lock:

@@ -517,12 +517,18 @@ class LoadBalancedView(View):
         return self._spec(TaskSpec.call, helper, args, {})
 
     def imap(self, f: Callable[..., Any], *sequences: Any, ordered: bool = True,
-             max_outstanding: int | str = "auto", **options: Any) -> Iterator[Any]:
+             max_outstanding: int | str = "auto", chunksize: int | None = None,
+             **options: Any) -> Iterator[Any]:
         """``map(f, *sequences)`` lazily, as ipyparallel's: the sequences (any
         iterables, endless ones too) are read as results come back, keeping
         ``max_outstanding`` tasks submitted at most ('auto': twice the engines),
         and the results are yielded in order (or, with ``ordered=False``, as
-        they finish).  A task that failed raises its RemoteError when reached."""
+        they finish).  A task that failed raises its RemoteError when reached.
+        With ``chunksize``, the sequences are read at once and cut in chunks
+        of that many elements, as ``map_async`` does."""
+        if chunksize is not None:
+            return iter(self._map(f, sequences, chunksize=chunksize, ordered=ordered,
+                                  **options))
         if options:
             raise TypeError(f"LoadBalancedView.imap takes no options {sorted(options)}; it "
                             f"takes ordered and max_outstanding")

@@ -299,7 +299,10 @@ def cmd_start(args: argparse.Namespace) -> int:
               f"connect with:\n"
               f"    from plait.kernel import client\n"
               f"    mec = client.MultiEngineClient({profile_arg})\n"
-              f"    tc = client.TaskClient({profile_arg})", flush=True)
+              f"    tc = client.TaskClient({profile_arg})\n"
+              f"or, the later generation (as ipyparallel):\n"
+              f"    import plait.parallel as ipp\n"
+              f"    rc = ipp.Client({profile_arg})", flush=True)
         if args.daemonize:
             print("stop it with: ipcluster stop"
                   + (f" --profile={args.profile}" if args.profile else ""), flush=True)

@@ -407,3 +407,12 @@ def test_an_aborted_task_queued_on_its_engine_does_not_run(rc, tmp_path):
         queued.get()
     assert view.apply_sync(lambda: 1) == 1  # the engine went on
     assert not marker.exists()
+
+
+def test_client_options_of_ipyparallel_are_accepted_and_typos_refused(cluster4):
+    with ipp.Client(cluster4.furl_file("client"), timeout=10, debug=False) as rc:
+        assert rc.ids
+    with pytest.raises(TypeError, match="unexpected arguments \\['profil'\\]"):
+        ipp.Client(cluster4.furl_file("client"), profil="x")
+    with ipp.Client(url_or_file=cluster4.furl_file("client")) as rc:
+        assert rc.ids
