@@ -120,7 +120,11 @@ def test_abort_a_scheduled_task(tc):
 
 def test_abort_a_running_task_reports_it_at_once(tc, tmp_path):
     gate = Gate(tmp_path)
-    taskid = tc.run(client.StringTask(gate.wait_code + "\nx = 1", pull="x"))
+    started = Gate(tmp_path, "started")  # the task says it runs through this one
+    code = f"open({started.path!r}, 'w').write('1')\n" + gate.wait_code + "\nx = 1"
+    taskid = tc.run(client.StringTask(code, pull="x"))
+    with open(started.path) as f:
+        assert f.read() == "1"  # it runs now
     tc.abort(taskid)
     result = tc.get_task_result(taskid, block=True)  # without waiting for the engine
     assert result.status == "aborted"

@@ -121,8 +121,9 @@ class Graph:
     ``status(taskid)`` tells how a task stands (see :data:`RUNNING`).
     """
 
-    def __init__(self, status: Callable[[int], Status]):
+    def __init__(self, status: Callable[[int], Status], name: Callable[[int], Any] = int):
         self._status = status
+        self._name = name  # how messages name a task
         self._blocked_on: dict[int, list[Blocked]] = {}
 
     def __len__(self) -> int:
@@ -152,7 +153,7 @@ class Graph:
                     need.finished(*status)
         if unknown:
             return INVALID, (f"it depends on tasks that do not exist (never submitted, or "
-                             f"purged): {sorted(set(unknown))}")
+                             f"purged): {[self._name(t) for t in sorted(set(unknown))]}")
         verdict = blocked.verdict()
         if verdict[0] == WAITING:
             for taskid in dict.fromkeys(pending):  # once, though after and follow name it

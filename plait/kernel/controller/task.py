@@ -193,7 +193,7 @@ class TaskController:
         self._passing = False
         self._again = False
         self._hub = hub  # an IHub told of every task submitted and finished, or None
-        self._graph = Graph(self._status)
+        self._graph = Graph(self._status, self._id_name)
         self._done: dict[int, tuple[bool, int | None]] = {}  # later tasks, once finished
         self._direct: dict[int, list[tuple[Task, str]]] = {}  # pinned tasks to send
         self._endings: deque[Task] = deque()  # finished tasks whose dependents wait
@@ -316,10 +316,10 @@ class TaskController:
         told: defer.Deferred = defer.succeed(None)
         if task.state == SCHEDULED:
             self._withdraw(task)
-            engine_id, reason = None, f"task {taskid} was aborted before it ran"
+            engine_id, reason = None, f"{self._label(task)} was aborted before it ran"
         else:
             engine_id = task.engine_id
-            reason = (f"task {taskid} was aborted on engine {engine_id}: it does not start "
+            reason = (f"{self._label(task)} was aborted on engine {engine_id}: it does not start "
                       f"there, or, if it had started, its result is discarded")
             if engine_id in self._registry:  # it skips the task if it has not started it
                 told = self._registry.get_engine(engine_id).skip_tasks([taskid])
@@ -466,7 +466,7 @@ class TaskController:
             except KeyError:  # the engine left meanwhile
                 for task in tasks:
                     self._finish(task, FAILED, failure_payload(EngineError(
-                        f"engine {engine_id} was lost before task {task.taskid} was sent"),
+                        f"engine {engine_id} was lost before {self._label(task)} was sent"),
                         engine_id))
 
     def _enqueue(self, task: Task) -> str | None:
@@ -494,10 +494,20 @@ class TaskController:
         else:
             self._graph.forget(task)
 
+    def _id_name(self, taskid: int) -> Any:
+        """A task id as messages name it: the msg_id, with a hub (later tasks)."""
+        return taskid if self._hub is None else self._hub.msg_id(taskid)
+
+    def _label(self, task: Task) -> str:
+        """``task {id}`` in messages: its msg_id for a later-generation task."""
+        return f"task {self._id_name(task.taskid) if task.later else task.taskid}"
+
     def _impossible(self, task: Task, why: str, invalid: bool = False) -> None:
-        """``task`` can never run: it fails with ImpossibleDependency saying ``why``."""
+        """``task`` can never run: it fails with ImpossibleDependency saying ``why``
+        (its record names no engine: none ran it)."""
         error = (InvalidDependency if invalid else ImpossibleDependency)(
-            f"task {task.taskid} cannot run: {why}")
+            f"{self._label(task)} cannot run: {why}")
+        task.engine_id = task.engine_uuid = None
         self._graph.forget(task)
         self._finish(task, FAILED, failure_payload(error, None))
 
@@ -514,7 +524,7 @@ class TaskController:
             self._withdraw(task)
             assert task.spec is not None
             self._finish(task, FAILED, failure_payload(DependencyTimeout(
-                f"task {task.taskid} found no engine to run it within its timeout of "
+                f"{self._label(task)} found no engine to run it within its timeout of "
                 f"{task.spec.timeout:g} s"), None))
 
     def _drop_engine(self, engine_id: int) -> None:
@@ -634,7 +644,7 @@ class TaskController:
                 self._attempt_failed(task, engine_id, ended.payload)
         elif pinned:  # a direct request runs where it was sent, or fails
             self._finish(task, FAILED, ended.payload or failure_payload(EngineError(
-                f"engine {engine_id} was lost before it ran task {task.taskid}"), engine_id))
+                f"engine {engine_id} was lost before it ran {self._label(task)}"), engine_id))
         elif ended.kind == "never_ran":
             self._requeue(task)
         elif ended.kind == "suspect" and task.suspicions == 0:
