@@ -136,3 +136,6 @@ class FoolscapEngineSession(OffersUploads, Referenceable):  # type: ignore[misc]
     def remote_set_properties(self, properties: bytes) -> None:
         self.registry.set_properties(self.engine_id, _plain_properties(properties))
 
+    def remote_task_output(self, chunks: list) -> None:
+        self.registry.report_output(self.engine_id, [tuple(chunk) for chunk in chunks])
+

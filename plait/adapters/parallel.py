@@ -139,7 +139,7 @@ class FoolscapParallelSession(FoolscapParallel):
     def remote_results(self) -> defer.Deferred:
         d = defer.maybeDeferred(self.session.results)
         return outcome(d.addCallback(
-            lambda news: (encode_results(news[0]), news[1])))
+            lambda news: (encode_results(news[0]), news[1], news[2])))
 
     def remote_abort(self, taskids: list) -> defer.Deferred:
         def abort() -> defer.Deferred:

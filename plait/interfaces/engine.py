@@ -117,6 +117,14 @@ class RIEngineSession(RemoteInterface):
         """Reserve a blob on the data channel: ``(token, blob_id, address)``."""
         return TupleOf(Token, Token, Address)
 
+    def task_output(chunks=ListOf(TupleOf(IntegerConstraint(maxBytes=16),
+                                          UnicodeConstraint(maxLength=16),
+                                          UnicodeConstraint(maxLength=1 << 17)),
+                                  maxLength=10_000)):
+        """What running tasks printed so far: ``[(taskid, 'stdout' or 'stderr',
+        text)]`` (a preview: the whole output comes with each result)."""
+        return None
+
 
 class RIEngineRegistrar(RemoteInterface):
     """The only capability the engine FURL grants: joining the cluster."""
@@ -237,9 +245,14 @@ class IEngineRegistry(Interface):
     def set_properties(engine_id, properties):
         """Replace the properties of ``engine_id`` and notify observers."""
 
+    def report_output(engine_id, chunks):
+        """What the running tasks of ``engine_id`` printed, ``[(taskid, name,
+        text)]``: observers hear of it (KeyError for an unknown engine)."""
+
     def add_observer(observer):
         """Call ``observer.engine_added(id)``, ``engine_removed(id)`` and
-        ``properties_changed(id)`` as they happen."""
+        ``properties_changed(id)`` as they happen, and
+        ``engine_output(id, chunks)`` if it has that method."""
 
     def remove_observer(observer):
         """Stop notifying ``observer``."""

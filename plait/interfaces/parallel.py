@@ -90,10 +90,11 @@ class IParallelSession(ITaskSession):
     service = Attribute("The IParallel this session belongs to.")
 
     def results():
-        """A Deferred firing with ``(records, engines)`` as soon as there is
-        news: the TaskResultRecords of this session's tasks finished since the
-        last call, and the engine ids now if the engines changed (else None).
-        One call at a time; cancelled when the session closes."""
+        """A Deferred firing with ``(records, engines, output)`` as soon as there
+        is news: the TaskResultRecords of this session's tasks finished since
+        the last call, the engine ids now if the engines changed (else None),
+        and what its running tasks printed, ``[(taskid, engine_id, name, text)]``.  One
+        call at a time; cancelled when the session closes."""
 
     def resubmit(taskids):
         """Submit again, under new ids, finished tasks (of any client): the new
@@ -160,10 +161,10 @@ class RIParallel(RemoteInterface):
         return Outcome
 
     def results():
-        """Value: ``(records, engine ids or None)`` once there is news (a long
-        poll): the records (one :func:`~plait.wire.records.encode_results`) of
-        this session's tasks finished since the last call, and the engine ids
-        if the engines changed."""
+        """Value: ``(records, engine ids or None, output)`` once there is news (a
+        long poll): the records (one :func:`~plait.wire.records.encode_results`)
+        of this session's tasks finished since the last call, the engine ids if
+        the engines changed, and what its running tasks printed."""
         return Outcome
 
     def abort(taskids=TaskIds):

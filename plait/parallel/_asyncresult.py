@@ -121,7 +121,8 @@ class AsyncResult(concurrent.futures.Future):
         self._values: dict[int, Any] = {}
         self._failures: dict[int, RemoteError | PlaitConnectionError] = {}
         self._order: list[int] = []  # task ids in the order they finished
-        self._observers: list[Callable[[int], None]] = []
+        self._observers: list[Callable[[int | None], None]] = []
+        self._printing = 0  # output previews received (stream_output waits on it)
         self._sent = False
         self._submitted = time.time()
         if metadata is None:
@@ -130,11 +131,27 @@ class AsyncResult(concurrent.futures.Future):
         self._metadata = metadata
         if listen:
             for taskid in self._ids:
-                client._listen(taskid, self._arrived)
+                client._listen(taskid, self._arrived, partial(self._printed, taskid))
         if not self._ids:
             self._finish()
 
     # -- arrivals (the reactor thread) ---------------------------------------------------
+    def _printed(self, taskid: int, engine_id: int, name: str, text: str) -> None:
+        """What a running task printed so far (a preview of its stdout or stderr)."""
+        k = self._index.get(taskid)
+        if k is None or name not in ("stdout", "stderr"):
+            return
+        with self._cond:
+            if taskid in self._values or taskid in self._failures:
+                return  # finished: its record has the whole output
+            md = self._metadata[k]
+            md["engine_id"] = engine_id
+            md[name] = (md.get(name) or "") + text
+            self._printing += 1
+            self._cond.notify_all()
+        for observer in list(self._observers):  # the results split or joined from this
+            observer(None)
+
     def _arrived(self, record: TaskResultRecord) -> None:
         if record.status == LOST:
             self._settle(record, None, PlaitConnectionError(record.stderr))
@@ -405,7 +422,51 @@ class AsyncResult(concurrent.futures.Future):
             self._sent = True
         return True
 
-    def display_outputs(self, groupby: str = "type") -> None:
+    def stream_output(self, timeout: float | None = -1, file: Any = None) -> bool:
+        """Print what the tasks print while they run, as it comes (each line
+        headed ``[stdout:engine]``, or ``[stderr:engine]`` on stderr), until they
+        have all finished or ``timeout`` seconds passed; whether they finished.
+        What they printed before the call is shown first."""
+        limit = _timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        shown = [{"stdout": 0, "stderr": 0} for _ in self._ids]
+        unended: dict[tuple[int, str], str] = {}  # a line not ended yet, by task and stream
+        seen = -1
+        self._client._hurry()
+        while True:
+            with self._cond:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._cond.wait_for(partial(_news_since, self, seen), left)
+                seen = self._printing
+                finished = self.done()
+                news = []
+                for k, md in enumerate(self._metadata):
+                    for name in ("stdout", "stderr"):
+                        text = md.get(name) or ""
+                        if len(text) > shown[k][name]:
+                            text = unended.pop((k, name), "") + text[shown[k][name]:]
+                            shown[k][name] = len(md.get(name) or "")
+                            whole, _, rest = text.rpartition("\n")
+                            if finished:
+                                whole, rest = text, ""
+                            if rest:
+                                unended[(k, name)] = rest
+                            if whole:
+                                news.append((md.get("engine_id"), name, whole))
+                if finished:
+                    news.extend((self._metadata[k].get("engine_id"), name, text)
+                                for (k, name), text in unended.items())
+                    unended.clear()
+            for engine_id, name, text in news:
+                stream = file if file is not None else (
+                    sys.stdout if name == "stdout" else sys.stderr)
+                _print_stream(name, engine_id, text, stream)
+            if finished:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def display_outputs(self, groupby: str = "type", result_only: bool = False) -> None:
         """Print what each task wrote and showed, engine by engine: ``[stdout:0] ...``
         and ``[stderr:0] ...`` lines, display outputs (``[output:0] ...``), and the
         value of code ending in an expression (``Out[0]: ...``; ``Out[0:n]`` when the
@@ -414,18 +475,21 @@ class AsyncResult(concurrent.futures.Future):
         ``groupby`` 'type': every engine's stdout, then every stderr, then the
         display outputs, then the values; 'engine': all of one engine, then the
         next; 'order': as 'type', but the display outputs collated: the first of
-        each engine, then the second of each, and so on.
+        each engine, then the second of each, and so on.  ``result_only``: the
+        values alone (the streams were shown already, by :meth:`stream_output`).
         """
         if groupby not in ("type", "engine", "order"):
             raise ValueError(f"groupby is 'type', 'engine' or 'order', not {groupby!r}")
         mds: list[dict] = list(self._metadata)
         for group in ([[md] for md in mds] if groupby == "engine" else [mds]):
-            for md in group:
-                _print_stream("stdout", md.get("engine_id"), md.get("stdout") or "", sys.stdout)
-            for md in group:
-                _print_stream("stderr", md.get("engine_id"), md.get("stderr") or "",
-                              sys.stderr)
-            _print_outputs(group, collate=groupby == "order")
+            if not result_only:
+                for md in group:
+                    _print_stream("stdout", md.get("engine_id"), md.get("stdout") or "",
+                                  sys.stdout)
+                for md in group:
+                    _print_stream("stderr", md.get("engine_id"), md.get("stderr") or "",
+                                  sys.stderr)
+                _print_outputs(group, collate=groupby == "order")
             for md in group:
                 _print_pyout(md)
 
@@ -462,7 +526,12 @@ class AsyncResult(concurrent.futures.Future):
     def _feed(self, other: AsyncResult) -> None:
         """Have ``other`` receive this one's results, those arrived already included."""
 
-        def pass_on(taskid: int) -> None:
+        def pass_on(taskid: int | None) -> None:
+            if taskid is None:  # news of output (the metadata dicts are shared)
+                with other._cond:
+                    other._printing += 1
+                    other._cond.notify_all()
+                return
             if taskid not in other._index:
                 return
             with other._cond:
@@ -577,6 +646,10 @@ class AsyncMapResult(AsyncResult):
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+def _news_since(result: AsyncResult, seen: int) -> bool:
+    return result._printing != seen or result.done()
 
 
 def _arrived(result: AsyncResult, taskid: int) -> bool:

@@ -171,7 +171,9 @@ class Client:
         self.metadata[msg] = md
         return md
 
-    def _listen(self, taskid: int, listener: Any) -> None:
+    def _listen(self, taskid: int, listener: Any, output: Any = None) -> None:
+        if output is not None:
+            self._async.listen_output(taskid, output)
         self._async.listen(taskid, listener)
 
     def _submit(self, specs: list[TaskSpec], fname: str, single: bool = False,

@@ -46,6 +46,7 @@ class ParallelConnection(SessionClient):
         #: The engine ids as last heard from the controller (kept up to date by it).
         self.engine_ids: list[int] = []
         self._listeners: dict[int, Listener] = {}
+        self._output_listeners: dict[int, Callable[[int, str, str], None]] = {}
         self._early: dict[int, TaskResultRecord] = {}  # records no one listened for yet
         self._lost_because: Failure | None = None
 
@@ -72,23 +73,38 @@ class ParallelConnection(SessionClient):
         else:
             self._listeners[taskid] = listener
 
+    def listen_output(self, taskid: int, listener: Callable[[int, str, str], None]) -> None:
+        """(Any thread, before the task is submitted) call ``listener(engine_id,
+        name, text)`` in the reactor thread with what task ``taskid`` prints
+        while it runs."""
+        self._output_listeners[taskid] = listener
+
     def _poll(self) -> None:
         if self._closed:
             return
         d = self._outcome("results")
         d.addCallbacks(self._delivered, self._poll_failed)
 
-    def _delivered(self, news: tuple[bytes, list[int] | None]) -> None:
-        encoded, engines = news
+    def _delivered(self, news: tuple[bytes, list[int] | None, list]) -> None:
+        encoded, engines, output = news
         if engines is not None:
             self.engine_ids = list(engines)
+        for taskid, engine_id, name, text in output:
+            hear = self._output_listeners.get(taskid)
+            if hear is not None:
+                try:
+                    hear(engine_id, name, text)
+                except Exception:
+                    log.failure("an output listener failed")
         try:
             records = decode_results(encoded)
         except Exception:
             log.failure("unreadable records from the controller")
             records = []
         listeners = self._listeners
+        outputs = self._output_listeners
         for record in records:
+            outputs.pop(record.taskid, None)
             listener = listeners.pop(record.taskid, None)
             if listener is None:
                 self._early[record.taskid] = record

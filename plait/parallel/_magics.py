@@ -27,8 +27,9 @@ errors, shown as the CompositeError (RemoteError for one engine) message;
 ``sys.last_value`` is the error.  A non-blocking one returns its
 AsyncResult.  ``view.activate('_x')`` gives the magics ``%px_x``,
 ``%%px_x``, ``%pxresult_x``, ``%autopx_x`` and ``%pxconfig_x`` on that
-view, leaving the others alone.  Output is not streamed while a cell runs
-(``--stream`` is refused): it is shown when the cell has finished.
+view, leaving the others alone.  With ``--stream`` (blocking), what the
+engines print is shown while the cell runs, as it comes; otherwise when the
+cell has finished.
 
 ``%px`` and ``%autopx`` are shared with the kernel generation
 (:mod:`plait.kernel.client._magics`): they run on whichever of
@@ -46,12 +47,6 @@ from plait.kernel.client import _magics as shared
 from plait.kernel.client._magics import PxFrontEnd, concise, usage_error
 from plait.wire.errors import PlaitError
 
-STREAM_UNAVAILABLE = (
-    "--stream: streaming output while the cell runs is not available yet (the engines "
-    "do not send output before a task has finished); without it, the output is shown "
-    "when the cell has finished"
-)
-
 _TARGETS_HELP = (
     "the engines to run on: all, an engine id (0), engine ids (1,3 or [1,3]) or a "
     "slice of the engine ids (::2, 1:)"
@@ -65,6 +60,7 @@ class ViewFrontEnd(PxFrontEnd):
         self.view = view
         self.suffix = suffix
         self.verbose = False
+        self.stream = False  # %pxconfig --stream: stream by default
         self.last_result: Any = None
 
     # -- the magics --------------------------------------------------------------------------
@@ -77,8 +73,6 @@ class ViewFrontEnd(PxFrontEnd):
         if not code.strip():
             raise usage_error(f"%px{self.suffix} runs code on the engines: %px{self.suffix} "
                               f"a = 1, or %%px{self.suffix} [options] and a cell")
-        if options.stream:
-            raise usage_error(STREAM_UNAVAILABLE)
         targets = self.targets(options.targets) if options.targets else None
         block = self.view.block if options.block is None else options.block
         verbose = self.verbose if options.verbose is None else options.verbose
@@ -89,7 +83,10 @@ class ViewFrontEnd(PxFrontEnd):
             type(shell).run_cell(shell, code)  # the class's: not autopx's stand-in
         if not block:
             return ar
-        self.show(ar, options.groupby)
+        stream = self.stream if options.stream is None else options.stream
+        if stream:
+            ar.stream_output()
+        self.show(ar, options.groupby, result_only=stream)
         return None
 
     def pxresult(self, shell: Any, line: str) -> None:
@@ -105,8 +102,6 @@ class ViewFrontEnd(PxFrontEnd):
     def pxconfig(self, shell: Any, line: str) -> None:
         """``%pxconfig{suffix} [--targets T] [--block|--noblock] [--verbose|--no-verbose]``."""
         options = _parse("pxconfig", self.suffix, line)
-        if options.stream:
-            raise usage_error(STREAM_UNAVAILABLE)
         if options.targets:
             targets = self.targets(options.targets)
             try:
@@ -118,9 +113,11 @@ class ViewFrontEnd(PxFrontEnd):
             self.view.block = options.block
         if options.verbose is not None:
             self.verbose = options.verbose
+        if options.stream is not None:
+            self.stream = options.stream
         if not line.strip():
             print(f"%px{self.suffix}: targets {self.view.targets!r}, block "
-                  f"{self.view.block}, verbose {self.verbose}")
+                  f"{self.view.block}, verbose {self.verbose}, stream {self.stream}")
 
     def run_autopx_cell(self, shell: Any, cell: str, silent: bool) -> Any:
         block = self.view.block
@@ -148,10 +145,11 @@ class ViewFrontEnd(PxFrontEnd):
         self.last_result = ar
         return ar
 
-    def show(self, ar: Any, groupby: str) -> None:
-        """Wait for ``ar``, print its outputs, then raise its error (concisely shown)."""
+    def show(self, ar: Any, groupby: str, result_only: bool = False) -> None:
+        """Wait for ``ar``, print its outputs (its results alone: ``result_only``),
+        then raise its error (concisely shown)."""
         ar.wait()
-        ar.display_outputs(groupby)
+        ar.display_outputs(groupby, result_only=result_only)
         try:
             ar.get()
         except PlaitError as exc:
@@ -238,9 +236,9 @@ def _execution_options(parser: Any, magic: str) -> None:
     add("--no-verbose", action="store_const", const=False, dest="verbose",
         help="print no such line")
     add("--stream", action="store_const", const=True, dest="stream",
-        help="not available yet: the output is shown when the cell has finished")
+        help="show what the engines print while the cell runs, as it comes")
     add("--no-stream", action="store_const", const=False, dest="stream",
-        help="show the output when the cell has finished (the only way for now)")
+        help="show the output when the cell has finished (the default)")
 
 
 def _output_options(parser: Any) -> None:

@@ -213,3 +213,57 @@ def test_spin_does_nothing_harmful(rc):
     rc.spin()
     rc[:].spin()
     assert rc[0].apply_sync(abs, -1) == 1
+
+
+def test_stream_output_shows_what_tasks_print_while_they_run(rc, tmp_path):
+    gates = [Gate(tmp_path, f"gate{engine}") for engine in (0, 1)]
+
+    def two_lines(wait):
+        import sys
+
+        print("first", flush=True)
+        print("to stderr", file=sys.stderr, flush=True)
+        wait()
+        print("second")
+        return "done"
+
+    ar = ipp.AsyncResult.join(*[rc[e].apply_async(two_lines, gates[e].waiter())
+                                for e in (0, 1)])
+
+    class Opener:
+        """Opens an engine's gate once its first lines were shown: only
+        streaming can show them, as the task waits at the gate."""
+
+        def __init__(self):
+            self.text = ""
+            self.opened = set()
+
+        def write(self, text):
+            self.text += text
+            for engine in (0, 1):
+                if (engine not in self.opened and f"[stdout:{engine}] first" in self.text
+                        and f"[stderr:{engine}] to stderr" in self.text):
+                    self.opened.add(engine)
+                    gates[engine].open()
+
+        def flush(self):
+            pass
+
+    out = Opener()
+    assert ar.stream_output(file=out) is True
+    assert ar.get() == ["done", "done"]
+    assert out.opened == {0, 1}
+    for engine in (0, 1):
+        assert out.text.count(f"[stdout:{engine}] second") == 1
+        assert out.text.count(f"[stdout:{engine}] first") == 1
+    assert ar.stdout == ["first\nsecond\n"] * 2  # the whole output, from the results
+
+
+def test_stream_output_times_out_while_tasks_run(rc, tmp_path):
+    gate = Gate(tmp_path)
+    ar = rc[3].apply_async(gate.waiter())
+    try:
+        assert ar.stream_output(timeout=0.1) is False
+    finally:
+        gate.open()
+    assert ar.get() == "go"

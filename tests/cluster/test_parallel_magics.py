@@ -204,7 +204,7 @@ def test_verbose(shell, capsys, ids):
 def test_pxconfig(shell, capsys):
     run(shell, capsys, "dview.activate()")
     assert lines(run(shell, capsys, "%pxconfig")) == [
-        "%px: targets [0, 1, 2, 3], block False, verbose False"]
+        "%px: targets [0, 1, 2, 3], block False, verbose False, stream False"]
     assert run(shell, capsys, "%pxconfig --targets 1,3 --block") == ""
     view = shell.user_ns["dview"]
     assert view.targets == [1, 3] and view.block is True
@@ -235,9 +235,6 @@ def test_bad_options_are_usage_errors(shell, capsys):
     assert "selects none of the engines" in run(shell, capsys, "%%px --targets 10:\nx = 1")
     assert "unrecognized arguments: --local" in run(shell, capsys, "%pxconfig --local")
     assert "unrecognized arguments: extra" in run(shell, capsys, "%pxconfig extra")
-    for cell in ("%%px --stream\nx = 1", "%pxconfig --stream", "%%px --block --stream\nx = 1"):
-        assert run(shell, capsys, cell).startswith(
-            "UsageError: --stream: streaming output while the cell runs is not available yet")
     assert run(shell, capsys, "%%px --no-stream --block\nx = 1") == ""
     assert "x" not in shell.user_ns
     assert run(shell, capsys, "%%px --block\n").startswith("UsageError: %%px")  # no cell
@@ -309,7 +306,7 @@ def test_suffixed_magics_leave_the_others_alone(shell, capsys):
     assert run(shell, capsys, "%pxconfig_even --targets 0") == ""
     assert shell.user_ns["even"].targets == 0
     assert lines(run(shell, capsys, "%pxconfig_even")) == [
-        "%px_even: targets 0, block True, verbose False"]
+        "%px_even: targets 0, block True, verbose False, stream False"]
     out = run(shell, capsys, "%%px_even --bogus\nx = 1")
     assert out.startswith("UsageError: %%px_even: unrecognized arguments: --bogus")
     assert "no active MultiEngineClient or view" in run(shell, capsys, "%px x = 1")
@@ -371,3 +368,52 @@ def test_both_generations_in_one_shell(shell, capsys, cluster4, ids):
     assert out.startswith("Executing command on Controller\n")
     assert "CompositeError: one or more exceptions from call to method: execute" in out
     assert "Traceback" not in out
+
+
+def test_px_stream_shows_output_while_the_cell_runs(shell, capsys, tmp_path):
+    """The first line is printed, then the cell waits at a gate that only the
+    streamed output can open: the test's stand-in opens it when it sees the line."""
+    from support.cluster import Gate
+
+    gate = Gate(tmp_path)
+    run(shell, capsys, "v = rc.activate()")
+    seen = []
+    real_write = None
+
+    import sys
+
+    class Watch:
+        def write(self, text):
+            seen.append(text)
+            if "[stdout:0] before" in "".join(seen) and not gate_opened:
+                gate_opened.append(True)
+                gate.open()
+            return real_write(text)
+
+        def flush(self):
+            pass
+
+    gate_opened: list = []
+    real_write = sys.stdout.write
+    code = f"print('before', flush=True)\nopen({gate.path!r}).read()\nprint('after')"
+    shell.user_ns["code"] = code
+    old = sys.stdout
+    sys.stdout = Watch()
+    try:
+        shell.run_cell(f"%%px --stream --targets 0\n{code}")
+    finally:
+        sys.stdout = old
+    out = "".join(seen)
+    assert gate_opened  # the first line came while the cell was still running
+    assert out.index("[stdout:0] before") < out.index("[stdout:0] after")
+    assert out.count("[stdout:0] before") == 1  # not shown again at the end
+
+
+def test_pxconfig_stream_makes_it_the_default(shell, capsys):
+    run(shell, capsys, "v = rc.activate()")
+    run(shell, capsys, "%pxconfig --stream")
+    assert "stream True" in run(shell, capsys, "%pxconfig")
+    out = run(shell, capsys, "%%px --targets 1\nprint('streamed')")
+    assert lines(out) == ["[stdout:1] streamed"]
+    run(shell, capsys, "%pxconfig --no-stream")
+

@@ -92,8 +92,9 @@ def run(session: ParallelSession, *names: str, **options) -> list[int]:
 
 
 def answer(d: defer.Deferred):
-    """What a long poll answered: ``([task ids], engine ids or None)``."""
-    records, engines = fired(d)
+    """What a long poll answered: ``([task ids], engine ids or None)`` (and no output)."""
+    records, engines, output = fired(d)
+    assert output == []
     return [r.taskid for r in records], engines
 
 
@@ -108,7 +109,7 @@ def test_results_waits_then_answers_the_records_of_the_turn(cluster):
     cluster.engines[0].reply("A")
     assert pending(d)  # gathered until the turn ends
     cluster.turn()
-    records, engines = fired(d)
+    records, engines, _ = fired(d)
     assert [r.taskid for r in records] == [b, a] and engines is None
     assert records[0].status == "succeeded" and deserialize(records[0].payload) == "B"
     assert records[1].engineid == 0
@@ -116,7 +117,7 @@ def test_results_waits_then_answers_the_records_of_the_turn(cluster):
     assert pending(d)
     cluster.engines[0].fail(ValueError("bad c"))
     cluster.turn()
-    [record], _ = fired(d)
+    [record], _, _ = fired(d)
     assert record.taskid == c and record.status == "failed"
     assert record.failure().ename == "ValueError"
 
@@ -225,7 +226,7 @@ def test_refused_submissions_come_back_as_failed_records(cluster):
     refused = session.submit([(123, data)])  # never reserved
     assert refused == [(123, "task id 123 was never reserved")]
     cluster.turn()
-    [record], _ = fired(d)
+    [record], _, _ = fired(d)
     assert record.taskid == 123 and record.status == "failed"
     failure = record.failure()
     assert failure.ename == "TaskSubmissionError" and "never reserved" in failure.evalue
@@ -363,7 +364,7 @@ def test_resubmit_runs_finished_tasks_again_under_new_ids(cluster):
     d = second.results()
     cluster.reply_all("again")
     cluster.turn()
-    records, _ = fired(d)
+    records, _, _ = fired(d)
     assert sorted(r.taskid for r in records) == sorted(new)
     assert all(r.ok for r in records)
     assert answer(first.results()) == ([a, b], None)  # the first session's own only
@@ -409,7 +410,7 @@ def test_direct_requests_are_pinned_to_their_engine(cluster):
     cluster.engines[1].reply(1)
     cluster.engines[1].reply(2)
     cluster.turn()
-    records, _ = fired(d)
+    records, _, _ = fired(d)
     assert [(r.taskid, r.engineid, deserialize(r.payload)) for r in records] == [
         (to_one, 1, 1), (to_one_too, 1, 2)]
 
@@ -436,3 +437,18 @@ def test_a_session_is_a_task_session_of_the_later_generation(cluster):
     first = session.reserve(1, owner)
     assert session.submit([(first, encode_task(TaskSpec.execute("x")))], owner) == []
     assert fired(cluster.hub.records([first]))[0]["client_uuid"] == "somebody else"
+
+
+def test_what_running_tasks_print_comes_with_the_news(cluster):
+    session = cluster.service.session()
+    a, b = run(session, "a", "b")
+    d = session.results()
+    cluster.tc.engine_output(0, [(a, "stdout", "hello "), (a, "stdout", "world\n")])
+    cluster.clock.advance(0)
+    records, engines, output = fired(d)
+    assert records == [] and output == [(a, 0, "stdout", "hello world\n")]
+    cluster.tc.engine_output(0, [(b, "stdout", "not running there")])  # b runs on 1
+    cluster.tc.engine_output(1, [(b, "stderr", "oops")])
+    cluster.clock.advance(0)
+    assert fired(session.results())[2] == [(b, 1, "stderr", "oops")]
+

@@ -62,6 +62,7 @@ class _Blob:
         self.sockets: set[socket.socket] = set()
         self.keep: str | None = None  # the file a kept blob is (to be) served from
         self.on_disk = False  # written there, freed from memory
+        self.writing = False  # being written there
 
 class BlobServer:
     """The controller's data port: holds uploaded ciphertext and relays it to readers.
@@ -146,6 +147,12 @@ class BlobServer:
         with self._lock:
             blobs = list(self._by_id.values())
             self._cache.clear()
+        for blob in blobs:  # kept blobs not on disk yet are written first
+            with blob.cond:
+                unwritten = (blob.keep is not None and blob.complete and not blob.on_disk
+                             and not blob.dead)
+            if unwritten:
+                self._write_kept(blob)
         for blob in blobs:
             self._kill(blob, "the bulk data server stopped")
         with self._lock:
@@ -280,8 +287,12 @@ class BlobServer:
             return
 
     def _write_kept(self, blob: _Blob) -> None:
-        """(a blob thread) Write a kept, complete blob to its file and free its memory."""
+        """(a blob thread) Write a kept, complete blob to its file and free its memory
+        (once: a second call does nothing)."""
         with blob.cond:
+            if blob.writing or blob.on_disk:
+                return
+            blob.writing = True
             view, path = blob.view, blob.keep
         if view is None or path is None:
             return

@@ -39,6 +39,7 @@ class ParallelSession(TaskSession):
         self.service = service
         self.uuid = str(uuid_module.uuid4())
         self._ready: list[TaskResultRecord] = []
+        self._output: list[tuple[int, int, str, str]] = []  # what running tasks printed
         self._engines_changed = False
         self._poll: defer.Deferred | None = None
         self._answering = False
@@ -72,6 +73,18 @@ class ParallelSession(TaskSession):
         self._ready.append(record)
         self._wake()
 
+    def task_output(self, taskid: int, engine_id: int, name: str, text: str) -> None:
+        """(The task controller) a task of this session running on ``engine_id``
+        printed ``text`` to its stream ``name``."""
+        if self.closed:
+            return
+        last = self._output[-1] if self._output else None
+        if last is not None and last[:3] == (taskid, engine_id, name):
+            self._output[-1] = (taskid, engine_id, name, last[3] + text)
+        else:
+            self._output.append((taskid, engine_id, name, text))
+        self._wake()
+
     def engine_added(self, engine_id: int) -> None:
         """(The registry) the engines changed: the client hears of it."""
         self._engines_changed = True
@@ -89,16 +102,18 @@ class ParallelSession(TaskSession):
             return defer.fail(RuntimeError("this session is closed"))
         if self._poll is not None:
             return defer.fail(RuntimeError("a results() call is waiting already"))
-        if self._ready or self._engines_changed:
+        if self._ready or self._output or self._engines_changed:
             return defer.succeed(self._take())
         self._poll = defer.Deferred(canceller=lambda _: self._forget_poll())
         return self._poll
 
-    def _take(self) -> tuple[list[TaskResultRecord], list[int] | None]:
+    def _take(self) -> tuple[list[TaskResultRecord], list[int] | None,
+                             list[tuple[int, int, str, str]]]:
         ready, self._ready = self._ready, []
+        output, self._output = self._output, []
         engines = self.service.get_ids() if self._engines_changed else None
         self._engines_changed = False
-        return ready, engines
+        return ready, engines, output
 
     def _forget_poll(self) -> None:
         self._poll = None
@@ -106,7 +121,7 @@ class ParallelSession(TaskSession):
     def _answer(self) -> None:
         self._answering = False
         poll, self._poll = self._poll, None
-        if poll is not None and (self._ready or self._engines_changed):
+        if poll is not None and (self._ready or self._output or self._engines_changed):
             poll.callback(self._take())
         elif poll is not None:
             self._poll = poll

@@ -93,6 +93,19 @@ class EngineRegistry:
         self._record(engine_id).properties = dict(properties)
         self._notify("properties_changed", engine_id)
 
+    def report_output(self, engine_id: int, chunks: list[tuple[int, str, str]]) -> None:
+        """Engine ``engine_id`` says what its running tasks printed: observers with
+        an ``engine_output(engine_id, chunks)`` hear of it."""
+        self._record(engine_id)  # KeyError for an engine that is not registered
+        for observer in list(self._observers):
+            handler = getattr(observer, "engine_output", None)
+            if handler is None:
+                continue
+            try:
+                handler(engine_id, chunks)
+            except Exception:
+                self.log.failure("observer {obs!r} failed on engine_output", obs=observer)
+
     # -- observation ------------------------------------------------------
     def add_observer(self, observer: Any) -> None:
         self._observers.append(observer)

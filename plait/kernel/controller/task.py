@@ -363,6 +363,17 @@ class TaskController:
         }
 
     # -- registry observer -------------------------------------------------------
+    def engine_output(self, engine_id: int, chunks: list[tuple[int, str, str]]) -> None:
+        """(The registry) what the running tasks of an engine printed: handed to
+        their owners that listen (``task_output(taskid, engine_id, name, text)``)."""
+        for taskid, name, text in chunks:
+            task = self._tasks.get(taskid)
+            if task is None or task.state != PENDING or task.engine_id != engine_id:
+                continue  # not (or no longer) running there: a stale preview
+            listen = getattr(task.owner, "task_output", None)
+            if listen is not None:
+                listen(taskid, engine_id, name, text)
+
     def engine_added(self, engine_id: int) -> None:
         """A new engine: offer it the waiting tasks its properties allow."""
         self._engines.add(engine_id)

@@ -112,9 +112,10 @@ METHODS = (
 class _Capture(io.TextIOBase):
     """A thread-safe text stream keeping at most ``limit`` characters."""
 
-    def __init__(self, limit: int | None):
+    def __init__(self, limit: int | None, tee: Callable[[str], None] | None = None):
         super().__init__()
         self._limit = limit
+        self._tee = tee  # also called with every text written (output streaming)
         self._parts: list[str] = []
         self._size = 0
         self._dropped = 0
@@ -144,6 +145,11 @@ class _Capture(io.TextIOBase):
             self._parts.append(kept)
             self._size += len(kept)
             self._dropped += len(text) - len(kept)
+        if self._tee is not None and kept:
+            try:
+                self._tee(kept)
+            except Exception:  # streaming is a preview: it must not break user code
+                self._tee = None
         return len(text)
 
     def getvalue(self) -> str:
@@ -155,8 +161,15 @@ class _Capture(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _captured(limit: int | None) -> Iterator[tuple[_Capture, _Capture]]:
-    out, err = _Capture(limit), _Capture(limit)
+def _captured(limit: int | None, tee: Callable[[str, str], None] | None = None
+              ) -> Iterator[tuple[_Capture, _Capture]]:
+    """stdout and stderr captured (at most ``limit`` characters each); with
+    ``tee``, ``tee('stdout' or 'stderr', text)`` is called as text is written."""
+    if tee is None:
+        out, err = _Capture(limit), _Capture(limit)
+    else:
+        out = _Capture(limit, lambda text: tee("stdout", text))
+        err = _Capture(limit, lambda text: tee("stderr", text))
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     try:
@@ -222,6 +235,9 @@ class Interpreter:
         #: The repr of the value of the last executed source's final expression
         #: (None when it had none, or it was None).
         self.last_pyout: str | None = None
+        #: Called with ``(stream name, text)`` as captured output is written, while
+        #: set (the engine streams a later-generation task's output with it).
+        self.output_tee: Callable[[str, str], None] | None = None
         self._lock = threading.RLock()
         self.module = self._new_module()
 
@@ -334,7 +350,7 @@ class Interpreter:
             name = filename or f"<In [{number}]>"
             linecache.cache[name] = (len(source), None, source.splitlines(True), name)
             failure: BaseException | None = None
-            with _captured(self.output_limit) as (out, err):
+            with _captured(self.output_limit, self.output_tee) as (out, err):
                 try:
                     self._run_source(source, name, out if echo else None)
                 except BaseException as exc:
@@ -429,7 +445,7 @@ class Interpreter:
             raise TypeError(f"apply needs a callable, not a {type(function).__name__}")
         args = tuple(self._resolve(a) for a in args or ())
         kwargs = {k: self._resolve(v) for k, v in (kwargs or {}).items()}
-        with self._running(), _captured(self.output_limit) as (out, err):
+        with self._running(), _captured(self.output_limit, self.output_tee) as (out, err):
             memo: dict[int, Any] = {}
             added: dict[str, Any] = {}
             try:

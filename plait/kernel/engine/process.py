@@ -108,6 +108,8 @@ class Engine:
         self.interpreter = Interpreter(properties=properties)
         self.commands = Commands(self.interpreter, self._open_upload, self._properties_changed)
         self.executor = MainThreadExecutor()
+        # the output of later-generation tasks, streamed while they run
+        taskrun.output_sink = OutputStreamer(lambda: self.session).write
         self.remote_self = FoolscapEngine(self)
         self.registrar: Any = None
         self.session: Any = None  # this engine's RIEngineSession, once registered
@@ -255,6 +257,53 @@ class Engine:
         except KeyboardInterrupt:
             self.exit_code = 130
         return self.exit_code
+
+
+class OutputStreamer:
+    """Sends the output of running later-generation tasks to the controller.
+
+    :meth:`write` (the main thread, as user code prints) buffers; the reactor
+    thread sends what accumulated every :data:`OUTPUT_EVERY` seconds at most,
+    in one ``task_output`` call of the engine's session.  What a task prints
+    also comes back, whole, with its result: the stream is a preview, and
+    output past :data:`OUTPUT_BUDGET` characters per send is dropped from it.
+    """
+
+    def __init__(self, session: Callable[[], Any]):
+        self._session = session
+        self._lock = threading.Lock()
+        self._chunks: list[tuple[int, str, str]] = []
+        self._size = 0
+        self._scheduled = False
+
+    def write(self, taskid: int, name: str, text: str) -> None:
+        with self._lock:
+            if self._size >= OUTPUT_BUDGET:
+                return
+            text = text[:OUTPUT_BUDGET - self._size]
+            self._size += len(text)
+            last = self._chunks[-1] if self._chunks else None
+            if last is not None and last[0] == taskid and last[1] == name:
+                self._chunks[-1] = (taskid, name, last[2] + text)
+            else:
+                self._chunks.append((taskid, name, text))
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            reactor.callFromThread(reactor.callLater, OUTPUT_EVERY, self._send)
+
+    def _send(self) -> None:
+        with self._lock:
+            chunks, self._chunks, self._size = self._chunks, [], 0
+            self._scheduled = False
+        session = self._session()
+        if chunks and session is not None:
+            session.callRemote("task_output", chunks).addErrback(lambda f: None)
+
+
+#: Seconds between two sends of streamed output, and characters per send at most.
+OUTPUT_EVERY = 0.05
+OUTPUT_BUDGET = 1 << 16
 
 
 def hard_exit(code: int) -> None:

@@ -25,6 +25,7 @@ the engine exits.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ LATER_KINDS = ("call", "execute")
 
 class Interpreter(Protocol):
     """What :func:`run_on_engine` needs of the engine's interpreter."""
+
+    output_tee: Callable[[str, str], None] | None
 
     def reset(self) -> None: ...
 
@@ -165,6 +168,11 @@ _skipped: dict[int, None] = {}
 MAX_SKIPPED = 100_000
 
 
+#: Where the output of a later-generation task goes while it runs: called with
+#: ``(taskid, 'stdout' or 'stderr', text)`` (set by the engine process; None: nowhere).
+output_sink: Callable[[int, str, str], None] | None = None
+
+
 def skip(taskids: list[int]) -> None:
     """(Any thread) do not start these tasks of the batches this engine holds."""
     for taskid in taskids:
@@ -194,7 +202,13 @@ def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
         try:
             task = _load(payload)
             if task.kind in LATER_KINDS:
-                value, meta = run_call(interpreter, task)
+                sink = output_sink
+                if sink is not None and taskid is not None:
+                    interpreter.output_tee = functools.partial(sink, taskid)
+                try:
+                    value, meta = run_call(interpreter, task)
+                finally:
+                    interpreter.output_tee = None
             else:
                 value = run_engine_task(interpreter, task)
             seconds = time.perf_counter() - start
