@@ -71,6 +71,16 @@ def graph_dependency(client: Any, value: Any, what: str) -> GraphDependency | No
 
     InvalidDependency for a msg_id that this controller did not issue.
     """
+    from plait.parallel._asyncresult import AsyncResult
+
+    # the common case first: AsyncResults (of this controller), whose task ids are known
+    results = [value] if isinstance(value, AsyncResult) else value
+    if (isinstance(results, (list, tuple)) and results
+            and all(type(r) in _RESULT_TYPES for r in results)):
+        if any(r._client._prefix != client._prefix for r in results):
+            raise InvalidDependency(f"{what}: an AsyncResult of another controller")
+        ids = sorted({taskid for r in results for taskid in r._ids})
+        return GraphDependency(tuple(ids), True, True, False)
     if value is None or (isinstance(value, Iterable) and not isinstance(value, str)
                          and not _msg_ids(value)):
         return None
@@ -87,4 +97,12 @@ def graph_dependency(client: Any, value: Any, what: str) -> GraphDependency | No
         ids.append(taskid)
     return GraphDependency(tuple(ids), dependency.all, dependency.success, dependency.failure)
 
+
+def _result_types() -> frozenset[type]:
+    from plait.parallel._asyncresult import AsyncHubResult, AsyncMapResult, AsyncResult
+
+    return frozenset({AsyncResult, AsyncMapResult, AsyncHubResult})
+
+
+_RESULT_TYPES = _result_types()
 
