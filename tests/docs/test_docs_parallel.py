@@ -100,7 +100,7 @@ REFERENCE_EXAMPLES = [
     "serial_result = list(map(lambda x:x**10, range(32)))",
     "parallel_result = lview.map(lambda x:x**10, range(32))", "serial_result==parallel_result",
     "@lview.parallel()", "f.map(range(32))", "from plait.parallel import depend, require, dependent",
-    "@require('numpy', 'zmq')", "def platform_specific(plat):", "@depend(platform_specific, 'darwin')",
+    "@require('numpy', 'sqlite3')", "def platform_specific(plat):", "@depend(platform_specific, 'darwin')",
     "@depend(platform_specific, 'nt')", "mactask = dependent(mytask, platform_specific, 'darwin')",
     "wintask = dependent(mytask, platform_specific, 'nt')", "t = dependent(f, g, *dargs, **dkwargs)",
     "with lview.temp_flags(after=[ar,ar2]):", "with lview.temp_flags(follow=[ar], timeout=2.5):",
