@@ -263,16 +263,20 @@ def _task_uneven(tc, p: dict, r: Results) -> None:
 # -- parallel (the later generation) ----------------------------------------------------------
 
 PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
-                 "par_pushpull_vs_mec", "par_dag", "par_hub_rss", "par_hub_query"]
+                 "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "par_hub_rss", "par_hub_query"]
 
 
-def dag_edges(n: int, k: int = 3, window: int = 64, seed: int = 1) -> list[list[int]]:
-    """For each of ``n`` tasks, the ``k`` earlier tasks it depends on (drawn among
-    the ``window`` before it: a DAG as wide as a real workflow's)."""
+def dag_edges(n: int, k: int = 3, window: int | None = None, seed: int = 1
+              ) -> list[list[int]]:
+    """For each of ``n`` tasks, the ``k`` earlier tasks it depends on, drawn among
+    all the tasks before it (the random DAG of the NetworkX demo: edges between
+    random nodes) or, with ``window``, among the ``window`` just before it (a
+    deep DAG: its longest path is about 20 times the demo's)."""
     import random
 
     rng = random.Random(seed)
-    return [rng.sample(range(max(0, i - window), i), min(k, i)) for i in range(n)]
+    return [rng.sample(range(0 if window is None else max(0, i - window), i), min(k, i))
+            for i in range(n)]
 
 
 def parallel(p: dict, r: Results) -> None:
@@ -293,6 +297,7 @@ def parallel(p: dict, r: Results) -> None:
         mec = client.MultiEngineClient(cluster.furl("mec"))
         r.measure(["par_pushpull", "par_pushpull_vs_mec"], lambda: _par_pushpull(v, mec, p, r))
         r.measure("par_dag", lambda: _par_dag(rc, lv, p["dag_n"], r))
+        r.measure("par_dag_deep", lambda: _par_dag(rc, lv, p["dag_n"], r, window=64))
         rc.close()
     with plait_cluster(2) as cluster:
         r.measure(["par_hub_rss", "par_hub_query"], lambda: _par_hub(cluster, p, r))
@@ -341,8 +346,16 @@ def _par_pushpull(v, mec, p: dict, r: Results) -> None:
           detail=f"mec.push+pull of the same, interleaved: {median(theirs):.0f} MB/s")
 
 
-def _par_dag(rc, lv, n: int, r: Results) -> None:
-    edges = dag_edges(n)
+def dag_depth(edges: list[list[int]]) -> int:
+    """The number of tasks on the longest path of the DAG ``edges`` describes."""
+    depth: list[int] = []
+    for deps in edges:
+        depth.append(1 + max((depth[j] for j in deps), default=0))
+    return max(depth, default=0)
+
+
+def _par_dag(rc, lv, n: int, r: Results, window: int | None = None) -> None:
+    edges = dag_edges(n, window=window)
     t0 = time.perf_counter()
     ars = []
     for deps in edges:
@@ -357,8 +370,9 @@ def _par_dag(rc, lv, n: int, r: Results) -> None:
         started = ar.metadata.started
         if any(ars[j].metadata.completed > started for j in deps):
             raise AssertionError("a task of the DAG started before one it depends on ended")
-    r.add("par_dag", n / elapsed,
-          detail=f"{n} tasks, 3 dependencies each (after=); submitting {n / (t1 - t0):.0f}/s")
+    r.add("par_dag" if window is None else "par_dag_deep", n / elapsed,
+          detail=f"{n} tasks, 3 dependencies each (after=), longest path {dag_depth(edges)} "
+                 f"tasks; submitting {n / (t1 - t0):.0f}/s")
 
 
 def _rss_mb(pid: int) -> float:

@@ -140,8 +140,13 @@ def _parallel_specs(p: dict) -> list[Spec]:
              "target allows 5% of noise)"),
         Spec("parallel", "par_dag", f"a DAG of {p['dag_n']} tasks, 3 dependencies each",
              "tasks/s", (">=", 5000.0) if p["dag_n"] >= 10_000 else None, None, "",
-             "each task depends (after=) on 3 of the 64 tasks before it; N / the time from "
-             "the first submission to the last result, 2 engines"),
+             "each task depends (after=) on 3 random earlier tasks (the random DAG of the "
+             "NetworkX demo); N / the time from the first submission to the last result, "
+             "2 engines"),
+        Spec("parallel", "par_dag_deep", f"a deep DAG of {p['dag_n']} tasks, 3 dependencies "
+             "each", "tasks/s", None, None, "",
+             "each task depends on 3 of the 64 tasks just before it: a long chain of "
+             "levels, each waiting for a result to come back from an engine; N / elapsed"),
         Spec("parallel", "par_hub_rss", f"controller RSS growth after {p['hub_results']} "
              "results", "MB", ("<=", 300.0) if p["hub_results"] >= 100_000 else None, None,
              "", "controller RSS after that many no-op tasks finished (SQLite hub, records "

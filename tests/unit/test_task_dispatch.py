@@ -11,7 +11,7 @@ from twisted.internet import defer
 
 from plait.wire.errors import RemoteFailure, TaskSpecError
 from plait.wire.serialize import serialize
-from plait.wire.task import decode_batch_reply
+from plait.wire.task import GraphDependency, decode_batch_reply
 from support.fakes import TaskHarness, submit_many
 
 
@@ -204,3 +204,22 @@ def test_the_adaptive_mark_grows_batches_for_tiny_tasks_and_shrinks_for_long_one
         engine.reply(seconds=1.0)  # long tasks: the mark drops to 1 at once
     assert cluster.tc.info()["marks"] == {0: 1}
     assert len(engine.calls) == 1
+
+
+def test_the_dependents_a_batch_releases_leave_in_one_command():
+    """A scheduling pass follows the whole batch reply, not each of its tasks: the
+    tasks a batch's results release travel together (a DAG of tiny tasks would
+    otherwise cost a command, and a round trip, per task)."""
+    cluster = TaskHarness(n=1, hwm=0)
+    engine = cluster.engines[0]
+    first = submit_many(cluster, ["a", "b", "c", "d"])
+    assert engine.commands == 2 and engine.names() == ["a", "b", "c", "d"]  # [a, b], [c, d]
+    x = cluster.run("x", after=GraphDependency((first[0],)))
+    y = cluster.run("y", after=GraphDependency((first[1],)))
+    assert engine.commands == 2  # x and y wait for a and b
+    engine.reply()
+    engine.reply()  # [a, b] answered: x and y are released at once
+    assert engine.commands == 3 and engine.names() == ["c", "d", "x", "y"]
+    while engine.calls:
+        engine.reply()
+    assert cluster.result(x).ok and cluster.result(y).ok

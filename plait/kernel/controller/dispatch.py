@@ -18,6 +18,11 @@ most :data:`MAX_BATCH_TASKS` tasks and about :data:`MAX_BATCH_BYTES` bytes.
 The payload is built when the queue hands the command to the engine, so a
 task aborted while its command waited in the queue is left out.
 
+The controller runs one scheduling pass after all the endings of a
+command (``passed()``), not one per ending: the tasks a batch's results
+release (graph dependents) then leave together, in one command, instead of
+one command and one round trip each.
+
 Endings
 -------
 Each task of a command ends its attempt with one :class:`Ended`:
@@ -142,6 +147,7 @@ class Dispatcher:
         self._passed = passed
         self._at_engine: dict[int, deque[_Command]] = {}  # handed over, oldest first
         self._blamed: set[int] = set()  # lost engines whose running task was blamed
+        self._settling = 0  # the commands whose endings are being reported
 
     # -- sending -----------------------------------------------------------------------
     def send(self, engine_id: int, tasks: list[Any], fresh: bool) -> None:
@@ -187,12 +193,20 @@ class Dispatcher:
                                and engine_id not in self._blamed)
                 if blame_first:
                     self._blamed.add(engine_id)
+        self._settling += 1
         try:
             for entry in command.unsent():
                 self._end(command, entry, NEVER_RAN)
             self._settle(command, result, blame_first)
         finally:
+            self._settling -= 1
             self._passed()
+
+    @property
+    def settling(self) -> bool:
+        """True while the endings of a command are being reported: ``passed()``
+        follows them, so the controller may leave its scheduling pass to it."""
+        return self._settling > 0
 
     def _engine_gone(self, engine_id: int, failure: Failure) -> bool:
         if failure.check(EngineError):

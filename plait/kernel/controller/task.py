@@ -758,7 +758,7 @@ class TaskController:
                         self._impossible(task, detail)
         finally:
             self._settling = False
-        if placed:
+        if placed and not self._dispatcher.settling:  # else: one pass after the command
             self._schedule()
 
     def _status(self, taskid: int) -> Any:
