@@ -399,13 +399,15 @@ class Client:
             translated[key] = _stamp(condition)
         wanted = None if keys is None else [k for k in keys if k != "msg_id"]
         rows = self._conn.query(translated, None if wanted is None else ["id", *wanted])
+        times = _TIMES if wanted is None else [name for name in _TIMES if name in wanted]
+        msg_id, stamp = self._msg_id, datetime.datetime.fromtimestamp
         out = []
         for row in rows:
-            record = {"msg_id": self._msg_id(row.pop("id"))}  # always there, as in ipyparallel
+            record = {"msg_id": msg_id(row.pop("id"))}  # always there, as in ipyparallel
             row.pop("msg_id", None)
-            for name in _TIMES:
+            for name in times:
                 if row.get(name):
-                    row[name] = datetime.datetime.fromtimestamp(row[name])
+                    row[name] = stamp(row[name])
             record.update(row)
             out.append(record)
         return out

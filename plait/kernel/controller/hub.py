@@ -147,6 +147,8 @@ class Hub:
         pending = [{k: r.get(k) for k in columns} for r in self._pending.values()
                    if matches(r, query)]
         d = self.store.find(query, columns)
+        if not pending:  # the store's records come in id order
+            return d
         return d.addCallback(lambda found: sorted(found + pending, key=lambda r: r["id"]))
 
     def purge(self, taskids: Iterable[int] | None) -> defer.Deferred:

@@ -421,7 +421,10 @@ class SQLiteStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id"
-        return [_decode(dict(zip(keys, row, strict=True))) for row in db.execute(sql, values)]
+        rows = db.execute(sql, values)
+        if not any(name in keys for name in _JSON):
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [_decode(dict(zip(keys, row, strict=True))) for row in rows]
 
 
 def _where(query: dict) -> tuple[list[str], list[Any]]:
