@@ -424,7 +424,11 @@ def decode_task(data: bytes, allow_depend: bool = True) -> ControllerTask:
         envelope = _PlainUnpickler(io.BytesIO(memoryview(data)[len(MAGIC):])).load()
     except Exception as exc:
         raise TaskSpecError(f"unreadable task envelope: {type(exc).__name__}: {exc}") from exc
-    chain = _chain(envelope, lambda item: item.get("recovery") if isinstance(item, dict) else None)
+    if isinstance(envelope, dict) and envelope.get("recovery") is None:
+        chain = [envelope]  # the common case: no recovery tasks
+    else:
+        chain = _chain(envelope,
+                       lambda item: item.get("recovery") if isinstance(item, dict) else None)
     task: ControllerTask | None = None
     for item in reversed(chain):
         payload, retries, depend_key, timeout = _envelope_fields(item)

@@ -89,6 +89,12 @@ class Blocked:
 
     def verdict(self) -> tuple[str, Any]:
         """``(MET, engines or None)``, ``(WAITING, None)`` or ``(IMPOSSIBLE, why)``."""
+        after, follow = self.after, self.follow
+        if follow is None and after is not None:  # the common case, straight
+            state = after.state()
+            if state == IMPOSSIBLE:
+                return IMPOSSIBLE, _why("after", after)
+            return state, None
         waiting = False
         for name, need in self.needs():
             state = need.state()
@@ -168,8 +174,8 @@ class Graph:
         for blocked in self._blocked_on.pop(taskid, ()):
             if blocked.done:
                 continue
-            for _, need in blocked.needs():
-                if taskid in need.ids:
+            for need in (blocked.after, blocked.follow):
+                if need is not None and taskid in need.ids:
                     need.left -= 1
                     need.finished(succeeded, engine_id)
             state, detail = blocked.verdict()

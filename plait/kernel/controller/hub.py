@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from plait.interfaces.parallel import IHub
 from plait.kernel.controller.hubstore import QueryError, check_query, matches
-from plait.wire.records import TaskResultRecord, msg_id, taskid_of
+from plait.wire.records import TaskResultRecord, msg_id_maker, taskid_of
 from plait.wire.serialize import is_bulk
 
 
@@ -44,6 +44,7 @@ class Hub:
     def __init__(self, store: Any, prefix: int, blobs: Any = None):
         self.store = store
         self.prefix = prefix
+        self._msg_id = msg_id_maker(prefix)
         # The blob server: the large results of later-generation tasks are kept
         # there (on disk) for as long as their records, when the store keeps any.
         self.blobs = blobs if store.name != "none" else None
@@ -59,7 +60,7 @@ class Hub:
         spec = task.spec
         self._pending[task.taskid] = {
             "id": task.taskid,
-            "msg_id": msg_id(self.prefix, task.taskid),
+            "msg_id": self._msg_id(task.taskid),
             "client_uuid": getattr(task.owner, "uuid", None),
             "kind": "later" if task.later else "task",
             "submitted": task.submitted,
@@ -71,7 +72,7 @@ class Hub:
 
     def finished(self, record: TaskResultRecord, task: Any) -> None:
         row = self._pending.pop(record.taskid, None) or {
-            "id": record.taskid, "msg_id": msg_id(self.prefix, record.taskid)}
+            "id": record.taskid, "msg_id": self._msg_id(record.taskid)}
         row.update(
             started=record.started, completed=record.completed, engine_id=record.engineid,
             engine_uuid=record.engine_uuid, status=record.status, attempts=record.attempts,
@@ -88,7 +89,7 @@ class Hub:
 
     # -- IHub ------------------------------------------------------------------------------
     def msg_id(self, taskid: int) -> str:
-        return msg_id(self.prefix, taskid)
+        return self._msg_id(taskid)
 
     def taskid(self, text: Any) -> int | None:
         return taskid_of(self.prefix, text)
