@@ -26,6 +26,10 @@ beside what they share::
                               ship to it by reference (shipped)
     plait/kernel/client/      the users' face (its ``__init__``) and the
                               client plumbing both API generations share
+    plait/cluster/            starting and stopping a cluster's processes: the
+                              launchers (this host, mpiexec), the profile's
+                              cluster.toml and state file; shared by ipcluster
+                              and plait.parallel.Cluster
     plait/scripts/            the ipcontroller, ipengine and ipcluster front ends
 
 Rules
@@ -53,8 +57,9 @@ circle.
     plait.kernel.engine               plait.wire plait.interfaces
     plait.kernel.engine.process       plait.wire plait.interfaces plait.security plait.adapters.engine_server plait.kernel.engine
     plait.kernel.client               plait.wire plait.interfaces plait.security plait.kernel.engine.shipped
-    plait.parallel                    plait.wire plait.interfaces plait.security plait.kernel.client plait.kernel.engine.shipped
-    plait.scripts                     plait.wire plait.security plait.adapters plait.kernel.controller.service plait.kernel.engine.process
+    plait.parallel                    plait.wire plait.interfaces plait.security plait.kernel.client plait.kernel.engine.shipped plait.cluster
+    plait.cluster                     plait.wire plait.security
+    plait.scripts                     plait.wire plait.security plait.adapters plait.kernel.controller.service plait.kernel.engine.process plait.cluster
     plait.demo                        plait.kernel.client
     plait                             plait.kernel.client
 

@@ -7,7 +7,9 @@ By default the engine FURL is read from the profile's security folder;
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import socket
 import sys
 
 from plait.scripts._common import (
@@ -28,8 +30,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-channel", action="store_true",
                    help="take commands through foolscap only, not the faster command channel "
                         "(for networks that let only the engine port through)")
+    p.add_argument("--notify-socket", default=None, metavar="PATH",
+                   help=argparse.SUPPRESS)  # a launcher's: "engine ID PID" once registered
     add_notify_option(p)
     return p
+
+
+#: Where MPI launchers put a process's rank and the job's size (Open MPI, then
+#: MPICH / Intel MPI and PMIx-based launchers).
+RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def mpi_properties(environ: dict[str, str] | os._Environ = os.environ) -> dict:
+    """``{'rank': r, 'size': s}`` when this process runs under an MPI launcher, else {}."""
+    props = {}
+    for key, names in (("rank", RANK_VARIABLES), ("size", SIZE_VARIABLES)):
+        for name in names:
+            value = environ.get(name, "")
+            if value.isdigit():
+                props[key] = int(value)
+                break
+    return props if "rank" in props else {}
+
+
+def _announce(path: str | None, engine_id: int) -> None:
+    """Tell the launcher listening on the unix socket ``path`` this engine registered."""
+    if path is None:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path  # @: Linux's abstract names
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(address)
+            sock.sendall(f"engine {engine_id} {os.getpid()}\n".encode())
+    except OSError:
+        pass  # the launcher is gone: nobody waits for the notice
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def registered(engine_id: int) -> None:
         notify(args.notify_fd, f"engine {engine_id}")
+        _announce(args.notify_socket, engine_id)
 
-    engine = Engine(furl, on_registered=registered, channel=not args.no_channel)
+    props = mpi_properties()
+    engine = Engine(furl, properties=props, on_registered=registered,
+                    channel=not args.no_channel)
+    if props:  # under MPI: the rank is a name in the namespace too (%px print(rank))
+        engine.interpreter.push({"rank": props["rank"], "size": props.get("size")})
     signal.signal(signal.SIGTERM, lambda *a: hard_exit(0))
     code = engine.run()
     if engine.error:

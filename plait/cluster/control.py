@@ -1,0 +1,234 @@
+"""A cluster's processes, started, grown, signalled and stopped together.
+
+:class:`ClusterProcesses` is what ``ipcluster`` and
+:class:`plait.parallel.Cluster` drive.  It starts a controller and engine
+sets (see :mod:`plait.cluster.launchers`), records them in the profile's
+state file once ready, and can be attached later, from the state file alone,
+by another process (``ipcluster engines``, ``ipcluster stop``,
+``Cluster.from_profile``).  Every method that starts processes stops what
+it started when it fails: nothing is left running behind an error.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from plait.cluster import state as _state
+from plait.cluster.launchers import (
+    LAUNCHERS,
+    EngineSet,
+    Notices,
+    hand_furl,
+    read_ready,
+    spawn_controller,
+    spawn_local,
+    spawn_mpi,
+)
+from plait.cluster.processes import signal_pids, terminate
+from plait.security import ENGINE_FURL, ProfileDirs, profile_dirs
+from plait.wire.errors import ClusterError
+
+
+def check_launcher(launcher: str) -> str:
+    if launcher not in LAUNCHERS:
+        raise ClusterError(f"engines must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
+    return launcher
+
+
+class ClusterProcesses:
+    """The controller and engines of one profile's cluster.
+
+    ``detach``: the processes get sessions of their own (they outlive the
+    process that started them, and a Ctrl-C in it does not reach them).
+    """
+
+    def __init__(self, profile: str | None = None, *, controller_args: list[str] | None = None,
+                 launcher: str = "local", mpiexec: str = "mpiexec",
+                 mpi_args: tuple[str, ...] = (), detach: bool = True):
+        self.profile = profile
+        self.dirs: ProfileDirs = profile_dirs(profile)
+        self.controller_args = list(controller_args or [])
+        self.launcher = check_launcher(launcher)
+        self.mpiexec = mpiexec
+        self.mpi_args = tuple(mpi_args)
+        self.detach = detach
+        self.controller_pid: int | None = None
+        self.controller_proc: Any = None
+        self.engine_sets: list[EngineSet] = []
+        self.extra_state: dict[str, Any] = {}
+        self._started: dict[str, Any] = {}  # start times of the pids, as recorded
+
+    # -- what runs ---------------------------------------------------------------------
+    @property
+    def engine_ids(self) -> list[int]:
+        return sorted(i for group in self.engine_sets for i in group.ids)
+
+    @property
+    def engine_pids(self) -> list[int]:
+        return [p for group in self.engine_sets for p in group.pids]
+
+    def running(self) -> bool:
+        """Whether the controller still runs."""
+        if self.controller_pid is None:
+            return False
+        return _state.ours({"started": self._started}, self.controller_pid)
+
+    # -- starting ----------------------------------------------------------------------
+    def start(self, n: int, timeout: float = 30.0) -> list[int]:
+        """Start the controller and ``n`` engines; the engine ids once all registered.
+
+        ClusterError (with nothing left running) when a cluster already runs for
+        the profile, a process fails, or ``timeout`` seconds pass first.
+        """
+        if n < 1:
+            raise ClusterError(f"a cluster needs at least 1 engine, not {n}")
+        if _state.read_state(self.dirs) is not None:
+            raise ClusterError(f"a cluster is already running for profile "
+                               f"'{self.profile or 'default'}'; stop it first "
+                               f"(ipcluster stop --profile={self.profile or 'default'})")
+        deadline = time.monotonic() + timeout
+        notices = Notices()
+        try:
+            proc, ready_fd = spawn_controller(self.profile, self.controller_args, self.detach)
+            self.controller_proc, self.controller_pid = proc, proc.pid
+            early = None
+            if self.launcher == "local":  # their imports overlap the controller's start
+                early = spawn_local(n, self.profile, notices, self.detach)
+                self.engine_sets.append(early)
+            furl_file = read_ready(ready_fd, proc, deadline, self.dirs)
+            if early is not None:
+                hand_furl(early, furl_file)
+                notices.wait(early, deadline, timeout, self.dirs)
+            else:
+                self._start_set(n, notices, deadline, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            notices.close()
+        self.save()
+        return self.engine_ids
+
+    def add_engines(self, n: int, timeout: float = 30.0, launcher: str | None = None
+                    ) -> list[int]:
+        """Start ``n`` more engines (with the cluster's launcher, or ``launcher``); their
+        ids once registered.  ClusterError when the controller is not running, or the
+        engines fail or are late (those started are stopped then)."""
+        if n < 1:
+            raise ClusterError(f"add at least 1 engine, not {n}")
+        if not self.running():
+            raise ClusterError(f"the cluster of profile '{self.profile or 'default'}' is "
+                               f"not running")
+        deadline = time.monotonic() + timeout
+        notices = Notices()
+        before = len(self.engine_sets)
+        try:
+            group = self._start_set(n, notices, deadline, timeout, launcher)
+        except BaseException:
+            for group in self.engine_sets[before:]:
+                terminate(group.all_pids())
+            del self.engine_sets[before:]
+            raise
+        finally:
+            notices.close()
+        self.save()
+        return sorted(group.ids)
+
+    def _start_set(self, n: int, notices: Notices, deadline: float, timeout: float,
+                   launcher: str | None = None) -> EngineSet:
+        kind = check_launcher(launcher or self.launcher)
+        if kind == "mpi":
+            group = spawn_mpi(n, self.profile, notices, self.dirs, self.mpiexec,
+                              self.mpi_args, self.detach)
+        else:
+            group = spawn_local(n, self.profile, notices, self.detach,
+                                furl_file=self.dirs.furl_path(ENGINE_FURL))
+        self.engine_sets.append(group)
+        notices.wait(group, deadline, timeout, self.dirs)
+        return group
+
+    # -- signalling and stopping -----------------------------------------------------------
+    def signal_engines(self, sig: int) -> list[int]:
+        """Send ``sig`` to every engine process; the pids it reached."""
+        return signal_pids(self.engine_pids, sig)
+
+    def stop_engines(self, ids: list[int] | None = None) -> None:
+        """Stop the engines with ``ids`` (all when None): SIGTERM, then SIGKILL."""
+        wanted = None if ids is None else set(ids)
+        pids: list[int] = []
+        kept: list[EngineSet] = []
+        for group in self.engine_sets:
+            if wanted is None or set(group.ids) <= wanted:
+                pids += group.all_pids()  # the whole set (and its mpiexec)
+                continue
+            if group.launcher == "mpi" and wanted & set(group.ids):
+                raise ClusterError("engines started by one mpiexec stop together: "
+                                   f"give all of {sorted(group.ids)}")
+            stop = [(i, p) for i, p in zip(group.ids, group.pids, strict=True) if i in wanted]
+            pids += [p for _, p in stop]
+            group.ids = [i for i in group.ids if i not in wanted]
+            group.pids = [p for p in group.pids if p not in {q for _, q in stop}]
+            kept.append(group)
+        terminate(pids)
+        self.engine_sets = kept
+        if self.running():
+            self.save()
+
+    def stop(self) -> None:
+        """Stop the engines, then the controller, and forget the state file."""
+        pids = [p for group in self.engine_sets for p in group.all_pids()]
+        terminate(pids)
+        if self.controller_pid is not None:
+            terminate([self.controller_pid])
+        for proc in [self.controller_proc, *(p for g in self.engine_sets for p in g.procs)]:
+            if proc is not None:
+                try:
+                    proc.wait(timeout=5)
+                except Exception:
+                    pass
+        self.engine_sets = []
+        recorded = _state.read_state(self.dirs)
+        if recorded is None or recorded.get("controller") in (None, self.controller_pid):
+            _state.clear_state(self.dirs)
+        self.controller_pid = None
+        self.controller_proc = None
+
+    # -- the state file ----------------------------------------------------------------
+    def save(self) -> None:
+        state = {"profile": self.profile or "default", "controller": self.controller_pid,
+                 "engines": self.engine_pids,
+                 "engine_sets": [g.to_state() for g in self.engine_sets],
+                 "launcher": self.launcher, "controller_args": self.controller_args,
+                 "mpiexec": self.mpiexec, "mpi_args": list(self.mpi_args),
+                 **self.extra_state, "started": self._started}
+        _state.write_state(self.dirs, state)
+        self._started = (_state.read_state(self.dirs) or {}).get("started", {})
+
+    @classmethod
+    def attach(cls, profile: str | None = None) -> ClusterProcesses:
+        """The running cluster of ``profile``, from its state file; ClusterError if none."""
+        dirs = profile_dirs(profile)
+        recorded = _state.read_state(dirs)
+        if recorded is None:
+            raise ClusterError(f"no cluster is running for profile '{profile or 'default'}'")
+        procs = cls(profile, controller_args=recorded.get("controller_args", []),
+                    launcher=recorded.get("launcher", "local"),
+                    mpiexec=recorded.get("mpiexec", "mpiexec"),
+                    mpi_args=tuple(recorded.get("mpi_args", ())))
+        procs.controller_pid = recorded["controller"]
+        procs._started = recorded.get("started", {})
+        procs.engine_sets = [EngineSet.from_state(g) for g in recorded.get("engine_sets", [])]
+        if not procs.engine_sets and recorded.get("engines"):  # a state of an older plait
+            procs.engine_sets = [EngineSet("local", len(recorded["engines"]),
+                                           pids=list(recorded["engines"]))]
+        procs.extra_state = {k: recorded[k] for k in ("ipcluster", "owner") if k in recorded}
+        procs.detach = True
+        return procs
+
+    def describe(self) -> str:
+        where = f"profile '{self.profile or 'default'}'"
+        if not self.running():
+            return f"stopped cluster of {where}"
+        return (f"cluster of {where}: controller pid {self.controller_pid}, "
+                f"{len(self.engine_ids)} engines {self.engine_ids}")

@@ -1,0 +1,289 @@
+"""How a cluster's processes start: the controller, and engines on this host or
+under ``mpiexec``.
+
+Readiness is event-driven.  The controller writes ``ready FURL-PATH`` on a
+pipe (``--notify-fd``).  Engines announce ``engine ID PID`` on a listening
+unix socket of the launcher once registered (``--notify-socket``): the socket
+lives in Linux's abstract namespace under a random name, so it needs no
+folder and reaches engines that ``mpiexec`` started, whatever descriptors
+it closes.  While it waits, the launcher also watches each process it
+started (a pidfd): one that exits before its engines registered is an
+error at once, not a timeout.
+
+Local engines are started before the controller is ready and are handed the
+engine FURL on standard input, so that their imports overlap the
+controller's start.  Engines under ``mpiexec`` read the profile's engine
+FURL file (standard input reaches only rank 0); ``mpiexec``'s own output
+goes to a log file in the profile's log folder, quoted when it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plait.security import ENGINE_FURL, ProfileDirs
+from plait.wire.errors import ClusterError
+
+#: The ways engines start, for ``engines=`` and ``--engines``.
+LAUNCHERS = ("local", "mpi")
+
+
+@dataclass
+class EngineSet:
+    """Engines started together: their ids and pids once registered, and the
+    ``mpiexec`` that runs them, if any."""
+
+    launcher: str
+    n: int
+    ids: list[int] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    launcher_pid: int | None = None
+    log: Path | None = None
+    procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
+
+    def to_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"launcher": self.launcher, "ids": list(self.ids),
+                                 "pids": list(self.pids)}
+        if self.launcher_pid is not None:
+            state["launcher_pid"] = self.launcher_pid
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EngineSet:
+        return cls(state.get("launcher", "local"), len(state.get("pids", [])),
+                   list(state.get("ids", [])), list(state.get("pids", [])),
+                   state.get("launcher_pid"))
+
+    def all_pids(self) -> list[int]:
+        """The engines' pids, then the launcher's (stopped last)."""
+        pids = list(dict.fromkeys([*self.pids, *(p.pid for p in self.procs
+                                                 if p.pid != self.launcher_pid)]))
+        return pids + ([self.launcher_pid] if self.launcher_pid is not None else [])
+
+
+def _command(module: str, profile: str | None, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", module]
+    if profile:
+        cmd.append(f"--profile={profile}")
+    return cmd + extra
+
+
+def spawn_controller(profile: str | None, args: list[str], detach: bool
+                     ) -> tuple[subprocess.Popen, int]:
+    """Start ``ipcontroller``; returns it and the pipe its ``ready`` line comes on."""
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        _command("plait.scripts.ipcontroller", profile, [f"--notify-fd={w}", *args]),
+        pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if detach else None, start_new_session=detach,
+    )
+    os.close(w)
+    return proc, r
+
+
+def read_ready(fd: int, proc: subprocess.Popen, deadline: float, dirs: ProfileDirs) -> Path:
+    """The engine FURL file the controller names once ready; ClusterError otherwise."""
+    data = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while not data.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise ClusterError(f"the controller was not ready in time; see its log "
+                                       f"in {dirs.log}")
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
+    line = data.decode().strip()
+    if not line.startswith("ready "):
+        code = proc.poll()
+        why = "no ready notice" if code is None else f"it exited with code {code}"
+        raise ClusterError(f"the controller did not start ({why}); see its log in {dirs.log}")
+    return Path(line.split(" ", 1)[1])
+
+
+class Notices:
+    """The socket engines announce themselves on, and the wait for them."""
+
+    def __init__(self) -> None:
+        self.name = "plait-" + secrets.token_hex(16)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind("\0" + self.name)
+        self.sock.listen(256)
+        self.sock.setblocking(False)
+
+    @property
+    def arg(self) -> str:
+        """The ``--notify-socket`` value for engines (``@`` names an abstract socket)."""
+        return "@" + self.name
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def wait(self, engines: EngineSet, deadline: float, timeout: float, dirs: ProfileDirs
+             ) -> None:
+        """Fill ``engines.ids`` and ``.pids`` as its ``n`` engines register.
+
+        ClusterError when a process it started exits first (saying which, and
+        where its log is) or at ``deadline`` (saying how many registered).
+        """
+        sel = selectors.DefaultSelector()
+        pidfds: list[int] = []
+        buffers: dict[socket.socket, bytes] = {}
+        try:
+            sel.register(self.sock, selectors.EVENT_READ, "accept")
+            for proc in engines.procs:
+                try:
+                    fd = os.pidfd_open(proc.pid)
+                except (OSError, AttributeError):
+                    continue  # no pidfds: a death shows as the timeout
+                pidfds.append(fd)
+                sel.register(fd, selectors.EVENT_READ, proc)
+            while len(engines.ids) < engines.n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ClusterError(
+                        f"only {len(engines.ids)} of {engines.n} engines registered within "
+                        f"{timeout:g} s; see the logs in {dirs.log}"
+                        + _quote(engines.log))
+                for key, _ in sel.select(left):
+                    if key.data == "accept":
+                        try:
+                            conn, _ = self.sock.accept()
+                        except BlockingIOError:
+                            continue
+                        conn.setblocking(False)
+                        buffers[conn] = b""
+                        sel.register(conn, selectors.EVENT_READ, "notice")
+                    elif key.data == "notice":
+                        conn = key.fileobj  # type: ignore[assignment]
+                        assert isinstance(conn, socket.socket)
+                        chunk = conn.recv(256)
+                        buffers[conn] += chunk
+                        if chunk and len(buffers[conn]) < 256:
+                            continue
+                        sel.unregister(conn)
+                        conn.close()
+                        _record(engines, buffers.pop(conn))
+                    else:
+                        proc = key.data
+                        sel.unregister(key.fd)
+                        code = proc.wait()
+                        what = ("mpiexec" if engines.launcher == "mpi"
+                                else f"an engine (pid {proc.pid})")
+                        raise ClusterError(
+                            f"{what} exited with code {code} before "
+                            f"{'its engines' if engines.launcher == 'mpi' else 'it'} "
+                            f"registered ({len(engines.ids)} of {engines.n} did); see the "
+                            f"logs in {dirs.log}" + _quote(engines.log))
+        finally:
+            for conn in buffers:
+                conn.close()
+            sel.close()
+            for fd in pidfds:
+                os.close(fd)
+
+
+def _record(engines: EngineSet, data: bytes) -> None:
+    parts = data.decode(errors="replace").split()
+    if len(parts) == 3 and parts[0] == "engine" and parts[1].isdigit() and parts[2].isdigit():
+        engines.ids.append(int(parts[1]))
+        engines.pids.append(int(parts[2]))
+
+
+def _quote(log: Path | None, lines: int = 10) -> str:
+    """The end of a launcher's log, to quote in an error (empty when there is none)."""
+    if log is None:
+        return ""
+    try:
+        tail = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"; {log.name} says:\n    " + "\n    ".join(tail) if tail else ""
+
+
+def spawn_local(n: int, profile: str | None, notices: Notices, detach: bool,
+                furl_file: Path | None = None) -> EngineSet:
+    """Start ``n`` engines on this host.  Without ``furl_file`` they wait for the
+    FURL on standard input (see :func:`hand_furl`)."""
+    engines = EngineSet("local", n)
+    furl = ["--furl-file=-"] if furl_file is None else [f"--furl-file={furl_file}"]
+    for _ in range(n):
+        engines.procs.append(subprocess.Popen(
+            _command("plait.scripts.ipengine", profile, [*furl, f"--notify-socket={notices.arg}"]),
+            stdin=subprocess.PIPE if furl_file is None else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if detach else None,
+            start_new_session=detach,
+        ))
+    return engines
+
+
+def hand_furl(engines: EngineSet, furl_file: Path) -> None:
+    """Give engines started without a FURL file the engine FURL, on their stdin."""
+    furl = furl_file.read_text().strip()
+    for proc in engines.procs:
+        if proc.stdin is None:
+            continue
+        try:
+            proc.stdin.write((furl + "\n").encode())
+            proc.stdin.close()
+        except OSError:
+            pass  # it died: the wait reports it
+
+
+def find_mpiexec(mpiexec: str) -> str:
+    """The path of ``mpiexec``; ClusterError saying how to get one when missing."""
+    path = shutil.which(mpiexec)
+    if path is None:
+        raise ClusterError(
+            f"cannot start MPI engines: {mpiexec!r} is not found (install Open MPI or MPICH, "
+            f"e.g. apt-get install openmpi-bin, or name the launcher with mpiexec=...)")
+    return path
+
+
+def spawn_mpi(n: int, profile: str | None, notices: Notices, dirs: ProfileDirs,
+              mpiexec: str = "mpiexec", args: tuple[str, ...] = (), detach: bool = True
+              ) -> EngineSet:
+    """Start ``n`` engines as one ``mpiexec -n N`` job (the controller must be ready:
+    they read the profile's engine FURL file)."""
+    path = find_mpiexec(mpiexec)
+    flags = list(args)
+    if _is_open_mpi(path):
+        if os.geteuid() == 0 and "--allow-run-as-root" not in flags:
+            flags.append("--allow-run-as-root")  # Open MPI refuses root without it
+    log = dirs.log / f"mpiexec-{os.getpid()}-{secrets.token_hex(3)}.log"
+    engine = _command("plait.scripts.ipengine", profile,
+                      [f"--furl-file={dirs.furl_path(ENGINE_FURL)}",
+                       f"--notify-socket={notices.arg}"])
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([path, *flags, "-n", str(n), *engine],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=detach)
+    engines = EngineSet("mpi", n, launcher_pid=proc.pid, log=log)
+    engines.procs.append(proc)
+    return engines
+
+
+def _is_open_mpi(path: str) -> bool:
+    real = os.path.realpath(path)
+    if "openmpi" in real or os.path.basename(real) in ("orterun", "prterun"):
+        return True
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "Open MPI" in out.stdout + out.stderr or "OpenRTE" in out.stdout + out.stderr
