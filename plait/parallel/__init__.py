@@ -4,6 +4,7 @@ Code written for ipyparallel runs after ``import plait.parallel as ipp``::
 
     rc = ipp.Client()                       # the cluster of the default profile
     dview = rc[:]                           # every engine, by id
+    with ipp.Cluster(n=4) as rc: ...        # or start a cluster from Python
     dview.apply_sync(os.getpid)             # a list: one value per engine
     lview = rc.load_balanced_view()         # the scheduler chooses
     ar = lview.map_async(f, range(100))     # an AsyncMapResult
@@ -22,15 +23,18 @@ from plait.kernel.engine.shipped import Reference, depend, dependent, interactiv
 from plait.parallel import error
 from plait.parallel._asyncresult import AsyncHubResult, AsyncMapResult, AsyncResult
 from plait.parallel._client import Client
+from plait.parallel._cluster import AsyncCluster, Cluster
 from plait.parallel._dependency import Dependency
 from plait.parallel._view import DirectView, LoadBalancedView, RemoteFunction, View
 from plait.wire.errors import CompositeError, RemoteError
 
 __all__ = [
+    "AsyncCluster",
     "AsyncHubResult",
     "AsyncMapResult",
     "AsyncResult",
     "Client",
+    "Cluster",
     "CompositeError",
     "Dependency",
     "DirectView",
