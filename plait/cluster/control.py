@@ -18,11 +18,10 @@ from plait.cluster import state as _state
 from plait.cluster.launchers import (
     LAUNCHERS,
     EngineSet,
+    ForkServer,
     Notices,
-    hand_furl,
     read_ready,
     spawn_controller,
-    spawn_local,
     spawn_mpi,
 )
 from plait.cluster.processes import signal_pids, terminate
@@ -89,20 +88,34 @@ class ClusterProcesses:
                                f"(ipcluster stop --profile={self.profile or 'default'})")
         deadline = time.monotonic() + timeout
         notices = Notices()
+        zygote: ForkServer | None = None
         try:
-            proc, ready_fd = spawn_controller(self.profile, self.controller_args, self.detach)
-            self.controller_proc, self.controller_pid = proc, proc.pid
-            early = None
-            if self.launcher == "local":  # their imports overlap the controller's start
-                early = spawn_local(n, self.profile, notices, self.detach)
+            if self.launcher == "local":
+                # The engines are forked by a fork server that imports what they need
+                # while the controller starts beside it; they get the FURL once the
+                # controller is ready.
+                proc, ready_fd = spawn_controller(self.profile, self.controller_args,
+                                                  self.detach)
+                self.controller_proc, self.controller_pid = proc, proc.pid
+                zygote = ForkServer(self.detach)
+                early = EngineSet("local", n)
                 self.engine_sets.append(early)
-            furl_file = read_ready(ready_fd, proc, deadline, self.dirs)
-            if early is not None:
-                hand_furl(early, furl_file)
+                early.procs = zygote.engines(n, self.profile,
+                                             [f"--notify-socket={notices.arg}"], deadline)
+                furl_file = read_ready(ready_fd, proc, deadline, self.dirs)
+                zygote.furl(furl_file.read_text().strip())
+                zygote.close()
+                zygote = None
                 notices.wait(early, deadline, timeout, self.dirs)
             else:
+                proc, ready_fd = spawn_controller(self.profile, self.controller_args,
+                                                  self.detach)
+                self.controller_proc, self.controller_pid = proc, proc.pid
+                read_ready(ready_fd, proc, deadline, self.dirs)
                 self._start_set(n, notices, deadline, timeout)
         except BaseException:
+            if zygote is not None:
+                zygote.close()
             self.stop()
             raise
         finally:
@@ -142,8 +155,17 @@ class ClusterProcesses:
             group = spawn_mpi(n, self.profile, notices, self.dirs, self.mpiexec,
                               self.mpi_args, self.detach)
         else:
-            group = spawn_local(n, self.profile, notices, self.detach,
-                                furl_file=self.dirs.furl_path(ENGINE_FURL))
+            group = EngineSet("local", n)
+            self.engine_sets.append(group)
+            zygote = ForkServer(self.detach)
+            try:
+                group.procs = zygote.engines(n, self.profile,
+                                             [f"--notify-socket={notices.arg}"], deadline)
+                zygote.furl(self.dirs.furl_path(ENGINE_FURL).read_text().strip())
+            finally:
+                zygote.close()
+            notices.wait(group, deadline, timeout, self.dirs)
+            return group
         self.engine_sets.append(group)
         notices.wait(group, deadline, timeout, self.dirs)
         return group

@@ -19,6 +19,7 @@ goes to a log file in the profile's log folder, quoted when it fails.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import selectors
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plait.cluster.processes import pid_alive
 from plait.security import ENGINE_FURL, ProfileDirs
 from plait.wire.errors import ClusterError
 
@@ -49,7 +51,7 @@ class EngineSet:
     pids: list[int] = field(default_factory=list)
     launcher_pid: int | None = None
     log: Path | None = None
-    procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
+    procs: list[Any] = field(default_factory=list, repr=False)  # Popen or Forked
 
     def to_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"launcher": self.launcher, "ids": list(self.ids),
@@ -78,6 +80,99 @@ def _command(module: str, profile: str | None, extra: list[str]) -> list[str]:
     return cmd + extra
 
 
+class Forked:
+    """A process the fork server started (not a child of ours): what the launchers
+    need of a Popen.  Its exit code is unknown (``poll`` says -1 once it exited)."""
+
+    stdin = None
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        return None if pid_alive(self.pid) else -1
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait until it exits (at most ``timeout`` seconds); ``poll()`` then."""
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return -1
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(fd, selectors.EVENT_READ)
+                sel.select(timeout)
+        finally:
+            os.close(fd)
+        return self.poll()
+
+
+class ForkServer:
+    """The fork server (:mod:`plait.scripts._zygote`): engines forked from one
+    process that made their imports once."""
+
+    def __init__(self, detach: bool):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "plait.scripts._zygote", *(["--detach"] if detach else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if detach else None, start_new_session=detach,
+        )
+
+    def _ask(self, line: str, count: int, deadline: float) -> list[Forked]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write((line + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            raise ClusterError("the fork server exited") from None
+        out: list[Forked] = []
+        fd = self.proc.stdout.fileno()
+        buffer = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while len(out) < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise ClusterError(f"the engines were not ready in time: {len(out)} of "
+                                       f"{count} had been forked when the time was up")
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise ClusterError(f"the fork server exited (code {self.proc.wait()})")
+                buffer += chunk
+                while b"\n" in buffer and len(out) < count:
+                    text, buffer = buffer.split(b"\n", 1)
+                    out.append(Forked(int(text.split()[-1])))
+        return out
+
+    def engines(self, n: int, profile: str | None, args: list[str], deadline: float
+                ) -> list[Forked]:
+        return self._ask(f"engines {n} {json.dumps(_profile(profile) + args)}", n, deadline)
+
+    def furl(self, furl: str) -> None:
+        """Hand the engines forked so far the engine FURL."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"furl {furl}\n".encode())
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        """Let the fork server exit (what it forked goes on)."""
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _profile(profile: str | None) -> list[str]:
+    return [f"--profile={profile}"] if profile else []
+
+
 def spawn_controller(profile: str | None, args: list[str], detach: bool
                      ) -> tuple[subprocess.Popen, int]:
     """Start ``ipcontroller``; returns it and the pipe its ``ready`` line comes on."""
@@ -91,7 +186,7 @@ def spawn_controller(profile: str | None, args: list[str], detach: bool
     return proc, r
 
 
-def read_ready(fd: int, proc: subprocess.Popen, deadline: float, dirs: ProfileDirs) -> Path:
+def read_ready(fd: int, proc: Any, deadline: float, dirs: ProfileDirs) -> Path:
     """The engine FURL file the controller names once ready; ClusterError otherwise."""
     data = b""
     with selectors.DefaultSelector() as sel:
@@ -185,8 +280,9 @@ class Notices:
                         code = proc.wait()
                         what = ("mpiexec" if engines.launcher == "mpi"
                                 else f"an engine (pid {proc.pid})")
+                        how = "" if code is None or code < 0 else f" with code {code}"
                         raise ClusterError(
-                            f"{what} exited with code {code} before "
+                            f"{what} exited{how} before "
                             f"{'its engines' if engines.launcher == 'mpi' else 'it'} "
                             f"registered ({len(engines.ids)} of {engines.n} did); see the "
                             f"logs in {dirs.log}" + _quote(engines.log))

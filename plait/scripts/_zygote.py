@@ -1,0 +1,121 @@
+"""A process that imports what engines need once, then forks them.
+
+Starting a Python process that imports Twisted, foolscap, pyOpenSSL and
+cryptography costs about 0.4 s of CPU.  A local cluster starts faster when
+one process makes those imports and forks the engines, which then cost a
+fork each, while the controller starts beside it on another core.
+:mod:`plait.cluster.launchers` drives it on standard input and output, a
+line each::
+
+    engines N ARGS-JSON    fork N ipengines, which wait for the engine FURL
+                           -> N lines "pid engine PID"
+    furl FURL              hand the engine FURL to the engines waiting for it
+    (end of input)         exit; the engines go on
+
+The imports install Twisted's reactor, which never runs here; each child
+gives its copy a poller and a waker of its own before anything uses them
+(a poller shared by two processes would mix their events), and reseeds
+:mod:`random`.  ``--detach`` gives each engine a session of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import sys
+
+import plait.kernel.engine.process  # noqa: F401  (what every engine imports)
+from plait.scripts import ipengine
+
+
+def _fresh_reactor() -> None:
+    """Give this (forked) process's reactor a poller and a waker of its own."""
+    from twisted.internet import reactor
+
+    r: object = reactor
+    assert not getattr(r, "running", False), "the zygote's reactor must never have run"
+    old_waker = getattr(r, "waker", None)
+    r._poller.close()  # type: ignore[attr-defined]
+    r._poller = select.epoll(1024)  # type: ignore[attr-defined]
+    for name in ("_reads", "_writes", "_selectables"):
+        getattr(r, name).clear()
+    if old_waker is not None:
+        r._internalReaders.discard(old_waker)  # type: ignore[attr-defined]
+        for end in ("i", "o"):  # the pipe of the zygote's waker: this copy's ends
+            fd = getattr(old_waker, end, None)
+            if isinstance(fd, int):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        r.waker = None  # type: ignore[attr-defined]
+    r.installWaker()  # type: ignore[attr-defined]
+
+
+def _child(detach: bool, stdin: int) -> None:
+    """What a forked engine does first: its own reactor, random state and
+    session, and standard input from ``stdin`` (where its FURL comes)."""
+    _fresh_reactor()
+    random.seed()
+    if detach:
+        os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(stdin, 0)
+    os.dup2(devnull, 1)
+    if detach:
+        os.dup2(devnull, 2)
+    os.close(devnull)
+    os.close(stdin)
+    sys.stdin = open(0, closefd=False)  # nothing the zygote's buffer read ahead
+
+
+def _run(args: list[str]) -> None:
+    try:
+        code = ipengine.main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
+def main() -> int:
+    detach = "--detach" in sys.argv[1:]
+    waiting: list[int] = []  # write ends of the pipes engines read their FURL from
+    for line in sys.stdin:
+        word, _, rest = line.strip().partition(" ")
+        if word == "engines":
+            count, _, args = rest.partition(" ")
+            for _ in range(int(count)):
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    os.close(w)
+                    for fd in waiting:
+                        os.close(fd)
+                    _child(detach, r)
+                    _run(["--furl-file=-", *json.loads(args)])
+                os.close(r)
+                waiting.append(w)
+                print(f"pid engine {pid}", flush=True)
+        elif word == "furl":
+            for fd in waiting:
+                try:
+                    os.write(fd, (rest + "\n").encode())
+                except OSError:
+                    pass  # that engine died: the launcher sees it
+                os.close(fd)
+            waiting = []
+    for fd in waiting:
+        os.close(fd)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
