@@ -73,6 +73,7 @@ LABELS = {
         "par_map": "lview.map_sync(x**10, range({n})), default chunksize (1)",
         "par_pushpull": "rc[0].push + rc[0].pull {size} array",
         "par_dag": "a DAG of N tasks, 3 dependencies each (after=)",
+        "cluster_start4": "Cluster(n=4).start_and_connect_sync + wait_for_engines",
     },
     "dask": {
         "start": "LocalCluster(n_workers=2) + Client + wait_for_workers",
@@ -85,11 +86,13 @@ LABELS = {
         "task_rate": "submit(noop, pure=False) x N + wait",
         "task_map": "gather(client.map(x**10, range({n}))) (defaults)",
         "task_uneven": "client.map of uneven sleeps: makespan / ideal",
+        "cluster_start4": "LocalCluster(n_workers=4) + Client + wait_for_workers",
     },
 }
 TWO = {"start", "stop", "rtt_one", "task_latency", "task_rate", "task_map", "task_uneven"}
 #: The parallel section's figures ipyparallel is measured for (its own API: the same calls).
-PARALLEL = {"par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull", "par_dag"}
+PARALLEL = {"par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull", "par_dag",
+            "cluster_start4"}
 FOUR = {"execute_all", "dv_map", "scatter_gather"}
 
 
@@ -144,6 +147,20 @@ def _record_start_stop(r: Results, starts: list[float], stops: list[float],
     r.add("stop", median(stops), each=stops,
           detail=f"until its processes were gone; the stop call returned after "
                  f"{median(calls):.2f} s")
+
+
+def _start4(make_cluster, p: dict, r: Results) -> None:
+    """The median start of a 4-engine cluster to a usable client, after an untimed cycle."""
+    starts = []
+    for cycle in range(p["cycles"] + 1):
+        c = make_cluster()
+        try:
+            started = c.start()
+        finally:
+            c.stop()
+        if cycle:
+            starts.append(started)
+    r.add("cluster_start4", median(starts), each=starts)
 
 
 def _map_figure(r: Results, key: str, run_map, p: dict, repeat: int, note: str = "") -> None:
@@ -237,7 +254,9 @@ def ipyparallel(p: dict, r: Results) -> None:
     ops = set(p["ops"])
     if _wanted(ops, TWO):
         _start_stop_cycles(lambda: IppCluster(2), lambda c: _ipp_two(c.rc, ops, p, r), ops, p, r)
-    if ops & PARALLEL:
+    if "cluster_start4" in ops:
+        r.measure("cluster_start4", lambda: _start4(lambda: IppCluster(4), p, r))
+    if ops & PARALLEL - {"cluster_start4"}:
         c = IppCluster(2)
         try:
             c.start()
@@ -398,6 +417,8 @@ def dask(p: dict, r: Results) -> None:
     cloudpickle.register_pickle_by_value(plait_bench)
     ops = set(p["ops"])
     directory = os.path.join(p["tmp"], "dask")
+    if "cluster_start4" in ops:
+        r.measure("cluster_start4", lambda: _start4(lambda: DaskCluster(4, directory), p, r))
     if _wanted(ops, TWO):
         _start_stop_cycles(lambda: DaskCluster(2, directory),
                            lambda c: _dask_two(c.client, ops, p, r), ops, p, r)

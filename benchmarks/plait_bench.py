@@ -263,7 +263,7 @@ def _task_uneven(tc, p: dict, r: Results) -> None:
 # -- parallel (the later generation) ----------------------------------------------------------
 
 PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
-                 "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "par_hub_rss", "par_hub_query"]
+                 "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "cluster_start4", "par_hub_rss", "par_hub_query"]
 
 
 def dag_edges(n: int, k: int = 3, window: int | None = None, seed: int = 1
@@ -301,6 +301,41 @@ def parallel(p: dict, r: Results) -> None:
         rc.close()
     with plait_cluster(2) as cluster:
         r.measure(["par_hub_rss", "par_hub_query"], lambda: _par_hub(cluster, p, r))
+    r.measure("cluster_start4", lambda: _cluster_start4(p, r))
+
+
+def _cluster_start4(p: dict, r: Results) -> None:
+    """Cluster(n=4).start_and_connect() in a profile of its own, after an untimed
+    first cycle (which makes the profile's certificates)."""
+    import os
+    import tempfile
+
+    import plait.parallel as ipp
+
+    starts = []
+    saved = os.environ.get("PLAIT_DIR")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["PLAIT_DIR"] = tmp
+        try:
+            for cycle in range(p["cycles"] + 1):
+                t0 = time.perf_counter()
+                cluster = ipp.Cluster(n=4)
+                try:
+                    rc = cluster.start_and_connect()
+                    elapsed = time.perf_counter() - t0
+                    if len(set(rc[:].apply_sync(os.getpid))) != 4:
+                        raise AssertionError("the 4 engines did not all answer")
+                finally:
+                    cluster.stop()
+                if cycle:
+                    starts.append(elapsed)
+        finally:
+            if saved is None:
+                os.environ.pop("PLAIT_DIR", None)
+            else:
+                os.environ["PLAIT_DIR"] = saved
+    r.add("cluster_start4", median(starts), each=starts,
+          detail=f"median of {len(starts)} cycles, local engines forked by the fork server")
 
 
 def _par_rate(rc, lv, p: dict, r: Results) -> None:

@@ -147,6 +147,11 @@ def _parallel_specs(p: dict) -> list[Spec]:
              "each", "tasks/s", None, None, "",
              "each task depends on 3 of the 64 tasks just before it: a long chain of "
              "levels, each waiting for a result to come back from an engine; N / elapsed"),
+        Spec("parallel", "cluster_start4", "Cluster(n=4).start_and_connect() to a usable client",
+             "s", ("<=", 0.6), "py_start", "dask about 0.4, ipp 6.5",
+             "from the Cluster() call to a connected Client that sees the 4 engines (an "
+             "existing profile: its certificates made by a first, untimed cycle); median of "
+             f"{p['cycles']} start/stop cycles"),
         Spec("parallel", "par_hub_rss", f"controller RSS growth after {p['hub_results']} "
              "results", "MB", ("<=", 300.0) if p["hub_results"] >= 100_000 else None, None,
              "", "controller RSS after that many no-op tasks finished (SQLite hub, records "
@@ -235,6 +240,8 @@ def run_all(args: argparse.Namespace, p: dict) -> tuple[dict, list[str]]:
             # those sections compare with it in the same run
             ops = (["dv_map"] if "multiengine" in only else []) + (
                 parallel_ops if "parallel" in only else [])
+        elif peer == "dask" and "parallel" in only:
+            ops = ["cluster_start4"]
         else:
             continue
         if version is None:
