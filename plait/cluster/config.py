@@ -15,6 +15,9 @@ wins over the file.  A complete file::
     location = "host1"           # host name or address written into FURLs
     client_port = 0              # 0: a random free port
     engine_port = 0
+    client_channel_port = 0
+    engine_channel_port = 0
+    data_port = 0
     scheme = "leastload"
     hwm = 0
     db = "sqlite"
@@ -35,6 +38,9 @@ The keys (a bool is never taken for a number):
 | `[controller] location`     | string                       | the `ip` value   | host name or address written into FURLs, the one engines and clients use |
 | `[controller] client_port`  | int 0..65535                 | `0`              | port for clients (0: a random free port) |
 | `[controller] engine_port`  | int 0..65535                 | `0`              | port for engines (0: a random free port) |
+| `[controller] client_channel_port` | int 0..65535          | `0`              | port of the clients' command channel |
+| `[controller] engine_channel_port` | int 0..65535          | `0`              | port of the engines' command channel |
+| `[controller] data_port`    | int 0..65535                 | `0`              | port for large data (pushes, pulls, results) |
 | `[controller] scheme`       | `fifo`, `lru`, `plainrandom`, `twobin`, `leastload`, `weighted` | `"leastload"` | how the task scheduler picks engines |
 | `[controller] hwm`          | int >= 0                     | adaptive         | tasks outstanding per engine (0: no limit) |
 | `[controller] db`           | `sqlite`, `memory`, `none`   | `"sqlite"`       | where the hub keeps task records |
@@ -111,6 +117,9 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
         "location": _TEXT,
         "client_port": _int(0, 65535),
         "engine_port": _int(0, 65535),
+        "client_channel_port": _int(0, 65535),
+        "engine_channel_port": _int(0, 65535),
+        "data_port": _int(0, 65535),
         "scheme": _choice(SCHEMES),
         "hwm": _int(0),
         "db": _choice(DBS),

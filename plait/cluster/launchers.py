@@ -207,7 +207,8 @@ def read_ready(fd: int, proc: Any, deadline: float, dirs: ProfileDirs) -> Path:
     if not line.startswith("ready "):
         code = proc.poll()
         why = "no ready notice" if code is None else f"it exited with code {code}"
-        raise ClusterError(f"the controller did not start ({why}); see its log in {dirs.log}")
+        raise ClusterError(f"the controller did not start ({why}); see its log in {dirs.log}"
+                           + _quote(dirs.log / f"ipcontroller-{proc.pid}.log", 5))
     return Path(line.split(" ", 1)[1])
 
 

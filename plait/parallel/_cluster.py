@@ -34,7 +34,8 @@ from plait.security import profile_dirs
 from plait.wire.errors import ClusterError
 
 #: The controller options a Cluster passes on to ipcontroller.
-CONTROLLER_OPTIONS = ("ip", "location", "client_port", "engine_port", "scheme", "hwm", "db",
+CONTROLLER_OPTIONS = ("ip", "location", "client_port", "engine_port", "client_channel_port",
+                      "engine_channel_port", "data_port", "scheme", "hwm", "db",
                       "engine_timeout")
 
 _live: weakref.WeakSet[Cluster] = weakref.WeakSet()

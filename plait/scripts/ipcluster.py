@@ -29,6 +29,7 @@ from plait.wire.errors import ClusterError
 __all__ = ["STATE_FILE", "main", "pid_alive", "start_time", "terminate"]
 
 CONTROLLER_OPTIONS = ("ip", "location", "scheme", "db", "hwm", "client_port", "engine_port",
+                      "client_channel_port", "engine_channel_port", "data_port",
                       "engine_timeout")
 
 
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="return once the engines are ready; stop with 'ipcluster stop'")
     for opt in ("--ip", "--location", "--scheme", "--db"):
         start.add_argument(opt, default=None, help=f"passed to ipcontroller {opt}")
-    for opt in ("--hwm", "--client-port", "--engine-port"):
+    for opt in ("--hwm", "--client-port", "--engine-port", "--client-channel-port",
+                "--engine-channel-port", "--data-port"):
         start.add_argument(opt, type=int, default=None, help=f"passed to ipcontroller {opt}")
     start.add_argument("--engine-timeout", type=int, default=None,
                        help="passed to ipcontroller --engine-timeout")

@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port for clients (default: a random free port)")
     p.add_argument("--engine-port", type=int, default=0,
                    help="port for engines (default: a random free port)")
+    p.add_argument("--client-channel-port", type=int, default=0,
+                   help="port of the clients' command channel (default: a random free port)")
+    p.add_argument("--engine-channel-port", type=int, default=0,
+                   help="port of the engines' command channel (default: a random free port)")
+    p.add_argument("--data-port", type=int, default=0,
+                   help="port for large data, pushes and results (default: a random free "
+                        "port); fix all five ports to open a firewall for exactly them")
     p.add_argument("--scheme", default=None,
                    help="task scheduler scheme: fifo, lru, plainrandom, twobin, leastload, weighted")
     p.add_argument("--hwm", type=int, default=None,
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = start_logging(dirs, "ipcontroller", to_stderr=True)
 
     from twisted.internet import reactor
+    from twisted.logger import Logger
 
     from plait.adapters import default_publications, load_publication
     from plait.kernel.controller.service import ControllerService
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         controller = ControllerService(
             dirs, ip=args.ip, location=args.location, client_port=args.client_port,
             engine_port=args.engine_port, scheme=args.scheme, hwm=args.hwm, publications=pubs,
+            client_channel_port=args.client_channel_port,
+            engine_channel_port=args.engine_channel_port, data_port=args.data_port,
             engine_timeout=args.engine_timeout, new_furls=args.new_furls, db=args.db,
         )
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
@@ -93,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             controller.startService()
         except Exception as exc:
             failed.append(str(exc))
+            Logger().error("the controller could not start: {error}", error=exc)
             print(f"error: {exc}", file=sys.stderr, flush=True)
             reactor.stop()
             return
-        print(f"plait controller ready (client port {controller.ports['client']}, "
-              f"engine port {controller.ports['engine']}); FURL files in {dirs.security}; "
-              f"log {log_path}", flush=True)
+        print(f"plait controller ready ({controller.describe_ports()}); FURL files in "
+              f"{dirs.security}; log {log_path}", flush=True)
         notify(args.notify_fd, f"ready {controller.furls.get('ipcontroller-engine.furl')}")
 
     reactor.callWhenRunning(start)

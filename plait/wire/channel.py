@@ -38,6 +38,7 @@ from foolscap.crypto import digest32
 from foolscap.schema import Violation
 from twisted.internet import defer, protocol, ssl
 from twisted.internet import reactor as _twisted_reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
@@ -313,9 +314,10 @@ class ChannelServer(protocol.Factory):
 
     protocol = _ServerProtocol
 
-    def __init__(self, cert_pem: bytes, interface: str = "127.0.0.1"):
+    def __init__(self, cert_pem: bytes, interface: str = "127.0.0.1", port: int = 0):
         self.cert_pem = cert_pem
         self.interface = interface
+        self.listen_port = port  # 0: a random free port
         self.unproven: dict[_ServerProtocol, None] = {}  # connected, no ticket yet
         # sha256(token) -> (token, expiry, local, on_bound), oldest first
         self._tickets: dict[bytes, tuple[bytes, float, Any, Callable | None]] = {}
@@ -323,7 +325,12 @@ class ChannelServer(protocol.Factory):
 
     def start(self) -> None:
         options = ssl.PrivateCertificate.loadPEM(self.cert_pem).options()
-        self._port = reactor.listenSSL(0, self, options, interface=self.interface)
+        try:
+            self._port = reactor.listenSSL(self.listen_port, self, options,
+                                           interface=self.interface)
+        except CannotListenError as exc:
+            raise OSError(f"cannot listen on {self.interface}:{self.listen_port}: "
+                          f"{exc.socketError}") from None
 
     def stop(self) -> defer.Deferred:
         return defer.maybeDeferred(self._port.stopListening) if self._port else defer.succeed(None)

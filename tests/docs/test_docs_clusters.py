@@ -25,7 +25,7 @@ def test_the_guide_documents_every_cluster_toml_key():
 
     keys = ["[cluster] n", "[cluster] engines", "[cluster] timeout", "[mpi] mpiexec",
             "[mpi] args"] + [f"[controller] {name}" for name in (
-                "ip", "location", "client_port", "engine_port", "scheme", "hwm", "db",
-                "engine_timeout")]
+                "ip", "location", "client_port", "engine_port", "client_channel_port",
+                "engine_channel_port", "data_port", "scheme", "hwm", "db", "engine_timeout")]
     assert not missing_snippets(GUIDE, [f"`{key}`" for key in keys])
     assert ClusterConfig().with_overrides(n=2).n == 2

@@ -85,8 +85,10 @@ class BlobServer:
         clock: Callable[[], float] = time.monotonic,
         cache_bytes: int = 256 << 20,
         keep_dir: str | None = None,
+        port: int = 0,
     ):
         self.interface = interface
+        self.listen_port = port  # 0: a random free port
         self.keep_dir = keep_dir  # where kept blobs are written (None: none can be)
         self.advertised_host = advertised_host
         self.expire_after = expire_after
@@ -115,7 +117,7 @@ class BlobServer:
         if self._listener is not None or self._stopping.is_set():
             raise RuntimeError("a BlobServer is started once (and not after stop)")
         infos = socket.getaddrinfo(
-            self.interface, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            self.interface, self.listen_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
         family, _, _, _, sockaddr = infos[0]
         listener = socket.socket(family, socket.SOCK_STREAM)
@@ -123,9 +125,10 @@ class BlobServer:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind(sockaddr)
             listener.listen(128)
-        except OSError:
+        except OSError as exc:
             listener.close()
-            raise
+            raise OSError(exc.errno, f"cannot listen on {self.interface}:{self.listen_port} "
+                                     f"(the data port): {exc.strerror}") from None
         listener.settimeout(self._tick())
         self._listener = listener
         self._port = listener.getsockname()[1]

@@ -109,6 +109,10 @@ class ControllerService(service.MultiService):
         client_port: int = 0,
         engine_port: int = 0,
         scheme: str | None = None,
+        *,
+        client_channel_port: int = 0,
+        engine_channel_port: int = 0,
+        data_port: int = 0,
         hwm: int | None = None,
         publications: list[Publication] | None = None,
         engine_timeout: int = 30,
@@ -120,6 +124,8 @@ class ControllerService(service.MultiService):
         self.ip = ip
         self.location = location or ip
         self.ports = {"client": client_port, "engine": engine_port}
+        # 0: a random free port; fix them all to open a firewall for exactly these
+        self.channel_ports = {"client": client_channel_port, "engine": engine_channel_port}
         self.publications = publications or default_publications()
         self.new_furls = new_furls  # False: keep the secrets of existing FURL files
         # Keepalives let the controller notice an engine whose host vanished; a
@@ -137,7 +143,7 @@ class ControllerService(service.MultiService):
         if db != "sqlite":  # records of an earlier run are gone: so are their results
             shutil.rmtree(keep, ignore_errors=True)
         self.blobs = BlobServer(ip, advertised_host=self.location, expire_after=BLOB_LIFETIME,
-                                keep_dir=str(keep) if db != "none" else None)
+                                keep_dir=str(keep) if db != "none" else None, port=data_port)
         self.multiengine = MultiEngine(
             self.registry, stop_controller=self.stop_controller, release=self.blobs.release_payload
         )
@@ -180,16 +186,24 @@ class ControllerService(service.MultiService):
             tub.setLocation(f"{self.location}:{port}")
             tub.setServiceParent(self)
             self.tubs[name] = tub
-            self.channels[name] = ChannelServer(cert, self.ip)
+            self.channels[name] = ChannelServer(cert, self.ip, self.channel_ports[name])
             self.channels[name].start()
+            self.channel_ports[name] = self.channels[name].port
             self.ports[name] = port
         for pub in self.publications:
             self._publish(pub)
-        self.log.info(
-            "controller listening on {ip}: client port {c}, engine port {e}, data port {d}",
-            ip=self.ip, c=self.ports["client"], e=self.ports["engine"], d=self.blobs.address[1],
-        )
+        self.log.info("controller listening on {ip}: {ports}", ip=self.ip,
+                      ports=self.describe_ports())
         self.ready.callback(dict(self.furls))
+
+    def all_ports(self) -> dict[str, int]:
+        """Every port the controller listens on, by what it is for (once started)."""
+        return {"client": self.ports["client"], "engine": self.ports["engine"],
+                "client channel": self.channel_ports["client"],
+                "engine channel": self.channel_ports["engine"], "data": self.blobs.address[1]}
+
+    def describe_ports(self) -> str:
+        return ", ".join(f"{name} port {port}" for name, port in self.all_ports().items())
 
     def _publish(self, pub: Publication) -> None:
         tub = self.tubs[pub.listener]
