@@ -57,6 +57,7 @@ naming the file, the section and the key.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -71,7 +72,7 @@ else:  # tomli is only installed on 3.10, where mypy (set to 3.10) looks for it
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 CONFIG_FILE = "cluster.toml"
-ENGINES = ("local", "mpi")
+ENGINES = ("local", "mpi", "ssh")
 SCHEMES = ("fifo", "lru", "plainrandom", "twobin", "leastload", "weighted")
 DBS = ("sqlite", "memory", "none")
 
@@ -109,6 +110,13 @@ _STRINGS = _Spec(
     tuple,
 )
 
+def _is_hosts(value: Any) -> bool:
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(k, str) and k and _is_int(v) and v >= 1 for k, v in value.items()))
+
+
+_HOSTS = _Spec("a table of host names to engine counts (ints >= 1)", _is_hosts, dict)
+
 #: Every section and its keys, in the order of the documentation.
 SECTIONS: dict[str, dict[str, _Spec]] = {
     "cluster": {"n": _int(1), "engines": _choice(ENGINES), "timeout": _SECONDS},
@@ -126,12 +134,16 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
         "engine_timeout": _int(3),
     },
     "mpi": {"mpiexec": _TEXT, "args": _STRINGS},
+    "ssh": {"hosts": _HOSTS, "command": _TEXT, "args": _STRINGS, "python": _TEXT,
+            "plait_dir": _TEXT},
 }
 
 #: The fields of ClusterConfig that the sections other than [controller] fill.
 _FIELDS = {("cluster", "n"): "n", ("cluster", "engines"): "engines",
            ("cluster", "timeout"): "timeout", ("mpi", "mpiexec"): "mpiexec",
-           ("mpi", "args"): "mpi_args"}
+           ("mpi", "args"): "mpi_args", ("ssh", "hosts"): "ssh_hosts",
+           ("ssh", "command"): "ssh_command", ("ssh", "args"): "ssh_args",
+           ("ssh", "python"): "ssh_python", ("ssh", "plait_dir"): "ssh_plait_dir"}
 #: with_overrides' flags: the field's name, or a [controller] key.
 _FLAGS = {flag: section_key for section_key, flag in _FIELDS.items()}
 _FLAGS.update({key: ("controller", key) for key in SECTIONS["controller"]})
@@ -158,6 +170,11 @@ class ClusterConfig:
     timeout: float = 30.0
     controller: dict[str, Any] = field(default_factory=dict, hash=False)
     mpiexec: str = "mpiexec"
+    ssh_hosts: dict[str, int] = field(default_factory=dict, hash=False)
+    ssh_command: str = "ssh"
+    ssh_args: tuple[str, ...] = ()
+    ssh_python: str | None = None
+    ssh_plait_dir: str | None = None
     mpi_args: tuple[str, ...] = ()
     path: Path | None = None
 
@@ -229,3 +246,34 @@ def load_config(profile_dir: Path) -> ClusterConfig:
             else:
                 values[_FIELDS[section, key]] = value
     return ClusterConfig(controller=controller, **values)
+
+
+def read_hosts(hosts: Any) -> dict[str, int]:
+    """``hosts`` as {host: engines}: a dict as is, a list of hosts (one engine
+    each, a host named twice gets two), or the path of a file of lines
+    ``HOST [ENGINES]`` (``#`` starts a comment).  ClusterError for anything else."""
+    if isinstance(hosts, dict):
+        return dict(hosts)
+    if isinstance(hosts, (list, tuple)):
+        table: dict[str, int] = {}
+        for host in hosts:
+            if not isinstance(host, str) or not host:
+                raise ClusterError(f"a host is a name, not {host!r}")
+            table[host] = table.get(host, 0) + 1
+        return table
+    if isinstance(hosts, (str, os.PathLike)):
+        try:
+            text = open(hosts).read()
+        except OSError as exc:
+            raise ClusterError(f"cannot read the hosts file {hosts}: {exc.strerror}") from None
+        table = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            if len(fields) > 2 or (len(fields) == 2 and not fields[1].isdigit()):
+                raise ClusterError(f"{hosts}:{number}: a line is HOST [ENGINES], not {line!r}")
+            table[fields[0]] = table.get(fields[0], 0) + (int(fields[1]) if len(fields) == 2
+                                                          else 1)
+        return table
+    raise ClusterError(f"hosts is a dict, a list or a hosts file, not {hosts!r}")

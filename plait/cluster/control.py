@@ -23,8 +23,9 @@ from plait.cluster.launchers import (
     read_ready,
     spawn_controller,
     spawn_mpi,
+    spawn_ssh,
 )
-from plait.cluster.processes import signal_pids, terminate
+from plait.cluster.processes import terminate
 from plait.security import ENGINE_FURL, ProfileDirs, profile_dirs
 from plait.wire.errors import ClusterError
 
@@ -44,13 +45,17 @@ class ClusterProcesses:
 
     def __init__(self, profile: str | None = None, *, controller_args: list[str] | None = None,
                  launcher: str = "local", mpiexec: str = "mpiexec",
-                 mpi_args: tuple[str, ...] = (), detach: bool = True):
+                 mpi_args: tuple[str, ...] = (), detach: bool = True,
+                 ssh: dict[str, Any] | None = None):
         self.profile = profile
         self.dirs: ProfileDirs = profile_dirs(profile)
         self.controller_args = list(controller_args or [])
         self.launcher = check_launcher(launcher)
         self.mpiexec = mpiexec
         self.mpi_args = tuple(mpi_args)
+        #: SSH engines: ``hosts`` ({host: engines}), ``command``, ``args``, ``python``
+        #: and ``plait_dir`` (see :func:`plait.cluster.launchers.spawn_ssh`)
+        self.ssh = dict(ssh or {})
         self.detach = detach
         self.controller_pid: int | None = None
         self.controller_proc: Any = None
@@ -108,6 +113,8 @@ class ClusterProcesses:
                 zygote = None
                 notices.wait(early, deadline, timeout, self.dirs)
             else:
+                if self.launcher == "ssh":
+                    self._check_reachable()
                 proc, ready_fd = spawn_controller(self.profile, self.controller_args,
                                                   self.detach)
                 self.controller_proc, self.controller_pid = proc, proc.pid
@@ -137,20 +144,28 @@ class ClusterProcesses:
         notices = Notices()
         before = len(self.engine_sets)
         try:
-            group = self._start_set(n, notices, deadline, timeout, launcher)
+            self._start_set(n, notices, deadline, timeout, launcher)
         except BaseException:
             for group in self.engine_sets[before:]:
-                terminate(group.all_pids())
+                group.stop()
             del self.engine_sets[before:]
             raise
         finally:
             notices.close()
         self.save()
-        return sorted(group.ids)
+        return sorted(i for group in self.engine_sets[before:] for i in group.ids)
 
     def _start_set(self, n: int, notices: Notices, deadline: float, timeout: float,
                    launcher: str | None = None) -> EngineSet:
         kind = check_launcher(launcher or self.launcher)
+        if kind == "ssh":
+            hosts = self._ssh_share(n)
+            options = {k: v for k, v in self.ssh.items() if k != "hosts" and v is not None}
+            groups = spawn_ssh(hosts, self.profile,
+                               self.dirs.furl_path(ENGINE_FURL).read_text().strip(),
+                               self.dirs, deadline, timeout, **options)
+            self.engine_sets.extend(groups)
+            return groups[0]
         if kind == "mpi":
             group = spawn_mpi(n, self.profile, notices, self.dirs, self.mpiexec,
                               self.mpi_args, self.detach)
@@ -170,10 +185,33 @@ class ClusterProcesses:
         notices.wait(group, deadline, timeout, self.dirs)
         return group
 
+    def _ssh_share(self, n: int) -> dict[str, int]:
+        """How many of ``n`` engines go to each SSH host: as the hosts table says
+        when ``n`` is its total, else spread evenly in its order."""
+        hosts: dict[str, int] = dict(self.ssh.get("hosts") or {})
+        if not hosts:
+            raise ClusterError("SSH engines need hosts, e.g. hosts={'node1': 2, 'node2': 4}")
+        if n == sum(hosts.values()):
+            return hosts
+        names = list(hosts)
+        share = {name: n // len(names) for name in names}
+        for name in names[: n % len(names)]:
+            share[name] += 1
+        return {name: k for name, k in share.items() if k}
+
+    def _check_reachable(self) -> None:
+        ip = next((a.split("=", 1)[1] for a in self.controller_args if a.startswith("--ip=")),
+                  "127.0.0.1")
+        if ip in ("127.0.0.1", "localhost", "::1"):
+            raise ClusterError(
+                "SSH engines run on other hosts, which cannot reach a controller listening "
+                "on 127.0.0.1: give ip= (an address of this host they can reach, or "
+                "'0.0.0.0' with location=)")
+
     # -- signalling and stopping -----------------------------------------------------------
     def signal_engines(self, sig: int) -> list[int]:
         """Send ``sig`` to every engine process; the pids it reached."""
-        return signal_pids(self.engine_pids, sig)
+        return [p for group in self.engine_sets for p in group.signal(sig)]
 
     def stop_engines(self, ids: list[int] | None = None) -> None:
         """Stop the engines with ``ids`` (all when None): SIGTERM, then SIGKILL."""
@@ -182,13 +220,16 @@ class ClusterProcesses:
         kept: list[EngineSet] = []
         for group in self.engine_sets:
             if wanted is None or set(group.ids) <= wanted:
-                pids += group.all_pids()  # the whole set (and its mpiexec)
+                group.stop()  # the whole set (and its mpiexec or SSH session)
                 continue
             if group.launcher == "mpi" and wanted & set(group.ids):
                 raise ClusterError("engines started by one mpiexec stop together: "
                                    f"give all of {sorted(group.ids)}")
             stop = [(i, p) for i, p in zip(group.ids, group.pids, strict=True) if i in wanted]
-            pids += [p for _, p in stop]
+            if group.launcher == "ssh":
+                group.stop([p for _, p in stop])
+            else:
+                pids += [p for _, p in stop]
             group.ids = [i for i in group.ids if i not in wanted]
             group.pids = [p for p in group.pids if p not in {q for _, q in stop}]
             kept.append(group)
@@ -199,8 +240,8 @@ class ClusterProcesses:
 
     def stop(self) -> None:
         """Stop the engines, then the controller, and forget the state file."""
-        pids = [p for group in self.engine_sets for p in group.all_pids()]
-        terminate(pids)
+        for group in self.engine_sets:
+            group.stop()
         if self.controller_pid is not None:
             terminate([self.controller_pid])
         for proc in [self.controller_proc, *(p for g in self.engine_sets for p in g.procs)]:
@@ -222,7 +263,7 @@ class ClusterProcesses:
                  "engines": self.engine_pids,
                  "engine_sets": [g.to_state() for g in self.engine_sets],
                  "launcher": self.launcher, "controller_args": self.controller_args,
-                 "mpiexec": self.mpiexec, "mpi_args": list(self.mpi_args),
+                 "mpiexec": self.mpiexec, "mpi_args": list(self.mpi_args), "ssh": self.ssh,
                  **self.extra_state, "started": self._started}
         _state.write_state(self.dirs, state)
         self._started = (_state.read_state(self.dirs) or {}).get("started", {})
@@ -237,7 +278,8 @@ class ClusterProcesses:
         procs = cls(profile, controller_args=recorded.get("controller_args", []),
                     launcher=recorded.get("launcher", "local"),
                     mpiexec=recorded.get("mpiexec", "mpiexec"),
-                    mpi_args=tuple(recorded.get("mpi_args", ())))
+                    mpi_args=tuple(recorded.get("mpi_args", ())),
+                    ssh=recorded.get("ssh") or {})
         procs.controller_pid = recorded["controller"]
         procs._started = recorded.get("started", {})
         procs.engine_sets = [EngineSet.from_state(g) for g in recorded.get("engine_sets", [])]

@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import selectors
+import shlex
 import shutil
 import socket
 import subprocess
@@ -32,12 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plait.cluster.processes import pid_alive
+from plait.cluster.processes import pid_alive, signal_pids, terminate
 from plait.security import ENGINE_FURL, ProfileDirs
 from plait.wire.errors import ClusterError
 
 #: The ways engines start, for ``engines=`` and ``--engines``.
-LAUNCHERS = ("local", "mpi")
+LAUNCHERS = ("local", "mpi", "ssh")
 
 
 @dataclass
@@ -52,19 +53,47 @@ class EngineSet:
     launcher_pid: int | None = None
     log: Path | None = None
     procs: list[Any] = field(default_factory=list, repr=False)  # Popen or Forked
+    host: str | None = None  # ssh: the host the engines run on (their pids are its)
+    ssh: list[str] = field(default_factory=list)  # ssh: the command reaching the host
+    forked: list[int] = field(default_factory=list)  # ssh: every pid the remote fork server made
 
     def to_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"launcher": self.launcher, "ids": list(self.ids),
                                  "pids": list(self.pids)}
         if self.launcher_pid is not None:
             state["launcher_pid"] = self.launcher_pid
+        if self.host is not None:
+            state["host"], state["ssh"] = self.host, list(self.ssh)
         return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EngineSet:
         return cls(state.get("launcher", "local"), len(state.get("pids", [])),
                    list(state.get("ids", [])), list(state.get("pids", [])),
-                   state.get("launcher_pid"))
+                   state.get("launcher_pid"), host=state.get("host"),
+                   ssh=list(state.get("ssh", [])))
+
+    def signal(self, sig: int, pids: list[int] | None = None) -> list[int]:
+        """Send ``sig`` to the engines (``pids`` of them, else all); the pids signalled."""
+        pids = list(self.pids if pids is None else pids)
+        if self.launcher != "ssh":
+            return signal_pids(pids, sig)
+        if pids:
+            _remote(self, f"kill -{int(sig)} {' '.join(map(str, pids))} 2>/dev/null; true")
+        return pids
+
+    def stop(self, pids: list[int] | None = None) -> None:
+        """Stop the engines (``pids`` of them, else all, and their launcher)."""
+        if self.launcher != "ssh":
+            terminate(self.all_pids() if pids is None else pids)
+            return
+        self.signal(15, list(dict.fromkeys([*self.pids, *self.forked])) if pids is None
+                    else pids)
+        if pids is None:
+            for proc in self.procs:  # the ssh sessions, if still there
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
     def all_pids(self) -> list[int]:
         """The engines' pids, then the launcher's (stopped last)."""
@@ -384,3 +413,110 @@ def _is_open_mpi(path: str) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return "Open MPI" in out.stdout + out.stderr or "OpenRTE" in out.stdout + out.stderr
+
+
+# -- SSH ---------------------------------------------------------------------------------
+def _remote(group: EngineSet, command: str, timeout: float = 30) -> None:
+    """Run the shell ``command`` on ``group``'s host (errors are the caller's to ignore)."""
+    try:
+        subprocess.run([*group.ssh, command], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
+def ssh_prefix(host: str, command: str = "ssh", args: tuple[str, ...] = ()) -> list[str]:
+    """The command line that runs a shell command on ``host``, without a password prompt."""
+    return [*shlex.split(command), "-o", "BatchMode=yes", *args, host]
+
+
+def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: ProfileDirs,
+              deadline: float, timeout: float, *, command: str = "ssh",
+              args: tuple[str, ...] = (), python: str | None = None,
+              plait_dir: str | None = None) -> list[EngineSet]:
+    """Start ``hosts[host]`` engines on each host, through one SSH session per host
+    running the fork server there; returns once every engine registered.
+
+    The engine FURL travels in the SSH session, to the fork server's standard
+    input: it is never written on the remote host, nor put on a command line.
+    The engines' notices come back the same way.  ClusterError (with what
+    was started stopped) when a session fails, saying which host and quoting
+    ssh's message, or at ``deadline``.
+    """
+    remote = [python or sys.executable, "-m", "plait.scripts._zygote", "--relay", "--detach"]
+    if plait_dir:
+        remote = ["env", f"PLAIT_DIR={plait_dir}", *remote]
+    groups: list[EngineSet] = []
+    try:
+        for host, n in hosts.items():
+            if not (isinstance(n, int) and n >= 1):
+                raise ClusterError(f"the engines of host {host!r} must be an int >= 1, not {n!r}")
+            prefix = ssh_prefix(host, command, args)
+            log = dirs.log / f"ssh-{_safe(host)}-{os.getpid()}-{secrets.token_hex(3)}.log"
+            with open(log, "ab") as err:
+                proc = subprocess.Popen([*prefix, shlex.join(remote)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=err,
+                                        start_new_session=True)
+            group = EngineSet("ssh", n, log=log, host=host, ssh=prefix)
+            group.procs.append(proc)
+            groups.append(group)
+            assert proc.stdin is not None
+            proc.stdin.write(f"engines {n} {json.dumps(_profile(profile))}\nfurl {furl}\n"
+                             .encode())
+            proc.stdin.flush()
+        _wait_ssh(groups, deadline, timeout, dirs)
+    except BaseException:
+        for group in groups:
+            group.stop()
+        raise
+    for group in groups:  # the fork servers exit; the engines go on
+        proc = group.procs[0]
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+    return groups
+
+
+def _safe(host: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in host)
+
+
+def _wait_ssh(groups: list[EngineSet], deadline: float, timeout: float, dirs: ProfileDirs
+              ) -> None:
+    """Read each session's ``pid engine PID`` and ``engine ID PID`` lines until
+    every engine registered."""
+    buffers: dict[int, bytes] = {}
+    by_fd: dict[int, EngineSet] = {}
+    with selectors.DefaultSelector() as sel:
+        for group in groups:
+            out = group.procs[0].stdout
+            by_fd[out.fileno()] = group
+            buffers[out.fileno()] = b""
+            sel.register(out.fileno(), selectors.EVENT_READ)
+        while any(len(g.ids) < g.n for g in groups):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                late = [f"{g.host}: {len(g.ids)} of {g.n}" for g in groups if len(g.ids) < g.n]
+                raise ClusterError(f"not every engine registered within {timeout:g} s "
+                                   f"({'; '.join(late)}); see the logs in {dirs.log}")
+            for key, _ in sel.select(left):
+                group = by_fd[key.fd]
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    code = group.procs[0].wait()
+                    if len(group.ids) < group.n:
+                        raise ClusterError(
+                            f"the SSH session to {group.host} ended (code {code}) before its "
+                            f"engines registered ({len(group.ids)} of {group.n} did)"
+                            + _quote(group.log, 5))
+                    continue
+                buffers[key.fd] += chunk
+                while b"\n" in buffers[key.fd]:
+                    line, buffers[key.fd] = buffers[key.fd].split(b"\n", 1)
+                    parts = line.decode(errors="replace").split()
+                    if parts[:2] == ["pid", "engine"] and len(parts) == 3:
+                        group.forked.append(int(parts[2]))
+                    elif parts[:1] == ["engine"]:
+                        _record(group, line)

@@ -28,7 +28,7 @@ import os
 import weakref
 from typing import Any
 
-from plait.cluster.config import load_config
+from plait.cluster.config import load_config, read_hosts
 from plait.cluster.control import ClusterProcesses
 from plait.security import profile_dirs
 from plait.wire.errors import ClusterError
@@ -38,7 +38,18 @@ CONTROLLER_OPTIONS = ("ip", "location", "client_port", "engine_port", "client_ch
                       "engine_channel_port", "data_port", "scheme", "hwm", "db",
                       "engine_timeout")
 
+#: The launchers' options: MPI's, and SSH's (``hosts`` a table {host: engines},
+#: a list of hosts or the path of a hosts file; ``ssh`` the command).
+LAUNCHER_OPTIONS = ("mpiexec", "mpi_args", "hosts", "ssh", "ssh_args", "ssh_python",
+                    "ssh_plait_dir")
+
 _live: weakref.WeakSet[Cluster] = weakref.WeakSet()
+
+
+def ssh_options(config: Any) -> dict[str, Any]:
+    return {"hosts": dict(config.ssh_hosts), "command": config.ssh_command,
+            "args": tuple(config.ssh_args), "python": config.ssh_python,
+            "plait_dir": config.ssh_plait_dir}
 
 
 @atexit.register
@@ -69,14 +80,20 @@ class Cluster:
         if controller != "local":
             raise ClusterError(f"controller must be 'local' (a controller on this host), not "
                                f"{controller!r}")
-        unknown = sorted(set(options) - {*CONTROLLER_OPTIONS, "mpiexec", "mpi_args"})
+        unknown = sorted(set(options) - {*CONTROLLER_OPTIONS, *LAUNCHER_OPTIONS})
         if unknown:
             raise TypeError(f"Cluster() got unexpected options {unknown}; it takes n, engines, "
-                            f"controller, profile, timeout, shutdown_atexit, mpiexec, mpi_args "
-                            f"and {', '.join(CONTROLLER_OPTIONS)}")
+                            f"controller, profile, timeout, shutdown_atexit, "
+                            f"{', '.join(LAUNCHER_OPTIONS)} and {', '.join(CONTROLLER_OPTIONS)}")
         self.profile = profile
-        if options.get("mpi_args") is not None:
-            options["mpi_args"] = tuple(options["mpi_args"])
+        for name in ("mpi_args", "ssh_args"):
+            if options.get(name) is not None:
+                options[name] = tuple(options[name])
+        hosts = options.pop("hosts", None)
+        if hosts is not None:
+            options["ssh_hosts"] = read_hosts(hosts)
+        if "ssh" in options:
+            options["ssh_command"] = options.pop("ssh")
         config = load_config(profile_dirs(profile).root).with_overrides(
             n=n, engines=engines, timeout=timeout, **options)
         self.n = config.n
@@ -85,7 +102,9 @@ class Cluster:
         self.shutdown_atexit = shutdown_atexit
         self._procs = ClusterProcesses(profile, controller_args=config.controller_args(),
                                        launcher=config.engines, mpiexec=config.mpiexec,
-                                       mpi_args=config.mpi_args)
+                                       mpi_args=config.mpi_args, ssh=ssh_options(config))
+        if self.n is None and config.engines == "ssh":
+            self.n = sum(config.ssh_hosts.values()) or None
         self._clients: list[Any] = []
 
     # -- what runs ---------------------------------------------------------------------

@@ -12,6 +12,11 @@ line each::
     furl FURL              hand the engine FURL to the engines waiting for it
     (end of input)         exit; the engines go on
 
+With ``--relay`` (an SSH launcher, whose engines are on another host) it
+also collects the engines' ``engine ID PID`` notices on an abstract unix
+socket of its own host and writes them to its standard output, where the
+launcher reads them through SSH.
+
 The imports install Twisted's reactor, which never runs here; each child
 gives its copy a poller and a waker of its own before anything uses them
 (a poller shared by two processes would mix their events), and reseeds
@@ -23,7 +28,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import select
+import selectors
+import socket
 import sys
 
 import plait.kernel.engine.process  # noqa: F401  (what every engine imports)
@@ -85,33 +93,101 @@ def _run(args: list[str]) -> None:
     os._exit(code or 0)
 
 
+class _Relay:
+    """Engine notices on an abstract unix socket of this host, relayed to stdout."""
+
+    def __init__(self) -> None:
+        self.name = "plait-relay-" + secrets.token_hex(12)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind("\0" + self.name)
+        self.sock.listen(256)
+        self.sock.setblocking(False)
+        self.buffers: dict[socket.socket, bytes] = {}
+
+    def ready(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        if key.fileobj is self.sock:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return
+            conn.setblocking(False)
+            self.buffers[conn] = b""
+            sel.register(conn, selectors.EVENT_READ)
+            return
+        peer = key.fileobj
+        assert isinstance(peer, socket.socket)
+        conn = peer
+        try:
+            chunk = conn.recv(256)
+        except OSError:
+            chunk = b""
+        self.buffers[conn] += chunk
+        if chunk and len(self.buffers[conn]) < 256:
+            return
+        sel.unregister(conn)
+        conn.close()
+        text = self.buffers.pop(conn).decode(errors="replace").strip()
+        if text.startswith("engine "):
+            os.write(1, (text + "\n").encode())
+
+
+def _handle(line: str, detach: bool, relay: _Relay | None, waiting: list[int]) -> None:
+    word, _, rest = line.strip().partition(" ")
+    if word == "engines":
+        count, _, args = rest.partition(" ")
+        arglist = json.loads(args)
+        if relay is not None:
+            arglist.append(f"--notify-socket=@{relay.name}")
+        for _ in range(int(count)):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                for fd in waiting:
+                    os.close(fd)
+                if relay is not None:
+                    relay.sock.close()
+                    for conn in relay.buffers:
+                        conn.close()
+                _child(detach, r)
+                _run(["--furl-file=-", *arglist])
+            os.close(r)
+            waiting.append(w)
+            os.write(1, f"pid engine {pid}\n".encode())
+    elif word == "furl":
+        for fd in waiting:
+            try:
+                os.write(fd, (rest + "\n").encode())
+            except OSError:
+                pass  # that engine died: the launcher sees it
+            os.close(fd)
+        waiting.clear()
+
+
 def main() -> int:
     detach = "--detach" in sys.argv[1:]
+    relay = _Relay() if "--relay" in sys.argv[1:] else None
     waiting: list[int] = []  # write ends of the pipes engines read their FURL from
-    for line in sys.stdin:
-        word, _, rest = line.strip().partition(" ")
-        if word == "engines":
-            count, _, args = rest.partition(" ")
-            for _ in range(int(count)):
-                r, w = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    os.close(w)
-                    for fd in waiting:
-                        os.close(fd)
-                    _child(detach, r)
-                    _run(["--furl-file=-", *json.loads(args)])
-                os.close(r)
-                waiting.append(w)
-                print(f"pid engine {pid}", flush=True)
-        elif word == "furl":
-            for fd in waiting:
-                try:
-                    os.write(fd, (rest + "\n").encode())
-                except OSError:
-                    pass  # that engine died: the launcher sees it
-                os.close(fd)
-            waiting = []
+    sel = selectors.DefaultSelector()
+    sel.register(0, selectors.EVENT_READ)
+    if relay is not None:
+        sel.register(relay.sock, selectors.EVENT_READ)
+    pending = b""
+    open_input = True
+    while open_input:  # (a launcher with a relay keeps it open until the notices came)
+        for key, _ in sel.select():
+            if key.fileobj == 0:
+                chunk = os.read(0, 65536)
+                if not chunk:
+                    open_input = False
+                    sel.unregister(0)
+                    break
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    _handle(line.decode(), detach, relay, waiting)
+            elif relay is not None:
+                relay.ready(sel, key)
     for fd in waiting:
         os.close(fd)
     return 0

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import time
 
-from plait.cluster.config import load_config
+from plait.cluster.config import load_config, read_hosts
 from plait.cluster.control import ClusterProcesses
 from plait.cluster.launchers import LAUNCHERS
 from plait.cluster.processes import pid_alive, start_time, terminate  # noqa: F401 (re-exported)
@@ -72,6 +73,11 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
                    help="extra arguments for mpiexec, as one string (e.g. '--oversubscribe')")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds to wait for the engines to be ready (default 30)")
+    p.add_argument("--hosts", default=None,
+                   help="SSH engines: a hosts file (lines 'HOST [ENGINES]') or "
+                        "'host1:2,host2:4'")
+    p.add_argument("--ssh-args", default=None,
+                   help="extra arguments for ssh, as one string (e.g. '-i ~/.ssh/lab_key')")
 
 
 def _config(args: argparse.Namespace) -> tuple[ClusterProcesses, int, float]:
@@ -79,12 +85,35 @@ def _config(args: argparse.Namespace) -> tuple[ClusterProcesses, int, float]:
     flags = {name: getattr(args, name, None) for name in CONTROLLER_OPTIONS}
     config = load_config(dirs.root).with_overrides(
         n=args.n, engines=args.engines, timeout=args.timeout, mpiexec=args.mpiexec,
-        mpi_args=None if args.mpi_args is None else tuple(args.mpi_args.split()), **flags)
-    n = config.n if config.n is not None else (os.cpu_count() or 2)
+        mpi_args=None if args.mpi_args is None else tuple(shlex.split(args.mpi_args)),
+        ssh_hosts=_hosts(args.hosts),
+        ssh_args=None if args.ssh_args is None else tuple(shlex.split(args.ssh_args)),
+        **flags)
+    n = config.n if config.n is not None else (
+        sum(config.ssh_hosts.values()) if config.engines == "ssh" else (os.cpu_count() or 2))
+    ssh = {"hosts": dict(config.ssh_hosts), "command": config.ssh_command,
+           "args": tuple(config.ssh_args), "python": config.ssh_python,
+           "plait_dir": config.ssh_plait_dir}
     procs = ClusterProcesses(args.profile, controller_args=config.controller_args(),
                              launcher=config.engines, mpiexec=config.mpiexec,
-                             mpi_args=config.mpi_args, detach=getattr(args, "daemonize", True))
+                             mpi_args=config.mpi_args, detach=getattr(args, "daemonize", True),
+                             ssh=ssh)
     return procs, n, config.timeout
+
+
+def _hosts(text: str | None) -> dict[str, int] | None:
+    """``--hosts``: a hosts file, or ``host1:2,host2`` (one engine when no count)."""
+    if text is None:
+        return None
+    if os.path.exists(text):
+        return read_hosts(text)
+    table: dict[str, int] = {}
+    for item in filter(None, text.split(",")):
+        host, _, count = item.partition(":")
+        if count and not count.isdigit():
+            raise ClusterError(f"--hosts: {item!r} is not HOST or HOST:ENGINES")
+        table[host] = table.get(host, 0) + (int(count) if count else 1)
+    return table
 
 
 def _connect_hint(profile: str | None) -> str:

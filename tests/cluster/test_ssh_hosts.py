@@ -1,0 +1,159 @@
+"""Engines on other hosts over SSH: network namespaces with a real sshd each
+(see support.netns), the controller reached over their veth network."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+
+import plait.parallel as ipp
+from plait.cluster.state import read_state
+from plait.security import profile_dirs
+from plait.wire.errors import ClusterError
+from support.cluster import make_env, run_cmd, wait_exit
+from support.netns import Hosts, unavailable
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the functions sent to engines
+WHY = unavailable()
+pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    with Hosts(3, tmp_path_factory.mktemp("hosts")) as made:
+        yield made
+
+
+@pytest.fixture
+def plait_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
+    return tmp_path / "p"
+
+
+def ssh_cluster(hosts, remote: Path, per_host: int = 2, **options):
+    return ipp.Cluster(engines="ssh", hosts=hosts.table(per_host), ip=hosts.controller_ip,
+                       ssh_args=hosts.ssh_args, ssh_plait_dir=str(remote), timeout=60,
+                       **options)
+
+
+def net_namespace() -> str:
+    import os
+
+    return os.readlink("/proc/self/ns/net")
+
+
+def slow_square(x):
+    import time
+
+    time.sleep(0.2)
+    return x * x
+
+
+def nothing_of(plait_dir: Path) -> list[int]:
+    """Pids of processes of ours (their environment names ``plait_dir``)."""
+    mine = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if f"PLAIT_DIR={plait_dir}".encode() in (proc / "environ").read_bytes():
+                    mine.append(int(proc.name))
+            except OSError:
+                pass
+    return mine
+
+
+def test_three_hosts_work_as_one_cluster_and_a_cut_host_is_dropped(hosts, plait_dir, tmp_path):
+    cluster = ssh_cluster(hosts, tmp_path / "remote", engine_timeout=3)
+    try:
+        rc = cluster.start_and_connect()
+        assert rc.ids == [0, 1, 2, 3, 4, 5]
+        where = rc[:].apply_sync(net_namespace)
+        assert len(set(where)) == 3 and net_namespace() not in where  # 3 other hosts
+        # MultiEngine, load balancing and 100 MB across hosts
+        rc[:].execute("y = 7", block=True)
+        assert rc[:].pull("y", block=True) == [7] * 6
+        lview = rc.load_balanced_view()
+        assert lview.map_sync(lambda x: x + 1, range(50)) == list(range(1, 51))
+        far = where.index(where[-1])  # an engine of the last host
+        a = np.random.default_rng(0).random(100 * 2**20 // 8)
+        rc[far].push({"a": a}, block=True)
+        assert np.array_equal(rc[far].pull("a", block=True), a)
+        # the engine FURL was never written on the hosts
+        assert not any("pb://" in p.read_text(errors="ignore")
+                       for p in (tmp_path / "remote").rglob("*") if p.is_file())
+        # one host's network cut: its engines are dropped, retried tasks end elsewhere
+        lost = [i for i, ns in zip(rc.ids, where, strict=True) if ns == where[-1]]
+        [victim] = [h for h in hosts.hosts if h.run("readlink", "/proc/self/ns/net",
+                                                    capture_output=True, text=True
+                                                    ).stdout.strip() == where[-1]]
+        with lview.temp_flags(retries=3):
+            ar = lview.map_async(slow_square, range(24))
+        victim.cut()
+        assert ar.get(timeout=60) == [x * x for x in range(24)]
+        deadline = time.monotonic() + 3 + 10
+        while set(lost) & set(rc.ids) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the controller's heartbeat decides; the client hears of it
+        assert not set(lost) & set(rc.ids) and len(rc.ids) == 4
+    finally:
+        cluster.stop()
+        for host in hosts.hosts:
+            subprocess.run(["ip", "link", "set", host.veth, "up"], check=True)
+    assert read_state(profile_dirs(None)) is None
+
+
+def test_a_wrong_key_is_a_clear_error_and_nothing_runs(hosts, plait_dir, tmp_path):
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    args = [*hosts.ssh_args, "-o", "IdentitiesOnly=yes"]
+    args[args.index("-i") + 1] = str(key)
+    cluster = ipp.Cluster(engines="ssh", hosts={f"root@{hosts.hosts[0].address}": 1},
+                          ip=hosts.controller_ip, ssh_args=args, timeout=30)
+    with pytest.raises(ClusterError) as info:
+        cluster.start()
+    message = str(info.value)
+    assert f"root@{hosts.hosts[0].address}" in message and "Permission denied" in message
+    assert read_state(profile_dirs(None)) is None and nothing_of(plait_dir) == []
+
+
+def test_an_unreachable_host_is_a_clear_error_and_nothing_runs(hosts, plait_dir):
+    nobody = f"{hosts.subnet}.99"
+    cluster = ipp.Cluster(engines="ssh", hosts={f"root@{nobody}": 1}, ip=hosts.controller_ip,
+                          ssh_args=hosts.ssh_args, timeout=30)
+    with pytest.raises(ClusterError, match=f"SSH session to root@{nobody} ended"):
+        cluster.start()
+    assert read_state(profile_dirs(None)) is None and nothing_of(plait_dir) == []
+
+
+def test_a_controller_on_loopback_is_refused_for_ssh_engines(hosts, plait_dir):
+    cluster = ipp.Cluster(engines="ssh", hosts=hosts.table(1), ssh_args=hosts.ssh_args)
+    with pytest.raises(ClusterError, match="cannot reach a controller listening on 127.0.0.1"):
+        cluster.start()
+    assert nothing_of(plait_dir) == []
+
+
+def test_ipcluster_starts_ssh_engines_from_a_hosts_file_and_stops_them(hosts, tmp_path):
+    env = make_env(tmp_path / "p")
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text("# lab\n" + "".join(f"root@{h.address} 2\n" for h in hosts.hosts[:2]))
+    out = run_cmd(["ipcluster", "start", "--engines=ssh", f"--hosts={hosts_file}",
+                   f"--ip={hosts.controller_ip}", f"--ssh-args={' '.join(hosts.ssh_args)}",
+                   "--daemonize"], env, timeout=120)
+    assert "controller and 4 engines [0, 1, 2, 3]" in out.stdout
+    state = json.loads((tmp_path / "p" / "profile_default" / "run" / "ipcluster.json")
+                       .read_text())
+    engines = state["engines"]  # the engines' pids on their hosts
+    in_hosts = {p for h in hosts.hosts[:2] for p in hosts.pids(h)}
+    assert len(engines) == 4 and set(engines) <= in_hosts
+    assert {g["host"] for g in state["engine_sets"]} == {f"root@{h.address}"
+                                                         for h in hosts.hosts[:2]}
+    listed = run_cmd(["ipcluster", "list"], env)
+    assert "ssh" in listed.stdout
+    run_cmd(["ipcluster", "stop"], env)
+    assert all(wait_exit(pid, 10) for pid in engines)
