@@ -72,7 +72,7 @@ else:  # tomli is only installed on 3.10, where mypy (set to 3.10) looks for it
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 CONFIG_FILE = "cluster.toml"
-ENGINES = ("local", "mpi", "ssh")
+ENGINES = ("local", "mpi", "ssh", "slurm", "sge", "pbs", "lsf")
 SCHEMES = ("fifo", "lru", "plainrandom", "twobin", "leastload", "weighted")
 DBS = ("sqlite", "memory", "none")
 
@@ -136,6 +136,8 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
     "mpi": {"mpiexec": _TEXT, "args": _STRINGS},
     "ssh": {"hosts": _HOSTS, "command": _TEXT, "args": _STRINGS, "python": _TEXT,
             "plait_dir": _TEXT},
+    "batch": {"partition": _TEXT, "account": _TEXT, "time": _TEXT, "directives": _STRINGS,
+              "template": _TEXT},
 }
 
 #: The fields of ClusterConfig that the sections other than [controller] fill.
@@ -143,7 +145,10 @@ _FIELDS = {("cluster", "n"): "n", ("cluster", "engines"): "engines",
            ("cluster", "timeout"): "timeout", ("mpi", "mpiexec"): "mpiexec",
            ("mpi", "args"): "mpi_args", ("ssh", "hosts"): "ssh_hosts",
            ("ssh", "command"): "ssh_command", ("ssh", "args"): "ssh_args",
-           ("ssh", "python"): "ssh_python", ("ssh", "plait_dir"): "ssh_plait_dir"}
+           ("ssh", "python"): "ssh_python", ("ssh", "plait_dir"): "ssh_plait_dir",
+           ("batch", "partition"): "partition", ("batch", "account"): "account",
+           ("batch", "time"): "walltime", ("batch", "directives"): "directives",
+           ("batch", "template"): "template"}
 #: with_overrides' flags: the field's name, or a [controller] key.
 _FLAGS = {flag: section_key for section_key, flag in _FIELDS.items()}
 _FLAGS.update({key: ("controller", key) for key in SECTIONS["controller"]})
@@ -175,6 +180,11 @@ class ClusterConfig:
     ssh_args: tuple[str, ...] = ()
     ssh_python: str | None = None
     ssh_plait_dir: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    walltime: str | None = None
+    directives: tuple[str, ...] = ()
+    template: str | None = None
     mpi_args: tuple[str, ...] = ()
     path: Path | None = None
 
@@ -246,6 +256,14 @@ def load_config(profile_dir: Path) -> ClusterConfig:
             else:
                 values[_FIELDS[section, key]] = value
     return ClusterConfig(controller=controller, **values)
+
+
+def batch_options(config: ClusterConfig) -> dict[str, Any]:
+    """The ``[batch]`` options of ``config`` that are set, as the batch launcher takes them."""
+    options = {"partition": config.partition, "account": config.account,
+               "time": config.walltime, "template": config.template,
+               "directives": list(config.directives) or None}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def read_hosts(hosts: Any) -> dict[str, int]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from plait.cluster import state as _state
 from plait.cluster.launchers import (
+    BATCH,
     LAUNCHERS,
     EngineSet,
     ForkServer,
@@ -26,7 +27,7 @@ from plait.cluster.launchers import (
     spawn_ssh,
 )
 from plait.cluster.processes import terminate
-from plait.security import ENGINE_FURL, ProfileDirs, profile_dirs
+from plait.security import ENGINE_FURL, MEC_FURL, ProfileDirs, profile_dirs
 from plait.wire.errors import ClusterError
 
 
@@ -46,7 +47,7 @@ class ClusterProcesses:
     def __init__(self, profile: str | None = None, *, controller_args: list[str] | None = None,
                  launcher: str = "local", mpiexec: str = "mpiexec",
                  mpi_args: tuple[str, ...] = (), detach: bool = True,
-                 ssh: dict[str, Any] | None = None):
+                 ssh: dict[str, Any] | None = None, batch: dict[str, Any] | None = None):
         self.profile = profile
         self.dirs: ProfileDirs = profile_dirs(profile)
         self.controller_args = list(controller_args or [])
@@ -56,6 +57,8 @@ class ClusterProcesses:
         #: SSH engines: ``hosts`` ({host: engines}), ``command``, ``args``, ``python``
         #: and ``plait_dir`` (see :func:`plait.cluster.launchers.spawn_ssh`)
         self.ssh = dict(ssh or {})
+        #: batch jobs: ``partition``, ``account``, ``time``, ``directives``, ``template``
+        self.batch = dict(batch or {})
         self.detach = detach
         self.controller_pid: int | None = None
         self.controller_proc: Any = None
@@ -158,6 +161,8 @@ class ClusterProcesses:
     def _start_set(self, n: int, notices: Notices, deadline: float, timeout: float,
                    launcher: str | None = None) -> EngineSet:
         kind = check_launcher(launcher or self.launcher)
+        if kind in BATCH:
+            return self._start_job(kind, n, deadline, timeout)
         if kind == "ssh":
             hosts = self._ssh_share(n)
             options = {k: v for k, v in self.ssh.items() if k != "hosts" and v is not None}
@@ -183,6 +188,21 @@ class ClusterProcesses:
             return group
         self.engine_sets.append(group)
         notices.wait(group, deadline, timeout, self.dirs)
+        return group
+
+    def _start_job(self, system: str, n: int, deadline: float, timeout: float) -> EngineSet:
+        """Submit a batch job of ``n`` engines; its set once they registered."""
+        from plait.cluster import batch
+        from plait.kernel.client import MultiEngineClient
+
+        options = batch.BatchOptions.from_dict(self.batch)
+        mec = MultiEngineClient(self.dirs.furl_path(MEC_FURL))  # to ask who registered
+        before = set(mec.get_ids())
+        job = batch.submit(system, n, self.profile, self.dirs, options)
+        group = EngineSet(system, n, job=job.job, log=job.output)
+        self.engine_sets.append(group)
+        ids = batch.wait_for_engines(job, mec.get_ids, len(before) + n, deadline, timeout)
+        group.ids = sorted(set(ids) - before)
         return group
 
     def _ssh_share(self, n: int) -> dict[str, int]:
@@ -264,6 +284,7 @@ class ClusterProcesses:
                  "engine_sets": [g.to_state() for g in self.engine_sets],
                  "launcher": self.launcher, "controller_args": self.controller_args,
                  "mpiexec": self.mpiexec, "mpi_args": list(self.mpi_args), "ssh": self.ssh,
+                 "batch": self.batch,
                  **self.extra_state, "started": self._started}
         _state.write_state(self.dirs, state)
         self._started = (_state.read_state(self.dirs) or {}).get("started", {})
@@ -279,7 +300,7 @@ class ClusterProcesses:
                     launcher=recorded.get("launcher", "local"),
                     mpiexec=recorded.get("mpiexec", "mpiexec"),
                     mpi_args=tuple(recorded.get("mpi_args", ())),
-                    ssh=recorded.get("ssh") or {})
+                    ssh=recorded.get("ssh") or {}, batch=recorded.get("batch") or {})
         procs.controller_pid = recorded["controller"]
         procs._started = recorded.get("started", {})
         procs.engine_sets = [EngineSet.from_state(g) for g in recorded.get("engine_sets", [])]

@@ -38,7 +38,8 @@ from plait.security import ENGINE_FURL, ProfileDirs
 from plait.wire.errors import ClusterError
 
 #: The ways engines start, for ``engines=`` and ``--engines``.
-LAUNCHERS = ("local", "mpi", "ssh")
+LAUNCHERS = ("local", "mpi", "ssh", "slurm", "sge", "pbs", "lsf")
+BATCH = ("slurm", "sge", "pbs", "lsf")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class EngineSet:
     host: str | None = None  # ssh: the host the engines run on (their pids are its)
     ssh: list[str] = field(default_factory=list)  # ssh: the command reaching the host
     forked: list[int] = field(default_factory=list)  # ssh: every pid the remote fork server made
+    job: str | None = None  # a batch system's job id
 
     def to_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"launcher": self.launcher, "ids": list(self.ids),
@@ -64,6 +66,8 @@ class EngineSet:
             state["launcher_pid"] = self.launcher_pid
         if self.host is not None:
             state["host"], state["ssh"] = self.host, list(self.ssh)
+        if self.job is not None:
+            state["job"] = self.job
         return state
 
     @classmethod
@@ -71,10 +75,17 @@ class EngineSet:
         return cls(state.get("launcher", "local"), len(state.get("pids", [])),
                    list(state.get("ids", [])), list(state.get("pids", [])),
                    state.get("launcher_pid"), host=state.get("host"),
-                   ssh=list(state.get("ssh", [])))
+                   ssh=list(state.get("ssh", [])), job=state.get("job"))
 
     def signal(self, sig: int, pids: list[int] | None = None) -> list[int]:
         """Send ``sig`` to the engines (``pids`` of them, else all); the pids signalled."""
+        if self.launcher in BATCH:
+            if self.launcher != "slurm":
+                raise ClusterError(f"signals reach {self.launcher} engines only through "
+                                   f"the scheduler: not supported")
+            subprocess.run(["scancel", f"--signal={int(sig)}", "--full", str(self.job)],
+                           capture_output=True, timeout=30)
+            return []
         pids = list(self.pids if pids is None else pids)
         if self.launcher != "ssh":
             return signal_pids(pids, sig)
@@ -84,6 +95,14 @@ class EngineSet:
 
     def stop(self, pids: list[int] | None = None) -> None:
         """Stop the engines (``pids`` of them, else all, and their launcher)."""
+        if self.launcher in BATCH:
+            if pids is not None:
+                raise ClusterError("the engines of one batch job stop together")
+            if self.job is not None:
+                from plait.cluster.batch import BatchJob
+
+                BatchJob(self.launcher, self.job, self.n, Path()).cancel()
+            return
         if self.launcher != "ssh":
             terminate(self.all_pids() if pids is None else pids)
             return

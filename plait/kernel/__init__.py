@@ -58,7 +58,7 @@ circle.
     plait.kernel.engine.process       plait.wire plait.interfaces plait.security plait.adapters.engine_server plait.kernel.engine
     plait.kernel.client               plait.wire plait.interfaces plait.security plait.kernel.engine.shipped
     plait.parallel                    plait.wire plait.interfaces plait.security plait.kernel.client plait.kernel.engine.shipped plait.cluster
-    plait.cluster                     plait.wire plait.security
+    plait.cluster                     plait.wire plait.security plait.kernel.client
     plait.scripts                     plait.wire plait.security plait.adapters plait.kernel.controller.service plait.kernel.engine.process plait.cluster
     plait.demo                        plait.kernel.client
     plait                             plait.kernel.client

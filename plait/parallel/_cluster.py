@@ -28,7 +28,7 @@ import os
 import weakref
 from typing import Any
 
-from plait.cluster.config import load_config, read_hosts
+from plait.cluster.config import batch_options, load_config, read_hosts
 from plait.cluster.control import ClusterProcesses
 from plait.security import profile_dirs
 from plait.wire.errors import ClusterError
@@ -41,7 +41,8 @@ CONTROLLER_OPTIONS = ("ip", "location", "client_port", "engine_port", "client_ch
 #: The launchers' options: MPI's, and SSH's (``hosts`` a table {host: engines},
 #: a list of hosts or the path of a hosts file; ``ssh`` the command).
 LAUNCHER_OPTIONS = ("mpiexec", "mpi_args", "hosts", "ssh", "ssh_args", "ssh_python",
-                    "ssh_plait_dir")
+                    "ssh_plait_dir", "partition", "account", "walltime", "directives",
+                    "template")
 
 _live: weakref.WeakSet[Cluster] = weakref.WeakSet()
 
@@ -86,7 +87,7 @@ class Cluster:
                             f"controller, profile, timeout, shutdown_atexit, "
                             f"{', '.join(LAUNCHER_OPTIONS)} and {', '.join(CONTROLLER_OPTIONS)}")
         self.profile = profile
-        for name in ("mpi_args", "ssh_args"):
+        for name in ("mpi_args", "ssh_args", "directives"):
             if options.get(name) is not None:
                 options[name] = tuple(options[name])
         hosts = options.pop("hosts", None)
@@ -102,7 +103,8 @@ class Cluster:
         self.shutdown_atexit = shutdown_atexit
         self._procs = ClusterProcesses(profile, controller_args=config.controller_args(),
                                        launcher=config.engines, mpiexec=config.mpiexec,
-                                       mpi_args=config.mpi_args, ssh=ssh_options(config))
+                                       mpi_args=config.mpi_args, ssh=ssh_options(config),
+                                       batch=batch_options(config))
         if self.n is None and config.engines == "ssh":
             self.n = sum(config.ssh_hosts.values()) or None
         self._clients: list[Any] = []

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 
-from plait.cluster.config import load_config, read_hosts
+from plait.cluster.config import batch_options, load_config, read_hosts
 from plait.cluster.control import ClusterProcesses
 from plait.cluster.launchers import LAUNCHERS
 from plait.cluster.processes import pid_alive, start_time, terminate  # noqa: F401 (re-exported)
@@ -78,6 +78,11 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
                         "'host1:2,host2:4'")
     p.add_argument("--ssh-args", default=None,
                    help="extra arguments for ssh, as one string (e.g. '-i ~/.ssh/lab_key')")
+    p.add_argument("--partition", default=None,
+                   help="batch engines: the partition (Slurm) or queue (SGE, PBS, LSF)")
+    p.add_argument("--account", default=None, help="batch engines: the account to charge")
+    p.add_argument("--walltime", default=None,
+                   help="batch engines: the job's time limit, as the scheduler writes it")
 
 
 def _config(args: argparse.Namespace) -> tuple[ClusterProcesses, int, float]:
@@ -88,7 +93,7 @@ def _config(args: argparse.Namespace) -> tuple[ClusterProcesses, int, float]:
         mpi_args=None if args.mpi_args is None else tuple(shlex.split(args.mpi_args)),
         ssh_hosts=_hosts(args.hosts),
         ssh_args=None if args.ssh_args is None else tuple(shlex.split(args.ssh_args)),
-        **flags)
+        partition=args.partition, account=args.account, walltime=args.walltime, **flags)
     n = config.n if config.n is not None else (
         sum(config.ssh_hosts.values()) if config.engines == "ssh" else (os.cpu_count() or 2))
     ssh = {"hosts": dict(config.ssh_hosts), "command": config.ssh_command,
@@ -97,7 +102,7 @@ def _config(args: argparse.Namespace) -> tuple[ClusterProcesses, int, float]:
     procs = ClusterProcesses(args.profile, controller_args=config.controller_args(),
                              launcher=config.engines, mpiexec=config.mpiexec,
                              mpi_args=config.mpi_args, detach=getattr(args, "daemonize", True),
-                             ssh=ssh)
+                             ssh=ssh, batch=batch_options(config))
     return procs, n, config.timeout
 
 

@@ -138,7 +138,7 @@ def test_an_unknown_key_is_refused_with_the_known_ones(tmp_path, section, key, k
     ("cluster", "n", "0", "an int >= 1, not 0"),
     ("cluster", "n", "2.0", "an int >= 1, not 2.0"),
     ("cluster", "n", "true", "an int >= 1, not True (a bool)"),
-    ("cluster", "engines", '"pbs"', "one of local, mpi, ssh, not 'pbs'"),
+    ("cluster", "engines", '"condor"', "one of local, mpi, ssh, slurm, sge, pbs, lsf, not 'condor'"),
     ("cluster", "timeout", "0", "a number > 0, not 0"),
     ("cluster", "timeout", "-1.5", "a number > 0, not -1.5"),
     ("cluster", "timeout", "inf", "a number > 0, not inf"),
@@ -188,7 +188,7 @@ def test_overrides_add_controller_keys_to_the_defaults():
 @pytest.mark.parametrize("flags, message", [
     ({"n": 0}, "option n must be an int >= 1, not 0"),
     ({"n": True}, "option n must be an int >= 1, not True (a bool)"),
-    ({"engines": "pbs"}, "option engines must be one of local, mpi, ssh, not 'pbs'"),
+    ({"engines": "condor"}, "option engines must be one of local, mpi, ssh, slurm, sge, pbs, lsf, not 'condor'"),
     ({"timeout": -1}, "option timeout must be a number > 0, not -1"),
     ({"engine_timeout": 1}, "option engine_timeout must be an int >= 3, not 1"),
     ({"client_port": "5000"}, "option client_port must be an int from 0 to 65535, not '5000'"),

@@ -1,0 +1,107 @@
+"""Engines as a Slurm job, on real Slurm daemons (see support.slurm)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+import plait.parallel as ipp
+from plait.cluster.state import read_state
+from plait.security import profile_dirs
+from plait.wire.errors import ClusterError, CompositeError
+from support.cluster import make_env, run_cmd
+from support.slurm import Slurm, unavailable
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+WHY = unavailable()
+pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    with Slurm(tmp_path_factory.mktemp("slurm")) as daemons:
+        yield daemons
+
+
+@pytest.fixture
+def plait_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
+    return tmp_path / "p"
+
+
+def job_of_engine():
+    import os
+
+    return os.environ["SLURM_JOB_ID"]
+
+
+def gone(slurm, job: str, within: float = 30) -> bool:
+    deadline = time.monotonic() + within
+    while slurm.job_state(job) not in ("", "CANCELLED", "COMPLETED"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)  # Slurm tells nobody: its queue is asked
+    return True
+
+
+def test_a_slurm_job_of_engines_runs_and_stop_cancels_it(slurm, plait_dir):
+    cluster = ipp.Cluster(n=3, engines="slurm", partition="debug", walltime="00:10:00")
+    try:
+        rc = cluster.start_and_connect()
+        assert rc.ids == [0, 1, 2]
+        [job] = {g.job for g in cluster._procs.engine_sets}
+        assert rc[:].apply_sync(job_of_engine) == [job] * 3
+        assert slurm.job_state(job) == "RUNNING"
+        assert rc.load_balanced_view().map_sync(lambda x: 2 * x, range(30)) == [
+            2 * x for x in range(30)]
+    finally:
+        cluster.stop()
+    assert gone(slurm, job)
+    assert read_state(profile_dirs(None)) is None
+
+
+def test_a_job_the_scheduler_cancels_shows_as_lost_engines_not_a_hang(slurm, plait_dir):
+    cluster = ipp.Cluster(n=2, engines="slurm")
+    try:
+        rc = cluster.start_and_connect()
+        [job] = {g.job for g in cluster._procs.engine_sets}
+        ar = rc[:].apply_async(time.sleep, 60)
+        ar.wait_for_send(10)
+        subprocess.run(["scancel", job], check=True)
+        with pytest.raises(CompositeError) as info:
+            ar.get(timeout=60)
+        assert "EngineError" in str(info.value)
+        deadline = time.monotonic() + 30
+        while rc.ids and time.monotonic() < deadline:
+            time.sleep(0.05)  # the client hears of the engines leaving
+        assert rc.ids == []
+    finally:
+        cluster.stop()
+
+
+def test_sbatch_refusing_the_job_is_a_clear_error_and_nothing_runs(slurm, plait_dir):
+    cluster = ipp.Cluster(n=1, engines="slurm", partition="nope")
+    with pytest.raises(ClusterError, match="sbatch refused the engines' job: .*invalid "
+                                           "partition"):
+        cluster.start()
+    assert read_state(profile_dirs(None)) is None and not cluster.running
+
+
+def test_ipcluster_starts_and_stops_slurm_engines(slurm, tmp_path):
+    env = make_env(tmp_path / "p")
+    out = run_cmd(["ipcluster", "start", "-n", "2", "--engines=slurm", "--partition=debug",
+                   "--daemonize"], env, timeout=120)
+    assert "controller and 2 engines [0, 1]" in out.stdout
+    listed = run_cmd(["ipcluster", "list"], env)
+    assert "slurm" in listed.stdout
+    state = (tmp_path / "p" / "profile_default" / "run" / "ipcluster.json").read_text()
+    import json
+
+    [job] = [g["job"] for g in json.loads(state)["engine_sets"]]
+    assert slurm.job_state(job) == "RUNNING"
+    run_cmd(["ipcluster", "stop"], env)
+    assert gone(slurm, job)
