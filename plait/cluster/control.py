@@ -109,7 +109,8 @@ class ClusterProcesses:
                 early = EngineSet("local", n)
                 self.engine_sets.append(early)
                 early.procs = zygote.engines(n, self.profile,
-                                             [f"--notify-socket={notices.arg}"], deadline)
+                                             [f"--notify-socket={notices.arg}"], deadline,
+                                             self._late(n, timeout))
                 furl_file = read_ready(ready_fd, proc, deadline, self.dirs)
                 zygote.furl(furl_file.read_text().strip())
                 zygote.close()
@@ -180,7 +181,8 @@ class ClusterProcesses:
             zygote = ForkServer(self.detach)
             try:
                 group.procs = zygote.engines(n, self.profile,
-                                             [f"--notify-socket={notices.arg}"], deadline)
+                                             [f"--notify-socket={notices.arg}"], deadline,
+                                             self._late(n, timeout))
                 zygote.furl(self.dirs.furl_path(ENGINE_FURL).read_text().strip())
             finally:
                 zygote.close()
@@ -204,6 +206,10 @@ class ClusterProcesses:
         ids = batch.wait_for_engines(job, mec.get_ids, len(before) + n, deadline, timeout)
         group.ids = sorted(set(ids) - before)
         return group
+
+    def _late(self, n: int, timeout: float) -> str:
+        return (f"only 0 of {n} engines registered within {timeout:g} s; see the logs in "
+                f"{self.dirs.log}")
 
     def _ssh_share(self, n: int) -> dict[str, int]:
         """How many of ``n`` engines go to each SSH host: as the hosts table says

@@ -166,7 +166,7 @@ class ForkServer:
             stderr=subprocess.DEVNULL if detach else None, start_new_session=detach,
         )
 
-    def _ask(self, line: str, count: int, deadline: float) -> list[Forked]:
+    def _ask(self, line: str, count: int, deadline: float, late: str = "") -> list[Forked]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write((line + "\n").encode())
@@ -181,8 +181,7 @@ class ForkServer:
             while len(out) < count:
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
-                    raise ClusterError(f"the engines were not ready in time: {len(out)} of "
-                                       f"{count} had been forked when the time was up")
+                    raise ClusterError(late or "the fork server did not answer in time")
                 chunk = os.read(fd, 4096)
                 if not chunk:
                     raise ClusterError(f"the fork server exited (code {self.proc.wait()})")
@@ -192,9 +191,11 @@ class ForkServer:
                     out.append(Forked(int(text.split()[-1])))
         return out
 
-    def engines(self, n: int, profile: str | None, args: list[str], deadline: float
-                ) -> list[Forked]:
-        return self._ask(f"engines {n} {json.dumps(_profile(profile) + args)}", n, deadline)
+    def engines(self, n: int, profile: str | None, args: list[str], deadline: float,
+                late: str = "") -> list[Forked]:
+        """Fork ``n`` engines; ClusterError ``late`` when ``deadline`` passes first."""
+        return self._ask(f"engines {n} {json.dumps(_profile(profile) + args)}", n, deadline,
+                         late)
 
     def furl(self, furl: str) -> None:
         """Hand the engines forked so far the engine FURL."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from plait.cluster.config import batch_options, load_config, read_hosts
 from plait.cluster.control import ClusterProcesses
+from plait.cluster.launchers import find_mpiexec
 from plait.security import profile_dirs
 from plait.wire.errors import ClusterError
 
@@ -105,6 +106,8 @@ class Cluster:
                                        launcher=config.engines, mpiexec=config.mpiexec,
                                        mpi_args=config.mpi_args, ssh=ssh_options(config),
                                        batch=batch_options(config))
+        if config.engines == "mpi":
+            find_mpiexec(config.mpiexec)  # a missing mpiexec is bad input: said at once
         if self.n is None and config.engines == "ssh":
             self.n = sum(config.ssh_hosts.values()) or None
         self._clients: list[Any] = []

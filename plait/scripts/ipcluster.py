@@ -185,10 +185,10 @@ def _interrupt(*args: object) -> None:
 def cmd_engines(args: argparse.Namespace) -> int:
     try:
         procs = ClusterProcesses.attach(args.profile)
-        recorded, n, timeout = _config(args)
+        _, n, timeout = _config(args)
         if args.n is None:
-            n = 1 if recorded.launcher == "local" else n
-        ids = procs.add_engines(n, timeout, launcher=args.engines or recorded.launcher)
+            n = 1  # one more engine, unless -n says otherwise
+        ids = procs.add_engines(n, timeout, launcher=args.engines or procs.launcher)
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
