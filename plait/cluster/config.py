@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -110,6 +111,11 @@ _STRINGS = _Spec(
     tuple,
 )
 
+_SCHEME = _Spec(f"one of {', '.join(SCHEMES)}, or MODULE:NAME (a scheme of one's own)",
+                lambda v: isinstance(v, str) and (v in SCHEMES or re.fullmatch(
+                    r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v) is not None))
+
+
 def _is_hosts(value: Any) -> bool:
     return (isinstance(value, dict) and bool(value)
             and all(isinstance(k, str) and k and _is_int(v) and v >= 1 for k, v in value.items()))
@@ -128,7 +134,7 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
         "client_channel_port": _int(0, 65535),
         "engine_channel_port": _int(0, 65535),
         "data_port": _int(0, 65535),
-        "scheme": _choice(SCHEMES),
+        "scheme": _SCHEME,
         "hwm": _int(0),
         "db": _choice(DBS),
         "engine_timeout": _int(3),

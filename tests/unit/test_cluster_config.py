@@ -149,7 +149,8 @@ def test_an_unknown_key_is_refused_with_the_known_ones(tmp_path, section, key, k
     ("controller", "client_port", "65536", "an int from 0 to 65535, not 65536"),
     ("controller", "engine_port", "-1", "an int from 0 to 65535, not -1"),
     ("controller", "scheme", '"random"', "one of fifo, lru, plainrandom, twobin, leastload, "
-                                         "weighted, not 'random'"),
+                                         "weighted, or MODULE:NAME (a scheme of one's own), "
+                                         "not 'random'"),
     ("controller", "hwm", "-1", "an int >= 0, not -1"),
     ("controller", "hwm", "true", "an int >= 0, not True (a bool)"),
     ("controller", "db", '"mongodb"', "one of sqlite, memory, none, not 'mongodb'"),
