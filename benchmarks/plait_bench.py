@@ -263,7 +263,8 @@ def _task_uneven(tc, p: dict, r: Results) -> None:
 # -- parallel (the later generation) ----------------------------------------------------------
 
 PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
-                 "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "cluster_start4", "par_hub_rss", "par_hub_query"]
+                 "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "cluster_start4",
+                 "ssh_start64", "slurm_ready", "par_hub_rss", "par_hub_query"]
 
 
 def dag_edges(n: int, k: int = 3, window: int | None = None, seed: int = 1
@@ -302,6 +303,108 @@ def parallel(p: dict, r: Results) -> None:
     with plait_cluster(2) as cluster:
         r.measure(["par_hub_rss", "par_hub_query"], lambda: _par_hub(cluster, p, r))
     r.measure("cluster_start4", lambda: _cluster_start4(p, r))
+    r.measure("ssh_start64", lambda: _ssh_start64(p, r))
+    r.measure("slurm_ready", lambda: _slurm_ready(p, r))
+
+
+def _in_plait_dir(run):
+    """``run()`` with PLAIT_DIR set to a temporary folder."""
+    import os
+    import tempfile
+
+    saved = os.environ.get("PLAIT_DIR")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["PLAIT_DIR"] = tmp
+        try:
+            return run(Path(tmp))
+        finally:
+            if saved is None:
+                os.environ.pop("PLAIT_DIR", None)
+            else:
+                os.environ["PLAIT_DIR"] = saved
+
+
+def _test_support():
+    import sys
+
+    tests = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+
+
+def _ssh_start64(p: dict, r: Results) -> None:
+    """64 engines over SSH on 3 network-namespace hosts (real sshd), to a client
+    that sees them all; needs root (tests/support/netns.py makes the hosts)."""
+    _test_support()
+    import plait.parallel as ipp
+    from support.netns import Hosts, unavailable
+
+    why = unavailable()
+    if why is not None:
+        raise RuntimeError(f"skipped: {why}")
+    n = 64 if p["hub_results"] >= 100_000 else 9
+
+    def run(tmp: Path) -> None:
+        with Hosts(3, tmp / "hosts") as hosts:
+            table = {host: n // 3 + (1 if i < n % 3 else 0)
+                     for i, host in enumerate(hosts.table(1))}
+            times = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                cluster = ipp.Cluster(engines="ssh", hosts=table, ip=hosts.controller_ip,
+                                      ssh_args=hosts.ssh_args, timeout=120,
+                                      ssh_plait_dir=str(tmp / "remote"))
+                try:
+                    rc = cluster.start_and_connect()
+                    times.append(time.perf_counter() - t0)
+                    if len(rc.ids) != n:
+                        raise AssertionError(f"{len(rc.ids)} of {n} engines")
+                finally:
+                    cluster.stop()
+            r.add("ssh_start64", median(times), each=times,
+                  detail=f"{n} engines on 3 namespace hosts ({sorted(table.values())}), "
+                         f"median of {len(times)}")
+
+    _in_plait_dir(run)
+
+
+def _slurm_ready(p: dict, r: Results) -> None:
+    """From sbatch's return to the engines registered, on a real Slurm of this machine."""
+    _test_support()
+    import plait.parallel as ipp
+    from plait.cluster import batch
+    from support.slurm import Slurm, unavailable
+
+    why = unavailable()
+    if why is not None:
+        raise RuntimeError(f"skipped: {why}")
+    submitted: list[float] = []
+    real_submit = batch.submit
+
+    def timed_submit(*args, **kwargs):
+        job = real_submit(*args, **kwargs)
+        submitted.append(time.perf_counter())
+        return job
+
+    def run(tmp: Path) -> None:
+        batch.submit = timed_submit
+        try:
+            with Slurm(tmp / "slurm"):
+                times = []
+                for _ in range(3):
+                    cluster = ipp.Cluster(n=4, engines="slurm", timeout=120)
+                    try:
+                        cluster.start()
+                        times.append(time.perf_counter() - submitted[-1])
+                    finally:
+                        cluster.stop()
+                r.add("slurm_ready", median(times), each=times,
+                      detail="4 engines in one job; sbatch's return to the 4 registered, "
+                             f"median of {len(times)}")
+        finally:
+            batch.submit = real_submit
+
+    _in_plait_dir(run)
 
 
 def _cluster_start4(p: dict, r: Results) -> None:

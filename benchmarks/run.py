@@ -152,6 +152,14 @@ def _parallel_specs(p: dict) -> list[Spec]:
              "from the Cluster() call to a connected Client that sees the 4 engines (an "
              "existing profile: its certificates made by a first, untimed cycle); median of "
              f"{p['cycles']} start/stop cycles"),
+        Spec("parallel", "ssh_start64", "64 engines over SSH on 3 hosts, ready", "s",
+             ("<=", 5.0) if p["hub_results"] >= 100_000 else None, None, "",
+             "Cluster(engines='ssh') on 3 network-namespace hosts with real sshd, to a "
+             "client seeing every engine (root only: skipped otherwise)"),
+        Spec("parallel", "slurm_ready", "Slurm engines registered after sbatch", "s",
+             ("<=", 2.0), None, "",
+             "from sbatch's return to 4 engines registered, on real slurmctld/slurmd of "
+             "this machine (root only: skipped otherwise)"),
         Spec("parallel", "par_hub_rss", f"controller RSS growth after {p['hub_results']} "
              "results", "MB", ("<=", 300.0) if p["hub_results"] >= 100_000 else None, None,
              "", "controller RSS after that many no-op tasks finished (SQLite hub, records "
