@@ -156,10 +156,10 @@ def _parallel_specs(p: dict) -> list[Spec]:
              ("<=", 5.0) if p["hub_results"] >= 100_000 else None, None, "",
              "Cluster(engines='ssh') on 3 network-namespace hosts with real sshd, to a "
              "client seeing every engine (root only: skipped otherwise)"),
-        Spec("parallel", "slurm_ready", "Slurm engines registered after sbatch", "s",
+        Spec("parallel", "slurm_ready", "Slurm engines registered after the job starts", "s",
              ("<=", 2.0), None, "",
-             "from sbatch's return to 4 engines registered, on real slurmctld/slurmd of "
-             "this machine (root only: skipped otherwise)"),
+             "from the job's first line (its start) to its 4 engines registered, on real "
+             "slurmctld/slurmd of this machine (root only: skipped otherwise)"),
         Spec("parallel", "par_hub_rss", f"controller RSS growth after {p['hub_results']} "
              "results", "MB", ("<=", 300.0) if p["hub_results"] >= 100_000 else None, None,
              "", "controller RSS after that many no-op tasks finished (SQLite hub, records "

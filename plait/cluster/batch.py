@@ -56,6 +56,7 @@ TEMPLATES = {
 #SBATCH --ntasks={n}
 #SBATCH --output={output}
 {directives}
+echo "plait: job $SLURM_JOB_ID started on $(hostname) at $(date +%s.%N)"
 srun {engine}
 """,
     "sge": """#!/bin/sh

@@ -12,6 +12,7 @@ it started when it fails: nothing is left running behind an error.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from plait.cluster import state as _state
@@ -82,11 +83,14 @@ class ClusterProcesses:
         return _state.ours({"started": self._started}, self.controller_pid)
 
     # -- starting ----------------------------------------------------------------------
-    def start(self, n: int, timeout: float = 30.0) -> list[int]:
+    def start(self, n: int, timeout: float = 30.0,
+              controller_ready: Callable[[], None] | None = None) -> list[int]:
         """Start the controller and ``n`` engines; the engine ids once all registered.
 
-        ClusterError (with nothing left running) when a cluster already runs for
-        the profile, a process fails, or ``timeout`` seconds pass first.
+        ``controller_ready()``, if given, is called as soon as the controller is
+        (a client may connect while the engines register).  ClusterError (with
+        nothing left running) when a cluster already runs for the profile, a
+        process fails, or ``timeout`` seconds pass first.
         """
         if n < 1:
             raise ClusterError(f"a cluster needs at least 1 engine, not {n}")
@@ -113,6 +117,8 @@ class ClusterProcesses:
                                              self._late(n, timeout))
                 furl_file = read_ready(ready_fd, proc, deadline, self.dirs)
                 zygote.furl(furl_file.read_text().strip())
+                if controller_ready is not None:
+                    controller_ready()
                 zygote.close()
                 zygote = None
                 notices.wait(early, deadline, timeout, self.dirs)
@@ -123,6 +129,8 @@ class ClusterProcesses:
                                                   self.detach)
                 self.controller_proc, self.controller_pid = proc, proc.pid
                 read_ready(ready_fd, proc, deadline, self.dirs)
+                if controller_ready is not None:
+                    controller_ready()
                 self._start_set(n, notices, deadline, timeout)
         except BaseException:
             if zygote is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
+import threading
 import weakref
 from typing import Any
 
@@ -133,13 +134,13 @@ class Cluster:
                 f"engines={len(self.engine_ids) if self.running else 0} {self.engines})>")
 
     # -- starting ----------------------------------------------------------------------
-    def start(self) -> Cluster:
+    def start(self, _controller_ready: Any = None) -> Cluster:
         """Start the controller and engines; returns once every engine is registered.
         ClusterError, with nothing left running, when something fails or is late."""
         if self.running:
             raise ClusterError(f"{self!r} is running already")
         n = self.n if self.n is not None else _cpus()
-        self._procs.start(n, self.timeout)
+        self._procs.start(n, self.timeout, controller_ready=_controller_ready)
         if self.shutdown_atexit:
             self._procs.extra_state["owner"] = _pid()
             self._procs.save()
@@ -157,12 +158,33 @@ class Cluster:
         return rc
 
     def start_and_connect(self, **options: Any) -> Any:
-        """:meth:`start`, then a connected Client that sees every engine."""
-        self.start()
+        """:meth:`start`, then a connected Client that sees every engine (it connects
+        while the engines register)."""
+        from plait.parallel._client import Client
+
+        made: list[Any] = []
+        failed: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                made.append(Client(profile=self.profile, **options))
+            except BaseException as exc:
+                failed.append(exc)
+
+        worker = threading.Thread(target=connect, daemon=True)
         try:
-            rc = self.connect_client(**options)
+            self.start(_controller_ready=worker.start)
+            worker.join()
+            if failed:
+                raise failed[0]
+            rc = made[0]
+            self._clients.append(rc)
             rc.wait_for_engines(len(self.engine_ids), timeout=self.timeout)
         except BaseException:
+            if worker.is_alive():
+                worker.join()
+            for rc in made:
+                rc.close()
             self.stop()
             raise
         return rc

@@ -20,31 +20,10 @@ import pytest
 
 import plait.parallel as ipp
 from plait.cluster.processes import pid_alive, signal_pids
-from support.cluster import make_env, run_cmd, wait_exit
+from support.cluster import left_running, make_env, run_cmd
 
 
 # -- helpers --------------------------------------------------------------------------------
-def processes_of(plait_dir: Path) -> list[int]:
-    """The live processes whose environment has ``PLAIT_DIR=plait_dir`` (ours only)."""
-    marker = f"PLAIT_DIR={plait_dir}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker in environ and pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def left_running(plait_dir: Path) -> list[int]:
-    """Processes of ``plait_dir`` still there once each had 5 s to exit."""
-    return [pid for pid in processes_of(plait_dir) if not wait_exit(pid, 5)]
-
-
 def is_open_mpi(mpiexec: str) -> bool:
     out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
     return "Open MPI" in out.stdout + out.stderr or "OpenRTE" in out.stdout + out.stderr

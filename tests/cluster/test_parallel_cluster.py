@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import cloudpickle
@@ -25,35 +25,13 @@ import plait.parallel as ipp
 from plait.cluster.processes import pid_alive, signal_pids
 from plait.parallel import AsyncCluster, Cluster
 from plait.wire.errors import ClusterError
-from support.cluster import make_env, run_cmd, wait_exit
+from support.cluster import left_running, make_env, processes_of, run_cmd, wait_exit
 
 # The engines cannot import this module: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 # -- helpers --------------------------------------------------------------------------------
-def processes_of(plait_dir: Path) -> list[int]:
-    """The live processes whose environment has ``PLAIT_DIR=plait_dir`` (ours only)."""
-    marker = f"PLAIT_DIR={plait_dir}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker in environ and pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def left_running(plait_dir: Path, besides: Collection[int] = ()) -> list[int]:
-    """Processes of ``plait_dir`` (but ``besides``) still there once each had 5 s to exit."""
-    return [pid for pid in processes_of(plait_dir)
-            if pid not in besides and not wait_exit(pid, 5)]
-
-
 def state_file(plait_dir: Path, profile: str = "default") -> Path:
     return plait_dir / f"profile_{profile}" / "run" / "ipcluster.json"
 

@@ -17,7 +17,7 @@ import plait.parallel as ipp
 from plait.cluster.state import read_state
 from plait.security import profile_dirs
 from plait.wire.errors import ClusterError
-from support.cluster import make_env, run_cmd, wait_exit
+from support.cluster import make_env, processes_of, run_cmd, wait_exit
 from support.netns import Hosts, unavailable
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the functions sent to engines
@@ -54,19 +54,6 @@ def slow_square(x):
 
     time.sleep(0.2)
     return x * x
-
-
-def nothing_of(plait_dir: Path) -> list[int]:
-    """Pids of processes of ours (their environment names ``plait_dir``)."""
-    mine = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if f"PLAIT_DIR={plait_dir}".encode() in (proc / "environ").read_bytes():
-                    mine.append(int(proc.name))
-            except OSError:
-                pass
-    return mine
 
 
 def test_three_hosts_work_as_one_cluster_and_a_cut_host_is_dropped(hosts, plait_dir, tmp_path):
@@ -119,7 +106,7 @@ def test_a_wrong_key_is_a_clear_error_and_nothing_runs(hosts, plait_dir, tmp_pat
         cluster.start()
     message = str(info.value)
     assert f"root@{hosts.hosts[0].address}" in message and "Permission denied" in message
-    assert read_state(profile_dirs(None)) is None and nothing_of(plait_dir) == []
+    assert read_state(profile_dirs(None)) is None and processes_of(plait_dir) == []
 
 
 def test_an_unreachable_host_is_a_clear_error_and_nothing_runs(hosts, plait_dir):
@@ -128,14 +115,14 @@ def test_an_unreachable_host_is_a_clear_error_and_nothing_runs(hosts, plait_dir)
                           ssh_args=hosts.ssh_args, timeout=30)
     with pytest.raises(ClusterError, match=f"SSH session to root@{nobody} ended"):
         cluster.start()
-    assert read_state(profile_dirs(None)) is None and nothing_of(plait_dir) == []
+    assert read_state(profile_dirs(None)) is None and processes_of(plait_dir) == []
 
 
 def test_a_controller_on_loopback_is_refused_for_ssh_engines(hosts, plait_dir):
     cluster = ipp.Cluster(engines="ssh", hosts=hosts.table(1), ssh_args=hosts.ssh_args)
     with pytest.raises(ClusterError, match="cannot reach a controller listening on 127.0.0.1"):
         cluster.start()
-    assert nothing_of(plait_dir) == []
+    assert processes_of(plait_dir) == []
 
 
 def test_ipcluster_starts_ssh_engines_from_a_hosts_file_and_stops_them(hosts, tmp_path):

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,28 @@ def wait_exit(pid: int, timeout: float) -> bool:
         return bool(select.select([fd], [], [], timeout)[0]) or not pid_alive(pid)
     finally:
         os.close(fd)
+
+
+def processes_of(plait_dir: Path) -> list[int]:
+    """The live processes whose environment has ``PLAIT_DIR=plait_dir`` (ours only)."""
+    marker = f"PLAIT_DIR={plait_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def left_running(plait_dir: Path, besides: Collection[int] = ()) -> list[int]:
+    """Processes of ``plait_dir`` (but ``besides``) still there once each had 5 s to exit."""
+    return [pid for pid in processes_of(plait_dir)
+            if pid not in besides and not wait_exit(pid, 5)]
 
 
 def wait_for_engines(mec: Any, n: int) -> list[int]:
