@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-channel", action="store_true",
                    help="take commands through foolscap only, not the faster command channel "
                         "(for networks that let only the engine port through)")
+    p.add_argument("--reconnect", type=float, default=0.0, metavar="SECONDS",
+                   help="after losing the controller, keep trying to join it again for "
+                        "this long, keeping the namespace (default 0: exit at once)")
     p.add_argument("--notify-socket", default=None, metavar="PATH",
                    help=argparse.SUPPRESS)  # a launcher's: "engine ID PID" once registered
     add_notify_option(p)
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     props = mpi_properties()
     engine = Engine(furl, properties=props, on_registered=registered,
-                    channel=not args.no_channel)
+                    channel=not args.no_channel, reconnect=max(0.0, args.reconnect))
     if props:  # under MPI: the rank is a name in the namespace too (%px print(rank))
         engine.interpreter.push({"rank": props["rank"], "size": props.get("size")})
     signal.signal(signal.SIGTERM, lambda *a: hard_exit(0))

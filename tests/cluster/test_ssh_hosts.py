@@ -144,3 +144,26 @@ def test_ipcluster_starts_ssh_engines_from_a_hosts_file_and_stops_them(hosts, tm
     assert "ssh" in listed.stdout
     run_cmd(["ipcluster", "stop"], env)
     assert all(wait_exit(pid, 10) for pid in engines)
+
+
+def test_an_engine_cut_off_for_a_while_joins_again_with_its_namespace(hosts, plait_dir,
+                                                                      tmp_path):
+    cluster = ipp.Cluster(engines="ssh", hosts={f"root@{hosts.hosts[0].address}": 1},
+                          ip=hosts.controller_ip, ssh_args=hosts.ssh_args, timeout=60,
+                          ssh_plait_dir=str(tmp_path / "remote"), engine_timeout=3)
+    try:
+        rc = cluster.start_and_connect()
+        assert rc.ids == [0]
+        rc[0].execute("kept = 41 + 1", block=True)
+        hosts.hosts[0].cut()
+        deadline = time.monotonic() + 30
+        while rc.ids and time.monotonic() < deadline:
+            time.sleep(0.05)  # the controller drops it after the heartbeat deadline
+        assert rc.ids == []
+        subprocess.run(["ip", "link", "set", hosts.hosts[0].veth, "up"], check=True)
+        [again] = rc.wait_for_engines(1, timeout=60)  # it joins again, under a new id
+        assert again != 0
+        assert rc[again].pull("kept", block=True) == 42
+    finally:
+        cluster.stop()
+        subprocess.run(["ip", "link", "set", hosts.hosts[0].veth, "up"], check=True)

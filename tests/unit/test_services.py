@@ -121,8 +121,8 @@ def test_result_store():
 def test_multiengine_targets_and_failures():
     registry = EngineRegistry()
     engines = [FakeEngine() for _ in range(3)]
-    for e in engines:
-        registry.register(e, "u", {})
+    for i, e in enumerate(engines):
+        registry.register(e, f"u{i}", {})
     me = MultiEngine(registry)
     with pytest.raises(InvalidEngineID, match="no engine with id 7"):
         me.resolve_targets([0, 7])
@@ -179,8 +179,8 @@ def test_undelivered_payloads_are_released():
     released: list[tuple[bytes, bool]] = []
     registry = EngineRegistry()
     engines = [FakeEngine() for _ in range(2)]
-    for e in engines:
-        registry.register(e, "u", {})
+    for i, e in enumerate(engines):
+        registry.register(e, f"u{i}", {})
     me = MultiEngine(registry, release=lambda p, whole: released.append((p, whole)))
     # a refused command releases its payload whole
     me.push(b"B-refused", targets=[0, 9]).addErrback(lambda f: None)
@@ -251,3 +251,14 @@ def test_every_remote_method_of_the_parallel_adapters_is_declared(adapter):
 def test_the_methods_submit_then_may_call_are_declared():
     assert FOLLOWERS <= set(RIParallel.names())
     assert RIParallel.__remote_name__ == "plait.RIParallel"
+
+
+def test_an_engine_that_joins_again_replaces_its_old_registration():
+    """An engine back after a network cut registers anew under its uuid: if the
+    controller had not noticed the loss yet, the old registration goes."""
+    registry = EngineRegistry()
+    first = FakeEngine()
+    assert registry.register(first, "same", {}) == 0
+    assert registry.register(FakeEngine(), "other", {}) == 1
+    assert registry.register(FakeEngine(), "same", {}) == 2
+    assert registry.get_ids() == [1, 2] and registry.get_uuid(2) == "same"

@@ -43,6 +43,9 @@ class EngineRegistry:
 
     # -- membership -------------------------------------------------------
     def register(self, engine: IEngine, uuid: str, properties: dict) -> int:
+        for old_id, record in list(self._records.items()):
+            if record.uuid == uuid:  # the engine joined again before its loss was seen
+                self.unregister(old_id, "the engine connected again")
         engine_id = self._next_id
         self._next_id += 1
         engine.id = engine_id

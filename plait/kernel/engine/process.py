@@ -102,8 +102,13 @@ class Engine:
     """One engine: connects, registers, serves commands until told to stop."""
 
     def __init__(self, furl: str, properties: dict | None = None,
-                 on_registered: Callable[[int], None] | None = None, channel: bool = True):
+                 on_registered: Callable[[int], None] | None = None, channel: bool = True,
+                 reconnect: float = 0.0):
         self.furl = furl
+        #: seconds an engine that lost its controller keeps trying to join it again,
+        #: with its namespace (0: it exits at once)
+        self.reconnect = reconnect
+        self.lost = False  # the controller went away; a reconnect may follow
         self.uuid = str(uuid_module.uuid4())
         self.interpreter = Interpreter(properties=properties)
         self.commands = Commands(self.interpreter, self._open_upload, self._properties_changed)
@@ -112,6 +117,7 @@ class Engine:
         taskrun.output_sink = OutputStreamer(lambda: self.session).write
         self.remote_self = FoolscapEngine(self)
         self.registrar: Any = None
+        self.tub: Any = None
         self.session: Any = None  # this engine's RIEngineSession, once registered
         self.channel: Any = None
         self.id: int | None = None
@@ -127,8 +133,14 @@ class Engine:
         """Reach the registrar and get a channel ticket (``None``: no channel)."""
         # An engine's own Tub probes a silent controller and gives up on it
         # after a minute, so that an engine whose controller's host vanished
-        # exits instead of waiting for ever.
-        self.tub = make_tub(keepaliveTimeout=15, disconnectTimeout=60)
+        # exits instead of waiting for ever.  An engine that reconnects probes
+        # more often: a network back after a cut is then noticed in seconds.
+        if self.tub is not None:
+            self.tub.stopService()
+        if self.reconnect:
+            self.tub = make_tub(keepaliveTimeout=2, disconnectTimeout=10)
+        else:
+            self.tub = make_tub(keepaliveTimeout=15, disconnectTimeout=60)
         self.tub.startService()
         d = self.tub.getReference(self.furl)
         self.registrar = yield d.addTimeout(REGISTRATION_TIMEOUT, reactor)
@@ -155,8 +167,17 @@ class Engine:
         return d.addTimeout(REGISTRATION_TIMEOUT, reactor).addCallback(registered)
 
     def _controller_lost(self, *args: Any) -> None:
-        if not self.stopping:
-            log.info("the controller went away; engine {id} exits", id=self.id)
+        if self.stopping:
+            return
+        if self.reconnect:
+            log.info("the controller went away; engine {id} tries to join it again for "
+                     "{s} s", id=self.id, s=self.reconnect)
+            self.lost = True
+            self.executor.stop()
+            if self.channel is not None:
+                self.channel.close()
+            return
+        log.info("the controller went away; engine {id} exits", id=self.id)
         self.shutdown(0)
 
     def shutdown(self, code: int = 0) -> None:
@@ -249,14 +270,38 @@ class Engine:
         try:
             if not self._connect():
                 return 2
-            if self.channel is not None:
-                self.channel.serve(self.remote_self, self.call)
-                self.shutdown(self.exit_code)
-            else:
-                self.executor.run_forever()
+            while True:
+                if self.channel is not None:
+                    self.channel.serve(self.remote_self, self.call)
+                else:
+                    self.executor.run_forever()
+                # with reconnect, any end of serving but a stop is a lost controller
+                if self.stopping or not (self.lost or self.reconnect) or not self._rejoin():
+                    break
+            self.shutdown(self.exit_code)
         except KeyboardInterrupt:
             self.exit_code = 130
         return self.exit_code
+
+    def _rejoin(self) -> bool:
+        """(main thread) Join the controller again, with this namespace, within
+        :attr:`reconnect` seconds; whether it did (under a new engine id)."""
+        import time
+
+        deadline = time.monotonic() + self.reconnect
+        pause = 0.5
+        while not self.stopping and time.monotonic() < deadline:
+            self.lost = False
+            self.channel = None
+            self.session = None
+            self.executor = MainThreadExecutor()
+            self.error = None
+            if self._connect():
+                return True
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 5.0)
+        log.info("engine {id} could not join its controller again; it exits", id=self.id)
+        return False
 
 
 class OutputStreamer:
