@@ -48,13 +48,19 @@ class ObservedServer(BlobServer):
         super().__init__(*args, **kwargs)
         self.events = threading.Condition()
         self.downloads_seen = 0
+        self.downloads_done = 0  # downloads whose end the server has fully handled
         self.kills: list[str] = []
 
     def _serve_download(self, sock, peer, blob_id):
         with self.events:
             self.downloads_seen += 1
             self.events.notify_all()
-        super()._serve_download(sock, peer, blob_id)
+        try:
+            super()._serve_download(sock, peer, blob_id)
+        finally:
+            with self.events:
+                self.downloads_done += 1
+                self.events.notify_all()
 
     def _write_kept(self, blob):
         super()._write_kept(blob)
@@ -583,7 +589,9 @@ def test_tampering_in_transit_is_detected(server, small, mutate, error, match):
     with pytest.raises(error, match=match):
         fetch(via_relay)
     relay.thread.join(WAIT)
-    # The genuine reader can still download it directly, and the server works on.
+    # once the server has seen that attempt fail (no acknowledgment), the genuine
+    # reader can still download it directly, and the server works on
+    server.wait_for(lambda: server.downloads_done >= 1)
     np.testing.assert_array_equal(fetch(desc), array)
     assert_serves(server)
 
