@@ -27,7 +27,7 @@ from plait.cluster.launchers import (
     spawn_mpi,
     spawn_ssh,
 )
-from plait.cluster.processes import terminate
+from plait.cluster.processes import pid_alive, terminate
 from plait.security import ENGINE_FURL, MEC_FURL, ProfileDirs, profile_dirs
 from plait.wire.errors import ClusterError
 
@@ -70,7 +70,15 @@ class ClusterProcesses:
     # -- what runs ---------------------------------------------------------------------
     @property
     def engine_ids(self) -> list[int]:
-        return sorted(i for group in self.engine_sets for i in group.ids)
+        """The ids of the engines started here that still run (an engine of this
+        host or of mpiexec that exited, killed by a signal say, is left out)."""
+        ids = []
+        for group in self.engine_sets:
+            if group.launcher in ("local", "mpi") and len(group.pids) == len(group.ids):
+                ids += [i for i, p in zip(group.ids, group.pids, strict=True) if pid_alive(p)]
+            else:
+                ids += group.ids
+        return sorted(ids)
 
     @property
     def engine_pids(self) -> list[int]:

@@ -137,6 +137,7 @@ def test_restart_and_signal_engines(plait_dir, clusters):
     cluster.signal_engines(signal.SIGTERM)
     assert all(wait_exit(pid, 10) for pid in new)
     until(lambda: rc.ids == [], "the controller dropping the signalled engines")
+    assert cluster.engine_ids == [] and "engines=0" in repr(cluster)
     assert cluster.running  # the controller was not signalled
     cluster.stop()
     assert not cluster.running and not state_file(plait_dir).exists()
