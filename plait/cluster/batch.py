@@ -5,10 +5,12 @@ template (or the user's own, a file with the same ``{placeholders}``) and
 given to the submit command on its standard input.  The job id is read from
 what that command prints.  Readiness is the controller's own count: the
 engines may run on any node, so the launcher asks the controller, as a
-client, which engines are registered, and checks on the job (``squeue``
-and the like), both every :data:`CHECK_EVERY` seconds: a batch system tells
-nobody when a job starts or dies, so a refused, failed or cancelled job is
-an error within that time, not a timeout.
+client, which engines are registered (every :data:`CHECK_EVERY` seconds),
+and checks on the job (``squeue``; every :data:`JOB_CHECK_EVERY` seconds):
+a batch system tells nobody when a job starts or dies, so a failed or
+cancelled job is an error within that time, not a timeout (a refused one
+at once).  Only Slurm's job states are read so far; for the others a job
+that dies shows as the timeout.
 ``stop`` cancels the job (``scancel``, ``qdel``, ``bkill``).
 
 The placeholders of a template:
@@ -47,8 +49,10 @@ from plait.wire.errors import ClusterError
 #: The batch systems, for ``engines=`` and ``--engines``.
 BATCH_SYSTEMS = ("slurm", "sge", "pbs", "lsf")
 
-#: Seconds between checks on a job while its engines are awaited.
+#: Seconds between asking the controller who registered, and between asking the
+#: scheduler about the job (its queue is the scheduler's busiest part: seldom).
 CHECK_EVERY = 0.2
+JOB_CHECK_EVERY = 2.0
 
 TEMPLATES = {
     "slurm": """#!/bin/sh
@@ -239,11 +243,15 @@ def wait_for_engines(job: BatchJob, registered: Any, total: int, deadline: float
     """Wait until ``total`` engines are registered (``registered()`` gives the ids the
     controller knows) while the job lives; the ids.  ClusterError when the job ends
     first or ``deadline`` passes."""
+    next_job_check = time.monotonic() + JOB_CHECK_EVERY
     while True:
         ids = registered()
         if len(ids) >= total:
             return ids
-        state = job.ended()
+        state = None
+        if time.monotonic() >= next_job_check:
+            state = job.ended()
+            next_job_check = time.monotonic() + JOB_CHECK_EVERY
         if state is not None:
             raise ClusterError(f"job {job.job} ended ({state}) before its engines "
                                f"registered ({len(ids)} of {total} engines are)" + job.tail())

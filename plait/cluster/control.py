@@ -82,7 +82,10 @@ class ClusterProcesses:
 
     @property
     def engine_pids(self) -> list[int]:
-        return [p for group in self.engine_sets for p in group.pids]
+        """The pids of the engines of this host (SSH engines' pids are their hosts',
+        and batch engines' unknown)."""
+        return [p for group in self.engine_sets if group.launcher in ("local", "mpi")
+                for p in group.pids]
 
     def running(self) -> bool:
         """Whether the controller still runs."""
@@ -267,6 +270,9 @@ class ClusterProcesses:
             if group.launcher == "mpi" and wanted & set(group.ids):
                 raise ClusterError("engines started by one mpiexec stop together: "
                                    f"give all of {sorted(group.ids)}")
+            if group.launcher in BATCH and wanted & set(group.ids):
+                raise ClusterError("the engines of one batch job stop together: "
+                                   f"give all of {sorted(group.ids)}")
             stop = [(i, p) for i, p in zip(group.ids, group.pids, strict=True) if i in wanted]
             if group.launcher == "ssh":
                 group.stop([p for _, p in stop])
@@ -326,6 +332,18 @@ class ClusterProcesses:
         procs.controller_pid = recorded["controller"]
         procs._started = recorded.get("started", {})
         procs.engine_sets = [EngineSet.from_state(g) for g in recorded.get("engine_sets", [])]
+        for group in procs.engine_sets:  # a pid taken over by another process is not ours
+            if group.launcher in ("local", "mpi"):
+                if len(group.ids) == len(group.pids):
+                    alive = [(i, p) for i, p in zip(group.ids, group.pids, strict=True)
+                             if _state.ours(recorded, p)]
+                    group.ids = [i for i, _ in alive]
+                    group.pids = [p for _, p in alive]
+                else:
+                    group.pids = [p for p in group.pids if _state.ours(recorded, p)]
+                if group.launcher_pid is not None and not _state.ours(recorded,
+                                                                      group.launcher_pid):
+                    group.launcher_pid = None
         if not procs.engine_sets and recorded.get("engines"):  # a state of an older plait
             procs.engine_sets = [EngineSet("local", len(recorded["engines"]),
                                            pids=list(recorded["engines"]))]

@@ -93,6 +93,15 @@ class EngineSet:
             _remote(self, f"kill -{int(sig)} {' '.join(map(str, pids))} 2>/dev/null; true")
         return pids
 
+    def _stop_remote(self, pids: list[int]) -> None:
+        """SIGTERM the remote ``pids``, then SIGKILL those still there after 3 s."""
+        if not pids:
+            return
+        listed = " ".join(map(str, pids))
+        _remote(self, f"kill -15 {listed} 2>/dev/null; for i in $(seq 30); do "
+                      f"kill -0 {listed} 2>/dev/null || exit 0; sleep 0.1; done; "
+                      f"kill -9 {listed} 2>/dev/null; true")
+
     def stop(self, pids: list[int] | None = None) -> None:
         """Stop the engines (``pids`` of them, else all, and their launcher)."""
         if self.launcher in BATCH:
@@ -106,8 +115,8 @@ class EngineSet:
         if self.launcher != "ssh":
             terminate(self.all_pids() if pids is None else pids)
             return
-        self.signal(15, list(dict.fromkeys([*self.pids, *self.forked])) if pids is None
-                    else pids)
+        self._stop_remote(list(dict.fromkeys([*self.pids, *self.forked])) if pids is None
+                          else pids)
         if pids is None:
             for proc in self.procs:  # the ssh sessions, if still there
                 if proc.poll() is None:
@@ -289,6 +298,7 @@ class Notices:
         sel = selectors.DefaultSelector()
         pidfds: list[int] = []
         buffers: dict[socket.socket, bytes] = {}
+        senders: dict[socket.socket, int] = {}
         try:
             sel.register(self.sock, selectors.EVENT_READ, "accept")
             for proc in engines.procs:
@@ -311,8 +321,13 @@ class Notices:
                             conn, _ = self.sock.accept()
                         except BlockingIOError:
                             continue
+                        sender = peer_pid(conn)
+                        if sender is None:  # another user's process
+                            conn.close()
+                            continue
                         conn.setblocking(False)
                         buffers[conn] = b""
+                        senders[conn] = sender
                         sel.register(conn, selectors.EVENT_READ, "notice")
                     elif key.data == "notice":
                         conn = key.fileobj  # type: ignore[assignment]
@@ -323,7 +338,7 @@ class Notices:
                             continue
                         sel.unregister(conn)
                         conn.close()
-                        _record(engines, buffers.pop(conn))
+                        _record(engines, buffers.pop(conn), senders.pop(conn, None))
                     else:
                         proc = key.data
                         sel.unregister(key.fd)
@@ -344,9 +359,26 @@ class Notices:
                 os.close(fd)
 
 
-def _record(engines: EngineSet, data: bytes) -> None:
+def peer_pid(conn: socket.socket) -> int | None:
+    """The pid of the process of this user at the other end of the unix socket
+    ``conn``; None for another user's (an abstract socket has no permissions: its
+    notices are believed only from the user's own processes, as they say)."""
+    import struct
+
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, _ = struct.unpack("3i", creds)
+    return pid if uid == os.getuid() else None
+
+
+def _record(engines: EngineSet, data: bytes, sender: int | None = None) -> None:
+    """Note the notice ``engine ID PID`` in ``data``, if ``sender`` (when known) is PID."""
     parts = data.decode(errors="replace").split()
     if len(parts) == 3 and parts[0] == "engine" and parts[1].isdigit() and parts[2].isdigit():
+        if sender is not None and sender != int(parts[2]):
+            return  # a notice for another process: not believed
         engines.ids.append(int(parts[1]))
         engines.pids.append(int(parts[2]))
 
@@ -360,35 +392,6 @@ def _quote(log: Path | None, lines: int = 10) -> str:
     except OSError:
         return ""
     return f"; {log.name} says:\n    " + "\n    ".join(tail) if tail else ""
-
-
-def spawn_local(n: int, profile: str | None, notices: Notices, detach: bool,
-                furl_file: Path | None = None) -> EngineSet:
-    """Start ``n`` engines on this host.  Without ``furl_file`` they wait for the
-    FURL on standard input (see :func:`hand_furl`)."""
-    engines = EngineSet("local", n)
-    furl = ["--furl-file=-"] if furl_file is None else [f"--furl-file={furl_file}"]
-    for _ in range(n):
-        engines.procs.append(subprocess.Popen(
-            _command("plait.scripts.ipengine", profile, [*furl, f"--notify-socket={notices.arg}"]),
-            stdin=subprocess.PIPE if furl_file is None else subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if detach else None,
-            start_new_session=detach,
-        ))
-    return engines
-
-
-def hand_furl(engines: EngineSet, furl_file: Path) -> None:
-    """Give engines started without a FURL file the engine FURL, on their stdin."""
-    furl = furl_file.read_text().strip()
-    for proc in engines.procs:
-        if proc.stdin is None:
-            continue
-        try:
-            proc.stdin.write((furl + "\n").encode())
-            proc.stdin.close()
-        except OSError:
-            pass  # it died: the wait reports it
 
 
 def find_mpiexec(mpiexec: str) -> str:
@@ -446,8 +449,11 @@ def _remote(group: EngineSet, command: str, timeout: float = 30) -> None:
 
 
 def ssh_prefix(host: str, command: str = "ssh", args: tuple[str, ...] = ()) -> list[str]:
-    """The command line that runs a shell command on ``host``, without a password prompt."""
-    return [*shlex.split(command), "-o", "BatchMode=yes", *args, host]
+    """The command line that runs a shell command on ``host``, without a password prompt.
+    ClusterError for a host name ssh would take for an option."""
+    if not host or host.startswith("-") or any(c.isspace() for c in host):
+        raise ClusterError(f"{host!r} is not a host name")
+    return [*shlex.split(command), "-o", "BatchMode=yes", *args, "--", host]
 
 
 def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: ProfileDirs,
@@ -491,12 +497,18 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
         for group in groups:
             group.stop()
         raise
-    for group in groups:  # the fork servers exit; the engines go on
+    for group in groups:  # the fork servers exit, and so do their sessions; engines go on
         proc = group.procs[0]
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+    for group in groups:
         try:
-            proc.stdin.close()
-        except OSError:
-            pass
+            group.procs[0].wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass  # stop() ends it
     return groups
 
 

@@ -81,8 +81,8 @@ def _signal(pid: int, pidfd: int | None, sig: int) -> None:
             signal.pidfd_send_signal(pidfd, sig)
         else:
             os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+    except (ProcessLookupError, PermissionError):
+        pass  # gone, or a pid another user's process took over: not ours to signal
 
 
 def signal_pids(pids: list[int], sig: int) -> list[int]:

@@ -51,7 +51,7 @@ def read_state(dirs: ProfileDirs) -> dict | None:
 def write_state(dirs: ProfileDirs, state: dict) -> None:
     """Write ``state`` (private to the user), recording the start time of every pid."""
     pids = [state.get("controller"), state.get("ipcluster"), state.get("owner"),
-            *state.get("engines", [])]
+            *state.get("engines", [])]  # (local pids only: SSH engines' are their hosts')
     for group in state.get("engine_sets", []):
         pids.append(group.get("launcher_pid"))
     started = dict(state.get("started", {}))

@@ -35,6 +35,7 @@ import socket
 import sys
 
 import plait.kernel.engine.process  # noqa: F401  (what every engine imports)
+from plait.cluster.launchers import peer_pid
 from plait.scripts import ipengine
 
 
@@ -103,6 +104,7 @@ class _Relay:
         self.sock.listen(256)
         self.sock.setblocking(False)
         self.buffers: dict[socket.socket, bytes] = {}
+        self.senders: dict[socket.socket, int] = {}
 
     def ready(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
         if key.fileobj is self.sock:
@@ -110,8 +112,13 @@ class _Relay:
                 conn, _ = self.sock.accept()
             except BlockingIOError:
                 return
+            sender = peer_pid(conn)
+            if sender is None:  # another user's process: its notices are not believed
+                conn.close()
+                return
             conn.setblocking(False)
             self.buffers[conn] = b""
+            self.senders[conn] = sender
             sel.register(conn, selectors.EVENT_READ)
             return
         peer = key.fileobj
@@ -127,8 +134,13 @@ class _Relay:
         sel.unregister(conn)
         conn.close()
         text = self.buffers.pop(conn).decode(errors="replace").strip()
-        if text.startswith("engine "):
+        sender = self.senders.pop(conn, None)
+        parts = text.split()
+        if len(parts) == 3 and parts[0] == "engine" and parts[2] == str(sender):
             os.write(1, (text + "\n").encode())
+
+
+_SELECTOR: list[selectors.BaseSelector] = []  # the zygote's own, closed in each child
 
 
 def _handle(line: str, detach: bool, relay: _Relay | None, waiting: list[int]) -> None:
@@ -149,6 +161,8 @@ def _handle(line: str, detach: bool, relay: _Relay | None, waiting: list[int]) -
                     relay.sock.close()
                     for conn in relay.buffers:
                         conn.close()
+                for sel in _SELECTOR:
+                    sel.close()
                 _child(detach, r)
                 _run(["--furl-file=-", *arglist])
             os.close(r)
@@ -169,6 +183,7 @@ def main() -> int:
     relay = _Relay() if "--relay" in sys.argv[1:] else None
     waiting: list[int] = []  # write ends of the pipes engines read their FURL from
     sel = selectors.DefaultSelector()
+    _SELECTOR.append(sel)
     sel.register(0, selectors.EVENT_READ)
     if relay is not None:
         sel.register(relay.sock, selectors.EVENT_READ)

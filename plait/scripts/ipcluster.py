@@ -185,9 +185,16 @@ def _interrupt(*args: object) -> None:
 def cmd_engines(args: argparse.Namespace) -> int:
     try:
         procs = ClusterProcesses.attach(args.profile)
-        _, n, timeout = _config(args)
+        given, n, timeout = _config(args)
         if args.n is None:
             n = 1  # one more engine, unless -n says otherwise
+        # options given now win over those the cluster started with
+        if args.hosts is not None or args.ssh_args is not None:
+            procs.ssh.update({k: v for k, v in given.ssh.items()
+                              if k in ("hosts", "args") and v})
+        procs.batch.update(given.batch)
+        if args.mpiexec is not None or args.mpi_args is not None:
+            procs.mpiexec, procs.mpi_args = given.mpiexec, given.mpi_args
         ids = procs.add_engines(n, timeout, launcher=args.engines or procs.launcher)
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -217,11 +224,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print(f"no cluster is running for profile '{args.profile or 'default'}'", file=sys.stderr)
         clear_state(dirs)
         return 1
-    procs = ClusterProcesses.attach(args.profile)
-    pids = [p for g in procs.engine_sets for p in g.all_pids()]
-    pids += [p for p in (state["controller"], state.get("ipcluster"), state.get("owner"))
-             if p and p != os.getpid() and p != state.get("owner")]
-    terminate([p for p in pids if ours(state, p)])
+    procs = ClusterProcesses.attach(args.profile)  # (local pids not ours any more dropped)
+    for group in procs.engine_sets:
+        group.stop()  # this host's, mpiexec's, over SSH, or the batch job cancelled
+    # the controller and a foreground ipcluster; never the Python process of a Cluster
+    terminate([p for p in (state["controller"], state.get("ipcluster"))
+               if p and p != os.getpid() and ours(state, p)])
     clear_state(dirs)
     print("plait cluster stopped")
     return 0

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def registered(engine_id: int) -> None:
         notify(args.notify_fd, f"engine {engine_id}")
+        args.notify_fd = None  # closed now: a later registration (a reconnect) must not write
         _announce(args.notify_socket, engine_id)
 
     props = mpi_properties()

@@ -135,7 +135,8 @@ def test_ipcluster_starts_ssh_engines_from_a_hosts_file_and_stops_them(hosts, tm
     assert "controller and 4 engines [0, 1, 2, 3]" in out.stdout
     state = json.loads((tmp_path / "p" / "profile_default" / "run" / "ipcluster.json")
                        .read_text())
-    engines = state["engines"]  # the engines' pids on their hosts
+    assert state["engines"] == []  # no engine of this host: the pids below are the hosts'
+    engines = [pid for group in state["engine_sets"] for pid in group["pids"]]
     in_hosts = {p for h in hosts.hosts[:2] for p in hosts.pids(h)}
     assert len(engines) == 4 and set(engines) <= in_hosts
     assert {g["host"] for g in state["engine_sets"]} == {f"root@{h.address}"

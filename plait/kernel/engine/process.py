@@ -117,6 +117,7 @@ class Engine:
         taskrun.output_sink = OutputStreamer(lambda: self.session).write
         self.remote_self = FoolscapEngine(self)
         self.registrar: Any = None
+        self._joins = 0  # connections to the controller made so far
         self.tub: Any = None
         self.session: Any = None  # this engine's RIEngineSession, once registered
         self.channel: Any = None
@@ -144,7 +145,8 @@ class Engine:
         self.tub.startService()
         d = self.tub.getReference(self.furl)
         self.registrar = yield d.addTimeout(REGISTRATION_TIMEOUT, reactor)
-        self.registrar.notifyOnDisconnect(self._controller_lost)
+        self._joins += 1  # a late notice of an earlier connection's loss is ignored
+        self.registrar.notifyOnDisconnect(self._controller_lost, self._joins)
         if not self.want_channel:
             return None
         try:
@@ -166,8 +168,8 @@ class Engine:
 
         return d.addTimeout(REGISTRATION_TIMEOUT, reactor).addCallback(registered)
 
-    def _controller_lost(self, *args: Any) -> None:
-        if self.stopping:
+    def _controller_lost(self, join: int | None = None, *args: Any) -> None:
+        if self.stopping or (join is not None and join != self._joins):
             return
         if self.reconnect:
             log.info("the controller went away; engine {id} tries to join it again for "
