@@ -208,7 +208,13 @@ class ClusterProcesses:
             notices.wait(group, deadline, timeout, self.dirs)
             return group
         self.engine_sets.append(group)
-        notices.wait(group, deadline, timeout, self.dirs)
+        # ranks on other nodes cannot reach the notice socket: the controller counts them
+        from plait.kernel.client import MultiEngineClient
+
+        mec = MultiEngineClient(self.dirs.furl_path(MEC_FURL))
+        before = set(mec.get_ids())
+        notices.wait(group, deadline, timeout, self.dirs,
+                     new_ids=lambda: sorted(set(mec.get_ids()) - before))
         return group
 
     def _start_job(self, system: str, n: int, deadline: float, timeout: float) -> EngineSet:

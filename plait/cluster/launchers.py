@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ from typing import Any
 from plait.cluster.processes import pid_alive, signal_pids, terminate
 from plait.security import ENGINE_FURL, ProfileDirs
 from plait.wire.errors import ClusterError
+
+#: Seconds the notices of this host's engines may take once the controller
+#: counted every engine (engines of other hosts send none).
+NOTICE_GRACE = 0.5
 
 #: The ways engines start, for ``engines=`` and ``--engines``.
 LAUNCHERS = ("local", "mpi", "ssh", "slurm", "sge", "pbs", "lsf")
@@ -288,10 +293,14 @@ class Notices:
     def close(self) -> None:
         self.sock.close()
 
-    def wait(self, engines: EngineSet, deadline: float, timeout: float, dirs: ProfileDirs
-             ) -> None:
+    def wait(self, engines: EngineSet, deadline: float, timeout: float, dirs: ProfileDirs,
+             new_ids: Callable[[], list[int]] | None = None) -> None:
         """Fill ``engines.ids`` and ``.pids`` as its ``n`` engines register.
 
+        ``new_ids()``, if given, asks the controller which engines registered
+        since these started (every 0.2 s): engines on other hosts (the ranks
+        of an mpiexec over several nodes) cannot reach this socket, so once
+        the controller counts them all, they are ready, whatever notices came.
         ClusterError when a process it started exits first (saying which, and
         where its log is) or at ``deadline`` (saying how many registered).
         """
@@ -308,14 +317,30 @@ class Notices:
                     continue  # no pidfds: a death shows as the timeout
                 pidfds.append(fd)
                 sel.register(fd, selectors.EVENT_READ, proc)
+            counted: list[int] = []
+            settled_by = 0.0  # once the controller counted them all: notices still due
             while len(engines.ids) < engines.n:
                 left = deadline - time.monotonic()
+                if new_ids is not None and not counted:
+                    counted = new_ids()
+                    if len(counted) >= engines.n:
+                        # the notices of this host's engines follow within moments;
+                        # those of other hosts' never come
+                        settled_by = time.monotonic() + NOTICE_GRACE
+                    else:
+                        counted = []
+                if counted and time.monotonic() >= settled_by:
+                    engines.ids = sorted(counted)[:engines.n]
+                    break
                 if left <= 0:
                     raise ClusterError(
                         f"only {len(engines.ids)} of {engines.n} engines registered within "
                         f"{timeout:g} s; see the logs in {dirs.log}"
                         + _quote(engines.log))
-                for key, _ in sel.select(left):
+                step = left if new_ids is None else min(left, 0.2)
+                if counted:
+                    step = max(0.0, min(step, settled_by - time.monotonic()))
+                for key, _ in sel.select(step):
                     if key.data == "accept":
                         try:
                             conn, _ = self.sock.accept()

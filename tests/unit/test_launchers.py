@@ -70,3 +70,20 @@ def test_the_engines_of_a_batch_job_or_of_one_mpiexec_stop_together(tmp_path, mo
     procs.engine_sets = [EngineSet("mpi", 2, ids=[2, 3], pids=[10**7, 10**7 + 1])]
     with pytest.raises(ClusterError, match="started by one mpiexec stop together"):
         procs.stop_engines([3])
+
+
+def test_engines_whose_notices_cannot_come_are_ready_once_the_controller_counts_them(
+        tmp_path, monkeypatch):
+    """The ranks of an mpiexec on other nodes cannot reach this host's notice
+    socket: the controller's count says they are there."""
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path))
+    notices = Notices()
+    try:
+        announce(notices, 4)  # the one rank of this host
+        engines = EngineSet("mpi", 3)
+        counts = iter([[4], [4, 5], [4, 5, 6]])
+        notices.wait(engines, time.monotonic() + 10, 10, profile_dirs(None),
+                     new_ids=lambda: next(counts, [4, 5, 6]))
+        assert engines.ids == [4, 5, 6] and len(engines.pids) == 1
+    finally:
+        notices.close()
