@@ -21,14 +21,10 @@ import pytest
 import plait.parallel as ipp
 from plait.cluster.processes import pid_alive, signal_pids
 from support.cluster import left_running, make_env, run_cmd
+from support.mpi import MPI_LAUNCHERS, is_open_mpi
 
 
 # -- helpers --------------------------------------------------------------------------------
-def is_open_mpi(mpiexec: str) -> bool:
-    out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
-    return "Open MPI" in out.stdout + out.stderr or "OpenRTE" in out.stdout + out.stderr
-
-
 class Profiles:
     """A PLAIT_DIR and its environment, to run ``ipcluster`` in."""
 
@@ -89,16 +85,6 @@ def all_pids(state: dict) -> list[int]:
 
 
 # -- --engines=mpi, then ipcluster engines ------------------------------------------------------
-MPI_LAUNCHERS = [
-    pytest.param("mpiexec", id="mpiexec",
-                 marks=pytest.mark.skipif(shutil.which("mpiexec") is None,
-                                          reason="no mpiexec on PATH (apt-get install "
-                                                 "openmpi-bin)")),
-    pytest.param("mpiexec.mpich", id="mpich",
-                 marks=pytest.mark.skipif(shutil.which("mpiexec.mpich") is None,
-                                          reason="MPICH's mpiexec.mpich is not installed "
-                                                 "(apt-get install mpich)")),
-]
 
 
 @pytest.mark.parametrize("mpiexec", MPI_LAUNCHERS)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from plait.cluster.processes import pid_alive, signal_pids
 from plait.parallel import AsyncCluster, Cluster
 from plait.wire.errors import ClusterError
 from support.cluster import left_running, make_env, processes_of, run_cmd, wait_exit
+from support.mpi import MPI_LAUNCHERS, is_open_mpi
 
 # The engines cannot import this module: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -43,11 +42,6 @@ def until(condition, what: str, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout} s")
         time.sleep(0.02)
-
-
-def is_open_mpi(mpiexec: str) -> bool:
-    out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
-    return "Open MPI" in out.stdout + out.stderr or "OpenRTE" in out.stdout + out.stderr
 
 
 @pytest.fixture
@@ -298,16 +292,6 @@ def test_engines_too_late_say_how_many_registered_and_where_the_logs_are(plait_d
 
 
 # -- MPI ------------------------------------------------------------------------------------------
-MPI_LAUNCHERS = [
-    pytest.param("mpiexec", id="mpiexec",
-                 marks=pytest.mark.skipif(shutil.which("mpiexec") is None,
-                                          reason="no mpiexec on PATH (apt-get install "
-                                                 "openmpi-bin)")),
-    pytest.param("mpiexec.mpich", id="mpich",
-                 marks=pytest.mark.skipif(shutil.which("mpiexec.mpich") is None,
-                                          reason="MPICH's mpiexec.mpich is not installed "
-                                                 "(apt-get install mpich)")),
-]
 
 
 @pytest.mark.parametrize("mpiexec", MPI_LAUNCHERS)
