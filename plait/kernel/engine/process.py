@@ -118,6 +118,7 @@ class Engine:
         self.remote_self = FoolscapEngine(self)
         self.registrar: Any = None
         self._joins = 0  # connections to the controller made so far
+        self._join_timeout: float = REGISTRATION_TIMEOUT  # seconds each step of joining may take
         self.tub: Any = None
         self.session: Any = None  # this engine's RIEngineSession, once registered
         self.channel: Any = None
@@ -144,7 +145,7 @@ class Engine:
             self.tub = make_tub(keepaliveTimeout=15, disconnectTimeout=60)
         self.tub.startService()
         d = self.tub.getReference(self.furl)
-        self.registrar = yield d.addTimeout(REGISTRATION_TIMEOUT, reactor)
+        self.registrar = yield d.addTimeout(self._join_timeout, reactor)
         self._joins += 1  # a late notice of an earlier connection's loss is ignored
         self.registrar.notifyOnDisconnect(self._controller_lost, self._joins)
         if not self.want_channel:
@@ -166,7 +167,7 @@ class Engine:
             self.id, self.session = answer
             return self.id
 
-        return d.addTimeout(REGISTRATION_TIMEOUT, reactor).addCallback(registered)
+        return d.addTimeout(self._join_timeout, reactor).addCallback(registered)
 
     def _controller_lost(self, join: int | None = None, *args: Any) -> None:
         if self.stopping or (join is not None and join != self._joins):
@@ -298,6 +299,9 @@ class Engine:
             self.session = None
             self.executor = MainThreadExecutor()
             self.error = None
+            # no step of this attempt may outlast the reconnect deadline
+            self._join_timeout = max(1.0, min(REGISTRATION_TIMEOUT,
+                                              deadline - time.monotonic()))
             if self._connect():
                 return True
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
