@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -95,13 +96,14 @@ def test_ipcluster_starts_and_stops_slurm_engines(slurm, tmp_path):
     env = make_env(tmp_path / "p")
     out = run_cmd(["ipcluster", "start", "-n", "2", "--engines=slurm", "--partition=debug",
                    "--daemonize"], env, timeout=120)
-    assert "controller and 2 engines [0, 1]" in out.stdout
-    listed = run_cmd(["ipcluster", "list"], env)
-    assert "slurm" in listed.stdout
-    state = (tmp_path / "p" / "profile_default" / "run" / "ipcluster.json").read_text()
-    import json
-
-    [job] = [g["job"] for g in json.loads(state)["engine_sets"]]
-    assert slurm.job_state(job) == "RUNNING"
-    run_cmd(["ipcluster", "stop"], env)
-    assert gone(slurm, job)
+    try:
+        assert "controller and 2 engines [0, 1]" in out.stdout
+        listed = run_cmd(["ipcluster", "list"], env)
+        assert "slurm" in listed.stdout
+        state = (tmp_path / "p" / "profile_default" / "run" / "ipcluster.json").read_text()
+        [job] = [g["job"] for g in json.loads(state)["engine_sets"]]
+        assert slurm.job_state(job) == "RUNNING"
+        run_cmd(["ipcluster", "stop"], env)
+        assert gone(slurm, job)
+    finally:  # whatever failed above, nothing of the cluster stays
+        run_cmd(["ipcluster", "stop"], env, check=False)

@@ -132,19 +132,22 @@ def test_ipcluster_starts_ssh_engines_from_a_hosts_file_and_stops_them(hosts, tm
     out = run_cmd(["ipcluster", "start", "--engines=ssh", f"--hosts={hosts_file}",
                    f"--ip={hosts.controller_ip}", f"--ssh-args={' '.join(hosts.ssh_args)}",
                    "--daemonize"], env, timeout=120)
-    assert "controller and 4 engines [0, 1, 2, 3]" in out.stdout
-    state = json.loads((tmp_path / "p" / "profile_default" / "run" / "ipcluster.json")
-                       .read_text())
-    assert state["engines"] == []  # no engine of this host: the pids below are the hosts'
-    engines = [pid for group in state["engine_sets"] for pid in group["pids"]]
-    in_hosts = {p for h in hosts.hosts[:2] for p in hosts.pids(h)}
-    assert len(engines) == 4 and set(engines) <= in_hosts
-    assert {g["host"] for g in state["engine_sets"]} == {f"root@{h.address}"
-                                                         for h in hosts.hosts[:2]}
-    listed = run_cmd(["ipcluster", "list"], env)
-    assert "ssh" in listed.stdout
-    run_cmd(["ipcluster", "stop"], env)
-    assert all(wait_exit(pid, 10) for pid in engines)
+    try:
+        assert "controller and 4 engines [0, 1, 2, 3]" in out.stdout
+        state = json.loads((tmp_path / "p" / "profile_default" / "run" / "ipcluster.json")
+                           .read_text())
+        assert state["engines"] == []  # no engine of this host: the pids below are the hosts'
+        engines = [pid for group in state["engine_sets"] for pid in group["pids"]]
+        in_hosts = {p for h in hosts.hosts[:2] for p in hosts.pids(h)}
+        assert len(engines) == 4 and set(engines) <= in_hosts
+        assert {g["host"] for g in state["engine_sets"]} == {f"root@{h.address}"
+                                                             for h in hosts.hosts[:2]}
+        listed = run_cmd(["ipcluster", "list"], env)
+        assert "ssh" in listed.stdout
+        run_cmd(["ipcluster", "stop"], env)
+        assert all(wait_exit(pid, 10) for pid in engines)
+    finally:  # whatever failed above, nothing of the cluster stays
+        run_cmd(["ipcluster", "stop"], env, check=False)
 
 
 def test_an_engine_cut_off_for_a_while_joins_again_with_its_namespace(hosts, plait_dir,
