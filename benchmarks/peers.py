@@ -304,23 +304,25 @@ def _ipp_two(rc, ops: set[str], p: dict, r: Results) -> None:
         r.measure("task_latency", lambda: r.add(
             "task_latency", rtt(lambda: lv.apply_sync(noop), p["latency_count"]) * 1e3))
     if "task_rate" in ops:
-        def rate() -> None:
-            n, rates = p["tasks"], []
-            for _ in range(p["rate_rounds"]):
-                t0 = time.perf_counter()
-                ars = [lv.apply_async(noop) for _ in range(n)]
-                lv.wait(ars)
-                rates.append(n / (time.perf_counter() - t0))
-                ars[-1].get()
-            r.add("task_rate", median(rates), each=rates, detail=f"{n} tasks a round")
-
-        r.measure("task_rate", rate)
+        r.measure("task_rate", lambda: _ipp_rate(r, "task_rate", lv, lv.wait, p["tasks"], p))
     if "task_map" in ops:
         r.measure("task_map", lambda: _map_figure(
             r, "task_map", lambda seq: lv.map_sync(power10, seq), p, p["peer_map_repeat"],
             ", chunksize 1"))
     if "task_uneven" in ops:
         r.measure("task_uneven", lambda: _uneven(r, p, lambda s: lv.map_sync(sleep_for, s)))
+
+
+def _ipp_rate(r: Results, key: str, lv, wait, n: int, p: dict) -> None:
+    """Tasks/s of ``n`` no-op ``lv.apply_async`` then ``wait(ars)``, median of rounds."""
+    rates = []
+    for _ in range(p["rate_rounds"]):
+        t0 = time.perf_counter()
+        ars = [lv.apply_async(noop) for _ in range(n)]
+        wait(ars)
+        rates.append(n / (time.perf_counter() - t0))
+        ars[-1].get()
+    r.add(key, median(rates), each=rates, detail=f"{n} tasks a round")
 
 
 def _ipp_parallel(rc, ops: set[str], p: dict, r: Results) -> None:
@@ -335,16 +337,8 @@ def _ipp_parallel(rc, ops: set[str], p: dict, r: Results) -> None:
         r.measure("par_lb_rtt", lambda: r.add(
             "par_lb_rtt", rtt(lambda: lv.apply_sync(noop), p["rtt_count"]) * 1e3))
     if "par_rate" in ops:
-        def rate() -> None:
-            n, rates = p["peer_par_tasks"], []
-            for _ in range(p["rate_rounds"]):
-                t0 = time.perf_counter()
-                ars = [lv.apply_async(noop) for _ in range(n)]
-                rc.wait(ars)
-                rates.append(n / (time.perf_counter() - t0))
-            r.add("par_rate", median(rates), each=rates, detail=f"{n} tasks a round")
-
-        r.measure("par_rate", rate)
+        r.measure("par_rate", lambda: _ipp_rate(r, "par_rate", lv, rc.wait,
+                                                p["peer_par_tasks"], p))
     if "par_map" in ops:
         r.measure("par_map", lambda: _map_figure(
             r, "par_map", lambda seq: lv.map_sync(power10, seq), p, p["peer_map_repeat"],

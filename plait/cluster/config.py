@@ -264,6 +264,18 @@ def load_config(profile_dir: Path) -> ClusterConfig:
     return ClusterConfig(controller=controller, **values)
 
 
+#: The ``[controller]`` keys, which are also the controller options of ``ipcluster``
+#: and of :class:`plait.parallel.Cluster`.
+CONTROLLER_OPTIONS = tuple(SECTIONS["controller"])
+
+
+def ssh_options(config: ClusterConfig) -> dict[str, Any]:
+    """The ``[ssh]`` options of ``config``, as the SSH launcher takes them."""
+    return {"hosts": dict(config.ssh_hosts), "command": config.ssh_command,
+            "args": tuple(config.ssh_args), "python": config.ssh_python,
+            "plait_dir": config.ssh_plait_dir}
+
+
 def batch_options(config: ClusterConfig) -> dict[str, Any]:
     """The ``[batch]`` options of ``config`` that are set, as the batch launcher takes them."""
     options = {"partition": config.partition, "account": config.account,

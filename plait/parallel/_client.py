@@ -166,6 +166,16 @@ class Client:
     def _taskid(self, text: Any) -> int | None:
         return taskid_of(self._prefix, text)
 
+    def _job_taskid(self, job: Any) -> tuple[str, int]:
+        """``(msg_id, task id)`` of ``job``: a msg_id, or an index into the history.
+        ValueError for a msg_id of another controller."""
+        if isinstance(job, int) and not isinstance(job, bool):
+            job = self.history[job]
+        taskid = self._taskid(job)
+        if taskid is None:
+            raise ValueError(f"{job!r} is not a msg_id of this controller")
+        return job, taskid
+
     def _metadata_for(self, msg: str, submitted: datetime.datetime) -> Metadata:
         md = new_metadata(msg, submitted)
         self.metadata[msg] = md
@@ -246,12 +256,7 @@ class Client:
             if isinstance(job, AsyncResult):
                 ids.extend(job._ids)
                 continue
-            if isinstance(job, int) and not isinstance(job, bool):
-                job = self.history[job]
-            taskid = self._taskid(job)
-            if taskid is None:
-                raise ValueError(f"{job!r} is not a msg_id of this controller")
-            ids.append(taskid)
+            ids.append(self._job_taskid(job)[1])
         return ids
 
     def get_result(self, indices_or_msg_ids: Any = None, block: bool | None = None,
@@ -298,11 +303,7 @@ class Client:
             if isinstance(job, AsyncResult):
                 results.append(job)
                 continue
-            if isinstance(job, int) and not isinstance(job, bool):
-                job = self.history[job]
-            taskid = self._taskid(job)
-            if taskid is None:
-                raise ValueError(f"{job!r} is not a msg_id of this controller")
+            job, taskid = self._job_taskid(job)
             if job in self.results or job in self._outstanding:
                 mine.append(job)
             else:

@@ -29,16 +29,17 @@ import threading
 import weakref
 from typing import Any
 
-from plait.cluster.config import batch_options, load_config, read_hosts
+from plait.cluster.config import (
+    CONTROLLER_OPTIONS,
+    batch_options,
+    load_config,
+    read_hosts,
+    ssh_options,
+)
 from plait.cluster.control import ClusterProcesses
 from plait.cluster.launchers import find_mpiexec
 from plait.security import profile_dirs
 from plait.wire.errors import ClusterError
-
-#: The controller options a Cluster passes on to ipcontroller.
-CONTROLLER_OPTIONS = ("ip", "location", "client_port", "engine_port", "client_channel_port",
-                      "engine_channel_port", "data_port", "scheme", "hwm", "db",
-                      "engine_timeout")
 
 #: The launchers' options: MPI's, and SSH's (``hosts`` a table {host: engines},
 #: a list of hosts or the path of a hosts file; ``ssh`` the command).
@@ -47,12 +48,6 @@ LAUNCHER_OPTIONS = ("mpiexec", "mpi_args", "hosts", "ssh", "ssh_args", "ssh_pyth
                     "template")
 
 _live: weakref.WeakSet[Cluster] = weakref.WeakSet()
-
-
-def ssh_options(config: Any) -> dict[str, Any]:
-    return {"hosts": dict(config.ssh_hosts), "command": config.ssh_command,
-            "args": tuple(config.ssh_args), "python": config.ssh_python,
-            "plait_dir": config.ssh_plait_dir}
 
 
 @atexit.register

@@ -19,7 +19,13 @@ import signal
 import sys
 import time
 
-from plait.cluster.config import batch_options, load_config, read_hosts
+from plait.cluster.config import (
+    CONTROLLER_OPTIONS,
+    batch_options,
+    load_config,
+    read_hosts,
+    ssh_options,
+)
 from plait.cluster.control import ClusterProcesses
 from plait.cluster.launchers import LAUNCHERS
 from plait.cluster.processes import pid_alive, start_time, terminate  # noqa: F401 (re-exported)
@@ -28,10 +34,6 @@ from plait.scripts._common import add_profile_option, dirs_for
 from plait.wire.errors import ClusterError
 
 __all__ = ["STATE_FILE", "main", "pid_alive", "start_time", "terminate"]
-
-CONTROLLER_OPTIONS = ("ip", "location", "scheme", "db", "hwm", "client_port", "engine_port",
-                      "client_channel_port", "engine_channel_port", "data_port",
-                      "engine_timeout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,13 +98,10 @@ def _config(args: argparse.Namespace) -> tuple[ClusterProcesses, int, float]:
         partition=args.partition, account=args.account, walltime=args.walltime, **flags)
     n = config.n if config.n is not None else (
         sum(config.ssh_hosts.values()) if config.engines == "ssh" else (os.cpu_count() or 2))
-    ssh = {"hosts": dict(config.ssh_hosts), "command": config.ssh_command,
-           "args": tuple(config.ssh_args), "python": config.ssh_python,
-           "plait_dir": config.ssh_plait_dir}
     procs = ClusterProcesses(args.profile, controller_args=config.controller_args(),
                              launcher=config.engines, mpiexec=config.mpiexec,
                              mpi_args=config.mpi_args, detach=getattr(args, "daemonize", True),
-                             ssh=ssh, batch=batch_options(config))
+                             ssh=ssh_options(config), batch=batch_options(config))
     return procs, n, config.timeout
 
 
