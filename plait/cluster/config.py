@@ -27,7 +27,10 @@ wins over the file.  A complete file::
     mpiexec = "mpiexec"          # the launcher command
     args = ["--oversubscribe"]   # extra arguments for mpiexec
 
-The keys (a bool is never taken for a number):
+The keys (a bool is never taken for a number; the ``[ssh]`` and ``[batch]``
+keys, and ``[cluster] controller`` / ``controller_host`` for a controller
+started over SSH, are in the table of ``docs/clusters.md``, which lists every
+key):
 
 | key                         | type                         | default          | meaning |
 |-----------------------------|------------------------------|------------------|---------|
@@ -76,6 +79,7 @@ CONFIG_FILE = "cluster.toml"
 ENGINES = ("local", "mpi", "ssh", "slurm", "sge", "pbs", "lsf")
 SCHEMES = ("fifo", "lru", "plainrandom", "twobin", "leastload", "weighted")
 DBS = ("sqlite", "memory", "none")
+CONTROLLERS = ("local", "ssh")
 
 
 class _Spec(NamedTuple):
@@ -100,6 +104,7 @@ def _choice(names: tuple[str, ...]) -> _Spec:
 
 
 _TEXT = _Spec("a non-empty string", lambda v: isinstance(v, str) and v != "")
+_BOOL = _Spec("true or false", lambda v: isinstance(v, bool))
 _SECONDS = _Spec(
     "a number > 0",
     lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v) and v > 0,
@@ -125,7 +130,8 @@ _HOSTS = _Spec("a table of host names to engine counts (ints >= 1)", _is_hosts, 
 
 #: Every section and its keys, in the order of the documentation.
 SECTIONS: dict[str, dict[str, _Spec]] = {
-    "cluster": {"n": _int(1), "engines": _choice(ENGINES), "timeout": _SECONDS},
+    "cluster": {"n": _int(1), "engines": _choice(ENGINES), "timeout": _SECONDS,
+                "controller": _choice(CONTROLLERS), "controller_host": _TEXT},
     "controller": {
         "ip": _TEXT,
         "location": _TEXT,
@@ -141,14 +147,16 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
     },
     "mpi": {"mpiexec": _TEXT, "args": _STRINGS},
     "ssh": {"hosts": _HOSTS, "command": _TEXT, "args": _STRINGS, "python": _TEXT,
-            "plait_dir": _TEXT},
+            "plait_dir": _TEXT, "tunnel": _BOOL},
     "batch": {"partition": _TEXT, "account": _TEXT, "time": _TEXT, "directives": _STRINGS,
               "template": _TEXT},
 }
 
 #: The fields of ClusterConfig that the sections other than [controller] fill.
 _FIELDS = {("cluster", "n"): "n", ("cluster", "engines"): "engines",
-           ("cluster", "timeout"): "timeout", ("mpi", "mpiexec"): "mpiexec",
+           ("cluster", "timeout"): "timeout", ("cluster", "controller"): "controller_launcher",
+           ("cluster", "controller_host"): "controller_host", ("ssh", "tunnel"): "tunnel",
+           ("mpi", "mpiexec"): "mpiexec",
            ("mpi", "args"): "mpi_args", ("ssh", "hosts"): "ssh_hosts",
            ("ssh", "command"): "ssh_command", ("ssh", "args"): "ssh_args",
            ("ssh", "python"): "ssh_python", ("ssh", "plait_dir"): "ssh_plait_dir",
@@ -180,6 +188,9 @@ class ClusterConfig:
     engines: str = "local"
     timeout: float = 30.0
     controller: dict[str, Any] = field(default_factory=dict, hash=False)
+    controller_launcher: str = "local"
+    controller_host: str | None = None
+    tunnel: bool = False
     mpiexec: str = "mpiexec"
     ssh_hosts: dict[str, int] = field(default_factory=dict, hash=False)
     ssh_command: str = "ssh"
@@ -267,6 +278,12 @@ def load_config(profile_dir: Path) -> ClusterConfig:
 #: The ``[controller]`` keys, which are also the controller options of ``ipcluster``
 #: and of :class:`plait.parallel.Cluster`.
 CONTROLLER_OPTIONS = tuple(SECTIONS["controller"])
+
+
+def controller_options(config: ClusterConfig) -> dict[str, Any]:
+    """Where the controller runs, as ClusterProcesses takes it."""
+    return {"controller": config.controller_launcher, "controller_host": config.controller_host,
+            "tunnel": config.tunnel}
 
 
 def ssh_options(config: ClusterConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ it started when it fails: nothing is left running behind an error.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,8 +29,12 @@ from plait.cluster.launchers import (
     spawn_ssh,
 )
 from plait.cluster.processes import pid_alive, terminate
+from plait.cluster.remote import RemoteController, start_remote_controller
 from plait.security import ENGINE_FURL, MEC_FURL, ProfileDirs, profile_dirs
 from plait.wire.errors import ClusterError
+
+#: Where the controller runs, for ``controller=`` and ``--controller``.
+CONTROLLERS = ("local", "ssh")
 
 
 def check_launcher(launcher: str) -> str:
@@ -48,8 +53,28 @@ class ClusterProcesses:
     def __init__(self, profile: str | None = None, *, controller_args: list[str] | None = None,
                  launcher: str = "local", mpiexec: str = "mpiexec",
                  mpi_args: tuple[str, ...] = (), detach: bool = True,
-                 ssh: dict[str, Any] | None = None, batch: dict[str, Any] | None = None):
+                 ssh: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
+                 controller: str = "local", controller_host: str | None = None,
+                 tunnel: bool = False):
+        if controller not in CONTROLLERS:
+            raise ClusterError(f"controller must be one of {', '.join(CONTROLLERS)}, not "
+                               f"{controller!r}")
+        if controller == "ssh" and not controller_host:
+            raise ClusterError("a controller started over SSH needs controller_host "
+                               "(the host to run it on, e.g. 'user@head')")
+        if tunnel and controller != "ssh":
+            raise ClusterError("tunnel=True reaches a controller on another host "
+                               "(controller='ssh'); this one runs here")
+        if tunnel and launcher not in ("local", "ssh"):
+            raise ClusterError(f"tunnels serve local and SSH engines, not {launcher!r} ones")
         self.profile = profile
+        #: ``local``, or ``ssh``: on ``controller_host``, reached with the [ssh] options;
+        #: ``tunnel``: clients and engines reach it through SSH tunnels to that host
+        self.controller = controller
+        self.controller_host = controller_host
+        self.tunnel = tunnel
+        self.remote: RemoteController | None = None
+        self._tunnel: Any = None  # the SSH tunnel of this process to the controller, if any
         self.dirs: ProfileDirs = profile_dirs(profile)
         self.controller_args = list(controller_args or [])
         self.launcher = check_launcher(launcher)
@@ -88,7 +113,9 @@ class ClusterProcesses:
                 for p in group.pids]
 
     def running(self) -> bool:
-        """Whether the controller still runs."""
+        """Whether the controller still runs (asked over SSH for a remote one)."""
+        if self.remote is not None:
+            return self.remote.alive()
         if self.controller_pid is None:
             return False
         return _state.ours({"started": self._started}, self.controller_pid)
@@ -113,7 +140,12 @@ class ClusterProcesses:
         notices = Notices()
         zygote: ForkServer | None = None
         try:
-            if self.launcher == "local":
+            if self.controller == "ssh":
+                self._start_remote(timeout)
+                if controller_ready is not None:
+                    controller_ready()
+                self._start_set(n, notices, deadline, timeout)
+            elif self.launcher == "local":
                 # The engines are forked by a fork server that imports what they need
                 # while the controller starts beside it; they get the FURL once the
                 # controller is ready.
@@ -178,6 +210,44 @@ class ClusterProcesses:
         self.save()
         return sorted(i for group in self.engine_sets[before:] for i in group.ids)
 
+    def _start_remote(self, timeout: float) -> None:
+        """The controller, on its host; FURL files fetched, tunnels ready if asked."""
+        ip = next((a.split("=", 1)[1] for a in self.controller_args if a.startswith("--ip=")),
+                  "127.0.0.1")
+        if not self.tunnel and ip in ("127.0.0.1", "localhost", "::1"):
+            raise ClusterError(
+                f"a controller on {self.controller_host} listening on its own 127.0.0.1 is "
+                f"reached only through SSH tunnels: give tunnel=True, or ip= (an address "
+                f"of that host this one and the engines' hosts can reach)")
+        self.remote = start_remote_controller(
+            str(self.controller_host), self.profile, self.controller_args, self.dirs, timeout,
+            **self._ssh_options())
+        self.controller_pid = self.remote.pid
+        self.use_tunnel()
+
+    def _ssh_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.ssh.items()
+                if k in ("command", "args", "python", "plait_dir") and v is not None}
+
+    def use_tunnel(self) -> None:
+        """(With ``tunnel``) reach the controller through an SSH tunnel from this process."""
+        if not self.tunnel:
+            return
+        from plait.security import PARALLEL_FURL, read_furl
+        from plait.wire.tunnel import tunnel_to, use_tunnel
+
+        options = self._ssh_options()
+        self._tunnel = tunnel_to(str(self.controller_host), command=options.get("command"),
+                                 args=tuple(options.get("args", ())))
+        use_tunnel(read_furl(self.dirs.furl_path(PARALLEL_FURL)), self._tunnel)
+
+    def _tunnel_args(self) -> list[str]:
+        """The ipengine flags reaching the controller through a tunnel (or none)."""
+        if not self.tunnel:
+            return []
+        return [f"--ssh={self.controller_host}",
+                f"--ssh-args={shlex.join(self._ssh_options().get('args', ()))}"]
+
     def _start_set(self, n: int, notices: Notices, deadline: float, timeout: float,
                    launcher: str | None = None) -> EngineSet:
         kind = check_launcher(launcher or self.launcher)
@@ -188,7 +258,8 @@ class ClusterProcesses:
             options = {k: v for k, v in self.ssh.items() if k != "hosts" and v is not None}
             groups = spawn_ssh(hosts, self.profile,
                                self.dirs.furl_path(ENGINE_FURL).read_text().strip(),
-                               self.dirs, deadline, timeout, **options)
+                               self.dirs, deadline, timeout,
+                               engine_args=tuple(self._tunnel_args()), **options)
             self.engine_sets.extend(groups)
             return groups[0]
         if kind == "mpi":
@@ -200,7 +271,8 @@ class ClusterProcesses:
             zygote = ForkServer(self.detach)
             try:
                 group.procs = zygote.engines(n, self.profile,
-                                             [f"--notify-socket={notices.arg}"], deadline,
+                                             [f"--notify-socket={notices.arg}",
+                                              *self._tunnel_args()], deadline,
                                              self._late(n, timeout))
                 zygote.furl(self.dirs.furl_path(ENGINE_FURL).read_text().strip())
             finally:
@@ -296,7 +368,12 @@ class ClusterProcesses:
         """Stop the engines, then the controller, and forget the state file."""
         for group in self.engine_sets:
             group.stop()
-        if self.controller_pid is not None:
+        if self._tunnel is not None:  # its routes go: the host may be reached directly again
+            self._tunnel.close()
+            self._tunnel = None
+        if self.remote is not None:
+            self.remote.stop()
+        elif self.controller_pid is not None:
             terminate([self.controller_pid])
         for proc in [self.controller_proc, *(p for g in self.engine_sets for p in g.procs)]:
             if proc is not None:
@@ -310,6 +387,7 @@ class ClusterProcesses:
             _state.clear_state(self.dirs)
         self.controller_pid = None
         self.controller_proc = None
+        self.remote = None
 
     # -- the state file ----------------------------------------------------------------
     def save(self) -> None:
@@ -318,7 +396,9 @@ class ClusterProcesses:
                  "engine_sets": [g.to_state() for g in self.engine_sets],
                  "launcher": self.launcher, "controller_args": self.controller_args,
                  "mpiexec": self.mpiexec, "mpi_args": list(self.mpi_args), "ssh": self.ssh,
-                 "batch": self.batch,
+                 "batch": self.batch, "controller_at": self.controller,
+                 "controller_host": self.controller_host, "tunnel": self.tunnel,
+                 "remote": None if self.remote is None else self.remote.to_state(),
                  **self.extra_state, "started": self._started}
         _state.write_state(self.dirs, state)
         self._started = (_state.read_state(self.dirs) or {}).get("started", {})
@@ -334,8 +414,13 @@ class ClusterProcesses:
                     launcher=recorded.get("launcher", "local"),
                     mpiexec=recorded.get("mpiexec", "mpiexec"),
                     mpi_args=tuple(recorded.get("mpi_args", ())),
-                    ssh=recorded.get("ssh") or {}, batch=recorded.get("batch") or {})
+                    ssh=recorded.get("ssh") or {}, batch=recorded.get("batch") or {},
+                    controller=recorded.get("controller_at", "local"),
+                    controller_host=recorded.get("controller_host"),
+                    tunnel=bool(recorded.get("tunnel")))
         procs.controller_pid = recorded["controller"]
+        if recorded.get("remote"):
+            procs.remote = RemoteController.from_state(recorded["remote"])
         procs._started = recorded.get("started", {})
         procs.engine_sets = [EngineSet.from_state(g) for g in recorded.get("engine_sets", [])]
         for group in procs.engine_sets:  # a pid taken over by another process is not ours
@@ -361,5 +446,6 @@ class ClusterProcesses:
         where = f"profile '{self.profile or 'default'}'"
         if not self.running():
             return f"stopped cluster of {where}"
-        return (f"cluster of {where}: controller pid {self.controller_pid}, "
+        at = "" if self.remote is None else f" on {self.remote.host}"
+        return (f"cluster of {where}: controller pid {self.controller_pid}{at}, "
                 f"{len(self.engine_ids)} engines {self.engine_ids}")

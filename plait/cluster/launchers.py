@@ -484,14 +484,16 @@ def ssh_prefix(host: str, command: str = "ssh", args: tuple[str, ...] = ()) -> l
 def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: ProfileDirs,
               deadline: float, timeout: float, *, command: str = "ssh",
               args: tuple[str, ...] = (), python: str | None = None,
-              plait_dir: str | None = None, reconnect: float = 60.0) -> list[EngineSet]:
+              plait_dir: str | None = None, reconnect: float = 60.0,
+              engine_args: tuple[str, ...] = ()) -> list[EngineSet]:
     """Start ``hosts[host]`` engines on each host, through one SSH session per host
     running the fork server there; returns once every engine registered.
 
     The engine FURL travels in the SSH session, to the fork server's standard
     input: it is never written on the remote host, nor put on a command line.
     An engine that loses the controller (a network cut) tries to join it
-    again for ``reconnect`` seconds, keeping its namespace.
+    again for ``reconnect`` seconds, keeping its namespace.  ``engine_args``: more
+    ipengine flags (``--ssh=...``, a tunnel to the controller).
     The engines' notices come back the same way.  ClusterError (with what
     was started stopped) when a session fails, saying which host and quoting
     ssh's message, or at ``deadline``.
@@ -514,8 +516,8 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
             group.procs.append(proc)
             groups.append(group)
             assert proc.stdin is not None
-            engine_args = [*_profile(profile), f"--reconnect={reconnect:g}"]
-            proc.stdin.write(f"engines {n} {json.dumps(engine_args)}\nfurl {furl}\n".encode())
+            argv = [*_profile(profile), f"--reconnect={reconnect:g}", *engine_args]
+            proc.stdin.write(f"engines {n} {json.dumps(argv)}\nfurl {furl}\n".encode())
             proc.stdin.flush()
         _wait_ssh(groups, deadline, timeout, dirs)
     except BaseException:

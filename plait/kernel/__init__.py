@@ -11,7 +11,8 @@ beside what they share::
     plait/wire/               what processes agree on, byte for byte: every
                               exception (errors), pickling (serialize), the
                               task format (task), the bulk data format and its
-                              peer side (bulk), the lean TLS channel (channel)
+                              peer side (bulk), the lean TLS channel (channel),
+                              SSH tunnels and routing (tunnel)
     plait/security/           profile folders, private files, certificates, Tubs
     plait/interfaces/         zope ``I...`` of the local services and foolscap
                               ``RI...`` of the wire, one module per service
@@ -27,9 +28,10 @@ beside what they share::
     plait/kernel/client/      the users' face (its ``__init__``) and the
                               client plumbing both API generations share
     plait/cluster/            starting and stopping a cluster's processes: the
-                              launchers (this host, mpiexec), the profile's
-                              cluster.toml and state file; shared by ipcluster
-                              and plait.parallel.Cluster
+                              launchers (this host, mpiexec, SSH, batch jobs),
+                              a controller on another host (remote), the
+                              profile's cluster.toml and state file; shared by
+                              ipcluster and plait.parallel.Cluster
     plait/scripts/            the ipcontroller, ipengine and ipcluster front ends
 
 Rules

@@ -68,8 +68,9 @@ def _stamp(value: Any) -> Any:
     return value
 
 
-#: ipyparallel's Client options, accepted so that its code runs, and unused: a FURL file
-#: says where the controller is and how to reach it securely.
+#: ipyparallel's Client options.  ``sshserver`` and ``sshkey`` tunnel every connection
+#: through SSH (see plait.wire.tunnel); the others are accepted so that its code runs,
+#: and unused: a FURL file says where the controller is and how to reach it securely.
 _ACCEPTED = frozenset({"cluster_id", "context", "debug", "sshserver", "sshkey", "password",
                        "paramiko", "timeout", "url_or_file", "profile_dir", "ipython_dir",
                        "exec_key", "packer", "unpacker", "session", "cluster", "username"})
@@ -82,7 +83,9 @@ class Client:
 
     ``Client(url_file=None, profile=None)``: ``url_file`` is a FURL, or the
     path of a FURL file; by default the ``ipcontroller-client.furl`` of
-    ``profile`` (default 'default').
+    ``profile`` (default 'default').  ``sshserver='user@host'`` (with
+    ``sshkey``, an identity file) reaches the controller through an SSH
+    tunnel to that host, as from outside a login node.
     """
 
     def __init__(self, url_file: Any = None, profile: str | None = None, **options: Any):
@@ -93,7 +96,8 @@ class Client:
                             f"plait's FURL connection has no use for)")
         if url_file is None:  # ipyparallel's older name of the first argument
             url_file = options.get("url_or_file")
-        self._conn = _BlockingConnection(url_file, profile)
+        self._conn = _BlockingConnection(url_file, profile, sshserver=options.get("sshserver"),
+                                         sshkey=options.get("sshkey"))
         self._async: ParallelConnection = self._conn.asynchronous
         self._prefix = self._async.prefix
         self._msg_id = msg_id_maker(self._prefix)  # task id -> msg_id

@@ -32,6 +32,7 @@ from typing import Any
 from plait.cluster.config import (
     CONTROLLER_OPTIONS,
     batch_options,
+    controller_options,
     load_config,
     read_hosts,
     ssh_options,
@@ -45,7 +46,7 @@ from plait.wire.errors import ClusterError
 #: a list of hosts or the path of a hosts file; ``ssh`` the command).
 LAUNCHER_OPTIONS = ("mpiexec", "mpi_args", "hosts", "ssh", "ssh_args", "ssh_python",
                     "ssh_plait_dir", "partition", "account", "walltime", "directives",
-                    "template")
+                    "template", "controller_host", "tunnel")
 
 _live: weakref.WeakSet[Cluster] = weakref.WeakSet()
 
@@ -64,8 +65,11 @@ class Cluster:
     """A controller and engines started from Python (see the module documentation).
 
     ``n``: engines (default: cluster.toml's, else the number of CPUs);
-    ``engines``: ``'local'`` or ``'mpi'``; ``controller``: ``'local'``;
-    ``timeout``: seconds to wait for the engines; ``mpiexec``, ``mpi_args``
+    ``engines``: ``'local'``, ``'mpi'``, ``'ssh'`` or a batch system;
+    ``controller``: ``'local'``, or ``'ssh'`` to start it on
+    ``controller_host`` over SSH (``tunnel=True``: reached through SSH tunnels
+    to that host); ``timeout``: seconds to wait for the engines; the
+    launcher options (``mpiexec``, ``mpi_args``, ``hosts``, ``ssh_args``...)
     and the ipcontroller options (``ip``, ``location``, ``client_port``,
     ``engine_port``, ``scheme``, ``hwm``, ``db``, ``engine_timeout``) as in
     cluster.toml.  Bad options raise ClusterError (or TypeError for unknown
@@ -73,11 +77,8 @@ class Cluster:
     """
 
     def __init__(self, n: int | None = None, engines: str | None = None,
-                 controller: str = "local", profile: str | None = None,
+                 controller: str | None = None, profile: str | None = None,
                  timeout: float | None = None, shutdown_atexit: bool = True, **options: Any):
-        if controller != "local":
-            raise ClusterError(f"controller must be 'local' (a controller on this host), not "
-                               f"{controller!r}")
         unknown = sorted(set(options) - {*CONTROLLER_OPTIONS, *LAUNCHER_OPTIONS})
         if unknown:
             raise TypeError(f"Cluster() got unexpected options {unknown}; it takes n, engines, "
@@ -93,7 +94,7 @@ class Cluster:
         if "ssh" in options:
             options["ssh_command"] = options.pop("ssh")
         config = load_config(profile_dirs(profile).root).with_overrides(
-            n=n, engines=engines, timeout=timeout, **options)
+            n=n, engines=engines, timeout=timeout, controller_launcher=controller, **options)
         self.n = config.n
         self.engines = config.engines
         self.timeout = config.timeout
@@ -101,7 +102,8 @@ class Cluster:
         self._procs = ClusterProcesses(profile, controller_args=config.controller_args(),
                                        launcher=config.engines, mpiexec=config.mpiexec,
                                        mpi_args=config.mpi_args, ssh=ssh_options(config),
-                                       batch=batch_options(config))
+                                       batch=batch_options(config),
+                                       **controller_options(config))
         if config.engines == "mpi":
             find_mpiexec(config.mpiexec)  # a missing mpiexec is bad input: said at once
         if self.n is None and config.engines == "ssh":
@@ -148,6 +150,7 @@ class Cluster:
 
         if not self.running:
             raise ClusterError(f"{self!r} is not running: start it first")
+        self._procs.use_tunnel()
         rc = Client(profile=self.profile, **options)
         self._clients.append(rc)
         return rc

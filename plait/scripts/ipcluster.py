@@ -22,6 +22,7 @@ import time
 from plait.cluster.config import (
     CONTROLLER_OPTIONS,
     batch_options,
+    controller_options,
     load_config,
     read_hosts,
     ssh_options,
@@ -55,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         start.add_argument(opt, type=int, default=None, help=f"passed to ipcontroller {opt}")
     start.add_argument("--engine-timeout", type=int, default=None,
                        help="passed to ipcontroller --engine-timeout")
+    start.add_argument("--controller", choices=("local", "ssh"), default=None,
+                       help="where the controller runs: on this host (local, the default) "
+                            "or on --controller-host, started over SSH")
+    start.add_argument("--controller-host", default=None, metavar="USER@HOST",
+                       help="the host of a controller started over SSH")
+    start.add_argument("--tunnel", action="store_true", default=None,
+                       help="clients and engines reach the remote controller through SSH "
+                            "tunnels to its host (it may then listen on its 127.0.0.1)")
     engines = sub.add_parser("engines", help="add engines to a running cluster")
     add_profile_option(engines)
     _engine_options(engines)
@@ -95,13 +104,17 @@ def _config(args: argparse.Namespace) -> tuple[ClusterProcesses, int, float]:
         mpi_args=None if args.mpi_args is None else tuple(shlex.split(args.mpi_args)),
         ssh_hosts=_hosts(args.hosts),
         ssh_args=None if args.ssh_args is None else tuple(shlex.split(args.ssh_args)),
-        partition=args.partition, account=args.account, walltime=args.walltime, **flags)
+        partition=args.partition, account=args.account, walltime=args.walltime,
+        controller_launcher=getattr(args, "controller", None),
+        controller_host=getattr(args, "controller_host", None),
+        tunnel=getattr(args, "tunnel", None), **flags)
     n = config.n if config.n is not None else (
         sum(config.ssh_hosts.values()) if config.engines == "ssh" else (os.cpu_count() or 2))
     procs = ClusterProcesses(args.profile, controller_args=config.controller_args(),
                              launcher=config.engines, mpiexec=config.mpiexec,
                              mpi_args=config.mpi_args, detach=getattr(args, "daemonize", True),
-                             ssh=ssh_options(config), batch=batch_options(config))
+                             ssh=ssh_options(config), batch=batch_options(config),
+                             **controller_options(config))
     return procs, n, config.timeout
 
 

@@ -2,12 +2,16 @@
 
 By default the engine FURL is read from the profile's security folder;
 ``--furl-file=PATH`` names another file (``-`` reads the FURL from stdin).
+``--ssh=user@host`` reaches the controller through an SSH tunnel to that host
+(an engine behind NAT, or outside the login node that leads to the
+controller); see :mod:`plait.wire.tunnel`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -33,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconnect", type=float, default=0.0, metavar="SECONDS",
                    help="after losing the controller, keep trying to join it again for "
                         "this long, keeping the namespace (default 0: exit at once)")
+    p.add_argument("--ssh", default=None, metavar="USER@HOST",
+                   help="reach the controller through an SSH tunnel to this host")
+    p.add_argument("--sshkey", default=None, metavar="FILE",
+                   help="the identity file for --ssh")
+    p.add_argument("--ssh-args", default="", metavar="OPTIONS",
+                   help="more options for ssh, in one string (e.g. '-p 2222')")
     p.add_argument("--notify-socket", default=None, metavar="PATH",
                    help=argparse.SUPPRESS)  # a launcher's: "engine ID PID" once registered
     add_notify_option(p)
@@ -84,6 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     start_logging(dirs, "ipengine", to_stderr=True)
+    if args.ssh:
+        from plait.wire.errors import PlaitConnectionError
+        from plait.wire.tunnel import tunnel_to, use_tunnel
+
+        try:
+            use_tunnel(furl, tunnel_to(args.ssh, args.sshkey,
+                                       args=tuple(shlex.split(args.ssh_args))))
+        except PlaitConnectionError as exc:
+            sys.exit(f"error: {exc}")
 
     from plait.kernel.engine.process import Engine, hard_exit
 

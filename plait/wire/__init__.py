@@ -22,6 +22,9 @@ other part of plait:
     The lean TLS channel that carries the calls of the hot path: both its
     ends (the controller's server, the clients' and the engines' side), as
     one protocol is best read in one place.
+``tunnel``
+    Where to dial: SSH tunnels to a controller that only SSH reaches, and
+    the routing every connection of a client or an engine goes through.
 
 Names here that travel by reference are a wire contract (see
 :mod:`plait.kernel`, "Wire contract").

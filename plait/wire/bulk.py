@@ -85,6 +85,7 @@ from plait.wire.serialize import (
     serialize_parts,
     unframe,
 )
+from plait.wire.tunnel import route
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +286,9 @@ def parse_descriptor(data: bytes) -> Descriptor:
 
 def _connect(address: tuple[str, int], timeout: float | None) -> socket.socket:
     host, port = address
+    dial = route(host, port)  # through an SSH tunnel, if the host is reached so
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection(dial, timeout=timeout)
     except OSError as exc:
         raise BulkError(
             f"cannot reach the bulk data server at {host}:{port}: {_describe_os_error(exc)}"

@@ -122,7 +122,7 @@ def test_a_section_that_is_not_a_table_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("section, key, known", [
-    ("cluster", "engine", "n, engines, timeout"),
+    ("cluster", "engine", "n, engines, timeout, controller, controller_host"),
     ("controller", "port", "ip, location, client_port, engine_port, client_channel_port, "
                            "engine_channel_port, data_port, scheme, hwm, db, engine_timeout"),
     ("mpi", "mpirun", "mpiexec, args"),
@@ -158,6 +158,9 @@ def test_an_unknown_key_is_refused_with_the_known_ones(tmp_path, section, key, k
     ("mpi", "mpiexec", "[]", "a non-empty string, not []"),
     ("mpi", "args", '"--oversubscribe"', "a list of strings, not '--oversubscribe'"),
     ("mpi", "args", '["-n", 4]', "a list of strings, not ['-n', 4]"),
+    ("cluster", "controller", '"moon"', "one of local, ssh, not 'moon'"),
+    ("cluster", "controller_host", '""', "a non-empty string, not ''"),
+    ("ssh", "tunnel", '"yes"', "true or false, not 'yes'"),
 ])
 def test_a_bad_value_is_refused_naming_the_file_section_and_key(
     tmp_path, section, key, value, wanted
@@ -214,3 +217,16 @@ def test_controller_args_in_a_stable_order_with_dashes(tmp_path):
     ]
     given_backwards = ClusterConfig(controller={"client_port": 5000, "ip": "0.0.0.0"})
     assert given_backwards.controller_args() == ["--ip=0.0.0.0", "--client-port=5000"]
+
+
+def test_a_controller_on_another_host_is_read_back(tmp_path):
+    from plait.cluster.config import controller_options
+
+    write(tmp_path, '[cluster]\ncontroller = "ssh"\ncontroller_host = "me@head"\n'
+                    '[ssh]\ntunnel = true\n')
+    config = load_config(tmp_path)
+    assert controller_options(config) == {"controller": "ssh", "controller_host": "me@head",
+                                          "tunnel": True}
+    assert controller_options(config.with_overrides(tunnel=False))["tunnel"] is False
+    assert controller_options(ClusterConfig()) == {"controller": "local",
+                                                   "controller_host": None, "tunnel": False}

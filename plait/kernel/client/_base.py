@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from plait.kernel.client._pending import PendingResult
 from plait.security import client_tub, profile_dirs, read_furl
 from plait.wire import bulk as _bulk
+from plait.wire import tunnel as _tunnel
 from plait.wire.channel import channel_address, open_channel
 from plait.wire.errors import ChannelClosed, PlaitConnectionError, RemoteFailure
 from plait.wire.serialize import deserialize, is_bulk
@@ -57,7 +58,7 @@ def connect(furl: str, source: str) -> defer.Deferred:
     on it instead.  Fails with PlaitConnectionError saying why.
     """
     location = furl.split("@", 1)[-1].split("/", 1)[0]
-    d = client_tub().getReference(furl)
+    d = client_tub().getReference(_tunnel.route_furl(furl))
     d.addTimeout(CONNECT_TIMEOUT, reactor)
     d.addCallback(_with_channel, furl)
 
@@ -82,6 +83,7 @@ def _with_channel(ref: Any, furl: str) -> Any:
     try:
         token, port = yield ref.callRemote("open_channel")
         tub_id, host = channel_address(furl)
+        host, port = _tunnel.route(host, port)
         channel = yield open_channel(host, port, token, tub_id)
     except Exception:
         return ref, None  # foolscap alone still works
@@ -152,21 +154,31 @@ class AsyncClientBase:
         self._source = source
 
     @classmethod
-    def connect(cls, furl_or_file: str | Path | None = None, profile: str | None = None
-                ) -> defer.Deferred:
+    def connect(cls, furl_or_file: str | Path | None = None, profile: str | None = None,
+                sshserver: str | None = None, sshkey: str | None = None) -> defer.Deferred:
         """A Deferred firing with a client connected to the controller.
 
         With no argument, the client's FURL file in the security folder of
         ``profile`` (default 'default') is used; else ``furl_or_file`` is a
-        FURL or the path of a FURL file.  Fails with PlaitConnectionError
-        when the controller cannot be reached or refuses the FURL, and with
-        OSError / ValueError when the FURL file cannot be read.
+        FURL or the path of a FURL file.  With ``sshserver`` (``'user@host'``;
+        ``sshkey`` an identity file), every connection to the controller goes
+        through an SSH tunnel to that server (see :mod:`plait.wire.tunnel`).
+        Fails with PlaitConnectionError when the controller (or the SSH
+        server) cannot be reached or refuses the FURL, and with OSError /
+        ValueError when the FURL file cannot be read.
         """
         try:
             furl, source = resolve_furl(furl_or_file, profile, cls.furl_name)
         except Exception:
             return defer.fail()
-        d = connect(furl, source)
+        if sshserver:
+            def tunnelled() -> None:
+                _tunnel.use_tunnel(furl, _tunnel.tunnel_to(sshserver, sshkey))
+
+            d: defer.Deferred = threads.deferToThread(tunnelled)  # ssh blocks: not here
+            d.addCallback(lambda _: connect(furl, source))
+        else:
+            d = connect(furl, source)
         return d.addCallback(lambda link: cls(link, source)._started())
 
     def _started(self) -> Any:

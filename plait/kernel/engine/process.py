@@ -41,6 +41,7 @@ from plait.security import make_tub
 from plait.wire.channel import BlockingChannel, channel_address
 from plait.wire.errors import ChannelClosed
 from plait.wire.serialize import dumps_plain
+from plait.wire.tunnel import route, route_furl
 
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
@@ -144,7 +145,7 @@ class Engine:
         else:
             self.tub = make_tub(keepaliveTimeout=15, disconnectTimeout=60)
         self.tub.startService()
-        d = self.tub.getReference(self.furl)
+        d = self.tub.getReference(route_furl(self.furl))
         self.registrar = yield d.addTimeout(self._join_timeout, reactor)
         self._joins += 1  # a late notice of an earlier connection's loss is ignored
         self.registrar.notifyOnDisconnect(self._controller_lost, self._joins)
@@ -244,7 +245,8 @@ class Engine:
             if ticket is not None:
                 tub_id, host = channel_address(self.furl)
                 try:
-                    self.channel = BlockingChannel.open(host, ticket[1], ticket[0], tub_id)
+                    self.channel = BlockingChannel.open(*route(host, ticket[1]), ticket[0],
+                                                        tub_id)
                     token = ticket[0]
                 except ChannelClosed as exc:
                     log.warn("no command channel ({e}); commands will travel on foolscap", e=exc)

@@ -1,0 +1,245 @@
+"""A controller on another host, started over SSH, and SSH tunnels to it: network
+namespaces with a real sshd each (see support.netns).  Host 0 plays the
+controller's host (a login node, with tunnel=True: the controller listens on its
+own 127.0.0.1, which nobody else can reach), the others the engines' hosts."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+
+import plait.parallel as ipp
+from plait.cluster.state import read_state
+from plait.security import ENGINE_FURL, PARALLEL_FURL, profile_dirs
+from plait.wire import tunnel as tunnels
+from plait.wire.errors import ClusterError, PlaitConnectionError
+from support.cluster import processes_of
+from support.netns import Hosts, unavailable
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the functions sent to engines
+WHY = unavailable()
+pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    with Hosts(3, tmp_path_factory.mktemp("hosts")) as made:
+        yield made
+
+
+@pytest.fixture
+def plait_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
+    return tmp_path / "p"
+
+
+def net_namespace() -> str:
+    import os
+
+    return os.readlink("/proc/self/ns/net")
+
+
+def commands_in(hosts: Hosts, host) -> list[str]:
+    """The command lines of the processes running in ``host``'s namespace."""
+    found = []
+    for pid in hosts.pids(host):
+        try:
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            pass
+    return found
+
+
+def controllers_in(hosts: Hosts, host) -> list[str]:
+    return [c for c in commands_in(hosts, host) if "plait.scripts.ipcontroller" in c]
+
+
+def ssh_masters() -> list[int]:
+    """This test process's SSH tunnel connections (its ssh children)."""
+    out = subprocess.run(["ps", "-o", "pid=,ppid=,comm=", "-e"], capture_output=True, text=True)
+    return [int(pid) for pid, ppid, comm in (line.split(None, 2) for line in out.stdout.splitlines())
+            if int(ppid) == os.getpid() and comm.strip() == "ssh"]
+
+
+def remote_cluster(hosts: Hosts, tmp_path: Path, **options):
+    head, *others = hosts.hosts
+    return ipp.Cluster(engines="ssh", hosts={f"root@{h.address}": 2 for h in others},
+                       controller="ssh", controller_host=f"root@{head.address}",
+                       ssh_args=hosts.ssh_args, ssh_plait_dir=str(tmp_path / "remote"),
+                       timeout=60, **options)
+
+
+def test_a_controller_started_on_another_host_over_ssh(hosts, plait_dir, tmp_path):
+    head = hosts.hosts[0]
+    cluster = remote_cluster(hosts, tmp_path, ip=head.address)
+    try:
+        rc = cluster.start_and_connect()
+        assert rc.ids == [0, 1, 2, 3]
+        assert f"on root@{head.address}" in cluster._procs.describe()
+        [line] = controllers_in(hosts, head)  # it runs there, not here
+        assert f"--ip={head.address}" in line
+        assert cluster.controller_pid in hosts.pids(head)
+        where = rc[:].apply_sync(net_namespace)
+        assert len(set(where)) == 2 and net_namespace() not in where
+        # its FURL files were fetched here, private, as if it ran here
+        security = profile_dirs(None).security
+        for name in (PARALLEL_FURL, ENGINE_FURL):
+            assert (security / name).stat().st_mode & 0o077 == 0
+            assert f"@{head.address}:" in (security / name).read_text()
+        assert rc.load_balanced_view().map_sync(lambda x: x * 3, range(20)) == [
+            x * 3 for x in range(20)]
+        # another process finds it from the state file, and sees it running
+        found = ipp.Cluster.from_profile()
+        assert found.running and found.engine_ids == [0, 1, 2, 3]
+    finally:
+        cluster.stop()
+    assert controllers_in(hosts, head) == []
+    assert read_state(profile_dirs(None)) is None
+    assert not cluster.running
+
+
+def test_tunnels_reach_a_controller_that_listens_on_its_hosts_loopback(hosts, plait_dir,
+                                                                        tmp_path, monkeypatch):
+    head = hosts.hosts[0]
+    cluster = remote_cluster(hosts, tmp_path, tunnel=True)
+    try:
+        rc = cluster.start_and_connect()
+        assert rc.ids == [0, 1, 2, 3]
+        [line] = controllers_in(hosts, head)
+        assert "--ip=" not in line  # the default: 127.0.0.1 of the head host only
+        client_furl = profile_dirs(None).furl_path(PARALLEL_FURL)
+        assert "@127.0.0.1:" in client_furl.read_text()
+        assert len(ssh_masters()) == 1  # one SSH connection carries every port
+        # 80 MB each way: the data port is tunnelled too
+        a = np.random.default_rng(1).random(10 * 2**20)
+        rc[1].push({"a": a}, block=True)
+        assert np.array_equal(rc[1].pull("a", block=True), a)
+        assert rc.load_balanced_view().map_sync(lambda x: x - 1, range(30)) == list(range(-1, 29))
+
+        # a hand-started engine of this host joins through its own tunnel
+        log = tmp_path / "engine.log"
+        with open(log, "wb") as out:
+            engine = subprocess.Popen(
+                [sys.executable, "-m", "plait.scripts.ipengine",
+                 f"--furl-file={profile_dirs(None).furl_path(ENGINE_FURL)}",
+                 f"--ssh=root@{head.address}", f"--ssh-args={shlex.join(hosts.ssh_args)}"],
+                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            [new] = rc.wait_for_engines(5, timeout=60)[4:]
+            assert rc[new].apply_sync(net_namespace) == net_namespace()
+            rc[new].push({"b": a[:2**20]}, block=True)
+            assert np.array_equal(rc[new].pull("b", block=True), a[:2**20])
+        finally:
+            engine.terminate()
+            engine.wait(10)
+    finally:
+        cluster.stop()
+    assert controllers_in(hosts, head) == []
+    assert tunnels._via == {}  # the routes went with the tunnel: 127.0.0.1 is ours again
+    deadline = time.monotonic() + 10
+    while ssh_masters() and time.monotonic() < deadline:
+        time.sleep(0.05)  # ssh exits once told to
+    assert ssh_masters() == []
+
+
+def test_a_client_of_its_own_reaches_a_tunnelled_controller_with_sshserver(
+        hosts, plait_dir, tmp_path, monkeypatch):
+    head = hosts.hosts[0]
+    cluster = remote_cluster(hosts, tmp_path, tunnel=True)
+    try:
+        cluster.start()
+        furl_file = profile_dirs(None).furl_path(PARALLEL_FURL)
+        # (a fresh process, as a user's notebook would be: no route of this one's)
+        monkeypatch.setenv("PLAIT_SSH_COMMAND", shlex.join(["ssh", *hosts.ssh_args]))
+        program = ("import plait.parallel as ipp, sys\n"
+                   f"rc = ipp.Client({str(furl_file)!r}, sshserver=sys.argv[1])\n"
+                   "print(rc.ids, rc[:].apply_sync(lambda: 6 * 7))\n"
+                   "rc.close()\n")
+        done = subprocess.run([sys.executable, "-c", program, f"root@{head.address}"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "[0, 1, 2, 3] [42, 42, 42, 42]"
+        # without the tunnel, the controller cannot be reached from here
+        done = subprocess.run([sys.executable, "-c", program.replace(", sshserver=sys.argv[1]",
+                                                                     ""), "x"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and "PlaitConnectionError" in done.stderr
+    finally:
+        cluster.stop()
+
+
+def test_an_ssh_server_that_cannot_be_reached_is_a_clear_error(hosts, plait_dir, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setenv("PLAIT_SSH_COMMAND", shlex.join(["ssh", *hosts.ssh_args]))
+    nobody = f"root@{hosts.subnet}.99"
+    furl_file = tmp_path / "some.furl"
+    furl_file.write_text("pb://" + "a" * 32 + "@tcp:127.0.0.1:1/" + "b" * 32 + "\n")
+    furl_file.chmod(0o600)
+    with pytest.raises(PlaitConnectionError, match=f"cannot open an SSH tunnel through {nobody}"):
+        ipp.Client(str(furl_file), sshserver=nobody)
+    assert ssh_masters() == [] and tunnels._via == {}
+
+
+def test_a_wrong_key_for_the_controllers_host_is_a_clear_error_and_nothing_runs(
+        hosts, plait_dir, tmp_path):
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    args = [*hosts.ssh_args, "-o", "IdentitiesOnly=yes"]
+    args[args.index("-i") + 1] = str(key)
+    head = hosts.hosts[0]
+    cluster = ipp.Cluster(n=1, engines="local", controller="ssh",
+                          controller_host=f"root@{head.address}", ip=head.address,
+                          ssh_args=args, timeout=30)
+    with pytest.raises(ClusterError) as info:
+        cluster.start()
+    message = str(info.value)
+    assert f"controller on root@{head.address}" in message and "Permission denied" in message
+    assert read_state(profile_dirs(None)) is None and processes_of(plait_dir) == []
+    assert controllers_in(hosts, head) == []
+
+
+def test_a_remote_python_that_does_not_exist_is_a_clear_error(hosts, plait_dir, tmp_path):
+    head = hosts.hosts[0]
+    cluster = ipp.Cluster(n=1, engines="local", controller="ssh",
+                          controller_host=f"root@{head.address}", ip=head.address,
+                          ssh_args=hosts.ssh_args, ssh_python="/nowhere/python3", timeout=30)
+    with pytest.raises(ClusterError, match=f"controller on root@{head.address}.*/nowhere/python3"):
+        cluster.start()
+    assert processes_of(plait_dir) == [] and controllers_in(hosts, head) == []
+
+
+def test_a_controller_that_fails_on_its_host_says_why(hosts, plait_dir, tmp_path):
+    head = hosts.hosts[0]
+    cluster = ipp.Cluster(n=1, engines="local", controller="ssh",
+                          controller_host=f"root@{head.address}", ip="10.255.255.1",
+                          ssh_args=hosts.ssh_args, ssh_plait_dir=str(tmp_path / "remote"),
+                          timeout=30)  # an address that host does not have
+    with pytest.raises(ClusterError, match=f"the controller on root@{head.address} did not "
+                                           "start"):
+        cluster.start()
+    assert controllers_in(hosts, head) == [] and processes_of(plait_dir) == []
+
+
+def test_bad_remote_controller_options_are_refused_at_once(hosts, plait_dir):
+    with pytest.raises(ClusterError, match="needs controller_host"):
+        ipp.Cluster(n=1, controller="ssh")
+    with pytest.raises(ClusterError, match="must be one of local, ssh, not 'moon'"):
+        ipp.Cluster(n=1, controller="moon")
+    with pytest.raises(ClusterError, match="tunnel=True reaches a controller on another host"):
+        ipp.Cluster(n=1, tunnel=True)
+    with pytest.raises(ClusterError, match="tunnels serve local and SSH engines"):
+        ipp.Cluster(n=1, engines="mpi", controller="ssh", controller_host="root@h", tunnel=True)
+    head = hosts.hosts[0]
+    cluster = ipp.Cluster(n=1, controller="ssh", controller_host=f"root@{head.address}",
+                          ssh_args=hosts.ssh_args)
+    with pytest.raises(ClusterError, match="reached only through SSH tunnels"):
+        cluster.start()  # listening on its 127.0.0.1, without a tunnel: nobody could reach it
+    assert controllers_in(hosts, head) == []
