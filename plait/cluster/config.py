@@ -79,7 +79,7 @@ CONFIG_FILE = "cluster.toml"
 ENGINES = ("local", "mpi", "ssh", "slurm", "sge", "pbs", "lsf")
 SCHEMES = ("fifo", "lru", "plainrandom", "twobin", "leastload", "weighted")
 DBS = ("sqlite", "memory", "none")
-CONTROLLERS = ("local", "ssh")
+CONTROLLERS = ("local", "ssh", "slurm")
 
 
 class _Spec(NamedTuple):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from plait.cluster import state as _state
+from plait.cluster.allocation import AllocationJob
 from plait.cluster.launchers import (
     BATCH,
     LAUNCHERS,
@@ -33,8 +34,9 @@ from plait.cluster.remote import RemoteController, start_remote_controller
 from plait.security import ENGINE_FURL, MEC_FURL, ProfileDirs, profile_dirs
 from plait.wire.errors import ClusterError
 
-#: Where the controller runs, for ``controller=`` and ``--controller``.
-CONTROLLERS = ("local", "ssh")
+#: Where the controller runs, for ``controller=`` and ``--controller``: here, on a
+#: host reached over SSH, or in the Slurm allocation of the engines.
+CONTROLLERS = ("local", "ssh", "slurm")
 
 
 def check_launcher(launcher: str) -> str:
@@ -62,6 +64,9 @@ class ClusterProcesses:
         if controller == "ssh" and not controller_host:
             raise ClusterError("a controller started over SSH needs controller_host "
                                "(the host to run it on, e.g. 'user@head')")
+        if controller == "slurm" and launcher != "slurm":
+            raise ClusterError(f"a controller in a Slurm allocation runs with engines='slurm' "
+                               f"(the engines of the same job), not {launcher!r}")
         if tunnel and controller != "ssh":
             raise ClusterError("tunnel=True reaches a controller on another host "
                                "(controller='ssh'); this one runs here")
@@ -74,6 +79,7 @@ class ClusterProcesses:
         self.controller_host = controller_host
         self.tunnel = tunnel
         self.remote: RemoteController | None = None
+        self.allocation: AllocationJob | None = None
         self._tunnel: Any = None  # the SSH tunnel of this process to the controller, if any
         self.dirs: ProfileDirs = profile_dirs(profile)
         self.controller_args = list(controller_args or [])
@@ -113,9 +119,12 @@ class ClusterProcesses:
                 for p in group.pids]
 
     def running(self) -> bool:
-        """Whether the controller still runs (asked over SSH for a remote one)."""
+        """Whether the controller still runs (asked over SSH for a remote one, of the
+        scheduler for one in an allocation)."""
         if self.remote is not None:
             return self.remote.alive()
+        if self.allocation is not None:
+            return self.allocation.alive()
         if self.controller_pid is None:
             return False
         return _state.ours({"started": self._started}, self.controller_pid)
@@ -140,7 +149,9 @@ class ClusterProcesses:
         notices = Notices()
         zygote: ForkServer | None = None
         try:
-            if self.controller == "ssh":
+            if self.controller == "slurm":
+                self._start_allocation(n, deadline, timeout, controller_ready)
+            elif self.controller == "ssh":
                 self._start_remote(timeout)
                 if controller_ready is not None:
                     controller_ready()
@@ -224,6 +235,23 @@ class ClusterProcesses:
             **self._ssh_options())
         self.controller_pid = self.remote.pid
         self.use_tunnel()
+
+    def _start_allocation(self, n: int, deadline: float, timeout: float,
+                          controller_ready: Callable[[], None] | None) -> None:
+        """One Slurm job: the controller on its first node, ``n`` engines as its step."""
+        from plait.cluster import allocation, batch
+        from plait.kernel.client import MultiEngineClient
+
+        self.allocation = allocation.submit(n, self.profile, self.dirs, self.controller_args,
+                                            batch.BatchOptions.from_dict(self.batch),
+                                            deadline, timeout)
+        job = self.allocation.job
+        group = EngineSet("slurm", n, job=job.job, log=job.output)
+        self.engine_sets.append(group)
+        if controller_ready is not None:
+            controller_ready()
+        mec = MultiEngineClient(self.dirs.furl_path(MEC_FURL))
+        group.ids = batch.wait_for_engines(job, mec.get_ids, n, deadline, timeout)
 
     def _ssh_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.ssh.items()
@@ -342,6 +370,12 @@ class ClusterProcesses:
         pids: list[int] = []
         kept: list[EngineSet] = []
         for group in self.engine_sets:
+            if self.allocation is not None and group.job == self.allocation.job.job:
+                if wanted is None or wanted & set(group.ids):
+                    raise ClusterError("the engines in the controller's Slurm job stop with "
+                                       "the cluster (stop()); engines added later stop alone")
+                kept.append(group)
+                continue
             if wanted is None or set(group.ids) <= wanted:
                 group.stop()  # the whole set (and its mpiexec or SSH session)
                 continue
@@ -373,6 +407,9 @@ class ClusterProcesses:
             self._tunnel = None
         if self.remote is not None:
             self.remote.stop()
+        elif self.allocation is not None:
+            self.allocation.job.cancel()  # (its engines' set did already: once more is harmless)
+            self.allocation.ready.unlink(missing_ok=True)
         elif self.controller_pid is not None:
             terminate([self.controller_pid])
         for proc in [self.controller_proc, *(p for g in self.engine_sets for p in g.procs)]:
@@ -388,10 +425,13 @@ class ClusterProcesses:
         self.controller_pid = None
         self.controller_proc = None
         self.remote = None
+        self.allocation = None
 
     # -- the state file ----------------------------------------------------------------
     def save(self) -> None:
-        state = {"profile": self.profile or "default", "controller": self.controller_pid,
+        here = self.remote is None and self.allocation is None  # a pid of this host
+        state = {"profile": self.profile or "default",
+                 "controller": self.controller_pid if here else None,
                  "engines": self.engine_pids,
                  "engine_sets": [g.to_state() for g in self.engine_sets],
                  "launcher": self.launcher, "controller_args": self.controller_args,
@@ -399,6 +439,7 @@ class ClusterProcesses:
                  "batch": self.batch, "controller_at": self.controller,
                  "controller_host": self.controller_host, "tunnel": self.tunnel,
                  "remote": None if self.remote is None else self.remote.to_state(),
+                 "allocation": None if self.allocation is None else self.allocation.to_state(),
                  **self.extra_state, "started": self._started}
         _state.write_state(self.dirs, state)
         self._started = (_state.read_state(self.dirs) or {}).get("started", {})
@@ -421,6 +462,9 @@ class ClusterProcesses:
         procs.controller_pid = recorded["controller"]
         if recorded.get("remote"):
             procs.remote = RemoteController.from_state(recorded["remote"])
+            procs.controller_pid = procs.remote.pid
+        if recorded.get("allocation"):
+            procs.allocation = AllocationJob.from_state(recorded["allocation"])
         procs._started = recorded.get("started", {})
         procs.engine_sets = [EngineSet.from_state(g) for g in recorded.get("engine_sets", [])]
         for group in procs.engine_sets:  # a pid taken over by another process is not ours
@@ -442,10 +486,16 @@ class ClusterProcesses:
         procs.detach = True
         return procs
 
+    def where_controller(self) -> str:
+        """``pid 123``, ``pid 123 on me@head``, or ``in Slurm job 45``."""
+        if self.allocation is not None:
+            return f"in Slurm job {self.allocation.job.job}"
+        at = "" if self.remote is None else f" on {self.remote.host}"
+        return f"pid {self.controller_pid}{at}"
+
     def describe(self) -> str:
         where = f"profile '{self.profile or 'default'}'"
         if not self.running():
             return f"stopped cluster of {where}"
-        at = "" if self.remote is None else f" on {self.remote.host}"
-        return (f"cluster of {where}: controller pid {self.controller_pid}{at}, "
+        return (f"cluster of {where}: controller {self.where_controller()}, "
                 f"{len(self.engine_ids)} engines {self.engine_ids}")

@@ -39,12 +39,18 @@ def ours(state: dict, pid: int) -> bool:
 
 
 def read_state(dirs: ProfileDirs) -> dict | None:
-    """The state of the profile's cluster while its controller runs, else None."""
+    """The state of the profile's cluster while its controller runs, else None.  (The
+    state of a controller on another host, over SSH or in a batch allocation, is
+    taken as it is: asking that host is for ClusterProcesses.running().)"""
     try:
         state = json.loads(state_path(dirs).read_text())
     except (OSError, ValueError):
         return None
-    pid = state.get("controller") if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        return None
+    if state.get("remote") or state.get("allocation"):
+        return state  # a controller of another host: its file goes when it is stopped
+    pid = state.get("controller")
     return state if isinstance(pid, int) and ours(state, pid) else None
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from plait.cluster.config import (
     CONTROLLER_OPTIONS,
+    CONTROLLERS,
     batch_options,
     controller_options,
     load_config,
@@ -84,6 +85,9 @@ class Cluster:
             raise TypeError(f"Cluster() got unexpected options {unknown}; it takes n, engines, "
                             f"controller, profile, timeout, shutdown_atexit, "
                             f"{', '.join(LAUNCHER_OPTIONS)} and {', '.join(CONTROLLER_OPTIONS)}")
+        if controller is not None and controller not in CONTROLLERS:
+            raise ClusterError(f"controller must be one of {', '.join(CONTROLLERS)}, not "
+                               f"{controller!r}")
         self.profile = profile
         for name in ("mpi_args", "ssh_args", "directives"):
             if options.get(name) is not None:

@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         start.add_argument(opt, type=int, default=None, help=f"passed to ipcontroller {opt}")
     start.add_argument("--engine-timeout", type=int, default=None,
                        help="passed to ipcontroller --engine-timeout")
-    start.add_argument("--controller", choices=("local", "ssh"), default=None,
-                       help="where the controller runs: on this host (local, the default) "
-                            "or on --controller-host, started over SSH")
+    start.add_argument("--controller", choices=("local", "ssh", "slurm"), default=None,
+                       help="where the controller runs: on this host (local, the default), "
+                            "on --controller-host, started over SSH, or in the Slurm job "
+                            "of the engines (with --engines=slurm)")
     start.add_argument("--controller-host", default=None, metavar="USER@HOST",
                        help="the host of a controller started over SSH")
     start.add_argument("--tunnel", action="store_true", default=None,
@@ -224,7 +225,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"{'profile':<16} {'controller':>10} {'engines':>7}  launcher")
     for state in clusters:
         alive = [p for p in state.get("engines", []) if ours(state, p)]
-        print(f"{state['profile']:<16} {state['controller']:>10} {len(alive):>7}  "
+        engines = len(alive) if state.get("engines") else sum(
+            len(g.get("ids", [])) for g in state.get("engine_sets", []))
+        controller = state["controller"]
+        if state.get("remote"):
+            controller = f"{state['remote']['pid']}@{state['remote']['host']}"
+        elif state.get("allocation"):
+            controller = f"job {state['allocation']['job']}"
+        print(f"{state['profile']:<16} {controller!s:>10} {engines:>7}  "
               f"{state.get('launcher', 'local')}")
     return 0
 
@@ -239,6 +247,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     procs = ClusterProcesses.attach(args.profile)  # (local pids not ours any more dropped)
     for group in procs.engine_sets:
         group.stop()  # this host's, mpiexec's, over SSH, or the batch job cancelled
+    if procs.remote is not None:
+        procs.remote.stop()  # over SSH, on its host
+    if procs.allocation is not None:
+        procs.allocation.job.cancel()
     # the controller and a foreground ipcluster; never the Python process of a Cluster
     terminate([p for p in (state["controller"], state.get("ipcluster"))
                if p and p != os.getpid() and ours(state, p)])

@@ -231,7 +231,7 @@ def test_a_controller_that_fails_on_its_host_says_why(hosts, plait_dir, tmp_path
 def test_bad_remote_controller_options_are_refused_at_once(hosts, plait_dir):
     with pytest.raises(ClusterError, match="needs controller_host"):
         ipp.Cluster(n=1, controller="ssh")
-    with pytest.raises(ClusterError, match="must be one of local, ssh, not 'moon'"):
+    with pytest.raises(ClusterError, match="controller must be one of local, ssh, slurm, not 'moon'"):
         ipp.Cluster(n=1, controller="moon")
     with pytest.raises(ClusterError, match="tunnel=True reaches a controller on another host"):
         ipp.Cluster(n=1, tunnel=True)
@@ -243,3 +243,23 @@ def test_bad_remote_controller_options_are_refused_at_once(hosts, plait_dir):
     with pytest.raises(ClusterError, match="reached only through SSH tunnels"):
         cluster.start()  # listening on its 127.0.0.1, without a tunnel: nobody could reach it
     assert controllers_in(hosts, head) == []
+
+
+def test_ipcluster_starts_lists_and_stops_a_controller_on_another_host(hosts, tmp_path):
+    from support.cluster import make_env, run_cmd
+
+    head, node = hosts.hosts[0], hosts.hosts[1]
+    env = make_env(tmp_path / "p")
+    out = run_cmd(["ipcluster", "start", "--controller=ssh", f"--controller-host=root@{head.address}",
+                   "--tunnel", "--engines=ssh", f"--hosts=root@{node.address}:2",
+                   f"--ssh-args={shlex.join(hosts.ssh_args)}", "--daemonize"], env, timeout=120)
+    try:
+        assert "controller and 2 engines [0, 1]" in out.stdout
+        [line] = controllers_in(hosts, head)
+        listed = run_cmd(["ipcluster", "list"], env)
+        assert f"@root@{head.address}" in listed.stdout and " 2  ssh" in listed.stdout
+        run_cmd(["ipcluster", "stop"], env)
+        assert controllers_in(hosts, head) == []
+        assert not any("ipengine" in c or "_zygote" in c for c in commands_in(hosts, node))
+    finally:  # whatever failed above, nothing of the cluster stays
+        run_cmd(["ipcluster", "stop"], env, check=False)

@@ -107,3 +107,68 @@ def test_ipcluster_starts_and_stops_slurm_engines(slurm, tmp_path):
         assert gone(slurm, job)
     finally:  # whatever failed above, nothing of the cluster stays
         run_cmd(["ipcluster", "stop"], env, check=False)
+
+
+def node_of_engine():
+    import os
+
+    return os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+
+
+def test_the_controller_runs_in_the_allocation_of_its_engines(slurm, plait_dir):
+    cluster = ipp.Cluster(n=3, engines="slurm", controller="slurm", ip="127.0.0.1",
+                          partition="debug")
+    try:
+        rc = cluster.start_and_connect()
+        assert rc.ids == [0, 1, 2]
+        [job] = {g.job for g in cluster._procs.engine_sets}
+        assert cluster._procs.where_controller() == f"in Slurm job {job}"
+        steps = rc[:].apply_sync(node_of_engine)
+        assert {s[0] for s in steps} == {job} and None not in {s[1] for s in steps}
+        # the controller is a process of that job, not of this one
+        state = json.loads((profile_dirs(None).run / "ipcluster.json").read_text())
+        assert state["controller"] is None and state["allocation"]["job"] == job
+        found = ipp.Cluster.from_profile()
+        assert found.running and found.engine_ids == [0, 1, 2]
+        with pytest.raises(ClusterError, match="stop with the cluster"):
+            cluster.stop_engines([0])
+        assert rc.load_balanced_view().map_sync(lambda x: x + 10, range(9)) == list(range(10, 19))
+    finally:
+        cluster.stop()
+    assert gone(slurm, job)
+    assert read_state(profile_dirs(None)) is None and not cluster.running
+
+
+def test_an_allocation_whose_controller_fails_says_so_and_nothing_runs(slurm, plait_dir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cluster = ipp.Cluster(n=1, engines="slurm", controller="slurm", ip="127.0.0.1",
+                              client_port=taken.getsockname()[1], timeout=60)
+        try:
+            with pytest.raises(ClusterError, match=r"(?s)ended \(.*\) before its controller "
+                                                   r"was ready.*Address already in use"):
+                cluster.start()
+        finally:
+            cluster.stop()
+    assert read_state(profile_dirs(None)) is None and not cluster.running
+
+
+def test_ipcluster_runs_the_controller_in_the_slurm_job(slurm, tmp_path):
+    env = make_env(tmp_path / "p")
+    out = run_cmd(["ipcluster", "start", "-n", "2", "--engines=slurm", "--controller=slurm",
+                   "--ip=127.0.0.1", "--daemonize"], env, timeout=120)
+    try:
+        assert "controller and 2 engines [0, 1]" in out.stdout
+        listed = run_cmd(["ipcluster", "list"], env)
+        assert "job " in listed.stdout and "slurm" in listed.stdout
+        state = json.loads((tmp_path / "p" / "profile_default" / "run" / "ipcluster.json")
+                           .read_text())
+        job = state["allocation"]["job"]
+        assert slurm.job_state(job) == "RUNNING"
+        run_cmd(["ipcluster", "stop"], env)
+        assert gone(slurm, job)
+    finally:
+        run_cmd(["ipcluster", "stop"], env, check=False)

@@ -158,7 +158,7 @@ def test_an_unknown_key_is_refused_with_the_known_ones(tmp_path, section, key, k
     ("mpi", "mpiexec", "[]", "a non-empty string, not []"),
     ("mpi", "args", '"--oversubscribe"', "a list of strings, not '--oversubscribe'"),
     ("mpi", "args", '["-n", 4]', "a list of strings, not ['-n', 4]"),
-    ("cluster", "controller", '"moon"', "one of local, ssh, not 'moon'"),
+    ("cluster", "controller", '"moon"', "one of local, ssh, slurm, not 'moon'"),
     ("cluster", "controller_host", '""', "a non-empty string, not ''"),
     ("ssh", "tunnel", '"yes"', "true or false, not 'yes'"),
 ])
