@@ -6,11 +6,13 @@ given to the submit command on its standard input.  The job id is read from
 what that command prints.  Readiness is the controller's own count: the
 engines may run on any node, so the launcher asks the controller, as a
 client, which engines are registered (every :data:`CHECK_EVERY` seconds),
-and checks on the job (``squeue``; every :data:`JOB_CHECK_EVERY` seconds):
-a batch system tells nobody when a job starts or dies, so a failed or
-cancelled job is an error within that time, not a timeout (a refused one
-at once).  Only Slurm's job states are read so far; for the others a job
-that dies shows as the timeout.
+and checks on the job (``squeue``, ``qstat -j``; every :data:`JOB_CHECK_EVERY`
+seconds): a batch system tells nobody when a job starts or dies, so a failed
+or cancelled job is an error within that time, not a timeout (a refused one
+at once).  Grid Engine's error state (``Eqw``: e.g. an output file the node
+cannot open) counts as ended, quoting its reason, as such a job never runs.
+Only Slurm's and Grid Engine's job states are read so far; for PBS and LSF a
+job that dies shows as the timeout.
 ``stop`` cancels the job (``scancel``, ``qdel``, ``bkill``).
 
 The placeholders of a template:
@@ -189,8 +191,10 @@ class BatchJob:
             pass
 
     def ended(self) -> str | None:
-        """The job's final state once it ended (None while it waits or runs, or when
-        the system cannot say)."""
+        """The job's final state once it ended, or Grid Engine's error state (None while
+        it waits or runs, or when the system cannot say)."""
+        if self.system == "sge":
+            return self._sge_ended()
         status = STATUS.get(self.system)
         if status is None:
             return None
@@ -207,6 +211,23 @@ class BatchJob:
             return "ENDED"
         if "Invalid job id" in out.stderr:
             return "ENDED"
+        return None
+
+    def _sge_ended(self) -> str | None:
+        """Grid Engine's answer: ``qstat -j`` knows a job until it ended, and gives an
+        error reason for each task in the error state."""
+        try:
+            out = subprocess.run(["qstat", "-j", self.job], capture_output=True, text=True,
+                                 timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if out.returncode != 0:
+            return "ENDED" if "do not exist" in out.stderr + out.stdout else None
+        for line in out.stdout.splitlines():  # "error reason  1:  DATE TIME [uid:pid]: why"
+            found = re.match(r"error reason\s+[\d,-]*:\s*(?:\S+ \S+ \[[^\]]*\]:\s*)?(.*)",
+                             line)
+            if found:
+                return f"Eqw: {found.group(1).strip()}"
         return None
 
     def tail(self, lines: int = 8) -> str:
