@@ -35,6 +35,7 @@ class ParallelConnection(SessionClient):
     """A session of ``ipcontroller-client.furl`` (see the module documentation)."""
 
     furl_name = PARALLEL_FURL
+    user_name = "plait.parallel.Client"
     remote_interface = RIParallel
     # Submissions are confirmed (one-way ones cost the controller more messages under
     # load, for a few percent of latency); a refused one also comes back as a failed record.

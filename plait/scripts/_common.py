@@ -46,7 +46,8 @@ def start_logging(dirs: ProfileDirs, name: str, to_stderr: bool = False) -> Path
 
     path = dirs.log / f"{name}-{os.getpid()}.log"
     observers: list[ILogObserver] = [
-        textFileLogObserver(open(path, "a", buffering=1, encoding="utf-8"))
+        textFileLogObserver(open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                                 "a", buffering=1, encoding="utf-8"))  # private, as its folder
     ]
     if to_stderr:
         observers.append(

@@ -7,10 +7,12 @@ by the controller's certificate, whose hash is the tub id inside the FURL.
 
 from plait.security._files import (
     ENGINE_FURL,
+    FURL_FILES,
     MEC_FURL,
     PARALLEL_FURL,
     TC_FURL,
     ProfileDirs,
+    check_furl,
     plait_dir,
     profile_dirs,
     read_furl,
@@ -38,4 +40,6 @@ __all__ = [
     "profile_dirs",
     "read_furl",
     "write_private",
+    "check_furl",
+    "FURL_FILES",
 ]

@@ -253,7 +253,7 @@ def test_new_furls_revoke_the_old_ones(controller, tmp_path):
     new = mec_file.read_text().strip()
     assert new != old and new.rsplit("/", 1)[0] == old.rsplit("/", 1)[0]  # same tub and port
     assert client.MultiEngineClient(new).get_ids() == []
-    with pytest.raises(client.PlaitConnectionError, match="refused this FURL"):
+    with pytest.raises(client.PlaitConnectionError, match="does not know this FURL's secret"):
         client.MultiEngineClient(old)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -32,12 +33,13 @@ def test_wrong_secret_is_refused_quickly_and_clearly(cluster4, tmp_path):
     bad = good.rsplit("/", 1)[0] + "/" + "a" * 32
     path = tmp_path / "bad.furl"
     path.write_text(bad)
+    path.chmod(0o600)
     t0 = time.monotonic()
     with pytest.raises(client.PlaitConnectionError) as info:
         client.MultiEngineClient(str(path))
     assert time.monotonic() - t0 < 5
     msg = str(info.value)
-    assert "refused this FURL" in msg and str(path) in msg
+    assert "does not know this FURL's secret: the FURL is stale" in msg and str(path) in msg
 
 
 def test_wrong_tub_id_is_refused_quickly_and_clearly(cluster4):
@@ -45,9 +47,90 @@ def test_wrong_tub_id_is_refused_quickly_and_clearly(cluster4):
     tubid = good[5:].split("@")[0]
     bad = good.replace(tubid, "b" * len(tubid))
     t0 = time.monotonic()
-    with pytest.raises(client.PlaitConnectionError, match="could not connect to the controller"):
+    with pytest.raises(client.PlaitConnectionError, match="a controller answers there, but not "
+                                                          "the one this FURL names"):
         client.MultiEngineClient(bad)
     assert time.monotonic() - t0 < 5
+
+
+def _written(tmp_path: Path, text: str, mode: int = 0o600) -> str:
+    path = tmp_path / "given.furl"
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return str(path)
+
+
+@pytest.mark.parametrize("cut, message", [
+    (lambda f: "pb://", "is incomplete: it has no tub id and no address"),
+    (lambda f: f[:len("pb://") + 20], "is incomplete: it has no tub id and no address"),
+    (lambda f: f.split("@")[0] + "@" + f.split("@")[1][:5], "has a bad address"),
+    (lambda f: f.rsplit("/", 1)[0], "has no secret (nothing after its address)"),
+    (lambda f: f.rsplit("/", 1)[0] + "/", "has no secret (nothing after its address)"),
+    (lambda f: "pb://@@@", "has a bad tub id ''"),
+    (lambda f: f.replace(f[5:9], "ABCD", 1), "has a bad tub id"),
+])
+def test_a_broken_furl_file_says_what_is_wrong_with_it(cluster4, tmp_path, cut, message):
+    path = _written(tmp_path, cut(_furl(cluster4, "mec")))
+    for connect in (client.MultiEngineClient, client.TaskClient):
+        with pytest.raises(ValueError, match=re.escape(message)) as info:
+            connect(path)
+        assert path in str(info.value)
+    assert cluster4.mec().get_ids() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("given, needed, client_kind", [
+    ("engine", "mec", "MultiEngineClient"), ("tc", "mec", "MultiEngineClient"),
+    ("mec", "tc", "TaskClient"), ("engine", "client", "plait.parallel.Client"),
+])
+def test_a_furl_of_the_wrong_kind_says_which_it_is_and_which_is_needed(
+        cluster4, tmp_path, given, needed, client_kind):
+    import plait.parallel as ipp
+
+    path = _written(tmp_path, _furl(cluster4, given))
+    make = {"mec": client.MultiEngineClient, "tc": client.TaskClient,
+            "client": ipp.Client}[needed]
+    with pytest.raises(client.PlaitConnectionError) as info:
+        make(path)
+    message = str(info.value)
+    assert f"{path} is the wrong kind of FURL for a {client_kind}" in message
+    assert f"the FURL of ipcontroller-{given}.furl" in message
+    assert f"the FURL of ipcontroller-{needed}.furl" in message
+
+
+def test_an_engine_given_a_client_furl_says_so(cluster4, tmp_path):
+    import subprocess
+    import sys
+
+    path = _written(tmp_path, _furl(cluster4, "mec"))
+    done = subprocess.run([sys.executable, "-m", "plait.scripts.ipengine", f"--furl-file={path}"],
+                          capture_output=True, text=True, timeout=60, env=cluster4.env)
+    assert done.returncode != 0
+    assert "the FURL is the wrong kind for an engine" in done.stderr
+    assert cluster4.mec().get_ids() == [0, 1, 2, 3]
+
+
+def test_nothing_listening_says_so(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # (closed again: nothing listens there)
+    path = _written(tmp_path, f"pb://{'a' * 32}@127.0.0.1:{port}/{'b' * 32}")
+    with pytest.raises(client.PlaitConnectionError, match="nothing listens there: is the "
+                                                          "controller running"):
+        client.MultiEngineClient(path)
+
+
+def test_a_furl_file_others_may_read_works_with_a_warning(cluster4, tmp_path):
+    path = _written(tmp_path, _furl(cluster4, "mec"), mode=0o644)
+    with pytest.warns(UserWarning, match=r"readable by other users \(mode 0644\).*chmod 600"):
+        mec = client.MultiEngineClient(path)
+    assert mec.get_ids() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
+def test_a_furl_file_others_may_write_is_refused(cluster4, tmp_path, mode):
+    path = _written(tmp_path, _furl(cluster4, "mec"), mode=mode)
+    with pytest.raises(PermissionError, match=f"writable by other users \\(mode {mode:04o}\\)"):
+        client.MultiEngineClient(path)
 
 
 def test_missing_furl_file_says_where_it_looked(tmp_path):
@@ -196,3 +279,28 @@ def test_refused_and_failed_pushes_do_not_leave_blobs_behind(cluster_factory):
             pr.get_result()
     # nothing kept: 6 blobs of 20 MB would show as ~120 MB
     assert rss_mb() - before < 60
+
+
+def test_the_profile_its_logs_and_records_are_private(cluster4):
+    import stat
+
+    root = Path(cluster4.env["PLAIT_DIR"]) / "profile_default"
+    for folder in (root, root / "security", root / "log", root / "run"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    logs = list((root / "log").glob("*.log"))
+    assert logs and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in logs)
+
+
+def test_an_older_profile_open_to_others_is_made_private(tmp_path, monkeypatch):
+    import stat
+
+    from plait.security import profile_dirs
+
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path))
+    root = tmp_path / "profile_old"
+    (root / "log").mkdir(parents=True, mode=0o755)
+    root.chmod(0o755)
+    (root / "log").chmod(0o755)
+    dirs = profile_dirs("old")
+    assert stat.S_IMODE(dirs.root.stat().st_mode) == 0o700
+    assert stat.S_IMODE(dirs.log.stat().st_mode) == 0o700

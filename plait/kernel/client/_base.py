@@ -19,7 +19,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
 from plait.kernel.client._pending import PendingResult
-from plait.security import client_tub, profile_dirs, read_furl
+from plait.security import FURL_FILES, check_furl, client_tub, profile_dirs, read_furl
 from plait.wire import bulk as _bulk
 from plait.wire import tunnel as _tunnel
 from plait.wire.channel import channel_address, open_channel
@@ -46,34 +46,67 @@ def resolve_furl(furl_or_file: str | Path | None, profile: str | None, default_n
         return read_furl(path), str(path)
     text = str(furl_or_file)
     if text.startswith("pb://"):
-        return text, "the FURL given"
+        return check_furl(text.strip(), "the FURL given"), "the FURL given"
     return read_furl(Path(text).expanduser()), text
 
 
-def connect(furl: str, source: str) -> defer.Deferred:
+def connect(furl: str, source: str, expected: type[RemoteInterface] | None = None,
+            who: str = "this client") -> defer.Deferred:
     """A Deferred firing with ``(reference, channel or None)``.
 
     The reference is foolscap's; when the interface it names offers a
     channel (``open_channel``, see :mod:`plait.wire.channel`), calls travel
-    on it instead.  Fails with PlaitConnectionError saying why.
+    on it instead.  Fails with PlaitConnectionError saying why, naming
+    ``source``: nothing listening, a controller that is not the one the FURL
+    names, a secret it does not know, or (``expected``) a FURL of another
+    interface than the one ``who`` needs.
     """
     location = furl.split("@", 1)[-1].split("/", 1)[0]
     d = client_tub().getReference(_tunnel.route_furl(furl))
     d.addTimeout(CONNECT_TIMEOUT, reactor)
+    if expected is not None:
+        d.addCallback(_check_kind, expected, source, who)
     d.addCallback(_with_channel, furl)
 
     def failed(f: Failure) -> None:
+        if f.check(PlaitConnectionError):
+            f.raiseException()
+        text = str(f.value)
         if f.check(defer.TimeoutError):
             why = f"no answer within {CONNECT_TIMEOUT:g} s"
-        elif "unknown" in str(f.value).lower() or "KeyError" in str(f.value):
-            why = "the controller refused this FURL (its secret is not valid there)"
+        elif "unknown TubID" in text:
+            why = ("a controller answers there, but not the one this FURL names (its tub id "
+                   "is unknown there): the FURL is of another controller, or another one "
+                   "took over its address")
+        elif "unable to find reference" in text or "KeyError" in text:
+            why = ("the controller does not know this FURL's secret: the FURL is stale (a "
+                   "controller started with --new-furls makes new ones) or belongs to "
+                   "another profile")
+        elif "refused" in text.lower():
+            why = "nothing listens there: is the controller running?"
         else:
-            why = f"{f.value}"
+            why = text
         raise PlaitConnectionError(
             f"could not connect to the controller at {location} using {source}: {why}"
         )
 
     return d.addErrback(failed)
+
+
+def _check_kind(ref: Any, expected: type[RemoteInterface], source: str, who: str) -> Any:
+    """``ref`` if it offers ``expected``; PlaitConnectionError naming both kinds if not."""
+    got = getattr(getattr(ref, "tracker", None), "interfaceName", None)
+    wanted = expected.__remote_name__
+    if got == wanted:
+        return ref
+
+    def kind(name: str | None) -> str:
+        if name in FURL_FILES:
+            return f"{name} (the FURL of {FURL_FILES[name]})"
+        return f"{name or 'no known interface'}"
+
+    raise PlaitConnectionError(f"{source} is the wrong kind of FURL for {who}: it names "
+                               f"{kind(got)}, and {who} needs {kind(wanted)}")
 
 
 @defer.inlineCallbacks
@@ -146,6 +179,12 @@ class AsyncClientBase:
 
     furl_name: ClassVar[str]
     remote_interface: ClassVar[type[RemoteInterface]]
+    #: What users call this client, in errors (default: the class name, without "Async").
+    user_name: ClassVar[str | None] = None
+
+    @classmethod
+    def client_name(cls) -> str:
+        return f"a {cls.user_name or cls.__name__.removeprefix('Async')}"
 
     def __init__(self, link: tuple[Any, Any], source: str = ""):
         reference, channel = link
@@ -176,9 +215,10 @@ class AsyncClientBase:
                 _tunnel.use_tunnel(furl, _tunnel.tunnel_to(sshserver, sshkey))
 
             d: defer.Deferred = threads.deferToThread(tunnelled)  # ssh blocks: not here
-            d.addCallback(lambda _: connect(furl, source))
+            d.addCallback(lambda _: connect(furl, source, cls.remote_interface,
+                                            cls.client_name()))
         else:
-            d = connect(furl, source)
+            d = connect(furl, source, cls.remote_interface, cls.client_name())
         return d.addCallback(lambda link: cls(link, source)._started())
 
     def _started(self) -> Any:

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from plait.adapters.engine_server import FoolscapEngine
-from plait.interfaces.engine import IEngineServer
+from plait.interfaces.engine import IEngineServer, RIEngineRegistrar
 from plait.kernel.engine import taskrun
 from plait.kernel.engine.commands import Commands, Reply
 from plait.kernel.engine.interpreter import Interpreter
@@ -147,6 +147,11 @@ class Engine:
         self.tub.startService()
         d = self.tub.getReference(route_furl(self.furl))
         self.registrar = yield d.addTimeout(self._join_timeout, reactor)
+        kind = getattr(self.registrar.tracker, "interfaceName", None)
+        if kind != RIEngineRegistrar.__remote_name__:
+            raise ValueError(f"the FURL is the wrong kind for an engine: it names {kind}, "
+                             f"not {RIEngineRegistrar.__remote_name__} (the FURL of "
+                             f"ipcontroller-engine.furl)")
         self._joins += 1  # a late notice of an earlier connection's loss is ignored
         self.registrar.notifyOnDisconnect(self._controller_lost, self._joins)
         if not self.want_channel:
