@@ -114,8 +114,9 @@ class FoolscapTaskController(OffersUploads, Referenceable):  # type: ignore[misc
     def remote_spin(self) -> defer.Deferred:
         return self._call("spin")
 
-    def remote_clear(self, everything: bool, taskids: list) -> defer.Deferred:
-        return self._call("clear", None if everything else list(taskids))
+    def remote_clear(self, everything: bool, taskids: list, all_clients: bool = False
+                     ) -> defer.Deferred:
+        return self._call("clear", None if everything else list(taskids), all_clients)
 
     def remote_info(self) -> defer.Deferred:
         return self._call("info")

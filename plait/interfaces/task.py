@@ -122,10 +122,11 @@ class ITaskController(Interface):
         scheduling pass; returns None.  Rarely needed: engine arrivals and
         property changes (``set_properties``) start a pass by themselves."""
 
-    def clear(taskids=None):
-        """Forget finished tasks (all of them, or those in ``taskids``); returns
-        how many were forgotten.  Raises InvalidTaskID for an unknown id and
-        ValueError for an unfinished one (nothing is forgotten then)."""
+    def clear(taskids=None, owner=None):
+        """Forget finished tasks (those in ``taskids``; else all of them, or all
+        that ``owner`` submitted); returns how many were forgotten.  Raises
+        InvalidTaskID for an unknown id and ValueError for an unfinished one
+        (nothing is forgotten then)."""
 
     def info():
         """A dict describing the service: ``scheme`` (str), ``hwm`` (int, or
@@ -141,6 +142,11 @@ class ITaskController(Interface):
 class ITaskSession(ITaskController):
     """One client's view of the task service: the default owner of its
     methods is the session itself, and its blocking calls are its own."""
+
+    def clear(taskids=None, all_clients=False):
+        """Forget finished tasks: those in ``taskids``; else all that this
+        session submitted, or every client's with ``all_clients``.  Returns how
+        many were forgotten; errors as :meth:`ITaskController.clear`."""
 
     closed = Attribute("True once :meth:`close` was called.")
 
@@ -262,8 +268,9 @@ class RITaskController(RemoteInterface):
         """Run a scheduling pass."""
         return Outcome
 
-    def clear(everything=BooleanConstraint(), taskids=TaskIds):
-        """Forget finished results (``everything``, else ``taskids``); value: how many.
+    def clear(everything=BooleanConstraint(), taskids=TaskIds, all_clients=FlagOff):
+        """Forget finished results (``everything`` this client submitted, or every
+        client's with ``all_clients``; else ``taskids``); value: how many.
 
         (Two arguments because foolscap's ChoiceOf cannot mix None and a list.)
         """

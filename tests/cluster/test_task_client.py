@@ -149,8 +149,24 @@ def test_spin_and_clear(tc):
     with pytest.raises(client.InvalidTaskID):
         tc.get_task_result(taskid)
     tc.barrier(tc.run(client.StringTask("x = 2")))
-    assert tc.clear() >= 1
+    assert tc.clear() >= 1  # this client's finished tasks
+    assert tc.clear(all_clients=True) >= 0  # and every other client's
     assert tc.queue_status()["succeeded"] == 0
+
+
+def test_clear_forgets_only_this_clients_results_unless_asked_for_all(cluster4):
+    mine, theirs = cluster4.tc(), cluster4.tc()
+    a = mine.run(client.StringTask("x = 1", pull="x"))
+    b = theirs.run(client.StringTask("x = 2", pull="x"))
+    mine.barrier(a)
+    theirs.barrier(b)
+    assert mine.clear() == 1
+    with pytest.raises(client.InvalidTaskID):
+        mine.get_task_result(a)
+    assert theirs.get_task_result(b).ns.x == 2  # another client's result is kept
+    assert mine.clear(all_clients=True) >= 1
+    with pytest.raises(client.InvalidTaskID):  # (theirs keeps its own copy of what it got)
+        cluster4.tc().get_task_result(b)
 
 
 def test_clear_refuses_unfinished_tasks(tc):

@@ -134,6 +134,17 @@ def test_output_is_cut_at_the_limit():
     assert out.startswith("x" * 10 + "\n[plait: output cut, 16 more characters were dropped]")
 
 
+def test_output_past_the_cut_costs_no_memory():
+    interp = Interpreter(0, output_limit=10)
+    result = interp.execute(
+        "import sys\n"
+        "print('x' * 25)\n"
+        "for _ in range(200_000): print('')\n"
+        "parts = len(sys.stdout._parts)")
+    assert interp.pull("parts") <= 3  # not one kept piece per print past the cut
+    assert "200016 more characters were dropped" in result["stdout"]  # 16 + 200,000 newlines
+
+
 def test_user_code_runs_as_main_so_pickle_finds_its_classes(interp):
     saved = sys.modules["__main__"]
     result = interp.execute(

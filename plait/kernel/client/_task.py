@@ -228,8 +228,10 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
         return self._send("spin")
 
     @asynchronous
-    def clear(self, taskids: int | Iterable[int] | None = None) -> defer.Deferred:
-        """Forget finished tasks (all, or ``taskids``) here and in the controller.
+    def clear(self, taskids: int | Iterable[int] | None = None, all_clients: bool = False
+              ) -> defer.Deferred:
+        """Forget finished tasks here and in the controller: ``taskids``, else all
+        that this client submitted, or every client's with ``all_clients=True``.
 
         A Deferred firing with how many the controller forgot.  Fails with
         ValueError when a listed task has not finished, InvalidTaskID for an
@@ -249,7 +251,8 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
             self._submitter.forget(ids)
             return n
 
-        return self._send("clear", ids is None, ids or []).addCallback(forget)
+        return self._send("clear", ids is None, ids or [],
+                          bool(all_clients)).addCallback(forget)
 
     @asynchronous
     def info(self) -> defer.Deferred:

@@ -335,9 +335,10 @@ class TaskController:
         self._waiting.refresh_all()
         self._schedule()
 
-    def clear(self, taskids: int | Iterable[int] | None = None) -> int:
+    def clear(self, taskids: int | Iterable[int] | None = None, owner: Any = None) -> int:
         if taskids is None:
-            ids = [i for state in FINISHED for i in self._states[state]]
+            ids = [i for state in FINISHED for i in self._states[state]
+                   if owner is None or self._tasks[i].owner is owner]
         else:
             ids = list(dict.fromkeys(task_ids(taskids)))
             for i in ids:

@@ -84,8 +84,11 @@ class TaskSession:
     def spin(self) -> None:
         return self._tasks.spin()
 
-    def clear(self, taskids: int | Iterable[int] | None = None) -> int:
-        return self._tasks.clear(taskids)
+    def clear(self, taskids: int | Iterable[int] | None = None,
+              all_clients: bool = False) -> int:
+        """Forget finished tasks: ``taskids``, else all of this session's, or (with
+        ``all_clients``) every client's."""
+        return self._tasks.clear(taskids, None if all_clients else self)
 
     def info(self) -> dict[str, Any]:
         return self._tasks.info()

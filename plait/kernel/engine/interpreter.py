@@ -142,8 +142,9 @@ class _Capture(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         with self._lock:
             kept = text if self._limit is None else text[: max(self._limit - self._size, 0)]
-            self._parts.append(kept)
-            self._size += len(kept)
+            if kept:  # past the cut, output costs a count, not memory
+                self._parts.append(kept)
+                self._size += len(kept)
             self._dropped += len(text) - len(kept)
         if self._tee is not None and kept:
             try:
