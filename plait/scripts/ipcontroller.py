@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                  "should use to reach this host")
     dirs = dirs_for(args.profile)
     log_path = start_logging(dirs, "ipcontroller", to_stderr=True)
+    from plait.security import raise_open_files_limit
+
+    raise_open_files_limit()  # a connection per engine and client: as many as allowed
 
     from twisted.internet import reactor
     from twisted.logger import Logger

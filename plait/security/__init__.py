@@ -21,7 +21,7 @@ from plait.security._files import (
 
 
 def __getattr__(name: str):  # the Tub helpers import foolscap: load them on demand
-    if name in ("client_tub", "load_or_create_certificate", "make_tub"):
+    if name in ("client_tub", "load_or_create_certificate", "make_tub", "raise_open_files_limit"):
         from plait.security import _tub
 
         return getattr(_tub, name)
@@ -38,6 +38,7 @@ __all__ = [
     "make_tub",
     "plait_dir",
     "profile_dirs",
+    "raise_open_files_limit",
     "read_furl",
     "write_private",
     "check_furl",

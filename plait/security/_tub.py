@@ -8,13 +8,18 @@ security folder, so its tub ids, and therefore its FURLs, survive restarts.
 from __future__ import annotations
 
 import datetime
+import weakref
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from foolscap.api import Tub
+from foolscap.negotiate import Negotiation
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 from plait.security._files import write_private
 
@@ -59,12 +64,73 @@ def load_or_create_certificate(path: Path | str) -> bytes:
     return pem
 
 
+#: Connections a listener keeps that have not finished foolscap's negotiation (the
+#: oldest goes first), and the seconds each may take: strangers cannot hold file
+#: descriptors (foolscap's own limit is 120 s, with no cap on the number).
+MAX_NEGOTIATING = 64
+NEGOTIATION_TIMEOUT = 10
+
+
+class _CappedNegotiation(Negotiation):
+    """Foolscap's negotiation, for plait's listeners: capped and timed out sooner.
+
+    A connection counts as a stranger's until foolscap switches it to a
+    Broker (the TLS upgrade and the tub id exchange are done); past
+    :data:`MAX_NEGOTIATING` strangers on one listener, the oldest is dropped.
+    """
+
+    SERVER_TIMEOUT = NEGOTIATION_TIMEOUT
+    _negotiating: weakref.WeakKeyDictionary[Any, dict[Any, None]] = weakref.WeakKeyDictionary()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.isClient or getattr(self, "factory", None) is None:
+            return
+        pending = self._negotiating.setdefault(self.factory, {})
+        pending[self] = None
+        if len(pending) > MAX_NEGOTIATING:
+            oldest = next(iter(pending))
+            pending.pop(oldest, None)
+            oldest.transport.abortConnection()
+
+    def _settled(self) -> None:
+        if not self.isClient and getattr(self, "factory", None) is not None:
+            self._negotiating.get(self.factory, {}).pop(self, None)
+
+    def switchToBanana(self, params: Any) -> None:
+        self._settled()
+        super().switchToBanana(params)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._settled()
+        super().connectionLost(reason)
+
+
 def make_tub(cert_pem: bytes | None = None, **options: object) -> Tub:
-    """A Tub with ``cert_pem`` (fresh when None) and plait's options."""
+    """A Tub with ``cert_pem`` (fresh when None) and plait's options; what it
+    listens on keeps few strangers, briefly (see :class:`_CappedNegotiation`)."""
     tub = Tub(certData=(cert_pem or new_certificate_pem()).decode())
+    tub.negotiationClass = _CappedNegotiation
     for name, value in {**TUB_OPTIONS, **options}.items():
         tub.setOption(name, value)
     return tub
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit of open files to its hard limit (a controller
+    holds a connection per engine and client); the ``(soft, hard)`` limits now."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard
 
 
 _client_tub: Tub | None = None

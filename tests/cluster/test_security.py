@@ -304,3 +304,44 @@ def test_an_older_profile_open_to_others_is_made_private(tmp_path, monkeypatch):
     dirs = profile_dirs("old")
     assert stat.S_IMODE(dirs.root.stat().st_mode) == 0o700
     assert stat.S_IMODE(dirs.log.stat().st_mode) == 0o700
+
+
+def test_idle_strangers_cannot_lock_clients_out(cluster4):
+    import resource
+    import selectors
+
+    from plait.security._tub import MAX_NEGOTIATING
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    controller = cluster4.state()["controller"]
+    limits = Path(f"/proc/{controller}/limits").read_text()
+    [line] = [ln for ln in limits.splitlines() if ln.startswith("Max open files")]
+    assert line.split()[3] == line.split()[4]  # the soft limit was raised to the hard one
+    host, port = _host_port(_furl(cluster4, "mec"))
+    strangers = [socket.create_connection((host, port), timeout=5) for _ in range(1100)]
+    try:
+        t0 = time.monotonic()
+        mec = client.MultiEngineClient(cluster4.furl_file("mec"))  # a client still gets in
+        assert mec.get_ids() == [0, 1, 2, 3]
+        assert time.monotonic() - t0 < 10
+        # the controller keeps only the newest few strangers: the others are closed
+        with selectors.DefaultSelector() as sel:
+            for s in strangers:
+                sel.register(s, selectors.EVENT_READ)
+            closed: set[socket.socket] = set()
+            deadline = time.monotonic() + 30
+            while len(closed) < len(strangers) - MAX_NEGOTIATING and time.monotonic() < deadline:
+                for key, _ in sel.select(1):
+                    try:
+                        data = key.fileobj.recv(4096)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        closed.add(key.fileobj)
+                        sel.unregister(key.fileobj)
+        assert len(closed) >= len(strangers) - MAX_NEGOTIATING
+    finally:
+        for s in strangers:
+            s.close()
+    assert cluster4.mec().get_ids() == [0, 1, 2, 3]
