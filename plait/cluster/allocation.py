@@ -87,14 +87,17 @@ def render(n: int, profile: str | None, dirs: ProfileDirs, output: Path, ready: 
         (partition, options.partition), (account, options.account), (walltime, options.time))
         if value]
     lines += [d if d.startswith("#") else f"{prefix} {d}" for d in options.directives]
+    if options.template:
+        raise ClusterError("a template replaces the engines' job script; the job of a "
+                           "controller in the allocation has its own (give no template)")
     args = list(controller_args)
-    given = {a.split("=", 1)[0] for a in args}
+    given = dict(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
     controller = shlex.join([python or sys.executable, "-m", "plait.scripts.ipcontroller",
                              *([f"--profile={profile}"] if profile else []), *args])
     if "--ip" not in given:
         controller += " --ip=0.0.0.0"
-    if "--location" not in given:
-        controller += ' --location="$(hostname)"'
+    if "--location" not in given and given.get("--ip", "0.0.0.0") in ("0.0.0.0", "::"):
+        controller += ' --location="$(hostname)"'  # (else the FURLs name the ip given)
     return SCRIPT.format(name=f"plait-cluster-{profile or 'default'}", n=n, output=output,
                          directives="\n".join(lines), controller=controller,
                          ready_file=shlex.quote(str(ready)),

@@ -61,6 +61,9 @@ class ClusterProcesses:
         if controller not in CONTROLLERS:
             raise ClusterError(f"controller must be one of {', '.join(CONTROLLERS)}, not "
                                f"{controller!r}")
+        if controller_host and controller != "ssh":
+            raise ClusterError(f"controller_host={controller_host!r} is for a controller "
+                               f"started over SSH: give controller='ssh' too")
         if controller == "ssh" and not controller_host:
             raise ClusterError("a controller started over SSH needs controller_host "
                                "(the host to run it on, e.g. 'user@head')")
@@ -273,8 +276,10 @@ class ClusterProcesses:
         """The ipengine flags reaching the controller through a tunnel (or none)."""
         if not self.tunnel:
             return []
+        options = self._ssh_options()
         return [f"--ssh={self.controller_host}",
-                f"--ssh-args={shlex.join(self._ssh_options().get('args', ()))}"]
+                f"--ssh-args={shlex.join(options.get('args', ()))}",
+                *([f"--ssh-command={options['command']}"] if options.get("command") else [])]
 
     def _start_set(self, n: int, notices: Notices, deadline: float, timeout: float,
                    launcher: str | None = None) -> EngineSet:
@@ -405,8 +410,10 @@ class ClusterProcesses:
         if self._tunnel is not None:  # its routes go: the host may be reached directly again
             self._tunnel.close()
             self._tunnel = None
+        unreachable = None
         if self.remote is not None:
-            self.remote.stop()
+            if not self.remote.stop():
+                unreachable = self.remote
         elif self.allocation is not None:
             self.allocation.job.cancel()  # (its engines' set did already: once more is harmless)
             self.allocation.ready.unlink(missing_ok=True)
@@ -419,13 +426,30 @@ class ClusterProcesses:
                 except Exception:
                     pass
         self.engine_sets = []
-        recorded = _state.read_state(self.dirs)
-        if recorded is None or recorded.get("controller") in (None, self.controller_pid):
+        if unreachable is not None:  # its state stays, for another try
+            raise ClusterError(f"could not reach {unreachable.host} over SSH to stop the "
+                               f"controller there (pid {unreachable.pid}); the cluster's "
+                               f"state is kept: try 'ipcluster stop' again")
+        if self._owns_state():
             _state.clear_state(self.dirs)
         self.controller_pid = None
         self.controller_proc = None
         self.remote = None
         self.allocation = None
+
+    def _owns_state(self) -> bool:
+        """Whether the profile's state file (if any) is this cluster's, not another's
+        that runs (a start refused because one runs must not forget it)."""
+        recorded = _state.read_state(self.dirs)
+        if recorded is None:
+            return True
+        if recorded.get("remote") or recorded.get("allocation"):
+            mine = (self.remote.to_state() if self.remote is not None else
+                    self.allocation.to_state() if self.allocation is not None else None)
+            return mine is not None and mine in (recorded.get("remote"),
+                                                 recorded.get("allocation"))
+        return recorded.get("controller") in (None, self.controller_pid) and (
+            self.controller_pid is not None or recorded.get("controller") is None)
 
     # -- the state file ----------------------------------------------------------------
     def save(self) -> None:

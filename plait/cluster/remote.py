@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import selectors
 import shlex
 import subprocess
 import sys
@@ -31,8 +33,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plait.cluster.launchers import read_ready, spawn_controller, ssh_prefix
-from plait.cluster.processes import terminate
-from plait.security import ProfileDirs, profile_dirs, write_private
+from plait.cluster.processes import start_time, terminate
+from plait.security import (
+    ENGINE_FURL,
+    MEC_FURL,
+    PARALLEL_FURL,
+    TC_FURL,
+    ProfileDirs,
+    check_furl,
+    profile_dirs,
+    write_private,
+)
 from plait.wire.errors import ClusterError
 
 #: Seconds an SSH command to the controller's host may take (beyond the start timeout).
@@ -41,12 +52,20 @@ SSH_SLACK = 30.0
 
 @dataclass
 class RemoteController:
-    """A controller running on ``host`` (reached with the command ``ssh``)."""
+    """A controller running on ``host`` (reached with the command ``ssh``);
+    ``started`` is its start time there, so that a pid the host gave to
+    another process since is never signalled."""
 
     host: str
     ssh: list[str] = field(repr=False)
     pid: int
     log: str = ""
+    started: str = ""
+
+    def _ours(self) -> str:
+        """A shell test: the pid is still the controller (its start time matches)."""
+        return (f's=$(cat /proc/{self.pid}/stat 2>/dev/null) && s=${{s##*)}} && set -- $s '
+                f'&& [ "${{20}}" = {shlex.quote(self.started)} ]')
 
     def _run(self, command: str, timeout: float = SSH_SLACK) -> int | None:
         """The exit code of the shell ``command`` run on the host; None when ssh fails."""
@@ -60,20 +79,28 @@ class RemoteController:
 
     def alive(self) -> bool:
         """Whether the controller still runs (asked over SSH)."""
-        return self._run(f"kill -0 {self.pid} 2>/dev/null") == 0
+        return self._run(self._ours()) == 0
 
-    def stop(self) -> None:
-        """SIGTERM the controller, then SIGKILL it if it is still there after 3 s."""
-        self._run(f"kill -15 {self.pid} 2>/dev/null; for i in $(seq 30); do "
-                  f"kill -0 {self.pid} 2>/dev/null || exit 0; sleep 0.1; done; "
-                  f"kill -9 {self.pid} 2>/dev/null; true")
+    def stop(self) -> bool:
+        """SIGTERM the controller, then SIGKILL it if it is still there after 3 s;
+        whether its host could be asked (False: ssh failed, it may still run)."""
+        pid = self.pid
+        return self._run(f"{self._ours()} || exit 0; kill -15 {pid} 2>/dev/null; "
+                         f"for i in $(seq 30); do kill -0 {pid} 2>/dev/null || exit 0; "
+                         f"sleep 0.1; done; kill -9 {pid} 2>/dev/null; true") is not None
 
     def to_state(self) -> dict[str, Any]:
-        return {"host": self.host, "ssh": list(self.ssh), "pid": self.pid, "log": self.log}
+        return {"host": self.host, "ssh": list(self.ssh), "pid": self.pid, "log": self.log,
+                "started": self.started}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RemoteController:
-        return cls(state["host"], list(state["ssh"]), int(state["pid"]), state.get("log", ""))
+        return cls(state["host"], list(state["ssh"]), int(state["pid"]), state.get("log", ""),
+                   str(state.get("started", "")))
+
+
+#: The FURL files a remote controller must send back.
+NEEDED_FURLS = (ENGINE_FURL, MEC_FURL, TC_FURL, PARALLEL_FURL)
 
 
 def start_remote_controller(host: str, profile: str | None, controller_args: list[str],
@@ -82,49 +109,94 @@ def start_remote_controller(host: str, profile: str | None, controller_args: lis
                             plait_dir: str | None = None) -> RemoteController:
     """Start ``ipcontroller controller_args`` on ``host``; returns once it is ready
     and its FURL files are in ``dirs.security``.  ClusterError saying what
-    failed (ssh's message, or the controller's) otherwise, nothing left running."""
+    failed (ssh's message, or the controller's) otherwise, nothing left running:
+    the far side keeps the controller only once told to, so a start that is
+    interrupted here (Ctrl-C, a timeout, a lost connection) stops it there."""
     prefix = ssh_prefix(host, command, args)
     remote = [python or sys.executable, "-m", "plait.cluster.remote", f"--timeout={timeout:g}",
               *([f"--profile={profile}"] if profile else []), "--", *controller_args]
     if plait_dir:
         remote = ["env", f"PLAIT_DIR={plait_dir}", *remote]
     try:
-        done = subprocess.run([*prefix, shlex.join(remote)], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout + SSH_SLACK)
+        proc = subprocess.Popen([*prefix, shlex.join(remote)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError:
         raise ClusterError(f"cannot start the controller on {host}: {command!r} is not "
                            f"installed") from None
-    except subprocess.TimeoutExpired:
-        raise ClusterError(f"the controller on {host} was not ready within "
-                           f"{timeout + SSH_SLACK:g} s (its ssh session did not end)") from None
-    answer: dict[str, Any] = {}
-    lines = done.stdout.strip().splitlines()
     try:
-        answer = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        answer = {}
-    if "error" in answer:
-        raise ClusterError(f"the controller on {host} did not start: {answer['error']}")
-    if "pid" not in answer:
-        said = done.stderr.strip().splitlines()
-        raise ClusterError(f"could not start the controller on {host}: "
-                           f"{said[-1] if said else f'ssh exited with code {done.returncode}'}")
-    controller = RemoteController(host, prefix, int(answer["pid"]), answer.get("log", ""))
-    try:
+        answer, said = _answer(proc, host, timeout + SSH_SLACK)
+        controller = _checked(answer, said, proc, host, prefix)
+        for name in NEEDED_FURLS:  # no stale FURL of an earlier controller stays
+            (dirs.security / name).unlink(missing_ok=True)
         for name, furl in answer["furls"].items():
-            if "/" in name or not name.endswith(".furl"):
-                raise ClusterError(f"the controller on {host} named a FURL file {name!r}")
             write_private(dirs.security / name, furl + "\n")
+        assert proc.stdin is not None
+        proc.stdin.write(b"keep\n")  # from now on, the controller stays
+        proc.stdin.close()
+        proc.wait(timeout=SSH_SLACK)
     except BaseException:
-        controller.stop()
+        proc.kill()  # the far side sees its session end, and stops the controller
+        proc.wait()
         raise
     return controller
 
 
+def _answer(proc: subprocess.Popen, host: str, within: float) -> tuple[dict, str]:
+    """The far side's JSON line (or ``{}`` when it ended without one), and what
+    ssh wrote to its standard error; ClusterError after ``within`` seconds."""
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + within
+    out = err = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while b"\n" not in out and sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ClusterError(f"the controller on {host} was not ready within "
+                                   f"{within:g} s")
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                elif key.fileobj is proc.stdout:
+                    out += chunk
+                else:
+                    err += chunk
+    try:
+        answer = json.loads(out.split(b"\n", 1)[0]) if out else {}
+    except ValueError:
+        answer = {}
+    return (answer if isinstance(answer, dict) else {}), err.decode(errors="replace")
+
+
+def _checked(answer: dict, said: str, proc: subprocess.Popen, host: str,
+             prefix: list[str]) -> RemoteController:
+    """The controller the far side describes; ClusterError when it says it failed,
+    or says nothing usable."""
+    if "error" in answer:
+        raise ClusterError(f"the controller on {host} did not start: {answer['error']}")
+    pid, furls = answer.get("pid"), answer.get("furls")
+    if not (isinstance(pid, int) and pid > 1 and isinstance(furls, dict)):
+        lines = said.strip().splitlines()
+        code = proc.poll()
+        raise ClusterError(f"could not start the controller on {host}: "
+                           f"{lines[-1] if lines else f'ssh exited with code {code}'}")
+    missing = [name for name in NEEDED_FURLS if not isinstance(furls.get(name), str)]
+    if missing or set(furls) - set(NEEDED_FURLS):
+        raise ClusterError(f"the controller on {host} sent the wrong FURL files "
+                           f"(missing {missing}, or names it should not send)")
+    for name, furl in furls.items():
+        check_furl(furl, f"the {name} of the controller on {host}")
+    return RemoteController(host, prefix, pid, str(answer.get("log", "")),
+                            str(answer.get("started", "")))
+
+
 # -- the far side ------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    """(On the controller's host) start the controller; print ``{"pid", "log",
-    "furls"}`` or ``{"error"}`` as one JSON line."""
+    """(On the controller's host) start the controller; print ``{"pid", "started",
+    "log", "furls"}`` or ``{"error"}`` as one JSON line; then keep the controller
+    only if told ``keep`` on standard input (else, the far end went away: stop it)."""
     p = argparse.ArgumentParser(prog="python -m plait.cluster.remote")
     p.add_argument("--profile", default=None)
     p.add_argument("--timeout", type=float, default=30.0)
@@ -136,14 +208,21 @@ def main(argv: list[str] | None = None) -> int:
         dirs = profile_dirs(args.profile)
         proc, ready = spawn_controller(args.profile, extra, detach=True)
         read_ready(ready, proc, time.monotonic() + args.timeout, dirs)
-        furls = {path.name: path.read_text().strip()
-                 for path in sorted(dirs.security.glob("ipcontroller-*.furl"))}
-    except (ClusterError, OSError) as exc:
+        furls = {name: (dirs.security / name).read_text().strip() for name in NEEDED_FURLS}
+        print(json.dumps({"pid": proc.pid, "started": start_time(proc.pid) or "",
+                          "log": str(dirs.log), "furls": furls}), flush=True)
+        keep = sys.stdin.readline().strip() == "keep"
+    except (ClusterError, OSError) as exc:  # (a broken pipe too: the far end went away)
         if proc is not None:
             terminate([proc.pid])
-        print(json.dumps({"error": str(exc)}), flush=True)
+        try:
+            print(json.dumps({"error": str(exc)}), flush=True)
+        except OSError:
+            pass
         return 1
-    print(json.dumps({"pid": proc.pid, "log": str(dirs.log), "furls": furls}), flush=True)
+    if not keep:
+        terminate([proc.pid])
+        return 1
     return 0
 
 

@@ -94,6 +94,9 @@ class Client:
             raise TypeError(f"Client() got unexpected arguments {unknown}; it takes url_file, "
                             f"profile and the ipyparallel options {sorted(_ACCEPTED)} (which "
                             f"plait's FURL connection has no use for)")
+        if options.get("password") is not None or options.get("paramiko"):
+            raise TypeError("plait's SSH tunnels are OpenSSH's, with keys (sshkey=, or "
+                            "ssh-agent): give no password= or paramiko=")
         if url_file is None:  # ipyparallel's older name of the first argument
             url_file = options.get("url_or_file")
         self._conn = _BlockingConnection(url_file, profile, sshserver=options.get("sshserver"),

@@ -129,10 +129,11 @@ class Cluster:
     def controller_pid(self) -> int | None:
         return self._procs.controller_pid
 
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
+    def __repr__(self) -> str:  # (a controller elsewhere is not asked: a repr is quick)
+        elsewhere = self._procs.remote is not None or self._procs.allocation is not None
+        state = "running" if elsewhere or self.running else "stopped"
         return (f"<Cluster(profile={self.profile or 'default'!r}, {state}, "
-                f"engines={len(self.engine_ids) if self.running else 0} {self.engines})>")
+                f"engines={len(self.engine_ids) if state == 'running' else 0} {self.engines})>")
 
     # -- starting ----------------------------------------------------------------------
     def start(self, _controller_ready: Any = None) -> Cluster:

@@ -32,7 +32,7 @@ from plait.cluster.launchers import LAUNCHERS
 from plait.cluster.processes import pid_alive, start_time, terminate  # noqa: F401 (re-exported)
 from plait.cluster.state import STATE_FILE, clear_state, ours, read_state, running_clusters
 from plait.scripts._common import add_profile_option, dirs_for
-from plait.wire.errors import ClusterError
+from plait.wire.errors import ClusterError, PlaitError
 
 __all__ = ["STATE_FILE", "main", "pid_alive", "start_time", "terminate"]
 
@@ -173,22 +173,33 @@ def cmd_start(args: argparse.Namespace) -> int:
                   + (f" --profile={args.profile}" if args.profile else ""), flush=True)
             return 0
         print("press Ctrl-C to stop the cluster", flush=True)
-        assert procs.controller_proc is not None  # started by procs.start
-        procs.controller_proc.wait()
+        if procs.controller_proc is not None:
+            procs.controller_proc.wait()
+        else:  # on another host, or in a batch job: asked now and then
+            while procs.running():
+                time.sleep(REMOTE_CHECK_EVERY)
         print("the controller exited; stopping the engines", flush=True)
         code = 0
-    except (ClusterError, OSError) as exc:
+    except (PlaitError, OSError) as exc:  # ClusterError, or a tunnel that cannot open
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
-        code = 0 if procs.controller_pid is not None else 130
+        code = 0 if procs.controller_pid is not None or procs.allocation is not None else 130
     # Only the foreground or a failed start gets here: stop everything.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    procs.stop()
+    try:
+        procs.stop()
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if code == 0:
         print("plait cluster stopped", flush=True)
     return code
+
+
+#: Seconds between asking whether a controller of another host still runs (foreground).
+REMOTE_CHECK_EVERY = 5.0
 
 
 def _interrupt(*args: object) -> None:
@@ -247,10 +258,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
     procs = ClusterProcesses.attach(args.profile)  # (local pids not ours any more dropped)
     for group in procs.engine_sets:
         group.stop()  # this host's, mpiexec's, over SSH, or the batch job cancelled
-    if procs.remote is not None:
-        procs.remote.stop()  # over SSH, on its host
+    if procs.remote is not None and not procs.remote.stop():  # over SSH, on its host
+        print(f"error: could not reach {procs.remote.host} over SSH to stop the controller "
+              f"there (pid {procs.remote.pid}); the state is kept: try again",
+              file=sys.stderr)
+        return 1
     if procs.allocation is not None:
         procs.allocation.job.cancel()
+        procs.allocation.ready.unlink(missing_ok=True)
     # the controller and a foreground ipcluster; never the Python process of a Cluster
     terminate([p for p in (state["controller"], state.get("ipcluster"))
                if p and p != os.getpid() and ours(state, p)])

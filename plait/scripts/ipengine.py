@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the identity file for --ssh")
     p.add_argument("--ssh-args", default="", metavar="OPTIONS",
                    help="more options for ssh, in one string (e.g. '-p 2222')")
+    p.add_argument("--ssh-command", default=None, metavar="COMMAND",
+                   help="the ssh command (default: $PLAIT_SSH_COMMAND, else ssh)")
     p.add_argument("--notify-socket", default=None, metavar="PATH",
                    help=argparse.SUPPRESS)  # a launcher's: "engine ID PID" once registered
     add_notify_option(p)
@@ -81,6 +83,16 @@ def _announce(path: str | None, engine_id: int) -> None:
         pass  # the launcher is gone: nobody waits for the notice
 
 
+def _exit(code: int) -> None:
+    """End the engine at once (no atexit: user code may hang there), its SSH
+    tunnels first, if any."""
+    from plait.kernel.engine.process import hard_exit
+
+    if "plait.wire.tunnel" in sys.modules:
+        sys.modules["plait.wire.tunnel"].close_all()
+    hard_exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dirs = dirs_for(args.profile)
@@ -99,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         from plait.wire.tunnel import tunnel_to, use_tunnel
 
         try:
-            use_tunnel(furl, tunnel_to(args.ssh, args.sshkey,
+            use_tunnel(furl, tunnel_to(args.ssh, args.sshkey, command=args.ssh_command,
                                        args=tuple(shlex.split(args.ssh_args))))
         except PlaitConnectionError as exc:
             sys.exit(f"error: {exc}")
 
-    from plait.kernel.engine.process import Engine, hard_exit
+    from plait.kernel.engine.process import Engine
 
     def registered(engine_id: int) -> None:
         notify(args.notify_fd, f"engine {engine_id}")
@@ -116,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
                     channel=not args.no_channel, reconnect=max(0.0, args.reconnect))
     if props:  # under MPI: the rank is a name in the namespace too (%px print(rank))
         engine.interpreter.push({"rank": props["rank"], "size": props.get("size")})
-    signal.signal(signal.SIGTERM, lambda *a: hard_exit(0))
+    signal.signal(signal.SIGTERM, lambda *a: _exit(0))
     code = engine.run()
     if engine.error:
         print(f"error: {engine.error}", file=sys.stderr, flush=True)
-    hard_exit(code)
+    _exit(code)
     return code  # pragma: no cover
 
 

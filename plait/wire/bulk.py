@@ -76,7 +76,7 @@ from typing import Any, NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from plait.wire.errors import BulkError, BulkIntegrityError
+from plait.wire.errors import BulkError, BulkIntegrityError, PlaitConnectionError
 from plait.wire.serialize import (
     BULK,
     INLINE_LIMIT,
@@ -286,7 +286,10 @@ def parse_descriptor(data: bytes) -> Descriptor:
 
 def _connect(address: tuple[str, int], timeout: float | None) -> socket.socket:
     host, port = address
-    dial = route(host, port)  # through an SSH tunnel, if the host is reached so
+    try:
+        dial = route(host, port)  # through an SSH tunnel, if the host is reached so
+    except PlaitConnectionError as exc:
+        raise BulkError(f"cannot reach the bulk data server at {host}:{port}: {exc}") from None
     try:
         sock = socket.create_connection(dial, timeout=timeout)
     except OSError as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import os
 import queue
+import random
 import re
 import selectors
 import shlex
@@ -41,12 +42,18 @@ from typing import Any
 
 from plait.wire.errors import PlaitConnectionError
 
-#: Seconds an SSH server has to accept us.
+#: Seconds an SSH server has to accept us, and how many times we try.
 SSH_TIMEOUT = 20.0
+OPEN_ATTEMPTS = 4
+#: What ssh says when trying again cannot help.
+_FINAL = ("Permission denied", "Host key verification failed", "Could not resolve",
+          "not installed", "No route to host", "no answer within")
 
 _lock = threading.Lock()
 _via: dict[str, SSHTunnel] = {}  # the host a FURL names -> the tunnel reaching it
+_users: dict[str, int] = {}  # how many use_tunnel calls a host's route serves
 _open: dict[tuple[str, str, tuple[str, ...]], SSHTunnel] = {}
+_opening = threading.Lock()
 
 
 class SSHTunnel:
@@ -79,19 +86,37 @@ class SSHTunnel:
 
         The SSH connection is a child of this process that ends with it (even
         when it is killed): ``LocalCommand`` tells us when the server accepted
-        us, and the kernel's parent-death signal ends it.
+        us, the kernel's parent-death signal ends it, and ``ControlPersist=no``
+        keeps a user's ssh configuration from sending it to the background.
+        A server that drops the attempt (sshd's ``MaxStartups`` when many
+        engines connect at once) is tried again a few times.
         """
+        for attempt in range(OPEN_ATTEMPTS):
+            why = self._open_once()
+            if why is None:
+                atexit.register(self.close)
+                return self
+            if attempt + 1 == OPEN_ATTEMPTS or any(word in why for word in _FINAL):
+                break
+            time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))  # a server too busy
+        self._remove()
+        raise PlaitConnectionError(f"cannot open an SSH tunnel through {self.server}: {why}")
+
+    def _open_once(self) -> str | None:
+        """One attempt: None once connected, else why not."""
         log = os.path.join(self._folder, "ssh.log")
-        command = self._ssh("-M", "-N", "-o", "ExitOnForwardFailure=yes",
-                            "-o", "ServerAliveInterval=10", "-o", "PermitLocalCommand=yes",
-                            "-o", f"LocalCommand=echo {_READY}")
+        command = self._ssh("-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N",
+                            "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=10",
+                            "-o", "PermitLocalCommand=yes", "-o", f"LocalCommand=echo {_READY}")
+        try:
+            os.unlink(self._control)  # (left by an earlier master that died)
+        except FileNotFoundError:
+            pass
         try:
             with open(log, "wb") as err:
                 self._proc = _spawn(command, err)
         except FileNotFoundError:
-            self._remove()
-            raise PlaitConnectionError(f"cannot open an SSH tunnel through {self.server}: "
-                                       f"{self.command!r} is not installed") from None
+            return f"{self.command!r} is not installed"
         assert self._proc.stdout is not None
         out = self._proc.stdout.fileno()
         said = b""
@@ -105,21 +130,27 @@ class SSHTunnel:
                     self._proc.kill()
                     code = self._proc.wait()
                     lines = open(log, errors="replace").read().strip().splitlines()
-                    self._remove()
-                    why = (f"no answer within {SSH_TIMEOUT:g} s" if chunk is None else
-                           lines[-1] if lines else f"ssh exited with code {code}")
-                    raise PlaitConnectionError(
-                        f"cannot open an SSH tunnel through {self.server}: {why}")
+                    return (f"no answer within {SSH_TIMEOUT:g} s" if chunk is None else
+                            lines[-1] if lines else f"ssh exited with code {code}")
                 said += chunk
-        atexit.register(self.close)
-        return self
+        return None
+
+    def alive(self) -> bool:
+        """Whether the SSH connection is up (it ends when the server or the network goes)."""
+        return not self.closed and self._proc is not None and self._proc.poll() is None
 
     def forward(self, host: str, port: int) -> int:
         """The port of 127.0.0.1 that reaches ``host:port`` as the server sees it
-        (made at the first call).  PlaitConnectionError when ssh refuses."""
+        (made at the first call; a connection that died is made again, with
+        new ports).  PlaitConnectionError when ssh cannot."""
         with self._lock:
             if self.closed:
                 raise PlaitConnectionError(f"the SSH tunnel through {self.server} is closed")
+            if not self.alive():
+                self._forwards.clear()
+                if self._proc is not None:
+                    self._proc.wait()
+                self.open()
             local = self._forwards.get((host, port))
             if local is not None:
                 return local
@@ -160,6 +191,7 @@ class SSHTunnel:
         with _lock:
             for host in [h for h, t in _via.items() if t is self]:
                 del _via[host]
+                _users.pop(host, None)
             for key in [k for k, t in _open.items() if t is self]:
                 del _open[key]
 
@@ -223,15 +255,26 @@ def tunnel_to(server: str, key: str | None = None, command: str | None = None,
     ``command``: the ssh command, by default ``$PLAIT_SSH_COMMAND`` or ``ssh``
     (as ``GIT_SSH_COMMAND`` is git's: ``'ssh -F ~/.ssh/lab_config'``)."""
     command = command or os.environ.get("PLAIT_SSH_COMMAND") or "ssh"
-    options = (*(("-i", os.path.expanduser(key)) if key else ()), *args)
-    with _lock:
-        tunnel = _open.get((server, command, options))
+    server, port = _split_port(server)
+    options = (*(("-p", port) if port else ()),
+               *(("-i", os.path.expanduser(key)) if key else ()), *args)
+    with _opening:  # one opening at a time: two threads never make two connections
+        with _lock:
+            tunnel = _open.get((server, command, options))
         if tunnel is not None and not tunnel.closed:
-            return tunnel
-    tunnel = SSHTunnel(server, command, options).open()
-    with _lock:
-        _open[server, command, options] = tunnel
+            return tunnel  # (one whose connection died reopens at its next forward)
+        tunnel = SSHTunnel(server, command, options).open()
+        with _lock:
+            _open[server, command, options] = tunnel
     return tunnel
+
+
+def _split_port(server: str) -> tuple[str, str | None]:
+    """``user@host:2222`` (ipyparallel's way to give a port) as ``(user@host, '2222')``."""
+    name, colon, port = server.rpartition(":")
+    if colon and port.isdigit() and name and "[" not in name and ":" not in name:
+        return name, port
+    return server, None
 
 
 def furl_address(furl: str) -> tuple[str, int]:
@@ -244,11 +287,39 @@ def furl_address(furl: str) -> tuple[str, int]:
 
 def use_tunnel(furl: str, tunnel: SSHTunnel) -> None:
     """From now on, reach the host ``furl`` names through ``tunnel`` (blocking:
-    the FURL's own port is forwarded at once)."""
+    the FURL's own port is forwarded at once), until as many :func:`release`
+    calls for it as there were of these."""
     host, port = furl_address(furl)
     tunnel.forward(host, port)
     with _lock:
         _via[host] = tunnel
+        _users[host] = _users.get(host, 0) + 1
+
+
+def release(furl: str) -> None:
+    """One user of the route to ``furl``'s host is done (a client closed); the
+    last one's going ends the route, so that the host is dialled directly again."""
+    host, _ = furl_address(furl)
+    with _lock:
+        left = _users.get(host, 0) - 1
+        if left > 0:
+            _users[host] = left
+            return
+        _users.pop(host, None)
+        _via.pop(host, None)
+
+
+def close_all() -> None:
+    """Close every tunnel of this process (before it exits without atexit)."""
+    with _lock:
+        tunnels = list(set(_open.values()) | set(_via.values()))
+    for tunnel in tunnels:
+        tunnel.close()
+
+
+def routed(host: str) -> bool:
+    """Whether connections to ``host`` go through a tunnel."""
+    return host in _via
 
 
 def route(host: str, port: int) -> tuple[str, int]:

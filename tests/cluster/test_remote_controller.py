@@ -263,3 +263,84 @@ def test_ipcluster_starts_lists_and_stops_a_controller_on_another_host(hosts, tm
         assert not any("ipengine" in c or "_zygote" in c for c in commands_in(hosts, node))
     finally:  # whatever failed above, nothing of the cluster stays
         run_cmd(["ipcluster", "stop"], env, check=False)
+
+
+def test_a_foreground_ipcluster_with_a_remote_controller_stops_it_on_ctrl_c(hosts, tmp_path):
+    import signal
+
+    from support.cluster import make_env
+
+    head = hosts.hosts[0]
+    env = make_env(tmp_path / "p")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plait.scripts.ipcluster", "start", "-n", "1",
+         "--controller=ssh", f"--controller-host=root@{head.address}", f"--ip={head.address}",
+         f"--ssh-args={shlex.join(hosts.ssh_args)}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # an event: it says when the cluster is ready
+            if "press Ctrl-C" in line:
+                break
+        else:
+            raise AssertionError(f"ipcluster exited: {proc.wait()}")
+        assert len(controllers_in(hosts, head)) == 1
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stdout.read()
+        assert proc.wait(60) == 0 and "plait cluster stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert controllers_in(hosts, head) == []
+    assert processes_of(tmp_path / "p") == []
+
+
+def test_a_start_refused_beside_a_running_remote_cluster_leaves_it_alone(hosts, plait_dir,
+                                                                        tmp_path):
+    head = hosts.hosts[0]
+    first = ipp.Cluster(n=1, controller="ssh", controller_host=f"root@{head.address}",
+                        ip=head.address, ssh_args=hosts.ssh_args, timeout=60)
+    try:
+        first.start()
+        second = ipp.Cluster(n=1, controller="ssh", controller_host=f"root@{head.address}",
+                             ip=head.address, ssh_args=hosts.ssh_args)
+        with pytest.raises(ClusterError, match="already running"):
+            second.start()
+        second.stop()
+        assert read_state(profile_dirs(None)) is not None  # the first one's is kept
+        assert ipp.Cluster.from_profile().running
+    finally:
+        first.stop()
+    assert controllers_in(hosts, head) == [] and read_state(profile_dirs(None)) is None
+
+
+def test_the_far_side_keeps_the_controller_only_when_told_to(plait_dir):
+    done = subprocess.run([sys.executable, "-m", "plait.cluster.remote", "--timeout=30"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1  # its SSH session ended before it heard "keep"
+    assert '"pid"' in done.stdout  # (the controller had started)
+    assert processes_of(plait_dir) == []  # and was stopped: nothing stays behind
+
+
+def test_a_tunnel_whose_ssh_connection_died_is_opened_again(hosts, plait_dir, tmp_path):
+    import signal
+
+    cluster = remote_cluster(hosts, tmp_path, tunnel=True)
+    try:
+        rc = cluster.start_and_connect()
+        [master] = ssh_masters()
+        os.kill(master, signal.SIGKILL)  # as a network cut would end it
+        assert wait_for_exit(master)
+        rc.close()
+        rc = cluster.connect_client()  # the next connection opens the tunnel again
+        assert rc[:].apply_sync(lambda: 1) == [1, 1, 1, 1]
+        assert len(ssh_masters()) == 1 and ssh_masters() != [master]
+    finally:
+        cluster.stop()
+
+
+def wait_for_exit(pid: int) -> bool:
+    from support.cluster import wait_exit
+
+    return wait_exit(pid, 10)

@@ -82,3 +82,21 @@ def test_a_server_name_ssh_would_misread_is_refused(server):
 def test_a_missing_ssh_is_a_clear_error():
     with pytest.raises(PlaitConnectionError, match="'no-such-ssh' is not installed"):
         tunnels.SSHTunnel("user@login", command="no-such-ssh").open()
+
+
+def test_a_route_lasts_until_its_last_user_releases_it(standin):
+    tunnels.use_tunnel(FURL, standin)
+    tunnels.use_tunnel(FURL, standin)  # a second client of the same controller
+    tunnels.release(FURL)
+    assert tunnels.routed("10.1.2.3")
+    tunnels.release(FURL)
+    assert not tunnels.routed("10.1.2.3")
+    assert tunnels.route("10.1.2.3", 4567) == ("10.1.2.3", 4567)  # dialled directly again
+
+
+@pytest.mark.parametrize("given, server, port", [
+    ("me@login:2222", "me@login", "2222"), ("me@login", "me@login", None),
+    ("[::1]:22", "[::1]:22", None), ("::1", "::1", None),
+])
+def test_a_port_given_with_the_server_becomes_an_ssh_option(given, server, port):
+    assert tunnels._split_port(given) == (server, port)

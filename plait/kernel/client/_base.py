@@ -116,7 +116,8 @@ def _with_channel(ref: Any, furl: str) -> Any:
     try:
         token, port = yield ref.callRemote("open_channel")
         tub_id, host = channel_address(furl)
-        host, port = _tunnel.route(host, port)
+        if _tunnel.routed(host):  # ssh forwards the port: not in the reactor thread
+            host, port = yield threads.deferToThread(_tunnel.route, host, port)
         channel = yield open_channel(host, port, token, tub_id)
     except Exception:
         return ref, None  # foolscap alone still works
@@ -189,6 +190,7 @@ class AsyncClientBase:
     def __init__(self, link: tuple[Any, Any], source: str = ""):
         reference, channel = link
         self._reference = reference  # foolscap: kept open, it is our capability
+        self._tunnelled: str | None = None  # the FURL reached through an SSH tunnel, if any
         self._remote = channel or reference
         self._source = source
 
@@ -210,16 +212,29 @@ class AsyncClientBase:
             furl, source = resolve_furl(furl_or_file, profile, cls.furl_name)
         except Exception:
             return defer.fail()
+        routed: list[str] = []
         if sshserver:
-            def tunnelled() -> None:
-                _tunnel.use_tunnel(furl, _tunnel.tunnel_to(sshserver, sshkey))
+            def tunnelled() -> None:  # (the route is released when this client closes,
+                _tunnel.use_tunnel(furl, _tunnel.tunnel_to(sshserver, sshkey))  # or if
+                routed.append(furl)  # connecting fails)
 
             d: defer.Deferred = threads.deferToThread(tunnelled)  # ssh blocks: not here
             d.addCallback(lambda _: connect(furl, source, cls.remote_interface,
                                             cls.client_name()))
         else:
             d = connect(furl, source, cls.remote_interface, cls.client_name())
-        return d.addCallback(lambda link: cls(link, source)._started())
+
+        def made(link: Any) -> Any:
+            client = cls(link, source)
+            client._tunnelled = furl if sshserver else None
+            return client._started()
+
+        def unrouted(f: Failure) -> Failure:
+            if routed:
+                _tunnel.release(furl)
+            return f
+
+        return d.addCallbacks(made, unrouted)
 
     def _started(self) -> Any:
         """The client is connected: the result of :meth:`connect` (or a

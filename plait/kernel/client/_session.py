@@ -24,6 +24,7 @@ from plait.kernel.client import _reactor
 from plait.kernel.client._base import AsyncClientBase, asynchronous, raise_outcome
 from plait.kernel.client._submit import Submitter
 from plait.wire import bulk as _bulk
+from plait.wire import tunnel as _tunnel
 from plait.wire.errors import PlaitConnectionError, TaskSpecError
 from plait.wire.serialize import INLINE_LIMIT, frame_parts, pack_framed, serialize_parts
 from plait.wire.task import TaskSpec, encode_task, recovery_chain
@@ -234,6 +235,8 @@ class SessionClient(AsyncClientBase):
             self._submitter.close()
             if hasattr(self._remote, "close"):
                 self._remote.close()  # the channel
+            if self._tunnelled is not None:  # the route to its host, if it was the last
+                _tunnel.release(self._tunnelled)
             if isinstance(result, Failure):
                 result.raiseException()  # what wait_for_send found
 

@@ -39,7 +39,7 @@ from plait.kernel.engine.commands import Commands, Reply
 from plait.kernel.engine.interpreter import Interpreter
 from plait.security import make_tub
 from plait.wire.channel import BlockingChannel, channel_address
-from plait.wire.errors import ChannelClosed
+from plait.wire.errors import ChannelClosed, PlaitConnectionError
 from plait.wire.serialize import dumps_plain
 from plait.wire.tunnel import route, route_furl
 
@@ -253,7 +253,7 @@ class Engine:
                     self.channel = BlockingChannel.open(*route(host, ticket[1]), ticket[0],
                                                         tub_id)
                     token = ticket[0]
-                except ChannelClosed as exc:
+                except (ChannelClosed, PlaitConnectionError) as exc:  # (or its tunnel)
                     log.warn("no command channel ({e}); commands will travel on foolscap", e=exc)
             self.id = _wait_for(self._register, token)
         except Exception as exc:
