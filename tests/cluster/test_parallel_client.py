@@ -58,7 +58,8 @@ def test_connecting_needs_the_capability_not_just_the_address(cluster4, tmp_path
     forged = furl.rsplit("/", 1)[0] + "/" + "x" * 32
     path = tmp_path / "forged.furl"
     path.write_text(forged)
-    with pytest.raises(error.PlaitConnectionError, match="refused this FURL"):
+    path.chmod(0o600)
+    with pytest.raises(error.PlaitConnectionError, match="does not know this FURL's secret"):
         ipp.Client(str(path))
 
 
