@@ -345,3 +345,35 @@ def test_terminate_works_without_pidfds(monkeypatch):
     ipcluster.terminate([stubborn.pid, polite.pid], grace=0.5)
     assert polite.wait(5) == -signal.SIGTERM
     assert stubborn.wait(5) == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("db", ["memory", "none", "sqlite"])
+def test_task_ids_never_repeat_for_a_profile_after_a_controller_is_killed(controller, tmp_path,
+                                                                          db):
+    from foolscap.util import allocate_tcp_port
+
+    from plait.kernel import client
+
+    env = make_env(tmp_path / "p")
+    args = (f"--client-port={allocate_tcp_port()}", f"--engine-port={allocate_tcp_port()}",
+            f"--db={db}")
+    first = controller(*args, env=env)
+    tc_file = Path(env["PLAIT_DIR"]) / "profile_default" / "security" / "ipcontroller-tc.furl"
+    engines = _engines(env, 1)
+    try:
+        tc = client.TaskClient(str(tc_file))
+        old = tc.run(client.StringTask("x = 'first run'", pull="x"))
+        assert tc.get_task_result(old, block=True).ns.x == "first run"
+        first.kill()  # SIGKILL: no chance to save anything at the end
+        first.wait()
+        controller(*args, env=env)
+        tc = client.TaskClient(str(tc_file))
+        new = tc.run(client.StringTask("x = 'second run'", pull="x"))
+        assert new != old
+        if db != "sqlite":  # (the SQLite hub keeps the first run's result, under its id)
+            with pytest.raises(client.InvalidTaskID):
+                tc.get_task_result(old)
+    finally:
+        for e in engines:
+            e.kill()
+            e.wait()

@@ -33,6 +33,7 @@ from plait.kernel.controller.multiengine import MultiEngine
 from plait.kernel.controller.parallel import ParallelService
 from plait.kernel.controller.registry import EngineRegistry
 from plait.kernel.controller.task import TaskController
+from plait.kernel.controller.taskids import IdHorizon
 from plait.security import ProfileDirs, load_or_create_certificate, make_tub, write_private
 from plait.wire.channel import ChannelServer
 
@@ -164,7 +165,8 @@ class ControllerService(service.MultiService):
             kwargs["scheme"] = scheme
         if hwm is not None:
             kwargs["hwm"] = hwm
-        return TaskController(self.registry, hub=self.hub, **kwargs)
+        return TaskController(self.registry, hub=self.hub,
+                              horizon=IdHorizon(self.dirs.db / "taskids"), **kwargs)
 
     def service_for(self, interface: InterfaceClass) -> Any:
         """The service of this controller that provides ``interface``."""

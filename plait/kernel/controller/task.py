@@ -170,6 +170,7 @@ class TaskController:
         clock: Any = None,
         rng: Any = None,
         hub: Any = None,
+        horizon: Any = None,
     ):
         self._now: Callable[[], float] = time.time if clock is None else clock.seconds
         if clock is None:
@@ -182,8 +183,9 @@ class TaskController:
         self.scheduler = scheduler
         self._registry = registry
         self._dispatcher = Dispatcher(registry, self._now, self._attempt_ended, self._schedule)
-        # ids go on after those the hub's store still holds (an earlier run's)
-        self._ids = TaskIds(0 if hub is None else hub.first_free_id)
+        # ids go on after those the hub's store still holds (an earlier run's), and
+        # after the profile's horizon (every earlier run's, whatever its store)
+        self._ids = TaskIds(0 if hub is None else hub.first_free_id, horizon)
         self._tasks: dict[int, Task] = {}
         self._states: dict[str, dict[int, None]] = {state: {} for state in STATES}
         self._waiting = WaitingTasks(self._properties)

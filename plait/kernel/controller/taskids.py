@@ -10,6 +10,12 @@ a block is used the block is forgotten, and when an owner goes away
 reused, even after ``clear``, and one client can neither take nor spoil the
 ids of another.
 
+Across restarts, ids never repeat for a profile either: an :class:`IdHorizon`
+file holds an id beyond every id issued (it moves ahead a million ids at a
+time, written atomically before any id past the old mark is given out), and
+a controller starts at the larger of that mark and what its hub's store
+holds.  A SIGKILL at any moment loses at most the unused ids below the mark.
+
 Cost: a bit per reserved id (8 KiB for the largest block a client
 reserves), a binary search over the live blocks (a few per connected
 client) per submission.
@@ -17,7 +23,9 @@ client) per submission.
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_right
+from pathlib import Path
 from typing import Any
 
 from plait.interfaces.task import MAX_RESERVE
@@ -36,10 +44,44 @@ class _Block:
         self.left = n
 
 
-class TaskIds:
-    """The ids issued so far and the blocks still open (see the module doc)."""
+class IdHorizon:
+    """The file ``path``: an id no task of the profile has reached yet."""
 
-    def __init__(self, first: int = 0) -> None:
+    #: How far ahead the mark moves each time (one write per this many ids).
+    STEP = 1 << 20
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def load(self) -> int:
+        """The mark (0 when there is none yet, or it cannot be read)."""
+        try:
+            return max(0, int(self.path.read_text().strip()))
+        except (OSError, ValueError):
+            return 0
+
+    def advance(self, beyond: int) -> int:
+        """Move the mark past ``beyond`` (durably, before returning); the new mark."""
+        mark = beyond + self.STEP
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        with open(tmp, "w") as f:
+            f.write(f"{mark}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        return mark
+
+
+class TaskIds:
+    """The ids issued so far and the blocks still open (see the module doc);
+    with a ``horizon``, never an id an earlier run of the profile issued."""
+
+    def __init__(self, first: int = 0, horizon: IdHorizon | None = None) -> None:
+        self._horizon = horizon
+        if horizon is not None:
+            first = max(first, horizon.load())
+            self._limit = horizon.advance(first)
         self._next = first
         self._starts: list[int] = []  # first ids of the open blocks, ascending
         self._blocks: dict[int, _Block] = {}
@@ -49,8 +91,14 @@ class TaskIds:
         """The id the next issue or reservation starts at (all below are issued)."""
         return self._next
 
+    def _past(self, n: int) -> None:
+        """``n`` ids from the next one are about to be given: move the mark first."""
+        if self._horizon is not None and self._next + n > self._limit:
+            self._limit = self._horizon.advance(self._next + n)
+
     def issue(self) -> int:
         """One new id, for a task the controller submits itself (a recovery task)."""
+        self._past(1)
         taskid = self._next
         self._next += 1
         return taskid
@@ -62,6 +110,7 @@ class TaskIds:
         """
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_RESERVE:
             raise ValueError(f"can reserve 1 to {MAX_RESERVE} task ids at once, not {n!r}")
+        self._past(n)
         first = self._next
         self._next += n
         self._starts.append(first)  # ids only grow: the list stays sorted
