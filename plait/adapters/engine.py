@@ -72,6 +72,11 @@ class RemoteEngine:
         d.addErrback(lambda f: None)  # gone, or an engine that cannot: the task runs
         return d
 
+    def send_signal(self, signum: int) -> defer.Deferred:
+        d = self.control.callRemote("send_signal", int(signum))
+        d.addErrback(lambda f: None)  # gone, or an older engine: nothing is interrupted
+        return d
+
     def kill(self) -> defer.Deferred:
         d = self.control.callRemote("kill")
         d.addErrback(lambda f: None)  # the engine may be gone before it answers

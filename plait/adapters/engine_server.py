@@ -21,7 +21,7 @@ from plait.interfaces.engine import IEngineServer, RIEngine
 
 #: The RIEngine methods that are commands (run in the engine's main thread).
 COMMANDS = tuple(name for name in RIEngine.names()
-                 if name not in ("kill", "ping", "skip_tasks"))
+                 if name not in ("kill", "ping", "skip_tasks", "send_signal"))
 
 
 def _command(name: str) -> Any:
@@ -63,3 +63,7 @@ class FoolscapEngine(Referenceable):  # type: ignore[misc]
     def remote_skip_tasks(self, taskids: list[int]) -> None:
         """Skip aborted tasks of the batches held (in this, the reactor thread)."""
         self.engine.skip_tasks(taskids)
+
+    def remote_send_signal(self, signum: int) -> None:
+        """Signal the engine process now (in this, the reactor thread)."""
+        self.engine.send_signal(signum)

@@ -28,6 +28,7 @@ from plait.wire.serialize import loads_plain
 FOLLOWERS = frozenset({
     "reserve", "records", "result_status", "abort", "queue_status", "info", "get_ids",
     "history", "resubmit", "results", "purge", "query", "shutdown", "wait_for_engines",
+    "send_signal",
 })
 
 _SESSION_ONLY = "this call needs a session: open a channel or a session first"
@@ -81,6 +82,10 @@ class FoolscapParallel(OffersUploads, Referenceable):  # type: ignore[misc]
 
     def remote_shutdown(self, everyone: bool, targets: list, hub: bool) -> defer.Deferred:
         return self._call(self.service.shutdown, None if everyone else list(targets), hub)
+
+    def remote_send_signal(self, signum: int, everyone: bool, targets: list) -> defer.Deferred:
+        return self._call(self.service.send_signal, signum,
+                          None if everyone else list(targets))
 
     def remote_open_channel(self) -> tuple[bytes, int]:
         """A channel served by a session of its own, closed with the channel."""

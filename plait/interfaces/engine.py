@@ -99,6 +99,12 @@ class RIEngine(RemoteInterface):
         (answered at once, even while user code runs: they were aborted)."""
         return None
 
+    def send_signal(signum=IntegerConstraint()):
+        """Deliver signal ``signum`` to the engine process, at once, even while user
+        code runs: SIGINT interrupts the user code running (a KeyboardInterrupt in
+        it; the engine stays), and does nothing between commands."""
+        return None
+
     def ping():
         """Liveness probe."""
         return BooleanConstraint()
@@ -190,6 +196,11 @@ class IEngine(Interface):
         holds (they were aborted); fires with None (never fails: a task that
         started runs to its end)."""
 
+    def send_signal(signum):
+        """Deliver signal ``signum`` to the engine process (SIGINT: interrupt the
+        user code it runs); fires with None (never fails: an engine gone has
+        nothing to interrupt)."""
+
 
 class IEngineServer(Interface):
     """The engine process, as its network adapter sees it (the engine side).
@@ -212,6 +223,10 @@ class IEngineServer(Interface):
 
     def skip_tasks(taskids):
         """From any thread: tasks of a batch not to run if they have not started."""
+
+    def send_signal(signum):
+        """From any thread: deliver ``signum`` to this process (SIGINT interrupts
+        the user code running, if any)."""
 
 
 class IEngineRegistry(Interface):

@@ -104,6 +104,13 @@ class IMultiEngine(Interface):
         fires once the targets have left the registry.
         """
 
+    def send_signal(signum, targets, block):
+        """Deliver signal ``signum`` to the targets' processes now, not behind
+        their queued commands: SIGINT interrupts the user code each one runs
+        (that command fails with KeyboardInterrupt; the engine stays).  Fires
+        with ``[(id, ok, payload)]``; ValueError for a number that is not a
+        signal."""
+
     def clear_queue(targets, block):
         """Drop the commands waiting in each target's queue."""
 
@@ -183,6 +190,9 @@ class RIMultiEngine(RemoteInterface):
         return Outcome
 
     def kill(controller=BooleanConstraint(), targets=Targets, block=Block):
+        return Outcome
+
+    def send_signal(signum=IntegerConstraint(), targets=Targets, block=Block):
         return Outcome
 
     def clear_queue(targets=Targets, block=Block):
@@ -341,6 +351,12 @@ class IFullBlockingMultiEngineClient(Interface):
 
     def kill(controller=False, targets=None, block=None):
         """Stop engines (and the controller)."""
+
+    def interrupt(targets=None, block=None):
+        """Interrupt the user code the engines run (a KeyboardInterrupt in it)."""
+
+    def send_signal(signum, targets=None, block=None):
+        """Deliver a signal to the engine processes (SIGINT: interrupt)."""
 
     def clear_queue(targets=None, block=None):
         """Drop the commands waiting for the engines."""

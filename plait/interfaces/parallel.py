@@ -132,6 +132,11 @@ class IParallel(Interface):
         """Stop the ``targets`` engines (a list of ids, or None for all) and, with
         ``hub``, the controller; a Deferred firing once the engines have left."""
 
+    def send_signal(signum, targets):
+        """Deliver signal ``signum`` to the ``targets`` engines (ids, or None for
+        all) now (SIGINT interrupts the user code they run); a Deferred firing
+        with the ids signalled.  ValueError for a number that is not a signal."""
+
 
 class RIParallel(RemoteInterface):
     """What the ``ipcontroller-client.furl`` capability grants.  Every method
@@ -197,6 +202,11 @@ class RIParallel(RemoteInterface):
 
     def shutdown(everyone=BooleanConstraint(), targets=ListOf(IntegerConstraint()),
                  hub=BooleanConstraint()):
+        return Outcome
+
+    def send_signal(signum=IntegerConstraint(), everyone=BooleanConstraint(),
+                    targets=ListOf(IntegerConstraint())):
+        """Value: the engine ids signalled."""
         return Outcome
 
     def open_upload(size=IntegerConstraint(maxBytes=16), readers=IntegerConstraint()):

@@ -440,6 +440,15 @@ class Client:
         engines = None if targets in (None, "all") else self._engine_ids(targets)
         self._conn.shutdown(engines, hub)
 
+    def send_signal(self, sig: int, targets: Any = None, block: bool | None = None) -> None:
+        """Send the signal ``sig`` to the engines of ``targets`` (all by default),
+        now, not behind their queued work.  ``signal.SIGINT`` interrupts the user
+        code each engine runs: that task fails with KeyboardInterrupt, and the
+        engine stays, with its namespace.  ValueError for a number that is not
+        a signal."""
+        engines = None if targets in (None, "all") else self._engine_ids(targets)
+        self._conn.send_signal(int(sig), engines)
+
     def close(self, linger: Any = None) -> None:
         """Close the connection (the hub keeps the records); closing again does nothing."""
         if self._closed:

@@ -195,6 +195,11 @@ class ParallelConnection(SessionClient):
     def shutdown(self, targets: list[int] | None, hub: bool) -> defer.Deferred:
         return self._send("shutdown", targets is None, list(targets or []), bool(hub))
 
+    @asynchronous
+    def send_signal(self, signum: int, targets: list[int] | None) -> defer.Deferred:
+        """A Deferred firing with the ids of the engines signalled."""
+        return self._send("send_signal", int(signum), targets is None, list(targets or []))
+
 
 #: The status of a record standing for a result that will not come (the client's own).
 LOST = "lost"

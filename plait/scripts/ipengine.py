@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         except PlaitConnectionError as exc:
             sys.exit(f"error: {exc}")
 
-    from plait.kernel.engine.process import Engine
+    from plait.kernel.engine.process import Engine, install_interrupts
 
     def registered(engine_id: int) -> None:
         notify(args.notify_fd, f"engine {engine_id}")
@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     if props:  # under MPI: the rank is a name in the namespace too (%px print(rank))
         engine.interpreter.push({"rank": props["rank"], "size": props.get("size")})
     signal.signal(signal.SIGTERM, lambda *a: _exit(0))
+    # SIGINT interrupts user code, and is ignored between commands (a Ctrl-C in the
+    # terminal of an engine started by hand still stops it)
+    install_interrupts(stop_when_idle=sys.stdin is not None and sys.stdin.isatty())
     code = engine.run()
     if engine.error:
         print(f"error: {engine.error}", file=sys.stderr, flush=True)

@@ -97,6 +97,7 @@ class FakeEngine:
         self.commands = 0
         self.fetches: list[tuple[bytes, defer.Deferred]] = []
         self.skipped: list[int] = []  # task ids the controller asked it not to start
+        self.signals: list[int] = []
 
     # -- MultiEngine commands ------------------------------------------------------
     def _command(self, name: str, *args: Any) -> defer.Deferred:
@@ -132,6 +133,10 @@ class FakeEngine:
 
     def skip_tasks(self, taskids: list[int]) -> defer.Deferred:
         self.skipped.extend(taskids)
+        return defer.succeed(None)
+
+    def send_signal(self, signum: int) -> defer.Deferred:
+        self.signals.append(signum)
         return defer.succeed(None)
 
     def answer(self, value: Any = None) -> tuple[str, tuple]:

@@ -20,6 +20,7 @@ dictionary interface, activate, ``len`` and ``with`` blocks).
 
 from __future__ import annotations
 
+import signal
 import tokenize
 from collections.abc import Callable
 from pathlib import Path
@@ -389,6 +390,22 @@ class AsyncMultiEngineClient(DataParallelMixin, BenchmarkMixin, MultiEngineHelpe
         EngineError.
         """
         return self._engine_call("kill", bool(controller), targets=targets, block=block)
+
+    @asynchronous
+    def interrupt(self, targets: Any = None, block: bool | None = None) -> defer.Deferred:
+        """Interrupt the user code running on the targets: a KeyboardInterrupt is
+        raised in it, failing that command alone; the engines stay, with their
+        namespaces, and run what is queued next.  Not queued behind other
+        commands.  An engine running no user code is not disturbed."""
+        return self.send_signal(signal.SIGINT, targets=targets, block=block)
+
+    @asynchronous
+    def send_signal(self, signum: int, targets: Any = None, block: bool | None = None
+                    ) -> defer.Deferred:
+        """Deliver the signal ``signum`` to the targets' engine processes, now
+        (``signal.SIGINT``: as :meth:`interrupt`).  ValueError for a number that
+        is not a signal."""
+        return self._engine_call("send_signal", int(signum), targets=targets, block=block)
 
     @asynchronous
     def clear_queue(self, targets: Any = None, block: bool | None = None) -> defer.Deferred:

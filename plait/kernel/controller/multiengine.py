@@ -280,6 +280,20 @@ class MultiEngine:
             d.addBoth(lambda r: (stop(), r)[1])
         return self._maybe_pending(d, block)
 
+    def send_signal(self, signum: int, targets: Any = "all", block: bool = True
+                    ) -> defer.Deferred:
+        try:
+            ids = self.resolve_targets(targets)
+            signum = _signal_number(signum)
+        except (PlaitError, ValueError):
+            return defer.fail()
+        ds = []
+        for i in ids:
+            d = self.registry.get_engine(i).send_signal(signum)  # not queued: now
+            d.addCallback(lambda _, i=i: (i, *ok_reply(None)))
+            ds.append(d)
+        return self._maybe_pending(defer.gatherResults(ds, consumeErrors=True), block)
+
     def _departures(self, ids: list[int]) -> dict[int, defer.Deferred]:
         """A Deferred per engine, firing once it left the registry (or on timeout)."""
         clock = self._clock
@@ -358,3 +372,15 @@ class MultiEngine:
         view = copy.copy(self)
         view.results = ResultStore(on_drop=view._drop_replies)
         return view
+
+
+def _signal_number(signum: Any) -> int:
+    """``signum`` if it names a signal; ValueError saying it does not otherwise."""
+    import signal
+
+    if isinstance(signum, bool) or not isinstance(signum, int):
+        raise ValueError(f"a signal is a number (signal.SIGINT), not {signum!r}")
+    try:
+        return int(signal.Signals(signum))
+    except ValueError:
+        raise ValueError(f"{signum} is not a signal number") from None

@@ -180,6 +180,10 @@ class ParallelService:
     def shutdown(self, targets: list[int] | None, hub: bool) -> defer.Deferred:
         return self.multiengine.kill(bool(hub), "all" if targets is None else targets, True)
 
+    def send_signal(self, signum: int, targets: list[int] | None) -> defer.Deferred:
+        d = self.multiengine.send_signal(signum, "all" if targets is None else targets, True)
+        return d.addCallback(lambda replies: [engine_id for engine_id, *_ in replies])
+
     def resubmit(self, taskids: list[int], owner: Any) -> defer.Deferred:
         """Submit the finished tasks ``taskids`` again, for ``owner``: the new ids."""
 

@@ -109,6 +109,42 @@ METHODS = (
 
 
 
+class _Interrupts:
+    """SIGINT on an engine: a KeyboardInterrupt in the user code running, if any.
+
+    The engine's main thread installs :meth:`handler` for SIGINT.  Inside user
+    code (:meth:`user_code`: the executed source, the applied function) it
+    raises KeyboardInterrupt there, which fails that command alone, as any
+    exception of the user's does.  Anywhere else (between commands, or in
+    plait's own code around them) it does nothing, so that an interrupt that
+    arrives as a command ends can never lose that command's reply or end the
+    engine; except for an engine run by hand in a terminal, which Ctrl-C still
+    stops as before (``stop_when_idle``).
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.stop_when_idle = False
+        self.ignored = 0  # interrupts that found no user code running
+
+    @contextlib.contextmanager
+    def user_code(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.depth or self.stop_when_idle:
+            raise KeyboardInterrupt
+        self.ignored += 1
+
+
+#: The engine's one :class:`_Interrupts` (user code runs in its main thread only).
+interrupts = _Interrupts()
+
+
 class _Capture(io.TextIOBase):
     """A thread-safe text stream keeping at most ``limit`` characters."""
 
@@ -353,7 +389,8 @@ class Interpreter:
             failure: BaseException | None = None
             with _captured(self.output_limit, self.output_tee) as (out, err):
                 try:
-                    self._run_source(source, name, out if echo else None)
+                    with interrupts.user_code():
+                        self._run_source(source, name, out if echo else None)
                 except BaseException as exc:
                     failure = exc
             result["stdout"], result["stderr"] = out.getvalue(), err.getvalue()
@@ -425,7 +462,8 @@ class Interpreter:
                 function = self._adopt(function, memo, added)
                 args = tuple(self._adopt(a, memo, added) for a in args)
                 kwargs = {k: self._adopt(v, memo, added) for k, v in kwargs.items()}
-                return function(*args, **kwargs)
+                with interrupts.user_code():
+                    return function(*args, **kwargs)
             finally:
                 for name, value in added.items():  # take back what the call borrowed
                     if self.namespace.get(name, _MISSING) is value:
@@ -453,7 +491,8 @@ class Interpreter:
                 function = self._adopt_callable(function, memo, added)
                 args = tuple(self._adopt(a, memo, added) for a in args)
                 kwargs = {k: self._adopt(v, memo, added) for k, v in kwargs.items()}
-                value = function(*args, **kwargs)
+                with interrupts.user_code():
+                    value = function(*args, **kwargs)
             except BaseException as exc:
                 try:
                     exc.plait_output = (out.getvalue(), err.getvalue())  # type: ignore[attr-defined]

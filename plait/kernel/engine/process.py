@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import sys
 import threading
 import uuid as uuid_module
@@ -36,7 +37,7 @@ from plait.adapters.engine_server import FoolscapEngine
 from plait.interfaces.engine import IEngineServer, RIEngineRegistrar
 from plait.kernel.engine import taskrun
 from plait.kernel.engine.commands import Commands, Reply
-from plait.kernel.engine.interpreter import Interpreter
+from plait.kernel.engine.interpreter import Interpreter, interrupts
 from plait.security import make_tub
 from plait.wire.channel import BlockingChannel, channel_address
 from plait.wire.errors import ChannelClosed, PlaitConnectionError
@@ -210,6 +211,9 @@ class Engine:
         if method == "skip_tasks":
             self.skip_tasks(*args)
             return None
+        if method == "send_signal":
+            self.send_signal(*args)
+            return None
         return self.commands.run(method, args)
 
     def submit(self, method: str, args: tuple) -> defer.Deferred:
@@ -219,6 +223,19 @@ class Engine:
     def skip_tasks(self, taskids: list[int]) -> None:
         """(Any thread) tasks of the batches held not to start: aborted."""
         taskrun.skip(taskids)
+
+    def send_signal(self, signum: int) -> None:
+        """(Any thread) Deliver ``signum`` to this process's main thread, where user
+        code runs (SIGINT: see :data:`plait.kernel.engine.interpreter.interrupts`)."""
+        try:
+            sig = signal.Signals(signum)
+        except ValueError:
+            log.warn("ignored a request for signal {n}: not a signal", n=signum)
+            return
+        if sig == signal.SIGINT:
+            signal.pthread_kill(threading.main_thread().ident or 0, sig)
+        else:
+            os.kill(os.getpid(), sig)
 
     def kill(self) -> None:
         """Exit soon (any thread): the answer to ``kill`` leaves first."""
@@ -362,6 +379,14 @@ class OutputStreamer:
 #: Seconds between two sends of streamed output, and characters per send at most.
 OUTPUT_EVERY = 0.05
 OUTPUT_BUDGET = 1 << 16
+
+
+def install_interrupts(stop_when_idle: bool) -> None:
+    """(Main thread) SIGINT interrupts user code, and is ignored between commands;
+    ``stop_when_idle``: then it stops the engine instead (one run by hand in a
+    terminal, which Ctrl-C stops as before).  See :data:`interrupts`."""
+    interrupts.stop_when_idle = stop_when_idle
+    signal.signal(signal.SIGINT, interrupts.handler)
 
 
 def hard_exit(code: int) -> None:
