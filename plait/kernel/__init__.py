@@ -23,7 +23,7 @@ beside what they share::
                               dispatch, scheduler, blobserver) and their
                               wiring (service)
     plait/kernel/engine/      the engine process (process, commands,
-                              interpreter, taskrun) and the functions clients
+                              interpreter, interrupts, taskrun) and the functions clients
                               ship to it by reference (shipped)
     plait/kernel/client/      the users' face (its ``__init__``) and the
                               client plumbing both API generations share

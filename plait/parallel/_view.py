@@ -472,11 +472,15 @@ class LoadBalancedView(View):
 
     Flags: ``block``, ``targets`` (the engines it may choose among; None:
     all), ``retries``, ``after`` and ``follow`` (graph dependencies:
-    msg_ids, AsyncResults or Dependencies) and ``timeout`` (seconds a task
-    may wait for its dependencies and an engine; DependencyTimeout past it).
+    msg_ids, AsyncResults or Dependencies), ``timeout`` (seconds a task
+    may wait for its dependencies and an engine; DependencyTimeout past it)
+    and ``time_limit`` (seconds a task may run on an engine: past them it is
+    interrupted and fails with TaskTimeout, and runs again elsewhere if it
+    has retries left).
     """
 
-    _flag_names = ("block", "track", "targets", "retries", "after", "follow", "timeout")
+    _flag_names = ("block", "track", "targets", "retries", "after", "follow", "timeout",
+                   "time_limit")
 
     def __init__(self, client: Any, targets: Any = None, block: bool | None = None):
         super().__init__(client, targets, block)
@@ -485,6 +489,7 @@ class LoadBalancedView(View):
         self.after: Any = None
         self.follow: Any = None
         self.timeout: float | None = None
+        self.time_limit: float | None = None
 
     def _check_targets(self, targets: Any) -> None:
         if targets is not None:
@@ -493,6 +498,7 @@ class LoadBalancedView(View):
     def _spec(self, kind: Callable[..., TaskSpec], *args: Any) -> TaskSpec:
         targets = None if self.targets is None else tuple(self.client._engine_ids(self.targets))
         return kind(*args, retries=self.retries, timeout=self.timeout, targets=targets,
+                    time_limit=self.time_limit,
                     after=graph_dependency(self.client, self.after, "after"),
                     follow=graph_dependency(self.client, self.follow, "follow"))
 

@@ -185,6 +185,7 @@ class TaskSpec:
     follow: GraphDependency | None = None
     targets: tuple[int, ...] | None = None
     pinned: bool = False  # run on the one engine of ``targets`` at once (a direct request)
+    time_limit: float | None = None  # seconds it may run on an engine (TaskTimeout past it)
 
     @classmethod
     def string(cls, expression: str, **options: Any) -> TaskSpec:
@@ -229,12 +230,13 @@ class EngineTask:
     pull: tuple[str, ...]
     clear_before: bool
     clear_after: bool
+    time_limit: float | None = None  # seconds of run time; TaskTimeout past them
 
     def __reduce__(self) -> tuple:
         # (positional: the pickle is smaller and quicker than a dataclass's default)
         return EngineTask, (self.kind, self.expression, self.function, self.args,
                             self.kwargs, self.push, self.pull, self.clear_before,
-                            self.clear_after)
+                            self.clear_after, self.time_limit)
 
 
 def _names(pull: Any) -> tuple[str, ...]:
@@ -280,7 +282,19 @@ def _engine_part(spec: TaskSpec) -> EngineTask:
         pull=pull,
         clear_before=bool(spec.clear_before),
         clear_after=bool(spec.clear_after),
+        time_limit=_check_time_limit(spec.time_limit),
     )
+
+
+def _check_time_limit(limit: Any) -> float | None:
+    """The run-time limit as a float of seconds, None for none (0 or None)."""
+    if limit is None or limit == 0:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (
+        0 < limit < float("inf")
+    ):
+        raise TaskSpecError(f"time_limit must be a number of seconds > 0, not {limit!r}")
+    return float(limit)
 
 
 def _check_retries(retries: Any) -> int:

@@ -86,3 +86,56 @@ def test_a_number_that_is_not_a_signal_is_refused(mec, cluster4):
     finally:
         rc.close()
     assert mec.get_ids() == [0, 1, 2, 3]
+
+
+def slow_the_first_time(marker):
+    import os
+    import time
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(60)  # past the time limit: interrupted
+    return "in time"
+
+
+def test_a_kernel_task_past_its_time_limit_fails_with_task_timeout(cluster4):
+    tc = cluster4.tc()
+    late = tc.run(client.StringTask("import time; time.sleep(60)", time_limit=0.5))
+    result = tc.get_task_result(late, block=True)
+    assert result.failure.ename == "TaskTimeout"
+    assert "ran past its time limit of 0.5 s" in str(result.failure)
+    with pytest.raises(ipp.error.TaskTimeout):  # the original exception, as for any failure
+        result.failure.raise_exception()
+    quick = tc.run(client.StringTask("v = 1", pull="v", time_limit=30))
+    assert tc.get_task_result(quick, block=True).ns.v == 1
+    assert cluster4.mec().get_ids() == [0, 1, 2, 3]
+
+
+def test_a_task_past_its_time_limit_runs_again_elsewhere_with_retries(cluster4, tmp_path):
+    rc = ipp.Client(cluster4.furl_file("client"))
+    try:
+        lview = rc.load_balanced_view()
+        with lview.temp_flags(time_limit=1, retries=1):
+            ar = lview.apply_async(slow_the_first_time, str(tmp_path / "marker"))
+        assert ar.get(timeout=60) == "in time"
+        with lview.temp_flags(time_limit=0.5):
+            late = lview.apply_async(time_sleep, 60)
+        with pytest.raises(ipp.error.RemoteError) as info:
+            late.get(timeout=60)
+        assert info.value.ename == "TaskTimeout"
+        assert rc.ids == [0, 1, 2, 3]
+    finally:
+        rc.close()
+
+
+def time_sleep(seconds):
+    import time
+
+    time.sleep(seconds)
+
+
+@pytest.mark.parametrize("limit", [-1, "10", float("inf"), True])
+def test_a_bad_time_limit_is_refused(cluster4, limit):
+    tc = cluster4.tc()
+    with pytest.raises(ValueError, match="time_limit must be a number of seconds > 0"):
+        tc.run(client.StringTask("pass", time_limit=limit))

@@ -88,12 +88,14 @@ class StringTask(TaskSpec):
         recovery_task: TaskSpec | None = None,
         depend: Callable[[dict], Any] | None = None,
         timeout: float | None = None,
+        time_limit: float | None = None,
     ):
         super().__init__(
             "string", expression=expression,
             pull=pull if isinstance(pull, str) else [] if pull is None else list(pull),
             push=dict(push or {}), clear_before=clear_before, clear_after=clear_after,
             retries=retries, recovery_task=recovery_task, depend=depend, timeout=timeout,
+            time_limit=time_limit,
         )
 
     def __repr__(self) -> str:
@@ -127,11 +129,12 @@ class MapTask(TaskSpec):
         recovery_task: TaskSpec | None = None,
         depend: Callable[[dict], Any] | None = None,
         timeout: float | None = None,
+        time_limit: float | None = None,
     ):
         super().__init__(
             "map", function=function, args=tuple(args or ()), kwargs=dict(kwargs or {}),
             clear_before=clear_before, clear_after=clear_after, retries=retries,
-            recovery_task=recovery_task, depend=depend, timeout=timeout,
+            recovery_task=recovery_task, depend=depend, timeout=timeout, time_limit=time_limit,
         )
 
     def __repr__(self) -> str:

@@ -92,6 +92,7 @@ from typing import Any, cast
 
 from plait.kernel.engine import current
 from plait.kernel.engine.current import get_interpreter as get_interpreter
+from plait.kernel.engine.interrupts import interrupts
 from plait.kernel.engine.shipped import Reference, dependent
 from plait.kernel.engine.taskrun import run_on_engine
 from plait.wire.errors import RemoteFailure, SerializationError
@@ -107,42 +108,6 @@ METHODS = (
     "execute", "push", "pull", "apply", "apply_call", "get_result", "keys", "reset", "run_task",
 )
 
-
-
-class _Interrupts:
-    """SIGINT on an engine: a KeyboardInterrupt in the user code running, if any.
-
-    The engine's main thread installs :meth:`handler` for SIGINT.  Inside user
-    code (:meth:`user_code`: the executed source, the applied function) it
-    raises KeyboardInterrupt there, which fails that command alone, as any
-    exception of the user's does.  Anywhere else (between commands, or in
-    plait's own code around them) it does nothing, so that an interrupt that
-    arrives as a command ends can never lose that command's reply or end the
-    engine; except for an engine run by hand in a terminal, which Ctrl-C still
-    stops as before (``stop_when_idle``).
-    """
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.stop_when_idle = False
-        self.ignored = 0  # interrupts that found no user code running
-
-    @contextlib.contextmanager
-    def user_code(self) -> Iterator[None]:
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-
-    def handler(self, signum: int, frame: Any) -> None:
-        if self.depth or self.stop_when_idle:
-            raise KeyboardInterrupt
-        self.ignored += 1
-
-
-#: The engine's one :class:`_Interrupts` (user code runs in its main thread only).
-interrupts = _Interrupts()
 
 
 class _Capture(io.TextIOBase):

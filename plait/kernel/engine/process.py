@@ -37,7 +37,8 @@ from plait.adapters.engine_server import FoolscapEngine
 from plait.interfaces.engine import IEngineServer, RIEngineRegistrar
 from plait.kernel.engine import taskrun
 from plait.kernel.engine.commands import Commands, Reply
-from plait.kernel.engine.interpreter import Interpreter, interrupts
+from plait.kernel.engine.interpreter import Interpreter
+from plait.kernel.engine.interrupts import interrupts
 from plait.security import make_tub
 from plait.wire.channel import BlockingChannel, channel_address
 from plait.wire.errors import ChannelClosed, PlaitConnectionError

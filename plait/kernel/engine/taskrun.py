@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from plait.kernel.engine.interrupts import interrupts
 from plait.wire import bulk as _bulk
 from plait.wire.errors import SerializationError, TaskAborted, UnmetDependency
 from plait.wire.serialize import INLINE_LIMIT, deserialize, is_bulk, pack_framed, serialize_parts
@@ -201,16 +202,17 @@ def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
             continue
         try:
             task = _load(payload)
-            if task.kind in LATER_KINDS:
-                sink = output_sink
-                if sink is not None and taskid is not None:
-                    interpreter.output_tee = functools.partial(sink, taskid)
-                try:
-                    value, meta = run_call(interpreter, task)
-                finally:
-                    interpreter.output_tee = None
-            else:
-                value = run_engine_task(interpreter, task)
+            with interrupts.time_limit(getattr(task, "time_limit", None)):
+                if task.kind in LATER_KINDS:
+                    sink = output_sink
+                    if sink is not None and taskid is not None:
+                        interpreter.output_tee = functools.partial(sink, taskid)
+                    try:
+                        value, meta = run_call(interpreter, task)
+                    finally:
+                        interpreter.output_tee = None
+                else:
+                    value = run_engine_task(interpreter, task)
             seconds = time.perf_counter() - start
             head, buffers = serialize_parts(value)
             size = len(head) + sum(memoryview(b).nbytes for b in buffers)
