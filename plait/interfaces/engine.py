@@ -193,8 +193,8 @@ class IEngine(Interface):
 
     def skip_tasks(taskids):
         """Tell the engine not to start the tasks ``taskids`` of the batches it
-        holds (they were aborted); fires with None (never fails: a task that
-        started runs to its end)."""
+        holds, and interrupt the one of them running now, if any (they were
+        aborted); fires with None (never fails)."""
 
     def send_signal(signum):
         """Deliver signal ``signum`` to the engine process (SIGINT: interrupt the

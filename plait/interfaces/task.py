@@ -105,7 +105,7 @@ class ITaskController(Interface):
 
         A scheduled task never runs; a pending one does not start on its
         engine if it has not started yet (the Deferred fires once the engine
-        was told), else runs to its end there and its result is discarded.
+        was told), else is interrupted there (a TaskAborted in its code).
         Either way the task finishes now as ``aborted`` and its result
         carries a TaskAborted failure.  Raises TaskAlreadyCompleted (an
         IndexError) when the task has finished, InvalidTaskID when it is

@@ -139,3 +139,31 @@ def test_a_bad_time_limit_is_refused(cluster4, limit):
     tc = cluster4.tc()
     with pytest.raises(ValueError, match="time_limit must be a number of seconds > 0"):
         tc.run(client.StringTask("pass", time_limit=limit))
+
+
+def test_aborting_a_running_task_interrupts_it_and_frees_its_engine(cluster4, tmp_path):
+    rc = ipp.Client(cluster4.furl_file("client"))
+    try:
+        only_two = rc.load_balanced_view(targets=[2])
+        sig = Signal(tmp_path)
+        ar = only_two.apply_async(sig.hanger())
+        running_pid(sig)
+        ar.abort()
+        with pytest.raises(ipp.error.TaskAborted):
+            ar.get(timeout=30)
+        # the engine is free at once, not after the 120 s the task would have slept
+        assert only_two.apply_async(lambda: "next").get(timeout=30) == "next"
+        assert rc[2].apply_sync(lambda: "still there") == "still there"
+    finally:
+        rc.close()
+
+
+def test_aborting_a_running_kernel_task_interrupts_it(cluster4, tmp_path):
+    tc = cluster4.tc()
+    sig = Signal(tmp_path)
+    taskid = tc.run(client.StringTask(sig.code))
+    running_pid(sig)
+    tc.abort(taskid)
+    result = tc.get_task_result(taskid, block=True)
+    assert result.status == "aborted"
+    tc.barrier([tc.run(client.StringTask("pass")) for _ in range(8)])  # every engine free

@@ -211,7 +211,7 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
     def abort(self, taskid: int) -> defer.Deferred:
         """Abort a task that has not finished; a Deferred firing with None.
 
-        A scheduled task never runs; a running one's result is discarded.
+        A scheduled task never runs; a running one is interrupted on its engine.
         Its result then says it was aborted (a TaskAborted failure).  Fails
         with TaskAlreadyCompleted (an IndexError) for a task already
         finished, InvalidTaskID for an unknown id."""

@@ -322,7 +322,7 @@ class TaskController:
         else:
             engine_id = task.engine_id
             reason = (f"{self._label(task)} was aborted on engine {engine_id}: it does not start "
-                      f"there, or, if it had started, its result is discarded")
+                      f"there, or, if it had started, it is interrupted")
             if engine_id in self._registry:  # it skips the task if it has not started it
                 told = self._registry.get_engine(engine_id).skip_tasks([taskid])
         self._finish(task, ABORTED, failure_payload(TaskAborted(reason), engine_id))

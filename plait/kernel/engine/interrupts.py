@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from plait.wire.errors import TaskTimeout
+from plait.wire.errors import TaskAborted, TaskTimeout
 
 
 class Interrupts:
@@ -39,6 +39,8 @@ class Interrupts:
         self.ignored = 0  # interrupts that found no user code running
         self._limit: float | None = None  # the time limit running, if any
         self._expired = False  # it passed while plait's own code ran
+        self.running_task: int | None = None  # the task whose code runs now, if any
+        self._aborts: set[int] = set()  # tasks aborted while they ran, to interrupt
 
     @contextlib.contextmanager
     def user_code(self) -> Iterator[None]:
@@ -52,10 +54,35 @@ class Interrupts:
             self.depth -= 1
 
     def handler(self, signum: int, frame: Any) -> None:
-        """SIGINT: a KeyboardInterrupt in user code; else nothing (see the module)."""
+        """SIGINT: a KeyboardInterrupt in user code; else nothing (see the module).
+        A SIGINT sent for an aborted task (:meth:`abort`) raises TaskAborted in
+        that task only: one that finished meanwhile leaves the next one alone."""
+        if self._aborts:
+            aborted = self.running_task in self._aborts and self.depth
+            self._aborts.clear()
+            if aborted:
+                raise TaskAborted(f"task {self.running_task} was aborted while it ran")
+            self.ignored += 1
+            return
         if self.depth or self.stop_when_idle:
             raise KeyboardInterrupt
         self.ignored += 1
+
+    def abort(self, taskids: list[int]) -> None:
+        """(Any thread) Interrupt the task running now if it is one of ``taskids``."""
+        running = self.running_task
+        if running is not None and running in taskids:
+            self._aborts.add(running)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    @contextlib.contextmanager
+    def task(self, taskid: int | None) -> Iterator[None]:
+        """(Main thread) Task ``taskid`` runs within."""
+        self.running_task = taskid
+        try:
+            yield
+        finally:
+            self.running_task = None
 
     def _timeout(self) -> TaskTimeout:
         return TaskTimeout(f"the task ran past its time limit of {self._limit:g} s")

@@ -175,11 +175,13 @@ output_sink: Callable[[int, str, str], None] | None = None
 
 
 def skip(taskids: list[int]) -> None:
-    """(Any thread) do not start these tasks of the batches this engine holds."""
+    """(Any thread) do not start these tasks of the batches this engine holds, and
+    interrupt the one running now if it is one of them (they were aborted)."""
     for taskid in taskids:
         _skipped[taskid] = None
     while len(_skipped) > MAX_SKIPPED:
         del _skipped[next(iter(_skipped))]
+    interrupts.abort(list(taskids))
 
 
 def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
@@ -202,7 +204,8 @@ def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
             continue
         try:
             task = _load(payload)
-            with interrupts.time_limit(getattr(task, "time_limit", None)):
+            with interrupts.task(taskid), interrupts.time_limit(getattr(task, "time_limit",
+                                                                         None)):
                 if task.kind in LATER_KINDS:
                     sink = output_sink
                     if sink is not None and taskid is not None:
