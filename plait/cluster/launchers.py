@@ -336,7 +336,7 @@ class Notices:
                     raise ClusterError(
                         f"only {len(engines.ids)} of {engines.n} engines registered within "
                         f"{timeout:g} s; see the logs in {dirs.log}"
-                        + _quote(engines.log))
+                        + _quote(_engine_log(engines, dirs)))
                 step = left if new_ids is None else min(left, 0.2)
                 if counted:
                     step = max(0.0, min(step, settled_by - time.monotonic()))
@@ -375,7 +375,7 @@ class Notices:
                             f"{what} exited{how} before "
                             f"{'its engines' if engines.launcher == 'mpi' else 'it'} "
                             f"registered ({len(engines.ids)} of {engines.n} did); see the "
-                            f"logs in {dirs.log}" + _quote(engines.log))
+                            f"logs in {dirs.log}" + _quote(_engine_log(engines, dirs, proc.pid)))
         finally:
             for conn in buffers:
                 conn.close()
@@ -406,6 +406,17 @@ def _record(engines: EngineSet, data: bytes, sender: int | None = None) -> None:
             return  # a notice for another process: not believed
         engines.ids.append(int(parts[1]))
         engines.pids.append(int(parts[2]))
+
+
+def _engine_log(engines: EngineSet, dirs: ProfileDirs, pid: int | None = None) -> Path | None:
+    """The log to quote for ``engines``: their launcher's, else the log of the engine
+    ``pid`` (else of the one of them that wrote last)."""
+    if engines.log is not None:
+        return engines.log
+    pids = [pid] if pid is not None else [p.pid for p in engines.procs]
+    logs = [dirs.log / f"ipengine-{p}.log" for p in pids]
+    found = [log for log in logs if log.exists()]
+    return max(found, key=lambda log: log.stat().st_mtime) if found else None
 
 
 def _quote(log: Path | None, lines: int = 10) -> str:

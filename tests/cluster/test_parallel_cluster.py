@@ -22,7 +22,8 @@ import pytest
 import plait.parallel as ipp
 from plait.cluster.processes import pid_alive, signal_pids
 from plait.parallel import AsyncCluster, Cluster
-from plait.wire.errors import ClusterError
+from plait.security import PARALLEL_FURL, profile_dirs
+from plait.wire.errors import ClusterError, PlaitConnectionError
 from support.cluster import left_running, make_env, processes_of, run_cmd, wait_exit
 from support.mpi import MPI_LAUNCHERS, is_open_mpi
 
@@ -316,3 +317,29 @@ def test_mpi_engines_know_rank_and_size_and_stop_with_their_mpiexec(plait_dir, c
     assert not [pid for pid in processes if pid_alive(pid)]
     assert not state_file(plait_dir).exists()
     assert left_running(plait_dir) == []  # nor any helper of mpiexec
+
+
+def test_engines_that_cannot_start_say_why_quoting_their_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
+    cluster = ipp.Cluster(n=2, location="127.0.0.2", timeout=30)  # (it listens on 127.0.0.1)
+    with pytest.raises(ClusterError) as info:
+        cluster.start()
+    message = str(info.value)
+    assert "exited before it registered (0 of 2 did)" in message
+    assert "could not register with the controller at 127.0.0.2" in message  # its log's words
+    assert not cluster.running
+
+
+def test_a_client_of_a_controller_gone_for_good_names_the_profile_and_its_log(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
+    cluster = ipp.Cluster(n=1, timeout=30)
+    cluster.start()
+    furl_file = profile_dirs(None).furl_path(PARALLEL_FURL)
+    cluster.stop()
+    with pytest.raises(PlaitConnectionError) as info:
+        ipp.Client(str(furl_file))
+    message = str(info.value)
+    assert "nothing listens there: is the controller running?" in message
+    assert "profile 'default'; the last controller's log is" in message
+    assert "ipcontroller-" in message

@@ -83,7 +83,7 @@ def connect(furl: str, source: str, expected: type[RemoteInterface] | None = Non
                    "controller started with --new-furls makes new ones) or belongs to "
                    "another profile")
         elif "refused" in text.lower():
-            why = "nothing listens there: is the controller running?"
+            why = "nothing listens there: is the controller running?" + _last_words(source)
         else:
             why = text
         raise PlaitConnectionError(
@@ -91,6 +91,25 @@ def connect(furl: str, source: str, expected: type[RemoteInterface] | None = Non
         )
 
     return d.addErrback(failed)
+
+
+def _last_words(source: str) -> str:
+    """For a FURL file of a profile's security folder: which profile, and the end of
+    the newest controller log there (why a controller went away, often)."""
+    folder = Path(source).parent
+    if folder.name != "security" or not folder.parent.name.startswith("profile_"):
+        return ""
+    profile = folder.parent.name[len("profile_"):]
+    logs = sorted((folder.parent / "log").glob("ipcontroller-*.log"),
+                  key=lambda log: log.stat().st_mtime)
+    if not logs:
+        return f" (profile '{profile}': no controller log there)"
+    try:
+        tail = logs[-1].read_text(errors="replace").strip().splitlines()[-3:]
+    except OSError:
+        tail = []
+    said = ("; it ends with:\n    " + "\n    ".join(tail)) if tail else ""
+    return f" (profile '{profile}'; the last controller's log is {logs[-1]}{said})"
 
 
 def _check_kind(ref: Any, expected: type[RemoteInterface], source: str, who: str) -> Any:
