@@ -40,7 +40,10 @@ class TaskResultRecord:
     there (None if unknown).  ``failed_on`` lists the engines of failed
     attempts, in order;
     ``recovery_taskid`` is the id of the recovery task submitted when this
-    task failed for good; ``recovery_of`` the task this one recovers.
+    task failed for good; ``recovery_of`` the task this one recovers.  A task
+    recovered so has the record of its recovery (as the reference system
+    ran the recovery task in its place), its own failure kept in
+    ``recovered_from`` (a serialized RemoteFailure).
     For ``call`` and ``execute`` tasks, ``stdout``/``stderr`` hold their
     output, ``engine_started``/``engine_completed`` the engine's clock
     around the call, ``pyout`` the repr of a final expression's value,
@@ -66,6 +69,7 @@ class TaskResultRecord:
     engine_completed: float | None = None
     pyout: str | None = None
     execution_count: int | None = None
+    recovered_from: bytes | None = None
 
     @property
     def ok(self) -> bool:

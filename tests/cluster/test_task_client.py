@@ -277,7 +277,9 @@ def test_recovery_task_runs_once_retries_are_spent(tc):
     rescue = client.StringTask("saved = True", pull="saved")
     taskid = tc.run(client.StringTask("1/0", retries=1, recovery_task=rescue))
     result = tc.get_task_result(taskid, block=True)
-    assert result.status == "failed" and result.attempts == 2
+    # as in the reference system: the recovery task's result, in the task's place
+    assert result.status == "succeeded" and result.ns.saved is True and result.attempts == 2
+    assert result.recovered_from.ename == "ZeroDivisionError"  # its own failure, kept
     recovered = tc.get_task_result(result.recovery_taskid, block=True)
     assert recovered.ns.saved is True and recovered.recovery_of == taskid
 

@@ -29,7 +29,7 @@ from plait.wire.errors import (
     TaskSpecError,
 )
 from plait.wire.records import TaskResultRecord, decode_result, encode_result
-from plait.wire.serialize import serialize
+from plait.wire.serialize import deserialize, serialize
 from plait.wire.task import (
     MAGIC,
     EngineTask,
@@ -666,13 +666,14 @@ def test_recovery_task_runs_after_retries_and_is_named():
     engine = cluster.engines[0]
     engine.fail(OSError("1"))
     engine.fail(OSError("2"))
-    record = cluster.result(taskid)
-    assert record.status == "failed" and record.failure().evalue == "2"
-    rescue = record.recovery_taskid
-    assert rescue == taskid + 1
+    assert cluster.status()["pending"] == [taskid, taskid + 1]  # it waits for its rescue
     assert engine.names() == ["rescue"]
     engine.reply({"x": 1})
-    recovery = cluster.result(rescue)
+    # the rescue ran in its place: its result is the rescue's, its own failure kept
+    record = cluster.result(taskid)
+    assert record.ok and record.value() == {"x": 1} and record.recovery_taskid == taskid + 1
+    assert deserialize(record.recovered_from).evalue == "2"
+    recovery = cluster.result(taskid + 1)
     assert recovery.ok and recovery.recovery_of == taskid and recovery.value() == {"x": 1}
 
 
@@ -685,13 +686,16 @@ def test_recovery_chain_has_its_own_retries_and_recovery():
     engine.fail(OSError("first"))
     engine.fail(OSError("middle 1"))
     engine.fail(OSError("middle 2"))
-    middle_id = cluster.result(taskid).recovery_taskid
-    last_id = cluster.result(middle_id).recovery_taskid
+    middle_id, last_id = taskid + 1, taskid + 2
     assert engine.names() == ["last"]
     engine.reply()
     assert cluster.result(last_id).ok
-    assert cluster.status()["failed"] == [taskid, middle_id]
-    assert cluster.status()["succeeded"] == [last_id]
+    assert cluster.result(taskid).recovery_taskid == middle_id
+    assert cluster.result(middle_id).recovery_taskid == last_id
+    assert deserialize(cluster.result(taskid).recovered_from).evalue == "first"
+    assert deserialize(cluster.result(middle_id).recovered_from).evalue == "middle 2"
+    assert cluster.status()["failed"] == []
+    assert cluster.status()["succeeded"] == [taskid, middle_id, last_id]
 
 
 def test_queue_cleared_by_the_multiengine_side_reschedules():
@@ -723,6 +727,7 @@ def test_engines_that_fail_synchronously_use_up_retries_and_recover():
     taskid = submit_one(cluster.tc, encode_task(spec))
     record = cluster.result(taskid)
     assert record.failed_on == [0, 1, 0, 1]
+    assert record.status == "failed"  # its recovery's failure, in its place
     assert cluster.result(record.recovery_taskid).status == "failed"
 
 

@@ -50,6 +50,7 @@ from typing import Any, NoReturn
 
 from plait.wire.errors import RemoteError, RemoteFailure
 from plait.wire.records import TaskResultRecord
+from plait.wire.serialize import deserialize
 from plait.wire.task import ABORTED, FAILED, SUCCEEDED, TaskSpec
 
 __all__ = ["MapTask", "ResultNS", "StringTask", "Task", "TaskResult"]
@@ -211,6 +212,11 @@ class TaskResult:
     ``recovery_taskid`` / ``recovery_of``
         The id of the recovery task submitted when this task failed for
         good / the id of the task this one recovers (None otherwise).
+    ``recovered_from``
+        When this task failed for good and its recovery task ran in its
+        place, this task's own failure (a RemoteError); the result is then
+        the recovery task's (as in the reference system: status, results,
+        failure and engine are the recovery's).  None otherwise.
     """
 
     def __init__(self, record: TaskResultRecord, value: Any):
@@ -226,6 +232,12 @@ class TaskResult:
         self.failed_on = list(record.failed_on)
         self.recovery_taskid = record.recovery_taskid
         self.recovery_of = record.recovery_of
+        #: The task's own failure when its recovery task ran in its place (a RemoteError)
+        self.recovered_from: RemoteError | None = None
+        if record.recovered_from:
+            lost = deserialize(record.recovered_from)
+            if isinstance(lost, RemoteFailure):
+                self.recovered_from = RemoteError(lost, "run_task")
         if record.status == SUCCEEDED:
             self.results = value
             self.failure: RemoteError | None = None

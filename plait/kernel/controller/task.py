@@ -680,15 +680,19 @@ class TaskController:
             task.retries_left -= 1
             self._requeue(task)
             return
-        recovery_id = None
         if task.spec.recovery is not None:
+            # the recovery task runs in its place: this task finishes with its result,
+            # its own failure kept beside it (as the reference system did)
             recovery_id = self._ids.issue()
+            task.recovering = (recovery_id, failure)
             self._accept(recovery_id, task.spec.recovery, task.taskid, task.owner, task.later)
-        self._finish(task, FAILED, failure, recovery_id)
+            return
+        self._finish(task, FAILED, failure)
 
     # -- endings -----------------------------------------------------------------------
     def _finish(
-        self, task: Task, state: str, payload: bytes, recovery_id: int | None = None
+        self, task: Task, state: str, payload: bytes, recovery_id: int | None = None,
+        recovered_from: bytes | None = None,
     ) -> None:
         self._set_state(task, state)
         record = TaskResultRecord(
@@ -705,6 +709,7 @@ class TaskController:
             recovery_taskid=recovery_id,
             recovery_of=task.recovery_of,
             seconds=task.seconds,
+            recovered_from=recovered_from,
         )
         meta = task.meta
         if meta is not None:
@@ -734,7 +739,28 @@ class TaskController:
             del self._states[state][task.taskid]
             self._done[task.taskid] = (state == SUCCEEDED, task.engine_id)
         self._endings.append(task)
+        if task.recovery_of is not None:
+            self._recovered(task, record)
         self._settle_dependents()
+
+    def _recovered(self, recovery: Task, record: TaskResultRecord) -> None:
+        """The recovery task of a failed task finished: the failed task finishes
+        with its outcome (and its recovery chain's, through this same call)."""
+        original = self._tasks.get(recovery.recovery_of)  # type: ignore[arg-type]
+        if original is None or original.recovering is None or original.state in FINISHED:
+            return  # aborted or cleared meanwhile
+        recovery_id, failure = original.recovering
+        if recovery_id != recovery.taskid:
+            return
+        original.recovering = None
+        original.engine_id, original.engine_uuid = record.engineid, record.engine_uuid
+        original.started, original.seconds = record.started, record.seconds
+        original.meta = {"stdout": record.stdout, "stderr": record.stderr,
+                         "started": record.engine_started,
+                         "completed": record.engine_completed, "pyout": record.pyout,
+                         "execution_count": record.execution_count}
+        self._finish(original, record.status, record.payload, recovery_id,
+                     recovered_from=failure)
 
     def _settle_dependents(self) -> None:
         """Tell the graph of the tasks that finished (a loop, not a recursion: a

@@ -21,7 +21,7 @@ class Task:
         "taskid", "spec", "state", "retries_left", "failed_on", "attempt", "engine_id",
         "engine_uuid", "submitted", "started", "record", "waiters", "recovery_of",
         "suspicions", "seconds", "arrival", "expiry", "owner", "later", "blocked", "only",
-        "never", "meta",
+        "never", "meta", "recovering",
     )
 
     def __init__(self, taskid: int, spec: ControllerTask, submitted: float,
@@ -50,6 +50,8 @@ class Task:
         self.only = None if spec.targets is None else frozenset(spec.targets)
         self.never: set[int] = set()  # engines where a functional dependency was unmet
         self.meta: dict | None = None  # the last attempt's output and engine times
+        #: (the recovery task's id, this task's failure) while its recovery runs
+        self.recovering: tuple[int, bytes] | None = None
 
 
 class Waiter:
