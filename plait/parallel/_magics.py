@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ast
 import re
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +75,7 @@ class ViewFrontEnd(PxFrontEnd):
             raise usage_error(f"%px{self.suffix} runs code on the engines: %px{self.suffix} "
                               f"a = 1, or %%px{self.suffix} [options] and a cell")
         targets = self.targets(options.targets) if options.targets else None
+        sig = _signal_of(options.signal_on_interrupt) if options.signal_on_interrupt else None
         block = self.view.block if options.block is None else options.block
         verbose = self.verbose if options.verbose is None else options.verbose
         ar = self.submit(code, targets, block, verbose)
@@ -84,9 +86,19 @@ class ViewFrontEnd(PxFrontEnd):
         if not block:
             return ar
         stream = self.stream if options.stream is None else options.stream
-        if stream:
-            ar.stream_output()
-        self.show(ar, options.groupby, result_only=stream)
+        try:
+            if stream:
+                ar.stream_output()
+            self.show(ar, options.groupby, result_only=stream)
+        except KeyboardInterrupt:  # Ctrl-C: stop the engines' work too, unless told not to
+            if sig is not None:
+                engines = self.view.client._engine_ids(
+                    self.view.targets if targets is None else targets)
+                print(f"Keyboard interrupt: sending {sig.name} to engine(s) "
+                      f"{_targets_text(engines)} (%pxresult{self.suffix} shows what they "
+                      f"did)", flush=True)
+                self.view.client.send_signal(sig, targets=engines)
+            raise
         return None
 
     def pxresult(self, shell: Any, line: str) -> None:
@@ -191,6 +203,18 @@ def parse_targets(text: str, ids: list[int]) -> Any:
     raise bad
 
 
+def _signal_of(name: str) -> signal.Signals:
+    """``SIGINT``, ``INT`` or ``2`` as a signal; a UsageError for anything else."""
+    text = name.strip().upper()
+    try:
+        if text.isdigit():
+            return signal.Signals(int(text))
+        return signal.Signals[text if text.startswith("SIG") else "SIG" + text]
+    except (KeyError, ValueError):
+        raise usage_error(f"--signal-on-interrupt {name!r} is not a signal "
+                          f"(SIGINT, TERM, 2...)") from None
+
+
 def _engine_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -239,6 +263,12 @@ def _execution_options(parser: Any, magic: str) -> None:
         help="show what the engines print while the cell runs, as it comes")
     add("--no-stream", action="store_const", const=False, dest="stream",
         help="show the output when the cell has finished (the default)")
+    if magic == "px":
+        add("--signal-on-interrupt", dest="signal_on_interrupt", default="SIGINT",
+            metavar="SIGNAL", help="on Ctrl-C while blocking, send this signal to the "
+            "engines (default SIGINT: it interrupts the code they run)")
+        add("--no-signal-on-interrupt", dest="signal_on_interrupt", action="store_const",
+            const=None, help="on Ctrl-C, stop waiting but leave the engines' work alone")
 
 
 def _output_options(parser: Any) -> None:

@@ -417,3 +417,59 @@ def test_pxconfig_stream_makes_it_the_default(shell, capsys):
     assert lines(out) == ["[stdout:1] streamed"]
     run(shell, capsys, "%pxconfig --no-stream")
 
+
+
+def test_ctrl_c_on_a_blocking_px_interrupts_the_engines_too(shell, capsys, rc, tmp_path):
+    import signal
+    import threading
+
+    from support.cluster import Signal
+
+    hanging = Signal(tmp_path)
+    shell.user_ns["code"] = hanging.code
+
+    def press_ctrl_c_once_it_runs() -> None:
+        with open(hanging.path) as f:  # an event: the engine's code says it runs
+            f.read()
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c_once_it_runs)
+    presser.start()
+    run(shell, capsys, "v = rc.activate()\nv.block = True")
+    out = run(shell, capsys, f"%%px --targets 1\n{hanging.code}")
+    presser.join()
+    assert "Keyboard interrupt: sending SIGINT to engine(s) [1]" in out
+    assert "KeyboardInterrupt" in out
+    # the engine's code was interrupted too: it is free at once, not 120 s later
+    assert rc[1].apply_sync(lambda: "free again") == "free again"
+    assert rc.ids == [0, 1, 2, 3]
+
+
+def test_no_signal_on_interrupt_leaves_the_engines_alone(shell, capsys, rc, tmp_path):
+    import signal
+    import threading
+
+    from support.cluster import Gate
+
+    started, gate = Gate(tmp_path, "started"), Gate(tmp_path)
+
+    def press_ctrl_c_once_it_runs() -> None:
+        with open(started.path) as f:  # an event: the engine's code says it runs
+            f.read()
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c_once_it_runs)
+    presser.start()
+    run(shell, capsys, "v = rc.activate()\nv.block = True")
+    code = f"open({started.path!r}, 'w').write('1')\n{gate.wait_code}"
+    out = run(shell, capsys, f"%%px --targets 2 --no-signal-on-interrupt\n{code}")
+    presser.join()
+    assert "sending" not in out and "KeyboardInterrupt" in out
+    gate.open()  # the engine still waits there (were it interrupted, this would hang)
+    assert rc[2].apply_sync(lambda: "done") == "done"
+
+
+def test_a_bad_signal_on_interrupt_is_a_usage_error(shell, capsys):
+    run(shell, capsys, "v = rc.activate()\nv.block = True")
+    out = run(shell, capsys, "%%px --signal-on-interrupt SIGNOPE\na = 1")
+    assert "'SIGNOPE' is not a signal" in out
