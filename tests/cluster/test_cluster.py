@@ -110,10 +110,14 @@ def test_timeout_fails_clearly_and_leaves_nothing_running(tmp_path):
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_foreground_ipcluster_stops_everything_on_ctrl_c(tmp_path, how):
     env = make_env(tmp_path / "p")
+    # stderr goes to a file: a pipe nobody reads fills up once the processes have
+    # written 64 KiB to it (a busy machine's warnings), and then they block for ever
+    errors = open(tmp_path / "stderr", "w")
     proc = subprocess.Popen(
         [PYTHON, "-m", "plait.scripts.ipcluster", "-n", "2"], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=errors, text=True, start_new_session=True,
     )
+    errors.close()
     try:
         lines = []
         for line in proc.stdout:
@@ -129,7 +133,7 @@ def test_foreground_ipcluster_stops_everything_on_ctrl_c(tmp_path, how):
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         else:
             proc.terminate()  # ipcluster alone: it must stop its children itself
-        assert proc.wait(10) == 0
+        assert proc.wait(10) == 0, (tmp_path / "stderr").read_text()
         assert all(wait_exit(p, 5) for p in pids)
     finally:
         if proc.poll() is None:
