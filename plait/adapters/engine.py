@@ -108,13 +108,14 @@ class FoolscapEngineRegistrar(Referenceable):  # type: ignore[misc]
         return token, port
 
     def remote_register_engine(self, engine: Any, uuid: str, properties: bytes,
-                               channel: bytes = b"") -> tuple[int, FoolscapEngineSession]:
+                               channel: bytes = b"", engine_id: int | None = None
+                               ) -> tuple[int, FoolscapEngineSession]:
         props = _plain_properties(properties)
         link = self._opened.pop(channel, None) if channel else None
         if channel and link is None:
             raise ValueError("unknown channel token: open the channel before registering")
         proxy = RemoteEngine(link or engine, uuid, control=engine)
-        engine_id = self.registry.register(proxy, uuid, props)
+        engine_id = self.registry.register(proxy, uuid, props, engine_id)
         engine.notifyOnDisconnect(self.registry.unregister, engine_id, "disconnected")
         if link is not None:
             link.notifyOnDisconnect(self.registry.unregister, engine_id, "channel closed")

@@ -40,7 +40,7 @@ class FoolscapMultiEngine(OffersUploads, Referenceable):  # type: ignore[misc]
         self.channels = channels
 
     for _name in (
-        "get_ids", "execute", "run", "push", "push_each", "pull", "apply", "apply_each",
+        "get_ids", "execute", "setup", "run", "push", "push_each", "pull", "apply", "apply_each",
         "get_result", "keys", "reset", "kill", "send_signal", "clear_queue", "queue_status",
         "set_properties", "get_properties", "has_properties", "del_properties",
         "clear_properties", "get_pending_result", "flush",

@@ -28,7 +28,7 @@ from plait.wire.serialize import loads_plain
 FOLLOWERS = frozenset({
     "reserve", "records", "result_status", "abort", "queue_status", "info", "get_ids",
     "history", "resubmit", "results", "purge", "query", "shutdown", "wait_for_engines",
-    "send_signal",
+    "send_signal", "setup",
 })
 
 _SESSION_ONLY = "this call needs a session: open a channel or a session first"
@@ -82,6 +82,9 @@ class FoolscapParallel(OffersUploads, Referenceable):  # type: ignore[misc]
 
     def remote_shutdown(self, everyone: bool, targets: list, hub: bool) -> defer.Deferred:
         return self._call(self.service.shutdown, None if everyone else list(targets), hub)
+
+    def remote_setup(self, lines: str) -> defer.Deferred:
+        return self._call(self.service.setup, lines)
 
     def remote_send_signal(self, signum: int, everyone: bool, targets: list) -> defer.Deferred:
         return self._call(self.service.send_signal, signum,

@@ -131,7 +131,8 @@ _HOSTS = _Spec("a table of host names to engine counts (ints >= 1)", _is_hosts, 
 #: Every section and its keys, in the order of the documentation.
 SECTIONS: dict[str, dict[str, _Spec]] = {
     "cluster": {"n": _int(1), "engines": _choice(ENGINES), "timeout": _SECONDS,
-                "controller": _choice(CONTROLLERS), "controller_host": _TEXT},
+                "controller": _choice(CONTROLLERS), "controller_host": _TEXT,
+                "restart_engines": _BOOL},
     "controller": {
         "ip": _TEXT,
         "location": _TEXT,
@@ -156,6 +157,7 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
 _FIELDS = {("cluster", "n"): "n", ("cluster", "engines"): "engines",
            ("cluster", "timeout"): "timeout", ("cluster", "controller"): "controller_launcher",
            ("cluster", "controller_host"): "controller_host", ("ssh", "tunnel"): "tunnel",
+           ("cluster", "restart_engines"): "restart_engines",
            ("mpi", "mpiexec"): "mpiexec",
            ("mpi", "args"): "mpi_args", ("ssh", "hosts"): "ssh_hosts",
            ("ssh", "command"): "ssh_command", ("ssh", "args"): "ssh_args",
@@ -191,6 +193,7 @@ class ClusterConfig:
     controller_launcher: str = "local"
     controller_host: str | None = None
     tunnel: bool = False
+    restart_engines: bool = False
     mpiexec: str = "mpiexec"
     ssh_hosts: dict[str, int] = field(default_factory=dict, hash=False)
     ssh_command: str = "ssh"
@@ -283,7 +286,7 @@ CONTROLLER_OPTIONS = tuple(SECTIONS["controller"])
 def controller_options(config: ClusterConfig) -> dict[str, Any]:
     """Where the controller runs, as ClusterProcesses takes it."""
     return {"controller": config.controller_launcher, "controller_host": config.controller_host,
-            "tunnel": config.tunnel}
+            "tunnel": config.tunnel, "restart_engines": config.restart_engines}
 
 
 def ssh_options(config: ClusterConfig) -> dict[str, Any]:

@@ -57,7 +57,7 @@ class ClusterProcesses:
                  mpi_args: tuple[str, ...] = (), detach: bool = True,
                  ssh: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
                  controller: str = "local", controller_host: str | None = None,
-                 tunnel: bool = False):
+                 tunnel: bool = False, restart_engines: bool = False):
         if controller not in CONTROLLERS:
             raise ClusterError(f"controller must be one of {', '.join(CONTROLLERS)}, not "
                                f"{controller!r}")
@@ -75,6 +75,11 @@ class ClusterProcesses:
                                "(controller='ssh'); this one runs here")
         if tunnel and launcher not in ("local", "ssh"):
             raise ClusterError(f"tunnels serve local and SSH engines, not {launcher!r} ones")
+        if restart_engines and launcher != "local":
+            raise ClusterError(f"engines are restarted by the fork server of this host: "
+                               f"restart_engines is for local engines, not {launcher!r} ones")
+        #: local engines that die are replaced, keeping their ids (a supervising fork server)
+        self.restart_engines = restart_engines
         self.profile = profile
         #: ``local``, or ``ssh``: on ``controller_host``, reached with the [ssh] options;
         #: ``tunnel``: clients and engines reach it through SSH tunnels to that host
@@ -108,7 +113,9 @@ class ClusterProcesses:
         host or of mpiexec that exited, killed by a signal say, is left out)."""
         ids = []
         for group in self.engine_sets:
-            if group.launcher in ("local", "mpi") and len(group.pids) == len(group.ids):
+            if group.supervised:
+                ids += group.ids  # (their pids change as they are restarted)
+            elif group.launcher in ("local", "mpi") and len(group.pids) == len(group.ids):
                 ids += [i for i, p in zip(group.ids, group.pids, strict=True) if pid_alive(p)]
             else:
                 ids += group.ids
@@ -169,6 +176,9 @@ class ClusterProcesses:
                 zygote = ForkServer(self.detach)
                 early = EngineSet("local", n)
                 self.engine_sets.append(early)
+                if self.restart_engines:
+                    zygote.supervise()
+                    early.supervised, early.launcher_pid = True, zygote.proc.pid
                 early.procs = zygote.engines(n, self.profile,
                                              [f"--notify-socket={notices.arg}"], deadline,
                                              self._late(n, timeout))
@@ -302,6 +312,9 @@ class ClusterProcesses:
             group = EngineSet("local", n)
             self.engine_sets.append(group)
             zygote = ForkServer(self.detach)
+            if self.restart_engines:
+                zygote.supervise()
+                group.supervised, group.launcher_pid = True, zygote.proc.pid
             try:
                 group.procs = zygote.engines(n, self.profile,
                                              [f"--notify-socket={notices.arg}",
@@ -390,6 +403,9 @@ class ClusterProcesses:
             if group.launcher in BATCH and wanted & set(group.ids):
                 raise ClusterError("the engines of one batch job stop together: "
                                    f"give all of {sorted(group.ids)}")
+            if group.supervised and wanted & set(group.ids):
+                raise ClusterError("engines that are restarted when they die stop "
+                                   f"together: give all of {sorted(group.ids)}")
             stop = [(i, p) for i, p in zip(group.ids, group.pids, strict=True) if i in wanted]
             if group.launcher == "ssh":
                 group.stop([p for _, p in stop])
@@ -462,6 +478,7 @@ class ClusterProcesses:
                  "mpiexec": self.mpiexec, "mpi_args": list(self.mpi_args), "ssh": self.ssh,
                  "batch": self.batch, "controller_at": self.controller,
                  "controller_host": self.controller_host, "tunnel": self.tunnel,
+                 "restart_engines": self.restart_engines,
                  "remote": None if self.remote is None else self.remote.to_state(),
                  "allocation": None if self.allocation is None else self.allocation.to_state(),
                  **self.extra_state, "started": self._started}
@@ -482,7 +499,8 @@ class ClusterProcesses:
                     ssh=recorded.get("ssh") or {}, batch=recorded.get("batch") or {},
                     controller=recorded.get("controller_at", "local"),
                     controller_host=recorded.get("controller_host"),
-                    tunnel=bool(recorded.get("tunnel")))
+                    tunnel=bool(recorded.get("tunnel")),
+                    restart_engines=bool(recorded.get("restart_engines")))
         procs.controller_pid = recorded["controller"]
         if recorded.get("remote"):
             procs.remote = RemoteController.from_state(recorded["remote"])

@@ -63,6 +63,7 @@ class EngineSet:
     ssh: list[str] = field(default_factory=list)  # ssh: the command reaching the host
     forked: list[int] = field(default_factory=list)  # ssh: every pid the remote fork server made
     job: str | None = None  # a batch system's job id
+    supervised: bool = False  # local: the launcher (a fork server) restarts engines that die
 
     def to_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"launcher": self.launcher, "ids": list(self.ids),
@@ -73,6 +74,8 @@ class EngineSet:
             state["host"], state["ssh"] = self.host, list(self.ssh)
         if self.job is not None:
             state["job"] = self.job
+        if self.supervised:
+            state["supervised"] = True
         return state
 
     @classmethod
@@ -80,7 +83,8 @@ class EngineSet:
         return cls(state.get("launcher", "local"), len(state.get("pids", [])),
                    list(state.get("ids", [])), list(state.get("pids", [])),
                    state.get("launcher_pid"), host=state.get("host"),
-                   ssh=list(state.get("ssh", [])), job=state.get("job"))
+                   ssh=list(state.get("ssh", [])), job=state.get("job"),
+                   supervised=bool(state.get("supervised")))
 
     def signal(self, sig: int, pids: list[int] | None = None) -> list[int]:
         """Send ``sig`` to the engines (``pids`` of them, else all); the pids signalled."""
@@ -91,6 +95,9 @@ class EngineSet:
             subprocess.run(["scancel", f"--signal={int(sig)}", "--full", str(self.job)],
                            capture_output=True, timeout=30)
             return []
+        if self.supervised:
+            raise ClusterError("engines that are restarted when they die get new pids: "
+                               "signal them through the controller (rc.send_signal)")
         pids = list(self.pids if pids is None else pids)
         if self.launcher != "ssh":
             return signal_pids(pids, sig)
@@ -116,6 +123,16 @@ class EngineSet:
                 from plait.cluster.batch import BatchJob
 
                 BatchJob(self.launcher, self.job, self.n, Path()).cancel()
+            return
+        if self.supervised:
+            if pids is not None:
+                raise ClusterError("engines that are restarted when they die stop together")
+            if self.launcher_pid is not None and pid_alive(self.launcher_pid):
+                # first: it would restart what is stopped; it stops its engines as it
+                # goes (their pids, new since restarts, are its to know)
+                terminate([self.launcher_pid])
+                return
+            terminate(self.all_pids())  # it died: its engines are orphans, stopped here
             return
         if self.launcher != "ssh":
             terminate(self.all_pids() if pids is None else pids)
@@ -174,6 +191,7 @@ class ForkServer:
     process that made their imports once."""
 
     def __init__(self, detach: bool):
+        self.supervising = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "plait.scripts._zygote", *(["--detach"] if detach else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -211,6 +229,14 @@ class ForkServer:
         return self._ask(f"engines {n} {json.dumps(_profile(profile) + args)}", n, deadline,
                          late)
 
+    def supervise(self) -> None:
+        """(Before :meth:`engines`) Stay after :meth:`close`, replacing the engines
+        that die by new ones taking their ids (see :mod:`plait.scripts._zygote`)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"supervise\n")
+        self.proc.stdin.flush()
+        self.supervising = True
+
     def furl(self, furl: str) -> None:
         """Hand the engines forked so far the engine FURL."""
         assert self.proc.stdin is not None
@@ -218,13 +244,16 @@ class ForkServer:
         self.proc.stdin.flush()
 
     def close(self) -> None:
-        """Let the fork server exit (what it forked goes on)."""
+        """Let the fork server exit (what it forked goes on); a supervising one goes
+        on too, until SIGTERM."""
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 try:
                     stream.close()
                 except OSError:
                     pass
+        if self.supervising:
+            return
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

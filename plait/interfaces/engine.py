@@ -32,6 +32,7 @@ from foolscap.schema import (
     ChoiceOf,
     IntegerConstraint,
     ListOf,
+    Optional,
     TupleOf,
     UnicodeConstraint,
 )
@@ -141,14 +142,16 @@ class RIEngineRegistrar(RemoteInterface):
         """A ticket ``(token, port)`` for the engine's command channel."""
         return ChannelTicket
 
-    def register_engine(engine=RIEngine, uuid=Uuid, properties=Properties, channel=Token):
+    def register_engine(engine=RIEngine, uuid=Uuid, properties=Properties, channel=Token,
+                        engine_id=Optional(ChoiceOf(None, IntegerConstraint()), None)):
         """Register ``engine``; returns ``(id, session)``.
 
         ``properties`` is plain data (``dumps_plain``): the controller never
         unpickles anything else from an engine.  ``channel`` is the token of a
         channel the engine opened with a ticket from :meth:`open_channel` (b''
         for none): commands then travel on it.  ``session`` is the engine's
-        own :class:`RIEngineSession`.
+        own :class:`RIEngineSession`.  ``engine_id``: a restarted engine's
+        claim to the id of the engine it replaces (an id given before).
         """
         return TupleOf(EngineId, RIEngineSession)
 
@@ -236,8 +239,10 @@ class IEngineRegistry(Interface):
     while the controller runs.
     """
 
-    def register(engine, uuid, properties):
-        """Add ``engine`` (an :class:`IEngine` factory's product); returns its id."""
+    def register(engine, uuid, properties, engine_id=None):
+        """Add ``engine`` (an :class:`IEngine` factory's product); returns its id.
+        ``engine_id``: an id given before, which a restarted engine takes over
+        (the engine registered under it, if any, is dropped)."""
 
     def unregister(engine_id):
         """Drop an engine; its queued and running commands fail with EngineError."""

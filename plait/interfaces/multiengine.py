@@ -61,6 +61,11 @@ class IMultiEngine(Interface):
     def execute(lines, targets, block):
         """Run Python source on each target."""
 
+    def setup(lines, targets, block):
+        """Declare setup code: run it now as :meth:`execute` does, and on every
+        engine that registers from now on (one restarted after it died, or one
+        added) before anything else is sent to it.  Fires as :meth:`execute`."""
+
     def run(lines, filename, targets, block):
         """Run the source ``lines`` of the file ``filename`` on each target.
 
@@ -158,6 +163,9 @@ class RIMultiEngine(RemoteInterface):
         return Outcome
 
     def execute(lines=CODE, targets=Targets, block=Block):
+        return Outcome
+
+    def setup(lines=CODE, targets=Targets, block=Block):
         return Outcome
 
     def run(lines=CODE, filename=UnicodeConstraint(maxLength=4096), targets=Targets, block=Block):
@@ -297,6 +305,9 @@ class IFullBlockingMultiEngineClient(Interface):
 
     def execute(lines, targets=None, block=None):
         """Run Python source on the engines; a ResultList."""
+
+    def setup(lines, targets=None, block=None):
+        """Run Python source now and on every engine that joins later."""
 
     def run(filename, targets=None, block=None):
         """Run a local Python file on the engines; a ResultList."""

@@ -132,6 +132,11 @@ class IParallel(Interface):
         """Stop the ``targets`` engines (a list of ids, or None for all) and, with
         ``hub``, the controller; a Deferred firing once the engines have left."""
 
+    def setup(lines):
+        """Run Python source ``lines`` on every engine now, and on every engine that
+        registers from now on before anything else (see IMultiEngine.setup); a
+        Deferred firing with the ids it ran on now."""
+
     def send_signal(signum, targets):
         """Deliver signal ``signum`` to the ``targets`` engines (ids, or None for
         all) now (SIGINT interrupts the user code they run); a Deferred firing
@@ -202,6 +207,10 @@ class RIParallel(RemoteInterface):
 
     def shutdown(everyone=BooleanConstraint(), targets=ListOf(IntegerConstraint()),
                  hub=BooleanConstraint()):
+        return Outcome
+
+    def setup(lines=UnicodeConstraint(maxLength=16 << 20)):
+        """Value: the engine ids the code ran on now."""
         return Outcome
 
     def send_signal(signum=IntegerConstraint(), everyone=BooleanConstraint(),

@@ -440,6 +440,16 @@ class Client:
         engines = None if targets in (None, "all") else self._engine_ids(targets)
         self._conn.shutdown(engines, hub)
 
+    def setup(self, lines: str) -> list[int]:
+        """Declare setup code: run the Python source ``lines`` on every engine now,
+        and on every engine that joins from now on before anything else it runs
+        (one restarted after it died, with ``Cluster(restart_engines=True)``, or
+        one added): imports and constants survive a restart so.  The ids it ran
+        on now; an error when it fails on some."""
+        if not isinstance(lines, str):
+            raise TypeError(f"setup wants a str of Python code, not {type(lines).__name__}")
+        return list(self._conn.setup(lines))
+
     def send_signal(self, sig: int, targets: Any = None, block: bool | None = None) -> None:
         """Send the signal ``sig`` to the engines of ``targets`` (all by default),
         now, not behind their queued work.  ``signal.SIGINT`` interrupts the user

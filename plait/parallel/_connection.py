@@ -196,6 +196,11 @@ class ParallelConnection(SessionClient):
         return self._send("shutdown", targets is None, list(targets or []), bool(hub))
 
     @asynchronous
+    def setup(self, lines: str) -> defer.Deferred:
+        """A Deferred firing with the ids of the engines the code ran on now."""
+        return self._send("setup", lines)
+
+    @asynchronous
     def send_signal(self, signum: int, targets: list[int] | None) -> defer.Deferred:
         """A Deferred firing with the ids of the engines signalled."""
         return self._send("send_signal", int(signum), targets is None, list(targets or []))

@@ -10,12 +10,24 @@ line each::
     engines N ARGS-JSON    fork N ipengines, which wait for the engine FURL
                            -> N lines "pid engine PID"
     furl FURL              hand the engine FURL to the engines waiting for it
+    supervise              (before ``engines``) stay after the end of input, and
+                           replace an engine that dies by a new one taking its id
     (end of input)         exit; the engines go on
 
 With ``--relay`` (an SSH launcher, whose engines are on another host) it
 also collects the engines' ``engine ID PID`` notices on an abstract unix
 socket of its own host and writes them to its standard output, where the
 launcher reads them through SSH.
+
+Supervising (``Cluster(restart_engines=True)``, ``ipcluster start
+--restart-engines``): each engine reports its id on a pipe of its own once
+registered, and the fork server watches its engines' pidfds.  One that exits
+after it registered is forked again at once (a fork: milliseconds), with
+``--engine-id`` so that the controller gives it the same id.  One that dies
+before registering, or that has died :data:`MAX_RESTARTS` times within
+:data:`RESTART_WINDOW` seconds, is not restarted (it would only die again).
+SIGTERM stops the supervision: the engines get SIGTERM, then the fork server
+exits.
 
 The imports install Twisted's reactor, which never runs here; each child
 gives its copy a poller and a waker of its own before anything uses them
@@ -31,8 +43,11 @@ import random
 import secrets
 import select
 import selectors
+import signal
 import socket
 import sys
+import time
+from dataclasses import dataclass, field
 
 import plait.kernel.engine.process  # noqa: F401  (what every engine imports)
 from plait.cluster.launchers import peer_pid
@@ -142,46 +157,171 @@ class _Relay:
 
 _SELECTOR: list[selectors.BaseSelector] = []  # the zygote's own, closed in each child
 
+#: A slot whose engine died this many times within this many seconds is given up.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
 
-def _handle(line: str, detach: bool, relay: _Relay | None, waiting: list[int]) -> None:
+
+@dataclass
+class _Engine:
+    """An engine this fork server made, as a supervisor knows it."""
+
+    args: list[str]
+    reports: int | None = None  # the read end of the pipe it reports its id on
+    engine_id: int | None = None
+    deaths: list[float] = field(default_factory=list)
+
+
+class _State:
+    def __init__(self, detach: bool, relay: _Relay | None):
+        self.detach = detach
+        self.relay = relay
+        self.waiting: list[int] = []  # write ends of the pipes engines read their FURL from
+        self.supervise = False
+        self.furl: str | None = None
+        self.engines: dict[int, _Engine] = {}  # pid -> what it is (when supervising)
+
+    def fork(self, args: list[str], slot: _Engine | None = None) -> int:
+        """Fork one engine run with ``args``; its pid (it waits for its FURL)."""
+        r, w = os.pipe()
+        reports = None
+        if self.supervise:
+            reports, report_w = os.pipe()
+            args = [*args, f"--notify-fd={report_w}"]
+        pid = os.fork()
+        if pid == 0:
+            os.close(w)
+            if reports is not None:
+                os.close(reports)
+            for fd in self.waiting:
+                os.close(fd)
+            for other in self.engines.values():
+                if other.reports is not None:
+                    os.close(other.reports)
+            if self.relay is not None:
+                self.relay.sock.close()
+                for conn in self.relay.buffers:
+                    conn.close()
+            for sel in _SELECTOR:
+                sel.close()
+            _child(self.detach, r)
+            _run(["--furl-file=-", *args])
+        os.close(r)
+        if reports is not None:
+            os.close(report_w)
+        engine = slot or _Engine(args=[a for a in args if not a.startswith("--notify-fd=")])
+        engine.reports = reports
+        if self.supervise:
+            self.engines[pid] = engine
+        if self.furl is not None:  # a replacement: its FURL at once
+            _give_furl(w, self.furl)
+        else:
+            self.waiting.append(w)
+        return pid
+
+
+def _give_furl(fd: int, furl: str) -> None:
+    try:
+        os.write(fd, (furl + "\n").encode())
+    except OSError:
+        pass  # that engine died: the launcher (or the supervisor) sees it
+    os.close(fd)
+
+
+def _handle(line: str, state: _State) -> None:
     word, _, rest = line.strip().partition(" ")
     if word == "engines":
         count, _, args = rest.partition(" ")
         arglist = json.loads(args)
-        if relay is not None:
-            arglist.append(f"--notify-socket=@{relay.name}")
+        if state.relay is not None:
+            arglist.append(f"--notify-socket=@{state.relay.name}")
         for _ in range(int(count)):
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(w)
-                for fd in waiting:
-                    os.close(fd)
-                if relay is not None:
-                    relay.sock.close()
-                    for conn in relay.buffers:
-                        conn.close()
-                for sel in _SELECTOR:
-                    sel.close()
-                _child(detach, r)
-                _run(["--furl-file=-", *arglist])
-            os.close(r)
-            waiting.append(w)
+            pid = state.fork(arglist)
             os.write(1, f"pid engine {pid}\n".encode())
     elif word == "furl":
-        for fd in waiting:
+        state.furl = rest if state.supervise else None
+        for fd in state.waiting:
+            _give_furl(fd, rest)
+        state.waiting.clear()
+    elif word == "supervise":
+        state.supervise = True
+
+
+def _stop(*args: object) -> None:
+    raise SystemExit(0)  # (out of the select below, which SIGTERM interrupts)
+
+
+def _supervise(state: _State) -> None:
+    """Replace the engines that die (see the module documentation) until SIGTERM."""
+    signal.signal(signal.SIGTERM, _stop)
+    sel = selectors.DefaultSelector()
+    _SELECTOR.append(sel)
+
+    gone: list[int] = []  # engines that exited before their pidfd could be had
+
+    def watch(pid: int, slot: _Engine) -> None:
+        try:
+            sel.register(os.pidfd_open(pid), selectors.EVENT_READ, ("exit", pid))
+        except ProcessLookupError:
+            gone.append(pid)
+        if slot.reports is not None:
+            sel.register(slot.reports, selectors.EVENT_READ, ("report", pid))
+
+    def ended(pid: int) -> None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        slot = state.engines.pop(pid, None)
+        if slot is None:
+            return
+        if slot.reports is not None:  # it died before it registered
+            sel.unregister(slot.reports)
+            os.close(slot.reports)
+            slot.reports = None
+        now = time.monotonic()
+        slot.deaths = [t for t in slot.deaths if now - t < RESTART_WINDOW] + [now]
+        if slot.engine_id is None or len(slot.deaths) > MAX_RESTARTS:
+            print(f"plait fork server: an engine (pid {pid}, id {slot.engine_id}) died; "
+                  f"not restarted", file=sys.stderr, flush=True)
+            return
+        slot.args = [a for a in slot.args if not a.startswith("--engine-id=")]
+        slot.args.append(f"--engine-id={slot.engine_id}")
+        watch(state.fork(slot.args, slot), slot)
+
+    for pid, slot in list(state.engines.items()):
+        watch(pid, slot)
+    try:
+        while state.engines:
+            while gone:
+                ended(gone.pop())
+            for key, _ in sel.select():
+                what, pid = key.data
+                sel.unregister(key.fd)
+                if what == "report":
+                    data = os.read(key.fd, 256)
+                    os.close(key.fd)
+                    reporter = state.engines.get(pid)
+                    if reporter is not None:
+                        reporter.reports = None
+                        words = data.decode(errors="replace").split()
+                        if len(words) == 2 and words[0] == "engine" and words[1].isdigit():
+                            reporter.engine_id = int(words[1])
+                    continue
+                os.close(key.fd)
+                ended(pid)
+    except SystemExit:
+        for pid in list(state.engines):
             try:
-                os.write(fd, (rest + "\n").encode())
-            except OSError:
-                pass  # that engine died: the launcher sees it
-            os.close(fd)
-        waiting.clear()
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 def main() -> int:
     detach = "--detach" in sys.argv[1:]
     relay = _Relay() if "--relay" in sys.argv[1:] else None
-    waiting: list[int] = []  # write ends of the pipes engines read their FURL from
+    state = _State(detach, relay)
     sel = selectors.DefaultSelector()
     _SELECTOR.append(sel)
     sel.register(0, selectors.EVENT_READ)
@@ -200,11 +340,18 @@ def main() -> int:
                 pending += chunk
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
-                    _handle(line.decode(), detach, relay, waiting)
+                    _handle(line.decode(), state)
             elif relay is not None:
                 relay.ready(sel, key)
-    for fd in waiting:
+    for fd in state.waiting:
         os.close(fd)
+    if state.supervise:
+        sel.close()
+        _SELECTOR.remove(sel)
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the launcher no longer reads fd 1
+        os.dup2(devnull, 1)  # (kept open: a closed 1 would be reused by the next fd)
+        os.close(devnull)
+        _supervise(state)
     return 0
 
 

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more options for ssh, in one string (e.g. '-p 2222')")
     p.add_argument("--ssh-command", default=None, metavar="COMMAND",
                    help="the ssh command (default: $PLAIT_SSH_COMMAND, else ssh)")
+    p.add_argument("--engine-id", type=int, default=None, help=argparse.SUPPRESS)
+    # (a supervisor's: the id of the engine this one replaces)
     p.add_argument("--notify-socket", default=None, metavar="PATH",
                    help=argparse.SUPPRESS)  # a launcher's: "engine ID PID" once registered
     add_notify_option(p)
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     props = mpi_properties()
     engine = Engine(furl, properties=props, on_registered=registered,
-                    channel=not args.no_channel, reconnect=max(0.0, args.reconnect))
+                    channel=not args.no_channel, reconnect=max(0.0, args.reconnect),
+                    engine_id=args.engine_id)
     if props:  # under MPI: the rank is a name in the namespace too (%px print(rank))
         engine.interpreter.push({"rank": props["rank"], "size": props.get("size")})
     signal.signal(signal.SIGTERM, lambda *a: _exit(0))

@@ -392,6 +392,17 @@ class AsyncMultiEngineClient(DataParallelMixin, BenchmarkMixin, MultiEngineHelpe
         return self._engine_call("kill", bool(controller), targets=targets, block=block)
 
     @asynchronous
+    def setup(self, lines: str, targets: Any = None, block: bool | None = None
+              ) -> defer.Deferred:
+        """Declare setup code: run ``lines`` now on the targets (as :meth:`execute`),
+        and on every engine that joins from now on before anything else it runs:
+        an engine restarted after it died (``restart_engines``), or one added.
+        Imports and constants a long computation needs survive a restart so."""
+        if not isinstance(lines, str):
+            return defer.fail(TypeError(f"setup wants a str of Python code, not {type(lines).__name__}"))
+        return self._engine_call("setup", lines, targets=targets, block=block, shape=ResultList)
+
+    @asynchronous
     def interrupt(self, targets: Any = None, block: bool | None = None) -> defer.Deferred:
         """Interrupt the user code running on the targets: a KeyboardInterrupt is
         raised in it, failing that command alone; the engines stay, with their

@@ -13,11 +13,13 @@ for ``execute`` and ``run`` by the start of the code or the file name.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -112,6 +114,9 @@ class MultiEngine:
         self.results = results or ResultStore(on_drop=self._drop_replies)
         self._stop_controller = stop_controller
         self._clock = clock
+        #: setup code every engine joining from now on runs first (shared by sessions)
+        self._setup: list[str] = []
+        registry.add_observer(self)
 
     def _drop_replies(self, value: Any) -> None:
         """A stored result was flushed unread: free the payloads of its replies."""
@@ -222,6 +227,21 @@ class MultiEngine:
         return self._on_engines(
             "execute", lambda e, i: e.execute(lines), targets, block, code_label("execute", lines)
         )
+
+    def setup(self, lines: str, targets: Any = "all", block: bool = True) -> defer.Deferred:
+        if not isinstance(lines, str):
+            return defer.fail(TypeError(f"setup wants a str of Python code, not "
+                                        f"{type(lines).__name__}"))
+        self._setup.append(lines)
+        return self.execute(lines, targets, block)
+
+    def engine_added(self, engine_id: int) -> None:
+        """(Registry observer) A joining engine runs the setup code first: queued now,
+        before anything the other services send it."""
+        for lines in self._setup:
+            d = self._on_engines("setup", functools.partial(_execute, lines), [engine_id],
+                                 True, code_label("setup", lines))
+            d.addCallbacks(_log_setup_failures, _log_setup_error, errbackArgs=(engine_id,))
 
     def run(self, lines: str, filename: str, targets: Any = "all", block: bool = True
             ) -> defer.Deferred:
@@ -384,3 +404,21 @@ def _signal_number(signum: Any) -> int:
         return int(signal.Signals(signum))
     except ValueError:
         raise ValueError(f"{signum} is not a signal number") from None
+
+
+_log = Logger()
+
+
+def _log_setup_failures(replies: list) -> None:
+    for engine_id, ok, _ in replies:
+        if not ok:
+            _log.warn("the setup code failed on engine {i}", i=engine_id)
+
+
+def _log_setup_error(failure: Failure, engine_id: int) -> None:
+    _log.warn("the setup code could not run on engine {i}: {e}", i=engine_id,
+              e=failure.getErrorMessage())
+
+
+def _execute(lines: str, engine: IEngine, engine_id: int) -> defer.Deferred:
+    return engine.execute(lines)

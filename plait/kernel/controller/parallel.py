@@ -180,6 +180,18 @@ class ParallelService:
     def shutdown(self, targets: list[int] | None, hub: bool) -> defer.Deferred:
         return self.multiengine.kill(bool(hub), "all" if targets is None else targets, True)
 
+    def setup(self, lines: str) -> defer.Deferred:
+        d = self.multiengine.setup(lines, "all", True)
+
+        def ran(replies: list) -> list[int]:
+            failed = [engine_id for engine_id, ok, _ in replies if not ok]
+            if failed:
+                raise RuntimeError(f"the setup code failed on engines {failed}: see what "
+                                   f"rc[{failed[0]}].execute(...) of it says")
+            return [engine_id for engine_id, *_ in replies]
+
+        return d.addCallback(ran)
+
     def send_signal(self, signum: int, targets: list[int] | None) -> defer.Deferred:
         d = self.multiengine.send_signal(signum, "all" if targets is None else targets, True)
         return d.addCallback(lambda replies: [engine_id for engine_id, *_ in replies])

@@ -42,12 +42,18 @@ class EngineRegistry:
         self._queue_factory = queue_factory
 
     # -- membership -------------------------------------------------------
-    def register(self, engine: IEngine, uuid: str, properties: dict) -> int:
+    def register(self, engine: IEngine, uuid: str, properties: dict,
+                 engine_id: int | None = None) -> int:
         for old_id, record in list(self._records.items()):
             if record.uuid == uuid:  # the engine joined again before its loss was seen
                 self.unregister(old_id, "the engine connected again")
-        engine_id = self._next_id
-        self._next_id += 1
+        if engine_id is not None and 0 <= engine_id < self._next_id:
+            # a restarted engine takes the id of the one it replaces (which may not
+            # have been seen to go yet)
+            self.unregister(engine_id, "replaced by its restarted engine")
+        else:
+            engine_id = self._next_id
+            self._next_id += 1
         engine.id = engine_id
         self._records[engine_id] = _Record(
             engine, uuid, dict(properties), self._queue_factory(engine)

@@ -106,8 +106,10 @@ class Engine:
 
     def __init__(self, furl: str, properties: dict | None = None,
                  on_registered: Callable[[int], None] | None = None, channel: bool = True,
-                 reconnect: float = 0.0):
+                 reconnect: float = 0.0, engine_id: int | None = None):
         self.furl = furl
+        #: the id to take over at the first registration: a restarted engine's
+        self.claim_id = engine_id
         #: seconds an engine that lost its controller keeps trying to join it again,
         #: with its namespace (0: it exits at once)
         self.reconnect = reconnect
@@ -166,9 +168,10 @@ class Engine:
         return ticket
 
     def _register(self, token: bytes) -> defer.Deferred[int]:
+        claim = {} if self.claim_id is None or self._joins > 1 else {"engine_id": self.claim_id}
         d = self.registrar.callRemote(
             "register_engine", self.remote_self, self.uuid,
-            dumps_plain(self.interpreter.properties, "the engine's properties"), token,
+            dumps_plain(self.interpreter.properties, "the engine's properties"), token, **claim,
         )
 
         def registered(answer: tuple) -> int:

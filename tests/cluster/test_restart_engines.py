@@ -1,0 +1,109 @@
+"""Engines that die are replaced (``Cluster(restart_engines=True)``, ``ipcluster
+start --restart-engines``): the fork server that made them keeps watching, and a
+new engine takes the id of the one that died; declared setup code
+(``rc.setup`` / ``mec.setup``) runs on it before anything else."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+import plait.parallel as ipp
+from plait.kernel import client
+from plait.wire.errors import ClusterError
+from support.cluster import make_env, processes_of, run_cmd, wait_exit
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture
+def plait_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
+    return tmp_path / "p"
+
+
+def pid_of(rc, engine_id: int, than: int | None = None, within: float = 30) -> int:
+    """The pid of engine ``engine_id``; with ``than``, once it is another one (the
+    engine was replaced): the controller tells nobody, so the client asks."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            pid = rc[engine_id].apply_sync(os.getpid)
+        except Exception:  # (not registered again yet)
+            pid = None
+        if pid is not None and pid != than:
+            return pid
+        if time.monotonic() > deadline:
+            raise AssertionError(f"engine {engine_id} was not replaced within {within} s")
+        time.sleep(0.05)
+
+
+def test_a_killed_engine_is_replaced_under_its_id_with_the_setup_code(plait_dir):
+    cluster = ipp.Cluster(n=2, restart_engines=True)
+    try:
+        rc = cluster.start_and_connect()
+        assert rc.setup("import math\nC = 42") == [0, 1]
+        rc[:].push({"scratch": "lost with its engine"}, block=True)
+        old = pid_of(rc, 1)
+        os.kill(old, signal.SIGKILL)
+        assert wait_exit(old, 10)
+        new = pid_of(rc, 1, than=old)
+        assert rc.ids == [0, 1] and cluster.engine_ids == [0, 1]
+        assert rc[1].pull(["C", "math"], block=True)[0] == 42  # the setup code ran on it
+        rc[1].execute("had_scratch = 'scratch' in dir()", block=True)
+        assert rc[1].pull("had_scratch", block=True) is False  # a new namespace
+        assert rc[0].pull("scratch", block=True) == "lost with its engine"  # 0 untouched
+        # and again: it is watched as the first one was
+        os.kill(new, signal.SIGKILL)
+        pid_of(rc, 1, than=new)
+        # the kernel generation sees the same engines, and setup code too
+        mec = client.MultiEngineClient()
+        mec.setup("D = 7")
+        newest = pid_of(rc, 0)
+        os.kill(newest, signal.SIGKILL)
+        pid_of(rc, 0, than=newest)
+        assert mec.pull("D", targets=0) == [7] and mec.pull("C", targets=0) == [42]
+    finally:
+        cluster.stop()
+    assert processes_of(plait_dir) == []  # the fork server and what it restarted stopped
+
+
+def test_engines_that_restart_stop_together_and_are_not_signalled_by_pid(plait_dir):
+    cluster = ipp.Cluster(n=2, restart_engines=True)
+    try:
+        cluster.start()
+        with pytest.raises(ClusterError, match="stop together"):
+            cluster.stop_engines([1])
+        with pytest.raises(ClusterError, match="signal them through the controller"):
+            cluster.signal_engines(signal.SIGINT)
+    finally:
+        cluster.stop()
+    assert processes_of(plait_dir) == []
+
+
+def test_restart_engines_is_for_engines_of_this_host(plait_dir):
+    with pytest.raises(ClusterError, match="restart_engines is for local engines"):
+        ipp.Cluster(n=2, engines="mpi", restart_engines=True)
+
+
+def test_ipcluster_restart_engines(tmp_path):
+    env = make_env(tmp_path / "p")
+    run_cmd(["ipcluster", "start", "-n", "2", "--restart-engines", "--daemonize"], env,
+            timeout=120)
+    try:
+        rc = ipp.Client(str(tmp_path / "p" / "profile_default" / "security" /
+                            "ipcontroller-client.furl"))
+        old = pid_of(rc, 0)
+        os.kill(old, signal.SIGKILL)
+        pid_of(rc, 0, than=old)
+        assert rc.ids == [0, 1]
+        rc.close()
+        run_cmd(["ipcluster", "stop"], env)
+        assert processes_of(tmp_path / "p") == []
+    finally:
+        run_cmd(["ipcluster", "stop"], env, check=False)
