@@ -32,6 +32,7 @@ class RemoteEngine:
         self.control = control or remote  # foolscap: answered even while user code runs
         self.uuid = uuid
         self.id: int | None = None
+        self.last_words: str | None = None
 
     def _call(self, method: str, *args: Any) -> defer.Deferred:
         d = self.remote.callRemote(method, *args)
@@ -40,7 +41,8 @@ class RemoteEngine:
 
     def _lost(self, failure: Failure, method: str) -> Failure:
         if failure.check(DeadReferenceError, ConnectionDone, ConnectionLost, ChannelClosed):
-            raise EngineError(f"engine {self.id} was lost during {method}")
+            why = f": {self.last_words}" if self.last_words else ""
+            raise EngineError(f"engine {self.id} was lost during {method}{why}")
         return failure
 
     def execute(self, lines: str, filename: str | None = None) -> defer.Deferred:
@@ -144,4 +146,7 @@ class FoolscapEngineSession(OffersUploads, Referenceable):  # type: ignore[misc]
 
     def remote_task_output(self, chunks: list) -> None:
         self.registry.report_output(self.engine_id, [tuple(chunk) for chunk in chunks])
+
+    def remote_last_words(self, reason: str) -> None:
+        self.registry.last_words(self.engine_id, reason)
 

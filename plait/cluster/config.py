@@ -132,7 +132,7 @@ _HOSTS = _Spec("a table of host names to engine counts (ints >= 1)", _is_hosts, 
 SECTIONS: dict[str, dict[str, _Spec]] = {
     "cluster": {"n": _int(1), "engines": _choice(ENGINES), "timeout": _SECONDS,
                 "controller": _choice(CONTROLLERS), "controller_host": _TEXT,
-                "restart_engines": _BOOL},
+                "restart_engines": _BOOL, "engine_memory_limit": _SECONDS},
     "controller": {
         "ip": _TEXT,
         "location": _TEXT,
@@ -158,6 +158,7 @@ _FIELDS = {("cluster", "n"): "n", ("cluster", "engines"): "engines",
            ("cluster", "timeout"): "timeout", ("cluster", "controller"): "controller_launcher",
            ("cluster", "controller_host"): "controller_host", ("ssh", "tunnel"): "tunnel",
            ("cluster", "restart_engines"): "restart_engines",
+           ("cluster", "engine_memory_limit"): "engine_memory_limit",
            ("mpi", "mpiexec"): "mpiexec",
            ("mpi", "args"): "mpi_args", ("ssh", "hosts"): "ssh_hosts",
            ("ssh", "command"): "ssh_command", ("ssh", "args"): "ssh_args",
@@ -194,6 +195,7 @@ class ClusterConfig:
     controller_host: str | None = None
     tunnel: bool = False
     restart_engines: bool = False
+    engine_memory_limit: float | None = None
     mpiexec: str = "mpiexec"
     ssh_hosts: dict[str, int] = field(default_factory=dict, hash=False)
     ssh_command: str = "ssh"
@@ -286,7 +288,8 @@ CONTROLLER_OPTIONS = tuple(SECTIONS["controller"])
 def controller_options(config: ClusterConfig) -> dict[str, Any]:
     """Where the controller runs, as ClusterProcesses takes it."""
     return {"controller": config.controller_launcher, "controller_host": config.controller_host,
-            "tunnel": config.tunnel, "restart_engines": config.restart_engines}
+            "tunnel": config.tunnel, "restart_engines": config.restart_engines,
+            "engine_memory_limit": config.engine_memory_limit}
 
 
 def ssh_options(config: ClusterConfig) -> dict[str, Any]:

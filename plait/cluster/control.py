@@ -57,7 +57,8 @@ class ClusterProcesses:
                  mpi_args: tuple[str, ...] = (), detach: bool = True,
                  ssh: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
                  controller: str = "local", controller_host: str | None = None,
-                 tunnel: bool = False, restart_engines: bool = False):
+                 tunnel: bool = False, restart_engines: bool = False,
+                 engine_memory_limit: float | None = None):
         if controller not in CONTROLLERS:
             raise ClusterError(f"controller must be one of {', '.join(CONTROLLERS)}, not "
                                f"{controller!r}")
@@ -80,6 +81,11 @@ class ClusterProcesses:
                                f"restart_engines is for local engines, not {launcher!r} ones")
         #: local engines that die are replaced, keeping their ids (a supervising fork server)
         self.restart_engines = restart_engines
+        #: MB of resident memory past which an engine exits, saying why (local, SSH)
+        self.engine_memory_limit = engine_memory_limit
+        if engine_memory_limit and launcher not in ("local", "ssh"):
+            raise ClusterError(f"engine_memory_limit is for local and SSH engines, not "
+                               f"{launcher!r} ones")
         self.profile = profile
         #: ``local``, or ``ssh``: on ``controller_host``, reached with the [ssh] options;
         #: ``tunnel``: clients and engines reach it through SSH tunnels to that host
@@ -180,7 +186,8 @@ class ClusterProcesses:
                     zygote.supervise()
                     early.supervised, early.launcher_pid = True, zygote.proc.pid
                 early.procs = zygote.engines(n, self.profile,
-                                             [f"--notify-socket={notices.arg}"], deadline,
+                                             [f"--notify-socket={notices.arg}",
+                                              *self._engine_args()], deadline,
                                              self._late(n, timeout))
                 furl_file = read_ready(ready_fd, proc, deadline, self.dirs)
                 zygote.furl(furl_file.read_text().strip())
@@ -282,6 +289,12 @@ class ClusterProcesses:
                                  args=tuple(options.get("args", ())))
         use_tunnel(read_furl(self.dirs.furl_path(PARALLEL_FURL)), self._tunnel)
 
+    def _engine_args(self) -> list[str]:
+        """The ipengine flags every engine of this cluster gets (tunnels, limits)."""
+        limit = [] if not self.engine_memory_limit else [
+            f"--memory-limit={self.engine_memory_limit:g}"]
+        return [*self._tunnel_args(), *limit]
+
     def _tunnel_args(self) -> list[str]:
         """The ipengine flags reaching the controller through a tunnel (or none)."""
         if not self.tunnel:
@@ -302,7 +315,7 @@ class ClusterProcesses:
             groups = spawn_ssh(hosts, self.profile,
                                self.dirs.furl_path(ENGINE_FURL).read_text().strip(),
                                self.dirs, deadline, timeout,
-                               engine_args=tuple(self._tunnel_args()), **options)
+                               engine_args=tuple(self._engine_args()), **options)
             self.engine_sets.extend(groups)
             return groups[0]
         if kind == "mpi":
@@ -318,7 +331,7 @@ class ClusterProcesses:
             try:
                 group.procs = zygote.engines(n, self.profile,
                                              [f"--notify-socket={notices.arg}",
-                                              *self._tunnel_args()], deadline,
+                                              *self._engine_args()], deadline,
                                              self._late(n, timeout))
                 zygote.furl(self.dirs.furl_path(ENGINE_FURL).read_text().strip())
             finally:
@@ -479,6 +492,7 @@ class ClusterProcesses:
                  "batch": self.batch, "controller_at": self.controller,
                  "controller_host": self.controller_host, "tunnel": self.tunnel,
                  "restart_engines": self.restart_engines,
+                 "engine_memory_limit": self.engine_memory_limit,
                  "remote": None if self.remote is None else self.remote.to_state(),
                  "allocation": None if self.allocation is None else self.allocation.to_state(),
                  **self.extra_state, "started": self._started}
@@ -500,7 +514,8 @@ class ClusterProcesses:
                     controller=recorded.get("controller_at", "local"),
                     controller_host=recorded.get("controller_host"),
                     tunnel=bool(recorded.get("tunnel")),
-                    restart_engines=bool(recorded.get("restart_engines")))
+                    restart_engines=bool(recorded.get("restart_engines")),
+                    engine_memory_limit=recorded.get("engine_memory_limit"))
         procs.controller_pid = recorded["controller"]
         if recorded.get("remote"):
             procs.remote = RemoteController.from_state(recorded["remote"])

@@ -132,6 +132,11 @@ class RIEngineSession(RemoteInterface):
         text)]`` (a preview: the whole output comes with each result)."""
         return None
 
+    def last_words(reason=UnicodeConstraint(maxLength=1000)):
+        """Why this engine is about to exit (over its memory limit...): the
+        EngineError of what it ran and held says so."""
+        return None
+
 
 class RIEngineRegistrar(RemoteInterface):
     """The only capability the engine FURL grants: joining the cluster."""
@@ -166,6 +171,8 @@ class IEngine(Interface):
 
     id = Attribute("The integer id, assigned at registration.")
     uuid = Attribute("A string chosen by the engine, unique for its lifetime.")
+    last_words = Attribute("Why the engine said it is about to go (None until it does): "
+                           "the EngineError of a command it was running says so.")
 
     def execute(lines, filename=None):
         """Run Python source ``lines`` (from ``filename`` when given, for tracebacks)."""
@@ -264,6 +271,10 @@ class IEngineRegistry(Interface):
 
     def set_properties(engine_id, properties):
         """Replace the properties of ``engine_id`` and notify observers."""
+
+    def last_words(engine_id, reason):
+        """Engine ``engine_id`` says why it is about to go: its departure, and the
+        EngineError of its commands, will say so."""
 
     def report_output(engine_id, chunks):
         """What the running tasks of ``engine_id`` printed, ``[(taskid, name,

@@ -47,7 +47,8 @@ from plait.wire.errors import ClusterError
 #: a list of hosts or the path of a hosts file; ``ssh`` the command).
 LAUNCHER_OPTIONS = ("mpiexec", "mpi_args", "hosts", "ssh", "ssh_args", "ssh_python",
                     "ssh_plait_dir", "partition", "account", "walltime", "directives",
-                    "template", "controller_host", "tunnel", "restart_engines")
+                    "template", "controller_host", "tunnel", "restart_engines",
+                    "engine_memory_limit")
 
 _live: weakref.WeakSet[Cluster] = weakref.WeakSet()
 

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--restart-engines", action="store_true", default=None,
                        help="replace an engine of this host that dies by a new one with "
                             "its id (its namespace starts empty)")
+    start.add_argument("--engine-memory-limit", type=float, default=None, metavar="MB",
+                       help="an engine whose resident memory passes MB exits, saying why "
+                            "(and is replaced with --restart-engines)")
     start.add_argument("--tunnel", action="store_true", default=None,
                        help="clients and engines reach the remote controller through SSH "
                             "tunnels to its host (it may then listen on its 127.0.0.1)")
@@ -112,7 +115,8 @@ def _config(args: argparse.Namespace) -> tuple[ClusterProcesses, int, float]:
         controller_launcher=getattr(args, "controller", None),
         controller_host=getattr(args, "controller_host", None),
         tunnel=getattr(args, "tunnel", None),
-        restart_engines=getattr(args, "restart_engines", None), **flags)
+        restart_engines=getattr(args, "restart_engines", None),
+        engine_memory_limit=getattr(args, "engine_memory_limit", None), **flags)
     n = config.n if config.n is not None else (
         sum(config.ssh_hosts.values()) if config.engines == "ssh" else (os.cpu_count() or 2))
     procs = ClusterProcesses(args.profile, controller_args=config.controller_args(),

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more options for ssh, in one string (e.g. '-p 2222')")
     p.add_argument("--ssh-command", default=None, metavar="COMMAND",
                    help="the ssh command (default: $PLAIT_SSH_COMMAND, else ssh)")
+    p.add_argument("--memory-limit", type=float, default=None, metavar="MB",
+                   help="exit, saying why, when this engine's resident memory passes MB "
+                        "(what it ran fails with an EngineError saying so)")
     p.add_argument("--engine-id", type=int, default=None, help=argparse.SUPPRESS)
     # (a supervisor's: the id of the engine this one replaces)
     p.add_argument("--notify-socket", default=None, metavar="PATH",
@@ -128,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     props = mpi_properties()
     engine = Engine(furl, properties=props, on_registered=registered,
                     channel=not args.no_channel, reconnect=max(0.0, args.reconnect),
-                    engine_id=args.engine_id)
+                    engine_id=args.engine_id,
+                    memory_limit=None if not args.memory_limit else int(args.memory_limit * 2**20))
     if props:  # under MPI: the rank is a name in the namespace too (%px print(rank))
         engine.interpreter.push({"rank": props["rank"], "size": props.get("size")})
     signal.signal(signal.SIGTERM, lambda *a: _exit(0))

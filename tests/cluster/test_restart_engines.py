@@ -107,3 +107,34 @@ def test_ipcluster_restart_engines(tmp_path):
         assert processes_of(tmp_path / "p") == []
     finally:
         run_cmd(["ipcluster", "stop"], env, check=False)
+
+
+def hog(megabytes):
+    import time
+
+    block = b"x" * (megabytes << 20)  # written, so resident
+    time.sleep(60)
+    return len(block)
+
+
+def test_an_engine_over_its_memory_limit_is_restarted_and_its_task_says_why(plait_dir):
+    cluster = ipp.Cluster(n=2, restart_engines=True, engine_memory_limit=300)
+    try:
+        rc = cluster.start_and_connect()
+        ar = rc[1].apply_async(hog, 600)
+        with pytest.raises(ipp.error.RemoteError) as info:
+            ar.get(timeout=60)
+        message = str(info.value)
+        assert info.value.ename == "EngineError"
+        assert "over its memory limit of 300 MB" in message and "engine 1 used" in message
+        pid_of(rc, 1)  # replaced, under its id
+        assert rc.ids == [0, 1]
+        assert rc[1].apply_sync(abs, -5) == 5  # the new engine works
+    finally:
+        cluster.stop()
+    assert processes_of(plait_dir) == []
+
+
+def test_a_bad_memory_limit_is_refused(plait_dir):
+    with pytest.raises(ClusterError, match="engine_memory_limit must be a number > 0"):
+        ipp.Cluster(n=1, engine_memory_limit=-5)

@@ -98,6 +98,7 @@ class FakeEngine:
         self.fetches: list[tuple[bytes, defer.Deferred]] = []
         self.skipped: list[int] = []  # task ids the controller asked it not to start
         self.signals: list[int] = []
+        self.last_words: str | None = None
 
     # -- MultiEngine commands ------------------------------------------------------
     def _command(self, name: str, *args: Any) -> defer.Deferred:

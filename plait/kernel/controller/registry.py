@@ -15,13 +15,14 @@ from plait.wire.errors import EngineError, InvalidEngineID
 
 
 class _Record:
-    __slots__ = ("engine", "uuid", "properties", "queue")
+    __slots__ = ("engine", "uuid", "properties", "queue", "last_words")
 
     def __init__(self, engine: IEngine, uuid: str, properties: dict, queue: EngineQueue):
         self.engine = engine
         self.uuid = uuid
         self.properties = properties
         self.queue = queue
+        self.last_words: str | None = None  # why it said it goes, if it did
 
 
 @implementer(IEngineRegistry)
@@ -63,10 +64,17 @@ class EngineRegistry:
         self._wake_waiters()
         return engine_id
 
+    def last_words(self, engine_id: int, reason: str) -> None:
+        record = self._record(engine_id)
+        record.last_words = reason
+        record.engine.last_words = reason
+
     def unregister(self, engine_id: int, reason: str = "unregistered") -> None:
         record = self._records.pop(engine_id, None)
         if record is None:
             return
+        if record.last_words:
+            reason = record.last_words
         self.log.info("engine {id} removed: {reason}", id=engine_id, reason=reason)
         record.queue.fail_all(EngineError(f"engine {engine_id} was lost: {reason}"))
         self._notify("engine_removed", engine_id)

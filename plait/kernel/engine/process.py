@@ -23,6 +23,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import uuid as uuid_module
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -44,6 +45,9 @@ from plait.wire.channel import BlockingChannel, channel_address
 from plait.wire.errors import ChannelClosed, PlaitConnectionError
 from plait.wire.serialize import dumps_plain
 from plait.wire.tunnel import route, route_furl
+
+#: Seconds between two looks at an engine's memory, when it has a limit.
+MEMORY_CHECK_EVERY = 0.1
 
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
@@ -106,8 +110,11 @@ class Engine:
 
     def __init__(self, furl: str, properties: dict | None = None,
                  on_registered: Callable[[int], None] | None = None, channel: bool = True,
-                 reconnect: float = 0.0, engine_id: int | None = None):
+                 reconnect: float = 0.0, engine_id: int | None = None,
+                 memory_limit: int | None = None):
         self.furl = furl
+        #: bytes of resident memory past which the engine exits, saying why
+        self.memory_limit = memory_limit
         #: the id to take over at the first registration: a restarted engine's
         self.claim_id = engine_id
         #: seconds an engine that lost its controller keeps trying to join it again,
@@ -254,6 +261,33 @@ class Engine:
         """(main thread) User code changed the properties: tell the controller."""
         reactor.callFromThread(self.sync_properties, props)
 
+    def _watch_memory(self) -> None:
+        """(Its own thread) Past :attr:`memory_limit`, say why to the controller (the
+        task running fails with an EngineError saying so), then exit: an engine
+        over its limit would take the machine down with it."""
+        assert self.memory_limit is not None
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self.stopping:
+            try:
+                with open("/proc/self/statm") as f:
+                    rss = int(f.read().split()[1]) * page
+            except (OSError, ValueError, IndexError):
+                return  # (no /proc: no limit)
+            if rss > self.memory_limit:
+                reason = (f"engine {self.id} used {rss / 2**20:.0f} MB, over its memory limit "
+                          f"of {self.memory_limit / 2**20:.0f} MB")
+                log.error("{reason}: it exits", reason=reason)
+                try:
+                    blockingCallFromThread(reactor, self._say_last_words, reason)
+                except Exception:
+                    pass  # it goes all the same; the controller says it was lost
+                hard_exit(3)
+            time.sleep(MEMORY_CHECK_EVERY)
+
+    def _say_last_words(self, reason: str) -> defer.Deferred:
+        """(reactor) Tell the controller why this engine goes (2 s at most)."""
+        return self.session.callRemote("last_words", reason).addTimeout(2, reactor)
+
     def sync_properties(self, props: dict) -> None:
         """Send properties changed by user code to the controller."""
         if self.session is not None:
@@ -283,6 +317,9 @@ class Engine:
             return False
         self.interpreter.engine_id = self.id
         log.info("registered as engine {id}", id=self.id)
+        if self.memory_limit and self._joins == 1:
+            threading.Thread(target=self._watch_memory, name="plait-memory-watch",
+                             daemon=True).start()
         if self.on_registered is not None:
             self.on_registered(self.id)
         return True
