@@ -122,7 +122,8 @@ def test_a_section_that_is_not_a_table_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("section, key, known", [
-    ("cluster", "engine", "n, engines, timeout, controller, controller_host, restart_engines"),
+    ("cluster", "engine", "n, engines, timeout, controller, controller_host, restart_engines, "
+                          "engine_memory_limit"),
     ("controller", "port", "ip, location, client_port, engine_port, client_channel_port, "
                            "engine_channel_port, data_port, scheme, hwm, db, engine_timeout"),
     ("mpi", "mpirun", "mpiexec, args"),
@@ -226,8 +227,10 @@ def test_a_controller_on_another_host_is_read_back(tmp_path):
                     '[ssh]\ntunnel = true\n')
     config = load_config(tmp_path)
     assert controller_options(config) == {"controller": "ssh", "controller_host": "me@head",
-                                          "tunnel": True, "restart_engines": False}
+                                          "tunnel": True, "restart_engines": False,
+                                          "engine_memory_limit": None}
     assert controller_options(config.with_overrides(tunnel=False))["tunnel"] is False
     assert controller_options(ClusterConfig()) == {"controller": "local",
                                                    "controller_host": None, "tunnel": False,
-                                                   "restart_engines": False}
+                                                   "restart_engines": False,
+                                                   "engine_memory_limit": None}
