@@ -66,8 +66,10 @@ def load_or_create_certificate(path: Path | str) -> bytes:
 
 #: Connections a listener keeps that have not finished foolscap's negotiation (the
 #: oldest goes first), and the seconds each may take: strangers cannot hold file
-#: descriptors (foolscap's own limit is 120 s, with no cap on the number).
-MAX_NEGOTIATING = 64
+#: descriptors (foolscap's own limit is 120 s, with no cap on the number).  The cap
+#: leaves room for hundreds of engines that connect at once (256 on 2 cores: their
+#: negotiations wait for the CPU, and the oldest must not be dropped).
+MAX_NEGOTIATING = 1000
 NEGOTIATION_TIMEOUT = 10
 
 
