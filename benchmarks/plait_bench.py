@@ -264,6 +264,7 @@ def _task_uneven(tc, p: dict, r: Results) -> None:
 
 PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
                  "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "cluster_start4",
+                 "scale_register", "scale_execute", "engine_restart",
                  "ssh_start64", "slurm_ready", "par_hub_rss", "par_hub_query"]
 
 
@@ -303,6 +304,8 @@ def parallel(p: dict, r: Results) -> None:
     with plait_cluster(2) as cluster:
         r.measure(["par_hub_rss", "par_hub_query"], lambda: _par_hub(cluster, p, r))
     r.measure("cluster_start4", lambda: _cluster_start4(p, r))
+    r.measure(["scale_register", "scale_execute"], lambda: _scale(p, r))
+    r.measure("engine_restart", lambda: _engine_restart(p, r))
     r.measure("ssh_start64", lambda: _ssh_start64(p, r))
     r.measure("slurm_ready", lambda: _slurm_ready(p, r))
 
@@ -414,6 +417,91 @@ def _slurm_ready(p: dict, r: Results) -> None:
             batch.submit = real_submit
 
     _in_plait_dir(run)
+
+
+def _in_fresh_plait_dir(run) -> None:
+    """``run()`` with PLAIT_DIR a temporary folder of its own."""
+    import os
+    import tempfile
+
+    saved = os.environ.get("PLAIT_DIR")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["PLAIT_DIR"] = tmp
+        try:
+            run()
+        finally:
+            if saved is None:
+                os.environ.pop("PLAIT_DIR", None)
+            else:
+                os.environ["PLAIT_DIR"] = saved
+
+
+def _scale(p: dict, r: Results) -> None:
+    """N engines of this host on one controller: their registration, and one
+    command to all of them."""
+    import plait.parallel as ipp
+    from plait.kernel import client
+
+    n = p["scale_engines"]
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        cluster = ipp.Cluster(n=n, timeout=300)
+        try:
+            rc = cluster.start_and_connect()
+            registered = time.perf_counter() - t0
+            mec = client.MultiEngineClient()
+            if len(mec.get_ids()) != n:
+                raise AssertionError(f"{len(mec.get_ids())} of {n} engines registered")
+            for _ in range(3):
+                mec.execute("pass")
+            each = []
+            for _ in range(10):
+                t1 = time.perf_counter()
+                mec.execute("pass")
+                each.append((time.perf_counter() - t1) * 1e3)
+            rc.close()
+        finally:
+            cluster.stop()
+        r.add("scale_register", registered, detail=f"{n} engines forked by the fork server")
+        r.add("scale_execute", median(each), each=each, detail=f"{n} engines")
+
+    _in_fresh_plait_dir(run)
+
+
+def _engine_restart(p: dict, r: Results) -> None:
+    """SIGKILL an engine of a supervised cluster; the time until its replacement
+    answers under the same id."""
+    import os
+    import signal
+
+    import plait.parallel as ipp
+
+    def run() -> None:
+        times = []
+        cluster = ipp.Cluster(n=2, restart_engines=True)
+        try:
+            rc = cluster.start_and_connect()
+            for _ in range(1 if p["cycles"] == 1 else 5):
+                old = rc[1].apply_sync(os.getpid)
+                t0 = time.perf_counter()
+                os.kill(old, signal.SIGKILL)
+                while True:  # the client asks until the new engine answers
+                    try:
+                        if rc[1].apply_sync(os.getpid) != old:
+                            break
+                    except (ipp.error.RemoteError, KeyError):
+                        pass
+                    if time.perf_counter() - t0 > 60:
+                        raise AssertionError("engine 1 was not replaced within 60 s")
+                    time.sleep(0.005)
+                times.append(time.perf_counter() - t0)
+            rc.close()
+        finally:
+            cluster.stop()
+        r.add("engine_restart", median(times), each=times, detail="local engines, 2")
+
+    _in_fresh_plait_dir(run)
 
 
 def _cluster_start4(p: dict, r: Results) -> None:

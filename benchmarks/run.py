@@ -152,6 +152,17 @@ def _parallel_specs(p: dict) -> list[Spec]:
              "from the Cluster() call to a connected Client that sees the 4 engines (an "
              "existing profile: its certificates made by a first, untimed cycle); median of "
              f"{p['cycles']} start/stop cycles"),
+        Spec("parallel", "scale_register", f"{p['scale_engines']} local engines registered",
+             "s", ("<=", 30.0) if p["scale_engines"] >= 256 else None, None, "",
+             "Cluster(n=N).start_and_connect() on this 2-core machine, to a client seeing "
+             "every engine"),
+        Spec("parallel", "scale_execute", f"mec.execute('pass') on {p['scale_engines']} "
+             "engines", "ms", ("<=", 50.0) if p["scale_engines"] >= 256 else None, None, "",
+             "one command to every engine and every reply back; median of 10"),
+        Spec("parallel", "engine_restart", "a killed engine replaced, under its id", "s",
+             None, None, "",
+             "Cluster(n=2, restart_engines=True): from SIGKILL of engine 1 to the new engine "
+             "1 answering an apply; median of 5"),
         Spec("parallel", "ssh_start64", "64 engines over SSH on 3 hosts, ready", "s",
              ("<=", 5.0) if p["hub_results"] >= 100_000 else None, None, "",
              "Cluster(engines='ssh') on 3 network-namespace hosts with real sshd, to a "
@@ -190,7 +201,8 @@ def params_for(args: argparse.Namespace) -> dict:
              uneven_scale=0.2 if quick else 1.0, peer_tasks=200 if quick else 1000,
              peer_map_repeat=1, tls_mb=10.0 if quick else 100.0,
              par_tasks=500 if quick else 10_000, dag_n=500 if quick else 10_000,
-             hub_results=2000 if quick else 100_000, peer_par_tasks=200 if quick else 1000)
+             hub_results=2000 if quick else 100_000, peer_par_tasks=200 if quick else 1000,
+             scale_engines=32 if quick else 256)
     for name in ("rtt_count", "repeat", "cycles", "tasks", "map_n"):
         value = getattr(args, name)
         if value is not None:
