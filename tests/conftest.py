@@ -21,6 +21,14 @@ def plait_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 @pytest.fixture
+def plait_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh PLAIT_DIR for this test (``tmp_path / "p"``), set for this process
+    and its children (a test module may define its own, stricter one)."""
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
+    return tmp_path / "p"
+
+
+@pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator:
     """Start daemonized clusters in fresh PLAIT_DIRs; all stopped at teardown."""
     started: list[Cluster] = []

@@ -35,12 +35,6 @@ def hosts(tmp_path_factory):
         yield made
 
 
-@pytest.fixture
-def plait_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
-    return tmp_path / "p"
-
-
 def net_namespace() -> str:
     import os
 

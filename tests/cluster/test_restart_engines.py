@@ -21,12 +21,6 @@ from support.cluster import make_env, processes_of, run_cmd, wait_exit
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.fixture
-def plait_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
-    return tmp_path / "p"
-
-
 def pid_of(rc, engine_id: int, than: int | None = None, within: float = 30) -> int:
     """The pid of engine ``engine_id``; with ``than``, once it is another one (the
     engine was replaced): the controller tells nobody, so the client asks."""

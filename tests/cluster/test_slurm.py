@@ -28,12 +28,6 @@ def slurm(tmp_path_factory):
         yield daemons
 
 
-@pytest.fixture
-def plait_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
-    return tmp_path / "p"
-
-
 def job_of_engine():
     import os
 

@@ -31,12 +31,6 @@ def hosts(tmp_path_factory):
         yield made
 
 
-@pytest.fixture
-def plait_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PLAIT_DIR", str(tmp_path / "p"))
-    return tmp_path / "p"
-
-
 def ssh_cluster(hosts, remote: Path, per_host: int = 2, **options):
     return ipp.Cluster(engines="ssh", hosts=hosts.table(per_host), ip=hosts.controller_ip,
                        ssh_args=hosts.ssh_args, ssh_plait_dir=str(remote), timeout=60,

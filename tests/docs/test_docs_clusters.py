@@ -6,18 +6,13 @@ block after it shows (``console`` blocks are not run).  The runner is
 from __future__ import annotations
 
 from support import ROOT
-from support.cluster import make_env
-from support.docs import Program, examples, missing_snippets, run_examples
+from support.docs import check_programs, missing_snippets
 
 GUIDE = ROOT / "docs" / "clusters.md"
 
 
 def test_every_program_of_the_guide_runs_as_shown(tmp_path, capsys):
-    found = examples(GUIDE.read_text(), GUIDE.name)
-    programs = [example for example in found if isinstance(example, Program)]
-    assert len(programs) >= 6
-    mismatches = run_examples(programs, None, capsys, make_env(tmp_path / "p"))
-    assert not mismatches, "\n\n".join(m.report(GUIDE.name) for m in mismatches)
+    check_programs(GUIDE, tmp_path, capsys, at_least=6)
 
 
 def test_the_guide_documents_every_cluster_toml_key():

@@ -177,3 +177,15 @@ def missing_snippets(guide: Path, snippets: list[str]) -> list[str]:
     """The ``snippets`` that the text of ``guide`` lacks."""
     text = guide.read_text()
     return [snippet for snippet in snippets if snippet not in text]
+
+
+def check_programs(guide: Any, tmp_path: Any, capsys: Any, at_least: int) -> None:
+    """Every ``python`` block of ``guide`` (a path) runs as a program of its own, in a
+    fresh PLAIT_DIR under ``tmp_path``, and prints what its ``output`` block shows."""
+    from support.cluster import make_env
+
+    found = examples(guide.read_text(), guide.name)
+    programs = [example for example in found if isinstance(example, Program)]
+    assert len(programs) >= at_least
+    mismatches = run_examples(programs, None, capsys, make_env(tmp_path / "p"))
+    assert not mismatches, "\n\n".join(m.report(guide.name) for m in mismatches)
