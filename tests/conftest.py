@@ -28,6 +28,16 @@ def plait_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "p"
 
 
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Three network-namespace hosts with sshd each (see ``support.netns``), for the
+    tests of one module; its ``pytestmark`` skips it where they cannot be made."""
+    from support.netns import Hosts
+
+    with Hosts(3, tmp_path_factory.mktemp("hosts")) as made:
+        yield made
+
+
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator:
     """Start daemonized clusters in fresh PLAIT_DIRs; all stopped at teardown."""

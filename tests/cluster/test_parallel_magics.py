@@ -419,22 +419,27 @@ def test_pxconfig_stream_makes_it_the_default(shell, capsys):
 
 
 
-def test_ctrl_c_on_a_blocking_px_interrupts_the_engines_too(shell, capsys, rc, tmp_path):
+def ctrl_c_once_it_runs(fifo: str):
+    """A started thread that presses Ctrl-C (SIGINT to the main thread) as soon as
+    the engine's code writes to the named pipe ``fifo`` (an event: it runs now)."""
     import signal
     import threading
 
-    from support.cluster import Signal
-
-    hanging = Signal(tmp_path)
-    shell.user_ns["code"] = hanging.code
-
-    def press_ctrl_c_once_it_runs() -> None:
-        with open(hanging.path) as f:  # an event: the engine's code says it runs
+    def press() -> None:
+        with open(fifo) as f:
             f.read()
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-    presser = threading.Thread(target=press_ctrl_c_once_it_runs)
+    presser = threading.Thread(target=press)
     presser.start()
+    return presser
+
+
+def test_ctrl_c_on_a_blocking_px_interrupts_the_engines_too(shell, capsys, rc, tmp_path):
+    from support.cluster import Signal
+
+    hanging = Signal(tmp_path)
+    presser = ctrl_c_once_it_runs(hanging.path)
     run(shell, capsys, "v = rc.activate()\nv.block = True")
     out = run(shell, capsys, f"%%px --targets 1\n{hanging.code}")
     presser.join()
@@ -446,20 +451,10 @@ def test_ctrl_c_on_a_blocking_px_interrupts_the_engines_too(shell, capsys, rc, t
 
 
 def test_no_signal_on_interrupt_leaves_the_engines_alone(shell, capsys, rc, tmp_path):
-    import signal
-    import threading
-
     from support.cluster import Gate
 
     started, gate = Gate(tmp_path, "started"), Gate(tmp_path)
-
-    def press_ctrl_c_once_it_runs() -> None:
-        with open(started.path) as f:  # an event: the engine's code says it runs
-            f.read()
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-    presser = threading.Thread(target=press_ctrl_c_once_it_runs)
-    presser.start()
+    presser = ctrl_c_once_it_runs(started.path)
     run(shell, capsys, "v = rc.activate()\nv.block = True")
     code = f"open({started.path!r}, 'w').write('1')\n{gate.wait_code}"
     out = run(shell, capsys, f"%%px --targets 2 --no-signal-on-interrupt\n{code}")

@@ -22,23 +22,11 @@ from plait.security import ENGINE_FURL, PARALLEL_FURL, profile_dirs
 from plait.wire import tunnel as tunnels
 from plait.wire.errors import ClusterError, PlaitConnectionError
 from support.cluster import processes_of
-from support.netns import Hosts, unavailable
+from support.netns import Hosts, net_namespace, unavailable
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the functions sent to engines
 WHY = unavailable()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
-
-
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory):
-    with Hosts(3, tmp_path_factory.mktemp("hosts")) as made:
-        yield made
-
-
-def net_namespace() -> str:
-    import os
-
-    return os.readlink("/proc/self/ns/net")
 
 
 def commands_in(hosts: Hosts, host) -> list[str]:

@@ -16,8 +16,8 @@ import pytest
 import plait.parallel as ipp
 from plait.cluster.state import read_state
 from plait.security import profile_dirs
-from plait.wire.errors import ClusterError, CompositeError
-from support.cluster import make_env, run_cmd
+from plait.wire.errors import ClusterError
+from support.cluster import killed_job_shows_as_lost_engines, make_env, run_cmd
 from support.sge import QUEUE, GridEngine, unavailable
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -74,22 +74,7 @@ def test_an_sge_job_array_of_engines_runs_and_stop_deletes_it(sge, plait_dir):
 
 
 def test_a_job_the_scheduler_deletes_shows_as_lost_engines_not_a_hang(sge, plait_dir):
-    cluster = ipp.Cluster(n=2, engines="sge")
-    try:
-        rc = cluster.start_and_connect()
-        [job] = {g.job for g in cluster._procs.engine_sets}
-        ar = rc[:].apply_async(time.sleep, 60)
-        ar.wait_for_send(10)
-        subprocess.run(["qdel", job], check=True, capture_output=True)
-        with pytest.raises(CompositeError) as info:
-            ar.get(timeout=60)
-        assert "EngineError" in str(info.value)
-        deadline = time.monotonic() + 30
-        while rc.ids and time.monotonic() < deadline:
-            time.sleep(0.05)  # the client hears of the engines leaving
-        assert rc.ids == []
-    finally:
-        cluster.stop()
+    job = killed_job_shows_as_lost_engines("sge", ["qdel"])
     assert gone(sge, job)
 
 

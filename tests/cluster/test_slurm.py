@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 
@@ -13,8 +12,8 @@ import pytest
 import plait.parallel as ipp
 from plait.cluster.state import read_state
 from plait.security import profile_dirs
-from plait.wire.errors import ClusterError, CompositeError
-from support.cluster import make_env, run_cmd
+from plait.wire.errors import ClusterError
+from support.cluster import killed_job_shows_as_lost_engines, make_env, run_cmd
 from support.slurm import Slurm, unavailable
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -60,22 +59,7 @@ def test_a_slurm_job_of_engines_runs_and_stop_cancels_it(slurm, plait_dir):
 
 
 def test_a_job_the_scheduler_cancels_shows_as_lost_engines_not_a_hang(slurm, plait_dir):
-    cluster = ipp.Cluster(n=2, engines="slurm")
-    try:
-        rc = cluster.start_and_connect()
-        [job] = {g.job for g in cluster._procs.engine_sets}
-        ar = rc[:].apply_async(time.sleep, 60)
-        ar.wait_for_send(10)
-        subprocess.run(["scancel", job], check=True)
-        with pytest.raises(CompositeError) as info:
-            ar.get(timeout=60)
-        assert "EngineError" in str(info.value)
-        deadline = time.monotonic() + 30
-        while rc.ids and time.monotonic() < deadline:
-            time.sleep(0.05)  # the client hears of the engines leaving
-        assert rc.ids == []
-    finally:
-        cluster.stop()
+    killed_job_shows_as_lost_engines("slurm", ["scancel"])
 
 
 def test_sbatch_refusing_the_job_is_a_clear_error_and_nothing_runs(slurm, plait_dir):

@@ -18,29 +18,17 @@ from plait.cluster.state import read_state
 from plait.security import profile_dirs
 from plait.wire.errors import ClusterError
 from support.cluster import make_env, processes_of, run_cmd, wait_exit
-from support.netns import Hosts, unavailable
+from support.netns import net_namespace, unavailable
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the functions sent to engines
 WHY = unavailable()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
 
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory):
-    with Hosts(3, tmp_path_factory.mktemp("hosts")) as made:
-        yield made
-
-
 def ssh_cluster(hosts, remote: Path, per_host: int = 2, **options):
     return ipp.Cluster(engines="ssh", hosts=hosts.table(per_host), ip=hosts.controller_ip,
                        ssh_args=hosts.ssh_args, ssh_plait_dir=str(remote), timeout=60,
                        **options)
-
-
-def net_namespace() -> str:
-    import os
-
-    return os.readlink("/proc/self/ns/net")
 
 
 def slow_square(x):

@@ -213,5 +213,35 @@ class Signal:
         return time.monotonic()
 
 
+def killed_job_shows_as_lost_engines(system: str, kill: list[str]) -> str:
+    """Start 2 engines as a job of the batch ``system`` (of this test's PLAIT_DIR),
+    have the scheduler end the job (``kill + [job]``) while they run a task, and
+    check what the user sees: the task fails with EngineError, the engines leave
+    the client, nothing hangs.  The job's id (the cluster is stopped)."""
+    import plait.parallel as ipp
+    from plait.wire.errors import CompositeError
+
+    cluster = ipp.Cluster(n=2, engines=system)
+    try:
+        rc = cluster.start_and_connect()
+        [job] = {g.job for g in cluster._procs.engine_sets}
+        ar = rc[:].apply_async(time.sleep, 60)
+        ar.wait_for_send(10)
+        subprocess.run([*kill, job], check=True, capture_output=True)
+        try:
+            ar.get(timeout=60)
+        except CompositeError as exc:
+            assert "EngineError" in str(exc)
+        else:
+            raise AssertionError("the tasks of a killed job did not fail")
+        deadline = time.monotonic() + 30
+        while rc.ids and time.monotonic() < deadline:
+            time.sleep(0.05)  # the client hears of the engines leaving
+        assert rc.ids == []
+    finally:
+        cluster.stop()
+    return job
+
+
 # Functions of this module (Gate.waiter) travel to engines by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

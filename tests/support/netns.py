@@ -18,9 +18,12 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import cloudpickle
 
 SSHD = "/usr/sbin/sshd"
 
@@ -41,6 +44,13 @@ def unavailable() -> str | None:
         return f"cannot make network namespaces: {made.stderr.decode().strip()}"
     subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
     return None
+
+
+def net_namespace() -> str:
+    """The network namespace of the calling process (sent to engines: where they run)."""
+    import os
+
+    return os.readlink("/proc/self/ns/net")
 
 
 def _ip(*args: str, ns: str | None = None) -> None:
@@ -167,3 +177,7 @@ class Hosts:
             subprocess.run(["ip", "link", "delete", host.veth], capture_output=True)
             subprocess.run(["ip", "netns", "delete", host.name], capture_output=True)
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+
+
+# net_namespace travels to engines by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -28,6 +28,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from support import free_port
+
 DAEMONS = ("/usr/sbin/sge_qmaster", "/usr/sbin/sge_execd")
 TOOLS = ("/usr/lib/gridengine/spoolinit", "/usr/lib/gridengine/spooldefaults")
 #: What the cell's SGE_ROOT links: the packages' binaries, libraries and helpers.
@@ -52,12 +54,6 @@ def unavailable() -> str | None:
         if shutil.which(command) is None:
             return f"{command} is not installed ({INSTALL})"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _queue(host: str) -> str:
@@ -174,7 +170,7 @@ scheduler_threads       1
         (f / "configuration").write_text("\n".join(lines) + "\n")
         self._saved = {name: os.environ.get(name) for name in ENV}
         os.environ.update(SGE_ROOT=str(self.root), SGE_CELL=CELL,
-                          SGE_QMASTER_PORT=str(_free_port()), SGE_EXECD_PORT=str(_free_port()))
+                          SGE_QMASTER_PORT=str(free_port()), SGE_EXECD_PORT=str(free_port()))
         self._run(TOOLS[0], "classic", "libspoolc", spooling, "init")
         self._run(TOOLS[1], "configuration", str(f / "configuration"))
         self._run(TOOLS[1], "complexes", str(RESOURCES / "centry"))

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from support import free_port
+
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 
 
@@ -30,12 +32,6 @@ def unavailable() -> str | None:
         if shutil.which(command) is None:
             return f"{command} is not installed (apt-get install slurm-wlm munge)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Slurm:
@@ -76,8 +72,8 @@ SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=socket={sock}
 CredType=cred/munge
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 StateSaveLocation={f / 'state'}
 SlurmdSpoolDir={f / 'spool'}
 SlurmctldPidFile={f / 'slurmctld.pid'}
