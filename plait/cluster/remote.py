@@ -5,11 +5,13 @@
 host, as the user's own process there: one SSH session runs this module on
 the far side (``python -m plait.cluster.remote``), which starts the
 controller in a session of its own (it outlives the SSH session), waits for
-its ready notice and prints, as one JSON line, its pid and the contents of
-its FURL files.  The FURL files travel inside the SSH session and are
-written here into the profile's security folder, private (0600), as if the
-controller ran here: clients and engine launchers of this host then find
-them where they always do.
+its ready notice and prints, as one JSON line, its pid, its start time and
+the contents of its FURL files.  The FURL files travel inside the SSH
+session and are written here into the profile's security folder, private
+(0600), as if the controller ran here: clients and engine launchers of this
+host then find them where they always do.  Only then does this side say
+``keep`` on the session's stdin; a start interrupted before (the session
+ends) makes the far side stop the controller, so nothing is left running.
 
 The far host must have plait installed (``ssh_python`` names its Python)
 and a PLAIT_DIR of its own (``ssh_plait_dir``), where the controller keeps
