@@ -110,17 +110,22 @@ class FoolscapEngineRegistrar(Referenceable):  # type: ignore[misc]
         return token, port
 
     def remote_register_engine(self, engine: Any, uuid: str, properties: bytes,
-                               channel: bytes = b"", engine_id: int | None = None
-                               ) -> tuple[int, FoolscapEngineSession]:
+                               channel: bytes = b"", engine_id: int | None = None,
+                               rejoin: bool = False) -> tuple[int, FoolscapEngineSession]:
         props = _plain_properties(properties)
         link = self._opened.pop(channel, None) if channel else None
         if channel and link is None:
             raise ValueError("unknown channel token: open the channel before registering")
         proxy = RemoteEngine(link or engine, uuid, control=engine)
-        engine_id = self.registry.register(proxy, uuid, props, engine_id)
-        engine.notifyOnDisconnect(self.registry.unregister, engine_id, "disconnected")
+        engine_id = self.registry.register(proxy, uuid, props, engine_id, rejoin)
+
+        def lost(reason: str) -> None:  # (not a later engine that took the id over)
+            if engine_id in self.registry and self.registry.get_engine(engine_id) is proxy:
+                self.registry.unregister(engine_id, reason)
+
+        engine.notifyOnDisconnect(lost, "disconnected")
         if link is not None:
-            link.notifyOnDisconnect(self.registry.unregister, engine_id, "channel closed")
+            link.notifyOnDisconnect(lost, "channel closed")
         return engine_id, FoolscapEngineSession(self.registry, engine_id, self.blobs)
 
 

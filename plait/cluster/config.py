@@ -110,6 +110,11 @@ _SECONDS = _Spec(
     lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v) and v > 0,
     float,
 )
+_SECONDS_OR_NONE = _Spec(
+    "a number >= 0",
+    lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v) and v >= 0,
+    float,
+)
 _STRINGS = _Spec(
     "a list of strings",
     lambda v: isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v),
@@ -132,7 +137,8 @@ _HOSTS = _Spec("a table of host names to engine counts (ints >= 1)", _is_hosts, 
 SECTIONS: dict[str, dict[str, _Spec]] = {
     "cluster": {"n": _int(1), "engines": _choice(ENGINES), "timeout": _SECONDS,
                 "controller": _choice(CONTROLLERS), "controller_host": _TEXT,
-                "restart_engines": _BOOL, "engine_memory_limit": _SECONDS},
+                "restart_engines": _BOOL, "engine_memory_limit": _SECONDS,
+                "restart_controller": _BOOL, "engine_reconnect": _SECONDS_OR_NONE},
     "controller": {
         "ip": _TEXT,
         "location": _TEXT,
@@ -159,6 +165,8 @@ _FIELDS = {("cluster", "n"): "n", ("cluster", "engines"): "engines",
            ("cluster", "controller_host"): "controller_host", ("ssh", "tunnel"): "tunnel",
            ("cluster", "restart_engines"): "restart_engines",
            ("cluster", "engine_memory_limit"): "engine_memory_limit",
+           ("cluster", "restart_controller"): "restart_controller",
+           ("cluster", "engine_reconnect"): "engine_reconnect",
            ("mpi", "mpiexec"): "mpiexec",
            ("mpi", "args"): "mpi_args", ("ssh", "hosts"): "ssh_hosts",
            ("ssh", "command"): "ssh_command", ("ssh", "args"): "ssh_args",
@@ -196,6 +204,8 @@ class ClusterConfig:
     tunnel: bool = False
     restart_engines: bool = False
     engine_memory_limit: float | None = None
+    restart_controller: bool = True
+    engine_reconnect: float = 60.0
     mpiexec: str = "mpiexec"
     ssh_hosts: dict[str, int] = field(default_factory=dict, hash=False)
     ssh_command: str = "ssh"
@@ -289,7 +299,9 @@ def controller_options(config: ClusterConfig) -> dict[str, Any]:
     """Where the controller runs, as ClusterProcesses takes it."""
     return {"controller": config.controller_launcher, "controller_host": config.controller_host,
             "tunnel": config.tunnel, "restart_engines": config.restart_engines,
-            "engine_memory_limit": config.engine_memory_limit}
+            "engine_memory_limit": config.engine_memory_limit,
+            "restart_controller": config.restart_controller,
+            "engine_reconnect": config.engine_reconnect}
 
 
 def ssh_options(config: ClusterConfig) -> dict[str, Any]:

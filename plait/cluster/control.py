@@ -26,6 +26,7 @@ from plait.cluster.launchers import (
     Notices,
     read_ready,
     spawn_controller,
+    spawn_keeper,
     spawn_mpi,
     spawn_ssh,
 )
@@ -58,7 +59,8 @@ class ClusterProcesses:
                  ssh: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
                  controller: str = "local", controller_host: str | None = None,
                  tunnel: bool = False, restart_engines: bool = False,
-                 engine_memory_limit: float | None = None):
+                 engine_memory_limit: float | None = None, restart_controller: bool = True,
+                 engine_reconnect: float = 60.0):
         if controller not in CONTROLLERS:
             raise ClusterError(f"controller must be one of {', '.join(CONTROLLERS)}, not "
                                f"{controller!r}")
@@ -81,6 +83,14 @@ class ClusterProcesses:
                                f"restart_engines is for local engines, not {launcher!r} ones")
         #: local engines that die are replaced, keeping their ids (a supervising fork server)
         self.restart_engines = restart_engines
+        #: a controller of this host that dies is started again (see plait.cluster.keeper)
+        self.restart_controller = restart_controller
+        self.keeper_pid: int | None = None
+        if engine_reconnect < 0:
+            raise ClusterError(f"engine_reconnect is a number of seconds >= 0, not "
+                               f"{engine_reconnect!r}")
+        #: seconds an engine that lost its controller tries to join it again
+        self.engine_reconnect = engine_reconnect
         #: MB of resident memory past which an engine exits, saying why (local, SSH)
         self.engine_memory_limit = engine_memory_limit
         if engine_memory_limit and launcher not in ("local", "ssh"):
@@ -141,6 +151,7 @@ class ClusterProcesses:
             return self.remote.alive()
         if self.allocation is not None:
             return self.allocation.alive()
+        self.follow_keeper()
         if self.controller_pid is None:
             return False
         return _state.ours({"started": self._started}, self.controller_pid)
@@ -206,6 +217,9 @@ class ClusterProcesses:
                 if controller_ready is not None:
                     controller_ready()
                 self._start_set(n, notices, deadline, timeout)
+            if self.restart_controller and self.controller == "local":
+                self.keeper_pid = spawn_keeper(self.profile, self.controller_args,
+                                               self.controller_pid)
         except BaseException:
             if zygote is not None:
                 zygote.close()
@@ -293,7 +307,7 @@ class ClusterProcesses:
         """The ipengine flags every engine of this cluster gets (tunnels, limits)."""
         limit = [] if not self.engine_memory_limit else [
             f"--memory-limit={self.engine_memory_limit:g}"]
-        return [*self._tunnel_args(), *limit]
+        return [*self._tunnel_args(), *limit, f"--reconnect={self.engine_reconnect:g}"]
 
     def _tunnel_args(self) -> list[str]:
         """The ipengine flags reaching the controller through a tunnel (or none)."""
@@ -432,8 +446,22 @@ class ClusterProcesses:
         if self.running():
             self.save()
 
+    def follow_keeper(self) -> None:
+        """The controller's pid, as the keeper last wrote it (it changes when the
+        keeper starts the controller again)."""
+        if self.keeper_pid is None:
+            return
+        recorded = _state.read_state(self.dirs)
+        if recorded is not None and recorded.get("controller"):
+            self.controller_pid = recorded["controller"]
+            self._started = recorded.get("started", self._started)
+
     def stop(self) -> None:
         """Stop the engines, then the controller, and forget the state file."""
+        if self.keeper_pid is not None:  # first: it would start the controller again
+            terminate([self.keeper_pid])
+            self.follow_keeper()
+            self.keeper_pid = None
         for group in self.engine_sets:
             group.stop()
         if self._tunnel is not None:  # its routes go: the host may be reached directly again
@@ -482,6 +510,7 @@ class ClusterProcesses:
 
     # -- the state file ----------------------------------------------------------------
     def save(self) -> None:
+        self.follow_keeper()  # (never write back a controller pid the keeper replaced)
         here = self.remote is None and self.allocation is None  # a pid of this host
         state = {"profile": self.profile or "default",
                  "controller": self.controller_pid if here else None,
@@ -492,6 +521,8 @@ class ClusterProcesses:
                  "batch": self.batch, "controller_at": self.controller,
                  "controller_host": self.controller_host, "tunnel": self.tunnel,
                  "restart_engines": self.restart_engines,
+                 "restart_controller": self.restart_controller, "keeper": self.keeper_pid,
+                 "engine_reconnect": self.engine_reconnect,
                  "engine_memory_limit": self.engine_memory_limit,
                  "remote": None if self.remote is None else self.remote.to_state(),
                  "allocation": None if self.allocation is None else self.allocation.to_state(),
@@ -515,8 +546,12 @@ class ClusterProcesses:
                     controller_host=recorded.get("controller_host"),
                     tunnel=bool(recorded.get("tunnel")),
                     restart_engines=bool(recorded.get("restart_engines")),
+                    restart_controller=bool(recorded.get("restart_controller")),
+                    engine_reconnect=float(recorded.get("engine_reconnect", 0) or 0),
                     engine_memory_limit=recorded.get("engine_memory_limit"))
         procs.controller_pid = recorded["controller"]
+        keeper = recorded.get("keeper")
+        procs.keeper_pid = keeper if keeper and _state.ours(recorded, keeper) else None
         if recorded.get("remote"):
             procs.remote = RemoteController.from_state(recorded["remote"])
             procs.controller_pid = procs.remote.pid

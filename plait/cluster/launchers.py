@@ -278,6 +278,18 @@ def spawn_controller(profile: str | None, args: list[str], detach: bool
     return proc, r
 
 
+def spawn_keeper(profile: str | None, args: list[str], pid: int | None) -> int:
+    """Start the keeper of controller ``pid`` (:mod:`plait.cluster.keeper`),
+    detached; its pid."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plait.cluster.keeper", f"--pid={pid}", *_profile(profile),
+         "--", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return proc.pid
+
+
 def read_ready(fd: int, proc: Any, deadline: float, dirs: ProfileDirs) -> Path:
     """The engine FURL file the controller names once ready; ClusterError otherwise."""
     data = b""

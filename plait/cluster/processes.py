@@ -32,6 +32,21 @@ def start_time(pid: int) -> str | None:
         return None
 
 
+def wait_for_exit(pid: int) -> None:
+    """Return once process ``pid`` (any process, not only a child) has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while not sel.select():
+                pass
+    finally:
+        os.close(fd)
+
+
 def terminate(pids: list[int], grace: float = 3.0) -> None:
     """SIGTERM ``pids``, wait for them to exit, SIGKILL those still there after ``grace``.
 

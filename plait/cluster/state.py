@@ -39,7 +39,8 @@ def ours(state: dict, pid: int) -> bool:
 
 
 def read_state(dirs: ProfileDirs) -> dict | None:
-    """The state of the profile's cluster while its controller runs, else None.  (The
+    """The state of the profile's cluster while its controller (or the keeper that
+    starts it again) runs, else None.  (The
     state of a controller on another host, over SSH or in a batch allocation, is
     taken as it is: asking that host is for ClusterProcesses.running().)"""
     try:
@@ -50,13 +51,16 @@ def read_state(dirs: ProfileDirs) -> dict | None:
         return None
     if state.get("remote") or state.get("allocation"):
         return state  # a controller of another host: its file goes when it is stopped
-    pid = state.get("controller")
-    return state if isinstance(pid, int) and ours(state, pid) else None
+    # a controller that died is being started again while its keeper runs
+    alive = [pid for pid in (state.get("controller"), state.get("keeper"))
+             if isinstance(pid, int) and ours(state, pid)]
+    return state if alive else None
 
 
 def write_state(dirs: ProfileDirs, state: dict) -> None:
     """Write ``state`` (private to the user), recording the start time of every pid."""
-    pids = [state.get("controller"), state.get("ipcluster"), state.get("owner"),
+    pids = [state.get("controller"), state.get("keeper"), state.get("ipcluster"),
+            state.get("owner"),
             *state.get("engines", [])]  # (local pids only: SSH engines' are their hosts')
     for group in state.get("engine_sets", []):
         pids.append(group.get("launcher_pid"))

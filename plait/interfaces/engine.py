@@ -148,7 +148,8 @@ class RIEngineRegistrar(RemoteInterface):
         return ChannelTicket
 
     def register_engine(engine=RIEngine, uuid=Uuid, properties=Properties, channel=Token,
-                        engine_id=Optional(ChoiceOf(None, IntegerConstraint()), None)):
+                        engine_id=Optional(ChoiceOf(None, IntegerConstraint()), None),
+                        rejoin=Optional(BooleanConstraint(), False)):
         """Register ``engine``; returns ``(id, session)``.
 
         ``properties`` is plain data (``dumps_plain``): the controller never
@@ -156,7 +157,10 @@ class RIEngineRegistrar(RemoteInterface):
         channel the engine opened with a ticket from :meth:`open_channel` (b''
         for none): commands then travel on it.  ``session`` is the engine's
         own :class:`RIEngineSession`.  ``engine_id``: a restarted engine's
-        claim to the id of the engine it replaces (an id given before).
+        claim to the id of the engine it replaces (an id given before); with
+        ``rejoin``, the claim of an engine joining again to its own id (its
+        controller restarted, or the network was cut), kept unless another
+        engine holds that id now.
         """
         return TupleOf(EngineId, RIEngineSession)
 
@@ -246,13 +250,15 @@ class IEngineRegistry(Interface):
     while the controller runs.
     """
 
-    def register(engine, uuid, properties, engine_id=None):
+    def register(engine, uuid, properties, engine_id=None, rejoin=False):
         """Add ``engine`` (an :class:`IEngine` factory's product); returns its id.
         ``engine_id``: an id given before, which a restarted engine takes over
-        (the engine registered under it, if any, is dropped)."""
+        (the engine registered under it, if any, is dropped); with ``rejoin``,
+        an engine joining again takes its id back only if no engine holds it."""
 
-    def unregister(engine_id):
-        """Drop an engine; its queued and running commands fail with EngineError."""
+    def unregister(engine_id, reason="unregistered"):
+        """Drop an engine; its queued and running commands fail with EngineError
+        (saying ``reason``, or the engine's last words if it said why it goes)."""
 
     def get_ids():
         """The ids of the engines registered now, sorted."""

@@ -48,7 +48,7 @@ from plait.wire.errors import ClusterError
 LAUNCHER_OPTIONS = ("mpiexec", "mpi_args", "hosts", "ssh", "ssh_args", "ssh_python",
                     "ssh_plait_dir", "partition", "account", "walltime", "directives",
                     "template", "controller_host", "tunnel", "restart_engines",
-                    "engine_memory_limit")
+                    "engine_memory_limit", "restart_controller", "engine_reconnect")
 
 _live: weakref.WeakSet[Cluster] = weakref.WeakSet()
 
@@ -128,6 +128,8 @@ class Cluster:
 
     @property
     def controller_pid(self) -> int | None:
+        """The pid of its controller (a new one after its keeper started it again)."""
+        self._procs.follow_keeper()
         return self._procs.controller_pid
 
     def __repr__(self) -> str:  # (a controller elsewhere is not asked: a repr is quick)

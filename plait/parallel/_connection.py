@@ -59,6 +59,17 @@ class ParallelConnection(SessionClient):
         self._poll()
         return self
 
+    @defer.inlineCallbacks
+    def _rejoined(self) -> Any:
+        """Connected again (the controller restarted): a new session, and the
+        long poll again.  The tasks of the last session failed when it was
+        lost; their records, and every finished one, are in the hub."""
+        yield super()._rejoined()
+        self.info_at_connect = yield self._outcome("info")
+        self.engine_ids = list(self.info_at_connect["ids"])
+        self._lost_because = None
+        self._poll()
+
     @property
     def prefix(self) -> int:
         """The number naming the controller in message ids."""

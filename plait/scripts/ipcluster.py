@@ -29,7 +29,12 @@ from plait.cluster.config import (
 )
 from plait.cluster.control import ClusterProcesses
 from plait.cluster.launchers import LAUNCHERS
-from plait.cluster.processes import pid_alive, start_time, terminate  # noqa: F401 (re-exported)
+from plait.cluster.processes import (  # noqa: F401 (re-exported)
+    pid_alive,
+    start_time,
+    terminate,
+    wait_for_exit,
+)
 from plait.cluster.state import STATE_FILE, clear_state, ours, read_state, running_clusters
 from plait.scripts._common import add_profile_option, dirs_for
 from plait.wire.errors import ClusterError, PlaitError
@@ -68,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--engine-memory-limit", type=float, default=None, metavar="MB",
                        help="an engine whose resident memory passes MB exits, saying why "
                             "(and is replaced with --restart-engines)")
+    start.add_argument("--restart-controller", action=argparse.BooleanOptionalAction,
+                       default=None,
+                       help="start the controller again when it dies, on the same ports "
+                            "and FURLs, so that engines and clients rejoin it (default: on)")
+    start.add_argument("--engine-reconnect", type=float, default=None, metavar="SECONDS",
+                       help="how long an engine that lost its controller tries to join it "
+                            "again, keeping its id and namespace (default 60; 0: it exits)")
     start.add_argument("--tunnel", action="store_true", default=None,
                        help="clients and engines reach the remote controller through SSH "
                             "tunnels to its host (it may then listen on its 127.0.0.1)")
@@ -116,7 +128,9 @@ def _config(args: argparse.Namespace) -> tuple[ClusterProcesses, int, float]:
         controller_host=getattr(args, "controller_host", None),
         tunnel=getattr(args, "tunnel", None),
         restart_engines=getattr(args, "restart_engines", None),
-        engine_memory_limit=getattr(args, "engine_memory_limit", None), **flags)
+        engine_memory_limit=getattr(args, "engine_memory_limit", None),
+        restart_controller=getattr(args, "restart_controller", None),
+        engine_reconnect=getattr(args, "engine_reconnect", None), **flags)
     n = config.n if config.n is not None else (
         sum(config.ssh_hosts.values()) if config.engines == "ssh" else (os.cpu_count() or 2))
     procs = ClusterProcesses(args.profile, controller_args=config.controller_args(),
@@ -183,6 +197,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         print("press Ctrl-C to stop the cluster", flush=True)
         if procs.controller_proc is not None:
             procs.controller_proc.wait()
+            if procs.keeper_pid is not None:  # it starts the controller again, until it
+                wait_for_exit(procs.keeper_pid)  # gives up or the controller stops cleanly
         else:  # on another host, or in a batch job: asked now and then
             while procs.running():
                 time.sleep(REMOTE_CHECK_EVERY)

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", choices=("sqlite", "memory", "none"), default="sqlite",
                    help="where the hub keeps the records of tasks: an SQLite database in the "
                         "profile (default; they survive restarts), memory, or nowhere")
+    p.add_argument("--restore", action="store_true",
+                   help="go on from the last controller of the profile (one that died): "
+                        "engine ids go on from its, so that its engines rejoin with theirs "
+                        "(a cluster's keeper starts the controller so)")
     p.add_argument("--new-furls", action="store_true",
                    help="write FURLs with new secrets: FURL files handed out before stop working")
     p.add_argument("--adapter", action="append", default=[], metavar="MODULE:NAME",
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             client_channel_port=args.client_channel_port,
             engine_channel_port=args.engine_channel_port, data_port=args.data_port,
             engine_timeout=args.engine_timeout, new_furls=args.new_furls, db=args.db,
+            restore=args.restore,
         )
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         sys.exit(f"error: {exc}")

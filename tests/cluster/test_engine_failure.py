@@ -60,15 +60,15 @@ def test_engine_answers_keepalives_while_user_code_runs(cluster_factory):
 
 
 def test_engines_exit_when_controller_is_killed(cluster_factory):
-
-    c = cluster_factory(2)
+    # (without a keeper to start it again, and with engines told not to wait for it)
+    c = cluster_factory(2, extra=["--no-restart-controller", "--engine-reconnect=0"])
     state = c.state()
     os.kill(state["controller"], signal.SIGKILL)
     assert all(wait_exit(p, 10) for p in state["engines"])
 
 
 def test_client_reports_a_lost_controller(cluster_factory):
-    c = cluster_factory(1)
+    c = cluster_factory(1, extra=["--no-restart-controller"])
     mec = c.mec()
     os.kill(c.state()["controller"], signal.SIGKILL)
     with pytest.raises(client.PlaitConnectionError, match="lost the connection"):

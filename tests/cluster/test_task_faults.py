@@ -147,7 +147,7 @@ def test_a_scheme_of_ones_own_by_module_path(cluster_factory, tmp_path, monkeypa
 
 
 def test_a_lost_controller_is_reported_clearly(cluster_factory):
-    c = cluster_factory(1)
+    c = cluster_factory(1, extra=["--no-restart-controller"])
     tc = c.tc()
     tc.barrier(tc.run(client.StringTask("x = 1")))
     os.kill(c.state()["controller"], signal.SIGKILL)

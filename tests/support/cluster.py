@@ -75,7 +75,7 @@ class Cluster:
         except (OSError, ValueError):
             return
         run_cmd(["ipcluster", "stop", f"--profile={self.profile}"], self.env, check=False)
-        for pid in [*state.get("engines", []), state.get("controller")]:
+        for pid in [state.get("keeper"), *state.get("engines", []), state.get("controller")]:
             if pid:
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -228,9 +228,12 @@ def test_a_controller_on_another_host_is_read_back(tmp_path):
     config = load_config(tmp_path)
     assert controller_options(config) == {"controller": "ssh", "controller_host": "me@head",
                                           "tunnel": True, "restart_engines": False,
-                                          "engine_memory_limit": None}
+                                          "engine_memory_limit": None,
+                                          "restart_controller": True, "engine_reconnect": 60.0}
     assert controller_options(config.with_overrides(tunnel=False))["tunnel"] is False
     assert controller_options(ClusterConfig()) == {"controller": "local",
                                                    "controller_host": None, "tunnel": False,
                                                    "restart_engines": False,
-                                                   "engine_memory_limit": None}
+                                                   "engine_memory_limit": None,
+                                                   "restart_controller": True,
+                                                   "engine_reconnect": 60.0}

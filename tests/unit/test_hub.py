@@ -342,25 +342,38 @@ def test_updates_and_deletes_keep_their_order_with_the_adds(sqlite):
     assert in_reactor(other_turn) == [{"id": 4, "status": "failed"}, {"id": 5, "status": "ok"}]
 
 
-def test_new_records_are_handed_over_on_a_timer(sqlite, monkeypatch):
+def test_new_records_are_handed_over_at_the_end_of_the_reactor_turn(sqlite, monkeypatch):
     import twisted.internet
 
     clock = Clock()
     monkeypatch.setattr(twisted.internet, "reactor", clock)  # what add() schedules on
     sqlite.add(row(0))
     sqlite.add(row(1))
-    [call] = clock.getDelayedCalls()  # one hand-over for every record of the batch
-    assert call.getTime() == pytest.approx(HAND_OVER_EVERY)
-    clock.advance(HAND_OVER_EVERY / 2)
-    assert sqlite._new and clock.getDelayedCalls() == [call]
-    clock.advance(HAND_OVER_EVERY / 2)
+    [call] = clock.getDelayedCalls()  # one hand-over for every record of the turn
+    assert call.getTime() == pytest.approx(HAND_OVER_EVERY) == 0
+    assert sqlite._new
+    clock.advance(0)
     assert not sqlite._new and clock.getDelayedCalls() == []
     sqlite.add(row(2))
-    [call] = clock.getDelayedCalls()  # a new batch, a new timer
-    # a read hands over at once, cancelling the timer
+    [call] = clock.getDelayedCalls()  # a new batch, a new call
+    # a read hands over at once, cancelling the call
     assert in_reactor(sqlite.ids) == [0, 1, 2]
     assert clock.getDelayedCalls() == [] and not call.active()
     monkeypatch.undo()
+
+
+def test_a_read_commits_the_writes_before_it(sqlite):
+    """A read's answer means that every write before it survives a SIGKILL: it is
+    committed (another connection sees it)."""
+    import sqlite3
+
+    add_all(sqlite, [row(7)])
+    assert in_reactor(sqlite.ids) == [7]
+    other = sqlite3.connect(sqlite.path)
+    try:
+        assert other.execute("SELECT id FROM records").fetchall() == [(7,)]
+    finally:
+        other.close()
 
 
 def test_a_bad_write_is_logged_and_the_store_goes_on(sqlite):

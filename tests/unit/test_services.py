@@ -104,6 +104,64 @@ def test_registry_ids_observers_and_waiters():
         registry.get_engine(0)
 
 
+def test_registry_ids_go_on_from_the_last_run_with_restore(tmp_path):
+    path = tmp_path / "engineids"
+    first = EngineRegistry(ids_path=path)
+    assert [first.register(FakeEngine(), u, {}) for u in "abc"] == [0, 1, 2]
+    assert path.read_text() == "3\n" and oct(path.stat().st_mode & 0o777) == "0o600"
+    # a controller started again after it died: new engines get new ids, and the
+    # engines of the last run rejoin with theirs
+    again = EngineRegistry(ids_path=path, restore=True)
+    assert again.register(FakeEngine(), "new", {}) == 3
+    assert again.register(FakeEngine(), "b", {}, engine_id=1, rejoin=True) == 1
+    # a rejoin never takes the id of an engine that holds it now
+    assert again.register(FakeEngine(), "x", {}, engine_id=3, rejoin=True) == 4
+    assert again.get_ids() == [1, 3, 4]
+    # an id never given is not claimed
+    assert again.register(FakeEngine(), "y", {}, engine_id=99, rejoin=True) == 5
+
+
+def test_registry_without_restore_starts_from_0_and_lets_the_last_run_rejoin(tmp_path):
+    path = tmp_path / "engineids"
+    first = EngineRegistry(ids_path=path)
+    for u in "abcd":
+        first.register(FakeEngine(), u, {})
+    fresh = EngineRegistry(ids_path=path)  # ipcontroller started again by hand
+    assert path.read_text() == "0\n"
+    assert fresh.register(FakeEngine(), "c", {}, engine_id=2, rejoin=True) == 2
+    assert fresh.register(FakeEngine(), "new", {}) == 3
+    assert fresh.register(FakeEngine(), "a", {}, engine_id=0, rejoin=True) == 0
+    assert fresh.register(FakeEngine(), "d", {}, engine_id=3, rejoin=True) == 4  # 3 is taken
+
+
+def test_a_late_disconnect_notice_does_not_drop_the_engine_that_took_the_id_over():
+    from plait.adapters.engine import FoolscapEngineRegistrar
+
+    registry = EngineRegistry()
+
+    class Ref:  # a foolscap reference: it only hears of its disconnection
+        def __init__(self):
+            self.watchers = []
+
+        def notifyOnDisconnect(self, callback, *args):
+            self.watchers.append((callback, args))
+
+        def lose(self):
+            for callback, args in self.watchers:
+                callback(*args)
+
+    registrar = FoolscapEngineRegistrar(registry, channels=None, blobs=None)
+    old, new = Ref(), Ref()
+    props = dumps_plain({})
+    assert registrar.remote_register_engine(old, "u", props)[0] == 0
+    # the engine joins again before its old connection is seen to go
+    assert registrar.remote_register_engine(new, "u", props, b"", 0, True)[0] == 0
+    old.lose()
+    assert registry.get_ids() == [0]
+    new.lose()
+    assert registry.get_ids() == []
+
+
 def test_result_store():
     store = ResultStore()
     d: defer.Deferred = defer.Deferred()

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar
 from foolscap.api import DeadReferenceError, RemoteInterface
 from twisted.internet import defer, reactor, threads
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from plait.kernel.client._pending import PendingResult
@@ -30,6 +31,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Seconds to wait for a controller to answer a connection attempt.
 CONNECT_TIMEOUT = 10.0
+#: The remote methods that only ask: one that meets a link going down is made
+#: again on a new link (any other fails, as the controller may have acted on it).
+RETRY_SAFE = frozenset({"info", "get_ids", "wait_for_engines", "records", "result_status",
+                        "history", "query", "queue_status", "keys", "get_properties",
+                        "has_properties"})
+#: What connect's errors say when trying again cannot help.
+_DEFINITE = ("not the one this FURL names", "does not know this FURL's secret",
+             "wrong kind of FURL")
+#: Seconds a client that lost its controller keeps trying to connect again while
+#: nothing listens at its address (a controller being started again), at its next call.
+RECONNECT_PATIENCE = 5.0
 
 
 def asynchronous(fn: F) -> F:
@@ -207,11 +219,91 @@ class AsyncClientBase:
         return f"a {cls.user_name or cls.__name__.removeprefix('Async')}"
 
     def __init__(self, link: tuple[Any, Any], source: str = ""):
+        self._tunnelled: str | None = None  # the FURL reached through an SSH tunnel, if any
+        self._source = source
+        self._furl: str | None = None  # what to connect to again (set by connect)
+        self._reconnect_waiters: list[defer.Deferred] = []
+        self._adopt(link)
+
+    # -- the link, and connecting again ------------------------------------------------
+    def _adopt(self, link: tuple[Any, Any]) -> None:
+        """Use ``link`` (``(reference, channel or None)``), and notice when it goes."""
         reference, channel = link
         self._reference = reference  # foolscap: kept open, it is our capability
-        self._tunnelled: str | None = None  # the FURL reached through an SSH tunnel, if any
         self._remote = channel or reference
-        self._source = source
+        self._down = False
+        for end in {id(e): e for e in (reference, self._remote)}.values():
+            if hasattr(end, "notifyOnDisconnect"):
+                end.notifyOnDisconnect(self._link_lost, end)
+
+    def _link_lost(self, end: Any) -> None:
+        if end is self._reference or end is self._remote:  # (not an earlier link's)
+            if not self._down:
+                self._down = True
+                self._connection_lost()
+
+    def _connection_lost(self) -> None:
+        """(Subclasses) the link to the controller went: it stopped, restarted, or the
+        network failed.  The next call connects again (:meth:`_reconnect`)."""
+
+    def _reconnect(self) -> defer.Deferred:
+        """Connect to the controller again (one attempt, shared by the calls that
+        wait for it); fires with None, or fails with PlaitConnectionError saying why."""
+        waiter: defer.Deferred = defer.Deferred()
+        self._reconnect_waiters.append(waiter)
+        if len(self._reconnect_waiters) > 1:
+            return waiter  # an attempt is under way
+        self._link_lost(self._remote)  # (if its loss was not heard of yet)
+        d = self._connect_patiently()
+
+        def made(link: Any) -> Any:
+            self._adopt(link)
+            return self._rejoined()
+
+        def failed(f: Failure) -> None:
+            why = str(f.value).removeprefix("could not connect to the controller ")
+            raise PlaitConnectionError(
+                f"lost the connection to the controller ({self._source}), and could "
+                f"not connect again: {why}")
+
+        def done(result: Any) -> None:
+            waiters, self._reconnect_waiters = self._reconnect_waiters, []
+            for w in waiters:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(None)
+
+        d.addCallbacks(made, failed).addBoth(done)
+        return waiter
+
+    @defer.inlineCallbacks
+    def _connect_patiently(self) -> Any:
+        """:func:`connect` to the FURL again; while nothing listens there (a
+        controller that is being started again), or the attempt meets the old
+        connection going, try again for :data:`RECONNECT_PATIENCE` seconds.  A
+        definite no (another controller answers, a secret it does not know, a
+        FURL of another kind) ends the attempts at once."""
+        assert self._furl is not None
+        deadline = reactor.seconds() + RECONNECT_PATIENCE
+        pause = 0.05
+        while True:
+            try:
+                link = yield connect(self._furl, self._source, self.remote_interface,
+                                     self.client_name())
+                return link
+            except PlaitConnectionError as exc:
+                definite = any(no in str(exc) for no in _DEFINITE)
+                if definite or reactor.seconds() >= deadline:
+                    raise
+            yield deferLater(reactor, pause, lambda: None)
+            pause = min(pause * 2, 0.5)
+
+    def _rejoined(self) -> Any:
+        """(Subclasses) connected again: set up what the new link needs (a Deferred
+        or None).  A controller started again keeps its FURLs, so the same FURL
+        reaches it."""
+        return None
 
     @classmethod
     def connect(cls, furl_or_file: str | Path | None = None, profile: str | None = None,
@@ -245,6 +337,7 @@ class AsyncClientBase:
 
         def made(link: Any) -> Any:
             client = cls(link, source)
+            client._furl = furl
             client._tunnelled = furl if sshserver else None
             return client._started()
 
@@ -263,17 +356,33 @@ class AsyncClientBase:
     def _lost(self, f: Failure) -> Failure:
         if f.check(DeadReferenceError, ConnectionDone, ConnectionLost, ChannelClosed):
             raise PlaitConnectionError(
-                f"lost the connection to the controller ({self._source}); "
-                f"is it still running?"
+                f"lost the connection to the controller ({self._source}) during this "
+                f"call: the controller stopped or restarted, or the network failed (the "
+                f"next call connects again)"
             )
         return f
 
     def _remote_call(self, method: str, *args: Any) -> defer.Deferred:
-        try:
-            d = self._remote.callRemote(method, *args)
-        except Exception:
-            d = defer.fail()
+        """Call ``method`` on the controller; when the link went since the last
+        call, connect again first (fails with PlaitConnectionError if that fails).
+        A call that only asks (:data:`RETRY_SAFE`) and meets a link that is
+        going is made again once, on a new link."""
+        if self._down and self._furl is not None:
+            d = self._reconnect()
+            d.addCallback(lambda _: self._remote.callRemote(method, *args))
+        else:
+            try:
+                d = self._remote.callRemote(method, *args)
+            except Exception:
+                d = defer.fail()
+            if method in RETRY_SAFE and self._furl is not None:
+                d.addErrback(self._again_after_loss, method, args)
         return d.addErrback(self._lost)
+
+    def _again_after_loss(self, f: Failure, method: str, args: tuple) -> Any:
+        if not f.check(DeadReferenceError, ConnectionDone, ConnectionLost, ChannelClosed):
+            return f
+        return self._reconnect().addCallback(lambda _: self._remote.callRemote(method, *args))
 
     def _call(self, method: str, *args: Any, block: bool | None = None,
               finish: Callable[[Any], Any] | None = None, description: str = ""

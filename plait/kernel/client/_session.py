@@ -60,6 +60,16 @@ class SessionClient(AsyncClientBase):
         yield self._submitter.reserve_first()
         return self
 
+    def _connection_lost(self) -> None:
+        self._submitter.connection_lost("the connection to the controller was lost first")
+
+    @defer.inlineCallbacks
+    def _rejoined(self) -> Any:
+        """Connected again: a new session (its own ids) of the same controller."""
+        if self._listener is not None:  # on foolscap alone: ask for a session again
+            self._remote = yield self._reference.callRemote("open_session", self._listener)
+        yield self._submitter.reserve_first()
+
     def _remote_call(self, method: str, *args: Any) -> defer.Deferred:
         try:
             self._check_open()

@@ -392,6 +392,19 @@ class Submitter:
                 f"{problems} task submission(s) failed; the first: {first}"
             )
 
+    def connection_lost(self, why: str) -> None:
+        """(reactor) The session these ids were reserved in is gone: drop them,
+        and count what is still buffered as lost (its ids were of that session).
+        The next id is reserved in the next session."""
+        with self._lock:
+            self._blocks.clear()
+            self._available = 0
+            self._block_size = FIRST_BLOCK
+            self._low = 0
+            lost, self._buffer = self._buffer, []
+        for taskid, _ in lost:
+            self._problem(taskid, f"task {taskid} was not submitted: {why}")
+
     def close(self) -> None:
         """(reactor) This client is closed: the exit hook forgets it."""
         _live.discard(self)

@@ -6,9 +6,12 @@ store takes writes from the reactor thread without waiting (``add``,
 ``find``, ``ids``): a read sees every write made before it.
 
 :class:`SQLiteStore` keeps one connection in a thread of its own: writes
-queue up and are applied in batches, in one transaction, committed at
-least every :data:`COMMIT_EVERY` seconds; reads run in the same thread,
-after the writes before them.  The reactor thread never touches the
+queue up and are applied in batches, each batch one transaction, committed
+once the queue is empty (the reactor thread hands the records of each of
+its turns over together, see :data:`HAND_OVER_EVERY`; a controller killed
+loses at most what it was handing over); reads run in the same thread,
+after the writes before them, which they commit first (a read's answer means
+that every write before it is on disk).  The reactor thread never touches the
 database.  Memory stays bounded by the SQLite page cache, however many
 records accumulate; payloads live in the database file, not in memory.
 
@@ -64,11 +67,11 @@ COLUMNS: dict[str, str] = {
 _JSON = ("after", "follow")
 OPERATORS = {"$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">=", "$eq": "=", "$ne": "!="}
 
-#: Seconds between commits of queued writes, at most.
-COMMIT_EVERY = 0.25
 #: Seconds new records wait in the reactor thread before they go to the database
-#: thread together (waking that thread for each record would slow every task).
-HAND_OVER_EVERY = 0.05
+#: thread together.  0: at the end of the reactor's turn, so that the records of
+#: one batch of results go together, and a record is committed within about a
+#: millisecond of its result being sent (a controller killed then keeps it).
+HAND_OVER_EVERY = 0.0
 
 
 def check_query(query: Any, keys: Any) -> list[str]:
@@ -319,16 +322,9 @@ class SQLiteStore:
         insert = (f"INSERT OR REPLACE INTO records ({', '.join(COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(COLUMNS))})")
         in_transaction = False
-        last_commit = time.monotonic()
+        began = 0.0
         while True:
-            try:
-                ops = [self._ops.get(timeout=COMMIT_EVERY)]
-            except queue.Empty:
-                if in_transaction:
-                    db.execute("COMMIT")
-                    in_transaction = False
-                    last_commit = time.monotonic()
-                continue
+            ops = [self._ops.get()]
             while len(ops) < 10_000:  # take what queued up meanwhile: one transaction
                 try:
                     ops.append(self._ops.get_nowait())
@@ -342,10 +338,13 @@ class SQLiteStore:
                 if rows or op in ("update", "delete"):
                     if not in_transaction:
                         db.execute("BEGIN")
-                        in_transaction = True
+                        in_transaction, began = True, time.monotonic()
                     self._write(db, insert, rows, op, arg)
                     rows = []
                 if op == "read":
+                    if in_transaction:  # an answer means every write before it is kept
+                        db.execute("COMMIT")
+                        in_transaction = False
                     self._answer(db, *arg)
                 elif op == "close":
                     if in_transaction:
@@ -356,12 +355,12 @@ class SQLiteStore:
             if rows:
                 if not in_transaction:
                     db.execute("BEGIN")
-                    in_transaction = True
+                    in_transaction, began = True, time.monotonic()
                 self._write(db, insert, rows, None, None)
-            if in_transaction and time.monotonic() - last_commit > COMMIT_EVERY:
+            # (SIGKILL-safe once committed; under a steady flow, once a second at least)
+            if in_transaction and (self._ops.empty() or time.monotonic() - began > 1.0):
                 db.execute("COMMIT")
                 in_transaction = False
-                last_commit = time.monotonic()
 
     @staticmethod
     def _write(db: sqlite3.Connection, insert: str, rows: list[tuple], op: str | None,

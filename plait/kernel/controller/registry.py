@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -25,9 +27,22 @@ class _Record:
         self.last_words: str | None = None  # why it said it goes, if it did
 
 
+def _load_next_id(path: Path | None) -> int:
+    try:
+        return max(0, int(path.read_text().strip())) if path is not None else 0
+    except (OSError, ValueError):
+        return 0
+
+
 @implementer(IEngineRegistry)
 class EngineRegistry:
     """Engines by id.  Ids are 0, 1, 2 ... in registration order, never reused.
+
+    With ``ids_path``, the next id is kept in that file.  An engine of the
+    last run of the profile that joins again (``rejoin``) claims its id, and
+    keeps it unless another engine holds it now; with ``restore`` (a
+    controller started again after it died), ids go on from the last run's,
+    so that no new engine takes the id of one that is still to come back.
 
     Observers (see :meth:`add_observer`) are told of registrations, departures
     and property changes; the task scheduler is one.
@@ -35,26 +50,38 @@ class EngineRegistry:
 
     log = Logger()
 
-    def __init__(self, queue_factory: Callable[[IEngine], EngineQueue] = EngineQueue):
+    def __init__(self, queue_factory: Callable[[IEngine], EngineQueue] = EngineQueue,
+                 ids_path: Path | None = None, restore: bool = False):
         self._records: dict[int, _Record] = {}
-        self._next_id = 0
+        self._ids_path = ids_path
+        self._last_run = _load_next_id(ids_path)  # ids below were given by the last run
+        self._next_id = self._last_run if restore else 0
+        self._save_next_id()
         self._observers: list[Any] = []
         self._waiters: list[tuple[int, defer.Deferred]] = []
         self._queue_factory = queue_factory
 
     # -- membership -------------------------------------------------------
     def register(self, engine: IEngine, uuid: str, properties: dict,
-                 engine_id: int | None = None) -> int:
+                 engine_id: int | None = None, rejoin: bool = False) -> int:
         for old_id, record in list(self._records.items()):
             if record.uuid == uuid:  # the engine joined again before its loss was seen
                 self.unregister(old_id, "the engine connected again")
-        if engine_id is not None and 0 <= engine_id < self._next_id:
+        if rejoin and engine_id is not None and 0 <= engine_id < max(
+                self._next_id, self._last_run) and engine_id not in self._records:
+            # an engine joining again (its controller restarted, or the network was
+            # cut) keeps its id when no other engine took it meanwhile
+            if engine_id >= self._next_id:
+                self._next_id = engine_id + 1
+                self._save_next_id()
+        elif not rejoin and engine_id is not None and 0 <= engine_id < self._next_id:
             # a restarted engine takes the id of the one it replaces (which may not
             # have been seen to go yet)
             self.unregister(engine_id, "replaced by its restarted engine")
         else:
             engine_id = self._next_id
             self._next_id += 1
+            self._save_next_id()
         engine.id = engine_id
         self._records[engine_id] = _Record(
             engine, uuid, dict(properties), self._queue_factory(engine)
@@ -63,6 +90,21 @@ class EngineRegistry:
         self._notify("engine_added", engine_id)
         self._wake_waiters()
         return engine_id
+
+    def _save_next_id(self) -> None:
+        """Write the next id (atomically: a controller killed now keeps the old
+        file or the new one, and the process's writes survive its SIGKILL)."""
+        if self._ids_path is None:
+            return
+        tmp = self._ids_path.with_name(f".{self._ids_path.name}.{os.getpid()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{self._next_id}\n")
+            os.replace(tmp, self._ids_path)
+        except OSError as exc:
+            self.log.warn("could not record the next engine id in {path}: {e}",
+                          path=str(self._ids_path), e=exc)
 
     def last_words(self, engine_id: int, reason: str) -> None:
         record = self._record(engine_id)

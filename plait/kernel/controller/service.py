@@ -11,6 +11,7 @@ the client FURLs.  What each FURL grants is decided by
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import shutil
 import socket
@@ -38,6 +39,18 @@ from plait.security import ProfileDirs, load_or_create_certificate, make_tub, wr
 from plait.wire.channel import ChannelServer
 
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
+
+#: The file of the profile's db folder where the controller writes the ports
+#: it listens on; a controller started again without ports takes them again.
+PORTS_FILE = "ports.json"
+
+#: The file of the profile's run folder a controller leaves when it stops cleanly.
+STOPPED_FILE = "ipcontroller.stopped"
+
+#: The file of the profile's db folder that holds the next engine id.
+ENGINE_IDS_FILE = "engineids"
+
+log = Logger()
 
 #: Seconds an unread blob is kept when nothing released it (a client went away).
 BLOB_LIFETIME = 24 * 3600
@@ -68,6 +81,31 @@ def _bind(ip: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def _recorded_ports(dirs: ProfileDirs) -> dict[str, int]:
+    """The ports the profile's last controller listened on (none when unknown)."""
+    try:
+        recorded = json.loads((dirs.db / PORTS_FILE).read_text())
+        return {str(k): int(v) for k, v in recorded.items() if 0 < int(v) < 65536}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def _bind_again(ip: str, asked: int, recorded: int | None, what: str) -> socket.socket:
+    """A socket on port ``asked``; with none asked, on the port of the last run
+    (``recorded``), so that FURLs handed out stay valid; on a random one when
+    that port is taken now (the FURL files then change, which the log says)."""
+    if asked or not recorded:
+        return _bind(ip, asked)
+    try:
+        return _bind(ip, recorded)
+    except OSError as exc:
+        log.warn("the {what} port of the last run, {port}, is taken now ({e}): the "
+                 "controller listens on another one, and its FURL files change (engines "
+                 "and clients of the last run must read them again)",
+                 what=what, port=recorded, e=exc.strerror)
+        return _bind(ip, 0)
 
 
 def _prefix(dirs: ProfileDirs) -> int:
@@ -119,6 +157,7 @@ class ControllerService(service.MultiService):
         engine_timeout: int = 30,
         new_furls: bool = False,
         db: str = "sqlite",
+        restore: bool = False,
     ):
         super().__init__()
         self.dirs = dirs
@@ -136,7 +175,7 @@ class ControllerService(service.MultiService):
             "keepaliveTimeout": max(engine_timeout // 3, 1),
             "disconnectTimeout": max(engine_timeout, 3),
         }
-        self.registry = EngineRegistry()
+        self.registry = EngineRegistry(ids_path=dirs.db / ENGINE_IDS_FILE, restore=restore)
         # Blobs live until read, or until the command or result holding them
         # is dropped (BlobServer.release_payload); expiry only reclaims the
         # ones a vanished client never fetched.
@@ -177,12 +216,14 @@ class ControllerService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        (self.dirs.run / STOPPED_FILE).unlink(missing_ok=True)
         self.blobs.start()
+        recorded = _recorded_ports(self.dirs)
         for name in ("engine", "client"):
             cert = load_or_create_certificate(self.dirs.security / f"ipcontroller-{name}.pem")
             options = self.engine_tub_options if name == "engine" else {}
             tub = make_tub(cert, **options)
-            sock = _bind(self.ip, self.ports[name])
+            sock = _bind_again(self.ip, self.ports[name], recorded.get(name), name)
             port = sock.getsockname()[1]
             tub.listenOn(_BoundEndpoint(sock))
             tub.setLocation(f"{self.location}:{port}")
@@ -194,6 +235,7 @@ class ControllerService(service.MultiService):
             self.ports[name] = port
         for pub in self.publications:
             self._publish(pub)
+        write_private(self.dirs.db / PORTS_FILE, json.dumps(self.all_ports()) + "\n")
         self.log.info("controller listening on {ip}: {ports}", ip=self.ip,
                       ports=self.describe_ports())
         self.ready.callback(dict(self.furls))
@@ -220,6 +262,12 @@ class ControllerService(service.MultiService):
         self.furls[pub.furl_name] = str(path)
 
     def stopService(self) -> defer.Deferred:
+        # a controller that stops cleanly (SIGTERM, shutdown, kill(controller=True))
+        # says so: the cluster's keeper starts again only one that died
+        try:
+            write_private(self.dirs.run / STOPPED_FILE, "stopped\n")
+        except OSError:
+            pass
         self.blobs.stop()
         for channels in self.channels.values():
             channels.stop()

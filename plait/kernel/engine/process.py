@@ -51,6 +51,9 @@ MEMORY_CHECK_EVERY = 0.1
 
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
+#: Seconds between two attempts, at most, of an engine joining its controller again.
+REJOIN_EVERY = 1.0
+
 #: Seconds an engine waits for its controller to accept it.
 REGISTRATION_TIMEOUT = 60
 
@@ -175,7 +178,11 @@ class Engine:
         return ticket
 
     def _register(self, token: bytes) -> defer.Deferred[int]:
-        claim = {} if self.claim_id is None or self._joins > 1 else {"engine_id": self.claim_id}
+        # the first time, a restarted engine's claim; joining again, its own id
+        wanted = self.claim_id if self._joins <= 1 else self.id
+        claim: dict[str, Any] = {} if wanted is None else {"engine_id": wanted}
+        if self._joins > 1 and wanted is not None:
+            claim["rejoin"] = True
         d = self.registrar.callRemote(
             "register_engine", self.remote_self, self.uuid,
             dumps_plain(self.interpreter.properties, "the engine's properties"), token, **claim,
@@ -353,7 +360,10 @@ class Engine:
 
     def _rejoin(self) -> bool:
         """(main thread) Join the controller again, with this namespace, within
-        :attr:`reconnect` seconds; whether it did (under a new engine id)."""
+        :attr:`reconnect` seconds; whether it did.  It claims its id again, and
+        keeps it unless another engine took it meanwhile.  It tries at least
+        every :data:`REJOIN_EVERY` seconds, so that it is back within about as
+        long once a restarted controller listens."""
         import time
 
         deadline = time.monotonic() + self.reconnect
@@ -370,7 +380,7 @@ class Engine:
             if self._connect():
                 return True
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 5.0)
+            pause = min(pause * 2, REJOIN_EVERY)
         log.info("engine {id} could not join its controller again; it exits", id=self.id)
         return False
 

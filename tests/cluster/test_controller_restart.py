@@ -1,0 +1,151 @@
+"""A controller that dies comes back: its keeper starts it again on the same
+ports and FURLs, engines rejoin with their ids and namespaces, clients
+reconnect on their next call, and the hub's records are still there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import plait.parallel as ipp
+from plait.kernel import client
+from tests.support.cluster import run_cmd, wait_exit
+
+
+def _kill_controller(c) -> int:
+    pid = c.state()["controller"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_exit(pid, 10)
+    return pid
+
+
+def _furls(c) -> dict[str, str]:
+    return {p.name: p.read_text() for p in c.security.glob("*.furl")}
+
+
+def test_a_killed_controller_comes_back_with_its_engines_and_clients(cluster_factory):
+    c = cluster_factory(2)
+    rc, mec, tc = c.rc(), c.mec(), c.tc()
+    rc[:]["a"] = 5
+    ar = rc[:].apply_async(os.getpid)
+    pids = ar.get(timeout=30)
+    rc.db_query({"msg_id": {"$in": ar.msg_ids}}, keys=["msg_id"])  # (answered once kept)
+    furls = _furls(c)
+    old = _kill_controller(c)
+
+    # the next calls of clients made before the kill reconnect, and find the engines
+    # with their ids and namespaces
+    rc.wait_for_engines(2, timeout=30)
+    assert rc.ids == [0, 1]
+    assert rc[:]["a"] == [5, 5]
+    assert rc[:].apply_sync(os.getpid) == pids  # the same processes
+    assert mec.pull("a") == [5, 5]
+    taskid = tc.run(client.StringTask("b = a + 1", pull="b"))
+    assert tc.get_task_result(taskid, block=True).ns.b == 6
+    # the hub kept the records of the last run
+    assert rc.get_result(ar.msg_ids).get(timeout=30) == pids
+    assert rc.load_balanced_view().apply_sync(lambda: 7) == 7
+    # the same FURLs; a new process, written in the cluster's state
+    assert _furls(c) == furls
+    assert c.state()["controller"] != old
+    # a new client finds it as the first did
+    assert c.rc().ids == [0, 1]
+    log = (c.plait_dir / "profile_default" / "log" / "ipcluster-keeper.log").read_text()
+    assert f"the controller (pid {old}) died: starting it again" in log
+
+
+def test_a_call_in_flight_fails_clearly_and_the_next_one_works(cluster_factory):
+    c = cluster_factory(2)
+    rc = c.rc()
+    view = rc.load_balanced_view()
+    running = view.apply_async(time.sleep, 2)
+    waiting = rc[0].apply_async(time.sleep, 0)
+    rc[1].apply_sync(os.getpid)
+    _kill_controller(c)
+    with pytest.raises(ipp.error.PlaitConnectionError,
+                       match="lost the connection to the controller"):
+        running.get(timeout=30)
+    assert waiting.ready()  # it had finished before: nothing changes for it
+    rc.wait_for_engines(2, timeout=30)  # the engine that slept rejoins once done
+    assert rc[:].apply_sync(lambda: 1) == [1, 1]
+
+
+def test_a_controller_stopped_on_request_is_not_started_again(cluster_factory):
+    c = cluster_factory(1)
+    state = c.state()
+    c.mec().kill(controller=True)
+    assert wait_exit(state["controller"], 10)
+    assert wait_exit(state["keeper"], 10)  # it saw a clean stop: it ends too
+    listed = run_cmd(["ipcluster", "list"], c.env)
+    assert "default" not in listed.stdout
+
+
+def test_ipcluster_stop_stops_the_keeper_first(cluster_factory):
+    c = cluster_factory(1)
+    state = c.state()
+    rc = c.rc()
+    _kill_controller(c)
+    rc.wait_for_engines(1, timeout=30)
+    new = c.state()["controller"]
+    run_cmd(["ipcluster", "stop"], c.env)
+    for pid in (state["keeper"], new, *state["engines"]):
+        assert wait_exit(pid, 10)
+
+
+def test_without_a_keeper_the_client_names_the_profile_and_the_log(cluster_factory):
+    c = cluster_factory(1, extra=["--no-restart-controller"])
+    rc = c.rc()
+    rc[:].apply_sync(lambda: 1)
+    pid = _kill_controller(c)
+    with pytest.raises(ipp.error.PlaitConnectionError) as info:
+        for _ in range(50):  # the first call may already be in flight when the socket closes
+            rc.queue_status()
+    text = str(info.value)
+    assert "could not connect again" in text or "lost the connection" in text
+    with pytest.raises(ipp.error.PlaitConnectionError) as info:
+        rc.queue_status()
+    assert "profile 'default'" in str(info.value)
+    assert f"ipcontroller-{pid}.log" in str(info.value)
+
+
+def test_ipcontroller_started_again_takes_its_ports_and_furls_again(tmp_path, monkeypatch):
+    import json
+    import socket
+
+    from plait.cluster.launchers import read_ready, spawn_controller
+    from plait.security import profile_dirs
+
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path))
+    dirs = profile_dirs(None)
+
+    def started() -> object:
+        proc, fd = spawn_controller(None, [], detach=True)
+        read_ready(fd, proc, time.monotonic() + 60, dirs)
+        return proc
+
+    def stopped(proc) -> None:
+        proc.terminate()
+        assert proc.wait(30) == 0
+
+    proc = started()
+    furls = {p.name: p.read_text() for p in dirs.security.glob("*.furl")}
+    ports = json.loads((dirs.db / "ports.json").read_text())
+    assert set(ports) >= {"client", "engine"}
+    stopped(proc)
+    proc = started()
+    assert {p.name: p.read_text() for p in dirs.security.glob("*.furl")} == furls
+    stopped(proc)
+    # the client port of the last run is taken now: another one, and the log says so
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["client"]))
+        squatter.listen()
+        proc = started()
+        now = {p.name: p.read_text() for p in dirs.security.glob("*.furl")}
+        stopped(proc)
+    assert now["ipcontroller-engine.furl"] == furls["ipcontroller-engine.furl"]
+    assert now["ipcontroller-client.furl"] != furls["ipcontroller-client.furl"]
+    log = (dirs.log / f"ipcontroller-{proc.pid}.log").read_text()
+    assert f"the client port of the last run, {ports['client']}, is taken now" in log
