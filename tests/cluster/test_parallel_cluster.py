@@ -240,8 +240,9 @@ def test_a_second_cluster_for_the_same_profile_is_refused(plait_dir, clusters):
     assert not second.running
     rc = first.connect_client()
     assert rc[:].apply_sync(lambda: 6 * 7) == [42]  # the first is untouched
+    state = json.loads(state_file(plait_dir).read_text())
     assert sorted(processes_of(plait_dir)) == sorted(
-        [first.controller_pid, *json.loads(state_file(plait_dir).read_text())["engines"]])
+        [first.controller_pid, state["keeper"], *state["engines"]])
 
 
 def test_bad_options_are_refused_before_anything_starts(plait_dir):
@@ -284,7 +285,7 @@ def test_engines_too_late_say_how_many_registered_and_where_the_logs_are(plait_d
         cluster.add_engines(2)
     assert cluster.engine_ids == [0] and rc.ids == [0]
     state = json.loads(state_file(plait_dir).read_text())
-    running = {cluster.controller_pid, *state["engines"]}
+    running = {cluster.controller_pid, state["keeper"], *state["engines"]}
     assert left_running(plait_dir, besides=running) == []
     assert rc[:].apply_sync(lambda: 1) == [1]  # the cluster goes on
     message = str(info.value)
