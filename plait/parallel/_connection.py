@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -23,6 +23,7 @@ from plait.interfaces.parallel import RIParallel
 from plait.kernel.client._base import asynchronous
 from plait.kernel.client._session import SessionClient
 from plait.security import PARALLEL_FURL
+from plait.wire.errors import PlaitConnectionError
 from plait.wire.records import TaskResultRecord, decode_result, decode_results
 from plait.wire.serialize import dumps_plain
 
@@ -62,13 +63,41 @@ class ParallelConnection(SessionClient):
     @defer.inlineCallbacks
     def _rejoined(self) -> Any:
         """Connected again (the controller restarted): a new session, and the
-        long poll again.  The tasks of the last session failed when it was
-        lost; their records, and every finished one, are in the hub."""
+        long poll again.  The tasks this client still waits for are asked of
+        the hub, which has them (a controller started again by its keeper took
+        its queue back): each comes back when it finishes; one the controller
+        does not know any more fails, saying so."""
         yield super()._rejoined()
         self.info_at_connect = yield self._outcome("info")
         self.engine_ids = list(self.info_at_connect["ids"])
         self._lost_because = None
         self._poll()
+        waiting = sorted(self._listeners)
+        if waiting:
+            self._ask_hub(waiting)
+
+    def _ask_hub(self, taskids: list[int]) -> None:
+        def found(records: list[TaskResultRecord | None]) -> None:
+            lost = PlaitConnectionError("the controller restarted, and no longer knows "
+                                        "this task (it had not recorded it yet)")
+            for taskid, record in zip(taskids, records, strict=True):
+                self._deliver(record if record is not None
+                              else _lost_record(taskid, Failure(lost)))
+
+        d = self.records(taskids, block=True)
+        d.addCallbacks(found, lambda f: self._fail_listeners(f, taskids))
+
+    def _connection_lost(self) -> None:
+        super()._connection_lost()
+        if self._listeners and not self._closed and self._furl is not None:
+            # someone waits for results: connect again now (the long poll is gone),
+            # not at the next call
+            reactor.callLater(0, self._recover)
+
+    def _recover(self) -> None:
+        if self._closed or not self._down:
+            return
+        self._reconnect().addErrback(lambda f: self._fail_listeners(f, sorted(self._listeners)))
 
     @property
     def prefix(self) -> int:
@@ -113,33 +142,37 @@ class ParallelConnection(SessionClient):
         except Exception:
             log.failure("unreadable records from the controller")
             records = []
-        listeners = self._listeners
-        outputs = self._output_listeners
         for record in records:
-            outputs.pop(record.taskid, None)
-            listener = listeners.pop(record.taskid, None)
-            if listener is None:
-                self._early[record.taskid] = record
-                continue
-            try:
-                listener(record)
-            except Exception:
-                log.failure("a result listener failed")
+            self._deliver(record)
         self._poll()
+
+    def _deliver(self, record: TaskResultRecord) -> None:
+        self._output_listeners.pop(record.taskid, None)
+        listener = self._listeners.pop(record.taskid, None)
+        if listener is None:
+            self._early[record.taskid] = record
+            return
+        try:
+            listener(record)
+        except Exception:
+            log.failure("a result listener failed")
 
     def _poll_failed(self, failure: Failure) -> None:
         if self._closed:
             return
         self._lost_because = failure
-        listeners, self._listeners = self._listeners, {}
-        if listeners:
+        if self._furl is not None and failure.check(PlaitConnectionError):
+            return  # the link went: the results come once connected again (_rejoined)
+        self._fail_listeners(failure, sorted(self._listeners))
+
+    def _fail_listeners(self, failure: Failure, taskids: list[int]) -> None:
+        """The results of ``taskids`` will not come: each fails, saying why."""
+        taskids = [t for t in taskids if t in self._listeners]
+        if taskids:
             log.warn("the connection to the controller was lost: {n} results will not come",
-                     n=len(listeners))
-        for taskid, listener in listeners.items():
-            try:
-                listener(_lost_record(taskid, failure))
-            except Exception:
-                log.failure("a result listener failed")
+                     n=len(taskids))
+        for taskid in taskids:
+            self._deliver(_lost_record(taskid, failure))
 
     def outstanding(self) -> int:
         """How many submitted tasks this connection still waits for."""

@@ -57,20 +57,33 @@ def test_a_killed_controller_comes_back_with_its_engines_and_clients(cluster_fac
     assert f"the controller (pid {old}) died: starting it again" in log
 
 
-def test_a_call_in_flight_fails_clearly_and_the_next_one_works(cluster_factory):
+def test_a_call_in_flight_fails_clearly_and_the_next_one_works(cluster_factory, tmp_path):
+    import threading
+
     c = cluster_factory(2)
-    rc = c.rc()
-    view = rc.load_balanced_view()
-    running = view.apply_async(time.sleep, 2)
-    waiting = rc[0].apply_async(time.sleep, 0)
-    rc[1].apply_sync(os.getpid)
+    mec, rc = c.mec(), c.rc()
+    started = tmp_path / "started"
+    os.mkfifo(started)
+    failed: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            mec.execute(f"open({str(started)!r}, 'w').close()\nimport time\ntime.sleep(2)",
+                        targets=1)
+        except BaseException as exc:
+            failed.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    with open(started) as fifo:  # (returns once the engine runs the command)
+        fifo.read()
     _kill_controller(c)
-    with pytest.raises(ipp.error.PlaitConnectionError,
-                       match="lost the connection to the controller"):
-        running.get(timeout=30)
-    assert waiting.ready()  # it had finished before: nothing changes for it
+    caller.join(60)
+    assert len(failed) == 1 and isinstance(failed[0], client.PlaitConnectionError)
+    assert "lost the connection to the controller" in str(failed[0])
+    assert "during this call" in str(failed[0])
     rc.wait_for_engines(2, timeout=30)  # the engine that slept rejoins once done
-    assert rc[:].apply_sync(lambda: 1) == [1, 1]
+    assert mec.execute("x = 1") and rc[:].apply_sync(lambda: 1) == [1, 1]
 
 
 def test_a_controller_stopped_on_request_is_not_started_again(cluster_factory):
@@ -149,3 +162,49 @@ def test_ipcontroller_started_again_takes_its_ports_and_furls_again(tmp_path, mo
     assert now["ipcontroller-client.furl"] != furls["ipcontroller-client.furl"]
     log = (dirs.log / f"ipcontroller-{proc.pid}.log").read_text()
     assert f"the client port of the last run, {ports['client']}, is taken now" in log
+
+
+def test_tasks_queued_or_running_when_the_controller_dies_run_and_their_results_come(
+        cluster_factory):
+    c = cluster_factory(2)
+    rc, tc = c.rc(), c.tc()
+    view = rc.load_balanced_view()
+    running = [view.apply_async(time.sleep, 1) for _ in range(2)]  # both engines busy
+    queued = view.map_async(lambda x: x * x, range(20), chunksize=1)
+    pinned = rc[1].apply_async(lambda: "pinned")
+    kernel = [tc.run(client.StringTask("y = 3", pull="y")) for _ in range(3)]
+    tc.wait_for_send()
+    msg_ids = [m for ar in (*running, queued, pinned) for m in ar.msg_ids]
+    status = rc.result_status(msg_ids)  # (the hub answers once it has kept them all)
+    assert len(status["pending"]) + len(status["completed"]) == len(msg_ids)
+    _kill_controller(c)
+    # the results come, with nothing more to do than wait for them: the tasks that
+    # ran when the controller died run again
+    assert queued.get(timeout=60) == [x * x for x in range(20)]
+    assert [ar.get(timeout=60) for ar in running] == [None, None]
+    assert pinned.get(timeout=60) == "pinned" and pinned.engine_id == 1
+    results = []
+    for taskid in kernel:
+        try:
+            results.append(tc.get_task_result(taskid, block=True).ns.y)
+        except client.PlaitConnectionError:  # the first call meets the link going
+            results.append(tc.get_task_result(taskid, block=True).ns.y)
+    assert results == [3, 3, 3]
+    log = next((c.plait_dir / "profile_default" / "log").glob("ipcontroller-*.log"))
+    texts = [p.read_text() for p in log.parent.glob("ipcontroller-*.log")]
+    assert any("took back" in t for t in texts)
+
+
+def test_a_clean_stop_leaves_nothing_to_take_back(cluster_factory):
+    import sqlite3
+
+    c = cluster_factory(1)
+    rc = c.rc()
+    rc.load_balanced_view().apply_async(time.sleep, 30)
+    rc.result_status(rc.history)
+    c.stop()
+    db = sqlite3.connect(c.plait_dir / "profile_default" / "db" / "hub.sqlite3")
+    try:
+        assert db.execute("SELECT count(*) FROM queued").fetchone() == (0,)
+    finally:
+        db.close()

@@ -56,7 +56,16 @@ class Hub:
         return int(self.store.first_free_id)
 
     # -- what the task controller tells ----------------------------------------------------
+    def restored(self, rows: list[dict]) -> None:
+        """The records of tasks a controller that died had accepted: pending
+        again (their clients may wait for them) until they are taken back."""
+        for row in rows:
+            self._pending[row["id"]] = dict(row)
+
     def submitted(self, task: Any, data: bytes | None) -> None:
+        old = self._pending.get(task.taskid)
+        if old is not None:  # taken back after a restart: the record it had (queued still)
+            return
         spec = task.spec
         self._pending[task.taskid] = {
             "id": task.taskid,
@@ -69,6 +78,7 @@ class Hub:
             "follow": None if spec is None or spec.follow is None else list(spec.follow.ids),
             "request": data,
         }
+        self.store.queue(dict(self._pending[task.taskid]))
 
     def finished(self, record: TaskResultRecord, task: Any) -> None:
         row = self._pending.pop(record.taskid, None) or {

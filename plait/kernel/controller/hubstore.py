@@ -148,6 +148,18 @@ class MemoryStore:
     def add(self, record: dict) -> None:
         self._records[record["id"]] = dict(record)
 
+    # The queue is kept by the SQLite store alone (it outlives the controller).
+    def queue(self, record: dict) -> None:
+        """Keep ``record``, of a task accepted and not finished, until its
+        finished record is added (a controller started again runs it)."""
+
+    #: (``load_queued``) what :meth:`queue` kept and was not finished when the store
+    #: opened, and how the tasks they depend on ended: ``(rows, {taskid: row})``
+    left_queued: tuple[list[dict], dict[int, dict]] = ([], {})
+
+    def clear_queued(self) -> None:
+        """Forget what :meth:`queue` kept (a controller that does not take it over)."""
+
     def update(self, taskid: int, fields: dict) -> None:
         record = self._records.get(taskid)
         if record is not None:
@@ -204,10 +216,13 @@ class SQLiteStore:
 
     name = "sqlite"
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, load_queued: bool = False):
         self.path = str(path)
         self.first_free_id = 0
+        self._load_queued = load_queued
+        self.left_queued: tuple[list[dict], dict[int, dict]] = ([], {})
         self._new: list[dict] = []  # records added, not yet handed to the database thread
+        self._new_queued: list[dict] = []  # the same, of tasks accepted (see queue())
         self._hand_over_call: Any = None
         self._closing: defer.Deferred | None = None
         self._ops: queue.SimpleQueue = queue.SimpleQueue()
@@ -232,11 +247,30 @@ class SQLiteStore:
 
             self._hand_over_call = reactor.callLater(HAND_OVER_EVERY, self._hand_over)
 
+    def queue(self, record: dict) -> None:
+        if not self._open():
+            return
+        self._new_queued.append(record)
+        if self._hand_over_call is None:
+            from twisted.internet import reactor
+
+            self._hand_over_call = reactor.callLater(HAND_OVER_EVERY, self._hand_over)
+
+    def clear_queued(self) -> None:
+        if self._open():
+            self._put("clear_queued", None)
+
     def _hand_over(self) -> None:
         if self._hand_over_call is not None:
             if self._hand_over_call.active():
                 self._hand_over_call.cancel()
             self._hand_over_call = None
+        if self._new_queued:
+            queued, self._new_queued = self._new_queued, []
+            done = {record["id"] for record in self._new}  # (finished in the same turn)
+            queued = [record for record in queued if record["id"] not in done]
+            if queued:
+                self._ops.put(("queue", queued))
         if self._new:
             new, self._new = self._new, []
             self._ops.put(("add", new))
@@ -303,6 +337,9 @@ class SQLiteStore:
             db.execute("PRAGMA synchronous=NORMAL")
             columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
             db.execute(f"CREATE TABLE IF NOT EXISTS records ({columns})")
+            # the records of tasks accepted and not finished: a controller started
+            # again after it died (--restore) runs them
+            db.execute(f"CREATE TABLE IF NOT EXISTS queued ({columns})")
             for name, kind in COLUMNS.items():  # a database of an older plait
                 try:
                     db.execute(f"ALTER TABLE records ADD COLUMN {name} {kind.split()[0]}")
@@ -314,6 +351,12 @@ class SQLiteStore:
             # earlier controller keep their msg_ids
             self.first_free_id = db.execute(
                 "SELECT coalesce(max(id) + 1, 0) FROM records").fetchone()[0]
+            if self._load_queued:  # before any client can ask: read now
+                left = self._get_queued(db)
+                needed = sorted({i for row in left for key in _JSON for i in (row.get(key) or ())}
+                                - {row["id"] for row in left})
+                outcomes = self._get(db, needed, ["id", "status", "engine_id"])
+                self.left_queued = (left, {r["id"]: r for r in outcomes if r is not None})
         except BaseException as exc:
             self._error = exc
             self._ready.set()
@@ -321,6 +364,7 @@ class SQLiteStore:
         self._ready.set()
         insert = (f"INSERT OR REPLACE INTO records ({', '.join(COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(COLUMNS))})")
+        insert_queued = insert.replace("INTO records", "INTO queued")
         in_transaction = False
         began = 0.0
         while True:
@@ -334,6 +378,15 @@ class SQLiteStore:
             for op, arg in ops:
                 if op == "add":
                     rows.extend(_row(record) for record in arg)
+                    continue
+                if op == "queue" or op == "clear_queued":
+                    if not in_transaction:
+                        db.execute("BEGIN")
+                        in_transaction, began = True, time.monotonic()
+                    if rows:
+                        self._write(db, insert, rows, None, None)
+                        rows = []
+                    self._write_queued(db, insert_queued, op, arg)
                     continue
                 if rows or op in ("update", "delete"):
                     if not in_transaction:
@@ -363,11 +416,29 @@ class SQLiteStore:
                 in_transaction = False
 
     @staticmethod
+    def _write_queued(db: sqlite3.Connection, insert: str, op: str, arg: Any) -> None:
+        try:
+            if op == "queue":
+                db.executemany(insert, [_row(record) for record in arg])
+            else:
+                db.execute("DELETE FROM queued")
+        except sqlite3.Error as exc:
+            _log_error(exc)
+
+    @staticmethod
+    def _get_queued(db: sqlite3.Connection) -> list[dict]:
+        names = list(COLUMNS)
+        return [_decode(dict(zip(names, row, strict=True)))
+                for row in db.execute(f"SELECT {', '.join(names)} FROM queued ORDER BY id")]
+
+    @staticmethod
     def _write(db: sqlite3.Connection, insert: str, rows: list[tuple], op: str | None,
                arg: Any) -> None:
-        """Insert ``rows``, then apply an update or delete (a bad write is logged)."""
+        """Insert ``rows`` (finished: no longer queued), then apply an update or
+        delete (a bad write is logged)."""
         try:
             if rows:
+                db.executemany("DELETE FROM queued WHERE id = ?", [(row[0],) for row in rows])
                 try:
                     db.executemany(insert, rows)
                 except sqlite3.Error:  # one bad row must not lose the others
@@ -484,13 +555,14 @@ def _log_error(exc: BaseException) -> None:
     Logger().error("hub database write failed: {error}", error=exc)
 
 
-def open_store(kind: str, path: Path | None) -> Any:
+def open_store(kind: str, path: Path | None, load_queued: bool = False) -> Any:
     """The store ``ipcontroller --db KIND`` asks for: 'sqlite' (in ``path``),
-    'memory' or 'none'; ValueError for anything else."""
+    'memory' or 'none'; ValueError for anything else.  ``load_queued``: read
+    what the last run left queued (:attr:`SQLiteStore.left_queued`)."""
     if kind == "sqlite":
         if path is None:
             raise ValueError("the sqlite hub store needs a path")
-        return SQLiteStore(path)
+        return SQLiteStore(path, load_queued)
     if kind == "memory":
         return MemoryStore()
     if kind == "none":

@@ -33,6 +33,7 @@ from plait.kernel.controller.hubstore import open_store
 from plait.kernel.controller.multiengine import MultiEngine
 from plait.kernel.controller.parallel import ParallelService
 from plait.kernel.controller.registry import EngineRegistry
+from plait.kernel.controller.restore import Restorer
 from plait.kernel.controller.task import TaskController
 from plait.kernel.controller.taskids import IdHorizon
 from plait.security import ProfileDirs, load_or_create_certificate, make_tub, write_private
@@ -176,6 +177,7 @@ class ControllerService(service.MultiService):
             "disconnectTimeout": max(engine_timeout, 3),
         }
         self.registry = EngineRegistry(ids_path=dirs.db / ENGINE_IDS_FILE, restore=restore)
+        self.restore = restore  # take back the queue of the last run (see .restore)
         # Blobs live until read, or until the command or result holding them
         # is dropped (BlobServer.release_payload); expiry only reclaims the
         # ones a vanished client never fetched.
@@ -189,7 +191,8 @@ class ControllerService(service.MultiService):
         )
         self.results = self.multiengine.results
         self.db = db
-        self.hub = Hub(open_store(db, dirs.db / "hub.sqlite3" if db == "sqlite" else None),
+        self.hub = Hub(open_store(db, dirs.db / "hub.sqlite3" if db == "sqlite" else None,
+                                  load_queued=restore),
                        _prefix(dirs), self.blobs)
         self.task = self._make_task_service(scheme, hwm)
         self.parallel = ParallelService(self.task, self.registry, self.hub, self.multiengine, db)
@@ -218,6 +221,8 @@ class ControllerService(service.MultiService):
         super().startService()
         (self.dirs.run / STOPPED_FILE).unlink(missing_ok=True)
         self.blobs.start()
+        if self.restore:  # before anyone connects: a client asks for them at once
+            Restorer(self.hub, self.task, self.registry).restore()
         recorded = _recorded_ports(self.dirs)
         for name in ("engine", "client"):
             cert = load_or_create_certificate(self.dirs.security / f"ipcontroller-{name}.pem")
@@ -236,6 +241,8 @@ class ControllerService(service.MultiService):
         for pub in self.publications:
             self._publish(pub)
         write_private(self.dirs.db / PORTS_FILE, json.dumps(self.all_ports()) + "\n")
+        if not self.restore:  # what an earlier run left queued is not ours
+            self.hub.store.clear_queued()
         self.log.info("controller listening on {ip}: {ports}", ip=self.ip,
                       ports=self.describe_ports())
         self.ready.callback(dict(self.furls))
@@ -268,6 +275,7 @@ class ControllerService(service.MultiService):
             write_private(self.dirs.run / STOPPED_FILE, "stopped\n")
         except OSError:
             pass
+        self.hub.store.clear_queued()  # stopped cleanly: nothing to take back
         self.blobs.stop()
         for channels in self.channels.values():
             channels.stop()

@@ -126,7 +126,7 @@ from plait.wire.errors import (
     TaskAborted,
     TaskAlreadyCompleted,
 )
-from plait.wire.records import TaskResultRecord
+from plait.wire.records import TaskResultRecord, record_of
 from plait.wire.task import (
     ABORTED,
     FAILED,
@@ -227,6 +227,21 @@ class TaskController:
     def release(self, owner: Any) -> int:
         return self._ids.release(owner)
 
+    def readmit(self, tasks: Iterable[tuple[int, bytes, bool]],
+                outcomes: dict[int, tuple[bool, int | None]]) -> None:
+        """Take back tasks a controller that died had accepted, ``[(taskid, data,
+        later)]``, under their ids and with no owner (see :mod:`.restore`);
+        ``outcomes``: how tasks they depend on ended, ``{taskid: (succeeded,
+        engine_id)}``, for their graph dependencies."""
+        for taskid, outcome in outcomes.items():
+            self._done.setdefault(taskid, outcome)
+        try:
+            for taskid, data, later in tasks:
+                self._accept(taskid, data, None, None, later)
+        finally:
+            self._send_direct()
+            self._schedule()
+
     def submit_new(self, tasks: Iterable[bytes], owner: Any = None, later: bool = False
                    ) -> list[int]:
         """Submit tasks under ids issued here (resubmissions); their ids, in order."""
@@ -288,19 +303,41 @@ class TaskController:
         try:
             task = self._task(taskid)
         except InvalidTaskID:
-            return defer.fail()
+            return self._from_hub([taskid], defer.fail()).addCallback(lambda rs: rs[0])
         if not block:
             return defer.succeed(task.record)
         return self._wait([task], lambda: task.record)
 
     def get_task_results(self, taskids: Iterable[int], block: bool = False) -> defer.Deferred:
         try:
-            tasks = [self._task(i) for i in task_ids(taskids)]
-        except (InvalidTaskID, TypeError):
+            wanted = task_ids(taskids)
+            tasks = [self._task(i) for i in wanted]
+        except InvalidTaskID:
+            return self._from_hub(wanted, defer.fail())
+        except TypeError:
             return defer.fail()
         if not block:
             return defer.succeed([t.record for t in tasks])
         return self._wait(tasks, lambda: [t.record for t in tasks])
+
+    def _from_hub(self, taskids: list[int], unknown: defer.Deferred) -> defer.Deferred:
+        """The records of finished tasks the hub keeps and this controller does not
+        (a controller that died ran them); ``unknown`` (failing with InvalidTaskID)
+        when one of them is neither here nor finished there."""
+        if self._hub is None or not all(isinstance(t, int) for t in taskids):
+            return unknown
+        here = {t: self._tasks[t].record for t in taskids if t in self._tasks}
+
+        def found(rows: list[dict | None]) -> Any:
+            if any(r is None or r.get("status") is None or r.get("kind") != "task"
+                   for r in rows):
+                return unknown
+            unknown.addErrback(lambda _: None)
+            by_id = {r["id"]: record_of(r) for r in rows if r is not None}
+            return [here[t] if t in here else by_id[t] for t in taskids]
+
+        missing = [t for t in taskids if t not in here]
+        return self._hub.records(missing).addCallback(found)
 
     def barrier(self, taskids: int | Iterable[int]) -> defer.Deferred:
         try:

@@ -1,0 +1,114 @@
+"""Taking back the tasks of a controller that died (``ipcontroller --restore``).
+
+The hub's SQLite store keeps the record of every task accepted and not
+finished (its ``queued`` table: see :mod:`.hubstore`).  A controller started
+with ``restore`` reads them as the store opens, before it listens (so that
+no client asks for a task before it is known again), and the task
+controller takes them back under
+their ids (:meth:`~.task.TaskController.readmit`), with the outcomes of the
+finished tasks they depend on, read from the hub, so that their graph
+dependencies hold as before.  They have no owner: their results go to the
+hub, where every client finds them (a client of the last run asks for the
+tasks it waits for once it has connected again).  A task that was running
+when the controller died runs again.
+
+Load-balanced tasks are taken back at once: they wait in the queue for
+engines as usual.  A task pinned to one engine (a direct view's) waits for
+that engine to rejoin, for :data:`REJOIN_WAIT` seconds at most; then it fails
+with InvalidEngineID saying the engine did not come back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor as _twisted_reactor
+from twisted.logger import Logger
+
+from plait.wire.task import decode_task
+
+reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
+
+#: Seconds a restored task pinned to an engine waits for that engine to rejoin.
+REJOIN_WAIT = 60.0
+
+log = Logger()
+
+
+class Restorer:
+    """Takes back the queued tasks of the last run into ``tasks`` (a TaskController)."""
+
+    def __init__(self, hub: Any, tasks: Any, registry: Any, clock: Any = None):
+        self.hub = hub
+        self.tasks = tasks
+        self.registry = registry
+        self.clock = clock or reactor
+        self._awaiting: dict[int, list[tuple[int, bytes, bool]]] = {}  # engine id -> tasks
+        self._outcomes: dict[int, tuple[bool, int | None]] = {}
+        self._deadline: Any = None
+
+    def restore(self) -> int:
+        """Take back the queue of the last run (read by the store as it opened);
+        how many tasks were taken back (or wait for their engine)."""
+        rows, found = self.hub.store.left_queued
+        if not rows:
+            return 0
+        self._outcomes = {r["id"]: (r["status"] == "succeeded", r["engine_id"])
+                          for r in found.values() if r["status"] is not None}
+        self.hub.restored(rows)
+        now: list[tuple[int, bytes, bool]] = []
+        for row in rows:
+            item = (row["id"], row["request"] or b"", row.get("kind") == "later")
+            engine = _pinned_to(item[1], item[2])
+            if engine is not None and engine not in self.registry:
+                self._awaiting.setdefault(engine, []).append(item)
+            else:
+                now.append(item)
+        self.tasks.readmit(now, self._outcomes)
+        if self._awaiting:
+            self.registry.add_observer(self)
+            self._deadline = self.clock.callLater(REJOIN_WAIT, self._give_up)
+        log.info("took back {n} tasks of the last run ({w} wait for their engines)",
+                 n=len(rows), w=sum(len(v) for v in self._awaiting.values()))
+        return len(rows)
+
+    # -- registry observer ----------------------------------------------------------------
+    def engine_added(self, engine_id: int) -> None:
+        items = self._awaiting.pop(engine_id, None)
+        if items:
+            self.tasks.readmit(items, self._outcomes)
+        if not self._awaiting:
+            self._done()
+
+    def engine_removed(self, engine_id: int) -> None:
+        pass
+
+    def properties_changed(self, engine_id: int) -> None:
+        pass
+
+    def _give_up(self) -> None:
+        self._deadline = None
+        waiting, self._awaiting = self._awaiting, {}
+        # taken back now, they fail as tasks pinned to an engine that is not there
+        for items in waiting.values():
+            self.tasks.readmit(items, self._outcomes)
+        self._done()
+
+    def _done(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        try:
+            self.registry.remove_observer(self)
+        except ValueError:
+            pass
+
+
+def _pinned_to(data: bytes, later: bool) -> int | None:
+    """The engine a task is pinned to, or None (a task that cannot be read is
+    taken back at once, to fail as it would have)."""
+    try:
+        spec = decode_task(data, allow_depend=not later)
+    except Exception:
+        return None
+    return spec.targets[0] if spec.pinned and spec.targets else None
