@@ -672,3 +672,64 @@ def test_a_hub_over_sqlite(sqlite):
     assert record["status"] == "succeeded"
     in_reactor(hub.purge, [0, 1])
     assert in_reactor(hub.history) == [2]
+
+
+def test_the_queue_is_left_for_the_next_run_until_finished_or_cleared(sqlite_path):
+    store = SQLiteStore(sqlite_path)
+    in_reactor(lambda: [store.queue(row(i, kind="later", request=b"r%d" % i, after=[0]))
+                        for i in (1, 2, 3)])
+    in_reactor(lambda: store.add(row(0, status="succeeded", engine_id=4)))
+    in_reactor(lambda: store.add(row(2, status="succeeded")))  # finished: not queued
+    in_reactor(store.ids)  # (a read: what came before is kept)
+    in_reactor(store.close, timeout=30)  # (as if killed: nothing clears it)
+    again = SQLiteStore(sqlite_path, load_queued=True)
+    rows, outcomes = again.left_queued
+    assert [(r["id"], r["request"], r["after"]) for r in rows] == [(1, b"r1", [0]), (3, b"r3", [0])]
+    assert outcomes == {0: {"id": 0, "status": "succeeded", "engine_id": 4}}
+    in_reactor(again.clear_queued)
+    in_reactor(again.close, timeout=30)
+    last = SQLiteStore(sqlite_path, load_queued=True)
+    assert last.left_queued == ([], {})
+    in_reactor(last.close, timeout=30)
+
+
+def test_restored_tasks_pinned_to_an_engine_wait_for_it_then_give_up():
+    from plait.kernel.controller.restore import REJOIN_WAIT, Restorer
+
+    def pinned(engine: int) -> bytes:
+        return encode_task(TaskSpec.call(len, ("ab",), targets=(engine,), pinned=True))
+
+    rows = [row(1, kind="later", request=pinned(0)), row(2, kind="later", request=pinned(5)),
+            row(3, kind="later", request=encode_task(TaskSpec.call(len, ("a",))), after=[0])]
+    hub = SimpleNamespace(store=SimpleNamespace(left_queued=(rows, {0: row(
+        0, status="succeeded", engine_id=0)})), restored=lambda rs: taken.append(
+        [r["id"] for r in rs]))
+    taken: list = []
+    readmitted: list = []
+    tasks = SimpleNamespace(readmit=lambda items, outcomes: readmitted.append(
+        ([i for i, _, _ in items], dict(outcomes))))
+    registry = EngineRegistry()
+    registry.register(FakeEngine("a"), "a", {})  # engine 0 rejoined already
+    clock = Clock()
+    assert Restorer(hub, tasks, registry, clock).restore() == 3
+    assert taken == [[1, 2, 3]]
+    assert readmitted == [([1, 3], {0: (True, 0)})]  # task 2 waits for engine 5
+    clock.advance(REJOIN_WAIT)  # it did not come back: taken now, to fail as pinned
+    assert readmitted[1][0] == [2] and clock.getDelayedCalls() == []
+
+
+def test_a_task_queued_and_finished_in_one_turn_is_never_written_as_queued(sqlite_path):
+    store = SQLiteStore(sqlite_path)
+
+    def both() -> None:
+        store.queue(row(5, kind="later"))
+        store.add(row(5, status="succeeded"))
+
+    in_reactor(both)
+    in_reactor(store.ids)
+    seen = sqlite3.connect(sqlite_path)
+    try:
+        assert seen.execute("SELECT count(*) FROM queued").fetchone() == (0,)
+    finally:
+        seen.close()
+    in_reactor(store.close, timeout=30)
