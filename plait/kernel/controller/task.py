@@ -186,6 +186,7 @@ class TaskController:
         # ids go on after those the hub's store still holds (an earlier run's), and
         # after the profile's horizon (every earlier run's, whatever its store)
         self._ids = TaskIds(0 if hub is None else hub.first_free_id, horizon)
+        self._first_of_run = self._ids.next_id  # ids below: tasks of earlier runs
         self._tasks: dict[int, Task] = {}
         self._states: dict[str, dict[int, None]] = {state: {} for state in STATES}
         self._waiting = WaitingTasks(self._properties)
@@ -327,6 +328,8 @@ class TaskController:
         if self._hub is None or not all(isinstance(t, int) for t in taskids):
             return unknown
         here = {t: self._tasks[t].record for t in taskids if t in self._tasks}
+        if any(t not in here and t >= self._first_of_run for t in taskids):
+            return unknown  # (one of this run: cleared, or never submitted)
 
         def found(rows: list[dict | None]) -> Any:
             if any(r is None or r.get("status") is None or r.get("kind") != "task"
