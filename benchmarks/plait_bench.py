@@ -264,7 +264,7 @@ def _task_uneven(tc, p: dict, r: Results) -> None:
 
 PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
                  "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "cluster_start4",
-                 "scale_register", "scale_execute", "engine_restart",
+                 "scale_register", "scale_execute", "engine_restart", "controller_restart",
                  "ssh_start64", "slurm_ready", "par_hub_rss", "par_hub_query"]
 
 
@@ -306,6 +306,7 @@ def parallel(p: dict, r: Results) -> None:
     r.measure("cluster_start4", lambda: _cluster_start4(p, r))
     r.measure(["scale_register", "scale_execute"], lambda: _scale(p, r))
     r.measure("engine_restart", lambda: _engine_restart(p, r))
+    r.measure("controller_restart", lambda: _controller_restart(p, r))
     r.measure("ssh_start64", lambda: _ssh_start64(p, r))
     r.measure("slurm_ready", lambda: _slurm_ready(p, r))
 
@@ -465,6 +466,45 @@ def _scale(p: dict, r: Results) -> None:
             cluster.stop()
         r.add("scale_register", registered, detail=f"{n} engines forked by the fork server")
         r.add("scale_execute", median(each), each=each, detail=f"{n} engines")
+
+    _in_fresh_plait_dir(run)
+
+
+def _controller_restart(p: dict, r: Results) -> None:
+    """SIGKILL the controller of a cluster of 4 with 200 tasks queued; the time
+    until the client has every engine back (ids kept), and until every queued
+    task's result has come."""
+    import os
+    import signal
+
+    import plait.parallel as ipp
+
+    def run() -> None:
+        back, done = [], []
+        cluster = ipp.Cluster(n=4)
+        try:
+            rc = cluster.start_and_connect()
+            lv = rc.load_balanced_view()
+            for _ in range(1 if p["cycles"] == 1 else 3):
+                pids = rc[:].apply_sync(os.getpid)
+                ars = lv.map_async(lambda x: x, range(200), chunksize=1)
+                ars.wait_for_send()
+                rc.result_status(ars.msg_ids)  # (kept by the hub once this answers)
+                t0 = time.perf_counter()
+                os.kill(cluster.controller_pid, signal.SIGKILL)
+                if ars.get(timeout=60) != list(range(200)):
+                    raise AssertionError("the queued tasks gave wrong results")
+                done.append(time.perf_counter() - t0)
+                rc.wait_for_engines(4, timeout=60)
+                if rc.ids != [0, 1, 2, 3] or rc[:].apply_sync(os.getpid) != pids:
+                    raise AssertionError("the engines did not come back with their ids")
+                back.append(time.perf_counter() - t0)
+            rc.close()
+        finally:
+            cluster.stop()
+        r.add("controller_restart", median(back), each=back,
+              detail=f"4 engines, 200 tasks queued: all their results after "
+                     f"{median(done):.2f} s (medians of {len(back)})")
 
     _in_fresh_plait_dir(run)
 

@@ -163,6 +163,11 @@ def _parallel_specs(p: dict) -> list[Spec]:
              None, None, "",
              "Cluster(n=2, restart_engines=True): from SIGKILL of engine 1 to the new engine "
              "1 answering an apply; median of 5"),
+        Spec("parallel", "controller_restart", "a killed controller back, engines rejoined",
+             "s", ("<=", 5.0), None, "",
+             "Cluster(n=4) with 200 tasks queued: from SIGKILL of the controller to the "
+             "client seeing the 4 engines again under their ids and namespaces (the keeper "
+             "starts the controller again); median of 3"),
         Spec("parallel", "ssh_start64", "64 engines over SSH on 3 hosts, ready", "s",
              ("<=", 5.0) if p["hub_results"] >= 100_000 else None, None, "",
              "Cluster(engines='ssh') on 3 network-namespace hosts with real sshd, to a "

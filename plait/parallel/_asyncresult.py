@@ -211,8 +211,9 @@ class AsyncResult(concurrent.futures.Future):
             else:
                 self._failures[taskid] = error
             self._order.append(taskid)
-            self._sent = True
             done = len(self._order) == len(self._ids)
+            if done:  # (every one reached the controller; one result says so of it alone)
+                self._sent = True
             self._cond.notify_all()
         self._client._record_result(self.msg_ids[k], value, error, md)
         for observer in list(self._observers):

@@ -174,6 +174,8 @@ def test_tasks_queued_or_running_when_the_controller_dies_run_and_their_results_
     pinned = rc[1].apply_async(lambda: "pinned")
     kernel = [tc.run(client.StringTask("y = 3", pull="y")) for _ in range(3)]
     tc.wait_for_send()
+    for ar in (*running, queued, pinned):
+        ar.wait_for_send()
     msg_ids = [m for ar in (*running, queued, pinned) for m in ar.msg_ids]
     status = rc.result_status(msg_ids)  # (the hub answers once it has kept them all)
     assert len(status["pending"]) + len(status["completed"]) == len(msg_ids)

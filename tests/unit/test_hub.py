@@ -733,3 +733,27 @@ def test_a_task_queued_and_finished_in_one_turn_is_never_written_as_queued(sqlit
     finally:
         seen.close()
     in_reactor(store.close, timeout=30)
+
+
+def test_a_task_finishing_while_the_store_reads_is_pending_not_unknown():
+    class Slow(MemoryStore):  # a store whose reads answer later, as SQLite's do
+        def __init__(self):
+            super().__init__()
+            self.reads: list[defer.Deferred] = []
+
+        def get(self, taskids, keys=None):
+            answer = super().get(taskids, keys)
+            later: defer.Deferred = defer.Deferred()
+            self.reads.append(later)
+            return later.addCallback(lambda _: answer.result)
+
+    store = Slow()
+    hub = make_hub(store)
+    [task] = submit(hub, 7)
+    status = hub.status([7])
+    finish(hub, task)  # before the store answers
+    store.reads.pop().callback(None)
+    assert fired(status) == {"pending": [7], "completed": [], "unknown": []}
+    again = hub.status([7])
+    store.reads.pop().callback(None)
+    assert fired(again) == {"pending": [], "completed": [7], "unknown": []}

@@ -115,13 +115,14 @@ class Hub:
             if waits:
                 return defer.gatherResults(waits).addCallback(
                     lambda _: self.records(taskids))
-        finished = [t for t in taskids if t not in self._pending]
-        d = self.store.get(finished) if finished else defer.succeed([])
+        # (as they stand now: one that finishes while the store reads is pending still)
+        pending = {t: dict(self._pending[t]) for t in taskids if t in self._pending}
+        finished = [t for t in taskids if t not in pending]
+        d = self.store.get(finished)  # (even of none: its answer means all is kept)
 
         def merge(found: list[dict | None]) -> list[dict | None]:
             by_id = dict(zip(finished, found, strict=True))
-            rows = [dict(self._pending[t]) if t in self._pending else by_id.get(t)
-                    for t in taskids]
+            rows = [pending[t] if t in pending else by_id.get(t) for t in taskids]
             if self.blobs is not None:  # kept large results, where they are served now
                 for row in rows:
                     if row is not None and row.get("payload"):
