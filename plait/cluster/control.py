@@ -459,7 +459,8 @@ class ClusterProcesses:
     def stop(self) -> None:
         """Stop the engines, then the controller, and forget the state file."""
         if self.keeper_pid is not None:  # first: it would start the controller again
-            terminate([self.keeper_pid])
+            if _state.ours({"started": self._started}, self.keeper_pid):
+                terminate([self.keeper_pid])
             self.follow_keeper()
             self.keeper_pid = None
         for group in self.engine_sets:
@@ -510,6 +511,10 @@ class ClusterProcesses:
 
     # -- the state file ----------------------------------------------------------------
     def save(self) -> None:
+        with _state.locked(self.dirs):
+            self._save()
+
+    def _save(self) -> None:
         self.follow_keeper()  # (never write back a controller pid the keeper replaced)
         here = self.remote is None and self.allocation is None  # a pid of this host
         state = {"profile": self.profile or "default",

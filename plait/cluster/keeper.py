@@ -120,6 +120,20 @@ class Keeper:
             self.log(f"could not start the controller: {exc}")
             return False
         self.proc, self.pid = proc, proc.pid
+        # recorded at once, so that a stop meanwhile finds it (and stops it)
+        with _state.locked(self.dirs):
+            recorded = _state.read_state(self.dirs)
+            if recorded is not None:
+                started = dict(recorded.get("started", {}))
+                started[str(proc.pid)] = start_time(proc.pid)
+                _state.write_state(self.dirs, {**recorded, "controller": proc.pid,
+                                               "started": started})
+        if recorded is None:  # stopped meanwhile: so is this controller
+            self.log("the cluster was stopped while its controller restarted")
+            os.close(ready_fd)
+            proc.terminate()
+            proc.wait()
+            return False
         try:
             read_ready(ready_fd, proc, time.monotonic() + READY_TIMEOUT, self.dirs)
         except Exception as exc:
@@ -127,15 +141,6 @@ class Keeper:
             proc.kill()
             proc.wait()
             return False
-        recorded = _state.read_state(self.dirs)
-        if recorded is None:  # stopped meanwhile: so is this controller
-            self.log("the cluster was stopped while its controller restarted")
-            proc.terminate()
-            proc.wait()
-            return False
-        started = dict(recorded.get("started", {}))
-        started[str(proc.pid)] = start_time(proc.pid)
-        _state.write_state(self.dirs, {**recorded, "controller": proc.pid, "started": started})
         self.log(f"the controller runs again (pid {proc.pid})")
         return True
 

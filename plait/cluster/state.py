@@ -18,7 +18,11 @@ Python process of a :class:`~plait.parallel.Cluster`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,18 @@ def write_state(dirs: ProfileDirs, state: dict) -> None:
         if isinstance(pid, int) and str(pid) not in started:
             started[str(pid)] = start_time(pid)
     write_private(state_path(dirs), json.dumps({**state, "started": started}))
+
+
+@contextlib.contextmanager
+def locked(dirs: ProfileDirs) -> Iterator[None]:
+    """Hold the profile's state lock: one reads and writes the state file at a
+    time (``ipcluster`` and the cluster's keeper both do)."""
+    fd = os.open(dirs.run / "ipcluster.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def clear_state(dirs: ProfileDirs) -> None:

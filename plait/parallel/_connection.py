@@ -81,10 +81,16 @@ class ParallelConnection(SessionClient):
             lost = PlaitConnectionError("the controller restarted, and no longer knows "
                                         "this task (it had not recorded it yet)")
             for taskid, record in zip(taskids, records, strict=True):
-                self._deliver(record if record is not None
-                              else _lost_record(taskid, Failure(lost)))
+                if record is None:
+                    self._deliver(_lost_record(taskid, Failure(lost)))
+                elif record.status != "pending":
+                    self._deliver(record)
+                else:  # each comes as it finishes, not once the slowest did
+                    self.records([taskid], block=True).addCallbacks(
+                        lambda rs: self._deliver(rs[0]) if rs[0] is not None else None,
+                        lambda f, t=taskid: self._fail_listeners(f, [t]))
 
-        d = self.records(taskids, block=True)
+        d = self.records(taskids)
         d.addCallbacks(found, lambda f: self._fail_listeners(f, taskids))
 
     def _connection_lost(self) -> None:

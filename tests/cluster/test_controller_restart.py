@@ -194,7 +194,7 @@ def test_tasks_queued_or_running_when_the_controller_dies_run_and_their_results_
     assert results == [3, 3, 3]
     log = next((c.plait_dir / "profile_default" / "log").glob("ipcontroller-*.log"))
     texts = [p.read_text() for p in log.parent.glob("ipcontroller-*.log")]
-    assert any("took back" in t for t in texts)
+    assert any("taking back" in t for t in texts)
 
 
 def test_a_clean_stop_leaves_nothing_to_take_back(cluster_factory):

@@ -757,3 +757,32 @@ def test_a_task_finishing_while_the_store_reads_is_pending_not_unknown():
     again = hub.status([7])
     store.reads.pop().callback(None)
     assert fired(again) == {"pending": [], "completed": [7], "unknown": []}
+
+
+def test_restored_tasks_wait_for_the_engines_of_the_last_run(tmp_path):
+    from plait.kernel.controller.restore import ALL_BACK_WAIT, Restorer
+
+    ids = tmp_path / "engineids"
+    last = EngineRegistry(ids_path=ids)
+    for u in "ab":
+        last.register(FakeEngine(u), u, {})  # (and then the controller died)
+    rows = [row(4, kind="later", request=encode_task(TaskSpec.call(len, ("a",), targets=(1,))))]
+    hub = SimpleNamespace(store=SimpleNamespace(left_queued=(rows, {})),
+                          restored=lambda rs: None)
+    readmitted: list = []
+    tasks = SimpleNamespace(readmit=lambda items, outcomes: readmitted.append(
+        [i for i, _, _ in items]))
+    registry = EngineRegistry(ids_path=ids, restore=True)
+    assert registry.last_registered == [0, 1]
+    clock = Clock()
+    Restorer(hub, tasks, registry, clock).restore()
+    registry.register(FakeEngine("a"), "a", {}, engine_id=0, rejoin=True)
+    assert readmitted == []  # engine 1 is not back yet
+    registry.register(FakeEngine("b"), "b", {}, engine_id=1, rejoin=True)
+    assert readmitted == [[4]] and clock.getDelayedCalls() == []
+    # an engine that never comes back holds them ALL_BACK_WAIT seconds at most
+    registry2 = EngineRegistry(ids_path=tmp_path / "other")
+    registry2.last_registered = [3]
+    Restorer(hub, tasks, registry2, clock).restore()
+    clock.advance(ALL_BACK_WAIT)
+    assert readmitted[-1] == [4]

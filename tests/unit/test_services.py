@@ -108,7 +108,7 @@ def test_registry_ids_go_on_from_the_last_run_with_restore(tmp_path):
     path = tmp_path / "engineids"
     first = EngineRegistry(ids_path=path)
     assert [first.register(FakeEngine(), u, {}) for u in "abc"] == [0, 1, 2]
-    assert path.read_text() == "3\n" and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert path.read_text() == "3\n0,1,2\n" and oct(path.stat().st_mode & 0o777) == "0o600"
     # a controller started again after it died: new engines get new ids, and the
     # engines of the last run rejoin with theirs
     again = EngineRegistry(ids_path=path, restore=True)
@@ -127,7 +127,7 @@ def test_registry_without_restore_starts_from_0_and_lets_the_last_run_rejoin(tmp
     for u in "abcd":
         first.register(FakeEngine(), u, {})
     fresh = EngineRegistry(ids_path=path)  # ipcontroller started again by hand
-    assert path.read_text() == "0\n"
+    assert path.read_text() == "0\n\n"
     assert fresh.register(FakeEngine(), "c", {}, engine_id=2, rejoin=True) == 2
     assert fresh.register(FakeEngine(), "new", {}) == 3
     assert fresh.register(FakeEngine(), "a", {}, engine_id=0, rejoin=True) == 0

@@ -41,7 +41,7 @@ _DEFINITE = ("not the one this FURL names", "does not know this FURL's secret",
              "wrong kind of FURL")
 #: Seconds a client that lost its controller keeps trying to connect again while
 #: nothing listens at its address (a controller being started again), at its next call.
-RECONNECT_PATIENCE = 5.0
+RECONNECT_PATIENCE = 15.0
 
 
 def asynchronous(fn: F) -> F:
@@ -223,6 +223,7 @@ class AsyncClientBase:
         self._source = source
         self._furl: str | None = None  # what to connect to again (set by connect)
         self._reconnect_waiters: list[defer.Deferred] = []
+        self._rejoining = False
         self._adopt(link)
 
     # -- the link, and connecting again ------------------------------------------------
@@ -258,9 +259,24 @@ class AsyncClientBase:
 
         def made(link: Any) -> Any:
             self._adopt(link)
-            return self._rejoined()
+            self._rejoining = True  # (its own calls go straight to the new link)
+            d = defer.maybeDeferred(self._rejoined)
+
+            def unjoined(f: Failure) -> Failure:  # the new link is of no use: drop it
+                self._down = True
+                if hasattr(self._remote, "close"):
+                    self._remote.close()
+                return f
+
+            def over(result: Any) -> Any:
+                self._rejoining = False
+                return result
+
+            return d.addErrback(unjoined).addBoth(over)
 
         def failed(f: Failure) -> None:
+            if f.check(PlaitConnectionError) and "could not connect again" in str(f.value):
+                f.raiseException()
             why = str(f.value).removeprefix("could not connect to the controller ")
             raise PlaitConnectionError(
                 f"lost the connection to the controller ({self._source}), and could "
@@ -274,7 +290,7 @@ class AsyncClientBase:
                 else:
                     w.callback(None)
 
-        d.addCallbacks(made, failed).addBoth(done)
+        d.addCallbacks(made, failed).addErrback(failed).addBoth(done)
         return waiter
 
     @defer.inlineCallbacks
@@ -367,7 +383,9 @@ class AsyncClientBase:
         call, connect again first (fails with PlaitConnectionError if that fails).
         A call that only asks (:data:`RETRY_SAFE`) and meets a link that is
         going is made again once, on a new link."""
-        if self._down and self._furl is not None:
+        # (while connecting again, a call waits for that: the new link has no session yet)
+        if (self._down or (self._reconnect_waiters and not self._rejoining)) \
+                and self._furl is not None:
             d = self._reconnect()
             d.addCallback(lambda _: self._remote.callRemote(method, *args))
         else:

@@ -78,7 +78,8 @@ class Hub:
             "follow": None if spec is None or spec.follow is None else list(spec.follow.ids),
             "request": data,
         }
-        self.store.queue(dict(self._pending[task.taskid]))
+        if data is not None:  # (a recovery task has none: its original task is queued)
+            self.store.queue(dict(self._pending[task.taskid]))
 
     def finished(self, record: TaskResultRecord, task: Any) -> None:
         row = self._pending.pop(record.taskid, None) or {

@@ -374,45 +374,58 @@ class SQLiteStore:
                     ops.append(self._ops.get_nowait())
                 except queue.Empty:
                     break
-            rows: list[tuple] = []
-            for op, arg in ops:
-                if op == "add":
-                    rows.extend(_row(record) for record in arg)
-                    continue
-                if op == "queue" or op == "clear_queued":
-                    if not in_transaction:
-                        db.execute("BEGIN")
-                        in_transaction, began = True, time.monotonic()
-                    if rows:
-                        self._write(db, insert, rows, None, None)
+            answered: set[int] = set()
+            try:
+                rows: list[tuple] = []
+                for op, arg in ops:
+                    if op == "add":
+                        rows.extend(_row(record) for record in arg)
+                        continue
+                    if op == "queue" or op == "clear_queued":
+                        if not in_transaction:
+                            db.execute("BEGIN")
+                            in_transaction, began = True, time.monotonic()
+                        if rows:
+                            self._write(db, insert, rows, None, None)
+                            rows = []
+                        self._write_queued(db, insert_queued, op, arg)
+                        continue
+                    if rows or op in ("update", "delete"):
+                        if not in_transaction:
+                            db.execute("BEGIN")
+                            in_transaction, began = True, time.monotonic()
+                        self._write(db, insert, rows, op, arg)
                         rows = []
-                    self._write_queued(db, insert_queued, op, arg)
-                    continue
-                if rows or op in ("update", "delete"):
+                    if op == "read":
+                        if in_transaction:  # an answer means every write before it is kept
+                            db.execute("COMMIT")
+                            in_transaction = False
+                        answered.add(id(arg))
+                        self._answer(db, *arg)
+                    elif op == "close":
+                        if in_transaction:
+                            db.execute("COMMIT")
+                        db.close()
+                        reactor.callFromThread(arg.callback, None)
+                        return
+                if rows:
                     if not in_transaction:
                         db.execute("BEGIN")
                         in_transaction, began = True, time.monotonic()
-                    self._write(db, insert, rows, op, arg)
-                    rows = []
-                if op == "read":
-                    if in_transaction:  # an answer means every write before it is kept
-                        db.execute("COMMIT")
-                        in_transaction = False
-                    self._answer(db, *arg)
-                elif op == "close":
-                    if in_transaction:
-                        db.execute("COMMIT")
-                    db.close()
-                    reactor.callFromThread(arg.callback, None)
-                    return
-            if rows:
-                if not in_transaction:
-                    db.execute("BEGIN")
-                    in_transaction, began = True, time.monotonic()
-                self._write(db, insert, rows, None, None)
-            # (SIGKILL-safe once committed; under a steady flow, once a second at least)
-            if in_transaction and (self._ops.empty() or time.monotonic() - began > 1.0):
-                db.execute("COMMIT")
+                    self._write(db, insert, rows, None, None)
+                # (SIGKILL-safe once committed; under a steady flow, once a second at least)
+                if in_transaction and (self._ops.empty() or time.monotonic() - began > 1.0):
+                    db.execute("COMMIT")
+                    in_transaction = False
+            except sqlite3.Error as exc:  # (BEGIN or COMMIT failed: disk full, locked...)
+                _log_error(exc)
+                for op, arg in ops:  # no read waits for ever
+                    if op == "read" and id(arg) not in answered:
+                        reactor.callFromThread(arg[2].errback, exc)
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
                 in_transaction = False
 
     @staticmethod

@@ -27,11 +27,14 @@ class _Record:
         self.last_words: str | None = None  # why it said it goes, if it did
 
 
-def _load_next_id(path: Path | None) -> int:
+def _load_ids(path: Path | None) -> tuple[int, list[int]]:
+    """The file's next id, and the ids registered when it was last written."""
     try:
-        return max(0, int(path.read_text().strip())) if path is not None else 0
+        lines = path.read_text().split("\n") if path is not None else ["0"]
+        registered = [int(i) for i in lines[1].split(",") if i] if len(lines) > 1 else []
+        return max(0, int(lines[0].strip())), registered
     except (OSError, ValueError):
-        return 0
+        return 0, []
 
 
 @implementer(IEngineRegistry)
@@ -54,7 +57,8 @@ class EngineRegistry:
                  ids_path: Path | None = None, restore: bool = False):
         self._records: dict[int, _Record] = {}
         self._ids_path = ids_path
-        self._last_run = _load_next_id(ids_path)  # ids below were given by the last run
+        # ids below were given by the last run; those it had registered when it ended
+        self._last_run, self.last_registered = _load_ids(ids_path)
         self._next_id = self._last_run if restore else 0
         self._save_next_id()
         self._observers: list[Any] = []
@@ -71,9 +75,7 @@ class EngineRegistry:
                 self._next_id, self._last_run) and engine_id not in self._records:
             # an engine joining again (its controller restarted, or the network was
             # cut) keeps its id when no other engine took it meanwhile
-            if engine_id >= self._next_id:
-                self._next_id = engine_id + 1
-                self._save_next_id()
+            self._next_id = max(self._next_id, engine_id + 1)
         elif not rejoin and engine_id is not None and 0 <= engine_id < self._next_id:
             # a restarted engine takes the id of the one it replaces (which may not
             # have been seen to go yet)
@@ -81,18 +83,18 @@ class EngineRegistry:
         else:
             engine_id = self._next_id
             self._next_id += 1
-            self._save_next_id()
         engine.id = engine_id
         self._records[engine_id] = _Record(
             engine, uuid, dict(properties), self._queue_factory(engine)
         )
+        self._save_next_id()
         self.log.info("engine {id} registered (uuid {uuid})", id=engine_id, uuid=uuid)
         self._notify("engine_added", engine_id)
         self._wake_waiters()
         return engine_id
 
     def _save_next_id(self) -> None:
-        """Write the next id (atomically: a controller killed now keeps the old
+        """Write the next id and the ids registered now (atomically: a controller killed now keeps the old
         file or the new one, and the process's writes survive its SIGKILL)."""
         if self._ids_path is None:
             return
@@ -100,7 +102,7 @@ class EngineRegistry:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(f"{self._next_id}\n")
+                f.write(f"{self._next_id}\n{','.join(map(str, sorted(self._records)))}\n")
             os.replace(tmp, self._ids_path)
         except OSError as exc:
             self.log.warn("could not record the next engine id in {path}: {e}",
@@ -115,6 +117,7 @@ class EngineRegistry:
         record = self._records.pop(engine_id, None)
         if record is None:
             return
+        self._save_next_id()
         if record.last_words:
             reason = record.last_words
         self.log.info("engine {id} removed: {reason}", id=engine_id, reason=reason)

@@ -12,10 +12,14 @@ hub, where every client finds them (a client of the last run asks for the
 tasks it waits for once it has connected again).  A task that was running
 when the controller died runs again.
 
-Load-balanced tasks are taken back at once: they wait in the queue for
-engines as usual.  A task pinned to one engine (a direct view's) waits for
-that engine to rejoin, for :data:`REJOIN_WAIT` seconds at most; then it fails
-with InvalidEngineID saying the engine did not come back.
+The tasks wait until the engines the last run had registered when it died
+have rejoined (they do within a second or two), for :data:`ALL_BACK_WAIT`
+seconds at most, so that tasks with ``targets`` or ``follow`` find their
+engines; then they are taken back together, in id order (so a task's graph
+dependencies among them are known first).  A task pinned to one engine (a
+direct view's) that is still missing waits for it up to :data:`REJOIN_WAIT`
+seconds, then fails with InvalidEngineID, as a task pinned to an engine
+that is not there does.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from plait.wire.task import decode_task
 
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
+#: Seconds the restored tasks wait for every engine of the last run to rejoin.
+ALL_BACK_WAIT = 10.0
 #: Seconds a restored task pinned to an engine waits for that engine to rejoin.
 REJOIN_WAIT = 60.0
 
@@ -46,19 +52,41 @@ class Restorer:
         self._awaiting: dict[int, list[tuple[int, bytes, bool]]] = {}  # engine id -> tasks
         self._outcomes: dict[int, tuple[bool, int | None]] = {}
         self._deadline: Any = None
+        self._all_back: Any = None
+        self._rows: list[tuple[int, bytes, bool]] | None = None
+        self._expected: set[int] = set()
 
     def restore(self) -> int:
-        """Take back the queue of the last run (read by the store as it opened);
-        how many tasks were taken back (or wait for their engine)."""
+        """Take back the queue of the last run (read by the store as it opened)
+        once its engines are back; how many tasks there are."""
         rows, found = self.hub.store.left_queued
         if not rows:
             return 0
         self._outcomes = {r["id"]: (r["status"] == "succeeded", r["engine_id"])
                           for r in found.values() if r["status"] is not None}
         self.hub.restored(rows)
+        self._rows = [(row["id"], row["request"] or b"", row.get("kind") == "later")
+                      for row in rows]
+        self._expected = set(getattr(self.registry, "last_registered", ()))
+        self.registry.add_observer(self)
+        self._all_back = self.clock.callLater(ALL_BACK_WAIT, self._take_back)
+        self._check()
+        log.info("taking back {n} tasks of the last run once its engines {e} are back",
+                 n=len(rows), e=sorted(self._expected))
+        return len(rows)
+
+    def _check(self) -> None:
+        if self._rows is not None and self._expected <= set(self.registry.get_ids()):
+            self._take_back()
+
+    def _take_back(self) -> None:
+        if self._rows is None:
+            return
+        if self._all_back is not None and self._all_back.active():
+            self._all_back.cancel()
+        rows, self._rows = self._rows, None
         now: list[tuple[int, bytes, bool]] = []
-        for row in rows:
-            item = (row["id"], row["request"] or b"", row.get("kind") == "later")
+        for item in rows:
             engine = _pinned_to(item[1], item[2])
             if engine is not None and engine not in self.registry:
                 self._awaiting.setdefault(engine, []).append(item)
@@ -66,14 +94,15 @@ class Restorer:
                 now.append(item)
         self.tasks.readmit(now, self._outcomes)
         if self._awaiting:
-            self.registry.add_observer(self)
-            self._deadline = self.clock.callLater(REJOIN_WAIT, self._give_up)
-        log.info("took back {n} tasks of the last run ({w} wait for their engines)",
-                 n=len(rows), w=sum(len(v) for v in self._awaiting.values()))
-        return len(rows)
+            self._deadline = self.clock.callLater(REJOIN_WAIT - ALL_BACK_WAIT, self._give_up)
+        else:
+            self._done()
 
     # -- registry observer ----------------------------------------------------------------
     def engine_added(self, engine_id: int) -> None:
+        if self._rows is not None:
+            self._check()
+            return
         items = self._awaiting.pop(engine_id, None)
         if items:
             self.tasks.readmit(items, self._outcomes)

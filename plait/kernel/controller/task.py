@@ -340,7 +340,9 @@ class TaskController:
             return [here[t] if t in here else by_id[t] for t in taskids]
 
         missing = [t for t in taskids if t not in here]
-        return self._hub.records(missing).addCallback(found)
+        d = self._hub.records(missing).addCallback(found)
+        d.addErrback(lambda f: (unknown.addErrback(lambda _: None), f)[1])
+        return d
 
     def barrier(self, taskids: int | Iterable[int]) -> defer.Deferred:
         try:
