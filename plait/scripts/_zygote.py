@@ -247,6 +247,10 @@ def _handle(line: str, state: _State) -> None:
         state.supervise = True
 
 
+#: Seconds a supervising fork server that is stopped waits for its engines to exit.
+STOP_GRACE = 2.0
+
+
 def _stop(*args: object) -> None:
     raise SystemExit(0)  # (out of the select below, which SIGTERM interrupts)
 
@@ -316,6 +320,37 @@ def _supervise(state: _State) -> None:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        # they are ours: wait for them (SIGKILL past STOP_GRACE), so that whoever
+        # stops the fork server knows its engines are gone once it is
+        _reap(list(state.engines), STOP_GRACE)
+
+
+def _reap(pids: list[int], grace: float) -> None:
+    """Wait for the children ``pids`` to exit, ``grace`` seconds at most; then
+    SIGKILL the others, and reap them all."""
+    fds = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    with selectors.DefaultSelector() as sel:
+        for fd in fds:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map() and (left := deadline - time.monotonic()) > 0:
+            for key, _ in sel.select(left):
+                sel.unregister(key.fd)
+    for fd, pid in fds.items():
+        try:
+            os.kill(pid, signal.SIGKILL)  # (harmless once it exited: not reaped yet)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        os.close(fd)
 
 
 def main() -> int:

@@ -280,6 +280,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
         clear_state(dirs)
         return 1
     procs = ClusterProcesses.attach(args.profile)  # (local pids not ours any more dropped)
+    if procs.keeper_pid is not None:  # first: it would start the controller again
+        terminate([procs.keeper_pid])
+        state = read_state(dirs) or state  # (the controller it started last, if any)
     for group in procs.engine_sets:
         group.stop()  # this host's, mpiexec's, over SSH, or the batch job cancelled
     if procs.remote is not None and not procs.remote.stop():  # over SSH, on its host
