@@ -36,6 +36,10 @@ CONNECT_TIMEOUT = 10.0
 RETRY_SAFE = frozenset({"info", "get_ids", "wait_for_engines", "records", "result_status",
                         "history", "query", "queue_status", "keys", "get_properties",
                         "has_properties"})
+#: True once the process exits: a client whose link went fails at once then,
+#: instead of connecting again (see ``_submit``'s exit hook).
+EXITING = False
+
 #: What connect's errors say when trying again cannot help.
 _DEFINITE = ("not the one this FURL names", "does not know this FURL's secret",
              "wrong kind of FURL")
@@ -385,7 +389,7 @@ class AsyncClientBase:
         going is made again once, on a new link."""
         # (while connecting again, a call waits for that: the new link has no session yet)
         if (self._down or (self._reconnect_waiters and not self._rejoining)) \
-                and self._furl is not None:
+                and self._furl is not None and not EXITING:
             d = self._reconnect()
             d.addCallback(lambda _: self._remote.callRemote(method, *args))
         else:

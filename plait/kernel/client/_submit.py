@@ -63,7 +63,7 @@ from twisted.internet import defer
 from twisted.internet import reactor as _twisted_reactor
 from twisted.python.failure import Failure
 
-from plait.kernel.client import _reactor
+from plait.kernel.client import _base, _reactor
 from plait.kernel.client._base import raise_outcome
 from plait.wire.errors import PlaitConnectionError, TaskSubmissionError
 
@@ -483,6 +483,7 @@ def _drain_at_exit() -> None:
     """At exit: wait (bounded) until the blocking clients' submissions are confirmed."""
     if not _live or not _reactor.running_in_thread():
         return  # nothing submitted, or the program runs the reactor (see drain_all)
+    _base.EXITING = True  # a client whose controller went does not connect again now
     try:
         _reactor.call(drain_all, timeout=EXIT_TIMEOUT + 1.0)
     except Exception as exc:
