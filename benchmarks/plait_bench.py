@@ -265,6 +265,7 @@ def _task_uneven(tc, p: dict, r: Results) -> None:
 PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
                  "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "cluster_start4",
                  "scale_register", "scale_execute", "engine_restart", "controller_restart",
+                 "chaos_lost", "chaos_recover",
                  "ssh_start64", "slurm_ready", "par_hub_rss", "par_hub_query"]
 
 
@@ -307,6 +308,7 @@ def parallel(p: dict, r: Results) -> None:
     r.measure(["scale_register", "scale_execute"], lambda: _scale(p, r))
     r.measure("engine_restart", lambda: _engine_restart(p, r))
     r.measure("controller_restart", lambda: _controller_restart(p, r))
+    r.measure(["chaos_lost", "chaos_recover"], lambda: _chaos(p, r))
     r.measure("ssh_start64", lambda: _ssh_start64(p, r))
     r.measure("slurm_ready", lambda: _slurm_ready(p, r))
 
@@ -505,6 +507,92 @@ def _controller_restart(p: dict, r: Results) -> None:
         r.add("controller_restart", median(back), each=back,
               detail=f"4 engines, 200 tasks queued: all their results after "
                      f"{median(done):.2f} s (medians of {len(back)})")
+
+    _in_fresh_plait_dir(run)
+
+
+def _engine_pids(rc, n: int) -> list[int]:
+    """The pids of ``n`` engines, asked until all answer (one killed just now may
+    still be registered, or its replacement not yet)."""
+    import os
+
+    import plait.parallel as ipp
+
+    for _ in range(100):
+        rc.wait_for_engines(n, timeout=60)
+        try:
+            return rc[:].apply_sync(os.getpid)
+        except ipp.error.CompositeError:
+            continue
+    raise AssertionError(f"{n} engines did not all answer")
+
+
+def _chaos(p: dict, r: Results) -> None:
+    """20,000 tasks (16,000 load-balanced with retries, 4,000 TaskClient ones) on
+    4 supervised engines while 4 engines and the controller twice are SIGKILLed,
+    each kill once so many results came: tasks lost or wrong, and the time from
+    each controller kill to every engine back."""
+    import os
+    import random
+    import signal
+
+    import plait.parallel as ipp
+    from plait.kernel import client
+
+    n = 1600 if p["cycles"] == 1 else 16_000
+
+    def run() -> None:
+        rng = random.Random(5)
+        cluster = ipp.Cluster(n=4, restart_engines=True)
+        try:
+            rc = cluster.start_and_connect()
+            tc = client.TaskClient(os.path.join(os.environ["PLAIT_DIR"], "profile_default",
+                                                "security", "ipcontroller-tc.furl"))
+            lv = rc.load_balanced_view()
+            t0 = time.perf_counter()
+            with lv.temp_flags(retries=5):
+                ars = [lv.apply_async(lambda i: 2 * i, i) for i in range(n)]
+            tids = [tc.run(client.StringTask(f"y = 3 * {i}", pull="y", retries=5))
+                    for i in range(n // 4)]
+            tc.wait_for_send()  # (acknowledged, and on disk: a hub query answers once
+            ars[-1].wait_for_send()  # everything before it is)
+            rc.result_status(ars[-1].msg_ids)
+            recover = []
+            kills = [(n // 10, "engine"), (n // 4, "controller"), (n * 2 // 5, "engine"),
+                     (n // 2, "engine"), (n * 3 // 5, "controller"), (n * 3 // 4, "engine")]
+            for after, what in kills:
+                ars[after].get(timeout=120)
+                if what == "controller":
+                    pid = cluster.controller_pid
+                    k0 = time.perf_counter()
+                    os.kill(pid, signal.SIGKILL)
+                    rc.wait_for_engines(4, timeout=60)
+                    recover.append(time.perf_counter() - k0)
+                else:
+                    os.kill(rng.choice(_engine_pids(rc, 4)), signal.SIGKILL)
+            lost = 0
+            for i, ar in enumerate(ars):
+                try:
+                    lost += ar.get(timeout=120) != 2 * i
+                except Exception:
+                    lost += 1
+            for i, taskid in enumerate(tids):
+                for _ in range(3):
+                    try:
+                        lost += tc.get_task_result(taskid, block=True).ns.y != 3 * i
+                        break
+                    except client.PlaitConnectionError:
+                        continue
+                    except Exception:
+                        lost += 1
+                        break
+            total = time.perf_counter() - t0
+        finally:
+            cluster.stop()
+        r.add("chaos_lost", lost, detail=f"{n + n // 4} tasks, 4 engine and 2 controller "
+                                         f"SIGKILLs, {total:.1f} s in all")
+        r.add("chaos_recover", median(recover), each=recover,
+              detail="from a controller SIGKILL to the 4 engines back, during the run")
 
     _in_fresh_plait_dir(run)
 

@@ -168,6 +168,11 @@ def _parallel_specs(p: dict) -> list[Spec]:
              "Cluster(n=4) with 200 tasks queued: from SIGKILL of the controller to the "
              "client seeing the 4 engines again under their ids and namespaces (the keeper "
              "starts the controller again); median of 3"),
+        Spec("parallel", "chaos_lost", "chaos: tasks lost or wrong", "tasks", ("<=", 0.0),
+             None, "", "20,000 tasks of both generations with retries on 4 restarted "
+             "engines while 4 engines and the controller twice are SIGKILLed"),
+        Spec("parallel", "chaos_recover", "chaos: a controller SIGKILL to the engines back",
+             "s", ("<=", 5.0), None, "", "during the chaos run; median of the 2 kills"),
         Spec("parallel", "ssh_start64", "64 engines over SSH on 3 hosts, ready", "s",
              ("<=", 5.0) if p["hub_results"] >= 100_000 else None, None, "",
              "Cluster(engines='ssh') on 3 network-namespace hosts with real sshd, to a "

@@ -304,7 +304,7 @@ class TaskController:
         try:
             task = self._task(taskid)
         except InvalidTaskID:
-            return self._from_hub([taskid], defer.fail()).addCallback(lambda rs: rs[0])
+            return self._from_hub([taskid], defer.fail(), block).addCallback(lambda rs: rs[0])
         if not block:
             return defer.succeed(task.record)
         return self._wait([task], lambda: task.record)
@@ -314,17 +314,20 @@ class TaskController:
             wanted = task_ids(taskids)
             tasks = [self._task(i) for i in wanted]
         except InvalidTaskID:
-            return self._from_hub(wanted, defer.fail())
+            return self._from_hub(wanted, defer.fail(), block)
         except TypeError:
             return defer.fail()
         if not block:
             return defer.succeed([t.record for t in tasks])
         return self._wait(tasks, lambda: [t.record for t in tasks])
 
-    def _from_hub(self, taskids: list[int], unknown: defer.Deferred) -> defer.Deferred:
-        """The records of finished tasks the hub keeps and this controller does not
-        (a controller that died ran them); ``unknown`` (failing with InvalidTaskID)
-        when one of them is neither here nor finished there."""
+    def _from_hub(self, taskids: list[int], unknown: defer.Deferred, block: bool = False
+                  ) -> defer.Deferred:
+        """The records of tasks of an earlier run that the hub keeps and this
+        controller does not (a controller that died ran them; or it took them back
+        and holds them until the last run's engines are back: ``block`` waits for
+        those, else they count as unfinished, None); ``unknown`` (failing with
+        InvalidTaskID) when one of them is in neither."""
         if self._hub is None or not all(isinstance(t, int) for t in taskids):
             return unknown
         here = {t: self._tasks[t].record for t in taskids if t in self._tasks}
@@ -332,15 +335,15 @@ class TaskController:
             return unknown  # (one of this run: cleared, or never submitted)
 
         def found(rows: list[dict | None]) -> Any:
-            if any(r is None or r.get("status") is None or r.get("kind") != "task"
-                   for r in rows):
+            if any(r is None or r.get("kind") != "task" for r in rows):
                 return unknown
             unknown.addErrback(lambda _: None)
-            by_id = {r["id"]: record_of(r) for r in rows if r is not None}
+            by_id = {r["id"]: None if r.get("status") is None else record_of(r)
+                     for r in rows if r is not None}
             return [here[t] if t in here else by_id[t] for t in taskids]
 
         missing = [t for t in taskids if t not in here]
-        d = self._hub.records(missing).addCallback(found)
+        d = self._hub.records(missing, block).addCallback(found)
         d.addErrback(lambda f: (unknown.addErrback(lambda _: None), f)[1])
         return d
 
