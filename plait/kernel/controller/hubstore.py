@@ -239,18 +239,16 @@ class SQLiteStore:
     # HAND_OVER_EVERY seconds; any other operation hands over what waits first,
     # so operations keep their order and reads see every record added before.
     def add(self, record: dict) -> None:
-        if not self._open():
-            return
-        self._new.append(record)
-        if self._hand_over_call is None:
-            from twisted.internet import reactor
-
-            self._hand_over_call = reactor.callLater(HAND_OVER_EVERY, self._hand_over)
+        self._keep(self._new, record)
 
     def queue(self, record: dict) -> None:
+        self._keep(self._new_queued, record)
+
+    def _keep(self, waiting: list[dict], record: dict) -> None:
+        """Put ``record`` in ``waiting`` until the next hand-over (scheduled now)."""
         if not self._open():
             return
-        self._new_queued.append(record)
+        waiting.append(record)
         if self._hand_over_call is None:
             from twisted.internet import reactor
 
