@@ -44,10 +44,6 @@ RESTART_WINDOW = 60.0
 #: Seconds a restarted controller has to say it is ready.
 READY_TIMEOUT = 60.0
 
-#: The file a controller leaves in the run folder when it stops cleanly
-#: (see :mod:`plait.kernel.controller.service`).
-STOPPED_FILE = "ipcontroller.stopped"
-
 
 class Keeper:
     """Watches the controller of one profile's cluster and starts it again."""
@@ -78,7 +74,7 @@ class Keeper:
             self._wait_for_exit()
             if self.stopping:
                 break
-            if (self.dirs.run / STOPPED_FILE).exists():
+            if self.dirs.controller_stopped.exists():
                 self.log(f"the controller (pid {self.pid}) stopped cleanly; nothing to do")
                 return 0
             if _state.read_state(self.dirs) is None:

@@ -50,7 +50,6 @@ class ParallelConnection(SessionClient):
         self._listeners: dict[int, Listener] = {}
         self._output_listeners: dict[int, Callable[[int, str, str], None]] = {}
         self._early: dict[int, TaskResultRecord] = {}  # records no one listened for yet
-        self._lost_because: Failure | None = None
 
     @defer.inlineCallbacks
     def _started(self) -> Any:
@@ -70,7 +69,6 @@ class ParallelConnection(SessionClient):
         yield super()._rejoined()
         self.info_at_connect = yield self._outcome("info")
         self.engine_ids = list(self.info_at_connect["ids"])
-        self._lost_because = None
         self._poll()
         waiting = sorted(self._listeners)
         if waiting:
@@ -166,7 +164,6 @@ class ParallelConnection(SessionClient):
     def _poll_failed(self, failure: Failure) -> None:
         if self._closed:
             return
-        self._lost_because = failure
         if self._furl is not None and failure.check(PlaitConnectionError):
             return  # the link went: the results come once connected again (_rejoined)
         self._fail_listeners(failure, sorted(self._listeners))

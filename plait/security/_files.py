@@ -45,6 +45,12 @@ class ProfileDirs:
         return self.security / name
 
     @property
+    def controller_stopped(self) -> Path:
+        """Left by a controller that stopped cleanly (removed when one starts): its
+        cluster's keeper (:mod:`plait.cluster.keeper`) starts only one that died again."""
+        return self.run / "ipcontroller.stopped"
+
+    @property
     def db(self) -> Path:
         """The hub's records (private: results may hold user data), made on first use."""
         path = self.root / "db"

@@ -786,3 +786,59 @@ def test_restored_tasks_wait_for_the_engines_of_the_last_run(tmp_path):
     Restorer(hub, tasks, registry2, clock).restore()
     clock.advance(ALL_BACK_WAIT)
     assert readmitted[-1] == [4]
+
+
+def test_a_failed_batch_answers_its_reads_with_the_error_and_the_store_goes_on(
+        sqlite_path, monkeypatch):
+    store = SQLiteStore(sqlite_path)
+    real = SQLiteStore._write
+
+    def broken(db, insert, rows, op, arg):  # as a BEGIN or COMMIT that fails would
+        raise sqlite3.OperationalError("database or disk is full")
+
+    import threading
+
+    monkeypatch.setattr(SQLiteStore, "_write", staticmethod(broken))
+    hold = threading.Event()
+    held = in_reactor(lambda: store._read(lambda db: hold.wait(10)) and None)  # (queued)
+    # the database thread is busy: the write and the read after it make one batch
+    asked: list = []
+
+    def both() -> None:
+        store.add(row(1))
+        asked.append(store.ids())
+
+    in_reactor(both)
+    hold.set()
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        in_reactor(lambda: asked[0])  # an answer, not a hang
+    del held
+    monkeypatch.setattr(SQLiteStore, "_write", staticmethod(real))
+    in_reactor(lambda: store.add(row(2)))
+    assert in_reactor(store.ids) == [2]  # the thread lives on
+    in_reactor(store.close, timeout=30)
+
+
+def test_the_keeper_gives_up_after_too_many_deaths(tmp_path, monkeypatch):
+    import signal
+
+    from plait.cluster import keeper as keeper_module
+    from plait.security import ProfileDirs
+
+    dirs = ProfileDirs(tmp_path, tmp_path, tmp_path, tmp_path)
+    monkeypatch.setattr(keeper_module._state, "read_state", lambda d: {"controller": 1})
+    keeper = keeper_module.Keeper(dirs, None, [], pid=1)
+    try:
+        starts: list[int] = []
+        monkeypatch.setattr(keeper, "_wait_for_exit", lambda: None)  # it died, at once
+        monkeypatch.setattr(keeper, "_restart", lambda: starts.append(1) or True)
+        assert keeper.run() == 1
+        assert len(starts) == keeper_module.MAX_RESTARTS
+        log = (tmp_path / "ipcluster-keeper.log").read_text()
+        assert f"died {keeper_module.MAX_RESTARTS} times within" in log
+        assert "gives up" in log
+        dirs.controller_stopped.write_text("stopped\n")  # a clean stop: nothing to do
+        assert keeper.run() == 0
+        assert "stopped cleanly" in (tmp_path / "ipcluster-keeper.log").read_text()
+    finally:
+        signal.set_wakeup_fd(-1)

@@ -40,6 +40,9 @@ RETRY_SAFE = frozenset({"info", "get_ids", "wait_for_engines", "records", "resul
 #: instead of connecting again (see ``_submit``'s exit hook).
 EXITING = False
 
+#: The failures of a call whose link to the controller went.
+_LINK_GONE = (DeadReferenceError, ConnectionDone, ConnectionLost, ChannelClosed)
+
 #: What connect's errors say when trying again cannot help.
 _DEFINITE = ("not the one this FURL names", "does not know this FURL's secret",
              "wrong kind of FURL")
@@ -374,7 +377,7 @@ class AsyncClientBase:
         return self
 
     def _lost(self, f: Failure) -> Failure:
-        if f.check(DeadReferenceError, ConnectionDone, ConnectionLost, ChannelClosed):
+        if f.check(*_LINK_GONE):
             raise PlaitConnectionError(
                 f"lost the connection to the controller ({self._source}) during this "
                 f"call: the controller stopped or restarted, or the network failed (the "
@@ -402,7 +405,7 @@ class AsyncClientBase:
         return d.addErrback(self._lost)
 
     def _again_after_loss(self, f: Failure, method: str, args: tuple) -> Any:
-        if not f.check(DeadReferenceError, ConnectionDone, ConnectionLost, ChannelClosed):
+        if not f.check(*_LINK_GONE):
             return f
         return self._reconnect().addCallback(lambda _: self._remote.callRemote(method, *args))
 

@@ -60,7 +60,7 @@ class EngineRegistry:
         # ids below were given by the last run; those it had registered when it ended
         self._last_run, self.last_registered = _load_ids(ids_path)
         self._next_id = self._last_run if restore else 0
-        self._save_next_id()
+        self._save_ids()
         self._observers: list[Any] = []
         self._waiters: list[tuple[int, defer.Deferred]] = []
         self._queue_factory = queue_factory
@@ -87,15 +87,16 @@ class EngineRegistry:
         self._records[engine_id] = _Record(
             engine, uuid, dict(properties), self._queue_factory(engine)
         )
-        self._save_next_id()
+        self._save_ids()
         self.log.info("engine {id} registered (uuid {uuid})", id=engine_id, uuid=uuid)
         self._notify("engine_added", engine_id)
         self._wake_waiters()
         return engine_id
 
-    def _save_next_id(self) -> None:
-        """Write the next id and the ids registered now (atomically: a controller killed now keeps the old
-        file or the new one, and the process's writes survive its SIGKILL)."""
+    def _save_ids(self) -> None:
+        """Write the next id and the ids registered now (atomically: a controller
+        killed now keeps the old file or the new one, and the process's writes
+        survive its SIGKILL)."""
         if self._ids_path is None:
             return
         tmp = self._ids_path.with_name(f".{self._ids_path.name}.{os.getpid()}")
@@ -117,7 +118,7 @@ class EngineRegistry:
         record = self._records.pop(engine_id, None)
         if record is None:
             return
-        self._save_next_id()
+        self._save_ids()
         if record.last_words:
             reason = record.last_words
         self.log.info("engine {id} removed: {reason}", id=engine_id, reason=reason)

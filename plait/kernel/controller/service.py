@@ -45,10 +45,8 @@ reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by 
 #: it listens on; a controller started again without ports takes them again.
 PORTS_FILE = "ports.json"
 
-#: The file of the profile's run folder a controller leaves when it stops cleanly.
-STOPPED_FILE = "ipcontroller.stopped"
-
-#: The file of the profile's db folder that holds the next engine id.
+#: The file of the profile's db folder that holds the next engine id, and the ids
+#: registered (see EngineRegistry).
 ENGINE_IDS_FILE = "engineids"
 
 log = Logger()
@@ -219,7 +217,7 @@ class ControllerService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
-        (self.dirs.run / STOPPED_FILE).unlink(missing_ok=True)
+        self.dirs.controller_stopped.unlink(missing_ok=True)
         self.blobs.start()
         if self.restore:  # before anyone connects: a client asks for them at once
             Restorer(self.hub, self.task, self.registry).restore()
@@ -272,7 +270,7 @@ class ControllerService(service.MultiService):
         # a controller that stops cleanly (SIGTERM, shutdown, kill(controller=True))
         # says so: the cluster's keeper starts again only one that died
         try:
-            write_private(self.dirs.run / STOPPED_FILE, "stopped\n")
+            write_private(self.dirs.controller_stopped, "stopped\n")
         except OSError:
             pass
         self.hub.store.clear_queued()  # stopped cleanly: nothing to take back
