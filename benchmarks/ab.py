@@ -16,7 +16,9 @@ checkout (its own virtualenv).  Figures (``name:calls per block:blocks``):
 ``rtt`` (``mec.execute('pass', targets=0)``), ``task`` (one no-op MapTask,
 ``run`` to result), ``rate`` (2000 no-op MapTasks, ``run`` then
 ``barrier``), ``bulk`` (push + pull of a 100 MB array), ``tmap`` and
-``mmap`` (``tc.map`` and ``mec.map`` of ``x**10`` over ``range(10000)``).  Latencies print
+``mmap`` (``tc.map`` and ``mec.map`` of ``x**10`` over ``range(10000)``), ``prtt``
+(``rc[0].apply_sync(noop)``) and ``prate`` (2000 ``lview.apply_async(noop)``, then
+``rc.wait``).  Latencies print
 their 10th percentile, median and 90th percentile; rates and bandwidths
 their median.  Both clusters are stopped at the end, whatever happens.
 """
@@ -42,10 +44,14 @@ def child() -> None:
     """One side: connect to the cluster of $PLAIT_DIR and run blocks on command."""
     import numpy as np
 
+    import plait.parallel as ipp
     from plait.kernel import client
 
     mec = client.MultiEngineClient()
     tc = client.TaskClient()
+    rc = ipp.Client()
+    rc.wait_for_engines(2, timeout=60)
+    direct, balanced = rc[0], rc.load_balanced_view()
     array = np.random.rand(100 * 1_000_000 // 8)
 
     def noop() -> None:
@@ -57,6 +63,7 @@ def child() -> None:
     for _ in range(50):  # warm up
         mec.execute("pass", targets=0)
         tc.get_task_result(tc.run(client.MapTask(noop)), block=True)
+        direct.apply_sync(noop)
     print("ready", flush=True)
     for line in sys.stdin:
         what, n = line.split()
@@ -77,16 +84,22 @@ def child() -> None:
                 tc.map(power, range(10000))
             elif what == "mmap":
                 mec.map(power, range(10000))
+            elif what == "prtt":
+                direct.apply_sync(noop)
+            elif what == "prate":
+                rc.wait([balanced.apply_async(noop) for _ in range(2000)])
             seconds.append(time.perf_counter() - start)
             if what == "rate":
                 tc.clear(ids)
+            elif what == "prate":
+                rc.purge_everything()
         print(json.dumps(seconds), flush=True)
 
 
 def summary(what: str, seconds: list[float]) -> str:
     xs = sorted(seconds)
     k = len(xs)
-    if what == "rate":
+    if what in ("rate", "prate"):
         return f"median {statistics.median(2000 / x for x in xs):.0f} tasks/s (n={k})"
     if what == "bulk":
         return f"median {statistics.median(200 / x for x in xs):.0f} MB/s (n={k})"

@@ -95,11 +95,13 @@ class FoolscapParallel(OffersUploads, Referenceable):  # type: ignore[misc]
         if self.channels is None:
             raise RuntimeError("this controller offers no channel for plait.parallel")
         session = self.service.session()
+        adapter = FoolscapParallelSession(session, self.blobs)
 
         def bound(channel: Any) -> None:
+            adapter.channel = channel
             channel.notifyOnDisconnect(session.close)
 
-        return self.channels.issue(FoolscapParallelSession(session, self.blobs), on_bound=bound)
+        return self.channels.issue(adapter, on_bound=bound)
 
     def remote_open_session(self, listener: Any) -> FoolscapParallelSession:
         """A session for a client on foolscap, closed when ``listener``'s connection goes."""
@@ -113,6 +115,7 @@ class FoolscapParallel(OffersUploads, Referenceable):  # type: ignore[misc]
         return outcome(defer.fail(RuntimeError(_SESSION_ONLY)))
 
     remote_reserve = remote_submit = remote_submit_then = remote_results = _session_only
+    remote_push_results = _session_only
     remote_abort = remote_resubmit = remote_end_session = _session_only
 
 
@@ -122,6 +125,8 @@ class FoolscapParallelSession(FoolscapParallel):
     def __init__(self, session: IParallelSession, blobs: Any = None):
         super().__init__(session.service, blobs, None)
         self.session = session
+        #: The channel this session is served on (None on foolscap alone).
+        self.channel: Any = None
 
     def remote_reserve(self, n: int) -> defer.Deferred:
         return self._call(self.session.reserve, n)
@@ -148,6 +153,17 @@ class FoolscapParallelSession(FoolscapParallel):
         d = defer.maybeDeferred(self.session.results)
         return outcome(d.addCallback(
             lambda news: (encode_results(news[0]), news[1], news[2])))
+
+    def remote_push_results(self) -> defer.Deferred:
+        channel = self.channel
+        if channel is None:
+            return outcome(defer.fail(RuntimeError(
+                "results are pushed on a channel only: call results() on foolscap")))
+
+        def push(news: Any) -> None:
+            channel.callRemoteOnly("results_ready", encode_results(news[0]), news[1], news[2])
+
+        return self._call(self.session.push_results, push)
 
     def remote_abort(self, taskids: list) -> defer.Deferred:
         def abort() -> defer.Deferred:

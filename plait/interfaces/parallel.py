@@ -96,6 +96,12 @@ class IParallelSession(ITaskSession):
         and what its running tasks printed, ``[(taskid, engine_id, name, text)]``.  One
         call at a time; cancelled when the session closes."""
 
+    def push_results(deliver):
+        """From now on, hand the news to ``deliver((records, engines, output))``
+        (as :meth:`results` fires with it) at the end of each reactor turn that
+        had some, instead of waiting for :meth:`results` calls; until the
+        session closes.  Returns None."""
+
     def resubmit(taskids):
         """Submit again, under new ids, finished tasks (of any client): the new
         ids, in order.  ValueError for an unfinished task, InvalidTaskID for
@@ -177,6 +183,13 @@ class RIParallel(RemoteInterface):
         the engines changed, and what its running tasks printed."""
         return Outcome
 
+    def push_results():
+        """(On a channel) from now on the news comes as ``results_ready`` calls of
+        the client's end of the channel (an :class:`RIParallelListener`), sent
+        without waiting for an answer, instead of answers to ``results``.
+        Value: None; fails on foolscap alone (use ``results`` there)."""
+        return Outcome
+
     def abort(taskids=TaskIds):
         """Abort unfinished tasks; value: the ids that had finished already."""
         return Outcome
@@ -232,3 +245,16 @@ class RIParallel(RemoteInterface):
     def end_session():
         return Outcome
 
+
+
+class RIParallelListener(RemoteInterface):
+    """What a ``plait.parallel`` client's end of its channel serves to the
+    controller once it asked for ``push_results``: the news, and nothing else."""
+
+    __remote_name__ = "plait.RIParallelListener"
+
+    def results_ready(records=WIRE_BYTES, engines=Any(), output=Any()):
+        """As ``RIParallel.results`` answers: ``records`` (one
+        :func:`~plait.wire.records.encode_results`), the engine ids or None,
+        what running tasks printed ``[(taskid, engine_id, name, text)]``."""
+        return None

@@ -3,10 +3,12 @@
 A :class:`ParallelConnection` is a session of the controller, as the
 kernel generation's TaskClient is (:class:`~plait.kernel.client._session.SessionClient`:
 ids reserved in blocks, submissions coalesced, confirmed at
-``wait_for_send``, ``close`` and exit).  On top of that it keeps one call
-``results()`` waiting at the controller, a long poll that the controller
-answers with the records of this session's tasks as they finish; each
-record goes to the listener registered for its task id (an AsyncResult).
+``wait_for_send``, ``close`` and exit).  On top of that the controller sends
+it the records of this session's tasks as they finish: on a channel it
+pushes them (``push_results``: the client's end of the channel serves
+``results_ready`` and nothing else); on foolscap alone the connection keeps
+one call ``results()`` waiting at the controller, a long poll.  Each record
+goes to the listener registered for its task id (an AsyncResult).
 Its other methods are the hub's queries, each a Deferred.
 """
 
@@ -15,11 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from foolscap.api import Referenceable
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from plait.interfaces.parallel import RIParallel
+from plait.interfaces.parallel import RIParallel, RIParallelListener
 from plait.kernel.client._base import asynchronous
 from plait.kernel.client._session import SessionClient
 from plait.security import PARALLEL_FURL
@@ -40,7 +44,7 @@ class ParallelConnection(SessionClient):
     remote_interface = RIParallel
     # Submissions are confirmed (one-way ones cost the controller more messages under
     # load, for a few percent of latency); a refused one also comes back as a failed record.
-    one_way_submissions = False
+    one_way_submissions = True
 
     def __init__(self, remote: Any, source: str = ""):
         super().__init__(remote, source)
@@ -56,8 +60,21 @@ class ParallelConnection(SessionClient):
         yield super()._started()
         self.info_at_connect = yield self._outcome("info")
         self.engine_ids = list(self.info_at_connect["ids"])
-        self._poll()
+        yield self._hear_results()
         return self
+
+    @defer.inlineCallbacks
+    def _hear_results(self) -> Any:
+        """Have the news pushed (on a channel), else keep a long poll waiting."""
+        channel = self._remote
+        if hasattr(channel, "bind"):
+            channel.bind(_ResultsListener(self))
+            try:
+                yield self._outcome("push_results")
+                return
+            except Exception as exc:  # (a controller that cannot push): poll
+                log.info("results are not pushed ({e}): polling", e=exc)
+        self._poll()
 
     @defer.inlineCallbacks
     def _rejoined(self) -> Any:
@@ -69,7 +86,7 @@ class ParallelConnection(SessionClient):
         yield super()._rejoined()
         self.info_at_connect = yield self._outcome("info")
         self.engine_ids = list(self.info_at_connect["ids"])
-        self._poll()
+        yield self._hear_results()
         waiting = sorted(self._listeners)
         if waiting:
             self._ask_hub(waiting)
@@ -131,7 +148,12 @@ class ParallelConnection(SessionClient):
         d.addCallbacks(self._delivered, self._poll_failed)
 
     def _delivered(self, news: tuple[bytes, list[int] | None, list]) -> None:
-        encoded, engines, output = news
+        self.news(*news)
+        self._poll()
+
+    def news(self, encoded: bytes, engines: list[int] | None, output: list) -> None:
+        """(The reactor thread) records, engine ids (None: unchanged) and output
+        from the controller: each record goes to its listener."""
         if engines is not None:
             self.engine_ids = list(engines)
         for taskid, engine_id, name, text in output:
@@ -148,7 +170,6 @@ class ParallelConnection(SessionClient):
             records = []
         for record in records:
             self._deliver(record)
-        self._poll()
 
     def _deliver(self, record: TaskResultRecord) -> None:
         self._output_listeners.pop(record.taskid, None)
@@ -251,6 +272,18 @@ class ParallelConnection(SessionClient):
     def send_signal(self, signum: int, targets: list[int] | None) -> defer.Deferred:
         """A Deferred firing with the ids of the engines signalled."""
         return self._send("send_signal", int(signum), targets is None, list(targets or []))
+
+
+@implementer(RIParallelListener)
+class _ResultsListener(Referenceable):  # type: ignore[misc]
+    """The client's end of its channel: the news the controller pushes."""
+
+    def __init__(self, connection: ParallelConnection):
+        self._connection = connection
+
+    def remote_results_ready(self, records: bytes, engines: list[int] | None,
+                             output: list) -> None:
+        self._connection.news(records, engines, output)
 
 
 #: The status of a record standing for a result that will not come (the client's own).

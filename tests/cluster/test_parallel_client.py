@@ -417,3 +417,21 @@ def test_client_options_of_ipyparallel_are_accepted_and_typos_refused(cluster4):
         ipp.Client(cluster4.furl_file("client"), profil="x")
     with ipp.Client(url_or_file=cluster4.furl_file("client")) as rc:
         assert rc.ids
+
+
+def test_a_client_on_foolscap_alone_polls_for_its_results(cluster4, monkeypatch):
+    """Where no channel opens (foolscap still works), results come by long poll,
+    and asking the controller to push them there fails, saying why."""
+    from twisted.internet import defer
+
+    from plait.kernel.client import _base, _reactor
+
+    monkeypatch.setattr(_base, "_with_channel", lambda ref, furl: defer.succeed((ref, None)))
+    with cluster4.rc() as polled:
+        polled.wait_for_engines(4, timeout=30)
+        connection = polled._async
+        assert not hasattr(connection._remote, "bind")  # foolscap, not a channel
+        assert polled[0].apply_sync(pow, 2, 10) == 1024
+        assert polled[:].apply_sync(os.getpid) != []
+        with pytest.raises(RuntimeError, match="pushed on a channel only"):
+            _reactor.call(connection._outcome, "push_results")

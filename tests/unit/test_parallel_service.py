@@ -239,6 +239,73 @@ def test_the_session_submits_later_tasks_whatever_it_is_told(cluster):
     assert fired(cluster.hub.records([taskid]))[0]["kind"] == "later"
 
 
+# -- pushed news -----------------------------------------------------------------------------
+def test_pushed_news_comes_once_per_turn_with_everything_of_it(cluster):
+    session = cluster.service.session()
+    heard: list = []
+    [a] = run(session, "a")
+    cluster.engines[0].reply("A")  # finished before the push was asked for: not lost
+    session.push_results(heard.append)
+    assert heard == []  # at the end of the turn
+    cluster.turn()
+    [(records, engines, output)] = heard
+    assert [r.taskid for r in records] == [a] and engines is None and output == []
+    b, c = run(session, "b", "c")
+    cluster.reply_all("x")
+    cluster.add()
+    cluster.turn()
+    assert len(heard) == 2  # two tasks and an engine change: one push
+    records, engines, _ = heard[1]
+    assert sorted(r.taskid for r in records) == [b, c] and engines == [0, 1, 2]
+    cluster.turn()
+    assert len(heard) == 2  # no news, no push
+
+
+def test_a_pushed_session_answers_no_poll_and_a_polled_one_is_not_pushed(cluster):
+    pushed = cluster.service.session()
+    pushed.push_results(lambda news: None)
+    d = pushed.results()
+    with pytest.raises(RuntimeError, match="pushed"):
+        fired(d)
+    polled = cluster.service.session()
+    waiting = polled.results()
+    with pytest.raises(RuntimeError, match="waiting"):
+        polled.push_results(lambda news: None)
+    assert pending(waiting)
+
+
+def test_a_failing_push_is_logged_and_the_session_goes_on(cluster):
+    session = cluster.service.session()
+    heard: list = []
+
+    def deliver(news):
+        heard.append(news)
+        if len(heard) == 1:
+            raise ConnectionError("gone")
+
+    session.push_results(deliver)
+    run(session, "a")
+    cluster.reply_all()
+    cluster.turn()
+    run(session, "b")
+    cluster.reply_all()
+    cluster.turn()
+    assert len(heard) == 2
+
+
+def test_a_closed_session_pushes_nothing(cluster):
+    session = cluster.service.session()
+    heard: list = []
+    session.push_results(heard.append)
+    run(session, "a")
+    session.close()
+    cluster.reply_all()
+    cluster.turn()
+    assert heard == []
+    with pytest.raises(RuntimeError, match="closed"):
+        session.push_results(heard.append)
+
+
 # -- closing -----------------------------------------------------------------------------------
 def test_close_cancels_the_waiting_poll_and_stops_listening(cluster):
     session = cluster.service.session()

@@ -404,6 +404,10 @@ class Submitter:
             lost, self._buffer = self._buffer, []
         for taskid, _ in lost:
             self._problem(taskid, f"task {taskid} was not submitted: {why}")
+        if self._call_only is not None:
+            # One-way submissions of that session were processed or lost with it: the
+            # results path asks the hub for each and fails those it does not know.
+            self._confirmed = self._sent
 
     def close(self) -> None:
         """(reactor) This client is closed: the exit hook forgets it."""

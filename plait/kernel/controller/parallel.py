@@ -5,7 +5,10 @@ waiting calls) whose tasks are of the later generation (their records go to
 the hub; no depend runs here) and whose finished records are handed back to
 it through :meth:`ParallelSession.results`, a long poll: the call waits
 until at least one of the session's tasks has finished, then answers every
-record ready, gathered over one turn of the reactor.  Direct views submit
+record ready, gathered over one turn of the reactor.  A client on a channel
+asks for them to be pushed instead (:meth:`ParallelSession.push_results`):
+the same news, handed over at the end of each turn that had some, which
+saves the client a call and the controller a wake-up per batch.  Direct views submit
 pinned tasks, load-balanced views scheduled ones: both are tasks of the one
 task controller, shared with the kernel generation's TaskClients.
 """
@@ -14,11 +17,12 @@ from __future__ import annotations
 
 import time
 import uuid as uuid_module
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet import reactor as _twisted_reactor
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from plait.interfaces.parallel import IParallel, IParallelSession
@@ -27,7 +31,11 @@ from plait.wire.errors import InvalidTaskID, RemoteFailure, TaskSubmissionError
 from plait.wire.records import TaskResultRecord
 from plait.wire.serialize import serialize
 
+log = Logger()
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
+
+#: What :meth:`ParallelSession.results` fires with: ``(records, engine ids or None, output)``.
+News = tuple[list[TaskResultRecord], "list[int] | None", list[tuple[int, int, str, str]]]
 
 
 @implementer(IParallelSession)
@@ -42,6 +50,7 @@ class ParallelSession(TaskSession):
         self._output: list[tuple[int, int, str, str]] = []  # what running tasks printed
         self._engines_changed = False
         self._poll: defer.Deferred | None = None
+        self._push: Callable[[News], None] | None = None
         self._answering = False
         service.registry.add_observer(self)
 
@@ -93,22 +102,33 @@ class ParallelSession(TaskSession):
     engine_removed = engine_added
 
     def _wake(self) -> None:
-        if self._poll is not None and not self._answering:
+        if (self._poll is not None or self._push is not None) and not self._answering:
             self._answering = True
             reactor.callLater(0, self._answer)  # gather what happens in this turn
+
+    def push_results(self, deliver: Callable[[News], None]) -> None:
+        """Hand the news to ``deliver`` from now on (see :class:`IParallelSession`)."""
+        if self.closed:
+            raise RuntimeError("this session is closed")
+        if self._poll is not None:
+            raise RuntimeError("a results() call is waiting: news cannot be pushed too")
+        self._push = deliver
+        if self._ready or self._output or self._engines_changed:
+            self._wake()
 
     def results(self) -> defer.Deferred:
         if self.closed:
             return defer.fail(RuntimeError("this session is closed"))
         if self._poll is not None:
             return defer.fail(RuntimeError("a results() call is waiting already"))
+        if self._push is not None:
+            return defer.fail(RuntimeError("this session's news is pushed: no results() call"))
         if self._ready or self._output or self._engines_changed:
             return defer.succeed(self._take())
         self._poll = defer.Deferred(canceller=lambda _: self._forget_poll())
         return self._poll
 
-    def _take(self) -> tuple[list[TaskResultRecord], list[int] | None,
-                             list[tuple[int, int, str, str]]]:
+    def _take(self) -> News:
         ready, self._ready = self._ready, []
         output, self._output = self._output, []
         engines = self.service.get_ids() if self._engines_changed else None
@@ -120,6 +140,14 @@ class ParallelSession(TaskSession):
 
     def _answer(self) -> None:
         self._answering = False
+        if self._push is not None:
+            if self._ready or self._output or self._engines_changed:
+                try:
+                    self._push(self._take())
+                except Exception:  # the records are lost to this client: say so
+                    log.failure("could not push results to a client of session {uuid}",
+                                uuid=self.uuid)
+            return
         poll, self._poll = self._poll, None
         if poll is not None and (self._ready or self._output or self._engines_changed):
             poll.callback(self._take())
@@ -135,6 +163,7 @@ class ParallelSession(TaskSession):
         super().close()
         self.service.registry.remove_observer(self)
         self._ready = []
+        self._push = None
         if self._poll is not None:
             self._poll.cancel()
 
