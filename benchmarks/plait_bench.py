@@ -490,8 +490,7 @@ def _controller_restart(p: dict, r: Results) -> None:
             for _ in range(1 if p["cycles"] == 1 else 3):
                 pids = rc[:].apply_sync(os.getpid)
                 ars = lv.map_async(lambda x: x, range(200), chunksize=1)
-                ars.wait_for_send()
-                rc.result_status(ars.msg_ids)  # (kept by the hub once this answers)
+                ars.wait_for_send()  # (acknowledged: kept by the hub)
                 t0 = time.perf_counter()
                 os.kill(cluster.controller_pid, signal.SIGKILL)
                 if ars.get(timeout=60) != list(range(200)):
@@ -554,9 +553,8 @@ def _chaos(p: dict, r: Results) -> None:
                 ars = [lv.apply_async(lambda i: 2 * i, i) for i in range(n)]
             tids = [tc.run(client.StringTask(f"y = 3 * {i}", pull="y", retries=5))
                     for i in range(n // 4)]
-            tc.wait_for_send()  # (acknowledged, and on disk: a hub query answers once
-            ars[-1].wait_for_send()  # everything before it is)
-            rc.result_status(ars[-1].msg_ids)
+            tc.wait_for_send()  # (acknowledged: from now on no controller's death
+            ars[-1].wait_for_send()  # may lose any of them)
             recover = []
             kills = [(n // 10, "engine"), (n // 4, "controller"), (n * 2 // 5, "engine"),
                      (n // 2, "engine"), (n * 3 // 5, "controller"), (n * 3 // 4, "engine")]

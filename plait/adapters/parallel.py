@@ -115,7 +115,7 @@ class FoolscapParallel(OffersUploads, Referenceable):  # type: ignore[misc]
         return outcome(defer.fail(RuntimeError(_SESSION_ONLY)))
 
     remote_reserve = remote_submit = remote_submit_then = remote_results = _session_only
-    remote_push_results = _session_only
+    remote_push_results = remote_submit_one_way = _session_only
     remote_abort = remote_resubmit = remote_end_session = _session_only
 
 
@@ -132,22 +132,27 @@ class FoolscapParallelSession(FoolscapParallel):
         return self._call(self.session.reserve, n)
 
     def remote_submit(self, tasks: list) -> defer.Deferred:
-        return self._call(self.session.submit, [tuple(item) for item in tasks])
+        return self._call(self.session.submit_acknowledged, [tuple(item) for item in tasks])
+
+    def remote_submit_one_way(self, tasks: list) -> defer.Deferred:
+        return self._call(self.session.submit, [tuple(item) for item in tasks])  # (unanswered)
 
     def remote_submit_then(self, tasks: list, method: str, args: list) -> defer.Deferred:
+        acknowledged = self.session.submit_acknowledged([tuple(item) for item in tasks])
+        return outcome(acknowledged.addCallback(
+            lambda refused: self._follower(method, args).addCallback(
+                lambda result: (refused, result))))
+
+    def _follower(self, method: str, args: list) -> defer.Deferred:
+        """The outcome of the call following a submission (its own refusal, if any)."""
+        if method not in FOLLOWERS:
+            return outcome(defer.fail(ValueError(f"submit_then cannot call {method!r}")))
         try:
-            refused = self.session.submit([tuple(item) for item in tasks])
+            RIParallel[method].checkAllArgs(tuple(args), {}, True)
+            follower: defer.Deferred = getattr(self, f"remote_{method}")(*args)
         except Exception:
             return outcome(defer.fail())
-        if method not in FOLLOWERS:
-            follower = outcome(defer.fail(ValueError(f"submit_then cannot call {method!r}")))
-        else:
-            try:
-                RIParallel[method].checkAllArgs(tuple(args), {}, True)
-                follower = getattr(self, f"remote_{method}")(*args)
-            except Exception:
-                follower = outcome(defer.fail())
-        return outcome(follower.addCallback(lambda result: (refused, result)))
+        return follower
 
     def remote_results(self) -> defer.Deferred:
         d = defer.maybeDeferred(self.session.results)

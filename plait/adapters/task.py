@@ -73,15 +73,13 @@ class FoolscapTaskController(OffersUploads, Referenceable):  # type: ignore[misc
         return self._call("reserve", n)
 
     def remote_submit(self, tasks: list) -> defer.Deferred:
-        return self._call("submit", [tuple(item) for item in tasks])
+        return self._call("submit_acknowledged", [tuple(item) for item in tasks])
 
     def remote_submit_then(self, tasks: list, method: str, args: list) -> defer.Deferred:
-        try:
-            refused = self.service.submit([tuple(item) for item in tasks])
-        except Exception:
-            return outcome(defer.fail())
-        follower = self._follower(method, args)
-        return outcome(follower.addCallback(lambda result: (refused, result)))
+        acknowledged = self.service.submit_acknowledged([tuple(item) for item in tasks])
+        return outcome(acknowledged.addCallback(
+            lambda refused: self._follower(method, args).addCallback(
+                lambda result: (refused, result))))
 
     def _follower(self, method: str, args: list) -> defer.Deferred:
         """The outcome of the call following a submission (its own refusal, if any)."""

@@ -53,6 +53,11 @@ class IHub(Interface):
     def submitted(task, data):
         """The task controller accepted ``task`` (submitted as the bytes ``data``)."""
 
+    def durable():
+        """A Deferred firing with None once every task submitted and finished so
+        far would survive the controller's death (at once for a store that
+        outlives nothing); it never fails."""
+
     def finished(record, task):
         """``task`` finished with the TaskResultRecord ``record``."""
 
@@ -170,6 +175,12 @@ class RIParallel(RemoteInterface):
 
     def submit(tasks=Submissions):
         return Outcome
+
+    def submit_one_way(tasks=Submissions):
+        """``submit`` called one way (``callRemoteOnly``): nothing is answered, a
+        refused task comes back as a failed record; acknowledged (and so kept
+        through a controller's restart) by the next answered call."""
+        return None
 
     def submit_then(tasks=Submissions, method=UnicodeConstraint(maxLength=32),
                     args=ListOf(Any(), maxLength=8)):

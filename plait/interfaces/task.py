@@ -78,6 +78,16 @@ class ITaskController(Interface):
         submitted is lost and one bad task does not affect the others.
         """
 
+    def submit_acknowledged(tasks, owner=None, later=False):
+        """:meth:`submit`, and a Deferred firing with its refusals once the tasks
+        accepted would survive the controller's death (they are in the hub's
+        store, when it keeps one): what a client is told is acknowledged.
+        Fails only as :meth:`submit` raises."""
+
+    def durable():
+        """A Deferred firing with None once every task accepted so far would
+        survive the controller's death (see ``IHub.durable``); it never fails."""
+
     def release(owner):
         """``owner`` is gone: drop its reserved and unused ids (they can no
         longer be used by anyone); returns how many were dropped."""

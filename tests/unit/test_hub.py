@@ -842,3 +842,74 @@ def test_the_keeper_gives_up_after_too_many_deaths(tmp_path, monkeypatch):
         assert "stopped cleanly" in (tmp_path / "ipcluster-keeper.log").read_text()
     finally:
         signal.set_wakeup_fd(-1)
+
+
+# -- what is acknowledged is kept --------------------------------------------------------------
+def _queued_ids(path) -> list[int]:
+    """The ids in the queue table, as another process (a restarted controller) sees it."""
+    seen = sqlite3.connect(path)
+    try:
+        return [i for (i,) in seen.execute("SELECT id FROM queued ORDER BY id")]
+    finally:
+        seen.close()
+
+
+def test_accepted_tasks_are_held_and_durable_writes_them_at_once(sqlite_path):
+    store = SQLiteStore(sqlite_path)
+    in_reactor(lambda: [store.queue(row(i, kind="later")) for i in (1, 2)])
+    in_reactor(store.ids)  # a read commits what was handed over: the held are not
+    assert _queued_ids(sqlite_path) == []
+    in_reactor(lambda: store.add(row(2, status="succeeded")))  # finished while held
+    assert in_reactor(store.durable) is None
+    assert _queued_ids(sqlite_path) == [1]  # committed: a SIGKILL now loses nothing
+    in_reactor(store.close, timeout=30)
+
+
+def test_held_tasks_are_queued_after_the_hold(sqlite_path, monkeypatch):
+    from plait.kernel.controller import hubstore
+
+    store = SQLiteStore(sqlite_path)
+    clock = Clock()
+    with monkeypatch.context() as patched:  # (the hold's timer only)
+        patched.setattr(hubstore, "reactor", clock)
+        in_reactor(store.queue, row(7, kind="later"))
+    in_reactor(clock.advance, hubstore.QUEUE_HOLD - 0.01)
+    in_reactor(store.ids)
+    assert _queued_ids(sqlite_path) == []
+    in_reactor(clock.advance, 0.01)
+    in_reactor(store.ids)
+    assert _queued_ids(sqlite_path) == [7]
+    in_reactor(store.close, timeout=30)
+
+
+def test_durable_never_fails_and_a_closed_store_is_durable_at_once(sqlite_path):
+    store = SQLiteStore(sqlite_path)
+    in_reactor(store.close, timeout=30)
+    assert in_reactor(store.durable) is None
+    assert fired(MemoryStore().durable()) is None and fired(NoStore().durable()) is None
+
+
+def test_a_submission_is_answered_once_the_hub_keeps_it():
+    class Slow(MemoryStore):
+        def __init__(self):
+            super().__init__()
+            self.waiting: list[defer.Deferred] = []
+
+        def durable(self):
+            self.waiting.append(defer.Deferred())
+            return self.waiting[-1]
+
+    store = Slow()
+    registry = EngineRegistry()
+    registry.register(FakeEngine("uuid-a"), "uuid-a", {})  # (holds the task it runs)
+    tc = TaskController(registry, clock=Clock(), hub=Hub(store, PREFIX))
+    owner = SimpleNamespace(uuid="session", task_finished=lambda record: None)
+    first = tc.reserve(2, owner)
+    data = encode_task(TaskSpec.execute("work"))
+    d = tc.submit_acknowledged([(first, data), (first + 5, data)], owner, later=True)
+    assert pending(d)  # accepted (and running), not acknowledged yet
+    assert fired(tc.get_task_result(first)) is None  # known: accepted, not finished
+    store.waiting[0].callback(None)
+    assert fired(d) == [(first + 5, f"task id {first + 5} was never reserved")]
+    no_hub = TaskController(registry, clock=Clock())
+    assert fired(no_hub.submit_acknowledged([], owner)) == []

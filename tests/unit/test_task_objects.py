@@ -256,14 +256,20 @@ def test_drain_sends_the_buffer_then_confirms(submitter, monkeypatch):
     assert drained(sub) == [None] and len(fake.calls) == 4  # nothing new: no call at all
 
 
-def test_an_answered_call_confirms_what_was_sent_before_it(submitter):
+def test_only_an_answered_submission_confirms_what_was_sent_before_it(submitter):
+    """The controller answers a submission once it keeps the tasks where a
+    controller started again finds them; other answers prove less."""
     sub, fake = submitter
     sub.enqueue(sub.take_id(), b"a")
     call(sub.send_buffered)
     [d] = call(lambda: [sub.call_after("queue_status", False)])  # behind the submission
     fake.answer(2, {"scheduled": 1})
-    assert drained(sub) == [None] and fake.methods() == ["reserve", "submit", "queue_status"]
+    out = drained(sub)
+    assert out == [] and fake.methods() == ["reserve", "submit", "queue_status", "submit"]
+    fake.answer(3, [])  # the probe: it confirms "a" too
+    assert out == [None]
     fake.answer(1, [])
+    assert drained(sub) == [None] and len(fake.calls) == 4
 
 
 def test_drain_reports_refused_submissions_once(submitter):

@@ -282,8 +282,8 @@ class Submitter:
                 break
             self._send(batch)
             batch = following
-        if not batch:
-            return self._confirming(self._call(method, *args))
+        if not batch:  # (an answer to it proves processing, not keeping: no confirmation)
+            return self._call(method, *args)
         self.messages_sent += 1
         self._sent += 1
         d = self._confirming(self._call("submit_then", batch, method, list(args)))
@@ -304,7 +304,7 @@ class Submitter:
             self.messages_sent += 1
             self._sent += 1
             try:
-                self._call_only("submit", batch)
+                self._call_only("submit_one_way", batch)
             except Exception:
                 self._lose(batch, Failure())
             return
@@ -323,8 +323,9 @@ class Submitter:
         d.addCallbacks(self._refuse, lambda f: self._lose(batch, f)).addBoth(done)
 
     def _confirming(self, d: defer.Deferred) -> defer.Deferred:
-        """``d`` is a call made now: its answer proves that the controller
-        processed every submission sent before (calls keep their order)."""
+        """``d`` is a submission made now: its answer proves that the controller
+        accepted every submission sent before (calls keep their order) and
+        keeps them where a controller started again finds them."""
         sent = self._sent
 
         def answered(result: Any) -> Any:

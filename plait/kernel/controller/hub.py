@@ -81,6 +81,9 @@ class Hub:
         if data is not None:  # (a recovery task has none: its original task is queued)
             self.store.queue(dict(self._pending[task.taskid]))
 
+    def durable(self) -> defer.Deferred:
+        return self.store.durable()
+
     def finished(self, record: TaskResultRecord, task: Any) -> None:
         row = self._pending.pop(record.taskid, None) or {
             "id": record.taskid, "msg_id": self._msg_id(record.taskid)}

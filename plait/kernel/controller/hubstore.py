@@ -12,7 +12,14 @@ its turns over together, see :data:`HAND_OVER_EVERY`; a controller killed
 loses at most what it was handing over); reads run in the same thread,
 after the writes before them, which they commit first (a read's answer means
 that every write before it is on disk).  The reactor thread never touches the
-database.  Memory stays bounded by the SQLite page cache, however many
+database.
+
+The tasks accepted and not finished (``queue``) are held in memory for
+:data:`QUEUE_HOLD` seconds first: most finish sooner, and are then never
+written to the queue at all.  :meth:`SQLiteStore.durable` writes what is
+held at once and fires once it is committed: the controller answers a
+submission (which the client takes as its acknowledgment) only then, so a
+controller killed at any moment loses no acknowledged task.  Memory stays bounded by the SQLite page cache, however many
 records accumulate; payloads live in the database file, not in memory.
 
 Queries (:meth:`find`) take ipyparallel's Mongo-style dicts:
@@ -72,6 +79,10 @@ OPERATORS = {"$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">=", "$eq": "=", "$n
 #: one batch of results go together, and a record is committed within about a
 #: millisecond of its result being sent (a controller killed then keeps it).
 HAND_OVER_EVERY = 0.0
+
+#: Seconds an accepted task is held before it is written to the queue, unless
+#: :meth:`SQLiteStore.durable` is asked for first (see the module documentation).
+QUEUE_HOLD = 0.5
 
 
 def check_query(query: Any, keys: Any) -> list[str]:
@@ -160,6 +171,12 @@ class MemoryStore:
     def clear_queued(self) -> None:
         """Forget what :meth:`queue` kept (a controller that does not take it over)."""
 
+    def durable(self) -> defer.Deferred:
+        """A Deferred firing with None once everything added and queued so far
+        would survive the controller's death (here: at once, nothing would);
+        it never fails (a failed write is logged)."""
+        return defer.succeed(None)
+
     def update(self, taskid: int, fields: dict) -> None:
         record = self._records.get(taskid)
         if record is not None:
@@ -205,6 +222,10 @@ class NoStore(MemoryStore):
         pass
 
 
+def _nothing(db: sqlite3.Connection) -> None:
+    """A read of nothing: its answer says that every write before it is committed."""
+
+
 def _pick(record: dict, keys: list[str] | None) -> dict:
     if keys is None:
         return dict(record)
@@ -223,6 +244,8 @@ class SQLiteStore:
         self.left_queued: tuple[list[dict], dict[int, dict]] = ([], {})
         self._new: list[dict] = []  # records added, not yet handed to the database thread
         self._new_queued: list[dict] = []  # the same, of tasks accepted (see queue())
+        self._held: dict[int, dict] = {}  # tasks accepted, held before queueing (QUEUE_HOLD)
+        self._hold_call: Any = None
         self._hand_over_call: Any = None
         self._closing: defer.Deferred | None = None
         self._ops: queue.SimpleQueue = queue.SimpleQueue()
@@ -239,10 +262,35 @@ class SQLiteStore:
     # HAND_OVER_EVERY seconds; any other operation hands over what waits first,
     # so operations keep their order and reads see every record added before.
     def add(self, record: dict) -> None:
+        self._held.pop(record["id"], None)  # (finished while held: never queued)
         self._keep(self._new, record)
 
     def queue(self, record: dict) -> None:
-        self._keep(self._new_queued, record)
+        if not self._open():
+            return
+        self._held[record["id"]] = record
+        if self._hold_call is None:
+            self._hold_call = reactor.callLater(QUEUE_HOLD, self._release_held)
+
+    def _release_held(self) -> None:
+        """Queue what is held (still unfinished) now."""
+        if self._hold_call is not None:
+            if self._hold_call.active():
+                self._hold_call.cancel()
+            self._hold_call = None
+        if self._held:
+            held, self._held = self._held, {}
+            self._new_queued.extend(held.values())
+            self._hand_over()
+
+    def durable(self) -> defer.Deferred:
+        """Write what is held and waits, then fire with None once committed (see
+        the module documentation).  Never fails: a failed write is logged, and a
+        closed store fires at once."""
+        if self._closing is not None:
+            return defer.succeed(None)
+        self._release_held()
+        return self._read(_nothing).addErrback(lambda _: None)
 
     def _keep(self, waiting: list[dict], record: dict) -> None:
         """Put ``record`` in ``waiting`` until the next hand-over (scheduled now)."""
@@ -256,6 +304,7 @@ class SQLiteStore:
 
     def clear_queued(self) -> None:
         if self._open():
+            self._held.clear()
             self._put("clear_queued", None)
 
     def _hand_over(self) -> None:
@@ -309,6 +358,7 @@ class SQLiteStore:
         """Write what waits and close the database; a Deferred firing with None
         (closing again fires once the first close is done)."""
         if self._closing is None:
+            self._release_held()
             self._closing = defer.Deferred()
             self._put("close", self._closing)
         d: defer.Deferred = defer.Deferred()

@@ -243,6 +243,21 @@ class TaskController:
             self._send_direct()
             self._schedule()
 
+    def submit_acknowledged(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None,
+                            later: bool = False) -> defer.Deferred:
+        """:meth:`submit`; a Deferred firing with its refusals once the hub has
+        the accepted tasks where a restarted controller finds them."""
+        try:
+            refused = self.submit(tasks, owner, later)
+        except Exception:
+            return defer.fail()
+        return self.durable().addCallback(lambda _: refused)
+
+    def durable(self) -> defer.Deferred:
+        """A Deferred firing with None once every task accepted so far would
+        survive this controller's death (see :meth:`IHub.durable`); never fails."""
+        return defer.succeed(None) if self._hub is None else self._hub.durable()
+
     def submit_new(self, tasks: Iterable[bytes], owner: Any = None, later: bool = False
                    ) -> list[int]:
         """Submit tasks under ids issued here (resubmissions); their ids, in order."""

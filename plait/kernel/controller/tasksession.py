@@ -63,6 +63,17 @@ class TaskSession:
                later: bool = False) -> list[tuple[int, str]]:
         return self._tasks.submit(tasks, self._owner(owner), later)
 
+    def submit_acknowledged(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None,
+                            later: bool = False) -> defer.Deferred:
+        try:
+            refused = self.submit(tasks, owner, later)  # (a subclass's own submit)
+        except Exception:
+            return defer.fail()
+        return self.durable().addCallback(lambda _: refused)
+
+    def durable(self) -> defer.Deferred:
+        return self._tasks.durable()
+
     def release(self, owner: Any = None) -> int:
         return self._tasks.release(self._owner(owner))
 
