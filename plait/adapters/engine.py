@@ -111,13 +111,15 @@ class FoolscapEngineRegistrar(Referenceable):  # type: ignore[misc]
 
     def remote_register_engine(self, engine: Any, uuid: str, properties: bytes,
                                channel: bytes = b"", engine_id: int | None = None,
-                               rejoin: bool = False) -> tuple[int, FoolscapEngineSession]:
+                               rejoin: bool = False, ran: bytes = b""
+                               ) -> tuple[int, FoolscapEngineSession]:
         props = _plain_properties(properties)
+        finished = _ran(ran) if ran else []
         link = self._opened.pop(channel, None) if channel else None
         if channel and link is None:
             raise ValueError("unknown channel token: open the channel before registering")
         proxy = RemoteEngine(link or engine, uuid, control=engine)
-        engine_id = self.registry.register(proxy, uuid, props, engine_id, rejoin)
+        engine_id = self.registry.register(proxy, uuid, props, engine_id, rejoin, finished)
 
         def lost(reason: str) -> None:  # (not a later engine that took the id over)
             if engine_id in self.registry and self.registry.get_engine(engine_id) is proxy:
@@ -127,6 +129,16 @@ class FoolscapEngineRegistrar(Referenceable):  # type: ignore[misc]
         if link is not None:
             link.notifyOnDisconnect(lost, "channel closed")
         return engine_id, FoolscapEngineSession(self.registry, engine_id, self.blobs)
+
+
+def _ran(data: bytes) -> list[tuple[int, tuple]]:
+    """What a joining engine says it finished: ``[(taskid, batch-reply entry)]``."""
+    items = loads_plain(data)
+    if not isinstance(items, list) or not all(
+            isinstance(item, tuple) and len(item) == 2 and type(item[0]) is int
+            and isinstance(item[1], tuple) and len(item[1]) == 5 for item in items):
+        raise TypeError("ran must be a list of (task id, batch-reply entry)")
+    return items
 
 
 def _plain_properties(data: bytes) -> dict:

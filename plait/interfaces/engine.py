@@ -149,7 +149,8 @@ class RIEngineRegistrar(RemoteInterface):
 
     def register_engine(engine=RIEngine, uuid=Uuid, properties=Properties, channel=Token,
                         engine_id=Optional(ChoiceOf(None, IntegerConstraint()), None),
-                        rejoin=Optional(BooleanConstraint(), False)):
+                        rejoin=Optional(BooleanConstraint(), False),
+                        ran=Optional(WIRE_BYTES, b"")):
         """Register ``engine``; returns ``(id, session)``.
 
         ``properties`` is plain data (``dumps_plain``): the controller never
@@ -160,7 +161,11 @@ class RIEngineRegistrar(RemoteInterface):
         claim to the id of the engine it replaces (an id given before); with
         ``rejoin``, the claim of an engine joining again to its own id (its
         controller restarted, or the network was cut), kept unless another
-        engine holds that id now.
+        engine holds that id now.  ``ran``: (joining again) the batch-reply
+        entries of the tasks it finished in its last seconds, ``[(taskid,
+        entry)]`` pickled as plain data: the reply carrying them may have died
+        with the controller, which then takes them instead of running those
+        tasks again.
         """
         return TupleOf(EngineId, RIEngineSession)
 
@@ -250,11 +255,14 @@ class IEngineRegistry(Interface):
     while the controller runs.
     """
 
-    def register(engine, uuid, properties, engine_id=None, rejoin=False):
+    def register(engine, uuid, properties, engine_id=None, rejoin=False, ran=()):
         """Add ``engine`` (an :class:`IEngine` factory's product); returns its id.
         ``engine_id``: an id given before, which a restarted engine takes over
         (the engine registered under it, if any, is dropped); with ``rejoin``,
-        an engine joining again takes its id back only if no engine holds it."""
+        an engine joining again takes its id back only if no engine holds it.
+        ``ran``: what it says it finished before (see ``RIEngineRegistrar``),
+        told to the observers' ``engine_ran(engine_id, ran)`` before their
+        ``engine_added``."""
 
     def unregister(engine_id, reason="unregistered"):
         """Drop an engine; its queued and running commands fail with EngineError

@@ -210,3 +210,36 @@ def test_a_clean_stop_leaves_nothing_to_take_back(cluster_factory):
         assert db.execute("SELECT count(*) FROM queued").fetchone() == (0,)
     finally:
         db.close()
+
+
+def test_a_task_that_finishes_while_the_controller_is_down_is_not_run_again(
+        cluster_factory, tmp_path):
+    """Its engine keeps the reply the dead controller never got, and tells the
+    controller started again, which takes the task back finished."""
+    c = cluster_factory(1)
+    rc = c.rc()
+    started, go, runs = tmp_path / "started", tmp_path / "go", tmp_path / "runs"
+    os.mkfifo(started)
+    os.mkfifo(go)
+
+    def task(started: str, go: str, runs: str) -> int:
+        with open(runs, "a") as f:
+            f.write("ran\n")
+        open(started, "w").close()  # (returns once the test listens)
+        with open(go) as f:  # (returns once the test said go)
+            f.read()
+        return 42
+
+    ar = rc.load_balanced_view().apply_async(task, str(started), str(go), str(runs))
+    ar.wait_for_send()  # acknowledged: kept through the controller's death
+    with open(started) as fifo:
+        fifo.read()
+    _kill_controller(c)
+    with open(go, "w") as fifo:  # it finishes now, with no controller to tell
+        fifo.write("go")
+    assert ar.get(timeout=60) == 42
+    assert runs.read_text() == "ran\n"  # once
+    [record] = rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["status", "engine_id"])
+    assert record["status"] == "succeeded" and record["engine_id"] == 0
+    logs = (c.plait_dir / "profile_default" / "log").glob("ipcontroller-*.log")
+    assert any("engine 0 reported 1 tasks it finished" in log.read_text() for log in logs)

@@ -706,7 +706,7 @@ def test_restored_tasks_pinned_to_an_engine_wait_for_it_then_give_up():
         [r["id"] for r in rs]))
     taken: list = []
     readmitted: list = []
-    tasks = SimpleNamespace(readmit=lambda items, outcomes: readmitted.append(
+    tasks = SimpleNamespace(readmit=lambda items, outcomes, ran=None: readmitted.append(
         ([i for i, _, _ in items], dict(outcomes))))
     registry = EngineRegistry()
     registry.register(FakeEngine("a"), "a", {})  # engine 0 rejoined already
@@ -770,7 +770,7 @@ def test_restored_tasks_wait_for_the_engines_of_the_last_run(tmp_path):
     hub = SimpleNamespace(store=SimpleNamespace(left_queued=(rows, {})),
                           restored=lambda rs: None)
     readmitted: list = []
-    tasks = SimpleNamespace(readmit=lambda items, outcomes: readmitted.append(
+    tasks = SimpleNamespace(readmit=lambda items, outcomes, ran=None: readmitted.append(
         [i for i, _, _ in items]))
     registry = EngineRegistry(ids_path=ids, restore=True)
     assert registry.last_registered == [0, 1]
@@ -913,3 +913,64 @@ def test_a_submission_is_answered_once_the_hub_keeps_it():
     assert fired(d) == [(first + 5, f"task id {first + 5} was never reserved")]
     no_hub = TaskController(registry, clock=Clock())
     assert fired(no_hub.submit_acknowledged([], owner)) == []
+
+
+def test_what_a_rejoining_engine_finished_is_taken_back_finished(tmp_path):
+    """The successes it reports (value inline) finish with that value and do not
+    run again; its failures, and tasks it does not report, run again."""
+    from plait.kernel.controller.restore import Restorer
+
+    ids = tmp_path / "engineids"
+    last = EngineRegistry(ids_path=ids)
+    last.register(FakeEngine("a"), "a", {})  # (and then the controller died)
+    request = {i: encode_task(TaskSpec.call(len, ("x" * i,))) for i in (1, 2, 3, 4)}
+    rows = [row(i, kind="later", request=request[i]) for i in (1, 2, 3, 4)]
+    store = MemoryStore()
+    store.left_queued = (rows, {})
+    hub = Hub(store, PREFIX)
+    registry = EngineRegistry(ids_path=ids, restore=True)
+    clock = Clock()
+    tc = TaskController(registry, clock=clock, hub=hub)
+    Restorer(hub, tc, registry, clock).restore()
+    engine = FakeEngine("a", hold=True)
+    ran = [(1, (True, serialize("one"), 0.25, None, {"stdout": "hi\n"})),
+           (2, (False, serialize("boom"), 0.1, None, None)),  # failed: it runs again
+           (3, (True, None, 0.1, b"stash-key", None)),  # kept on the engine: runs again
+           (99, (True, serialize("?"), 0.1, None, None))]  # not a task of the last run
+    registry.register(engine, "a", {}, engine_id=0, rejoin=True, ran=ran)
+    [one] = fired(hub.records([1]))
+    assert one["status"] == "succeeded" and one["engine_id"] == 0 and one["stdout"] == "hi\n"
+    [done] = fired(hub.records([1], block=True))
+    assert done["status"] == "succeeded"
+    status = tc.queue_status(verbose=True)
+    assert sorted(status["pending"] + status["scheduled"]) == [2, 3, 4]  # they run again
+    assert fired(hub.records([99])) == [None]
+
+
+def test_an_engine_reporting_after_the_taking_back_changes_nothing(tmp_path):
+    from plait.kernel.controller.restore import Restorer
+
+    rows = [row(1, kind="later", request=encode_task(TaskSpec.call(len, ("x",))))]
+    store = MemoryStore()
+    store.left_queued = (rows, {})
+    hub = Hub(store, PREFIX)
+    registry = EngineRegistry()
+    clock = Clock()
+    tc = TaskController(registry, clock=clock, hub=hub)
+    Restorer(hub, tc, registry, clock).restore()  # nothing expected: taken back at once
+    engine = FakeEngine("a", hold=True)
+    registry.register(engine, "a", {}, ran=[(1, (True, serialize(1), 0.1, None, None))])
+    assert tc.queue_status(verbose=True)["pending"] == [1]  # it runs again
+
+
+def test_what_an_engine_says_it_ran_must_be_plain_and_well_formed():
+    from plait.adapters.engine import _ran
+    from plait.wire.serialize import dumps_plain
+
+    good = [(1, (True, b"v", 0.1, None, None))]
+    assert _ran(dumps_plain(good)) == good
+    for bad in ({"1": 2}, [(1, (True,))], [("1", (True, b"", 0.0, None, None))], [1]):
+        with pytest.raises(TypeError, match="ran must be a list"):
+            _ran(dumps_plain(bad))
+    with pytest.raises(Exception, match="plain data may not load"):
+        _ran(__import__("pickle").dumps(TaskSpec.call(len, ("a",))))

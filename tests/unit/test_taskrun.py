@@ -131,3 +131,50 @@ def test_the_skip_list_stays_bounded(monkeypatch):
     monkeypatch.setattr(_taskrun, "_skipped", {})
     _taskrun.skip([1, 2, 3, 4, 5])
     assert list(_taskrun._skipped) == [3, 4, 5]
+
+
+# -- the replies kept for a controller started again ---------------------------------------
+def _run_ids(interp: Interpreter, ids: list[int]) -> None:
+    payloads = tuple(decode_task(encode_task(TaskSpec.call(abs, (-i,)))).payload for i in ids)
+    run_on_engine(interp, TaskBatch(payloads, tuple(ids)))
+
+
+def test_recent_replies_are_kept_a_few_seconds_and_taken_once(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(_taskrun.time, "monotonic", lambda: clock[0])
+    _taskrun.recent_replies()  # (what earlier tests left)
+    interp = Interpreter()
+    _run_ids(interp, [1, 2])
+    clock[0] += _taskrun.KEEP_SECONDS - 1
+    _run_ids(interp, [3])
+    clock[0] += 2  # tasks 1 and 2 are too old now
+    found = _taskrun.recent_replies()
+    assert [taskid for taskid, _ in found] == [3]
+    ok, payload, _seconds, stash, _meta = found[0][1]
+    assert ok and stash is None and deserialize(payload) == 3
+    assert _taskrun.recent_replies() == []  # taken
+
+
+def test_recent_replies_are_bounded_in_count_and_bytes(monkeypatch):
+    monkeypatch.setattr(_taskrun, "KEEP_ENTRIES", 3)
+    _taskrun.recent_replies()
+    interp = Interpreter()
+    _run_ids(interp, list(range(10)))
+    assert [taskid for taskid, _ in _taskrun.recent_replies()] == [7, 8, 9]
+    monkeypatch.setattr(_taskrun, "KEEP_BYTES", 1)  # each reply is larger alone
+    _run_ids(interp, [20, 21])
+    assert _taskrun.recent_replies() == []
+    assert _taskrun._recent_bytes[0] == 0
+
+
+def test_replies_finished_after_the_controller_was_lost_are_all_kept(monkeypatch):
+    clock = [5000.0]
+    monkeypatch.setattr(_taskrun.time, "monotonic", lambda: clock[0])
+    _taskrun.recent_replies()
+    interp = Interpreter()
+    _run_ids(interp, [1])
+    lost_at = clock[0] + 1
+    clock[0] += 30  # the task that ran on finishes long after the controller went
+    _run_ids(interp, [2])
+    clock[0] += 30  # and the controller took a while to come back
+    assert [taskid for taskid, _ in _taskrun.recent_replies(lost_at)] == [2]

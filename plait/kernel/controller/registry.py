@@ -67,7 +67,8 @@ class EngineRegistry:
 
     # -- membership -------------------------------------------------------
     def register(self, engine: IEngine, uuid: str, properties: dict,
-                 engine_id: int | None = None, rejoin: bool = False) -> int:
+                 engine_id: int | None = None, rejoin: bool = False,
+                 ran: list | tuple = ()) -> int:
         for old_id, record in list(self._records.items()):
             if record.uuid == uuid:  # the engine joined again before its loss was seen
                 self.unregister(old_id, "the engine connected again")
@@ -89,6 +90,8 @@ class EngineRegistry:
         )
         self._save_ids()
         self.log.info("engine {id} registered (uuid {uuid})", id=engine_id, uuid=uuid)
+        if ran:
+            self._notify("engine_ran", engine_id, list(ran))
         self._notify("engine_added", engine_id)
         self._wake_waiters()
         return engine_id
@@ -176,13 +179,13 @@ class EngineRegistry:
     def remove_observer(self, observer: Any) -> None:
         self._observers.remove(observer)
 
-    def _notify(self, event: str, engine_id: int) -> None:
+    def _notify(self, event: str, engine_id: int, *args: Any) -> None:
         for observer in list(self._observers):
             handler = getattr(observer, event, None)
             if handler is None:
                 continue
             try:
-                handler(engine_id)
+                handler(engine_id, *args)
             except Exception:
                 self.log.failure("observer {obs!r} failed on {event}", obs=observer, event=event)
 

@@ -9,8 +9,11 @@ their ids (:meth:`~.task.TaskController.readmit`), with the outcomes of the
 finished tasks they depend on, read from the hub, so that their graph
 dependencies hold as before.  They have no owner: their results go to the
 hub, where every client finds them (a client of the last run asks for the
-tasks it waits for once it has connected again).  A task that was running
-when the controller died runs again.
+tasks it waits for once it has connected again).  An engine that joins
+again tells what it finished in its last seconds (the reply may have died
+with the controller): a task it finished successfully is taken back
+finished, with that result, and does not run again.  Any other task that
+was running when the controller died runs again.
 
 The tasks wait until the engines the last run had registered when it died
 have rejoined (they do within a second or two), for :data:`ALL_BACK_WAIT`
@@ -55,6 +58,7 @@ class Restorer:
         self._all_back: Any = None
         self._rows: list[tuple[int, bytes, bool]] | None = None
         self._expected: set[int] = set()
+        self._ran: dict[int, tuple[int, tuple]] = {}  # taskid -> (engine id, reply entry)
 
     def restore(self) -> int:
         """Take back the queue of the last run (read by the store as it opened)
@@ -92,20 +96,32 @@ class Restorer:
                 self._awaiting.setdefault(engine, []).append(item)
             else:
                 now.append(item)
-        self.tasks.readmit(now, self._outcomes)
+        self.tasks.readmit(now, self._outcomes, self._ran)
         if self._awaiting:
             self._deadline = self.clock.callLater(REJOIN_WAIT - ALL_BACK_WAIT, self._give_up)
         else:
             self._done()
 
     # -- registry observer ----------------------------------------------------------------
+    def engine_ran(self, engine_id: int, ran: list[tuple[int, tuple]]) -> None:
+        """An engine joining again finished these tasks (see the module documentation):
+        the successes with their value inline are kept for the taking back."""
+        if self._rows is None and not self._awaiting:
+            return  # taken back already: those tasks run again
+        for taskid, entry in ran:
+            ok, payload, _seconds, stash, _meta = entry
+            if ok is True and isinstance(payload, bytes) and stash is None:
+                self._ran[taskid] = (engine_id, entry)
+        log.info("engine {e} reported {n} tasks it finished as the last run ended",
+                 e=engine_id, n=len(ran))
+
     def engine_added(self, engine_id: int) -> None:
         if self._rows is not None:
             self._check()
             return
         items = self._awaiting.pop(engine_id, None)
         if items:
-            self.tasks.readmit(items, self._outcomes)
+            self.tasks.readmit(items, self._outcomes, self._ran)
         if not self._awaiting:
             self._done()
 
@@ -120,10 +136,11 @@ class Restorer:
         waiting, self._awaiting = self._awaiting, {}
         # taken back now, they fail as tasks pinned to an engine that is not there
         for items in waiting.values():
-            self.tasks.readmit(items, self._outcomes)
+            self.tasks.readmit(items, self._outcomes, self._ran)
         self._done()
 
     def _done(self) -> None:
+        self._ran = {}
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None

@@ -229,19 +229,44 @@ class TaskController:
         return self._ids.release(owner)
 
     def readmit(self, tasks: Iterable[tuple[int, bytes, bool]],
-                outcomes: dict[int, tuple[bool, int | None]]) -> None:
+                outcomes: dict[int, tuple[bool, int | None]],
+                ran: dict[int, tuple[int, tuple]] | None = None) -> None:
         """Take back tasks a controller that died had accepted, ``[(taskid, data,
         later)]``, under their ids and with no owner (see :mod:`.restore`);
         ``outcomes``: how tasks they depend on ended, ``{taskid: (succeeded,
-        engine_id)}``, for their graph dependencies."""
+        engine_id)}``, for their graph dependencies; ``ran``: the tasks an
+        engine finished successfully before (``{taskid: (engine_id, batch-reply
+        entry)}``), taken back finished with that value instead of running."""
         for taskid, outcome in outcomes.items():
             self._done.setdefault(taskid, outcome)
         try:
             for taskid, data, later in tasks:
-                self._accept(taskid, data, None, None, later)
+                report = None if ran is None else ran.get(taskid)
+                if report is None or not self._take_finished(taskid, data, later, *report):
+                    self._accept(taskid, data, None, None, later)
         finally:
             self._send_direct()
             self._schedule()
+
+    def _take_finished(self, taskid: int, data: bytes, later: bool, engine_id: int,
+                       entry: tuple) -> bool:
+        """Take back ``taskid`` as finished on ``engine_id`` with the value of its
+        batch-reply ``entry``; False (nothing done) when its data cannot be read."""
+        try:
+            spec = decode_task(data, allow_depend=not later)
+        except Exception:
+            return False  # (accepted as usual: it fails there, saying why)
+        _ok, payload, seconds, _stash, meta = entry
+        task = Task(taskid, spec, self._now(), None, next(self._arrivals), None, later)
+        self._record(task, data)
+        task.attempt = 1
+        task.engine_id = engine_id
+        task.engine_uuid = (self._registry.get_engine(engine_id).uuid
+                            if engine_id in self._registry else None)
+        task.seconds = float(seconds)
+        task.meta = meta if isinstance(meta, dict) else None
+        self._finish(task, SUCCEEDED, payload)
+        return True
 
     def submit_acknowledged(self, tasks: Iterable[tuple[int, bytes]], owner: Any = None,
                             later: bool = False) -> defer.Deferred:

@@ -133,6 +133,8 @@ class Engine:
         self.remote_self = FoolscapEngine(self)
         self.registrar: Any = None
         self._joins = 0  # connections to the controller made so far
+        self._unreported: list = []  # tasks finished, to tell the controller joined again
+        self._lost_at: float | None = None  # (time.monotonic) when the controller was lost
         self._join_timeout: float = REGISTRATION_TIMEOUT  # seconds each step of joining may take
         self.tub: Any = None
         self.session: Any = None  # this engine's RIEngineSession, once registered
@@ -183,6 +185,10 @@ class Engine:
         claim: dict[str, Any] = {} if wanted is None else {"engine_id": wanted}
         if self._joins > 1 and wanted is not None:
             claim["rejoin"] = True
+            # what it finished last: the replies may have died with the controller
+            self._unreported.extend(taskrun.recent_replies(self._lost_at))
+            if self._unreported:
+                claim["ran"] = dumps_plain(self._unreported, "the tasks it finished")
         d = self.registrar.callRemote(
             "register_engine", self.remote_self, self.uuid,
             dumps_plain(self.interpreter.properties, "the engine's properties"), token, **claim,
@@ -190,6 +196,7 @@ class Engine:
 
         def registered(answer: tuple) -> int:
             self.id, self.session = answer
+            self._unreported = []
             return self.id
 
         return d.addTimeout(self._join_timeout, reactor).addCallback(registered)
@@ -201,6 +208,7 @@ class Engine:
             log.info("the controller went away; engine {id} tries to join it again for "
                      "{s} s", id=self.id, s=self.reconnect)
             self.lost = True
+            self._lost_at = time.monotonic()
             self.executor.stop()
             if self.channel is not None:
                 self.channel.close()

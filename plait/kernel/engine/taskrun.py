@@ -21,6 +21,11 @@ entry per task:
 Stashed values live until fetched (the controller fetches every one it is
 told about, again if the fetch is cleared from the engine's queue), or until
 the engine exits.
+
+The engine also keeps the inline entries of the last :data:`KEEP_SECONDS`
+(:func:`recent_replies`): when its controller dies, the reply it was
+sending may be lost with it, and an engine joining the restarted
+controller reports them, so that the tasks it ran are not run again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import functools
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -42,6 +48,34 @@ from plait.wire.task import BatchItem, EngineTask, StashFetch, TaskBatch
 REPLY_BUDGET = INLINE_LIMIT // 2
 
 _stash: dict[bytes, Any] = {}
+
+#: Seconds, entries and bytes of the recent replies kept (see the module documentation).
+KEEP_SECONDS = 5.0
+KEEP_ENTRIES = 1000
+KEEP_BYTES = 4 << 20
+_recent: OrderedDict[int, tuple[float, BatchItem]] = OrderedDict()
+_recent_bytes = [0]
+
+
+def _remember(taskid: int, item: BatchItem) -> None:
+    now = time.monotonic()
+    _recent[taskid] = (now, item)
+    _recent_bytes[0] += len(item[1] or b"")
+    while _recent and (len(_recent) > KEEP_ENTRIES or _recent_bytes[0] > KEEP_BYTES
+                       or next(iter(_recent.values()))[0] < now - KEEP_SECONDS):
+        _, (_, old) = _recent.popitem(last=False)
+        _recent_bytes[0] -= len(old[1] or b"")
+
+
+def recent_replies(lost_at: float | None = None) -> list[tuple[int, BatchItem]]:
+    """The entries of the tasks this engine finished since :data:`KEEP_SECONDS`
+    before ``lost_at`` (a ``time.monotonic()``: when the controller was lost;
+    default now), ``[(taskid, entry)]`` oldest first, forgotten here."""
+    since = (time.monotonic() if lost_at is None else lost_at) - KEEP_SECONDS
+    found = [(taskid, item) for taskid, (when, item) in _recent.items() if when >= since]
+    _recent.clear()
+    _recent_bytes[0] = 0
+    return found
 
 #: The task kinds of the later generation, run with their output captured.
 LATER_KINDS = ("call", "execute")
@@ -233,6 +267,8 @@ def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
                 continue
         budget -= len(data)
         replies.append((ok, data, seconds, None, meta))
+        if taskid is not None:
+            _remember(taskid, replies[-1])
     return replies
 
 
