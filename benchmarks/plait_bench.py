@@ -526,14 +526,33 @@ def _engine_pids(rc, n: int) -> list[int]:
     raise AssertionError(f"{n} engines did not all answer")
 
 
+#: The second client of :func:`_chaos`: it submits N tasks, says their msg_ids
+#: once they are acknowledged, then waits for them until it is killed.
+_OTHER_CLIENT = """
+import json, sys
+import plait.parallel as ipp
+rc = ipp.Client()
+view = rc.load_balanced_view()
+with view.temp_flags(retries=5):
+    ar = view.map_async(ipp.interactive(lambda i: 3 * i), range(int(sys.argv[1])), chunksize=1)
+ar.wait_for_send()
+print(json.dumps(ar.msg_ids), flush=True)
+ar.get()
+"""
+
+
 def _chaos(p: dict, r: Results) -> None:
-    """20,000 tasks (16,000 load-balanced with retries, 4,000 TaskClient ones) on
-    4 supervised engines while 4 engines and the controller twice are SIGKILLed,
-    each kill once so many results came: tasks lost or wrong, and the time from
-    each controller kill to every engine back."""
+    """20,000 tasks (14,400 load-balanced with retries, 1,600 of a second client in
+    a process of its own, 4,000 TaskClient ones) on 4 supervised engines while 4
+    engines, the second client and the controller twice are SIGKILLed, each kill
+    once so many results came: tasks lost or wrong, and the time from each
+    controller kill to every engine back."""
+    import json
     import os
     import random
     import signal
+    import subprocess
+    import sys
 
     import plait.parallel as ipp
     from plait.kernel import client
@@ -549,18 +568,26 @@ def _chaos(p: dict, r: Results) -> None:
                                                 "security", "ipcontroller-tc.furl"))
             lv = rc.load_balanced_view()
             t0 = time.perf_counter()
+            other = subprocess.Popen([sys.executable, "-c", _OTHER_CLIENT, str(n // 10)],
+                                     stdout=subprocess.PIPE, text=True)
             with lv.temp_flags(retries=5):
-                ars = [lv.apply_async(lambda i: 2 * i, i) for i in range(n)]
+                ars = [lv.apply_async(lambda i: 2 * i, i) for i in range(n - n // 10)]
             tids = [tc.run(client.StringTask(f"y = 3 * {i}", pull="y", retries=5))
                     for i in range(n // 4)]
             tc.wait_for_send()  # (acknowledged: from now on no controller's death
             ars[-1].wait_for_send()  # may lose any of them)
+            assert other.stdout is not None
+            others = json.loads(other.stdout.readline())  # (acknowledged too)
             recover = []
-            kills = [(n // 10, "engine"), (n // 4, "controller"), (n * 2 // 5, "engine"),
-                     (n // 2, "engine"), (n * 3 // 5, "controller"), (n * 3 // 4, "engine")]
+            kills = [(n // 10, "engine"), (n // 6, "client"), (n // 4, "controller"),
+                     (n * 2 // 5, "engine"), (n // 2, "engine"), (n * 3 // 5, "controller"),
+                     (n * 3 // 4, "engine")]
             for after, what in kills:
                 ars[after].get(timeout=120)
-                if what == "controller":
+                if what == "client":
+                    other.kill()
+                    other.wait()
+                elif what == "controller":
                     pid = cluster.controller_pid
                     k0 = time.perf_counter()
                     os.kill(pid, signal.SIGKILL)
@@ -574,6 +601,12 @@ def _chaos(p: dict, r: Results) -> None:
                     lost += ar.get(timeout=120) != 2 * i
                 except Exception:
                     lost += 1
+            try:  # the killed client's, from the hub (a map's: one chunk each)
+                chunks = rc.get_result(others).get(timeout=120)
+                values = [x for chunk in chunks for x in chunk]
+                lost += sum(v != 3 * i for i, v in enumerate(values)) + len(others) - len(values)
+            except Exception:
+                lost += len(others)
             for i, taskid in enumerate(tids):
                 for _ in range(3):
                     try:
@@ -587,8 +620,8 @@ def _chaos(p: dict, r: Results) -> None:
             total = time.perf_counter() - t0
         finally:
             cluster.stop()
-        r.add("chaos_lost", lost, detail=f"{n + n // 4} tasks, 4 engine and 2 controller "
-                                         f"SIGKILLs, {total:.1f} s in all")
+        r.add("chaos_lost", lost, detail=f"{n + n // 4} tasks, 4 engine, 1 client and 2 "
+                                         f"controller SIGKILLs, {total:.1f} s in all")
         r.add("chaos_recover", median(recover), each=recover,
               detail="from a controller SIGKILL to the 4 engines back, during the run")
 

@@ -3,9 +3,12 @@ SIGKILLed, and every one of them ends with its right result, once."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
+import sys
 
 import plait.parallel as ipp
 from plait.kernel import client
@@ -17,6 +20,21 @@ def _double(i):
 
     time.sleep(0.002)
     return 2 * i
+
+
+#: A second client, in a process of its own: it submits 500 tasks, says their
+#: msg_ids once they are acknowledged, then waits for them until it is killed.
+_OTHER_CLIENT = """
+import json, sys
+import plait.parallel as ipp
+rc = ipp.Client(sys.argv[1])
+view = rc.load_balanced_view()
+with view.temp_flags(retries=5):
+    ar = view.map_async(ipp.interactive(lambda i: 3 * i), range(500), chunksize=1)
+ar.wait_for_send()
+print(json.dumps(ar.msg_ids), flush=True)
+ar.get()
+"""
 
 
 def _engine_pids(rc) -> list[int]:
@@ -44,14 +62,23 @@ def test_tasks_survive_engines_and_the_controller_killed_at_random(plait_dir):
             ars = [view.apply_async(ipp.interactive(_double), i) for i in range(n)]
         kernel = [tc.run(client.StringTask(f"y = 3 * {i}", pull="y", retries=5))
                   for i in range(n // 4)]
+        other = subprocess.Popen(
+            [sys.executable, "-c", _OTHER_CLIENT,
+             str(plait_dir / "profile_default" / "security" / "ipcontroller-client.furl")],
+            stdout=subprocess.PIPE, text=True)
         # acknowledged: from now on, no controller's death may lose any of them
         tc.wait_for_send()
         ars[-1].wait_for_send()
+        assert other.stdout is not None
+        others = json.loads(other.stdout.readline())  # (its tasks acknowledged too)
+        assert len(others) == 500
         # kills at events: once so many results came, an engine, or the controller
-        for after, what in [(200, "engine"), (500, "controller"), (900, "engine"),
-                            (1300, "controller"), (1600, "engine")]:
+        for after, what in [(200, "engine"), (350, "client"), (500, "controller"),
+                            (900, "engine"), (1300, "controller"), (1600, "engine")]:
             ars[after].get(timeout=120)
-            if what == "controller":
+            if what == "client":  # killed with its tasks unfinished: they finish all the same
+                pid = other.pid
+            elif what == "controller":
                 pid = cluster.controller_pid
             else:
                 pid = rng.choice(_engine_pids(rc))
@@ -69,6 +96,12 @@ def test_tasks_survive_engines_and_the_controller_killed_at_random(plait_dir):
         records = rc.db_query({"msg_id": {"$in": [ar.msg_ids[0] for ar in ars]}},
                               keys=["status"])
         assert len(records) == n and {r["status"] for r in records} == {"succeeded"}
+        # the killed client's tasks too: each once, with its right result
+        assert other.wait(timeout=10) == -signal.SIGKILL
+        chunks = rc.get_result(others).get(timeout=120)  # (a map's: one chunk each)
+        assert [x for chunk in chunks for x in chunk] == [3 * i for i in range(500)]
+        records = rc.db_query({"msg_id": {"$in": others}}, keys=["status"])
+        assert len(records) == 500 and {r["status"] for r in records} == {"succeeded"}
         rc.wait_for_engines(3, timeout=60)
         assert rc.ids == [0, 1, 2]
     finally:
