@@ -25,6 +25,7 @@ from plait.parallel._asyncresult import AsyncHubResult, AsyncMapResult, AsyncRes
 from plait.parallel._client import Client
 from plait.parallel._cluster import AsyncCluster, Cluster
 from plait.parallel._dependency import Dependency
+from plait.parallel._joblib import register_joblib_backend
 from plait.parallel._view import DirectView, LoadBalancedView, RemoteFunction, View
 from plait.wire.errors import CompositeError, RemoteError
 
@@ -47,6 +48,7 @@ __all__ = [
     "dependent",
     "error",
     "interactive",
+    "register_joblib_backend",
     "require",
 ]
 

@@ -34,6 +34,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from plait.kernel.client._base import decode
+from plait.parallel._callbacks import call_back
 from plait.parallel._connection import LOST
 from plait.wire.errors import (
     CompositeError,
@@ -307,6 +308,15 @@ class AsyncResult(concurrent.futures.Future):
     def result(self, timeout: float | None = None) -> Any:
         """As :meth:`get` (the Future's name)."""
         return self.get(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], Any]) -> None:
+        """Call ``fn(self)`` once every task has finished, in the client's
+        callback thread (never its reactor thread: ``fn`` may block, and
+        submit more); at once, in this thread, if they have already."""
+        if self.done():
+            super().add_done_callback(fn)  # (called now, here)
+        else:
+            super().add_done_callback(partial(call_back, fn))
 
     @property
     def r(self) -> Any:
@@ -647,6 +657,21 @@ class AsyncMapResult(AsyncResult):
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def _elements(self, deadline: float | None) -> Iterator[Any]:
+        """The elements in order, each awaited until ``deadline`` (a
+        ``time.monotonic()``, None: for ever): TimeoutError past it; a failed
+        chunk raises its error when reached (``Executor.map``'s way)."""
+        for taskid in self._ids:
+            with self._cond:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self._cond.wait_for(partial(_arrived, self, taskid), left):
+                    raise TimeoutError(f"{self._fname}: results not ready in time")
+                error = self._failures.get(taskid)
+                chunk = self._values.get(taskid)
+            if error is not None:
+                raise error
+            yield from chunk or []
 
 
 def _news_since(result: AsyncResult, seen: int) -> bool:

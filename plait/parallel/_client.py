@@ -138,6 +138,11 @@ class Client:
         """A LoadBalancedView choosing among ``targets`` (None: every engine)."""
         return LoadBalancedView(self, targets)
 
+    def executor(self, targets: Any = None) -> Any:
+        """A :class:`concurrent.futures.Executor` over a load-balanced view of
+        ``targets`` (None: every engine): ``submit``, ``map``, ``shutdown``."""
+        return self.load_balanced_view(targets).executor
+
     def wait_for_engines(self, n: int | None = None, timeout: float | None = -1,
                          block: bool = True) -> Any:
         """Wait until ``n`` engines are registered (at least one when None); their ids.

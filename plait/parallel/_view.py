@@ -81,6 +81,15 @@ class View:
     def _check_targets(self, targets: Any) -> None:
         pass
 
+    @property
+    def executor(self) -> Any:
+        """This view as a :class:`concurrent.futures.Executor` (a new
+        :class:`~plait.parallel._executor.ViewExecutor`; ``view.executor()``
+        gives the same: calling it returns itself)."""
+        from plait.parallel._executor import ViewExecutor
+
+        return ViewExecutor(self)
+
     # -- calls -----------------------------------------------------------------------------
     def apply(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``f(*args, **kwargs)`` remotely: the result if ``block``, else an AsyncResult."""
