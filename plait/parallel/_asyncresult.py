@@ -34,6 +34,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from plait.kernel.client._base import decode
+from plait.parallel import _progress
 from plait.parallel._callbacks import call_back
 from plait.parallel._connection import LOST
 from plait.wire.errors import (
@@ -262,13 +263,20 @@ class AsyncResult(concurrent.futures.Future):
         return values[0] if self._single and len(values) == 1 else values
 
     # -- the multiprocessing.pool.AsyncResult interface -------------------------------------
-    def wait(self, timeout: float | None = -1, return_when: str = ALL_COMPLETED) -> bool:
+    def wait(self, timeout: float | None = -1, return_when: str = ALL_COMPLETED,
+             progress: bool | None = None) -> bool:
         """Wait until the tasks are done (or, with ``return_when``, the first one, or
         the first that failed), ``timeout`` seconds at most (-1 or None: for
-        ever).  Returns whether they are all done; never raises."""
+        ever).  Returns whether they are all done; never raises.  ``progress``:
+        show a progress bar (None: in IPython, past a few seconds; see
+        :mod:`plait.parallel._progress`)."""
         limit = _timeout(timeout)
-        if not self.done():
-            self._client._hurry()
+        if self.done():
+            return True
+        self._client._hurry()
+        if return_when == ALL_COMPLETED and progress is not False:
+            return _progress.wait(lambda: self.progress, len(self._ids), self._wait_done,
+                                  limit, progress, self._fname)
 
         def reached() -> bool:
             if return_when == FIRST_COMPLETED:
@@ -283,6 +291,11 @@ class AsyncResult(concurrent.futures.Future):
             self._cond.wait_for(reached, limit)
         return self.ready()
 
+    def _wait_done(self, seconds: float | None) -> bool:
+        with self._cond:
+            self._cond.wait_for(self.done, seconds)
+        return self.done()
+
     def ready(self) -> bool:
         """Whether every task has finished (successfully or not)."""
         return self.done()
@@ -293,12 +306,14 @@ class AsyncResult(concurrent.futures.Future):
             raise AssertionError(f"{self!r} is not ready yet")
         return self.exception(0) is None
 
-    def get(self, timeout: float | None = -1, return_exceptions: bool = False) -> Any:
+    def get(self, timeout: float | None = -1, return_exceptions: bool = False,
+            progress: bool | None = None) -> Any:
         """The result once ready, waiting ``timeout`` seconds at most (-1 or None:
         for ever); TimeoutError past it.  A failure is raised (RemoteError, or
         CompositeError for several tasks), unless ``return_exceptions``: then
-        failed tasks give their exception in place of their value."""
-        if not self.wait(timeout):
+        failed tasks give their exception in place of their value.
+        ``progress``: as :meth:`wait`'s."""
+        if not self.wait(timeout, progress=progress):
             raise TimeoutError(f"{self._fname}: the result is not ready after {timeout} s")
         if return_exceptions:
             values = [self._failures.get(t, self._values.get(t)) for t in self._ids]
@@ -408,8 +423,13 @@ class AsyncResult(concurrent.futures.Future):
         return (max(received) - min(submitted)).total_seconds()
 
     def wait_interactive(self, interval: float = 0.1, timeout: float | None = -1) -> None:
-        """Wait, printing how many tasks are done and for how long, every ``interval`` s."""
+        """Wait, showing how many tasks are done and for how long: a progress bar in
+        Jupyter and in a terminal (tqdm's), else a line rewritten every
+        ``interval`` seconds."""
         limit = _timeout(timeout)
+        if _progress.bar_here():
+            self.wait(timeout, progress=True)
+            return
         start = time.monotonic()
         n = len(self)
         while not self.ready():
@@ -620,10 +640,11 @@ class AsyncMapResult(AsyncResult):
             out.extend(self._values.get(taskid) or [])
         return out
 
-    def get(self, timeout: float | None = -1, return_exceptions: bool = False) -> Any:
+    def get(self, timeout: float | None = -1, return_exceptions: bool = False,
+            progress: bool | None = None) -> Any:
         if not return_exceptions:
-            return super().get(timeout)
-        if not self.wait(timeout):
+            return super().get(timeout, progress=progress)
+        if not self.wait(timeout, progress=progress):
             raise TimeoutError(f"{self._fname}: the result is not ready after {timeout} s")
         out: list[Any] = []
         for taskid in self._ids:

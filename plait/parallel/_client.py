@@ -25,6 +25,7 @@ from typing import Any
 
 from plait.kernel.client import _reactor
 from plait.kernel.client._blocking import derive_blocking
+from plait.parallel import _progress
 from plait.parallel._asyncresult import (
     AsyncHubResult,
     AsyncMapResult,
@@ -298,10 +299,12 @@ class Client:
                else "never submitted, or purged")
         return InvalidTaskID(f"no tasks {[self._msg_id(t) for t in taskids]} in the hub: {why}")
 
-    def wait(self, jobs: Any = None, timeout: float | None = -1) -> bool:
+    def wait(self, jobs: Any = None, timeout: float | None = -1,
+             progress: bool | None = None) -> bool:
         """Wait for tasks (msg_ids, AsyncResults, history indices; by default this
         client's outstanding ones), ``timeout`` seconds at most (-1 or None: for
-        ever); whether all are done.  Never raises for a task that failed."""
+        ever); whether all are done.  Never raises for a task that failed.
+        ``progress``: show a progress bar (None: in IPython, past a few seconds)."""
         limit = _timeout(timeout)
         deadline = None if limit is None else time.monotonic() + limit
         if jobs is None:
@@ -325,11 +328,22 @@ class Client:
             results.append(AsyncHubResult(self, foreign))
         if mine or results:
             self._hurry()
-        with self._finished:
-            if not self._finished.wait_for(lambda: self._outstanding.isdisjoint(mine),
-                                           _left(deadline)):
-                return False
-        return all(ar.wait(_left(deadline)) for ar in results)
+        total = len(mine) + sum(len(ar._ids) for ar in results)
+
+        def done() -> int:
+            with self._lock:
+                left = sum(1 for m in mine if m in self._outstanding)
+            return len(mine) - left + sum(ar.progress for ar in results)
+
+        def ready(seconds: float | None) -> bool:
+            end = None if seconds is None else time.monotonic() + seconds
+            with self._finished:
+                if not self._finished.wait_for(lambda: self._outstanding.isdisjoint(mine),
+                                               _left(end)):
+                    return False
+            return all(ar.wait(_left(end), progress=False) for ar in results)
+
+        return _progress.wait(done, total, ready, _left(deadline), progress, "wait")
 
     def result_status(self, msg_ids: Any, status_only: bool = True) -> dict[str, Any]:
         """``{'pending': [msg_ids], 'completed': [msg_ids]}`` (and the results of the

@@ -267,3 +267,54 @@ def test_stream_output_times_out_while_tasks_run(rc, tmp_path):
     finally:
         gate.open()
     assert ar.get() == "go"
+
+
+# -- progress --------------------------------------------------------------------------------
+def test_progress_lines_where_no_bar_can_be_drawn(rc, capsys):
+    ar = rc.load_balanced_view().map_async(abs, range(8), chunksize=1)
+    assert ar.get(progress=True) == list(range(8))
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("plait: abs: 8/8 tasks done after")
+    ar = rc.load_balanced_view().map_async(abs, range(8), chunksize=1)
+    assert rc.wait([ar], progress=True)
+    assert "plait: wait: 8/8 tasks done" in capsys.readouterr().err
+    rc.load_balanced_view().map_sync(abs, range(8))  # by default: none outside IPython
+    assert capsys.readouterr().err == ""
+
+
+def test_a_tqdm_bar_in_a_terminal(rc, capsys, monkeypatch):
+    from plait.parallel import _progress
+
+    monkeypatch.setattr(_progress, "_terminal", lambda: True)
+    ar = rc.load_balanced_view().map_async(abs, range(6), chunksize=1)
+    ar.get(progress=True)
+    err = capsys.readouterr().err
+    assert "6/6" in err and "100%" in err  # tqdm's bar, finished
+    ar = rc.load_balanced_view().map_async(abs, range(3), chunksize=1)
+    ar.wait_interactive()
+    assert "3/3" in capsys.readouterr().err
+
+
+def test_in_ipython_a_long_wait_shows_its_bar(rc, capsys, monkeypatch, tmp_path):
+    from plait.parallel import _progress
+
+    monkeypatch.setattr(_progress, "_shell", lambda: "TerminalInteractiveShell")
+    assert rc[0].apply_sync(abs, -2) == 2  # shorter than PROGRESS_AFTER: nothing shows
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(_progress, "PROGRESS_AFTER", 0.05)
+    gate = Gate(tmp_path)
+    shown = threading.Event()
+    make_bar = _progress.make_bar
+
+    def bar(total, desc):
+        shown.set()
+        return make_bar(total, desc)
+
+    monkeypatch.setattr(_progress, "make_bar", bar)
+    opener = threading.Thread(target=lambda: (shown.wait(30), gate.open()))
+    opener.start()  # (the gate opens once the bar is up)
+    try:
+        assert rc.load_balanced_view().apply_async(gate.waiter()).get(timeout=30) == "go"
+    finally:
+        opener.join()
+    assert shown.is_set() and "1/1 tasks done" in capsys.readouterr().err

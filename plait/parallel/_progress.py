@@ -1,0 +1,115 @@
+"""Progress bars for the waits that take long.
+
+A blocking wait (``ar.get``, ``ar.wait``, ``rc.wait``, a blocking ``map``)
+given ``progress=True`` shows how many of its tasks are done as it waits; by
+default (``progress=None``) it does so only in IPython, once the wait has
+lasted :data:`PROGRESS_AFTER` seconds; ``progress=False`` never does.  The
+bar is tqdm's: its notebook widget in Jupyter, its text bar in a terminal.
+Elsewhere (a log, a pipe), or without tqdm, a plain line every
+:data:`LOG_EVERY` seconds on standard error.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: Seconds a wait lasts before its bar shows, by default in IPython.
+PROGRESS_AFTER = 3.0
+#: Seconds between the plain lines written where no bar can be drawn.
+LOG_EVERY = 5.0
+#: Seconds between two looks at the count while a bar shows.
+TICK = 0.1
+
+
+def _shell() -> str | None:
+    """The IPython shell's class name, or None outside IPython."""
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if get is not None else None
+    return None if shell is None else type(shell).__name__
+
+
+def _terminal() -> bool:
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+class _Lines:
+    """A plain line on standard error every LOG_EVERY seconds."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc = total, desc
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or now - self.last >= LOG_EVERY:
+            self.last = now
+            print(f"plait: {self.desc}: {done}/{self.total} tasks done after "
+                  f"{now - self.start:.1f} s", file=sys.stderr, flush=True)
+
+    def close(self, done: int) -> None:
+        self.update(done, final=True)
+
+
+class _Tqdm:
+    def __init__(self, bar: Any):
+        self.bar = bar
+
+    def update(self, done: int) -> None:
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+
+    def close(self, done: int) -> None:
+        self.update(done)
+        self.bar.close()
+
+
+def bar_here() -> bool:
+    """Whether a bar (not plain lines) can be drawn here: Jupyter, or a terminal."""
+    return _shell() == "ZMQInteractiveShell" or _terminal()
+
+
+def make_bar(total: int, desc: str) -> Any:
+    """The bar this process can show (see the module documentation)."""
+    try:
+        if _shell() == "ZMQInteractiveShell":
+            from tqdm.notebook import tqdm as notebook_bar
+
+            return _Tqdm(notebook_bar(total=total, desc=desc, unit="task"))
+        if _terminal():
+            from tqdm import tqdm as text_bar
+
+            return _Tqdm(text_bar(total=total, desc=desc, unit="task", file=sys.stderr))
+    except Exception:  # (no tqdm, or no widgets for its notebook bar)
+        pass
+    return _Lines(total, desc)
+
+
+def wait(done: Callable[[], int], total: int, ready: Callable[[float | None], bool],
+         timeout: float | None, progress: bool | None, desc: str) -> bool:
+    """Wait with ``ready(seconds)`` (True once all is done) up to ``timeout``
+    seconds (None: for ever), showing ``done()`` of ``total`` as ``progress``
+    says; whether all is done."""
+    if progress is False or (progress is None and _shell() is None):
+        return ready(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    first = 0.0 if progress else PROGRESS_AFTER
+    if ready(first if deadline is None else min(first, max(0.0, deadline - time.monotonic()))):
+        return True
+    if deadline is not None and time.monotonic() >= deadline:
+        return False  # (a wait shorter than PROGRESS_AFTER: no bar)
+    bar = make_bar(total, desc)
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            step = TICK if deadline is None else min(TICK, max(0.0, deadline - time.monotonic()))
+            finished = ready(step)
+            bar.update(done())
+            if finished:
+                return True
+        return ready(0)
+    finally:
+        bar.close(done())
