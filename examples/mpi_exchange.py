@@ -35,9 +35,17 @@ What it needs:
   The mpi4py wheel holds one build for Open MPI and one for MPICH, and loads the one
   matching the library that ``libmpi.so`` is; libopenmpi-dev makes that Open MPI's
   (Debian ranks its ``libmpi.so`` above MPICH's).  The wheel's MPICH build wants
-  ``libmpi.so.12``, which Debian's MPICH names ``libmpich.so.12``: for MPICH, build
-  mpi4py from source instead (``MPICC=mpicc.mpich python -m pip install
-  --no-binary=mpi4py mpi4py``, about 4 minutes on 2 cores).
+  ``libmpi.so.12``, which Debian's MPICH names ``libmpich.so.12``.  For MPICH, give
+  it that name and pick that build::
+
+      mkdir -p ~/.mpich-abi
+      ln -s /usr/lib/x86_64-linux-gnu/libmpich.so.12 ~/.mpich-abi/libmpi.so.12
+      LD_LIBRARY_PATH=~/.mpich-abi MPI4PY_MPIABI=mpich \
+          python examples/mpi_exchange.py -n 3 --mpiexec=mpiexec.mpich
+
+  (the engines inherit the environment), or build mpi4py from source
+  (``MPICC=mpicc.mpich python -m pip install --no-binary=mpi4py mpi4py``, about 4
+  minutes on 2 cores).
 
 An mpi4py built for another MPI than the launcher's starts every engine as an MPI
 job of its own, of size 1: the script says so rather than exchange anything.
