@@ -1,0 +1,59 @@
+"""plait in a real Jupyter kernel: a notebook executed by nbclient (an ipykernel
+kernel of this Python) against a real 4-engine cluster, its outputs checked: the
+magics, %%px --stream, a progress widget, an executor, and the kernel
+generation's client beside the later one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+CELLS = [
+    "import os\nimport plait.parallel as ipp\nrc = ipp.Client()\n"
+    "print(rc.wait_for_engines(4, timeout=30))\ndview = rc[:]\ndview.block = True\n"
+    "dview.activate()",
+    "%px import os",
+    "%px print('pid', os.getpid() > 0)",
+    "%%px --stream --targets 0\nimport time\nfor i in range(3):\n"
+    "    print('step', i, flush=True)\n    time.sleep(0.05)",
+    "ar = rc.load_balanced_view().map_async(abs, range(-20, 0), chunksize=1)\n"
+    "ar.wait_interactive()\nprint(sum(ar.get()))",
+    "with rc.executor() as ex:\n    print(ex.submit(pow, 2, 10).result())",
+    "from plait.kernel import client\nmec = client.MultiEngineClient()\n"
+    "mec.push({'shared': 42})\nprint(rc[:]['shared'])",
+]
+
+
+def _text(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+def test_a_notebook_drives_the_cluster(cluster4, monkeypatch):
+    monkeypatch.setenv("PLAIT_DIR", str(cluster4.plait_dir))  # (the kernel's Client())
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            allow_errors=False).execute()
+    cells = nb.cells
+    assert _text(cells[0]).strip() == "[0, 1, 2, 3]"
+    pids = _text(cells[2])
+    assert all(f"[stdout:{i}] pid True" in pids for i in range(4)), pids
+    assert "[stdout:0] step 0" in _text(cells[3]) and "step 2" in _text(cells[3])
+    # the progress bar is tqdm's notebook widget, and the result follows
+    kinds = [o.output_type for o in cells[4].outputs]
+    widgets = [o for o in cells[4].outputs if o.output_type == "display_data"
+               and "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    if importlib.util.find_spec("ipywidgets") is not None:
+        assert widgets, kinds  # (without ipywidgets: plain lines)
+        assert "abs:" in widgets[0]["data"]["text/plain"]
+    else:
+        assert "tasks done" in json.dumps(cells[4].outputs), kinds
+    assert _text(cells[4]).strip().endswith("210")
+    assert _text(cells[5]).strip() == "1024"
+    assert _text(cells[6]).strip() == "[42, 42, 42, 42]"
