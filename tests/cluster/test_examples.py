@@ -58,3 +58,15 @@ def test_dag_dependencies(tmp_path):
     assert lines[0].startswith("12 tasks, 24 dependencies, longest path ")
     assert lines[1] == "no task started before its parents had completed"
     figures(tmp_path, "dag.png", "dag_timeline.png")
+
+
+def test_task_farm(tmp_path):
+    lines = run_example("task_farm.py", tmp_path, "-n", "2", "--tasks", "6")
+    assert lines == [
+        "6 big-memory tasks wait: no engine has 64 GiB",
+        "plain: 6 tasks, on engines [0, 1]",
+        "gpu: 6 tasks, on engines [0]",
+        "big memory: 6 tasks, on engines [1]",
+        f"wrote {tmp_path / 'figures' / 'task_farm.png'}",
+    ]
+    figures(tmp_path, "task_farm.png")
