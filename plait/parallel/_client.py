@@ -135,6 +135,12 @@ class Client:
         """A DirectView of ``targets`` ('all': every engine, whenever a call is made)."""
         return DirectView(self, targets)
 
+    @property
+    def dashboard_url(self) -> str | None:
+        """The URL of the controller's status page, its token included (None when
+        it serves none)."""
+        return self._async.info_at_connect.get("dashboard_url")
+
     def load_balanced_view(self, targets: Any = None) -> LoadBalancedView:
         """A LoadBalancedView choosing among ``targets`` (None: every engine)."""
         return LoadBalancedView(self, targets)

@@ -190,6 +190,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"plait cluster ready: controller and {len(ids)} engines {ids} "
               f"in {time.monotonic() - started:.2f} s\n" + _connect_hint(args.profile),
               flush=True)
+        status_url = procs.dirs.security / "ipcontroller-status.url"
+        if status_url.exists():
+            print(f"status page: {status_url.read_text().strip()}", flush=True)
         if args.daemonize:
             print("stop it with: ipcluster stop"
                   + (f" --profile={args.profile}" if args.profile else ""), flush=True)

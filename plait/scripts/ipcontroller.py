@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-timeout", type=_seconds_at_least(3), default=30,
                    help="seconds of silence after which an engine's host counts as gone "
                         "(default 30; engines answer keepalives even while running code)")
+    p.add_argument("--status-port", type=int, default=0, metavar="PORT",
+                   help="the port of the status page (default 0: a free one), served on "
+                        "--ip behind a token in its URL")
+    p.add_argument("--no-status", action="store_true", help="serve no status page")
     add_notify_option(p)
     return p
 
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             client_channel_port=args.client_channel_port,
             engine_channel_port=args.engine_channel_port, data_port=args.data_port,
             engine_timeout=args.engine_timeout, new_furls=args.new_furls, db=args.db,
-            restore=args.restore,
+            restore=args.restore, status_port=None if args.no_status else args.status_port,
         )
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         sys.exit(f"error: {exc}")
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return
         print(f"plait controller ready ({controller.describe_ports()}); FURL files in "
               f"{dirs.security}; log {log_path}", flush=True)
+        if controller.status_url:
+            print(f"status page: {controller.status_url}", flush=True)
         notify(args.notify_fd, f"ready {controller.furls.get('ipcontroller-engine.furl')}")
 
     reactor.callWhenRunning(start)

@@ -180,6 +180,8 @@ class ParallelService:
         self.hub = hub
         self.multiengine = multiengine
         self.db = db
+        #: The status page's URL (token included), once the controller serves it.
+        self.dashboard_url: str | None = None
 
     def session(self) -> ParallelSession:
         return ParallelSession(self)
@@ -193,7 +195,8 @@ class ParallelService:
     def info(self) -> dict[str, Any]:
         info = dict(self.tasks.info())
         info.pop("marks", None)
-        info.update(prefix=self.hub.prefix, db=self.db, ids=self.registry.get_ids())
+        info.update(prefix=self.hub.prefix, db=self.db, ids=self.registry.get_ids(),
+                    dashboard_url=self.dashboard_url)
         return info
 
     def queue_status(self, verbose: bool = False) -> dict[Any, Any]:

@@ -44,6 +44,8 @@ reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by 
 #: The file of the profile's db folder where the controller writes the ports
 #: it listens on; a controller started again without ports takes them again.
 PORTS_FILE = "ports.json"
+#: The status page's URL, token included (in the security folder: private).
+STATUS_URL_FILE = "ipcontroller-status.url"
 
 #: The file of the profile's db folder that holds the next engine id, and the ids
 #: registered (see EngineRegistry).
@@ -157,8 +159,13 @@ class ControllerService(service.MultiService):
         new_furls: bool = False,
         db: str = "sqlite",
         restore: bool = False,
+        status_port: int | None = 0,
     ):
         super().__init__()
+        #: The status page's port (0: a free one; None: no page), and once serving, its URL.
+        self.status_port = status_port
+        self.status_url: str | None = None
+        self._status_listener: Any = None
         self.dirs = dirs
         self.ip = ip
         self.location = location or ip
@@ -239,11 +246,30 @@ class ControllerService(service.MultiService):
         for pub in self.publications:
             self._publish(pub)
         write_private(self.dirs.db / PORTS_FILE, json.dumps(self.all_ports()) + "\n")
+        if self.status_port is not None:
+            self._serve_status()
         if not self.restore:  # what an earlier run left queued is not ours
             self.hub.store.clear_queued()
         self.log.info("controller listening on {ip}: {ports}", ip=self.ip,
                       ports=self.describe_ports())
         self.ready.callback(dict(self.furls))
+
+    def _serve_status(self) -> None:
+        """The status page (see :mod:`plait.adapters.web`), on this controller's
+        interface, behind a token made now; its URL in the security folder."""
+        from plait.adapters.web import site
+        from plait.kernel.controller.status import StatusService
+
+        self.status = StatusService(self.registry, self.task)
+        token = secrets.token_urlsafe(24)
+        self._status_listener = reactor.listenTCP(self.status_port or 0, site(self.status, token),
+                                                  interface=self.ip)
+        port = self._status_listener.getHost().port
+        host = f"[{self.location}]" if ":" in self.location else self.location
+        self.status_url = f"http://{host}:{port}/?token={token}"
+        write_private(self.dirs.security / STATUS_URL_FILE, self.status_url + "\n")
+        self.parallel.dashboard_url = self.status_url
+        self.status.start()
 
     def all_ports(self) -> dict[str, int]:
         """Every port the controller listens on, by what it is for (once started)."""
@@ -275,6 +301,9 @@ class ControllerService(service.MultiService):
             pass
         self.hub.store.clear_queued()  # stopped cleanly: nothing to take back
         self.blobs.stop()
+        if self._status_listener is not None:
+            self.status.stop()
+            self._status_listener.stopListening()
         for channels in self.channels.values():
             channels.stop()
         d = defer.maybeDeferred(super().stopService)

@@ -306,6 +306,10 @@ class TaskController:
             for taskid in taskids:
                 self._done.pop(taskid, None)
 
+    def completed_counts(self) -> dict[int, int]:
+        """The tasks each engine finished (succeeded or failed) so far, by engine id."""
+        return dict(self._completed_on)
+
     def engine_status(self, verbose: bool = False, name: Callable[[int], Any] | None = None
                       ) -> dict[Any, Any]:
         """Per engine: tasks handed to it (``tasks``), commands waiting in its

@@ -1,0 +1,193 @@
+"""The status page: a :class:`~plait.kernel.controller.status.StatusService` over HTTP.
+
+``ipcontroller`` serves it with twisted.web on loopback (``--status-port``,
+``--status-ip``), behind a random token in its URL, as Jupyter does: the URL
+(``security/ipcontroller-status.url``, private) is printed at start and
+given to clients (``rc.dashboard_url``).  Without the token every request
+gets 403.  What it offers, read-only:
+
+* ``/?token=T``: the page (HTML, CSS and JavaScript in this file: nothing
+  is fetched from elsewhere), kept up to date by
+* ``/events?token=T``: a server-sent event stream, one snapshot a second;
+* ``/status.json?token=T``: the current snapshot, for scripts;
+* ``/metrics?token=T``: the same figures as Prometheus text.
+
+The token grants reading these figures and nothing else: no task, result or
+code passes through the page.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from twisted.web import resource, server
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>plait status</title>
+<style>
+body { font: 14px sans-serif; margin: 1.5em; color: #222 }
+h1 { font-size: 1.3em } .figure { display: inline-block; margin-right: 2em }
+.figure b { font-size: 1.6em; display: block }
+table { border-collapse: collapse; margin-top: 1em } td, th { padding: 3px 10px;
+ border-bottom: 1px solid #ddd; text-align: right }
+.busy { color: #b35900 } .idle { color: #2a7d2a } canvas { border: 1px solid #ccc }
+</style></head><body>
+<h1>plait controller</h1>
+<div class="figure">engines<b id="engine-count">-</b></div>
+<div class="figure">tasks done<b id="tasks-done">-</b></div>
+<div class="figure">tasks/s<b id="rate">-</b></div>
+<div class="figure">waiting for an engine<b id="unassigned">-</b></div>
+<div class="figure">updated<b id="updated">-</b></div>
+<p><canvas id="history" width="600" height="80"></canvas><br>
+tasks finished per second, the last 5 minutes</p>
+<table><thead><tr><th>engine</th><th>state</th><th>running</th><th>queued</th>
+<th>done</th><th>uuid</th></tr></thead><tbody id="engines"></tbody></table>
+<script>
+const token = new URLSearchParams(location.search).get("token");
+function cell(text, cls) { const td = document.createElement("td");
+  td.textContent = text; if (cls) td.className = cls; return td; }
+function show(s) {
+  document.getElementById("engine-count").textContent = s.engine_count;
+  document.getElementById("tasks-done").textContent = s.completed;
+  document.getElementById("rate").textContent = s.tasks_per_second.toFixed(1);
+  document.getElementById("unassigned").textContent = s.unassigned;
+  document.getElementById("updated").textContent = new Date(s.time * 1000).toLocaleTimeString();
+  const body = document.getElementById("engines"); body.replaceChildren();
+  for (const e of s.engines) { const tr = document.createElement("tr");
+    tr.className = "engine"; tr.append(cell(e.id), cell(e.state, e.state), cell(e.running),
+    cell(e.queue), cell(e.completed), cell(e.uuid.slice(0, 8))); body.append(tr); }
+  const c = document.getElementById("history"), g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  const top = Math.max(1, ...s.rate), w = c.width / 300; g.fillStyle = "#3b7dd8";
+  s.rate.slice(-300).forEach((v, i) => { const h = v / top * (c.height - 4);
+    g.fillRect(i * w, c.height - h, Math.max(w - 1, 1), h); });
+}
+const events = new EventSource("events?token=" + encodeURIComponent(token));
+events.onmessage = (m) => show(JSON.parse(m.data));
+</script></body></html>
+"""
+
+
+class _Forbidden(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setResponseCode(403)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"403 Forbidden: this page needs the token of its URL (see ipcontroller's log)\n"
+
+    render_HEAD = render_POST = render_GET
+
+
+class StatusPage(resource.Resource):
+    """The root of the status site: every request must carry the token."""
+
+    def __init__(self, status: Any, token: str):
+        super().__init__()
+        self.status = status
+        self.token = token.encode()
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        given = (request.args.get(b"token") or [b""])[0]
+        if not hmac.compare_digest(given, self.token):
+            return _Forbidden()
+        if path == b"":
+            return _Static(PAGE.encode(), b"text/html; charset=utf-8")
+        if path == b"status.json":
+            return _Json(self.status)
+        if path == b"metrics":
+            return _Metrics(self.status)
+        if path == b"events":
+            return _Events(self.status)
+        return resource.NoResource()
+
+    def render_GET(self, request: Any) -> bytes:
+        return self.getChild(b"", request).render(request)
+
+
+class _Static(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, body: bytes, kind: bytes):
+        super().__init__()
+        self.body, self.kind = body, kind
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", self.kind)
+        request.setHeader(b"cache-control", b"no-store")
+        return self.body
+
+
+class _Json(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, status: Any):
+        super().__init__()
+        self.status = status
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(self.status.current()).encode()
+
+
+class _Metrics(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, status: Any):
+        super().__init__()
+        self.status = status
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4")
+        return prometheus(self.status.current()).encode()
+
+
+def prometheus(snapshot: dict) -> str:
+    """A snapshot as Prometheus text (gauges and counters named ``plait_...``)."""
+    lines = [
+        "# HELP plait_engines Engines registered.", "# TYPE plait_engines gauge",
+        f"plait_engines {snapshot['engine_count']}",
+        "# HELP plait_tasks_completed_total Tasks finished on engines.",
+        "# TYPE plait_tasks_completed_total counter",
+        f"plait_tasks_completed_total {snapshot['completed']}",
+        "# HELP plait_tasks_per_second Tasks finished per second, the last 10 s.",
+        "# TYPE plait_tasks_per_second gauge",
+        f"plait_tasks_per_second {snapshot['tasks_per_second']:.3f}",
+        "# HELP plait_tasks Tasks known to the controller, by state.",
+        "# TYPE plait_tasks gauge",
+    ]
+    lines += [f'plait_tasks{{state="{state}"}} {n}' for state, n in snapshot["tasks"].items()]
+    lines += ["# HELP plait_engine_completed_total Tasks each engine finished.",
+              "# TYPE plait_engine_completed_total counter"]
+    lines += [f'plait_engine_completed_total{{engine="{e["id"]}"}} {e["completed"]}'
+              for e in snapshot["engines"]]
+    return "\n".join(lines) + "\n"
+
+
+class _Events(resource.Resource):
+    """Server-sent events: the current snapshot, then each new one."""
+
+    isLeaf = True
+
+    def __init__(self, status: Any):
+        super().__init__()
+        self.status = status
+
+    def render_GET(self, request: Any) -> Any:
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.setHeader(b"cache-control", b"no-store")
+
+        def send(snapshot: dict) -> None:
+            request.write(b"data: " + json.dumps(snapshot).encode() + b"\n\n")
+
+        send(self.status.current())
+        unsubscribe = self.status.subscribe(send)
+        request.notifyFinish().addBoth(unsubscribe)
+        return server.NOT_DONE_YET
+
+
+def site(status: Any, token: str) -> server.Site:
+    """The twisted.web site of the status page (see the module documentation)."""
+    return server.Site(StatusPage(status, token))

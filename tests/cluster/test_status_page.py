@@ -1,0 +1,97 @@
+"""The controller's status page in a real headless browser (Debian's chromium and
+chromium-driver, driven by Selenium): it loads, shows the engines, updates when
+engines join or die and when tasks run, and the token is required."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.support.cluster import run_cmd, wait_exit
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and DRIVER):
+    pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium "
+                "chromium-driver; .ci/run does)", allow_module_level=True)
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def _url(c) -> str:
+    return (c.security / "ipcontroller-status.url").read_text().strip()
+
+
+@pytest.fixture
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1000,800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _shows(driver, element_id: str, want, timeout: float) -> float:
+    """Seconds until the page's ``element_id`` reads ``want`` (a str, or a test of it)."""
+    t0 = time.monotonic()
+    test = want if callable(want) else (lambda text: text == want)
+    WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+        lambda d: test(d.find_element(By.ID, element_id).text))
+    return time.monotonic() - t0
+
+
+def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path):
+    c = cluster_factory(2)
+    url = _url(c)
+    rc = c.rc()
+    assert rc.dashboard_url == url
+    browser.get(url)
+    _shows(browser, "engine-count", "2", 30)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.engine")) == 2
+    # tasks run: the count of tasks done follows
+    rc.load_balanced_view().map_sync(abs, range(200), chunksize=1)
+    _shows(browser, "tasks-done", lambda text: text.isdigit() and int(text) >= 200, 5)
+    # an engine dies, another joins: the page says so at once
+    pid = rc[1].apply_sync(os.getpid)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_exit(pid, 10)
+    died = _shows(browser, "engine-count", "1", 5)
+    run_cmd(["ipcluster", "engines", "-n", "1", "--timeout", "60"], c.env)
+    joined = _shows(browser, "engine-count", "2", 5)
+    assert died < 3 and joined < 3, (died, joined)
+    browser.save_screenshot(str(tmp_path / "status_page.png"))
+    assert (tmp_path / "status_page.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_token_is_required_and_scripts_get_json_and_prometheus(cluster_factory):
+    c = cluster_factory(1)
+    url = _url(c)
+    base, token = url.split("?token=")
+    for bare in (base, base + "status.json", base + "metrics", base + "events",
+                 base + "?token=wrong", base + "status.json?token=" + token[:-1]):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bare, timeout=10)
+        assert refused.value.code == 403, bare
+    snapshot = json.load(urllib.request.urlopen(f"{base}status.json?token={token}", timeout=10))
+    assert snapshot["engine_count"] == 1 and snapshot["engines"][0]["id"] == 0
+    text = urllib.request.urlopen(f"{base}metrics?token={token}", timeout=10).read().decode()
+    assert "plait_engines 1\n" in text and "plait_tasks_completed_total" in text
+    assert base.startswith("http://127.0.0.1:")  # loopback by default
+    assert oct((c.security / "ipcontroller-status.url").stat().st_mode & 0o777) == "0o600"

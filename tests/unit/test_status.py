@@ -1,0 +1,51 @@
+"""The status page's service and its Prometheus text, as pure logic on a Clock."""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.task import Clock
+
+from plait.adapters.web import prometheus
+from plait.kernel.controller.registry import EngineRegistry
+from plait.kernel.controller.status import StatusService
+from plait.kernel.controller.task import TaskController
+from plait.wire.task import TaskSpec, encode_task
+from support.fakes import FakeEngine
+
+
+def test_snapshots_count_engines_tasks_and_the_rate():
+    clock = Clock()
+    registry = EngineRegistry()
+    engines = [FakeEngine(f"u{i}", hold=False) for i in range(2)]
+    for engine in engines:
+        registry.register(engine, engine.uuid, {})
+    tc = TaskController(registry, clock=clock, rng=random.Random(1))
+    status = StatusService(registry, tc, clock)
+    seen: list[dict] = []
+    unsubscribe = status.subscribe(seen.append)
+    status.start()
+    assert seen[-1]["engine_count"] == 2 and seen[-1]["completed"] == 0
+    first = tc.reserve(6)
+    tc.submit([(first + i, encode_task(TaskSpec.execute("x"))) for i in range(6)])
+    for engine in engines:
+        while engine.calls:
+            engine.reply(None)
+    clock.advance(1)
+    last = seen[-1]
+    assert last["completed"] == 6 and last["rate"] == [6]
+    assert sum(e["completed"] for e in last["engines"]) == 6
+    assert {e["state"] for e in last["engines"]} == {"idle"}
+    clock.advance(1)
+    assert seen[-1]["rate"] == [6, 0] and seen[-1]["tasks_per_second"] == 3.0
+    registry.unregister(1, "gone")  # a snapshot at once, not at the next second
+    clock.advance(0)
+    assert seen[-1]["engine_count"] == 1
+    unsubscribe()
+    n = len(seen)
+    clock.advance(5)
+    assert len(seen) == n  # unsubscribed
+    text = prometheus(status.current())
+    assert "plait_engines 1\n" in text and "plait_tasks_completed_total 6\n" in text
+    assert 'plait_engine_completed_total{engine="0"}' in text
+    status.stop()
