@@ -18,6 +18,7 @@ wins over the file.  A complete file::
     client_channel_port = 0
     engine_channel_port = 0
     data_port = 0
+    status_port = 0              # the status page's
     scheme = "leastload"
     hwm = 0
     db = "sqlite"
@@ -44,6 +45,7 @@ key):
 | `[controller] client_channel_port` | int 0..65535          | `0`              | port of the clients' command channel |
 | `[controller] engine_channel_port` | int 0..65535          | `0`              | port of the engines' command channel |
 | `[controller] data_port`    | int 0..65535                 | `0`              | port for large data (pushes, pulls, results) |
+| `[controller] status_port`  | int 0..65535                 | `0`              | port of the status page (behind a token) |
 | `[controller] scheme`       | `fifo`, `lru`, `plainrandom`, `twobin`, `leastload`, `weighted` | `"leastload"` | how the task scheduler picks engines |
 | `[controller] hwm`          | int >= 0                     | adaptive         | tasks outstanding per engine (0: no limit) |
 | `[controller] db`           | `sqlite`, `memory`, `none`   | `"sqlite"`       | where the hub keeps task records |
@@ -147,6 +149,7 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
         "client_channel_port": _int(0, 65535),
         "engine_channel_port": _int(0, 65535),
         "data_port": _int(0, 65535),
+        "status_port": _int(0, 65535),
         "scheme": _SCHEME,
         "hwm": _int(0),
         "db": _choice(DBS),

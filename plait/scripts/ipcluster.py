@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("--ip", "--location", "--scheme", "--db"):
         start.add_argument(opt, default=None, help=f"passed to ipcontroller {opt}")
     for opt in ("--hwm", "--client-port", "--engine-port", "--client-channel-port",
-                "--engine-channel-port", "--data-port"):
+                "--engine-channel-port", "--data-port", "--status-port"):
         start.add_argument(opt, type=int, default=None, help=f"passed to ipcontroller {opt}")
     start.add_argument("--engine-timeout", type=int, default=None,
                        help="passed to ipcontroller --engine-timeout")

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port of the engines' command channel (default: a random free port)")
     p.add_argument("--data-port", type=int, default=0,
                    help="port for large data, pushes and results (default: a random free "
-                        "port); fix all five ports to open a firewall for exactly them")
+                        "port); fix all six ports (--status-port too) to open a firewall for exactly them")
     p.add_argument("--scheme", default=None,
                    help="task scheduler scheme: fifo, lru, plainrandom, twobin, leastload, weighted")
     p.add_argument("--hwm", type=int, default=None,

@@ -11,7 +11,7 @@ import numpy as np
 from support.cluster import Cluster, make_env, run_cmd
 
 FLAGS = ("--client-port", "--engine-port", "--client-channel-port", "--engine-channel-port",
-         "--data-port")
+         "--data-port", "--status-port")
 
 
 def free_ports(n: int) -> list[int]:
@@ -45,8 +45,8 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def test_the_five_ports_fixed_are_the_only_ones_and_everything_works(tmp_path):
-    ports = free_ports(5)
+def test_the_six_ports_fixed_are_the_only_ones_and_everything_works(tmp_path):
+    ports = free_ports(6)
     d = tmp_path / "p"
     c = Cluster(d, make_env(d), 2, extra=[f"{flag}={port}" for flag, port in
                                           zip(FLAGS, ports, strict=True)])
@@ -65,7 +65,9 @@ def test_the_five_ports_fixed_are_the_only_ones_and_everything_works(tmp_path):
             rc.close()
         log = "\n".join(p.read_text() for p in (d / "profile_default" / "log").glob(
             "ipcontroller-*.log"))
-        assert f"data port {ports[4]}" in log
+        assert f"data port {ports[4]}" in log and f"status port {ports[5]}" in log
+        assert (c.security / "ipcontroller-status.url").read_text().startswith(
+            f"http://127.0.0.1:{ports[5]}/?token=")
     finally:
         c.stop()
 

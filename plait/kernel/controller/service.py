@@ -245,9 +245,9 @@ class ControllerService(service.MultiService):
             self.ports[name] = port
         for pub in self.publications:
             self._publish(pub)
-        write_private(self.dirs.db / PORTS_FILE, json.dumps(self.all_ports()) + "\n")
         if self.status_port is not None:
             self._serve_status()
+        write_private(self.dirs.db / PORTS_FILE, json.dumps(self.all_ports()) + "\n")
         if not self.restore:  # what an earlier run left queued is not ours
             self.hub.store.clear_queued()
         self.log.info("controller listening on {ip}: {ports}", ip=self.ip,
@@ -273,9 +273,12 @@ class ControllerService(service.MultiService):
 
     def all_ports(self) -> dict[str, int]:
         """Every port the controller listens on, by what it is for (once started)."""
-        return {"client": self.ports["client"], "engine": self.ports["engine"],
-                "client channel": self.channel_ports["client"],
-                "engine channel": self.channel_ports["engine"], "data": self.blobs.address[1]}
+        ports = {"client": self.ports["client"], "engine": self.ports["engine"],
+                 "client channel": self.channel_ports["client"],
+                 "engine channel": self.channel_ports["engine"], "data": self.blobs.address[1]}
+        if self._status_listener is not None:
+            ports["status"] = self._status_listener.getHost().port
+        return ports
 
     def describe_ports(self) -> str:
         return ", ".join(f"{name} port {port}" for name, port in self.all_ports().items())
