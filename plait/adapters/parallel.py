@@ -138,10 +138,14 @@ class FoolscapParallelSession(FoolscapParallel):
         return self._call(self.session.submit, [tuple(item) for item in tasks])  # (unanswered)
 
     def remote_submit_then(self, tasks: list, method: str, args: list) -> defer.Deferred:
-        acknowledged = self.session.submit_acknowledged([tuple(item) for item in tasks])
-        return outcome(acknowledged.addCallback(
-            lambda refused: self._follower(method, args).addCallback(
-                lambda result: (refused, result))))
+        try:  # the call that follows starts now (calls keep their order); the
+            refused = self.session.submit([tuple(item) for item in tasks])
+        except Exception:  # answer waits until the tasks are kept
+            return outcome(defer.fail())
+        follower = self._follower(method, args)
+        kept = self.session.durable()
+        return outcome(defer.gatherResults([kept, follower]).addCallback(
+            lambda both: (refused, both[1])))
 
     def _follower(self, method: str, args: list) -> defer.Deferred:
         """The outcome of the call following a submission (its own refusal, if any)."""
@@ -183,7 +187,11 @@ class FoolscapParallelSession(FoolscapParallel):
         return self._call(abort)
 
     def remote_resubmit(self, taskids: list) -> defer.Deferred:
-        return self._call(self.session.resubmit, list(taskids))
+        def resubmit() -> defer.Deferred:
+            d = self.session.resubmit(list(taskids))
+            return d.addCallback(lambda ids: self.session.durable().addCallback(lambda _: ids))
+
+        return self._call(resubmit)
 
     def remote_end_session(self) -> defer.Deferred:
         return self._call(self.session.close)

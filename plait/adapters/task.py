@@ -76,10 +76,14 @@ class FoolscapTaskController(OffersUploads, Referenceable):  # type: ignore[misc
         return self._call("submit_acknowledged", [tuple(item) for item in tasks])
 
     def remote_submit_then(self, tasks: list, method: str, args: list) -> defer.Deferred:
-        acknowledged = self.service.submit_acknowledged([tuple(item) for item in tasks])
-        return outcome(acknowledged.addCallback(
-            lambda refused: self._follower(method, args).addCallback(
-                lambda result: (refused, result))))
+        try:  # the call that follows starts now (calls keep their order); the
+            refused = self.service.submit([tuple(item) for item in tasks])
+        except Exception:  # answer waits until the tasks are kept
+            return outcome(defer.fail())
+        follower = self._follower(method, args)
+        kept = self.service.durable()
+        return outcome(defer.gatherResults([kept, follower]).addCallback(
+            lambda both: (refused, both[1])))
 
     def _follower(self, method: str, args: list) -> defer.Deferred:
         """The outcome of the call following a submission (its own refusal, if any)."""

@@ -1,7 +1,8 @@
 """The status page: a :class:`~plait.kernel.controller.status.StatusService` over HTTP.
 
-``ipcontroller`` serves it with twisted.web on loopback (``--status-port``,
-``--status-ip``), behind a random token in its URL, as Jupyter does: the URL
+``ipcontroller`` serves it with twisted.web on loopback unless told
+(``--status-ip``; ``--status-port``), behind a random token in its URL, as
+Jupyter does: the URL
 (``security/ipcontroller-status.url``, private) is printed at start and
 given to clients (``rc.dashboard_url``).  Without the token every request
 gets 403.  What it offers, read-only:

@@ -19,6 +19,7 @@ wins over the file.  A complete file::
     engine_channel_port = 0
     data_port = 0
     status_port = 0              # the status page's
+    status_ip = "127.0.0.1"      # ... and its interface (plain HTTP: loopback by default)
     scheme = "leastload"
     hwm = 0
     db = "sqlite"
@@ -46,6 +47,7 @@ key):
 | `[controller] engine_channel_port` | int 0..65535          | `0`              | port of the engines' command channel |
 | `[controller] data_port`    | int 0..65535                 | `0`              | port for large data (pushes, pulls, results) |
 | `[controller] status_port`  | int 0..65535                 | `0`              | port of the status page (behind a token) |
+| `[controller] status_ip`    | text                         | `"127.0.0.1"`    | interface of the status page |
 | `[controller] scheme`       | `fifo`, `lru`, `plainrandom`, `twobin`, `leastload`, `weighted` | `"leastload"` | how the task scheduler picks engines |
 | `[controller] hwm`          | int >= 0                     | adaptive         | tasks outstanding per engine (0: no limit) |
 | `[controller] db`           | `sqlite`, `memory`, `none`   | `"sqlite"`       | where the hub keeps task records |
@@ -150,6 +152,7 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
         "engine_channel_port": _int(0, 65535),
         "data_port": _int(0, 65535),
         "status_port": _int(0, 65535),
+        "status_ip": _TEXT,
         "scheme": _SCHEME,
         "hwm": _int(0),
         "db": _choice(DBS),

@@ -24,6 +24,7 @@ from foolscap.api import RemoteInterface
 from foolscap.schema import (
     Any,
     BooleanConstraint,
+    ByteStringConstraint,
     IntegerConstraint,
     ListOf,
     TupleOf,
@@ -258,13 +259,18 @@ class RIParallel(RemoteInterface):
 
 
 
+#: The records one push may carry: everything finished in a reactor turn, as the
+#: long poll's answer may (inline results are up to 1 MiB each).
+PUSHED_RECORDS = ByteStringConstraint(maxLength=1 << 30)
+
+
 class RIParallelListener(RemoteInterface):
     """What a ``plait.parallel`` client's end of its channel serves to the
     controller once it asked for ``push_results``: the news, and nothing else."""
 
     __remote_name__ = "plait.RIParallelListener"
 
-    def results_ready(records=WIRE_BYTES, engines=Any(), output=Any()):
+    def results_ready(records=PUSHED_RECORDS, engines=Any(), output=Any()):
         """As ``RIParallel.results`` answers: ``records`` (one
         :func:`~plait.wire.records.encode_results`), the engine ids or None,
         what running tasks printed ``[(taskid, engine_id, name, text)]``."""

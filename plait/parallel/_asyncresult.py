@@ -324,6 +324,17 @@ class AsyncResult(concurrent.futures.Future):
         """As :meth:`get` (the Future's name)."""
         return self.get(timeout)
 
+    def cancel(self) -> bool:
+        """The Future's ``cancel``: the tasks may have started, so they are aborted
+        (:meth:`abort`: one running is interrupted) and this returns False, as
+        for a running Future; the AsyncResult then fails with TaskAborted."""
+        if not self.done():
+            try:
+                self.abort()
+            except Exception:  # finished meanwhile, or the controller is gone
+                pass
+        return False
+
     def add_done_callback(self, fn: Callable[[Any], Any]) -> None:
         """Call ``fn(self)`` once every task has finished, in the client's
         callback thread (never its reactor thread: ``fn`` may block, and

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(start)
     start.add_argument("--daemonize", action="store_true",
                        help="return once the engines are ready; stop with 'ipcluster stop'")
-    for opt in ("--ip", "--location", "--scheme", "--db"):
+    for opt in ("--ip", "--location", "--scheme", "--db", "--status-ip"):
         start.add_argument(opt, default=None, help=f"passed to ipcontroller {opt}")
     for opt in ("--hwm", "--client-port", "--engine-port", "--client-channel-port",
                 "--engine-channel-port", "--data-port", "--status-port"):

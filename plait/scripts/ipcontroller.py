@@ -71,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of silence after which an engine's host counts as gone "
                         "(default 30; engines answer keepalives even while running code)")
     p.add_argument("--status-port", type=int, default=0, metavar="PORT",
-                   help="the port of the status page (default 0: a free one), served on "
-                        "--ip behind a token in its URL")
+                   help="the port of the status page (default 0: a free one), behind a "
+                        "token in its URL")
+    p.add_argument("--status-ip", default="127.0.0.1",
+                   help="the interface of the status page (default 127.0.0.1: it is plain "
+                        "HTTP; reach it from elsewhere through an SSH tunnel)")
     p.add_argument("--no-status", action="store_true", help="serve no status page")
     add_notify_option(p)
     return p
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             engine_channel_port=args.engine_channel_port, data_port=args.data_port,
             engine_timeout=args.engine_timeout, new_furls=args.new_furls, db=args.db,
             restore=args.restore, status_port=None if args.no_status else args.status_port,
+            status_ip=args.status_ip,
         )
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         sys.exit(f"error: {exc}")

@@ -318,3 +318,21 @@ def test_in_ipython_a_long_wait_shows_its_bar(rc, capsys, monkeypatch, tmp_path)
     finally:
         opener.join()
     assert shown.is_set() and "1/1 tasks done" in capsys.readouterr().err
+
+
+def test_cancel_aborts_and_says_it_could_not_stop_a_started_future(rc, tmp_path):
+    gate = Gate(tmp_path)
+    ar = rc.load_balanced_view().apply_async(gate.waiter())
+    assert ar.cancel() is False
+    with pytest.raises((error.TaskAborted, ipp.RemoteError)):
+        ar.get(timeout=30)
+    assert not ar.cancelled()
+
+
+def test_records_past_a_megabyte_arrive(rc):
+    # a value inline (under the reply budget) and what the task printed: 1.2 MB in all
+    ar = rc[0].apply_async(lambda: print("y" * 800_000) or b"x" * 400_000)
+    assert len(ar.get(timeout=60)) == 400_000
+    assert ar.stdout.startswith("y" * 400_000) and "characters of stdout cut" in ar.stdout
+    values = rc[:].apply_sync(lambda: b"x" * 400_000)  # several together, past 1 MiB
+    assert [len(v) for v in values] == [400_000] * 4

@@ -125,7 +125,8 @@ def test_a_section_that_is_not_a_table_is_refused(tmp_path):
     ("cluster", "engine", "n, engines, timeout, controller, controller_host, restart_engines, "
                           "engine_memory_limit"),
     ("controller", "port", "ip, location, client_port, engine_port, client_channel_port, "
-                           "engine_channel_port, data_port, status_port, scheme, hwm, db, engine_timeout"),
+                           "engine_channel_port, data_port, status_port, status_ip, scheme, hwm, db, "
+                           "engine_timeout"),
     ("mpi", "mpirun", "mpiexec, args"),
 ])
 def test_an_unknown_key_is_refused_with_the_known_ones(tmp_path, section, key, known):

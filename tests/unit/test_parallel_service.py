@@ -342,7 +342,7 @@ def test_info_describes_the_controller(monkeypatch):
     cluster = Harness(monkeypatch, n=3, hwm=2, db="sqlite")
     info = cluster.service.info()
     assert info == {"scheme": "leastload", "hwm": 2, "engines": 3, "prefix": PREFIX,
-                    "db": "sqlite", "ids": [0, 1, 2]}
+                    "db": "sqlite", "ids": [0, 1, 2], "dashboard_url": None}
     assert "marks" in cluster.tc.info()  # the task service's own info is untouched
 
 

@@ -316,3 +316,22 @@ def test_draining_at_exit_is_bounded_and_says_what_is_unconfirmed(submitter, cap
     out.clear()
     call(lambda: [_tcsubmit.drain_all(timeout=10, clock=clock).addBoth(out.append)])
     assert out == [None]
+
+
+def test_one_way_sends_a_lost_connection_left_unacknowledged_are_reported_once():
+    fake = FakeController()
+    sent_one_way: list = []
+    sub = call(Submitter, fake, lambda method, *args: sent_one_way.append((method, args)))
+    call(lambda: [sub.reserve_first()])
+    fake.answer(0, 1000)
+    try:
+        sub.enqueue(sub.take_id(), b"a")
+        call(sub.send_buffered)
+        assert [m for m, _ in sent_one_way] == ["submit_one_way"]
+        call(sub.connection_lost, "the controller went away")
+        out = drained(sub)
+        [failure] = out
+        assert "not acknowledged" in str(failure.value)
+        assert drained(sub) == [None]  # said once
+    finally:
+        call(sub.close)

@@ -178,3 +178,12 @@ def test_replies_finished_after_the_controller_was_lost_are_all_kept(monkeypatch
     _run_ids(interp, [2])
     clock[0] += 30  # and the controller took a while to come back
     assert [taskid for taskid, _ in _taskrun.recent_replies(lost_at)] == [2]
+
+
+def test_what_a_task_printed_counts_in_the_bytes_kept(monkeypatch):
+    _taskrun.recent_replies()
+    monkeypatch.setattr(_taskrun, "KEEP_BYTES", 10_000)
+    _taskrun._remember(1, (True, b"v", 0.1, None, {"stdout": "x" * 6000}))
+    _taskrun._remember(2, (True, b"v", 0.1, None, {"stdout": "x" * 6000}))
+    assert [t for t, _ in _taskrun.recent_replies()] == [2]  # both would not fit
+    assert _taskrun._recent_bytes[0] == 0

@@ -405,9 +405,13 @@ class Submitter:
             lost, self._buffer = self._buffer, []
         for taskid, _ in lost:
             self._problem(taskid, f"task {taskid} was not submitted: {why}")
-        if self._call_only is not None:
-            # One-way submissions of that session were processed or lost with it: the
-            # results path asks the hub for each and fails those it does not know.
+        if self._call_only is not None and self._confirmed < self._sent:
+            # One-way submissions of that session that no answer acknowledged: kept or
+            # not, no one can say now (the results path asks the hub for each, and
+            # fails those it does not know); wait_for_send says so, once.
+            self._problem(-1, f"{self._sent - self._confirmed} submission message(s) sent "
+                              f"before the connection was lost were not acknowledged: "
+                              f"their results say whether the controller kept them")
             self._confirmed = self._sent
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet import reactor as _twisted_reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -160,10 +161,12 @@ class ControllerService(service.MultiService):
         db: str = "sqlite",
         restore: bool = False,
         status_port: int | None = 0,
+        status_ip: str = "127.0.0.1",
     ):
         super().__init__()
         #: The status page's port (0: a free one; None: no page), and once serving, its URL.
         self.status_port = status_port
+        self.status_ip = status_ip  # loopback unless told: the page is plain HTTP
         self.status_url: str | None = None
         self._status_listener: Any = None
         self.dirs = dirs
@@ -255,17 +258,25 @@ class ControllerService(service.MultiService):
         self.ready.callback(dict(self.furls))
 
     def _serve_status(self) -> None:
-        """The status page (see :mod:`plait.adapters.web`), on this controller's
-        interface, behind a token made now; its URL in the security folder."""
+        """The status page (see :mod:`plait.adapters.web`), on ``status_ip``
+        (loopback by default), behind a token made now; its URL in the security
+        folder.  A controller started again takes the port it had."""
         from plait.adapters.web import site
         from plait.kernel.controller.status import StatusService
 
         self.status = StatusService(self.registry, self.task)
         token = secrets.token_urlsafe(24)
-        self._status_listener = reactor.listenTCP(self.status_port or 0, site(self.status, token),
-                                                  interface=self.ip)
+        port = self.status_port or _recorded_ports(self.dirs).get("status") or 0
+        try:
+            self._status_listener = reactor.listenTCP(port, site(self.status, token),
+                                                      interface=self.status_ip)
+        except CannotListenError:
+            if self.status_port:  # (fixed: say so, as for the other ports)
+                raise
+            self._status_listener = reactor.listenTCP(0, site(self.status, token),
+                                                      interface=self.status_ip)
         port = self._status_listener.getHost().port
-        host = f"[{self.location}]" if ":" in self.location else self.location
+        host = f"[{self.status_ip}]" if ":" in self.status_ip else self.status_ip
         self.status_url = f"http://{host}:{port}/?token={token}"
         write_private(self.dirs.security / STATUS_URL_FILE, self.status_url + "\n")
         self.parallel.dashboard_url = self.status_url

@@ -53,8 +53,8 @@ class StatusService:
 
     # -- engines joining or leaving: a snapshot at once ------------------------------------
     def engine_added(self, engine_id: int) -> None:
-        if self._loop.running:
-            self.clock.callLater(0, self._tick)
+        if self._loop.running:  # (a snapshot now; the rate keeps its seconds)
+            self.clock.callLater(0, self._publish)
 
     engine_removed = engine_added
 
@@ -93,8 +93,11 @@ class StatusService:
         }
 
     def _tick(self) -> None:
+        self._done.append((self.clock.seconds(), sum(self.tasks.completed_counts().values())))
+        self._publish()
+
+    def _publish(self) -> None:
         try:
-            self._done.append((self.clock.seconds(), sum(self.tasks.completed_counts().values())))
             self.last = self.snapshot()
         except Exception:
             log.failure("could not take a status snapshot")

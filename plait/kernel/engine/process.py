@@ -43,7 +43,7 @@ from plait.kernel.engine.interrupts import interrupts
 from plait.security import make_tub
 from plait.wire.channel import BlockingChannel, channel_address
 from plait.wire.errors import ChannelClosed, PlaitConnectionError
-from plait.wire.serialize import dumps_plain
+from plait.wire.serialize import INLINE_LIMIT, dumps_plain
 from plait.wire.tunnel import route, route_furl
 
 #: Seconds between two looks at an engine's memory, when it has a limit.
@@ -187,8 +187,13 @@ class Engine:
             claim["rejoin"] = True
             # what it finished last: the replies may have died with the controller
             self._unreported.extend(taskrun.recent_replies(self._lost_at))
-            if self._unreported:
-                claim["ran"] = dumps_plain(self._unreported, "the tasks it finished")
+            report = self._unreported
+            while report:  # (the oldest go first: the report must fit the call)
+                data = dumps_plain(report, "the tasks it finished")
+                if len(data) <= INLINE_LIMIT:
+                    claim["ran"] = data
+                    break
+                report = report[len(report) // 4 + 1:]
         d = self.registrar.callRemote(
             "register_engine", self.remote_self, self.uuid,
             dumps_plain(self.interpreter.properties, "the engine's properties"), token, **claim,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -46,25 +47,56 @@ from plait.wire.task import BatchItem, EngineTask, StashFetch, TaskBatch
 
 #: Bytes of payloads one batch reply may carry; larger ones are stashed.
 REPLY_BUDGET = INLINE_LIMIT // 2
+#: Characters of output (stdout, stderr, the result's repr) one batch reply may
+#: carry with the payloads: the reply must travel inline.  Past it the output is
+#: cut, saying so (it reached the client as it was printed, all the same).
+OUTPUT_BUDGET = INLINE_LIMIT // 2 - (64 << 10)
+
+
+def _fit_output(meta: dict | None, room: int) -> tuple[dict | None, int]:
+    """``meta`` with its texts cut to ``room`` characters in all; the room left."""
+    if not meta:
+        return meta, room
+    for key in ("stdout", "stderr", "pyout"):
+        text = meta.get(key)
+        if not isinstance(text, str):
+            continue
+        if len(text) > room:
+            note = (f"\n[plait: {len(text) - max(room - 200, 0):,} more characters of "
+                    f"{key} cut: a task's record carries at most {OUTPUT_BUDGET:,}]\n")
+            meta[key] = text[:max(room - 200, 0)] + note
+        room = max(room - len(meta[key]), 0)
+    return meta, room
 
 _stash: dict[bytes, Any] = {}
 
 #: Seconds, entries and bytes of the recent replies kept (see the module documentation).
 KEEP_SECONDS = 5.0
 KEEP_ENTRIES = 1000
-KEEP_BYTES = 4 << 20
+#: (payloads and printed output: the report must fit one registration call)
+KEEP_BYTES = 512 << 10
 _recent: OrderedDict[int, tuple[float, BatchItem]] = OrderedDict()
 _recent_bytes = [0]
+_recent_lock = threading.Lock()  # the main thread keeps, the reactor thread takes
+
+
+def _size(item: BatchItem) -> int:
+    meta = item[4] or {}
+    return len(item[1] or b"") + sum(len(meta.get(k) or "") for k in ("stdout", "stderr", "pyout"))
 
 
 def _remember(taskid: int, item: BatchItem) -> None:
     now = time.monotonic()
-    _recent[taskid] = (now, item)
-    _recent_bytes[0] += len(item[1] or b"")
-    while _recent and (len(_recent) > KEEP_ENTRIES or _recent_bytes[0] > KEEP_BYTES
-                       or next(iter(_recent.values()))[0] < now - KEEP_SECONDS):
-        _, (_, old) = _recent.popitem(last=False)
-        _recent_bytes[0] -= len(old[1] or b"")
+    with _recent_lock:
+        old = _recent.pop(taskid, None)
+        if old is not None:
+            _recent_bytes[0] -= _size(old[1])
+        _recent[taskid] = (now, item)
+        _recent_bytes[0] += _size(item)
+        while _recent and (len(_recent) > KEEP_ENTRIES or _recent_bytes[0] > KEEP_BYTES
+                           or next(iter(_recent.values()))[0] < now - KEEP_SECONDS):
+            _, (_, dropped) = _recent.popitem(last=False)
+            _recent_bytes[0] -= _size(dropped)
 
 
 def recent_replies(lost_at: float | None = None) -> list[tuple[int, BatchItem]]:
@@ -72,9 +104,10 @@ def recent_replies(lost_at: float | None = None) -> list[tuple[int, BatchItem]]:
     before ``lost_at`` (a ``time.monotonic()``: when the controller was lost;
     default now), ``[(taskid, entry)]`` oldest first, forgotten here."""
     since = (time.monotonic() if lost_at is None else lost_at) - KEEP_SECONDS
-    found = [(taskid, item) for taskid, (when, item) in _recent.items() if when >= since]
-    _recent.clear()
-    _recent_bytes[0] = 0
+    with _recent_lock:
+        found = [(taskid, item) for taskid, (when, item) in _recent.items() if when >= since]
+        _recent.clear()
+        _recent_bytes[0] = 0
     return found
 
 #: The task kinds of the later generation, run with their output captured.
@@ -226,6 +259,7 @@ def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
     """
     replies: list[BatchItem] = []
     budget = REPLY_BUDGET
+    output_room = OUTPUT_BUDGET
     taskids = batch.taskids or (None,) * len(batch.payloads)
     for payload, taskid in zip(batch.payloads, taskids, strict=True):
         start = time.perf_counter()
@@ -251,6 +285,7 @@ def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
                 else:
                     value = run_engine_task(interpreter, task)
             seconds = time.perf_counter() - start
+            meta, output_room = _fit_output(meta, output_room)
             head, buffers = serialize_parts(value)
             size = len(head) + sum(memoryview(b).nbytes for b in buffers)
             if size + 64 > budget:
@@ -260,7 +295,7 @@ def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
             ok = True
         except BaseException as exc:  # a task may not end the engine
             seconds = time.perf_counter() - start
-            meta = _pop_attribute(exc, "plait_meta")
+            meta, output_room = _fit_output(_pop_attribute(exc, "plait_meta"), output_room)
             ok, data = False, interpreter.failure_payload(exc, "run_task")
             if len(data) > budget:
                 replies.append((False, None, seconds, _keep(Serialized(data)), meta))
