@@ -265,7 +265,7 @@ def _task_uneven(tc, p: dict, r: Results) -> None:
 PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
                  "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "cluster_start4",
                  "scale_register", "scale_execute", "engine_restart", "controller_restart",
-                 "chaos_lost", "chaos_recover",
+                 "chaos_lost", "chaos_recover", "status_open_rate", "status_page_cpu",
                  "ssh_start64", "slurm_ready", "par_hub_rss", "par_hub_query"]
 
 
@@ -309,6 +309,7 @@ def parallel(p: dict, r: Results) -> None:
     r.measure("engine_restart", lambda: _engine_restart(p, r))
     r.measure("controller_restart", lambda: _controller_restart(p, r))
     r.measure(["chaos_lost", "chaos_recover"], lambda: _chaos(p, r))
+    r.measure(["status_open_rate", "status_page_cpu"], lambda: _status_page(p, r))
     r.measure("ssh_start64", lambda: _ssh_start64(p, r))
     r.measure("slurm_ready", lambda: _slurm_ready(p, r))
 
@@ -624,6 +625,89 @@ def _chaos(p: dict, r: Results) -> None:
                                          f"controller SIGKILLs, {total:.1f} s in all")
         r.add("chaos_recover", median(recover), each=recover,
               detail="from a controller SIGKILL to the 4 engines back, during the run")
+
+    _in_fresh_plait_dir(run)
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` used so far."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_page(p: dict, r: Results) -> None:
+    """The status page's cost: the task rate with its event stream open over the
+    rate with it closed (rounds interleaved), and the controller CPU its stream
+    costs with N engines idle."""
+    import subprocess
+
+    import plait.parallel as ipp
+
+    n_engines = 4 if p["cycles"] == 1 else 64
+
+    def run() -> None:
+        cluster = ipp.Cluster(n=n_engines)
+        try:
+            rc = cluster.start_and_connect()
+            url = rc.dashboard_url
+            base, token = url.split("?token=")
+            lv = rc.load_balanced_view()
+            n = p["par_tasks"]
+            rc.wait([lv.apply_async(noop) for _ in range(200)])
+
+            def rate() -> float:
+                t0 = time.perf_counter()
+                rc.wait([lv.apply_async(noop) for _ in range(n)])
+                return n / (time.perf_counter() - t0)
+
+            reader_code = ("import sys, urllib.request\n"
+                           "s = urllib.request.urlopen(sys.argv[1], timeout=60)\n"
+                           "s.readline()\n"
+                           "print('reading', flush=True)\n"
+                           "for line in iter(s.readline, b''):\n"
+                           "    pass\n")
+            events = f"{base}events?token={token}"
+
+            def watcher() -> subprocess.Popen:  # a page's stream, read as a browser does
+                proc = subprocess.Popen([sys.executable, "-c", reader_code, events],
+                                        stdout=subprocess.PIPE, text=True)
+                assert proc.stdout is not None
+                if proc.stdout.readline().strip() != "reading":  # (started: now measure)
+                    raise RuntimeError("the status page's stream did not open")
+                return proc
+
+            closed, opened = [], []
+            for k in range(2 * p["rate_rounds"]):  # (in turn first: a round slows the next)
+                if k % 4 in (0, 3):
+                    closed.append(rate())
+                    continue
+                reader = watcher()
+                opened.append(rate())
+                reader.kill()
+                reader.wait()
+            pid = cluster.controller_pid
+            idle = []
+            for watching in (False, True, False, True):
+                reader = watcher() if watching else None
+                c0, t0 = _proc_cpu(pid), time.perf_counter()
+                time.sleep(3)  # (a benchmark: a span of idle time is what is measured)
+                idle.append((watching, (_proc_cpu(pid) - c0) / (time.perf_counter() - t0)))
+                if reader is not None:
+                    reader.kill()
+                    reader.wait()
+            rc.close()
+        finally:
+            cluster.stop()
+        ratio = median(opened) / median(closed)
+        page = (median([c for w, c in idle if w]) - median([c for w, c in idle if not w])) * 100
+        r.add("status_open_rate", ratio, each=[o / c for o, c in zip(opened, closed, strict=True)],
+              detail=f"{median(opened):.0f} tasks/s with a page's stream open (read by "
+                     f"another process), "
+                     f"{median(closed):.0f} closed; {n_engines} engines")
+        r.add("status_page_cpu", max(page, 0.0),
+              detail=f"controller CPU % the open stream adds, {n_engines} engines idle")
 
     _in_fresh_plait_dir(run)
 
