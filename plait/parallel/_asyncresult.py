@@ -271,7 +271,7 @@ class AsyncResult(concurrent.futures.Future):
         show a progress bar (None: in IPython, past a few seconds; see
         :mod:`plait.parallel._progress`)."""
         limit = _timeout(timeout)
-        if self.done():
+        if self.done() and progress is not True:
             return True
         self._client._hurry()
         if return_when == ALL_COMPLETED and progress is not False:

@@ -99,6 +99,8 @@ def wait(done: Callable[[], int], total: int, ready: Callable[[float | None], bo
     deadline = None if timeout is None else time.monotonic() + timeout
     first = 0.0 if progress else PROGRESS_AFTER
     if ready(first if deadline is None else min(first, max(0.0, deadline - time.monotonic()))):
+        if progress:  # asked for: a finished bar, then
+            make_bar(total, desc).close(done())
         return True
     if deadline is not None and time.monotonic() >= deadline:
         return False  # (a wait shorter than PROGRESS_AFTER: no bar)
