@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.web import resource, server
@@ -95,11 +96,13 @@ class StatusPage(resource.Resource):
         if not hmac.compare_digest(given, self.token):
             return _Forbidden()
         if path == b"":
-            return _Static(PAGE.encode(), b"text/html; charset=utf-8")
+            return _Body(b"text/html; charset=utf-8", lambda: _PAGE)
         if path == b"status.json":
-            return _Json(self.status)
+            return _Body(b"application/json",
+                         lambda: json.dumps(self.status.current()).encode())
         if path == b"metrics":
-            return _Metrics(self.status)
+            return _Body(b"text/plain; version=0.0.4",
+                         lambda: prometheus(self.status.current()).encode())
         if path == b"events":
             return _Events(self.status)
         return resource.NoResource()
@@ -108,41 +111,22 @@ class StatusPage(resource.Resource):
         return self.getChild(b"", request).render(request)
 
 
-class _Static(resource.Resource):
+_PAGE = PAGE.encode()
+
+
+class _Body(resource.Resource):
+    """A response of type ``kind`` whose body ``make()`` gives, never cached."""
+
     isLeaf = True
 
-    def __init__(self, body: bytes, kind: bytes):
+    def __init__(self, kind: bytes, make: Callable[[], bytes]):
         super().__init__()
-        self.body, self.kind = body, kind
+        self.kind, self.make = kind, make
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", self.kind)
         request.setHeader(b"cache-control", b"no-store")
-        return self.body
-
-
-class _Json(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, status: Any):
-        super().__init__()
-        self.status = status
-
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(self.status.current()).encode()
-
-
-class _Metrics(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, status: Any):
-        super().__init__()
-        self.status = status
-
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4")
-        return prometheus(self.status.current()).encode()
+        return self.make()
 
 
 def prometheus(snapshot: dict) -> str:

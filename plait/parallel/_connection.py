@@ -108,6 +108,9 @@ class ParallelConnection(SessionClient):
         d = self.records(taskids)
         d.addCallbacks(found, lambda f: self._fail_listeners(f, taskids))
 
+    def _all_finished(self) -> bool:
+        return not self._listeners  # (a task's listener is registered before it is sent)
+
     def _connection_lost(self) -> None:
         super()._connection_lost()
         if self._listeners and not self._closed and self._furl is not None:

@@ -335,3 +335,17 @@ def test_one_way_sends_a_lost_connection_left_unacknowledged_are_reported_once()
         assert drained(sub) == [None]  # said once
     finally:
         call(sub.close)
+
+
+def test_nothing_is_unsure_when_every_task_sent_has_its_result():
+    fake = FakeController()
+    sub = call(Submitter, fake, lambda method, *args: None)
+    call(lambda: [sub.reserve_first()])
+    fake.answer(0, 1000)
+    try:
+        sub.enqueue(sub.take_id(), b"a")
+        call(sub.send_buffered)
+        call(sub.connection_lost, "the controller went away", True)
+        assert drained(sub) == [None]
+    finally:
+        call(sub.close)

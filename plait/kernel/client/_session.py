@@ -61,7 +61,13 @@ class SessionClient(AsyncClientBase):
         return self
 
     def _connection_lost(self) -> None:
-        self._submitter.connection_lost("the connection to the controller was lost first")
+        self._submitter.connection_lost("the connection to the controller was lost first",
+                                        self._all_finished())
+
+    def _all_finished(self) -> bool:
+        """Whether every task this client sent is known to have finished (a
+        client that hears of results says; by default it does not know)."""
+        return False
 
     @defer.inlineCallbacks
     def _rejoined(self) -> Any:

@@ -393,10 +393,11 @@ class Submitter:
                 f"{problems} task submission(s) failed; the first: {first}"
             )
 
-    def connection_lost(self, why: str) -> None:
+    def connection_lost(self, why: str, all_finished: bool = False) -> None:
         """(reactor) The session these ids were reserved in is gone: drop them,
         and count what is still buffered as lost (its ids were of that session).
-        The next id is reserved in the next session."""
+        The next id is reserved in the next session.  ``all_finished``: every
+        task sent has its result (the controller had them all: nothing unsure)."""
         with self._lock:
             self._blocks.clear()
             self._available = 0
@@ -405,13 +406,14 @@ class Submitter:
             lost, self._buffer = self._buffer, []
         for taskid, _ in lost:
             self._problem(taskid, f"task {taskid} was not submitted: {why}")
-        if self._call_only is not None and self._confirmed < self._sent:
+        if self._call_only is not None and self._confirmed < self._sent and not all_finished:
             # One-way submissions of that session that no answer acknowledged: kept or
             # not, no one can say now (the results path asks the hub for each, and
             # fails those it does not know); wait_for_send says so, once.
             self._problem(-1, f"{self._sent - self._confirmed} submission message(s) sent "
                               f"before the connection was lost were not acknowledged: "
                               f"their results say whether the controller kept them")
+        if self._call_only is not None:
             self._confirmed = self._sent
 
     def close(self) -> None:
