@@ -111,15 +111,16 @@ class FoolscapEngineRegistrar(Referenceable):  # type: ignore[misc]
 
     def remote_register_engine(self, engine: Any, uuid: str, properties: bytes,
                                channel: bytes = b"", engine_id: int | None = None,
-                               rejoin: bool = False, ran: bytes = b""
-                               ) -> tuple[int, FoolscapEngineSession]:
+                               rejoin: bool = False, ran: bytes = b"", secret: bytes = b"",
+                               member: bytes = b"") -> tuple[int, FoolscapEngineSession]:
         props = _plain_properties(properties)
         finished = _ran(ran) if ran else []
         link = self._opened.pop(channel, None) if channel else None
         if channel and link is None:
             raise ValueError("unknown channel token: open the channel before registering")
         proxy = RemoteEngine(link or engine, uuid, control=engine)
-        engine_id = self.registry.register(proxy, uuid, props, engine_id, rejoin, finished)
+        engine_id = self.registry.register(proxy, uuid, props, engine_id, rejoin, finished,
+                                           secret, member)
 
         def lost(reason: str) -> None:  # (not a later engine that took the id over)
             if engine_id in self.registry and self.registry.get_engine(engine_id) is proxy:

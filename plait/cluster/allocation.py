@@ -80,7 +80,7 @@ class AllocationJob:
 
 def render(n: int, profile: str | None, dirs: ProfileDirs, output: Path, ready: Path,
            controller_args: list[str], options: batch.BatchOptions,
-           python: str | None = None) -> str:
+           python: str | None = None, enroll_file: Path | None = None) -> str:
     """The job script of the controller and ``n`` engines."""
     prefix, partition, account, walltime = batch.DIRECTIVES["slurm"]
     lines = [f"{prefix} {spelling.format(value)}" for spelling, value in (
@@ -101,19 +101,20 @@ def render(n: int, profile: str | None, dirs: ProfileDirs, output: Path, ready: 
     return SCRIPT.format(name=f"plait-cluster-{profile or 'default'}", n=n, output=output,
                          directives="\n".join(lines), controller=controller,
                          ready_file=shlex.quote(str(ready)),
-                         engine=batch.engine_command(profile, dirs, python))
+                         engine=batch.engine_command(profile, dirs, python, enroll_file))
 
 
 def submit(n: int, profile: str | None, dirs: ProfileDirs, controller_args: list[str],
            options: batch.BatchOptions, deadline: float, timeout: float,
-           python: str | None = None) -> AllocationJob:
+           python: str | None = None, enroll_file: Path | None = None) -> AllocationJob:
     """Submit the job; returns once its controller is ready (its FURL files are in
     ``dirs.security``).  ClusterError when sbatch refuses the job, the job ends
     first (quoting its output), or ``deadline`` passes; the job is cancelled then."""
     tag = f"{os.getpid()}-{secrets.token_hex(3)}"
     output = dirs.log / f"slurm-cluster-{tag}.log"
     ready = dirs.run / f"controller-{tag}.ready"
-    script = render(n, profile, dirs, output, ready, controller_args, options, python)
+    script = render(n, profile, dirs, output, ready, controller_args, options, python,
+                    enroll_file)
     try:
         done = subprocess.run(batch.SUBMIT["slurm"], input=script, capture_output=True,
                               text=True, timeout=60)

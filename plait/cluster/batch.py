@@ -28,8 +28,9 @@ The placeholders of a template:
     ``time``, and the user's extra ``directives``
 ``{engine}``
     the command that runs one engine (it reads the profile's engine FURL
-    file, so the compute nodes must see the profile folder, as they see the
-    home folders on a cluster)
+    file, and its one-time enrollment secret from a secrets file beside it,
+    the line of its rank, so the compute nodes must see the profile folder,
+    as they see the home folders on a cluster)
 """
 
 from __future__ import annotations
@@ -132,16 +133,21 @@ class BatchOptions:
                    options.get("time"), list(directives), options.get("template"))
 
 
-def engine_command(profile: str | None, dirs: ProfileDirs, python: str | None = None) -> str:
+def engine_command(profile: str | None, dirs: ProfileDirs, python: str | None = None,
+                   enroll_file: Path | None = None) -> str:
+    """The command of one engine (with ``enroll_file``: it takes its rank's secret there)."""
     cmd = [python or sys.executable, "-m", "plait.scripts.ipengine",
            f"--furl-file={dirs.furl_path(ENGINE_FURL)}"]
+    if enroll_file is not None:
+        cmd.append(f"--enroll-file={enroll_file}")
     if profile:
         cmd.append(f"--profile={profile}")
     return shlex.join(cmd)
 
 
 def render(system: str, n: int, profile: str | None, dirs: ProfileDirs, output: Path,
-           options: BatchOptions, python: str | None = None) -> str:
+           options: BatchOptions, python: str | None = None,
+           enroll_file: Path | None = None) -> str:
     """The job script starting ``n`` engines under ``system``."""
     if system not in TEMPLATES:
         raise ClusterError(f"unknown batch system {system!r}: one of {', '.join(TEMPLATES)}")
@@ -160,7 +166,7 @@ def render(system: str, n: int, profile: str | None, dirs: ProfileDirs, output: 
     try:
         return template.format(name=f"plait-engines-{profile or 'default'}", n=n,
                                output=output, directives="\n".join(lines),
-                               engine=engine_command(profile, dirs, python))
+                               engine=engine_command(profile, dirs, python, enroll_file))
     except (KeyError, IndexError, ValueError) as exc:
         raise ClusterError(f"the batch template has a bad placeholder: {exc}") from None
 
@@ -239,11 +245,12 @@ class BatchJob:
 
 
 def submit(system: str, n: int, profile: str | None, dirs: ProfileDirs,
-           options: BatchOptions, python: str | None = None) -> BatchJob:
+           options: BatchOptions, python: str | None = None,
+           enroll_file: Path | None = None) -> BatchJob:
     """Submit the job of ``n`` engines; ClusterError quoting the submit command when
     it refuses (or is not installed)."""
     output = dirs.log / f"{system}-engines-{os.getpid()}-{secrets.token_hex(3)}.log"
-    script = render(system, n, profile, dirs, output, options, python)
+    script = render(system, n, profile, dirs, output, options, python, enroll_file)
     command = SUBMIT[system]
     try:
         done = subprocess.run(command, input=script, capture_output=True, text=True,

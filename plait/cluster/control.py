@@ -11,9 +11,12 @@ it started when it fails: nothing is left running behind an error.
 
 from __future__ import annotations
 
+import os
+import secrets
 import shlex
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from plait.cluster import state as _state
@@ -32,7 +35,8 @@ from plait.cluster.launchers import (
 )
 from plait.cluster.processes import pid_alive, terminate
 from plait.cluster.remote import RemoteController, start_remote_controller
-from plait.security import ENGINE_FURL, MEC_FURL, ProfileDirs, profile_dirs
+from plait.security import ENGINE_FURL, MEC_FURL, ProfileDirs, enrollment_key, profile_dirs
+from plait.wire import enrollment
 from plait.wire.errors import ClusterError
 
 #: Where the controller runs, for ``controller=`` and ``--controller``: here, on a
@@ -107,6 +111,8 @@ class ClusterProcesses:
         self._tunnel: Any = None  # the SSH tunnel of this process to the controller, if any
         self.dirs: ProfileDirs = profile_dirs(profile)
         self.controller_args = list(controller_args or [])
+        if "--enroll" not in self.controller_args:  # a copied engine FURL admits nobody
+            self.controller_args.append("--enroll")
         self.launcher = check_launcher(launcher)
         self.mpiexec = mpiexec
         self.mpi_args = tuple(mpi_args)
@@ -191,6 +197,7 @@ class ClusterProcesses:
                                                   self.detach)
                 self.controller_proc, self.controller_pid = proc, proc.pid
                 zygote = ForkServer(self.detach)
+                zygote.secrets(self._issue(n))
                 early = EngineSet("local", n)
                 self.engine_sets.append(early)
                 if self.restart_engines:
@@ -276,16 +283,21 @@ class ClusterProcesses:
         from plait.cluster import allocation, batch
         from plait.kernel.client import MultiEngineClient
 
-        self.allocation = allocation.submit(n, self.profile, self.dirs, self.controller_args,
-                                            batch.BatchOptions.from_dict(self.batch),
-                                            deadline, timeout)
-        job = self.allocation.job
-        group = EngineSet("slurm", n, job=job.job, log=job.output)
-        self.engine_sets.append(group)
-        if controller_ready is not None:
-            controller_ready()
-        mec = MultiEngineClient(self.dirs.furl_path(MEC_FURL))
-        group.ids = batch.wait_for_engines(job, mec.get_ids, n, deadline, timeout)
+        enroll_file = self._secrets_file(n)
+        try:
+            self.allocation = allocation.submit(n, self.profile, self.dirs,
+                                                self.controller_args,
+                                                batch.BatchOptions.from_dict(self.batch),
+                                                deadline, timeout, enroll_file=enroll_file)
+            job = self.allocation.job
+            group = EngineSet("slurm", n, job=job.job, log=job.output)
+            self.engine_sets.append(group)
+            if controller_ready is not None:
+                controller_ready()
+            mec = MultiEngineClient(self.dirs.furl_path(MEC_FURL))
+            group.ids = batch.wait_for_engines(job, mec.get_ids, n, deadline, timeout)
+        finally:
+            enroll_file.unlink(missing_ok=True)
 
     def _ssh_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.ssh.items()
@@ -318,6 +330,22 @@ class ClusterProcesses:
                 f"--ssh-args={shlex.join(options.get('args', ()))}",
                 *([f"--ssh-command={options['command']}"] if options.get("command") else [])]
 
+    def _issue(self, n: int) -> list[str]:
+        """``n`` one-time enrollment secrets for the engines started next."""
+        try:
+            # (a controller on another host made its own, fetched when it started)
+            key = enrollment_key(self.dirs, create=self.controller != "ssh")
+        except ValueError as exc:
+            raise ClusterError(f"cannot give the engines enrollment secrets: {exc}") from None
+        return enrollment.issue(key, n)
+
+    def _secrets_file(self, n: int) -> Path:
+        """A new secrets file of ``n`` engines (a line for each rank), in the security
+        folder, which engines on other nodes see as they see the engine FURL."""
+        path = self.dirs.security / f"enroll-{os.getpid()}-{secrets.token_hex(4)}.secrets"
+        enrollment.write_secrets(path, self._issue(n))
+        return path
+
     def _start_set(self, n: int, notices: Notices, deadline: float, timeout: float,
                    launcher: str | None = None) -> EngineSet:
         kind = check_launcher(launcher or self.launcher)
@@ -329,12 +357,19 @@ class ClusterProcesses:
             groups = spawn_ssh(hosts, self.profile,
                                self.dirs.furl_path(ENGINE_FURL).read_text().strip(),
                                self.dirs, deadline, timeout,
-                               engine_args=tuple(self._engine_args()), **options)
+                               engine_args=tuple(self._engine_args()), issue=self._issue,
+                               **options)
             self.engine_sets.extend(groups)
             return groups[0]
+        enroll_file = None
         if kind == "mpi":
-            group = spawn_mpi(n, self.profile, notices, self.dirs, self.mpiexec,
-                              self.mpi_args, self.detach)
+            enroll_file = self._secrets_file(n)
+            try:
+                group = spawn_mpi(n, self.profile, notices, self.dirs, self.mpiexec,
+                                  self.mpi_args, self.detach, enroll_file)
+            except BaseException:
+                enroll_file.unlink(missing_ok=True)
+                raise
         else:
             group = EngineSet("local", n)
             self.engine_sets.append(group)
@@ -343,6 +378,7 @@ class ClusterProcesses:
                 zygote.supervise()
                 group.supervised, group.launcher_pid = True, zygote.proc.pid
             try:
+                zygote.secrets(self._issue(n))
                 group.procs = zygote.engines(n, self.profile,
                                              [f"--notify-socket={notices.arg}",
                                               *self._engine_args()], deadline,
@@ -358,8 +394,12 @@ class ClusterProcesses:
 
         mec = MultiEngineClient(self.dirs.furl_path(MEC_FURL))
         before = set(mec.get_ids())
-        notices.wait(group, deadline, timeout, self.dirs,
-                     new_ids=lambda: sorted(set(mec.get_ids()) - before))
+        try:
+            notices.wait(group, deadline, timeout, self.dirs,
+                         new_ids=lambda: sorted(set(mec.get_ids()) - before))
+        finally:  # (its secrets are used, or the engines that would use them stopped)
+            if enroll_file is not None:
+                enroll_file.unlink(missing_ok=True)
         return group
 
     def _start_job(self, system: str, n: int, deadline: float, timeout: float) -> EngineSet:
@@ -370,10 +410,15 @@ class ClusterProcesses:
         options = batch.BatchOptions.from_dict(self.batch)
         mec = MultiEngineClient(self.dirs.furl_path(MEC_FURL))  # to ask who registered
         before = set(mec.get_ids())
-        job = batch.submit(system, n, self.profile, self.dirs, options)
-        group = EngineSet(system, n, job=job.job, log=job.output)
-        self.engine_sets.append(group)
-        ids = batch.wait_for_engines(job, mec.get_ids, len(before) + n, deadline, timeout)
+        enroll_file = self._secrets_file(n)
+        try:
+            job = batch.submit(system, n, self.profile, self.dirs, options,
+                               enroll_file=enroll_file)
+            group = EngineSet(system, n, job=job.job, log=job.output)
+            self.engine_sets.append(group)
+            ids = batch.wait_for_engines(job, mec.get_ids, len(before) + n, deadline, timeout)
+        finally:
+            enroll_file.unlink(missing_ok=True)
         group.ids = sorted(set(ids) - before)
         return group
 

@@ -237,6 +237,13 @@ class ForkServer:
         self.proc.stdin.flush()
         self.supervising = True
 
+    def secrets(self, secrets_: list[str]) -> None:
+        """(Before :meth:`engines`) The enrollment secrets of the engines forked next."""
+        assert self.proc.stdin is not None
+        if secrets_:
+            self.proc.stdin.write(f"secrets {' '.join(secrets_)}\n".encode())
+            self.proc.stdin.flush()
+
     def furl(self, furl: str) -> None:
         """Hand the engines forked so far the engine FURL."""
         assert self.proc.stdin is not None
@@ -482,10 +489,11 @@ def find_mpiexec(mpiexec: str) -> str:
 
 
 def spawn_mpi(n: int, profile: str | None, notices: Notices, dirs: ProfileDirs,
-              mpiexec: str = "mpiexec", args: tuple[str, ...] = (), detach: bool = True
-              ) -> EngineSet:
+              mpiexec: str = "mpiexec", args: tuple[str, ...] = (), detach: bool = True,
+              enroll_file: Path | None = None) -> EngineSet:
     """Start ``n`` engines as one ``mpiexec -n N`` job (the controller must be ready:
-    they read the profile's engine FURL file)."""
+    they read the profile's engine FURL file; with ``enroll_file``, each rank its
+    line of that secrets file)."""
     path = find_mpiexec(mpiexec)
     flags = list(args)
     if _is_open_mpi(path):
@@ -494,7 +502,8 @@ def spawn_mpi(n: int, profile: str | None, notices: Notices, dirs: ProfileDirs,
     log = dirs.log / f"mpiexec-{os.getpid()}-{secrets.token_hex(3)}.log"
     engine = _command("plait.scripts.ipengine", profile,
                       [f"--furl-file={dirs.furl_path(ENGINE_FURL)}",
-                       f"--notify-socket={notices.arg}"])
+                       f"--notify-socket={notices.arg}",
+                       *([f"--enroll-file={enroll_file}"] if enroll_file else [])])
     with open(log, "ab") as out:
         proc = subprocess.Popen([path, *flags, "-n", str(n), *engine],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -537,12 +546,14 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
               deadline: float, timeout: float, *, command: str = "ssh",
               args: tuple[str, ...] = (), python: str | None = None,
               plait_dir: str | None = None, reconnect: float = 60.0,
-              engine_args: tuple[str, ...] = ()) -> list[EngineSet]:
+              engine_args: tuple[str, ...] = (),
+              issue: Callable[[int], list[str]] | None = None) -> list[EngineSet]:
     """Start ``hosts[host]`` engines on each host, through one SSH session per host
     running the fork server there; returns once every engine registered.
 
     The engine FURL travels in the SSH session, to the fork server's standard
-    input: it is never written on the remote host, nor put on a command line.
+    input: it is never written on the remote host, nor put on a command line;
+    so do the engines' enrollment secrets (``issue(n)``: ``n`` new ones).
     An engine that loses the controller (a network cut) tries to join it
     again for ``reconnect`` seconds, keeping its namespace.  ``engine_args``: more
     ipengine flags (``--ssh=...``, a tunnel to the controller).
@@ -569,7 +580,9 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
             groups.append(group)
             assert proc.stdin is not None
             argv = [*_profile(profile), f"--reconnect={reconnect:g}", *engine_args]
-            proc.stdin.write(f"engines {n} {json.dumps(argv)}\nfurl {furl}\n".encode())
+            secrets_ = f"secrets {' '.join(issue(n))}\n" if issue is not None else ""
+            proc.stdin.write(f"{secrets_}engines {n} {json.dumps(argv)}\nfurl {furl}\n"
+                             .encode())
             proc.stdin.flush()
         _wait_ssh(groups, deadline, timeout, dirs)
     except BaseException:

@@ -6,9 +6,9 @@ host, as the user's own process there: one SSH session runs this module on
 the far side (``python -m plait.cluster.remote``), which starts the
 controller in a session of its own (it outlives the SSH session), waits for
 its ready notice and prints, as one JSON line, its pid, its start time and
-the contents of its FURL files.  The FURL files travel inside the SSH
-session and are written here into the profile's security folder, private
-(0600), as if the controller ran here: clients and engine launchers of this
+the contents of its FURL files and of its enrollment key.  They travel
+inside the SSH session and are written here into the profile's security
+folder, private (0600), as if the controller ran here: clients and engine launchers of this
 host then find them where they always do.  Only then does this side say
 ``keep`` on the session's stdin; a start interrupted before (the session
 ends) makes the far side stop the controller, so nothing is left running.
@@ -38,11 +38,13 @@ from plait.cluster.launchers import read_ready, spawn_controller, ssh_prefix
 from plait.cluster.processes import start_time, terminate
 from plait.security import (
     ENGINE_FURL,
+    ENROLL_KEY,
     MEC_FURL,
     PARALLEL_FURL,
     TC_FURL,
     ProfileDirs,
     check_furl,
+    enrollment_key,
     profile_dirs,
     write_private,
 )
@@ -132,6 +134,7 @@ def start_remote_controller(host: str, profile: str | None, controller_args: lis
             (dirs.security / name).unlink(missing_ok=True)
         for name, furl in answer["furls"].items():
             write_private(dirs.security / name, furl + "\n")
+        write_private(dirs.security / ENROLL_KEY, answer["enroll_key"] + "\n")
         assert proc.stdin is not None
         proc.stdin.write(b"keep\n")  # from now on, the controller stays
         proc.stdin.close()
@@ -190,6 +193,11 @@ def _checked(answer: dict, said: str, proc: subprocess.Popen, host: str,
                            f"(missing {missing}, or names it should not send)")
     for name, furl in furls.items():
         check_furl(furl, f"the {name} of the controller on {host}")
+    key = answer.get("enroll_key")
+    if not (isinstance(key, str) and len(key) == 64
+            and all(c in "0123456789abcdef" for c in key)):
+        raise ClusterError(f"the controller on {host} sent no enrollment key (is plait "
+                           f"there as new as here?)")
     return RemoteController(host, prefix, pid, str(answer.get("log", "")),
                             str(answer.get("started", "")))
 
@@ -211,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         proc, ready = spawn_controller(args.profile, extra, detach=True)
         read_ready(ready, proc, time.monotonic() + args.timeout, dirs)
         furls = {name: (dirs.security / name).read_text().strip() for name in NEEDED_FURLS}
+        key = enrollment_key(dirs).hex()
         print(json.dumps({"pid": proc.pid, "started": start_time(proc.pid) or "",
-                          "log": str(dirs.log), "furls": furls}), flush=True)
+                          "log": str(dirs.log), "furls": furls, "enroll_key": key}),
+              flush=True)
         keep = sys.stdin.readline().strip() == "keep"
-    except (ClusterError, OSError) as exc:  # (a broken pipe too: the far end went away)
+    except (ClusterError, OSError, ValueError) as exc:  # (a broken pipe: the far end went)
         if proc is not None:
             terminate([proc.pid])
         try:

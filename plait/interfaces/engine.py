@@ -38,6 +38,7 @@ from foolscap.schema import (
 )
 from zope.interface import Attribute, Interface
 
+from plait.wire.enrollment import MEMBER_MAX, SECRET_MAX
 from plait.wire.serialize import INLINE_LIMIT
 
 #: A payload on the wire (the limit leaves room for framing around INLINE_LIMIT).
@@ -150,7 +151,9 @@ class RIEngineRegistrar(RemoteInterface):
     def register_engine(engine=RIEngine, uuid=Uuid, properties=Properties, channel=Token,
                         engine_id=Optional(ChoiceOf(None, IntegerConstraint()), None),
                         rejoin=Optional(BooleanConstraint(), False),
-                        ran=Optional(WIRE_BYTES, b"")):
+                        ran=Optional(WIRE_BYTES, b""),
+                        secret=Optional(ByteStringConstraint(maxLength=SECRET_MAX), b""),
+                        member=Optional(ByteStringConstraint(maxLength=MEMBER_MAX), b"")):
         """Register ``engine``; returns ``(id, session)``.
 
         ``properties`` is plain data (``dumps_plain``): the controller never
@@ -165,7 +168,12 @@ class RIEngineRegistrar(RemoteInterface):
         entries of the tasks it finished in its last seconds, ``[(taskid,
         entry)]`` pickled as plain data: the reply carrying them may have died
         with the controller, which then takes them instead of running those
-        tasks again.
+        tasks again.  ``secret``: a one-time enrollment secret, and ``member``
+        the engine's member key (see :mod:`plait.wire.enrollment`); a
+        controller that admits enrolled engines only fails the call with
+        :class:`~plait.wire.errors.EnrollmentRefused` unless the secret is
+        valid and unused, or the member key is the one recorded for the id
+        claimed.
         """
         return TupleOf(EngineId, RIEngineSession)
 
@@ -248,6 +256,23 @@ class IEngineServer(Interface):
         the user code running, if any)."""
 
 
+class IEnrollment(Interface):
+    """Which processes a controller admits as engines (see
+    :mod:`plait.wire.enrollment`): those that show a valid, unused enrollment
+    secret, or the member key recorded for the id they claim."""
+
+    def admit(secret, member, claim):
+        """Check the credentials of an engine claiming the id ``claim`` (None:
+        no claim); a secret admitted is used up.  Returns None; raises
+        EnrollmentRefused saying why the engine is not admitted."""
+
+    def bind(engine_id, member):
+        """Record ``member`` (a member key; b'': none) as the key of the engine
+        registered as ``engine_id``, and the secrets admitted so far, on disk
+        before it returns: kept across controller restarts.  OSError when
+        they cannot be written (the engine is not registered then)."""
+
+
 class IEngineRegistry(Interface):
     """The set of engines connected to a controller.
 
@@ -255,8 +280,12 @@ class IEngineRegistry(Interface):
     while the controller runs.
     """
 
-    def register(engine, uuid, properties, engine_id=None, rejoin=False, ran=()):
+    def register(engine, uuid, properties, engine_id=None, rejoin=False, ran=(),
+                 secret=b"", member=b""):
         """Add ``engine`` (an :class:`IEngine` factory's product); returns its id.
+        ``secret`` and ``member``: its credentials, checked by the registry's
+        :class:`IEnrollment` when it has one (EnrollmentRefused, and nothing
+        registered, when they do not admit it).
         ``engine_id``: an id given before, which a restarted engine takes over
         (the engine registered under it, if any, is dropped); with ``rejoin``,
         an engine joining again takes its id back only if no engine holds it.

@@ -12,8 +12,10 @@ beside what they share::
                               exception (errors), pickling (serialize), the
                               task format (task), the bulk data format and its
                               peer side (bulk), the lean TLS channel (channel),
-                              SSH tunnels and routing (tunnel)
-    plait/security/           profile folders, private files, certificates, Tubs
+                              SSH tunnels and routing (tunnel), engines'
+                              enrollment secrets (enrollment)
+    plait/security/           profile folders, private files, certificates, Tubs,
+                              the enrollment key
     plait/interfaces/         zope ``I...`` of the local services and foolscap
                               ``RI...`` of the wire, one module per service
     plait/adapters/           foolscap Referenceables that only delegate to a
@@ -49,7 +51,7 @@ circle.
 
     area                              may import
     plait.wire                        -
-    plait.security                    -
+    plait.security                    plait.wire
     plait.interfaces                  plait.wire
     plait.adapters                    plait.wire plait.interfaces plait.security
     plait.kernel                      -
@@ -65,7 +67,7 @@ circle.
     plait.demo                        plait.kernel.client
     plait                             plait.kernel.client
 
-In words: the wire vocabulary and security stand alone; the services of the
+In words: the wire vocabulary stands alone, and security knows only it; the services of the
 controller know interfaces and wire formats but no network code (no
 foolscap: the adapters turn them into remote objects, and
 ``controller.service`` wires the two together); the engine reaches the

@@ -9,7 +9,10 @@ line each::
 
     engines N ARGS-JSON    fork N ipengines, which wait for the engine FURL
                            -> N lines "pid engine PID"
-    furl FURL              hand the engine FURL to the engines waiting for it
+    secrets S1 S2 ...      (before ``engines``) one-time enrollment secrets, one
+                           for each engine forked next (see plait.wire.enrollment)
+    furl FURL              hand the engine FURL to the engines waiting for it, with
+                           each one's secret and member key
     supervise              (before ``engines``) stay after the end of input, and
                            replace an engine that dies by a new one taking its id
     (end of input)         exit; the engines go on
@@ -23,7 +26,9 @@ Supervising (``Cluster(restart_engines=True)``, ``ipcluster start
 --restart-engines``): each engine reports its id on a pipe of its own once
 registered, and the fork server watches its engines' pidfds.  One that exits
 after it registered is forked again at once (a fork: milliseconds), with
-``--engine-id`` so that the controller gives it the same id.  One that dies
+``--engine-id`` so that the controller gives it the same id, and the member
+key of the engine it replaces (the fork server made it, and keeps it in its
+memory only), which admits the claim without a new secret.  One that dies
 before registering, or that has died :data:`MAX_RESTARTS` times within
 :data:`RESTART_WINDOW` seconds, is not restarted (it would only die again).
 SIGTERM stops the supervision: the engines get SIGTERM, then the fork server
@@ -52,6 +57,7 @@ from dataclasses import dataclass, field
 import plait.kernel.engine.process  # noqa: F401  (what every engine imports)
 from plait.cluster.launchers import peer_pid
 from plait.scripts import ipengine
+from plait.wire.enrollment import new_member
 
 
 def _fresh_reactor() -> None:
@@ -167,6 +173,7 @@ class _Engine:
     """An engine this fork server made, as a supervisor knows it."""
 
     args: list[str]
+    member: str = ""  # its member key (replacements show it to claim the id)
     reports: int | None = None  # the read end of the pipe it reports its id on
     engine_id: int | None = None
     deaths: list[float] = field(default_factory=list)
@@ -176,7 +183,10 @@ class _State:
     def __init__(self, detach: bool, relay: _Relay | None):
         self.detach = detach
         self.relay = relay
-        self.waiting: list[int] = []  # write ends of the pipes engines read their FURL from
+        # the write ends of the pipes engines read their FURL from, with what else
+        # they are to read there (their secret and member key)
+        self.waiting: list[tuple[int, str]] = []
+        self.secrets: list[str] = []  # for the engines forked next
         self.supervise = False
         self.furl: str | None = None
         self.engines: dict[int, _Engine] = {}  # pid -> what it is (when supervising)
@@ -193,7 +203,7 @@ class _State:
             os.close(w)
             if reports is not None:
                 os.close(reports)
-            for fd in self.waiting:
+            for fd, _ in self.waiting:
                 os.close(fd)
             for other in self.engines.values():
                 if other.reports is not None:
@@ -209,20 +219,24 @@ class _State:
         os.close(r)
         if reports is not None:
             os.close(report_w)
-        engine = slot or _Engine(args=[a for a in args if not a.startswith("--notify-fd=")])
+        engine = slot or _Engine(args=[a for a in args if not a.startswith("--notify-fd=")],
+                                 member=new_member().decode())
         engine.reports = reports
         if self.supervise:
             self.engines[pid] = engine
+        # a replacement shows its slot's member key; a new engine a secret, if given
+        secret = self.secrets.pop(0) if slot is None and self.secrets else "-"
+        credentials = f"{secret} {engine.member}"
         if self.furl is not None:  # a replacement: its FURL at once
-            _give_furl(w, self.furl)
+            _give_furl(w, self.furl, credentials)
         else:
-            self.waiting.append(w)
+            self.waiting.append((w, credentials))
         return pid
 
 
-def _give_furl(fd: int, furl: str) -> None:
+def _give_furl(fd: int, furl: str, credentials: str) -> None:
     try:
-        os.write(fd, (furl + "\n").encode())
+        os.write(fd, f"{furl} {credentials}\n".encode())
     except OSError:
         pass  # that engine died: the launcher (or the supervisor) sees it
     os.close(fd)
@@ -238,10 +252,12 @@ def _handle(line: str, state: _State) -> None:
         for _ in range(int(count)):
             pid = state.fork(arglist)
             os.write(1, f"pid engine {pid}\n".encode())
+    elif word == "secrets":
+        state.secrets.extend(rest.split())
     elif word == "furl":
         state.furl = rest if state.supervise else None
-        for fd in state.waiting:
-            _give_furl(fd, rest)
+        for fd, credentials in state.waiting:
+            _give_furl(fd, rest, credentials)
         state.waiting.clear()
     elif word == "supervise":
         state.supervise = True
@@ -378,7 +394,7 @@ def main() -> int:
                     _handle(line.decode(), state)
             elif relay is not None:
                 relay.ready(sel, key)
-    for fd in state.waiting:
+    for fd, _ in state.waiting:
         os.close(fd)
     if state.supervise:
         sel.close()

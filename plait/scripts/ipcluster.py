@@ -6,7 +6,10 @@ soon as every engine is registered (exit 0), or fails after ``--timeout``
 seconds, leaving nothing running.  ``--engines=mpi`` starts the engines as
 one ``mpiexec -n 4`` job.  ``ipcluster engines -n 2`` adds engines to the
 running cluster of a profile, ``ipcluster list`` shows the running clusters
-and ``ipcluster stop`` ends one.  Options may also come from the profile's
+and ``ipcluster stop`` ends one.  ``ipcluster enroll -n 2 --file=F`` issues
+one-time enrollment secrets, for engines started by hand (``ipengine
+--enroll-file=F``) with a controller that admits enrolled engines only, as
+the controllers ipcluster starts do.  Options may also come from the profile's
 ``cluster.toml`` (see :mod:`plait.cluster.config`); flags override it.
 """
 
@@ -89,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop the cluster of a profile")
     add_profile_option(stop)
     sub.add_parser("list", help="list the running clusters (of $PLAIT_DIR)")
+    enroll = sub.add_parser(
+        "enroll", help="issue one-time enrollment secrets for engines started by hand",
+        description="Write N one-time enrollment secrets to a new private file: an engine "
+                    "started with 'ipengine --enroll-file=FILE' takes one (the line of its "
+                    "rank under MPI or a batch job, else the first left) and is admitted "
+                    "by a controller of the profile that admits enrolled engines only.")
+    add_profile_option(enroll)
+    enroll.add_argument("-n", type=int, default=1, help="how many secrets (default 1)")
+    enroll.add_argument("--file", required=True, metavar="PATH",
+                        help="the secrets file to write (it must not exist yet)")
     return p
 
 
@@ -304,13 +317,44 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from plait.security import enrollment_key
+    from plait.wire import enrollment
+
+    if not 1 <= args.n <= 100_000:
+        print(f"error: -n is a number of engines from 1 to 100000, not {args.n}",
+              file=sys.stderr)
+        return 2
+    dirs = dirs_for(args.profile)
+    try:
+        enrollment.write_secrets(Path(args.file), enrollment.issue(enrollment_key(dirs), args.n))
+    except FileExistsError:
+        print(f"error: {args.file} exists: give a new file (secrets are never added to an "
+              f"old one)", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot issue secrets: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.n} one-time enrollment secret{'s' if args.n != 1 else ''} in {args.file}; "
+          f"start each engine with: ipengine{_profile_flag(args.profile)} "
+          f"--enroll-file={args.file}")
+    return 0
+
+
+def _profile_flag(profile: str | None) -> str:
+    return f" --profile={profile}" if profile else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("start", "stop", "engines", "list", "-h", "--help"):
+    if not argv or argv[0] not in ("start", "stop", "engines", "list", "enroll", "-h",
+                                   "--help"):
         argv.insert(0, "start")
     args = build_parser().parse_args(argv)
-    command = {"stop": cmd_stop, "engines": cmd_engines, "list": cmd_list}.get(
-        args.command, cmd_start)
+    command = {"stop": cmd_stop, "engines": cmd_engines, "list": cmd_list,
+               "enroll": cmd_enroll}.get(args.command, cmd_start)
     return command(args)
 
 

@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the interface of the status page (default 127.0.0.1: it is plain "
                         "HTTP; reach it from elsewhere through an SSH tunnel)")
     p.add_argument("--no-status", action="store_true", help="serve no status page")
+    p.add_argument("--enroll", action="store_true",
+                   help="admit only engines that show a one-time enrollment secret (ipcluster "
+                        "starts its controller so, and gives its engines secrets; issue them "
+                        "for engines started by hand with 'ipcluster enroll'): the engine FURL "
+                        "alone then makes nobody an engine")
     add_notify_option(p)
     return p
 
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             engine_channel_port=args.engine_channel_port, data_port=args.data_port,
             engine_timeout=args.engine_timeout, new_furls=args.new_furls, db=args.db,
             restore=args.restore, status_port=None if args.no_status else args.status_port,
-            status_ip=args.status_ip,
+            status_ip=args.status_ip, enroll=args.enroll,
         )
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
         sys.exit(f"error: {exc}")
@@ -123,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             reactor.stop()
             return
+        admits = "enrolled engines only" if args.enroll else "any holder of the engine FURL"
         print(f"plait controller ready ({controller.describe_ports()}); FURL files in "
-              f"{dirs.security}; log {log_path}", flush=True)
+              f"{dirs.security}; log {log_path}; admits {admits}", flush=True)
         if controller.status_url:
             print(f"status page: {controller.status_url}", flush=True)
         notify(args.notify_fd, f"ready {controller.furls.get('ipcontroller-engine.furl')}")

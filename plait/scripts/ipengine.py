@@ -1,7 +1,12 @@
 """``ipengine``: start one plait engine and connect it to a controller.
 
 By default the engine FURL is read from the profile's security folder;
-``--furl-file=PATH`` names another file (``-`` reads the FURL from stdin).
+``--furl-file=PATH`` names another file (``-`` reads the FURL from stdin,
+as a line that may go on with ``SECRET MEMBER``: its enrollment
+credentials, ``-`` for either that it has not; a fork server's engines get
+theirs so).  ``--enroll-file=PATH`` gives the engine a one-time enrollment
+secret, for a controller that admits enrolled engines only (see
+:mod:`plait.wire.enrollment`).
 ``--ssh=user@host`` reaches the controller through an SSH tunnel to that host
 (an engine behind NAT, or outside the login node that leads to the
 controller); see :mod:`plait.wire.tunnel`.
@@ -24,6 +29,7 @@ from plait.scripts._common import (
     start_logging,
 )
 from plait.security import ENGINE_FURL, read_furl
+from plait.wire.enrollment import slot_of, take_secret
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile_option(p)
     p.add_argument("--furl-file", default=None,
                    help="the engine FURL file (default: the profile's ipcontroller-engine.furl)")
+    p.add_argument("--enroll-file", default=None, metavar="PATH",
+                   help="a file of enrollment secrets (from 'ipcluster enroll'): the engine "
+                        "takes the line of its rank under MPI or a batch job, else the first "
+                        "line left, which it removes")
     p.add_argument("--no-channel", action="store_true",
                    help="take commands through foolscap only, not the faster command channel "
                         "(for networks that let only the engine port through)")
@@ -88,6 +98,17 @@ def _announce(path: str | None, engine_id: int) -> None:
         pass  # the launcher is gone: nobody waits for the notice
 
 
+def _furl_line(line: str) -> tuple[str, str | None, bytes | None]:
+    """The line ``FURL [SECRET [MEMBER]]`` read on standard input: the FURL, the
+    enrollment secret and the member key (None for those not given, or ``-``)."""
+    words = line.split()
+    if not words or not words[0].startswith("pb://"):
+        sys.exit("error: no FURL on standard input")
+    secret = words[1] if len(words) > 1 and words[1] != "-" else None
+    member = words[2].encode() if len(words) > 2 and words[2] != "-" else None
+    return words[0], secret, member
+
+
 def _exit(code: int) -> None:
     """End the engine at once (no atexit: user code may hang there), its SSH
     tunnels first, if any."""
@@ -101,13 +122,15 @@ def _exit(code: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dirs = dirs_for(args.profile)
+    secret: str | None = None
+    member: bytes | None = None
     try:
         if args.furl_file == "-":
-            furl = sys.stdin.readline().strip()
-            if not furl.startswith("pb://"):
-                sys.exit("error: no FURL on standard input")
+            furl, secret, member = _furl_line(sys.stdin.readline())
         else:
             furl = read_furl(args.furl_file or dirs.furl_path(ENGINE_FURL))
+        if args.enroll_file:
+            secret = take_secret(args.enroll_file, slot_of(os.environ))
     except (OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     start_logging(dirs, "ipengine", to_stderr=True)
@@ -131,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     props = mpi_properties()
     engine = Engine(furl, properties=props, on_registered=registered,
                     channel=not args.no_channel, reconnect=max(0.0, args.reconnect),
-                    engine_id=args.engine_id,
+                    engine_id=args.engine_id, secret=secret, member=member,
                     memory_limit=None if not args.memory_limit else int(args.memory_limit * 2**20))
     if props:  # under MPI: the rank is a name in the namespace too (%px print(rank))
         engine.interpreter.push({"rank": props["rank"], "size": props.get("size")})

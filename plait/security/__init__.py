@@ -7,12 +7,14 @@ by the controller's certificate, whose hash is the tub id inside the FURL.
 
 from plait.security._files import (
     ENGINE_FURL,
+    ENROLL_KEY,
     FURL_FILES,
     MEC_FURL,
     PARALLEL_FURL,
     TC_FURL,
     ProfileDirs,
     check_furl,
+    enrollment_key,
     plait_dir,
     profile_dirs,
     read_furl,
@@ -29,6 +31,8 @@ def __getattr__(name: str):  # the Tub helpers import foolscap: load them on dem
 
 __all__ = [
     "ENGINE_FURL",
+    "ENROLL_KEY",
+    "enrollment_key",
     "MEC_FURL",
     "PARALLEL_FURL",
     "TC_FURL",

@@ -25,6 +25,8 @@ MEC_FURL = "ipcontroller-mec.furl"
 TC_FURL = "ipcontroller-tc.furl"
 #: The capability of plait.parallel's Client (the later API generation).
 PARALLEL_FURL = "ipcontroller-client.furl"
+#: The key that issues engines' enrollment secrets (see plait.wire.enrollment).
+ENROLL_KEY = "ipcontroller-enroll.key"
 
 
 def plait_dir() -> Path:
@@ -100,6 +102,45 @@ def write_private(path: Path | str, data: bytes | str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def enrollment_key(dirs: ProfileDirs, create: bool = True) -> bytes:
+    """The profile's enrollment key, made (private) when it has none yet and
+    ``create``; the controller and ``ipcluster`` may both be first, and then
+    agree on one.  ValueError when the file is not a key, or others may read it."""
+    from plait.wire.enrollment import KEY_BYTES, new_key
+
+    path = dirs.security / ENROLL_KEY
+    if not path.exists() and not create:
+        raise ValueError(f"there is no enrollment key {path}: the controller that makes it "
+                         f"has not started (or it runs on another host, and was not started "
+                         f"by ipcluster)")
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(new_key().hex().encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)  # (never replaces a key another process made first)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        raise ValueError(f"the enrollment key {path} may be read by other users (mode "
+                         f"{mode & 0o777:04o}): whoever reads it can make engines; remove "
+                         f"it (a new one is made) or 'chmod 600 {path}'")
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"{path} is not an enrollment key ({KEY_BYTES} bytes in hex); "
+                         f"remove it, and a new one is made")
+    return key
 
 
 #: The file that holds the FURL of each interface, by its RemoteInterface name.

@@ -189,6 +189,11 @@ class ClusterError(PlaitError):
     """Starting a cluster failed; the message says why."""
 
 
+class EnrollmentRefused(PlaitError, PermissionError):
+    """A controller that admits enrolled engines only refused one: it showed no
+    enrollment secret, or one that is not valid there or was used before."""
+
+
 def _safe_str(exc: BaseException) -> str:
     """``str(exc)``, even when the exception's ``__str__`` is broken."""
     try:

@@ -82,7 +82,8 @@ def test_engine_without_channel_is_driven_through_foolscap(cluster_factory):
 
     c = cluster_factory(1)
     extra = subprocess.Popen(
-        [sys.executable, "-m", "plait.scripts.ipengine", "--no-channel"], env=c.env,
+        [sys.executable, "-m", "plait.scripts.ipengine", "--no-channel", c.enroll_flag()],
+        env=c.env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -177,7 +177,8 @@ def test_scatter_and_map_follow_engines_that_come_and_go(cluster_factory):
     assert mec.map(lambda x: x, range(4)) == [0, 1, 2, 3]
     mec.scatter("a", range(6))
     assert mec.pull("a") == [[0, 1, 2], [3, 4, 5]]
-    extra = subprocess.Popen([sys.executable, "-m", "plait.scripts.ipengine"], env=cluster.env,
+    extra = subprocess.Popen([sys.executable, "-m", "plait.scripts.ipengine",
+                              cluster.enroll_flag()], env=cluster.env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for_engines(mec, 3) == [0, 1, 2]

@@ -164,7 +164,7 @@ def test_engines_that_join_are_seen(cluster_factory):
     with c.rc() as rc:
         assert rc.ids == [0]
         engine = subprocess.Popen([sys.executable, "-m", "plait.scripts.ipengine",
-                                   f"--profile={c.profile}"], env=c.env,
+                                   f"--profile={c.profile}", c.enroll_flag()], env=c.env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             rc.wait_for_engines(2, timeout=30)

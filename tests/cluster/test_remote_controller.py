@@ -21,7 +21,7 @@ from plait.cluster.state import read_state
 from plait.security import ENGINE_FURL, PARALLEL_FURL, profile_dirs
 from plait.wire import tunnel as tunnels
 from plait.wire.errors import ClusterError, PlaitConnectionError
-from support.cluster import processes_of
+from support.cluster import enroll_flag, processes_of
 from support.netns import Hosts, net_namespace, unavailable
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the functions sent to engines
@@ -112,6 +112,7 @@ def test_tunnels_reach_a_controller_that_listens_on_its_hosts_loopback(hosts, pl
             engine = subprocess.Popen(
                 [sys.executable, "-m", "plait.scripts.ipengine",
                  f"--furl-file={profile_dirs(None).furl_path(ENGINE_FURL)}",
+                 enroll_flag(profile_dirs(None).security),
                  f"--ssh=root@{head.address}", f"--ssh-args={shlex.join(hosts.ssh_args)}"],
                 stdout=out, stderr=subprocess.STDOUT)
         try:

@@ -82,6 +82,11 @@ class Cluster:
                 except ProcessLookupError:
                     pass
 
+    def enroll_flag(self, n: int = 1) -> str:
+        """``--enroll-file=F`` for ``n`` engines started by hand (this cluster's
+        controller admits enrolled engines only)."""
+        return enroll_flag(self.security, n)
+
     def mec(self, **kw):
         from plait.kernel import client
 
@@ -97,6 +102,17 @@ class Cluster:
         import plait.parallel
 
         return plait.parallel.Client(self.furl_file("client"), **kw)
+
+
+def enroll_flag(security: Path, n: int = 1) -> str:
+    """``--enroll-file=F``: a new secrets file of ``n`` secrets issued under the key
+    in the ``security`` folder, for engines started by hand."""
+    from plait.wire import enrollment
+
+    key = bytes.fromhex((security / "ipcontroller-enroll.key").read_text().strip())
+    path = security / f"hand-{os.getpid()}-{time.monotonic_ns()}.secrets"
+    enrollment.write_secrets(path, enrollment.issue(key, n))
+    return f"--enroll-file={path}"
 
 
 def make_env(plait_dir: Path) -> dict:

@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from plait.interfaces.engine import IEngine, IEngineRegistry
+from plait.interfaces.engine import IEngine, IEngineRegistry, IEnrollment
 from plait.kernel.controller.queue import EngineQueue
 from plait.wire.errors import EngineError, InvalidEngineID
 
@@ -47,6 +47,9 @@ class EngineRegistry:
     controller started again after it died), ids go on from the last run's,
     so that no new engine takes the id of one that is still to come back.
 
+    With ``enrollment`` (an :class:`IEnrollment`), only the engines it admits
+    are registered.
+
     Observers (see :meth:`add_observer`) are told of registrations, departures
     and property changes; the task scheduler is one.
     """
@@ -54,8 +57,10 @@ class EngineRegistry:
     log = Logger()
 
     def __init__(self, queue_factory: Callable[[IEngine], EngineQueue] = EngineQueue,
-                 ids_path: Path | None = None, restore: bool = False):
+                 ids_path: Path | None = None, restore: bool = False,
+                 enrollment: IEnrollment | None = None):
         self._records: dict[int, _Record] = {}
+        self.enrollment = enrollment
         self._ids_path = ids_path
         # ids below were given by the last run; those it had registered when it ended
         self._last_run, self.last_registered = _load_ids(ids_path)
@@ -68,7 +73,13 @@ class EngineRegistry:
     # -- membership -------------------------------------------------------
     def register(self, engine: IEngine, uuid: str, properties: dict,
                  engine_id: int | None = None, rejoin: bool = False,
-                 ran: list | tuple = ()) -> int:
+                 ran: list | tuple = (), secret: bytes = b"", member: bytes = b"") -> int:
+        if self.enrollment is not None:
+            try:
+                self.enrollment.admit(secret, member, engine_id)
+            except Exception as exc:
+                self.log.warn("an engine was refused (uuid {uuid}): {e}", uuid=uuid, e=exc)
+                raise
         for old_id, record in list(self._records.items()):
             if record.uuid == uuid:  # the engine joined again before its loss was seen
                 self.unregister(old_id, "the engine connected again")
@@ -84,6 +95,8 @@ class EngineRegistry:
         else:
             engine_id = self._next_id
             self._next_id += 1
+        if self.enrollment is not None:  # (on disk before anyone hears of the engine)
+            self.enrollment.bind(engine_id, member)
         engine.id = engine_id
         self._records[engine_id] = _Record(
             engine, uuid, dict(properties), self._queue_factory(engine)

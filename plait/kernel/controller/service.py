@@ -29,6 +29,7 @@ from zope.interface.interface import InterfaceClass
 
 from plait.adapters import Publication, default_publications
 from plait.kernel.controller.blobserver import BlobServer
+from plait.kernel.controller.enrollment import Enrollment
 from plait.kernel.controller.hub import Hub
 from plait.kernel.controller.hubstore import open_store
 from plait.kernel.controller.multiengine import MultiEngine
@@ -37,7 +38,13 @@ from plait.kernel.controller.registry import EngineRegistry
 from plait.kernel.controller.restore import Restorer
 from plait.kernel.controller.task import TaskController
 from plait.kernel.controller.taskids import IdHorizon
-from plait.security import ProfileDirs, load_or_create_certificate, make_tub, write_private
+from plait.security import (
+    ProfileDirs,
+    enrollment_key,
+    load_or_create_certificate,
+    make_tub,
+    write_private,
+)
 from plait.wire.channel import ChannelServer
 
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
@@ -48,6 +55,9 @@ PORTS_FILE = "ports.json"
 #: The status page's URL, token included (in the security folder: private).
 STATUS_URL_FILE = "ipcontroller-status.url"
 
+#: The file of the profile's db folder that records the enrollment secrets used,
+#: and the member keys of engines (see .enrollment).
+ENROLLMENT_FILE = "enrollment.json"
 #: The file of the profile's db folder that holds the next engine id, and the ids
 #: registered (see EngineRegistry).
 ENGINE_IDS_FILE = "engineids"
@@ -162,6 +172,7 @@ class ControllerService(service.MultiService):
         restore: bool = False,
         status_port: int | None = 0,
         status_ip: str = "127.0.0.1",
+        enroll: bool = False,
     ):
         super().__init__()
         #: The status page's port (0: a free one; None: no page), and once serving, its URL.
@@ -184,7 +195,12 @@ class ControllerService(service.MultiService):
             "keepaliveTimeout": max(engine_timeout // 3, 1),
             "disconnectTimeout": max(engine_timeout, 3),
         }
-        self.registry = EngineRegistry(ids_path=dirs.db / ENGINE_IDS_FILE, restore=restore)
+        # the key is made in any case: 'ipcluster enroll' may issue secrets for later
+        key = enrollment_key(dirs)
+        #: (``enroll``) only engines showing an enrollment secret are admitted
+        self.enrollment = Enrollment(key, dirs.db / ENROLLMENT_FILE) if enroll else None
+        self.registry = EngineRegistry(ids_path=dirs.db / ENGINE_IDS_FILE, restore=restore,
+                                       enrollment=self.enrollment)
         self.restore = restore  # take back the queue of the last run (see .restore)
         # Blobs live until read, or until the command or result holding them
         # is dropped (BlobServer.release_payload); expiry only reclaims the

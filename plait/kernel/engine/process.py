@@ -42,7 +42,8 @@ from plait.kernel.engine.interpreter import Interpreter
 from plait.kernel.engine.interrupts import interrupts
 from plait.security import make_tub
 from plait.wire.channel import BlockingChannel, channel_address
-from plait.wire.errors import ChannelClosed, PlaitConnectionError
+from plait.wire.enrollment import new_member
+from plait.wire.errors import ChannelClosed, EnrollmentRefused, PlaitConnectionError
 from plait.wire.serialize import INLINE_LIMIT, dumps_plain
 from plait.wire.tunnel import route, route_furl
 
@@ -114,8 +115,13 @@ class Engine:
     def __init__(self, furl: str, properties: dict | None = None,
                  on_registered: Callable[[int], None] | None = None, channel: bool = True,
                  reconnect: float = 0.0, engine_id: int | None = None,
-                 memory_limit: int | None = None):
+                 memory_limit: int | None = None, secret: str | None = None,
+                 member: bytes | None = None):
         self.furl = furl
+        #: the one-time enrollment secret shown at the first registration (see
+        #: plait.wire.enrollment), and the member key shown at every one
+        self.secret = secret
+        self.member = member or new_member()
         #: bytes of resident memory past which the engine exits, saying why
         self.memory_limit = memory_limit
         #: the id to take over at the first registration: a restarted engine's
@@ -145,6 +151,7 @@ class Engine:
         self.exit_code = 0
         self.stopping = False
         self.error: str | None = None
+        self.refused = False  # the controller refused its credentials
 
     # -- reactor thread -----------------------------------------------------
     @defer.inlineCallbacks
@@ -183,6 +190,9 @@ class Engine:
         # the first time, a restarted engine's claim; joining again, its own id
         wanted = self.claim_id if self._joins <= 1 else self.id
         claim: dict[str, Any] = {} if wanted is None else {"engine_id": wanted}
+        claim["member"] = self.member
+        if self.secret:
+            claim["secret"] = self.secret.encode()
         if self._joins > 1 and wanted is not None:
             claim["rejoin"] = True
             # what it finished last: the replies may have died with the controller
@@ -202,6 +212,7 @@ class Engine:
         def registered(answer: tuple) -> int:
             self.id, self.session = answer
             self._unreported = []
+            self.secret = None  # used up: the member key admits this engine from now on
             return self.id
 
         return d.addTimeout(self._join_timeout, reactor).addCallback(registered)
@@ -332,7 +343,12 @@ class Engine:
                     log.warn("no command channel ({e}); commands will travel on foolscap", e=exc)
             self.id = _wait_for(self._register, token)
         except Exception as exc:
-            self.error = f"could not register with the controller at {where}: {exc}"
+            kind, said = _what_failed(exc)
+            if kind == EnrollmentRefused.__name__:
+                self.refused = True  # (asking again changes nothing)
+                self.error = f"the controller at {where} refused this engine: {said}"
+            else:
+                self.error = f"could not register with the controller at {where}: {said}"
             log.error("{msg}", msg=self.error)
             return False
         self.interpreter.engine_id = self.id
@@ -381,7 +397,7 @@ class Engine:
 
         deadline = time.monotonic() + self.reconnect
         pause = 0.5
-        while not self.stopping and time.monotonic() < deadline:
+        while not self.stopping and not self.refused and time.monotonic() < deadline:
             self.lost = False
             self.channel = None
             self.session = None
@@ -396,6 +412,16 @@ class Engine:
             pause = min(pause * 2, REJOIN_EVERY)
         log.info("engine {id} could not join its controller again; it exits", id=self.id)
         return False
+
+
+def _what_failed(exc: BaseException) -> tuple[str, str]:
+    """(the exception's class name, its message), for a failure the controller
+    sent back too (foolscap wraps those, with their remote traceback)."""
+    failure = getattr(exc, "failure", None)
+    if failure is not None and isinstance(getattr(failure, "value", None), str):
+        kind = getattr(failure.type, "__name__", str(failure.type))
+        return kind.rsplit(".", 1)[-1], failure.value
+    return type(exc).__name__, str(exc)
 
 
 class OutputStreamer:
