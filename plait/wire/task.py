@@ -424,6 +424,29 @@ def _envelope_fields(item: Any) -> tuple[bytes, int, bytes | None, float | None]
     return payload, retries, depend, _check_timeout(item.get("timeout"))
 
 
+def with_engine_parts(data: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    """``data`` (a task's wire form) with each engine part ``p`` of its recovery
+    chain replaced by ``change(p)``; ``data`` itself when nothing changed, or
+    when it is not a readable task (decoding it says why, later)."""
+    if not data.startswith(MAGIC):
+        return data
+    try:
+        envelope = _PlainUnpickler(io.BytesIO(memoryview(data)[len(MAGIC):])).load()
+        chain = _chain(envelope,
+                       lambda item: item.get("recovery") if isinstance(item, dict) else None)
+    except Exception:
+        return data
+    changed = False
+    for item in chain:
+        part = item.get("engine") if isinstance(item, dict) else None
+        if isinstance(part, bytes):
+            new = change(part)
+            if new != part:
+                item["engine"] = new
+                changed = True
+    return MAGIC + pickle.dumps(envelope, protocol=5) if changed else data
+
+
 def decode_task(data: bytes, allow_depend: bool = True) -> ControllerTask:
     """Read a task sent by :func:`encode_task`, deserializing its depend functions.
 

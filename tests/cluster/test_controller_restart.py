@@ -243,3 +243,39 @@ def test_a_task_that_finishes_while_the_controller_is_down_is_not_run_again(
     assert record["status"] == "succeeded" and record["engine_id"] == 0
     logs = (c.plait_dir / "profile_default" / "log").glob("ipcontroller-*.log")
     assert any("engine 0 reported 1 tasks it finished" in log.read_text() for log in logs)
+
+
+def test_a_queued_task_with_large_arguments_runs_after_the_controller_died(
+        cluster_factory, tmp_path):
+    """Arguments over 1 MB travel by the data channel; the hub keeps them on disk
+    with the queued task, so that it runs after the restart, and then drops them."""
+    import numpy as np
+
+    c = cluster_factory(1)
+    rc = c.rc()
+    view = rc.load_balanced_view()
+    started, go = tmp_path / "started", tmp_path / "go"
+    os.mkfifo(started)
+    os.mkfifo(go)
+
+    def hold(started: str, go: str) -> str:
+        open(started, "w").close()  # (returns once the test listens)
+        with open(go) as f:  # (returns once the test said go)
+            f.read()
+        return "held"
+
+    held = view.apply_async(hold, str(started), str(go))
+    with open(started) as fifo:  # the only engine is busy: what follows stays queued
+        fifo.read()
+    big = np.arange(600_000, dtype=np.float64)  # 4.8 MB
+    queued = view.apply_async(lambda a: float(a.sum()), big)
+    queued.wait_for_send()  # acknowledged: kept through the controller's death
+    kept = c.plait_dir / "profile_default" / "db" / "blobs"
+    assert [p.stat().st_size > big.nbytes for p in kept.iterdir()] == [True]
+    _kill_controller(c)
+    with open(go, "w") as fifo:
+        fifo.write("go")
+    assert held.get(timeout=60) == "held"
+    assert queued.get(timeout=60) == float(big.sum())
+    # once it is finished, its arguments are not kept any more
+    assert list(kept.iterdir()) == []

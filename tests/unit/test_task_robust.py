@@ -205,3 +205,19 @@ def test_a_task_taken_in_time_is_not_timed_out():
 def test_bad_timeouts_are_refused(timeout):
     with pytest.raises(TaskSpecError, match="timeout"):
         encode_task(TaskSpec.string("x", timeout=timeout))
+
+
+def test_the_engine_parts_of_a_stored_task_can_be_readdressed():
+    """(a controller taking back its queue: large arguments are served elsewhere now)"""
+    from plait.wire.task import decode_task, with_engine_parts
+
+    inner = TaskSpec.string("b = 1", pull=["b"])
+    outer = TaskSpec.string("a = 1", pull=["a"])
+    outer.recovery_task = inner
+    data = encode_task(outer, lambda part: b"old:" + serialize(part)[:8])
+    assert with_engine_parts(data, lambda part: part) is data  # nothing changed
+    new = with_engine_parts(data, lambda part: part.replace(b"old:", b"new:"))
+    task = decode_task(new)
+    assert task.payload.startswith(b"new:") and task.recovery is not None
+    assert task.recovery.payload.startswith(b"new:")
+    assert with_engine_parts(b"garbage", lambda part: b"x") == b"garbage"

@@ -25,7 +25,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from plait.wire import bulk as wire
@@ -63,6 +63,7 @@ class _Blob:
         self.keep: str | None = None  # the file a kept blob is (to be) served from
         self.on_disk = False  # written there, freed from memory
         self.writing = False  # being written there
+        self.written: list[Callable[[], None]] = []  # called once it is (or never will be)
 
 class BlobServer:
     """The controller's data port: holds uploaded ciphertext and relays it to readers.
@@ -213,25 +214,27 @@ class BlobServer:
             return None
         return os.path.join(self.keep_dir, wire._digest(blob_id).hex())
 
-    def keep(self, payload: bytes) -> bool:
+    def keep(self, payload: bytes, written: Callable[[], None] | None = None) -> bool:
         """Keep the blob a bulk payload names for as long as it is not discarded:
         on disk once uploaded, for any number of readers.  False (nothing done)
-        for an inline payload, an unknown blob, or when there is no keep folder."""
-        if not is_bulk(payload) or self.keep_dir is None:
+        for an inline payload, an unknown blob, or when there is no keep folder.
+        ``written()``, if given, is called (from a blob thread, or at once) when
+        the blob is in its file, or when it never will be (it died, the write
+        failed, or nothing was done)."""
+        blob = self._keepable(payload)
+        if blob is None:
+            if written is not None:
+                written()
             return False
-        try:
-            blob_id = wire.parse_descriptor(payload).blob_id
-        except BulkError:
-            return False
-        with self._lock:
-            blob = self._by_id.get(wire._digest(blob_id))
-        if blob is None or not hmac.compare_digest(blob.blob_id, blob_id):
-            return False
-        path = self._keep_path(blob_id)
+        path = self._keep_path(blob.blob_id)
         assert path is not None
         with blob.cond:
-            if blob.dead:
-                return False
+            if blob.dead or blob.on_disk:
+                if written is not None:
+                    written()
+                return not blob.dead
+            if written is not None:
+                blob.written.append(written)
             blob.keep = path
             write_now = blob.complete
         if write_now:
@@ -248,6 +251,19 @@ class BlobServer:
             thread.start()
         return True
 
+    def _keepable(self, payload: bytes) -> _Blob | None:
+        if not is_bulk(payload) or self.keep_dir is None:
+            return None
+        try:
+            blob_id = wire.parse_descriptor(payload).blob_id
+        except BulkError:
+            return None
+        with self._lock:
+            blob = self._by_id.get(wire._digest(blob_id))
+        if blob is None or not hmac.compare_digest(blob.blob_id, blob_id):
+            return None
+        return blob
+
     def readdress(self, payload: bytes) -> bytes:
         """A bulk payload naming this server's current address (a record of an
         earlier run names the data port that run had); other payloads as they are."""
@@ -262,10 +278,18 @@ class BlobServer:
         return wire.make_descriptor(self.address, descriptor.blob_id, descriptor.key,
                                     descriptor.size)
 
-    def drop_all_kept(self) -> None:
-        """Discard every kept blob, and every file of the keep folder."""
+    def drop_all_kept(self, besides: Iterable[bytes] = ()) -> None:
+        """Discard every kept blob, and every file of the keep folder, but those of
+        the payloads ``besides``."""
+        spared = set()
+        for payload in besides:
+            try:
+                spared.add(wire._digest(wire.parse_descriptor(payload).blob_id))
+            except BulkError:
+                pass
         with self._lock:
-            kept = [b for b in self._by_id.values() if b.keep is not None]
+            kept = [b for key, b in self._by_id.items()
+                    if b.keep is not None and key not in spared]
         for blob in kept:
             self._kill(blob, "discarded")
         if self.keep_dir is None:
@@ -274,7 +298,10 @@ class BlobServer:
             names = os.listdir(self.keep_dir)
         except OSError:
             return
+        spared_names = {key.hex() for key in spared}
         for name in names:
+            if name in spared_names or name.removesuffix(".part") in spared_names:
+                continue
             try:
                 os.unlink(os.path.join(self.keep_dir, name))
             except OSError:
@@ -293,9 +320,23 @@ class BlobServer:
         """(a blob thread) Write a kept, complete blob to its file and free its memory
         (once: a second call does nothing)."""
         with blob.cond:
-            if blob.writing or blob.on_disk:
+            if blob.writing:
+                return  # (the write running calls blob.written)
+            if not blob.on_disk:
+                blob.writing = True
+        try:
+            self._write_file(blob)
+        finally:
+            with blob.cond:
+                blob.writing = False
+                written, blob.written = blob.written, []
+            for call in written:
+                call()
+
+    def _write_file(self, blob: _Blob) -> None:
+        with blob.cond:
+            if blob.on_disk:
                 return
-            blob.writing = True
             view, path = blob.view, blob.keep
         if view is None or path is None:
             return
@@ -455,6 +496,11 @@ class BlobServer:
             blob.buffer = None
             blob.view = None
             blob.cond.notify_all()
+            written = [] if blob.writing else blob.written  # (a write running calls them)
+            if not blob.writing:
+                blob.written = []
+        for call in written:
+            call()
         for sock in sockets:
             _shutdown(sock)
         if reusable and buffer is not None:

@@ -15,6 +15,12 @@ unfinished, then ``succeeded``, ``failed`` or ``aborted``; ``payload`` the
 serialized value or failure (opaque), ``request`` the task as submitted
 (kept so that it can be resubmitted).
 
+A task's engine parts too large to travel inline (over 1 MB pickled) are
+in the blob server, uploaded before the task was submitted.  With the SQLite
+store, the hub has the blob server keep them on disk as well: a task
+acknowledged as durable (:meth:`Hub.durable`) then runs after a controller
+restart with its arguments.  They are dropped once the task is finished.
+
 Message ids: a task's ``msg_id`` is a UUID whose first 64 bits name this
 controller (its *prefix*, kept in the profile so that it survives
 restarts) and whose last 64 are the task id, so ids of different
@@ -29,12 +35,25 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet import reactor as _twisted_reactor
 from zope.interface import implementer
 
 from plait.interfaces.parallel import IHub
 from plait.kernel.controller.hubstore import QueryError, check_query, matches
 from plait.wire.records import TaskResultRecord, msg_id_maker, taskid_of
 from plait.wire.serialize import is_bulk
+from plait.wire.task import with_engine_parts
+
+reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
+
+
+def _engine_parts(spec: Any) -> list[bytes]:
+    """The engine parts of a task and its recovery chain (a ControllerTask's)."""
+    parts = []
+    while spec is not None:
+        parts.append(spec.payload)
+        spec = spec.recovery
+    return parts
 
 
 @implementer(IHub)
@@ -48,6 +67,11 @@ class Hub:
         # The blob server: the large results of later-generation tasks are kept
         # there (on disk) for as long as their records, when the store keeps any.
         self.blobs = blobs if store.name != "none" else None
+        # the large arguments of queued tasks are kept with them (on disk) too
+        self._keep_args = self.blobs is not None and store.name == "sqlite"
+        self._writing: list[defer.Deferred] = []  # those writes still running
+        self._kept_args: set[bytes] = set()  # (their descriptors) kept for queued tasks
+        self._args_of: dict[int, list[bytes]] = {}  # task id -> its chain's engine parts
         self._pending: dict[int, dict] = {}
         self._waiters: dict[int, list[defer.Deferred]] = {}
 
@@ -58,8 +82,24 @@ class Hub:
     # -- what the task controller tells ----------------------------------------------------
     def restored(self, rows: list[dict]) -> None:
         """The records of tasks a controller that died had accepted: pending
-        again (their clients may wait for them) until they are taken back."""
+        again (their clients may wait for them) until they are taken back.
+        Their large arguments (kept on disk) are readdressed, in ``rows`` too,
+        to the blob server's address now (the data port may have changed)."""
         for row in rows:
+            if self.blobs is not None and row.get("request"):
+                parts: list[bytes] = []
+
+                def readdressed(payload: bytes, parts: list[bytes] = parts) -> bytes:
+                    assert self.blobs is not None
+                    payload = self.blobs.readdress(payload)
+                    parts.append(payload)
+                    if self._keep_args and is_bulk(payload):
+                        self._kept_args.add(payload)
+                    return payload
+
+                row["request"] = with_engine_parts(row["request"], readdressed)
+                if any(p in self._kept_args for p in parts):
+                    self._args_of[row["id"]] = parts
             self._pending[row["id"]] = dict(row)
 
     def submitted(self, task: Any, data: bytes | None) -> None:
@@ -80,9 +120,35 @@ class Hub:
         }
         if data is not None:  # (a recovery task has none: its original task is queued)
             self.store.queue(dict(self._pending[task.taskid]))
+            if self._keep_args:
+                parts = _engine_parts(spec)
+                large = [p for p in parts if is_bulk(p)]
+                for payload in large:
+                    self._keep(payload)
+                if large:  # (most tasks have none: nothing is kept for them)
+                    self._args_of[task.taskid] = parts
+        elif spec is not None and spec.payload in self._kept_args:  # a recovery task's
+            self._args_of[task.taskid] = [spec.payload]
+
+    def _keep(self, payload: bytes) -> None:
+        """Have the blob server keep ``payload``'s blob on disk; :meth:`durable`
+        waits for the write."""
+        d: defer.Deferred = defer.Deferred()
+        self._writing.append(d)
+
+        def done(_: Any) -> None:
+            self._writing.remove(d)
+
+        d.addCallback(done)
+        self._kept_args.add(payload)
+        assert self.blobs is not None
+        self.blobs.keep(payload, lambda: reactor.callFromThread(d.callback, None))
 
     def durable(self) -> defer.Deferred:
-        return self.store.durable()
+        if not self._writing:
+            return self.store.durable()
+        return defer.gatherResults([self.store.durable(), *self._writing]).addCallback(
+            lambda _: None)
 
     def finished(self, record: TaskResultRecord, task: Any) -> None:
         row = self._pending.pop(record.taskid, None) or {
@@ -97,6 +163,13 @@ class Hub:
         )
         if self.blobs is not None and row.get("kind") == "later" and is_bulk(record.payload):
             self.blobs.keep(record.payload)
+        parts = self._args_of.pop(record.taskid, None)
+        if parts and self.blobs is not None:  # its large arguments are no longer needed
+            # (failed, its recovery task may run, with the next part of the chain)
+            for payload in parts if record.status == "succeeded" else parts[:1]:
+                if payload in self._kept_args:
+                    self._kept_args.discard(payload)
+                    self.blobs.drop_payload(payload)
         self.store.add(row)
         for d in self._waiters.pop(record.taskid, ()):
             d.callback(None)
@@ -170,8 +243,8 @@ class Hub:
     def purge(self, taskids: Iterable[int] | None) -> defer.Deferred:
         if taskids is None:
             self.store.delete(None)
-            if self.blobs is not None:
-                self.blobs.drop_all_kept()
+            if self.blobs is not None:  # (not the arguments of queued tasks)
+                self.blobs.drop_all_kept(besides=self._kept_args)
             return defer.succeed(None)
         ids = list(taskids)
         busy = [t for t in ids if t in self._pending]
