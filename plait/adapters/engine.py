@@ -119,8 +119,13 @@ class FoolscapEngineRegistrar(Referenceable):  # type: ignore[misc]
         if channel and link is None:
             raise ValueError("unknown channel token: open the channel before registering")
         proxy = RemoteEngine(link or engine, uuid, control=engine)
-        engine_id = self.registry.register(proxy, uuid, props, engine_id, rejoin, finished,
-                                           secret, member)
+        try:
+            engine_id = self.registry.register(proxy, uuid, props, engine_id, rejoin,
+                                               finished, secret, member)
+        except BaseException:
+            if link is not None:  # (a refused engine's channel closes with the refusal)
+                link.close()
+            raise
 
         def lost(reason: str) -> None:  # (not a later engine that took the id over)
             if engine_id in self.registry and self.registry.get_engine(engine_id) is proxy:
@@ -167,4 +172,8 @@ class FoolscapEngineSession(OffersUploads, Referenceable):  # type: ignore[misc]
 
     def remote_last_words(self, reason: str) -> None:
         self.registry.last_words(self.engine_id, reason)
+
+    def remote_usage(self, pid: int, host: str, rss: int, cpu: float) -> None:
+        if self.engine_id in self.registry:  # (a report racing the engine's loss)
+            self.registry.report_usage(self.engine_id, pid, host, rss, cpu)
 

@@ -11,10 +11,13 @@ gets 403.  What it offers, read-only:
   is fetched from elsewhere), kept up to date by
 * ``/events?token=T``: a server-sent event stream, one snapshot a second;
 * ``/status.json?token=T``: the current snapshot, for scripts;
-* ``/metrics?token=T``: the same figures as Prometheus text.
+* ``/metrics?token=T``: the same figures as Prometheus text;
+* ``/history.json?token=T&status=S&engine=E&msg_id=M``: the hub's records
+  of the recent tasks that match (see ``StatusService.search``).
 
-The token grants reading these figures and nothing else: no task, result or
-code passes through the page.
+The token grants reading these figures, and the times, engines, outcomes
+and failure texts of tasks; no code, argument or result passes through the
+page.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ h1 { font-size: 1.3em } .figure { display: inline-block; margin-right: 2em }
 table { border-collapse: collapse; margin-top: 1em } td, th { padding: 3px 10px;
  border-bottom: 1px solid #ddd; text-align: right }
 .busy { color: #b35900 } .idle { color: #2a7d2a } canvas { border: 1px solid #ccc }
+h2 { font-size: 1.05em; margin-top: 1.5em } pre { background: #f6f6f6; padding: 6px;
+ margin: 4px 0 10px; white-space: pre-wrap; font-size: 12px } .failed, .aborted { color: #b00 }
+.succeeded { color: #2a7d2a } form { margin: 0.5em 0 }
 </style></head><body>
 <h1>plait controller</h1>
 <div class="figure">engines<b id="engine-count">-</b></div>
@@ -45,7 +51,22 @@ table { border-collapse: collapse; margin-top: 1em } td, th { padding: 3px 10px;
 <p><canvas id="history" width="600" height="80"></canvas><br>
 tasks finished per second, the last 5 minutes</p>
 <table><thead><tr><th>engine</th><th>state</th><th>running</th><th>queued</th>
-<th>done</th><th>uuid</th></tr></thead><tbody id="engines"></tbody></table>
+<th>done</th><th>task</th><th>host</th><th>pid</th><th>memory</th><th>CPU</th><th>uuid</th>
+</tr></thead><tbody id="engines"></tbody></table>
+<h2>task stream, the last minute</h2>
+<p><canvas id="stream" width="800" height="40"></canvas><br>
+one bar per task, a row per engine: <span class="succeeded">succeeded</span>,
+<span class="failed">failed</span>, grey: aborted</p>
+<h2>recent failures</h2><div id="failures">none</div>
+<h2>history</h2>
+<form id="search">status <select name="status"><option value="">any</option>
+<option value="succeeded">succeeded</option><option value="failed">failed</option>
+<option value="aborted">aborted</option></select>
+engine <input name="engine" size="4"> msg_id <input name="msg_id" size="36">
+<button>search</button></form>
+<table><thead><tr><th>msg_id</th><th>status</th><th>engine</th><th>completed</th>
+<th>seconds</th></tr></thead><tbody id="history-rows"></tbody></table>
+<p id="history-note"></p>
 <script>
 const token = new URLSearchParams(location.search).get("token");
 function cell(text, cls) { const td = document.createElement("td");
@@ -59,13 +80,47 @@ function show(s) {
   const body = document.getElementById("engines"); body.replaceChildren();
   for (const e of s.engines) { const tr = document.createElement("tr");
     tr.className = "engine"; tr.append(cell(e.id), cell(e.state, e.state), cell(e.running),
-    cell(e.queue), cell(e.completed), cell(e.uuid.slice(0, 8))); body.append(tr); }
+    cell(e.queue), cell(e.completed), cell(e.task ? e.task.slice(0, 8) : ""),
+    cell(e.host || ""), cell(e.pid || ""), cell(e.memory ? (e.memory / 1048576).toFixed(0)
+    + " MB" : ""), cell(e.cpu === null || e.cpu === undefined ? "" : e.cpu.toFixed(0) + " %"),
+    cell(e.uuid.slice(0, 8))); body.append(tr); }
+  drawStream(s);
+  const f = document.getElementById("failures"); f.replaceChildren();
+  if (!s.failures.length) f.textContent = "none";
+  for (const x of s.failures) { const d = document.createElement("div");
+    d.className = "failure"; d.textContent = new Date(x.time * 1000).toLocaleTimeString() +
+    "  engine " + x.engine + "  " + x.msg_id; const p = document.createElement("pre");
+    p.textContent = x.error; f.append(d, p); }
   const c = document.getElementById("history"), g = c.getContext("2d");
   g.clearRect(0, 0, c.width, c.height);
   const top = Math.max(1, ...s.rate), w = c.width / 300; g.fillStyle = "#3b7dd8";
   s.rate.slice(-300).forEach((v, i) => { const h = v / top * (c.height - 4);
     g.fillRect(i * w, c.height - h, Math.max(w - 1, 1), h); });
 }
+function drawStream(s) {
+  const c = document.getElementById("stream"), g = c.getContext("2d");
+  const ids = s.engines.map(e => e.id), rows = Math.max(1, ids.length);
+  c.height = Math.min(600, Math.max(40, rows * 12)); g.clearRect(0, 0, c.width, c.height);
+  const h = c.height / rows, end = s.time, start = end - 60;
+  const colour = {succeeded: "#2a9d2a", failed: "#c62828"};
+  for (const [engine, t0, t1, status] of s.stream) { const row = ids.indexOf(engine);
+    if (row < 0) continue; const x0 = (Math.max(t0, start) - start) / 60 * c.width;
+    g.fillStyle = colour[status] || "#999";
+    g.fillRect(x0, row * h + 1, Math.max(1, (t1 - Math.max(t0, start)) / 60 * c.width),
+               Math.max(1, h - 2)); }
+}
+document.getElementById("search").onsubmit = async (ev) => { ev.preventDefault();
+  const q = new URLSearchParams(new FormData(ev.target)); q.set("token", token);
+  const r = await fetch("history.json?" + q); const rows = await r.json();
+  const body = document.getElementById("history-rows"); body.replaceChildren();
+  const note = document.getElementById("history-note");
+  if (!r.ok) { note.textContent = rows.error; return; }
+  note.textContent = rows.length + " records (the newest first)";
+  for (const x of rows) { const tr = document.createElement("tr"); tr.className = "record";
+    tr.append(cell(x.msg_id), cell(x.status || "pending", x.status), cell(x.engine_id ?? ""),
+    cell(x.completed ? new Date(x.completed * 1000).toLocaleTimeString() : ""),
+    cell(x.completed && x.started ? (x.completed - x.started).toFixed(3) : ""));
+    body.append(tr); } };
 const events = new EventSource("events?token=" + encodeURIComponent(token));
 events.onmessage = (m) => show(JSON.parse(m.data));
 </script></body></html>
@@ -105,6 +160,8 @@ class StatusPage(resource.Resource):
                          lambda: prometheus(self.status.current()).encode())
         if path == b"events":
             return _Events(self.status)
+        if path == b"history.json":
+            return _History(self.status)
         return resource.NoResource()
 
     def render_GET(self, request: Any) -> bytes:
@@ -148,6 +205,14 @@ def prometheus(snapshot: dict) -> str:
               "# TYPE plait_engine_completed_total counter"]
     lines += [f'plait_engine_completed_total{{engine="{e["id"]}"}} {e["completed"]}'
               for e in snapshot["engines"]]
+    lines += ["# HELP plait_engine_memory_bytes Resident memory of each engine.",
+              "# TYPE plait_engine_memory_bytes gauge"]
+    lines += [f'plait_engine_memory_bytes{{engine="{e["id"]}"}} {e["memory"]}'
+              for e in snapshot["engines"] if e.get("memory") is not None]
+    lines += ["# HELP plait_engine_cpu_percent CPU of each engine, percent of one core.",
+              "# TYPE plait_engine_cpu_percent gauge"]
+    lines += [f'plait_engine_cpu_percent{{engine="{e["id"]}"}} {e["cpu"]}'
+              for e in snapshot["engines"] if e.get("cpu") is not None]
     return "\n".join(lines) + "\n"
 
 
@@ -170,6 +235,46 @@ class _Events(resource.Resource):
         send(self.status.current())
         unsubscribe = self.status.subscribe(send)
         request.notifyFinish().addBoth(unsubscribe)
+        return server.NOT_DONE_YET
+
+
+class _History(resource.Resource):
+    """The hub's records of recent tasks, as JSON (status 400 for a bad query)."""
+
+    isLeaf = True
+
+    def __init__(self, status: Any):
+        super().__init__()
+        self.status = status
+
+    def render_GET(self, request: Any) -> Any:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+
+        def arg(name: bytes) -> str:
+            return (request.args.get(name) or [b""])[0].decode("utf-8", "replace").strip()
+
+        engine = arg(b"engine")
+        if engine and not engine.isdigit():
+            request.setResponseCode(400)
+            return json.dumps({"error": f"engine is an engine id, not {engine!r}"}).encode()
+        d = self.status.search(arg(b"status") or None, int(engine) if engine else None,
+                               arg(b"msg_id") or None)
+        gone: list[bool] = []  # the browser went away before the answer
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def send(rows: list) -> None:
+            if not gone:
+                request.write(json.dumps(rows).encode())
+                request.finish()
+
+        def refuse(failure: Any) -> None:
+            if not gone:
+                request.setResponseCode(400)
+                request.write(json.dumps({"error": str(failure.value)}).encode())
+                request.finish()
+
+        d.addCallbacks(send, refuse)
         return server.NOT_DONE_YET
 
 

@@ -139,7 +139,7 @@ def engine_command(profile: str | None, dirs: ProfileDirs, python: str | None = 
     cmd = [python or sys.executable, "-m", "plait.scripts.ipengine",
            f"--furl-file={dirs.furl_path(ENGINE_FURL)}"]
     if enroll_file is not None:
-        cmd.append(f"--enroll-file={enroll_file}")
+        cmd += [f"--enroll-file={enroll_file}", "--enroll-slot=rank"]
     if profile:
         cmd.append(f"--profile={profile}")
     return shlex.join(cmd)

@@ -39,6 +39,17 @@ from plait.security import ENGINE_FURL, MEC_FURL, ProfileDirs, enrollment_key, p
 from plait.wire import enrollment
 from plait.wire.errors import ClusterError
 
+#: The secrets files the launchers write in the security folder are named so.
+SECRETS_PREFIX = "enroll-"
+
+
+def forget_secrets(dirs: ProfileDirs) -> None:
+    """Remove the secrets files of the profile's launchers (a stopped cluster's, or
+    those of an ipcluster that was killed before it could)."""
+    for path in dirs.security.glob(f"{SECRETS_PREFIX}*.secrets"):
+        path.unlink(missing_ok=True)
+
+
 #: Where the controller runs, for ``controller=`` and ``--controller``: here, on a
 #: host reached over SSH, or in the Slurm allocation of the engines.
 CONTROLLERS = ("local", "ssh", "slurm")
@@ -341,8 +352,9 @@ class ClusterProcesses:
 
     def _secrets_file(self, n: int) -> Path:
         """A new secrets file of ``n`` engines (a line for each rank), in the security
-        folder, which engines on other nodes see as they see the engine FURL."""
-        path = self.dirs.security / f"enroll-{os.getpid()}-{secrets.token_hex(4)}.secrets"
+        folder, which engines on other nodes see as they see the engine FURL (removed
+        once they registered, or when the cluster stops: :func:`forget_secrets`)."""
+        path = self.dirs.security / f"{SECRETS_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.secrets"
         enrollment.write_secrets(path, self._issue(n))
         return path
 
@@ -410,15 +422,17 @@ class ClusterProcesses:
         options = batch.BatchOptions.from_dict(self.batch)
         mec = MultiEngineClient(self.dirs.furl_path(MEC_FURL))  # to ask who registered
         before = set(mec.get_ids())
+        # (the file stays until the cluster stops: the job's ranks may start late)
         enroll_file = self._secrets_file(n)
         try:
             job = batch.submit(system, n, self.profile, self.dirs, options,
                                enroll_file=enroll_file)
-            group = EngineSet(system, n, job=job.job, log=job.output)
-            self.engine_sets.append(group)
-            ids = batch.wait_for_engines(job, mec.get_ids, len(before) + n, deadline, timeout)
-        finally:
+        except BaseException:
             enroll_file.unlink(missing_ok=True)
+            raise
+        group = EngineSet(system, n, job=job.job, log=job.output)
+        self.engine_sets.append(group)
+        ids = batch.wait_for_engines(job, mec.get_ids, len(before) + n, deadline, timeout)
         group.ids = sorted(set(ids) - before)
         return group
 
@@ -529,6 +543,7 @@ class ClusterProcesses:
                 except Exception:
                     pass
         self.engine_sets = []
+        forget_secrets(self.dirs)
         if unreachable is not None:  # its state stays, for another try
             raise ClusterError(f"could not reach {unreachable.host} over SSH to stop the "
                                f"controller there (pid {unreachable.pid}); the cluster's "

@@ -503,7 +503,8 @@ def spawn_mpi(n: int, profile: str | None, notices: Notices, dirs: ProfileDirs,
     engine = _command("plait.scripts.ipengine", profile,
                       [f"--furl-file={dirs.furl_path(ENGINE_FURL)}",
                        f"--notify-socket={notices.arg}",
-                       *([f"--enroll-file={enroll_file}"] if enroll_file else [])])
+                       *([f"--enroll-file={enroll_file}", "--enroll-slot=rank"]
+                         if enroll_file else [])])
     with open(log, "ab") as out:
         proc = subprocess.Popen([path, *flags, "-n", str(n), *engine],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,

@@ -32,6 +32,7 @@ from foolscap.schema import (
     ChoiceOf,
     IntegerConstraint,
     ListOf,
+    NumberConstraint,
     Optional,
     TupleOf,
     UnicodeConstraint,
@@ -131,6 +132,12 @@ class RIEngineSession(RemoteInterface):
                                   maxLength=10_000)):
         """What running tasks printed so far: ``[(taskid, 'stdout' or 'stderr',
         text)]`` (a preview: the whole output comes with each result)."""
+        return None
+
+    def usage(pid=IntegerConstraint(), host=UnicodeConstraint(maxLength=255),
+              rss=IntegerConstraint(maxBytes=16), cpu=NumberConstraint()):
+        """(one-way, every few seconds) The engine's pid, host, resident memory
+        (bytes) and CPU seconds so far: the status page shows them."""
         return None
 
     def last_words(reason=UnicodeConstraint(maxLength=1000)):
@@ -314,6 +321,15 @@ class IEngineRegistry(Interface):
 
     def set_properties(engine_id, properties):
         """Replace the properties of ``engine_id`` and notify observers."""
+
+    def report_usage(engine_id, pid, host, rss, cpu):
+        """Engine ``engine_id`` reports its pid, host, resident memory (bytes) and
+        CPU seconds so far (see :meth:`get_usage`)."""
+
+    def get_usage(engine_id):
+        """``{'pid', 'host', 'memory', 'cpu'}`` of ``engine_id`` as last reported
+        (``cpu``: percent of one core since the report before), or None before
+        its first report; KeyError for an engine that is not registered."""
 
     def last_words(engine_id, reason):
         """Engine ``engine_id`` says why it is about to go: its departure, and the

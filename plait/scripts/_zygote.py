@@ -193,6 +193,9 @@ class _State:
 
     def fork(self, args: list[str], slot: _Engine | None = None) -> int:
         """Fork one engine run with ``args``; its pid (it waits for its FURL)."""
+        # its credentials, taken before the fork: the child keeps no one else's
+        member = slot.member if slot is not None else new_member().decode()
+        secret = self.secrets.pop(0) if slot is None and self.secrets else "-"
         r, w = os.pipe()
         reports = None
         if self.supervise:
@@ -214,19 +217,22 @@ class _State:
                     conn.close()
             for sel in _SELECTOR:
                 sel.close()
+            self.secrets.clear()
+            self.waiting.clear()
+            for other in self.engines.values():
+                other.member = ""
             _child(self.detach, r)
             _run(["--furl-file=-", *args])
         os.close(r)
         if reports is not None:
             os.close(report_w)
         engine = slot or _Engine(args=[a for a in args if not a.startswith("--notify-fd=")],
-                                 member=new_member().decode())
+                                 member=member)
         engine.reports = reports
         if self.supervise:
             self.engines[pid] = engine
         # a replacement shows its slot's member key; a new engine a secret, if given
-        secret = self.secrets.pop(0) if slot is None and self.secrets else "-"
-        credentials = f"{secret} {engine.member}"
+        credentials = f"{secret} {member}"
         if self.furl is not None:  # a replacement: its FURL at once
             _give_furl(w, self.furl, credentials)
         else:

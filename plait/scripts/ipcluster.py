@@ -30,7 +30,7 @@ from plait.cluster.config import (
     read_hosts,
     ssh_options,
 )
-from plait.cluster.control import ClusterProcesses
+from plait.cluster.control import ClusterProcesses, forget_secrets
 from plait.cluster.launchers import LAUNCHERS
 from plait.cluster.processes import (  # noqa: F401 (re-exported)
     pid_alive,
@@ -312,6 +312,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     # the controller and a foreground ipcluster; never the Python process of a Cluster
     terminate([p for p in (state["controller"], state.get("ipcluster"))
                if p and p != os.getpid() and ours(state, p)])
+    forget_secrets(dirs)
     clear_state(dirs)
     print("plait cluster stopped")
     return 0
@@ -339,7 +340,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.n} one-time enrollment secret{'s' if args.n != 1 else ''} in {args.file}; "
           f"start each engine with: ipengine{_profile_flag(args.profile)} "
-          f"--enroll-file={args.file}")
+          f"--enroll-file={args.file} (under MPI or in a batch job, each rank its own line: "
+          f"add --enroll-slot=rank)")
     return 0
 
 

@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the engine FURL file (default: the profile's ipcontroller-engine.furl)")
     p.add_argument("--enroll-file", default=None, metavar="PATH",
                    help="a file of enrollment secrets (from 'ipcluster enroll'): the engine "
-                        "takes the line of its rank under MPI or a batch job, else the first "
-                        "line left, which it removes")
+                        "takes the first line left, which it removes")
+    p.add_argument("--enroll-slot", choices=("first", "rank"), default="first",
+                   help="'rank': take the line of this engine's rank in its MPI or batch job "
+                        "instead (each rank its own line; the file stays as it is)")
     p.add_argument("--no-channel", action="store_true",
                    help="take commands through foolscap only, not the faster command channel "
                         "(for networks that let only the engine port through)")
@@ -130,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             furl = read_furl(args.furl_file or dirs.furl_path(ENGINE_FURL))
         if args.enroll_file:
-            secret = take_secret(args.enroll_file, slot_of(os.environ))
+            slot = None
+            if args.enroll_slot == "rank":
+                slot = slot_of(os.environ)
+                if slot is None:
+                    sys.exit("error: --enroll-slot=rank, but this engine runs in no MPI or "
+                             "batch job that says its rank")
+            secret = take_secret(args.enroll_file, slot)
     except (OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     start_logging(dirs, "ipengine", to_stderr=True)

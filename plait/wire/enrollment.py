@@ -22,9 +22,10 @@ or a network cut, or a supervisor's replacement of a dead engine) shows the
 member key instead of a secret.
 
 A **secrets file** holds one secret a line, private (0600).  An engine told
-``--enroll-file=PATH`` takes the line of its rank under MPI or a batch job
-(:func:`slot_of`), else the first line still there, which it removes
-(under a lock: several engines started by hand may share a file).
+``--enroll-file=PATH`` takes the first line still there, which it removes
+(under a lock: several engines started by hand may share a file); with
+``--enroll-slot=rank`` (what the MPI and batch launchers pass), the line of
+its rank in its MPI or batch job instead (:func:`slot_of`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import fcntl
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +47,7 @@ MEMBER_BYTES = 32
 SECRET_MAX = 128
 MEMBER_MAX = 128
 PREFIX = "pe1"
+_FORM = re.compile(rf"{PREFIX}-[0-9a-f]{{{2 * NONCE_BYTES}}}-[0-9a-f]{{64}}")
 
 
 def new_key() -> bytes:
@@ -75,18 +78,14 @@ def issue(key: bytes, count: int) -> list[str]:
 def check(key: bytes, secret: str) -> str:
     """The nonce of ``secret`` (hex) when it was issued under ``key``; ValueError
     saying what is wrong with it otherwise (it does not say whether it was used)."""
-    parts = secret.split("-")
-    if len(parts) != 3 or parts[0] != PREFIX:
+    if _FORM.fullmatch(secret) is None:  # (one spelling only: a nonce is used once)
         raise ValueError(f"it is not an enrollment secret (expected '{PREFIX}-NONCE-MAC', "
                          f"one line of a secrets file issued by ipcluster)")
-    try:
-        nonce = bytes.fromhex(parts[1])
-    except ValueError:
-        nonce = b""
-    if len(nonce) != NONCE_BYTES or not hmac.compare_digest(_mac(key, nonce), parts[2]):
+    _, nonce_hex, mac = secret.split("-")
+    if not hmac.compare_digest(_mac(key, bytes.fromhex(nonce_hex)), mac):
         raise ValueError("it was not issued for this controller (another profile's, or one "
                          "issued before its enrollment key changed)")
-    return parts[1]
+    return nonce_hex
 
 
 def member_digest(member: bytes) -> str:

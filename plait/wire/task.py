@@ -537,7 +537,7 @@ class StashFetch:
 #: ``unmet`` (True: a functional dependency was not met on this engine).
 BatchItem = tuple[bool, "bytes | None", float, "bytes | None", "dict | None"]
 META_KEYS = frozenset({"started", "completed", "stdout", "stderr", "pyout", "unmet",
-                       "execution_count"})
+                       "execution_count", "error"})
 
 
 def decode_batch_reply(payload: bytes, n: int) -> list[BatchItem]:

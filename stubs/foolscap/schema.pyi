@@ -7,6 +7,7 @@ ByteStringConstraint: _Any
 ChoiceOf: _Any
 DictOf: _Any
 IntegerConstraint: _Any
+NumberConstraint: _Any
 ListOf: _Any
 Optional: _Any
 TupleOf: _Any

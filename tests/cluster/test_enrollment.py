@@ -55,7 +55,11 @@ def test_claiming_an_engine_id_needs_that_engines_member_key(cluster_factory, tm
     before = mec.pull("pid")
     done = _engine(c.env, _copied(c, tmp_path), "--engine-id=0")
     assert done.returncode == 2
-    assert "it claims the id of engine 0 without that engine's member key" in done.stderr
+    assert "this one claims the id of engine 0 without that engine's member key" in done.stderr
+    # nor does a fresh secret: it admits a new engine, not one into engine 0's place
+    done = _engine(c.env, _copied(c, tmp_path), c.enroll_flag(), "--engine-id=0")
+    assert done.returncode == 2
+    assert "claims the id of engine 0 without that engine's member key" in done.stderr
     assert mec.get_ids() == [0] and mec.pull("pid") == before  # engine 0 kept its place
 
 

@@ -8,12 +8,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from plait.parallel import RemoteError
 from tests.support.cluster import run_cmd, wait_exit
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
@@ -24,6 +26,7 @@ if not (CHROMIUM and DRIVER):
     pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium "
                 "chromium-driver; .ci/run does)", allow_module_level=True)
 
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -76,6 +79,36 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
     run_cmd(["ipcluster", "engines", "-n", "1", "--timeout", "60"], c.env)
     joined = _shows(browser, "engine-count", "2", 5)
     assert died < 3 and joined < 3, (died, joined)
+    # each engine's host, pid and memory, reported by the engine itself
+    pids = rc[:].apply_sync(os.getpid)
+
+    def engine_rows(driver) -> list[list[str]] | None:
+        rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+                for tr in driver.find_elements(By.CSS_SELECTOR, "tr.engine")]
+        return rows if rows and all(r[7] for r in rows) else None
+
+    rows = WebDriverWait(browser, 10, poll_frequency=0.05,  # (rows are redrawn each second)
+                         ignored_exceptions=[StaleElementReferenceException]).until(engine_rows)
+    assert sorted(int(r[7]) for r in rows) == sorted(pids)
+    assert all(r[6] == socket.gethostname() and r[8].endswith(" MB") for r in rows)
+    # a failure shows with its traceback, and the task stream draws the tasks
+    def fails(x: int) -> None:
+        raise ValueError(f"bad input {x}")
+
+    with pytest.raises(RemoteError, match="ValueError: bad input 7"):
+        rc.load_balanced_view().apply_sync(fails, 7)
+    _shows(browser, "failures", lambda text: "ValueError: bad input 7" in text
+           and "in fails" in text, 5)
+    assert browser.execute_script(
+        "const c = document.getElementById('stream'); const d = c.getContext('2d')"
+        ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
+        "for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n") > 0
+    # the history: the hub's records, searched from the page
+    browser.find_element(By.CSS_SELECTOR, "select[name=status] option[value=failed]").click()
+    browser.find_element(By.CSS_SELECTOR, "#search button").click()
+    _shows(browser, "history-note", "1 records (the newest first)", 10)
+    [record] = browser.find_elements(By.CSS_SELECTOR, "tr.record")
+    assert "failed" in record.text
     browser.save_screenshot(str(tmp_path / "status_page.png"))
     assert (tmp_path / "status_page.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -85,7 +118,8 @@ def test_the_token_is_required_and_scripts_get_json_and_prometheus(cluster_facto
     url = _url(c)
     base, token = url.split("?token=")
     for bare in (base, base + "status.json", base + "metrics", base + "events",
-                 base + "?token=wrong", base + "status.json?token=" + token[:-1]):
+                 base + "history.json", base + "?token=wrong",
+                 base + "status.json?token=" + token[:-1]):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(bare, timeout=10)
         assert refused.value.code == 403, bare
@@ -93,5 +127,18 @@ def test_the_token_is_required_and_scripts_get_json_and_prometheus(cluster_facto
     assert snapshot["engine_count"] == 1 and snapshot["engines"][0]["id"] == 0
     text = urllib.request.urlopen(f"{base}metrics?token={token}", timeout=10).read().decode()
     assert "plait_engines 1\n" in text and "plait_tasks_completed_total" in text
+    # the hub's history, searched by scripts; a bad search says what is wrong
+    rc = c.rc()
+    ar = rc.load_balanced_view().apply_async(abs, -3)
+    assert ar.get(timeout=30) == 3
+    found = json.load(urllib.request.urlopen(
+        f"{base}history.json?token={token}&msg_id={ar.msg_ids[0]}", timeout=10))
+    assert [(r["msg_id"], r["status"], r["engine_id"]) for r in found] == [
+        (ar.msg_ids[0], "succeeded", 0)]
+    for bad, says in (("engine=x", "engine is an engine id"),
+                      ("msg_id=nonsense", "is not a task id of this controller")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}history.json?token={token}&{bad}", timeout=10)
+        assert refused.value.code == 400 and says in refused.value.read().decode()
     assert base.startswith("http://127.0.0.1:")  # loopback by default
     assert oct((c.security / "ipcontroller-status.url").stat().st_mode & 0o777) == "0o600"

@@ -33,6 +33,12 @@ def test_a_secret_is_checked_against_its_key():
     for bad in ("", "pe1-zz-00", "pe2-00-00", "x" * 300):
         with pytest.raises(ValueError):
             enrollment.check(KEY, bad)
+    # one spelling only: a used secret written otherwise is no new secret
+    _, nonce, mac = one.split("-")
+    for respelt in (f"pe1-{nonce.upper()}-{mac}", f"pe1-{nonce[:8]} {nonce[8:]}-{mac}",
+                    f"pe1-{nonce}-{mac.upper()}", f" {one}"):
+        with pytest.raises(ValueError, match="not an enrollment secret"):
+            enrollment.check(KEY, respelt)
     with pytest.raises(ValueError, match="32 bytes"):
         enrollment.issue(b"short", 1)
 
@@ -56,8 +62,13 @@ def test_the_controller_admits_a_secret_once_across_restarts(tmp_path):
         again.admit(b"", b"other", 0)
     with pytest.raises(EnrollmentRefused, match="showed no enrollment secret"):
         again.admit(b"", b"m0", None)  # a member key claims an id, nothing else
-    with pytest.raises(EnrollmentRefused, match="showed no enrollment secret"):
+    with pytest.raises(EnrollmentRefused, match="engine 7, which has no member key on record"):
         again.admit(b"", b"m0", 7)
+    # a fresh secret admits an engine, but not into the id of one with a member key
+    [fresh] = enrollment.issue(KEY, 1)
+    with pytest.raises(EnrollmentRefused, match="without that engine's member key"):
+        again.admit(fresh.encode(), b"thief", 0)
+    again.admit(fresh.encode(), b"m2", None)
 
 
 def test_an_unreadable_record_is_replaced_and_the_engines_go_on(tmp_path):
@@ -85,6 +96,11 @@ def test_the_registry_registers_nothing_its_enrollment_refuses(tmp_path):
     assert registry.get_ids() == []
     [secret] = enrollment.issue(KEY, 1)
     assert registry.register(Engine(), "u2", {}, secret=secret.encode(), member=b"k") == 0
+    # another admitted engine may not push it out by taking its uuid
+    [other] = enrollment.issue(KEY, 1)
+    with pytest.raises(EnrollmentRefused, match="engine 0 is registered with this uuid"):
+        registry.register(Engine(), "u2", {}, secret=other.encode(), member=b"x")
+    assert registry.get_ids() == [0]
     # joining again (its controller restarted), it shows its member key
     registry.unregister(0)
     assert registry.register(Engine(), "u2", {}, engine_id=0, rejoin=True, member=b"k") == 0

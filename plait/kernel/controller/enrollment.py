@@ -54,15 +54,17 @@ class Enrollment:
                            "a new one", path=str(path), e=exc)
 
     def admit(self, secret: bytes, member: bytes, claim: int | None) -> None:
-        if claim is not None and member and self._members.get(claim) == \
-                enrollment.member_digest(member):
-            return
+        if claim is not None and claim in self._members:
+            # an id with a member key goes to that key's holder only, secret or none
+            if member and self._members[claim] == enrollment.member_digest(member):
+                return
+            raise EnrollmentRefused(f"this controller admits enrolled engines only, and this "
+                                    f"one claims the id of engine {claim} without that "
+                                    f"engine's member key")
         if not secret:
-            if claim is not None and claim in self._members:
-                why = (f"it claims the id of engine {claim} without that engine's member "
-                       f"key, and shows no enrollment secret")
-            else:
-                why = "it showed no enrollment secret"
+            why = ("it claims the id of engine {claim}, which has no member key on record "
+                   "here, and shows no enrollment secret" if claim is not None
+                   else "it showed no enrollment secret").format(claim=claim)
             raise EnrollmentRefused(f"this controller admits enrolled engines only, and "
                                     f"{why}: {HOW}")
         try:

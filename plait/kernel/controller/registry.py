@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,11 @@ from zope.interface import implementer
 
 from plait.interfaces.engine import IEngine, IEngineRegistry, IEnrollment
 from plait.kernel.controller.queue import EngineQueue
-from plait.wire.errors import EngineError, InvalidEngineID
+from plait.wire.errors import EngineError, EnrollmentRefused, InvalidEngineID
 
 
 class _Record:
-    __slots__ = ("engine", "uuid", "properties", "queue", "last_words")
+    __slots__ = ("engine", "uuid", "properties", "queue", "last_words", "usage", "_cpu")
 
     def __init__(self, engine: IEngine, uuid: str, properties: dict, queue: EngineQueue):
         self.engine = engine
@@ -25,6 +26,8 @@ class _Record:
         self.properties = properties
         self.queue = queue
         self.last_words: str | None = None  # why it said it goes, if it did
+        self.usage: dict | None = None  # what it last reported (see report_usage)
+        self._cpu: tuple[float, float] | None = None  # (when, CPU seconds) reported last
 
 
 def _load_ids(path: Path | None) -> tuple[int, list[int]]:
@@ -82,6 +85,10 @@ class EngineRegistry:
                 raise
         for old_id, record in list(self._records.items()):
             if record.uuid == uuid:  # the engine joined again before its loss was seen
+                if self.enrollment is not None and old_id != engine_id:
+                    # (an admitted engine may not push another out by its uuid)
+                    raise EnrollmentRefused(f"engine {old_id} is registered with this uuid; "
+                                            f"an engine joining again claims its own id")
                 self.unregister(old_id, "the engine connected again")
         if rejoin and engine_id is not None and 0 <= engine_id < max(
                 self._next_id, self._last_run) and engine_id not in self._records:
@@ -124,6 +131,19 @@ class EngineRegistry:
         except OSError as exc:
             self.log.warn("could not record the next engine id in {path}: {e}",
                           path=str(self._ids_path), e=exc)
+
+    def report_usage(self, engine_id: int, pid: int, host: str, rss: int, cpu: float) -> None:
+        record = self._record(engine_id)
+        now = time.monotonic()
+        percent = None
+        if record._cpu is not None and now > record._cpu[0]:
+            percent = max(0.0, (cpu - record._cpu[1]) / (now - record._cpu[0]) * 100)
+        record._cpu = (now, cpu)
+        record.usage = {"pid": pid, "host": host, "memory": rss,
+                        "cpu": None if percent is None else round(percent, 1)}
+
+    def get_usage(self, engine_id: int) -> dict | None:
+        return self._record(engine_id).usage
 
     def last_words(self, engine_id: int, reason: str) -> None:
         record = self._record(engine_id)

@@ -280,7 +280,7 @@ class ControllerService(service.MultiService):
         from plait.adapters.web import site
         from plait.kernel.controller.status import StatusService
 
-        self.status = StatusService(self.registry, self.task)
+        self.status = StatusService(self.registry, self.task, hub=self.hub)
         token = secrets.token_urlsafe(24)
         port = self.status_port or _recorded_ports(self.dirs).get("status") or 0
         try:

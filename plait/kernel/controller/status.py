@@ -4,8 +4,12 @@ A :class:`StatusService` takes one :meth:`~StatusService.snapshot` a second
 (O(engines + tasks on engines), never O(tasks recorded)), keeps the number
 of tasks finished in each of the last :data:`WINDOW` seconds, and hands each
 snapshot to its subscribers (the page's live streams): however many pages
-are open, the scheduler pays for one snapshot a second.  It knows nothing
-of HTTP (:mod:`plait.adapters.web` serves it).
+are open, the scheduler pays for one snapshot a second.  It also keeps, as
+tasks finish, the last :data:`STREAM` of them (the page's task stream: when
+each ran, where, and how it ended) and the last :data:`FAILURES` failures
+with what their engines said; :meth:`~StatusService.search` looks in the
+hub's records.  It knows nothing of HTTP (:mod:`plait.adapters.web` serves
+it).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet import reactor as _twisted_reactor
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -25,6 +30,14 @@ reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by 
 WINDOW = 300
 #: Seconds between two snapshots.
 EVERY = 1.0
+#: Finished tasks kept for the task stream, and seconds of it a snapshot shows.
+STREAM = 2000
+STREAM_SECONDS = 60.0
+#: Recent failures kept, with their text.
+FAILURES = 20
+#: Records a search returns at most, and the newest task ids it looks among.
+SEARCH_LIMIT = 100
+SEARCH_WINDOW = 100_000
 
 log = Logger()
 
@@ -33,10 +46,18 @@ class StatusService:
     """Snapshots of ``registry`` (an IEngineRegistry) and ``tasks`` (the
     TaskController), one every :data:`EVERY` seconds once started."""
 
-    def __init__(self, registry: Any, tasks: Any, clock: Any = None):
+    def __init__(self, registry: Any, tasks: Any, clock: Any = None, hub: Any = None):
         self.registry = registry
         self.tasks = tasks
+        self.hub = hub
         self.clock = clock or reactor
+        # (engine id, started, completed, status) of the tasks that finished last
+        self._stream: deque[tuple[int | None, float, float, str]] = deque(maxlen=STREAM)
+        self._failures: deque[dict] = deque(maxlen=FAILURES)
+        self._newest = 0  # the highest task id seen finishing
+        add = getattr(tasks, "add_finish_observer", None)
+        if add is not None:
+            add(self._finished)
         self._done: deque[tuple[float, int]] = deque(maxlen=WINDOW + 1)  # (time, finished)
         self._subscribers: list[Callable[[dict], None]] = []
         self._loop = LoopingCall(self._tick)
@@ -61,6 +82,51 @@ class StatusService:
     def properties_changed(self, engine_id: int) -> None:
         pass
 
+    # -- tasks finishing ------------------------------------------------------------------
+    def _finished(self, record: Any, meta: dict | None) -> None:
+        completed = record.completed
+        started = record.started if record.started is not None else completed
+        self._stream.append((record.engineid, started, completed, record.status))
+        if record.taskid > self._newest:
+            self._newest = record.taskid
+        if record.status != "succeeded":
+            error = (meta or {}).get("error") if isinstance(meta, dict) else None
+            self._failures.append({
+                "id": record.taskid, "msg_id": self._msg_id(record.taskid),
+                "engine": record.engineid, "status": record.status, "time": completed,
+                "error": error if isinstance(error, str) else
+                (f"{record.status} in the controller (no engine traceback): "
+                 f"see get_result({self._msg_id(record.taskid)!r})"),
+            })
+
+    def _msg_id(self, taskid: int) -> str:
+        return self.hub.msg_id(taskid) if self.hub is not None else str(taskid)
+
+    def search(self, status: str | None = None, engine: int | None = None,
+               msg_id: str | None = None) -> defer.Deferred:
+        """A Deferred firing with the hub's records (plain data, newest first, at most
+        :data:`SEARCH_LIMIT`) of the last :data:`SEARCH_WINDOW` tasks with that
+        ``status``, run on that ``engine``, or the one of that ``msg_id``; with []
+        without a hub.  ValueError (failing it) for a msg_id that is not one."""
+        if self.hub is None:
+            return defer.succeed([])
+        query: dict[str, Any] = {}
+        if msg_id:
+            taskid = self.hub.taskid(msg_id)
+            if taskid is None:
+                return defer.fail(ValueError(f"{msg_id!r} is not a task id of this "
+                                             f"controller"))
+            query["id"] = taskid
+        else:
+            query["id"] = {"$gte": max(0, self._newest - SEARCH_WINDOW)}
+        if status:
+            query["status"] = status
+        if engine is not None:
+            query["engine_id"] = engine
+        keys = ["msg_id", "status", "engine_id", "submitted", "started", "completed"]
+        return self.hub.query(query, keys).addCallback(
+            lambda rows: [dict(r) for r in rows[-SEARCH_LIMIT:][::-1]])
+
     # -- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """Plain data: ``engines`` (id, uuid, state, running, queue, completed),
@@ -68,19 +134,27 @@ class StatusService:
         engines), ``rate`` (tasks finished in each of the last seconds, oldest
         first) and ``tasks_per_second`` (over the last 10 s)."""
         status = self.tasks.engine_status()
+        running_on: dict[int, list[int]] = getattr(self.tasks, "running_on", dict)()
         engines = []
         for engine_id in sorted(e for e in status if e != "unassigned"):
             item = status[engine_id]
             try:
                 uuid = self.registry.get_engine(engine_id).uuid
+                usage = self.registry.get_usage(engine_id) or {}
             except KeyError:
                 continue
+            running = sorted(running_on.get(engine_id, ()))
             engines.append({
                 "id": engine_id, "uuid": uuid,
                 "state": "busy" if item["tasks"] or item["queue"] else "idle",
                 "running": item["tasks"], "queue": item["queue"],
                 "completed": item["completed"],
+                "task": self._msg_id(running[0]) if running else None,
+                "host": usage.get("host"), "pid": usage.get("pid"),
+                "memory": usage.get("memory"), "cpu": usage.get("cpu"),
             })
+        now = self.clock.seconds()
+        stream = [list(item) for item in self._stream if item[2] >= now - STREAM_SECONDS]
         completed = sum(self.tasks.completed_counts().values())
         rate = [b - a for (_, a), (_, b) in zip(list(self._done)[:-1], list(self._done)[1:],
                                                 strict=True)]
@@ -90,6 +164,7 @@ class StatusService:
             "tasks": self.tasks.queue_status(), "unassigned": status["unassigned"],
             "completed": completed, "rate": rate,
             "tasks_per_second": sum(recent) / len(recent) if recent else 0.0,
+            "stream": stream, "failures": list(self._failures)[::-1],
         }
 
     def _tick(self) -> None:

@@ -201,6 +201,8 @@ class TaskController:
         self._direct: dict[int, list[tuple[Task, str]]] = {}  # pinned tasks to send
         self._endings: deque[Task] = deque()  # finished tasks whose dependents wait
         self._completed_on: dict[int, int] = {}  # engine id -> tasks it finished
+        # told of each task that finishes: fn(record, meta) (the status page's)
+        self._finish_observers: list[Callable[[TaskResultRecord, dict | None], None]] = []
         self._settling = False
         registry.add_observer(self)
         for engine_id in registry.get_ids():
@@ -305,6 +307,21 @@ class TaskController:
         else:
             for taskid in taskids:
                 self._done.pop(taskid, None)
+
+    def add_finish_observer(self, observer: Callable[[TaskResultRecord, dict | None], None]
+                            ) -> None:
+        """Call ``observer(record, meta)`` as each task finishes (``meta``: what its
+        engine said of the run, plain data, or None); what it raises is logged."""
+        self._finish_observers.append(observer)
+
+    def running_on(self) -> dict[int, list[int]]:
+        """The ids of the tasks each engine runs (or was handed) now, by engine id."""
+        running: dict[int, list[int]] = {}
+        for taskid in self._states[PENDING]:
+            engine_id = self._tasks[taskid].engine_id
+            if engine_id is not None:
+                running.setdefault(engine_id, []).append(taskid)
+        return running
 
     def completed_counts(self) -> dict[int, int]:
         """The tasks each engine finished (succeeded or failed) so far, by engine id."""
@@ -820,6 +837,11 @@ class TaskController:
             self._completed_on[task.engine_id] = self._completed_on.get(task.engine_id, 0) + 1
         if self._hub is not None:
             self._hub.finished(record, task)
+        for observer in self._finish_observers:
+            try:
+                observer(record, meta)
+            except Exception:
+                log.failure("a finish observer failed")
         notify = getattr(task.owner, "task_finished", None)
         if notify is not None:
             notify(record)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet import reactor as _twisted_reactor
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -152,6 +154,7 @@ class Engine:
         self.stopping = False
         self.error: str | None = None
         self.refused = False  # the controller refused its credentials
+        self._usage_loop = LoopingCall(self._report_usage)
 
     # -- reactor thread -----------------------------------------------------
     @defer.inlineCallbacks
@@ -297,12 +300,9 @@ class Engine:
         task running fails with an EngineError saying so), then exit: an engine
         over its limit would take the machine down with it."""
         assert self.memory_limit is not None
-        page = os.sysconf("SC_PAGE_SIZE")
         while not self.stopping:
-            try:
-                with open("/proc/self/statm") as f:
-                    rss = int(f.read().split()[1]) * page
-            except (OSError, ValueError, IndexError):
+            rss = resident_bytes()
+            if rss is None:
                 return  # (no /proc: no limit)
             if rss > self.memory_limit:
                 reason = (f"engine {self.id} used {rss / 2**20:.0f} MB, over its memory limit "
@@ -314,6 +314,19 @@ class Engine:
                     pass  # it goes all the same; the controller says it was lost
                 hard_exit(3)
             time.sleep(MEMORY_CHECK_EVERY)
+
+    def _report_usage(self) -> None:
+        """(reactor, every :data:`USAGE_EVERY` s) Tell the controller this engine's
+        pid, host, resident memory and CPU seconds (the status page shows them);
+        one-way: nothing waits for it."""
+        if self.session is None or self.lost:
+            return
+        times = os.times()
+        try:
+            self.session.callRemoteOnly("usage", os.getpid(), _HOST, resident_bytes() or 0,
+                                        times.user + times.system)
+        except Exception:
+            pass  # (a connection going away: the next report, or none)
 
     def _say_last_words(self, reason: str) -> defer.Deferred:
         """(reactor) Tell the controller why this engine goes (2 s at most)."""
@@ -356,6 +369,8 @@ class Engine:
         if self.memory_limit and self._joins == 1:
             threading.Thread(target=self._watch_memory, name="plait-memory-watch",
                              daemon=True).start()
+        if self._joins == 1:
+            reactor.callFromThread(self._usage_loop.start, USAGE_EVERY, True)
         if self.on_registered is not None:
             self.on_registered(self.id)
         return True
@@ -412,6 +427,21 @@ class Engine:
             pause = min(pause * 2, REJOIN_EVERY)
         log.info("engine {id} could not join its controller again; it exits", id=self.id)
         return False
+
+
+#: Seconds between two reports of an engine's memory and CPU to the controller.
+USAGE_EVERY = 2.0
+_HOST = socket.gethostname()
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory, in bytes (None without /proc)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _what_failed(exc: BaseException) -> tuple[str, str]:

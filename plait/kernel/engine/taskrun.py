@@ -31,9 +31,11 @@ controller reports them, so that the tasks it ran are not run again.
 from __future__ import annotations
 
 import functools
+import os
 import secrets
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -210,6 +212,24 @@ def run_call(interpreter: Interpreter, task: EngineTask) -> tuple[Any, dict]:
     return value, meta
 
 
+#: Characters of a failure's text kept in a batch reply's meta (``error``).
+ERROR_TEXT = 2000
+_PLAIT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
+
+
+def error_text(exc: BaseException) -> str:
+    """What a failed task raised, as plain text (its type, message and the last
+    frames of its traceback): the controller shows it without unpickling."""
+    try:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if not f.filename.startswith(_PLAIT_DIR)][-3:]  # (the user's frames)
+        text = ("".join(traceback.format_list(frames))
+                + "".join(traceback.format_exception_only(type(exc), exc)))
+    except Exception:
+        text = type(exc).__name__
+    return text[-ERROR_TEXT:]
+
+
 def _pop_attribute(exc: BaseException, name: str) -> Any:
     try:
         return exc.__dict__.pop(name, None)
@@ -296,6 +316,7 @@ def run_batch(interpreter: Interpreter, batch: TaskBatch) -> list[BatchItem]:
         except BaseException as exc:  # a task may not end the engine
             seconds = time.perf_counter() - start
             meta, output_room = _fit_output(_pop_attribute(exc, "plait_meta"), output_room)
+            meta = dict(meta or {}, error=error_text(exc))  # (plain text: the status page's)
             ok, data = False, interpreter.failure_payload(exc, "run_task")
             if len(data) > budget:
                 replies.append((False, None, seconds, _keep(Serialized(data)), meta))
