@@ -306,6 +306,8 @@ def parallel(p: dict, r: Results) -> None:
         r.measure(["par_hub_rss", "par_hub_query"], lambda: _par_hub(cluster, p, r))
     r.measure("cluster_start4", lambda: _cluster_start4(p, r))
     r.measure(["scale_register", "scale_execute"], lambda: _scale(p, r))
+    r.measure(["sim_register", "sim_execute", "sim_rate_ratio", "sim_rss_engine"],
+              lambda: _simulated(p, r))
     r.measure("engine_restart", lambda: _engine_restart(p, r))
     r.measure("controller_restart", lambda: _controller_restart(p, r))
     r.measure(["chaos_lost", "chaos_recover"], lambda: _chaos(p, r))
@@ -471,6 +473,85 @@ def _scale(p: dict, r: Results) -> None:
         r.add("scale_execute", median(each), each=each, detail=f"{n} engines")
 
     _in_fresh_plait_dir(run)
+
+
+def _sim_round(n: int, tasks: int, rounds: int) -> dict:
+    """A controller with ``n`` simulated engines (see sim_engines.py): how long they
+    took to register, its RSS, execute('pass') on all of them, and the task rate."""
+    import os
+    import subprocess
+    import sys
+
+    from sim_engines import Simulation
+
+    import plait.parallel as ipp
+    from plait.kernel import client
+    from plait.security import profile_dirs
+
+    dirs = profile_dirs(None)
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "plait.scripts.ipcontroller", "--no-status", "--db=memory",
+         "--notify-fd=1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    sim = None
+    try:
+        assert controller.stdout is not None
+        for line in controller.stdout:  # (its ready notice, after what it prints)
+            if line.startswith("ready "):
+                break
+        else:
+            raise RuntimeError("the controller did not start")
+        t0 = time.perf_counter()
+        sim = Simulation(dirs.furl_path("ipcontroller-engine.furl"), n,
+                         processes=min(4, n), env=dict(os.environ))
+        registered = sim.wait_registered()
+        took = time.perf_counter() - t0
+        mec = client.MultiEngineClient()
+        if len(mec.get_ids()) != n or registered != n:
+            raise AssertionError(f"{len(mec.get_ids())} of {n} simulated engines registered")
+        rss = _rss_mb(controller.pid)
+        mec.execute("pass")
+        each = []
+        for _ in range(5):
+            t1 = time.perf_counter()
+            mec.execute("pass")
+            each.append((time.perf_counter() - t1) * 1e3)
+        rc = ipp.Client()
+        lv = rc.load_balanced_view()
+        rates = []
+        for _ in range(rounds):
+            t1 = time.perf_counter()
+            ars = [lv.apply_async(noop) for _ in range(tasks)]
+            rc.wait(ars)
+            rates.append(tasks / (time.perf_counter() - t1))
+        rc.close()
+        return {"register": took, "rss": rss, "execute": median(each), "rate": max(rates)}
+    finally:
+        if sim is not None:
+            sim.stop()
+        controller.terminate()
+        controller.wait(30)
+
+
+def _simulated(p: dict, r: Results) -> None:
+    """Thousands of engines simulated at the protocol level (a few processes,
+    one TLS connection each, every engine registered, commanded and given
+    tasks for real): registration, one command to all, and the task rate
+    against the same with 50 engines (the scheduler's cost per task)."""
+    n, tasks = p["sim_engines"], p["par_tasks"] // 2
+    out: dict[int, dict] = {}
+
+    def run() -> None:
+        for size in (50, n):
+            out[size] = _sim_round(size, tasks, p["rate_rounds"])
+
+    _in_fresh_plait_dir(run)
+    small, big = out[50], out[n]
+    r.add("sim_register", big["register"], detail=f"{n} simulated engines, 4 processes")
+    r.add("sim_execute", big["execute"], detail=f"{n} engines")
+    r.add("sim_rate_ratio", big["rate"] / small["rate"],
+          detail=f"{big['rate']:.0f} tasks/s with {n} engines, {small['rate']:.0f} with 50")
+    r.add("sim_rss_engine", (big["rss"] - small["rss"]) * 1024 / (n - 50),
+          detail=f"controller RSS {big['rss']:.0f} MB with {n}, {small['rss']:.0f} with 50")
 
 
 def _controller_restart(p: dict, r: Results) -> None:

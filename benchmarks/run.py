@@ -159,6 +159,22 @@ def _parallel_specs(p: dict) -> list[Spec]:
         Spec("parallel", "scale_execute", f"mec.execute('pass') on {p['scale_engines']} "
              "engines", "ms", ("<=", 50.0) if p["scale_engines"] >= 256 else None, None, "",
              "one command to every engine and every reply back; median of 10"),
+        Spec("parallel", "sim_register", f"{p['sim_engines']} simulated engines registered",
+             "s", None, None, "",
+             "engines simulated at the protocol level (4 processes, one TLS connection "
+             "each; every engine a real foolscap engine object, registered and commanded "
+             "for real): from the first process started to every engine registered"),
+        Spec("parallel", "sim_execute", f"mec.execute('pass') on {p['sim_engines']} "
+             "simulated engines", "ms", None, None, "",
+             "one command to every engine and every reply back; median of 5"),
+        Spec("parallel", "sim_rate_ratio", f"task rate, {p['sim_engines']} engines / 50",
+             "x", (">=", 0.5), None, "",
+             "lview.apply_async(noop) x N + rc.wait with that many simulated engines over "
+             "the same with 50: the scheduler's cost per task must not grow with the "
+             "engines (best of rate_rounds each)"),
+        Spec("parallel", "sim_rss_engine", "controller memory per registered engine", "KB",
+             ("<=", 100.0), None, "",
+             "(controller RSS with N simulated engines - with 50) / (N - 50)"),
         Spec("parallel", "engine_restart", "a killed engine replaced, under its id", "s",
              None, None, "",
              "Cluster(n=2, restart_engines=True): from SIGKILL of engine 1 to the new engine "
@@ -219,7 +235,7 @@ def params_for(args: argparse.Namespace) -> dict:
              peer_map_repeat=1, tls_mb=10.0 if quick else 100.0,
              par_tasks=500 if quick else 10_000, dag_n=500 if quick else 10_000,
              hub_results=2000 if quick else 100_000, peer_par_tasks=200 if quick else 1000,
-             scale_engines=32 if quick else 256)
+             scale_engines=32 if quick else 256, sim_engines=500 if quick else 5000)
     for name in ("rtt_count", "repeat", "cycles", "tasks", "map_n"):
         value = getattr(args, name)
         if value is not None:

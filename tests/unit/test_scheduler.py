@@ -462,3 +462,27 @@ def test_an_ischeduler_class_by_module_path(monkeypatch):
     scheduler.add_engine(1)
     scheduler.add_engine(0)
     assert scheduler.choose([1, 0]) == 0
+
+
+def test_leastload_among_the_available_engines_is_the_linear_choice():
+    """The heap of loads (O(log engines) a choice) picks what the scan over the
+    candidates picks, whatever engines come, go, take and finish tasks."""
+    rng = random.Random(7)
+    sched = Scheduler("leastload", hwm=None, clock=lambda: 0.0)
+    engines: list[int] = []
+    for step in range(5000):
+        action = rng.random()
+        if action < 0.05 or not engines:
+            engines.append(step)
+            sched.add_engine(step)
+        elif action < 0.07 and len(engines) > 1:
+            sched.remove_engine(engines.pop(rng.randrange(len(engines))))
+        elif action < 0.55 and sched.available():
+            ready = sched.available()
+            chosen = sched.choose(ready)
+            linear = sched.choose(set(ready))  # (a copy: the scan)
+            assert chosen == linear
+            sched.assigned(chosen)
+        else:
+            sched.finished(rng.choice(engines), rng.choice([None, 0.0001, 0.01]))
+    assert len(sched._by_load) <= 4 * len(engines) + 64

@@ -47,7 +47,11 @@ def test_tasks_run_in_order_each_timed_and_isolated():
     assert deserialize(items[2][1]).ename == "SystemExit"
     assert deserialize(items[3][1]) == {"b": 2}
     assert all(seconds >= 0 for _, _, seconds, _, _ in items)
-    assert all(stash is None and meta is None for _, _, _, stash, meta in items)
+    assert all(stash is None for _, _, _, stash, _ in items)
+    # a failure's text, plain, for the status page; nothing else of the kernel's tasks
+    assert [meta for *_, meta in items][::3] == [None, None]
+    assert "ZeroDivisionError: division by zero" in items[1][4]["error"]
+    assert "SystemExit: 2" in items[2][4]["error"] and set(items[2][4]) == {"error"}
 
 
 def test_clear_options_hold_inside_a_batch():

@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet import reactor as _twisted_reactor
 from twisted.logger import Logger
+from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
 from plait.interfaces.engine import IEngine, IEngineRegistry, IEnrollment
 from plait.kernel.controller.queue import EngineQueue
 from plait.wire.errors import EngineError, EnrollmentRefused, InvalidEngineID
+
+reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
 
 class _Record:
@@ -64,6 +68,8 @@ class EngineRegistry:
                  enrollment: IEnrollment | None = None):
         self._records: dict[int, _Record] = {}
         self.enrollment = enrollment
+        self._save_call: Any = None  # the write of the ids file, due this turn
+        self._by_uuid: dict[str, int] = {}  # the ids of the registered engines, by uuid
         self._ids_path = ids_path
         # ids below were given by the last run; those it had registered when it ended
         self._last_run, self.last_registered = _load_ids(ids_path)
@@ -83,13 +89,13 @@ class EngineRegistry:
             except Exception as exc:
                 self.log.warn("an engine was refused (uuid {uuid}): {e}", uuid=uuid, e=exc)
                 raise
-        for old_id, record in list(self._records.items()):
-            if record.uuid == uuid:  # the engine joined again before its loss was seen
-                if self.enrollment is not None and old_id != engine_id:
-                    # (an admitted engine may not push another out by its uuid)
-                    raise EnrollmentRefused(f"engine {old_id} is registered with this uuid; "
-                                            f"an engine joining again claims its own id")
-                self.unregister(old_id, "the engine connected again")
+        old_id = self._by_uuid.get(uuid)
+        if old_id is not None:  # the engine joined again before its loss was seen
+            if self.enrollment is not None and old_id != engine_id:
+                # (an admitted engine may not push another out by its uuid)
+                raise EnrollmentRefused(f"engine {old_id} is registered with this uuid; "
+                                        f"an engine joining again claims its own id")
+            self.unregister(old_id, "the engine connected again")
         if rejoin and engine_id is not None and 0 <= engine_id < max(
                 self._next_id, self._last_run) and engine_id not in self._records:
             # an engine joining again (its controller restarted, or the network was
@@ -108,6 +114,7 @@ class EngineRegistry:
         self._records[engine_id] = _Record(
             engine, uuid, dict(properties), self._queue_factory(engine)
         )
+        self._by_uuid[uuid] = engine_id
         self._save_ids()
         self.log.info("engine {id} registered (uuid {uuid})", id=engine_id, uuid=uuid)
         if ran:
@@ -119,9 +126,22 @@ class EngineRegistry:
     def _save_ids(self) -> None:
         """Write the next id and the ids registered now (atomically: a controller
         killed now keeps the old file or the new one, and the process's writes
-        survive its SIGKILL)."""
+        survive its SIGKILL).  While the reactor runs, the changes of one reactor
+        turn are written together at the start of the next, before it reads
+        anything more: no client can have heard of an engine (and pinned a task to
+        its id) before its id is in the file, and a burst of registrations costs
+        one write, not one each."""
         if self._ids_path is None:
             return
+        if reactor.running and isInIOThread():
+            if self._save_call is None:
+                self._save_call = reactor.callLater(0, self._write_ids)
+            return
+        self._write_ids()
+
+    def _write_ids(self) -> None:
+        self._save_call = None
+        assert self._ids_path is not None
         tmp = self._ids_path.with_name(f".{self._ids_path.name}.{os.getpid()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -154,6 +174,8 @@ class EngineRegistry:
         record = self._records.pop(engine_id, None)
         if record is None:
             return
+        if self._by_uuid.get(record.uuid) == engine_id:
+            del self._by_uuid[record.uuid]
         self._save_ids()
         if record.last_words:
             reason = record.last_words

@@ -84,7 +84,11 @@ A group none of whose engines is available is *parked* on those engines and
 comes back only when one of them frees a slot or its eligibility changes, so
 a pass never rescans tasks that cannot run.  Taking the next task costs
 O(log groups) plus the engines of the group; :meth:`Scheduler.choose` is
-linear in the candidate engines; the rest is O(1).
+linear in the candidate engines; the rest is O(1).  The common case, a task
+free of constraints under ``leastload`` (the default), costs O(log engines):
+its candidates are the available engines themselves (no set is built), and
+the least loaded of them is the top of a heap of ``(load, last assigned)``
+that the scheduler keeps as loads change (see :meth:`Scheduler.choose`).
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from itertools import count
 from typing import Any
 
@@ -285,6 +289,11 @@ class Scheduler:
         self._slots: dict[int, EngineSlot] = {}
         self._available: set[int] = set()
         self._stamps = count(1)
+        self._estimates = [0.0, 0]  # the sum of the engines' estimates, and how many
+        # (leastload) (load, last assigned, engine id) of every engine, and stale
+        # entries: an entry counts while the engine's slot still has those values
+        self._by_load: list[tuple[int, int, int]] | None = [] if \
+            self._scheme is leastload else None
 
     def __repr__(self) -> str:
         return f"Scheduler({self.name!r}, hwm={self.hwm})"
@@ -295,19 +304,33 @@ class Scheduler:
             mark = START_MARK if self.hwm is None else self.hwm
             slot = EngineSlot(engine_id, next(self._stamps), mark, self._clock())
             if self.hwm is None:
-                slot.estimate = self._cluster_estimate()
+                self._estimated(slot, self._cluster_estimate())
                 if slot.estimate is not None:
                     slot.mark = min(START_MARK, adaptive_mark(slot.estimate))
             self._slots[engine_id] = slot
             self._available.add(engine_id)
+            self._index(slot)
 
     def remove_engine(self, engine_id: int) -> None:
-        self._slots.pop(engine_id, None)
+        slot = self._slots.pop(engine_id, None)
         self._available.discard(engine_id)
+        if slot is not None:
+            self._estimated(slot, None)
+
+    def _estimated(self, slot: EngineSlot, estimate: float | None) -> None:
+        """Set ``slot.estimate``, keeping the sum and count of the known ones."""
+        if slot.estimate is not None:
+            self._estimates[0] -= slot.estimate
+            self._estimates[1] -= 1
+        slot.estimate = estimate
+        if estimate is not None:
+            self._estimates[0] += estimate
+            self._estimates[1] += 1
 
     def _cluster_estimate(self) -> float | None:
-        known = [s.estimate for s in self._slots.values() if s.estimate is not None]
-        return sum(known) / len(known) if known else None
+        """The mean estimate of the engines that have one (O(1))."""
+        total, known = self._estimates
+        return max(0.0, total / known) if known else None
 
     # -- loads --------------------------------------------------------------
     def available(self) -> set[int]:
@@ -327,12 +350,23 @@ class Scheduler:
             self._available.discard(slot.engine_id)
         else:
             self._available.add(slot.engine_id)
+        self._index(slot)
+
+    def _index(self, slot: EngineSlot) -> None:
+        """(leastload) Enter the slot's load and recency in the heap."""
+        heap = self._by_load
+        if heap is None:
+            return
+        heappush(heap, (slot.load, slot.last_assigned, slot.engine_id))
+        if len(heap) > 4 * len(self._slots) + 64:  # mostly stale: build it again
+            heap[:] = [(s.load, s.last_assigned, s.engine_id) for s in self._slots.values()]
+            heapify(heap)
 
     def assigned(self, engine_id: int) -> None:
         slot = self._slots[engine_id]
         if (self.hwm is None and slot.load == 0 and slot.estimate is not None
                 and self._clock() - slot.idle_since >= IDLE_RESET):
-            slot.estimate = None  # a pause: the next tasks may be of another kind
+            self._estimated(slot, None)  # a pause: the next tasks may be of another kind
             slot.mark = START_MARK
         slot.load += 1
         slot.last_assigned = slot.last_event = next(self._stamps)
@@ -345,11 +379,10 @@ class Scheduler:
         slot.load = max(0, slot.load - 1)
         slot.last_event = next(self._stamps)
         if self.hwm is None and seconds is not None and seconds >= 0:
-            if slot.estimate is None:
-                slot.estimate = seconds
-            else:
-                slot.estimate += SMOOTHING * (seconds - slot.estimate)
-            target = adaptive_mark(slot.estimate)
+            estimate = seconds if slot.estimate is None else (
+                slot.estimate + SMOOTHING * (seconds - slot.estimate))
+            self._estimated(slot, estimate)
+            target = adaptive_mark(estimate)
             slot.mark = target if target <= slot.mark else slot.mark + 1
         if slot.load == 0:
             slot.idle_since = self._clock()
@@ -357,6 +390,21 @@ class Scheduler:
 
     # -- choosing -----------------------------------------------------------
     def choose(self, candidates: Iterable[int]) -> int:
+        heap = self._by_load
+        if heap is not None and candidates is self._available:
+            # leastload among all available engines: the heap's first live entry,
+            # when that engine is available (else the engines at their mark are the
+            # least loaded, and the scan below decides)
+            slots_by_id = self._slots
+            while heap:
+                load, stamp, engine_id = heap[0]
+                slot = slots_by_id.get(engine_id)
+                if slot is None or slot.load != load or slot.last_assigned != stamp:
+                    heappop(heap)  # stale
+                    continue
+                if engine_id in candidates:
+                    return engine_id
+                break
         slots = [self._slots[e] for e in sorted(candidates)]
         if not slots:
             raise ValueError("no candidate engine to choose from")
@@ -376,7 +424,8 @@ class _Group:
     None while it is parked.
     """
 
-    __slots__ = ("key", "depend", "avoid", "only", "never", "heap", "live", "eligible", "listed")
+    __slots__ = ("key", "depend", "avoid", "only", "never", "heap", "live", "eligible", "listed",
+                 "free")
 
     def __init__(self, key: tuple, depend: Any, avoid: frozenset[int],
                  only: frozenset[int] | None = None, never: frozenset[int] = frozenset()):
@@ -389,6 +438,8 @@ class _Group:
         self.live = 0
         self.eligible: set[int] = set()
         self.listed: int | None = None
+        #: no constraint at all: every engine is eligible, none to avoid
+        self.free = depend is None and not avoid and only is None and not never
 
     def update(self, engine_id: int, properties: dict) -> bool:
         """Re-evaluate the depend on one engine; True if the engine is newly eligible.
@@ -517,7 +568,10 @@ class WaitingTasks:
             if actual != head:
                 self._list(group)
                 continue
-            candidates = group.pool() & ready
+            if group.free:  # any engine will do: the ready ones, as they are
+                candidates = ready
+            else:
+                candidates = group.pool() & ready
             if not candidates:
                 self._park(group)
                 continue
