@@ -15,9 +15,9 @@ gets 403.  What it offers, read-only:
 * ``/history.json?token=T&status=S&engine=E&msg_id=M``: the hub's records
   of the recent tasks that match (see ``StatusService.search``).
 
-The token grants reading these figures, and the times, engines, outcomes
-and failure texts of tasks; no code, argument or result passes through the
-page.
+The token grants reading these figures, the engines' hosts and pids, and
+the times, engines, outcomes and failure texts of tasks; no code, argument
+or result passes through the page.
 """
 
 from __future__ import annotations
