@@ -120,12 +120,14 @@ class Hub:
         }
         if data is not None:  # (a recovery task has none: its original task is queued)
             self.store.queue(dict(self._pending[task.taskid]))
-            if self._keep_args:
+            if self._keep_args and spec is not None and (
+                    spec.recovery is not None or is_bulk(spec.payload)):
+                # (most tasks have no large part: nothing is kept for them)
                 parts = _engine_parts(spec)
                 large = [p for p in parts if is_bulk(p)]
                 for payload in large:
                     self._keep(payload)
-                if large:  # (most tasks have none: nothing is kept for them)
+                if large:
                     self._args_of[task.taskid] = parts
         elif spec is not None and spec.payload in self._kept_args:  # a recovery task's
             self._args_of[task.taskid] = [spec.payload]

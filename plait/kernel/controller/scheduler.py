@@ -121,6 +121,9 @@ START_MARK = 2
 IDLE_RESET = 1.0
 #: Weight of the newest run time in the moving average.
 SMOOTHING = 0.25
+#: With this many engines or more, leastload keeps its heap of loads (with
+#: fewer, a scan of the candidates costs less than keeping it).
+HEAP_FROM = 32
 
 log = Logger()
 
@@ -309,7 +312,12 @@ class Scheduler:
                     slot.mark = min(START_MARK, adaptive_mark(slot.estimate))
             self._slots[engine_id] = slot
             self._available.add(engine_id)
-            self._index(slot)
+            if self._by_load is not None and len(self._slots) == HEAP_FROM:
+                self._by_load[:] = []  # (from now on it is kept: every engine in it)
+                for each in self._slots.values():
+                    self._index(each)
+            else:
+                self._index(slot)
 
     def remove_engine(self, engine_id: int) -> None:
         slot = self._slots.pop(engine_id, None)
@@ -353,9 +361,10 @@ class Scheduler:
         self._index(slot)
 
     def _index(self, slot: EngineSlot) -> None:
-        """(leastload) Enter the slot's load and recency in the heap."""
+        """(leastload, :data:`HEAP_FROM` engines or more) Enter the slot's load and
+        recency in the heap."""
         heap = self._by_load
-        if heap is None:
+        if heap is None or len(self._slots) < HEAP_FROM:
             return
         heappush(heap, (slot.load, slot.last_assigned, slot.engine_id))
         if len(heap) > 4 * len(self._slots) + 64:  # mostly stale: build it again
@@ -391,7 +400,8 @@ class Scheduler:
     # -- choosing -----------------------------------------------------------
     def choose(self, candidates: Iterable[int]) -> int:
         heap = self._by_load
-        if heap is not None and candidates is self._available:
+        if heap is not None and candidates is self._available and \
+                len(self._slots) >= HEAP_FROM:
             # leastload among all available engines: the heap's first live entry,
             # when that engine is available (else the engines at their mark are the
             # least loaded, and the scan below decides)
