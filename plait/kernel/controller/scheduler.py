@@ -559,7 +559,8 @@ class WaitingTasks:
         """A task stops waiting (KeyError if it was not)."""
         group = self._where.pop(key)
         group.live -= 1
-        if group.live == 0:
+        if group.live == 0 and not group.free:
+            # (the free group stays: made again, it would ask every engine again)
             del self._groups[group.key]
 
     def pop_runnable(self, ready: set[int]) -> tuple[int, set[int]] | None:
@@ -599,6 +600,8 @@ class WaitingTasks:
         return heap[0]
 
     def _list(self, group: _Group) -> None:
+        if not group.live:  # (the free group stays when empty: nothing to list)
+            return
         head = self._head(group)
         if group.listed != head:
             group.listed = head
