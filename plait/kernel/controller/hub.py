@@ -20,6 +20,9 @@ in the blob server, uploaded before the task was submitted.  With the SQLite
 store, the hub has the blob server keep them on disk as well: a task
 acknowledged as durable (:meth:`Hub.durable`) then runs after a controller
 restart with its arguments.  They are dropped once the task is finished.
+A direct view's requests (pinned to their engine, as ``push``) are not
+kept so: like the kernel's MultiEngine commands, their data lives in
+memory only, and writing it would slow every large push.
 
 Message ids: a task's ``msg_id`` is a UUID whose first 64 bits name this
 controller (its *prefix*, kept in the profile so that it survives
@@ -120,7 +123,7 @@ class Hub:
         }
         if data is not None:  # (a recovery task has none: its original task is queued)
             self.store.queue(dict(self._pending[task.taskid]))
-            if self._keep_args and spec is not None and (
+            if self._keep_args and spec is not None and not spec.pinned and (
                     spec.recovery is not None or is_bulk(spec.payload)):
                 # (most tasks have no large part: nothing is kept for them)
                 parts = _engine_parts(spec)
