@@ -120,14 +120,16 @@ def write_secrets(path: Path, secrets_: list[str]) -> None:
 
 def take_secret(path: Path | str, slot: int | None) -> str:
     """The secret of an engine from the secrets file ``path``: line ``slot``, or
-    (``None``) the first line left, removed from the file.  ValueError saying
-    what is wrong (no such file, a file others may read, no line left)."""
+    (``None``) the first line left, blanked in the file (overwritten by spaces
+    in place: an engine killed meanwhile leaves every other line intact).
+    ValueError saying what is wrong (no such file, a file others may read, no
+    line left)."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDWR if slot is None else os.O_RDONLY)
     except OSError as exc:
         raise ValueError(f"cannot open the secrets file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "r+" if slot is None else "r") as f:
+    with os.fdopen(fd, "rb+" if slot is None else "rb") as f:
         mode = os.fstat(f.fileno()).st_mode
         if mode & 0o077:
             raise ValueError(f"the secrets file {path} may be read by other users (mode "
@@ -135,18 +137,19 @@ def take_secret(path: Path | str, slot: int | None) -> str:
                              f"issue new secrets")
         if slot is None:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+        data = f.read()
+        lines = [line.strip() for line in data.splitlines() if line.strip()]
         if slot is not None:
             if slot >= len(lines):
                 raise ValueError(f"the secrets file {path} has {len(lines)} secrets: none "
                                  f"for the engine of rank {slot}")
-            return lines[slot]
+            return lines[slot].decode("ascii", "replace")
         if not lines:
             raise ValueError(f"the secrets file {path} has no secret left: issue more "
                              f"(ipcluster enroll)")
-        f.seek(0)
-        f.truncate()
-        f.write("".join(line + "\n" for line in lines[1:]))
+        start = data.index(lines[0])
+        f.seek(start)
+        f.write(b" " * len(lines[0]))
         f.flush()
         os.fsync(f.fileno())
-        return lines[0]
+        return lines[0].decode("ascii", "replace")
