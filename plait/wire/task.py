@@ -383,7 +383,7 @@ def encode_task(spec: TaskSpec, serialize_engine: Callable[[Any], bytes] = seria
 
 
 # -- the controller's view ------------------------------------------------------
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)  # (slots: a million may be queued)
 class ControllerTask:
     """A submitted task as the controller sees it.
 

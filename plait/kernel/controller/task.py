@@ -776,12 +776,12 @@ class TaskController:
     def _unmet(self, task: Task, engine_id: int) -> None:
         """A functional dependency of ``task`` is not met on ``engine_id``: it goes
         to another engine (never back to that one), or fails when none is left."""
-        task.never.add(engine_id)
+        task.never = task.never | {engine_id}
         self._requeue(task)
 
     def _attempt_failed(self, task: Task, engine_id: int, failure: bytes) -> None:
         assert task.spec is not None
-        task.failed_on.append(engine_id)
+        task.failed_on += (engine_id,)
         if task.retries_left > 0:
             task.retries_left -= 1
             self._requeue(task)

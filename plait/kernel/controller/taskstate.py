@@ -13,6 +13,8 @@ from twisted.internet import defer
 from plait.wire.records import TaskResultRecord
 from plait.wire.task import SCHEDULED, ControllerTask
 
+NO_ENGINES: frozenset[int] = frozenset()
+
 
 class Task:
     """A task inside the controller, from submission until it is cleared."""
@@ -31,7 +33,7 @@ class Task:
         self.spec: ControllerTask | None = spec  # dropped once finished
         self.state = SCHEDULED
         self.retries_left = spec.retries
-        self.failed_on: list[int] = []
+        self.failed_on: tuple[int, ...] = ()  # (a tuple: most tasks never fail)
         self.attempt = 0  # times handed to an engine
         self.engine_id: int | None = None
         self.engine_uuid: str | None = None
@@ -48,7 +50,8 @@ class Task:
         self.later = later  # a task of the later generation: the hub keeps its record
         self.blocked: Any = None  # its graph dependencies, while they are not met
         self.only = None if spec.targets is None else frozenset(spec.targets)
-        self.never: set[int] = set()  # engines where a functional dependency was unmet
+        # engines where a functional dependency was unmet (shared while there is none)
+        self.never: frozenset[int] = NO_ENGINES
         self.meta: dict | None = None  # the last attempt's output and engine times
         #: (the recovery task's id, this task's failure) while its recovery runs
         self.recovering: tuple[int, bytes] | None = None
