@@ -80,7 +80,7 @@ function show(s) {
   const body = document.getElementById("engines"); body.replaceChildren();
   for (const e of s.engines) { const tr = document.createElement("tr");
     tr.className = "engine"; tr.append(cell(e.id), cell(e.state, e.state), cell(e.running),
-    cell(e.queue), cell(e.completed), cell(e.task ? e.task.slice(0, 8) : ""),
+    cell(e.queue), cell(e.completed), cell(e.task ? "…" + e.task.slice(-12) : ""),
     cell(e.host || ""), cell(e.pid || ""), cell(e.memory ? (e.memory / 1048576).toFixed(0)
     + " MB" : ""), cell(e.cpu === null || e.cpu === undefined ? "" : e.cpu.toFixed(0) + " %"),
     cell(e.uuid.slice(0, 8))); body.append(tr); }
@@ -255,11 +255,14 @@ class _History(resource.Resource):
             return (request.args.get(name) or [b""])[0].decode("utf-8", "replace").strip()
 
         engine = arg(b"engine")
-        if engine and not engine.isdigit():
+        try:
+            engine_id = int(engine) if engine else None
+        except ValueError:
+            engine_id = -1
+        if engine_id is not None and engine_id < 0:
             request.setResponseCode(400)
             return json.dumps({"error": f"engine is an engine id, not {engine!r}"}).encode()
-        d = self.status.search(arg(b"status") or None, int(engine) if engine else None,
-                               arg(b"msg_id") or None)
+        d = self.status.search(arg(b"status") or None, engine_id, arg(b"msg_id") or None)
         gone: list[bool] = []  # the browser went away before the answer
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 

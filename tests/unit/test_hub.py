@@ -974,3 +974,50 @@ def test_what_an_engine_says_it_ran_must_be_plain_and_well_formed():
             _ran(dumps_plain(bad))
     with pytest.raises(Exception, match="plain data may not load"):
         _ran(__import__("pickle").dumps(TaskSpec.call(len, ("a",))))
+
+
+def test_the_kept_large_arguments_of_a_chain_go_once_its_task_is_finished(monkeypatch):
+    """A task's data-channel arguments (and its recovery tasks') are kept on disk
+    while it is queued; once it is finished (aborted before its recovery ran too),
+    all go, after its record is committed."""
+    from plait.kernel.controller import hub as hub_module
+    from plait.wire.serialize import BULK
+
+    committed: list[defer.Deferred] = []
+
+    class Store:
+        name = "sqlite"
+
+        def queue(self, row): pass
+
+        def add(self, row): pass
+
+        def durable(self):
+            committed.append(defer.Deferred())
+            return committed[-1]
+
+    class Blobs:
+        def __init__(self):
+            self.kept, self.dropped = [], []
+
+        def keep(self, payload, written=None):
+            self.kept.append(payload)
+            written()
+            return True
+
+        def drop_payload(self, payload):
+            self.dropped.append(payload)
+
+    monkeypatch.setattr(hub_module, "reactor",
+                        SimpleNamespace(callFromThread=lambda f, *a: f(*a)))
+    blobs = Blobs()
+    hub = Hub(Store(), 1, blobs)
+    own, recovery = BULK + b"own", BULK + b"recovery"
+    task = SimpleNamespace(taskid=5, owner=None, later=True, submitted=0.0,
+                           spec=ControllerTask(own, recovery=ControllerTask(recovery)))
+    hub.submitted(task, b"request")
+    assert blobs.kept == [own, recovery]
+    hub.finished(TaskResultRecord(taskid=5, status="aborted", payload=b"x"), task)
+    assert blobs.dropped == []  # (not before its record is committed)
+    committed[-1].callback(None)
+    assert blobs.dropped == [own, recovery] and hub._kept_args == set()

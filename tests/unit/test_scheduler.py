@@ -378,6 +378,20 @@ def test_removed_tasks_are_skipped():
         tasks.remove(5)
 
 
+def test_the_free_group_emptied_by_a_withdrawal_is_skipped_and_used_again():
+    """(an unconstrained task aborted while every engine was busy: its group stays,
+    empty, and a pass must neither fail on it nor lose the tasks that come next)"""
+    tasks, _ = waiting({})
+    tasks.add(0, None, None)
+    assert tasks.pop_runnable(set()) is None  # every engine busy
+    tasks.remove(0)  # aborted while it waited
+    assert tasks.pop_runnable({0}) is None
+    tasks.add(1, None, None)
+    tasks.add(2, b"big", big)
+    assert tasks.pop_runnable({0}) == (1, {0})
+    assert tasks.pop_runnable({0}) is None and len(tasks) == 1
+
+
 def test_avoided_engines_are_used_only_when_no_other_is_left():
     tasks, _ = waiting({}, {}, {})
     tasks.add(0, None, None, avoid=[0])

@@ -234,7 +234,10 @@ class BlobServer:
                     written()
                 return not blob.dead
             if written is not None:
-                blob.written.append(written)
+                if blob.complete or blob.uploading:
+                    blob.written.append(written)
+                else:  # (nothing uploaded yet: no write to wait for, nobody waits)
+                    written()
             blob.keep = path
             write_now = blob.complete
         if write_now:

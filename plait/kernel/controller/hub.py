@@ -169,13 +169,20 @@ class Hub:
         if self.blobs is not None and row.get("kind") == "later" and is_bulk(record.payload):
             self.blobs.keep(record.payload)
         parts = self._args_of.pop(record.taskid, None)
-        if parts and self.blobs is not None:  # its large arguments are no longer needed
-            # (failed, its recovery task may run, with the next part of the chain)
-            for payload in parts if record.status == "succeeded" else parts[:1]:
-                if payload in self._kept_args:
-                    self._kept_args.discard(payload)
-                    self.blobs.drop_payload(payload)
         self.store.add(row)
+        if parts and self.blobs is not None:
+            # Its large arguments are no longer needed (a task finishes after its
+            # recovery tasks: none of its chain is), once its record is committed
+            # (killed before, the controller would take it back, and run it again).
+            blobs = self.blobs
+            kept = [p for p in parts if p in self._kept_args]
+            self._kept_args.difference_update(kept)
+
+            def drop(_: Any) -> None:
+                for payload in kept:
+                    blobs.drop_payload(payload)
+
+            self.store.durable().addCallback(drop)
         for d in self._waiters.pop(record.taskid, ()):
             d.callback(None)
 

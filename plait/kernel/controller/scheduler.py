@@ -387,7 +387,7 @@ class Scheduler:
             return
         slot.load = max(0, slot.load - 1)
         slot.last_event = next(self._stamps)
-        if self.hwm is None and seconds is not None and seconds >= 0:
+        if self.hwm is None and seconds is not None and 0 <= seconds < math.inf:
             estimate = seconds if slot.estimate is None else (
                 slot.estimate + SMOOTHING * (seconds - slot.estimate))
             self._estimated(slot, estimate)
@@ -559,9 +559,12 @@ class WaitingTasks:
         """A task stops waiting (KeyError if it was not)."""
         group = self._where.pop(key)
         group.live -= 1
-        if group.live == 0 and not group.free:
-            # (the free group stays: made again, it would ask every engine again)
-            del self._groups[group.key]
+        if group.live == 0:
+            if group.free:  # (it stays, empty: made again, it would ask every engine again)
+                group.listed = None  # (its entries in the order heap are stale now)
+                group.heap.clear()
+            else:
+                del self._groups[group.key]
 
     def pop_runnable(self, ready: set[int]) -> tuple[int, set[int]] | None:
         """Take the earliest task some engine in ``ready`` may run.
@@ -572,7 +575,8 @@ class WaitingTasks:
         order = self._order
         while order and ready:
             head, _, group = heappop(order)
-            if group.listed != head or self._groups.get(group.key) is not group:
+            if group.listed != head or self._groups.get(group.key) is not group \
+                    or not group.live:
                 continue  # stale entry
             group.listed = None
             actual = self._head(group)

@@ -117,8 +117,9 @@ class StatusService:
                 return defer.fail(ValueError(f"{msg_id!r} is not a task id of this "
                                              f"controller"))
             query["id"] = taskid
-        else:
-            query["id"] = {"$gte": max(0, self._newest - SEARCH_WINDOW)}
+        else:  # (the hub's own count of ids, after a restart, until tasks finish here)
+            newest = max(self._newest, int(getattr(self.hub, "first_free_id", 0) or 0))
+            query["id"] = {"$gte": max(0, newest - SEARCH_WINDOW)}
         if status:
             query["status"] = status
         if engine is not None:

@@ -738,6 +738,7 @@ class TaskController:
         task.engine_uuid = uuid
         task.started = None
         task.seconds = None
+        task.meta = None  # (what an earlier attempt's engine said is not this one's)
         if task.expiry is not None:
             task.expiry.cancel()
             task.expiry = None
