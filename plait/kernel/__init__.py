@@ -22,8 +22,8 @@ beside what they share::
                               service; the one place publications are listed
     plait/kernel/controller/  the controller's services (registry, queue,
                               results, multiengine, task, tasksession, taskids,
-                              dispatch, scheduler, blobserver) and their
-                              wiring (service)
+                              dispatch, scheduler, blobserver, enrollment,
+                              status) and their wiring (service)
     plait/kernel/engine/      the engine process (process, commands,
                               interpreter, interrupts, taskrun) and the functions clients
                               ship to it by reference (shipped)
