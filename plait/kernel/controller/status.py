@@ -30,8 +30,11 @@ reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by 
 WINDOW = 300
 #: Seconds between two snapshots.
 EVERY = 1.0
-#: Finished tasks kept for the task stream, and seconds of it a snapshot shows.
+#: Finished tasks kept for the task stream, the newest of them a snapshot shows
+#: (each snapshot goes to every open page once a second: it stays small), and
+#: the seconds of stream shown.
 STREAM = 2000
+STREAM_SHOWN = 400
 STREAM_SECONDS = 60.0
 #: Recent failures kept, with their text.
 FAILURES = 20
@@ -155,7 +158,13 @@ class StatusService:
                 "memory": usage.get("memory"), "cpu": usage.get("cpu"),
             })
         now = self.clock.seconds()
-        stream = [list(item) for item in self._stream if item[2] >= now - STREAM_SECONDS]
+        since = now - STREAM_SECONDS
+        stream: list[list] = []
+        for engine_id, started, completed, outcome in reversed(self._stream):
+            if completed < since or len(stream) >= STREAM_SHOWN:
+                break
+            stream.append([engine_id, round(started, 3), round(completed, 3), outcome])
+        stream.reverse()
         completed = sum(self.tasks.completed_counts().values())
         rate = [b - a for (_, a), (_, b) in zip(list(self._done)[:-1], list(self._done)[1:],
                                                 strict=True)]
