@@ -459,13 +459,7 @@ def _scale(p: dict, r: Results) -> None:
             mec = client.MultiEngineClient()
             if len(mec.get_ids()) != n:
                 raise AssertionError(f"{len(mec.get_ids())} of {n} engines registered")
-            for _ in range(3):
-                mec.execute("pass")
-            each = []
-            for _ in range(10):
-                t1 = time.perf_counter()
-                mec.execute("pass")
-                each.append((time.perf_counter() - t1) * 1e3)
+            each = _execute_times(mec, warm=3, count=10)
             rc.close()
         finally:
             cluster.stop()
@@ -473,6 +467,19 @@ def _scale(p: dict, r: Results) -> None:
         r.add("scale_execute", median(each), each=each, detail=f"{n} engines")
 
     _in_fresh_plait_dir(run)
+
+
+def _execute_times(mec, warm: int, count: int) -> list[float]:
+    """Milliseconds of ``count`` calls of mec.execute('pass') on every engine, after
+    ``warm`` untimed ones."""
+    for _ in range(warm):
+        mec.execute("pass")
+    each = []
+    for _ in range(count):
+        t1 = time.perf_counter()
+        mec.execute("pass")
+        each.append((time.perf_counter() - t1) * 1e3)
+    return each
 
 
 def _sim_round(n: int, tasks: int, rounds: int) -> dict:
@@ -509,12 +516,7 @@ def _sim_round(n: int, tasks: int, rounds: int) -> dict:
         if len(mec.get_ids()) != n or registered != n:
             raise AssertionError(f"{len(mec.get_ids())} of {n} simulated engines registered")
         rss = _rss_mb(controller.pid)
-        mec.execute("pass")
-        each = []
-        for _ in range(5):
-            t1 = time.perf_counter()
-            mec.execute("pass")
-            each.append((time.perf_counter() - t1) * 1e3)
+        each = _execute_times(mec, warm=1, count=5)
         rc = ipp.Client()
         lv = rc.load_balanced_view()
         rates = []

@@ -181,9 +181,14 @@ class _Body(resource.Resource):
         self.kind, self.make = kind, make
 
     def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", self.kind)
-        request.setHeader(b"cache-control", b"no-store")
+        _fresh(request, self.kind)
         return self.make()
+
+
+def _fresh(request: Any, kind: bytes) -> None:
+    """A response of type ``kind``, never cached (every answer of the page's site)."""
+    request.setHeader(b"content-type", kind)
+    request.setHeader(b"cache-control", b"no-store")
 
 
 def prometheus(snapshot: dict) -> str:
@@ -226,8 +231,7 @@ class _Events(resource.Resource):
         self.status = status
 
     def render_GET(self, request: Any) -> Any:
-        request.setHeader(b"content-type", b"text/event-stream")
-        request.setHeader(b"cache-control", b"no-store")
+        _fresh(request, b"text/event-stream")
 
         def send(snapshot: dict) -> None:
             request.write(b"data: " + json.dumps(snapshot).encode() + b"\n\n")
@@ -248,8 +252,7 @@ class _History(resource.Resource):
         self.status = status
 
     def render_GET(self, request: Any) -> Any:
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
+        _fresh(request, b"application/json")
 
         def arg(name: bytes) -> str:
             return (request.args.get(name) or [b""])[0].decode("utf-8", "replace").strip()
