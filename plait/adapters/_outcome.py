@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from twisted.internet import defer
@@ -22,3 +23,26 @@ def outcome(d: Any) -> defer.Deferred:
         return False, serialize(RemoteFailure.from_exception(f.value))
 
     return defer.maybeDeferred(lambda: d).addCallbacks(lambda v: (True, v), failed)
+
+
+def submit_then(adapter: Any, service: Any, interface: Any, followers: Collection[str],
+                tasks: list, method: str, args: list) -> defer.Deferred:
+    """The ``submit_then`` of a task adapter: submit ``tasks`` to ``service`` (its
+    ``submit`` and ``durable``), start ``adapter``'s ``remote_<method>(*args)`` at
+    once (calls keep their order; ``method`` one of ``followers``, ``args``
+    checked against ``interface``), and fire, once the tasks are kept, with the
+    outcome ``(refused, the call's own outcome)``."""
+    try:
+        refused = service.submit([tuple(item) for item in tasks])
+    except Exception:
+        return outcome(defer.fail())
+    if method not in followers:
+        follower = outcome(defer.fail(ValueError(f"submit_then cannot call {method!r}")))
+    else:
+        try:
+            interface[method].checkAllArgs(tuple(args), {}, True)
+            follower = getattr(adapter, f"remote_{method}")(*args)
+        except Exception:
+            follower = outcome(defer.fail())
+    return outcome(defer.gatherResults([service.durable(), follower]).addCallback(
+        lambda both: (refused, both[1])))

@@ -17,7 +17,7 @@ from foolscap.api import Referenceable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from plait.adapters._outcome import outcome
+from plait.adapters._outcome import outcome, submit_then
 from plait.adapters._uploads import OffersUploads
 from plait.interfaces.parallel import IParallel, IParallelSession, RIParallel
 from plait.wire.errors import TaskAlreadyCompleted
@@ -138,25 +138,7 @@ class FoolscapParallelSession(FoolscapParallel):
         return self._call(self.session.submit, [tuple(item) for item in tasks])  # (unanswered)
 
     def remote_submit_then(self, tasks: list, method: str, args: list) -> defer.Deferred:
-        try:  # the call that follows starts now (calls keep their order); the
-            refused = self.session.submit([tuple(item) for item in tasks])
-        except Exception:  # answer waits until the tasks are kept
-            return outcome(defer.fail())
-        follower = self._follower(method, args)
-        kept = self.session.durable()
-        return outcome(defer.gatherResults([kept, follower]).addCallback(
-            lambda both: (refused, both[1])))
-
-    def _follower(self, method: str, args: list) -> defer.Deferred:
-        """The outcome of the call following a submission (its own refusal, if any)."""
-        if method not in FOLLOWERS:
-            return outcome(defer.fail(ValueError(f"submit_then cannot call {method!r}")))
-        try:
-            RIParallel[method].checkAllArgs(tuple(args), {}, True)
-            follower: defer.Deferred = getattr(self, f"remote_{method}")(*args)
-        except Exception:
-            return outcome(defer.fail())
-        return follower
+        return submit_then(self, self.session, RIParallel, FOLLOWERS, tasks, method, args)
 
     def remote_results(self) -> defer.Deferred:
         d = defer.maybeDeferred(self.session.results)

@@ -27,14 +27,13 @@ in the controller.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from foolscap.api import Referenceable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from plait.adapters._outcome import outcome
+from plait.adapters._outcome import outcome, submit_then
 from plait.adapters._uploads import OffersUploads
 from plait.interfaces.task import ITaskController, ITaskSession, RITaskController
 from plait.wire.records import TaskResultRecord, encode_result
@@ -76,25 +75,8 @@ class FoolscapTaskController(OffersUploads, Referenceable):  # type: ignore[misc
         return self._call("submit_acknowledged", [tuple(item) for item in tasks])
 
     def remote_submit_then(self, tasks: list, method: str, args: list) -> defer.Deferred:
-        try:  # the call that follows starts now (calls keep their order); the
-            refused = self.service.submit([tuple(item) for item in tasks])
-        except Exception:  # answer waits until the tasks are kept
-            return outcome(defer.fail())
-        follower = self._follower(method, args)
-        kept = self.service.durable()
-        return outcome(defer.gatherResults([kept, follower]).addCallback(
-            lambda both: (refused, both[1])))
-
-    def _follower(self, method: str, args: list) -> defer.Deferred:
-        """The outcome of the call following a submission (its own refusal, if any)."""
-        if method not in FOLLOWERS:
-            return outcome(defer.fail(ValueError(f"submit_then cannot call {method!r}")))
-        try:
-            RITaskController[method].checkAllArgs(tuple(args), {}, True)
-        except Exception:
-            return outcome(defer.fail())
-        remote_method: Callable[..., defer.Deferred] = getattr(self, f"remote_{method}")
-        return remote_method(*args)
+        return submit_then(self, self.service, RITaskController, FOLLOWERS, tasks, method,
+                           args)
 
     def remote_get_task_result(self, taskid: int, block: bool = False) -> defer.Deferred:
         d = defer.maybeDeferred(self.service.get_task_result, taskid, block)
