@@ -153,3 +153,19 @@ def test_ipcluster_enroll_refuses_an_existing_file(plait_env, tmp_path):
     done = run_cmd(["ipcluster", "enroll", f"--file={existing}"], plait_env, check=False)
     assert done.returncode == 1 and "exists: give a new file" in done.stderr
     assert existing.read_text() == "keep me\n"
+
+
+def test_a_rank_slot_outside_a_job_and_the_secrets_left_behind(cluster_factory, tmp_path):
+    """--enroll-slot=rank needs an MPI or batch job; ipcluster stop removes the
+    launchers' secrets files (those of an ipcluster killed before it could, too)."""
+    c = cluster_factory(1)
+    flag = c.enroll_flag()
+    env = {k: v for k, v in c.env.items() if k not in ("OMPI_COMM_WORLD_RANK", "PMI_RANK",
+                                                     "PMIX_RANK", "SLURM_PROCID")}
+    done = _engine(env, flag, "--enroll-slot=rank")
+    assert done.returncode == 1
+    assert "--enroll-slot=rank, but this engine runs in no MPI or batch job" in done.stderr
+    left = c.security / "enroll-12345-abcd.secrets"
+    left.write_text("pe1-x\n")
+    run_cmd(["ipcluster", "stop", f"--profile={c.profile}"], c.env)
+    assert not left.exists()

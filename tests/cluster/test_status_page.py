@@ -127,6 +127,12 @@ def test_the_token_is_required_and_scripts_get_json_and_prometheus(cluster_facto
     assert snapshot["engine_count"] == 1 and snapshot["engines"][0]["id"] == 0
     text = urllib.request.urlopen(f"{base}metrics?token={token}", timeout=10).read().decode()
     assert "plait_engines 1\n" in text and "plait_tasks_completed_total" in text
+    # each engine's memory, once it reported it (it does every 2 s)
+    deadline = time.monotonic() + 15
+    while 'plait_engine_memory_bytes{engine="0"}' not in text:
+        assert time.monotonic() < deadline, text
+        time.sleep(0.1)  # (the page is a snapshot a second: it is asked again)
+        text = urllib.request.urlopen(f"{base}metrics?token={token}", timeout=10).read().decode()
     # the hub's history, searched by scripts; a bad search says what is wrong
     rc = c.rc()
     ar = rc.load_balanced_view().apply_async(abs, -3)
