@@ -205,6 +205,16 @@ class AsyncResult(concurrent.futures.Future):
         md["execution_count"] = record.execution_count
         md["status"] = "ok" if error is None else "error"
         md["pyerr"] = md["error"] = error
+        self._store(taskid, value, error, self._client._record_result)
+
+    def _known(self, msg: str, value: Any, error: Any) -> None:
+        """(Any thread) the client had task ``msg``'s outcome, and its metadata
+        (shared with this result): settle it (``get_result`` of one's own task)."""
+        self._store(self._client._taskid(msg), value, error, None)
+
+    def _store(self, taskid: int, value: Any, error: Any,
+               record: Callable[[str, Any, Any, Metadata], None] | None) -> None:
+        k = self._index[taskid]
         with self._cond:
             if taskid in self._values or taskid in self._failures:
                 return
@@ -217,7 +227,8 @@ class AsyncResult(concurrent.futures.Future):
             if done:  # (every one reached the controller; one result says so of it alone)
                 self._sent = True
             self._cond.notify_all()
-        self._client._record_result(self.msg_ids[k], value, error, md)
+        if record is not None:
+            record(self.msg_ids[k], value, error, self._metadata[k])
         for observer in list(self._observers):
             observer(taskid)
         if done:

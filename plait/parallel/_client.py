@@ -20,7 +20,7 @@ import builtins
 import datetime
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from plait.kernel.client import _reactor
@@ -39,6 +39,8 @@ from plait.wire.errors import (
     InvalidEngineID,
     InvalidTaskID,
     NoEnginesRegistered,
+    PlaitConnectionError,
+    RemoteError,
     RemoteFailure,
     TimeoutError,
 )
@@ -110,6 +112,8 @@ class Client:
         self.results: dict[str, Any] = {}
         self.metadata: dict[str, Metadata] = {}
         self._outstanding: set[str] = set()
+        # AsyncResults of get_result() following this client's tasks still running
+        self._followers: dict[str, list[Callable[[str, Any, Any], None]]] = {}
         self._lock = threading.Lock()
         self._finished = threading.Condition(self._lock)  # notified as results arrive
         self._closed = False
@@ -232,7 +236,10 @@ class Client:
         with self._lock:
             self.results[msg] = error if error is not None else value
             self._outstanding.discard(msg)
+            followers = self._followers.pop(msg, ())
             self._finished.notify_all()
+        for follower in followers:
+            follower(msg, value, error)
 
     def _hurry(self) -> None:
         self._async.hurry()
@@ -281,16 +288,39 @@ class Client:
     def get_result(self, indices_or_msg_ids: Any = None, block: bool | None = None,
                    owner: bool = True) -> AsyncResult:
         """An AsyncResult for tasks given by msg_id (or index in ``history``; default
-        the last): an AsyncHubResult, fetched from the hub, for tasks this client
-        did not submit."""
+        the last): an AsyncResult when this client submitted them all and still
+        keeps them (its ``results``, or still running), as ipyparallel answers;
+        otherwise an AsyncHubResult, fetched from the hub.  InvalidTaskID for a
+        msg_id the hub does not know."""
         if indices_or_msg_ids is None:
             indices_or_msg_ids = -1
         ids = self._taskids(indices_or_msg_ids)
         single = isinstance(indices_or_msg_ids, (str, int))
-        self._check_known(ids)
-        ar = AsyncHubResult(self, ids, single=single)
+        ar = self._own_result(ids, single)
+        if ar is None:
+            self._check_known(ids)
+            ar = AsyncHubResult(self, ids, single=single)
         if block if block is not None else self.block:
             ar.wait()
+        return ar
+
+    def _own_result(self, taskids: list[int], single: bool) -> AsyncResult | None:
+        """An AsyncResult of tasks this client submitted and still keeps, sharing
+        their metadata, or None when one of them is not such a task."""
+        msgs = [self._msg_id(t) for t in taskids]
+        with self._lock:
+            if not msgs or not all((m in self._outstanding or m in self.results)
+                                   and m in self.metadata for m in msgs):
+                return None
+            ar = AsyncResult(self, taskids, "get_result", single=single, listen=False,
+                             metadata=[self.metadata[m] for m in msgs])
+            known = [(m, self.results[m]) for m in msgs if m not in self._outstanding]
+            for m in msgs:
+                if m in self._outstanding:
+                    self._followers.setdefault(m, []).append(ar._known)
+        for msg, outcome in known:
+            failed = isinstance(outcome, (RemoteError, PlaitConnectionError))
+            ar._known(msg, None if failed else outcome, outcome if failed else None)
         return ar
 
     def _check_known(self, taskids: list[int]) -> None:

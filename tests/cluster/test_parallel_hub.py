@@ -77,6 +77,43 @@ def test_a_failure_fetched_from_the_hub(rc, rc2):
     assert theirs.metadata.pyerr.ename == "RuntimeError"
 
 
+def test_get_result_of_ones_own_tasks_is_an_async_result(rc, rc2, tmp_path):
+    """As ipyparallel answers: a task this client submitted, finished or still
+    running, comes back as a plain AsyncResult sharing its metadata; one it does
+    not keep (purged locally, or another client's) is fetched from the hub."""
+    lview = rc.load_balanced_view()
+    done = lview.apply_async(shout, "own")
+    assert done.get() == "ownown"
+    mine = rc.get_result(done.msg_ids[0])
+    assert type(mine) is ipp.AsyncResult
+    assert mine.ready() and mine.get() == "ownown"
+    assert mine.metadata.stdout == "OWN\n" and mine.engine_id == done.engine_id
+
+    failed = rc[0].apply_async(fail)
+    with pytest.raises(error.RemoteError, match="no luck"):
+        failed.get()
+    with pytest.raises(error.RemoteError, match="no luck"):
+        rc.get_result(failed.msg_ids).get()
+
+    gate = Gate(tmp_path)
+    running = lview.apply_async(gate.waiter())
+    followed = rc.get_result(running.msg_ids)
+    assert type(followed) is ipp.AsyncResult and not followed.ready()
+    gate.open()
+    assert followed.get(timeout=30) == ["go"]
+    assert running.get() == "go"
+
+    theirs = rc2.load_balanced_view().apply_async(shout, "theirs")
+    theirs.get()
+    mixed = rc.get_result([done.msg_ids[0], theirs.msg_ids[0]])
+    assert isinstance(mixed, ipp.AsyncHubResult)
+    assert mixed.get() == ["ownown", "theirstheirs"]
+
+    rc.purge_local_results(done)
+    again = rc.get_result(done.msg_ids[0])
+    assert isinstance(again, ipp.AsyncHubResult) and again.get() == "ownown"
+
+
 def test_result_status_with_results(rc, rc2):
     ar = rc[1].apply_async(shout, "x")
     ar.get()
