@@ -266,7 +266,8 @@ PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
                  "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "cluster_start4",
                  "scale_register", "scale_execute", "engine_restart", "controller_restart",
                  "chaos_lost", "chaos_recover", "status_open_rate", "status_page_cpu",
-                 "ssh_start64", "slurm_ready", "par_hub_rss", "par_hub_query"]
+                 "ssh_start64", "slurm_ready", "par_hub_rss", "par_hub_query", "queued_rss",
+                 "queued_rate", "queued_rss_purged"]
 
 
 def dag_edges(n: int, k: int = 3, window: int | None = None, seed: int = 1
@@ -308,6 +309,7 @@ def parallel(p: dict, r: Results) -> None:
     r.measure(["scale_register", "scale_execute"], lambda: _scale(p, r))
     r.measure(["sim_register", "sim_execute", "sim_rate_ratio", "sim_rss_engine"],
               lambda: _simulated(p, r))
+    r.measure(["queued_rss", "queued_rate", "queued_rss_purged"], lambda: _queued(p, r))
     r.measure("engine_restart", lambda: _engine_restart(p, r))
     r.measure("controller_restart", lambda: _controller_restart(p, r))
     r.measure(["chaos_lost", "chaos_recover"], lambda: _chaos(p, r))
@@ -467,6 +469,72 @@ def _scale(p: dict, r: Results) -> None:
         r.add("scale_execute", median(each), each=each, detail=f"{n} engines")
 
     _in_fresh_plait_dir(run)
+
+
+def _queued(p: dict, r: Results) -> None:
+    """Many no-op tasks queued by one client while both engines are busy, then run:
+    the controller's RSS with them queued, their rate once the engines are free,
+    and its RSS once their results are purged."""
+    import json
+    import tempfile
+
+    import plait.parallel as ipp
+
+    n = p["queued_tasks"]
+
+    def run() -> None:
+        import os
+
+        cluster = ipp.Cluster(n=2, timeout=120)
+        try:
+            rc = cluster.start_and_connect()
+            state = Path(os.environ["PLAIT_DIR"]) / "profile_default" / "run" / "ipcluster.json"
+            controller = json.loads(state.read_text())["controller"]
+            lv = rc.load_balanced_view()
+            rc.wait([lv.apply_async(noop) for _ in range(100)])
+            idle = _rss_mb(controller)
+            with tempfile.TemporaryDirectory() as gates:
+                paths = {i: os.path.join(gates, f"gate{i}") for i in rc.ids}
+                for path in paths.values():
+                    os.mkfifo(path)
+                busy = [rc[i].apply_async(_read_file, path) for i, path in paths.items()]
+                t0 = time.perf_counter()
+                ars = [lv.apply_async(noop) for _ in range(n)]
+                ars[-1].wait_for_send()
+                submitted = time.perf_counter() - t0
+                queued = _rss_mb(controller)
+                for path in paths.values():
+                    with open(path, "w") as f:
+                        f.write("go")
+                t1 = time.perf_counter()
+                if not rc.wait(ars, timeout=3600):
+                    raise RuntimeError(f"the {n} queued tasks did not finish in an hour")
+                ran = time.perf_counter() - t1
+                rc.wait(busy)
+            failed = sum(1 for ar in ars if not ar.successful())
+            if failed:
+                raise AssertionError(f"{failed} of the {n} queued tasks failed")
+            del ars
+            rc.purge_everything()
+            rc.wait([lv.apply_async(noop) for _ in range(100)])  # (the purge went through)
+            rc.purge_everything()
+            purged = _rss_mb(controller)
+            rc.close()
+        finally:
+            cluster.stop()
+        r.add("queued_rss", queued, detail=f"controller RSS {idle:.0f} MB idle, {queued:.0f} "
+              f"MB with {n} tasks queued ({(queued - idle) * 1024 / n:.2f} KB each); "
+              f"submitted at {n / submitted:.0f}/s")
+        r.add("queued_rate", n / ran, detail=f"{n} queued tasks run in {ran:.1f} s on 2 engines")
+        r.add("queued_rss_purged", purged, detail=f"controller RSS after their results were "
+              f"purged ({idle:.0f} MB idle before)")
+
+    _in_fresh_plait_dir(run)
+
+
+def _read_file(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def _execute_times(mec, warm: int, count: int) -> list[float]:

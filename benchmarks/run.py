@@ -213,6 +213,15 @@ def _parallel_specs(p: dict) -> list[Spec]:
              ("<=", 0.5) if p["hub_results"] >= 100_000 else None, None, "",
              "rc.db_query({'submitted': {'$gte': start}}, keys=['msg_id', 'engine_id']) "
              "answering every record; median of 3"),
+        Spec("parallel", "queued_rss", f"controller RSS with {p['queued_tasks']} tasks queued",
+             "MB", ("<=", 1500.0) if p["queued_tasks"] >= 1_000_000 else None, None, "",
+             "lview.apply_async(noop) x N from one client while both engines are busy (a "
+             "pinned task each): the controller's RSS once all are sent"),
+        Spec("parallel", "queued_rate", f"{p['queued_tasks']} queued tasks run", "tasks/s",
+             (">=", 10_000.0) if p["queued_tasks"] >= 1_000_000 else None, None, "",
+             "N / the time from the engines freed to every result back (rc.wait), 2 engines"),
+        Spec("parallel", "queued_rss_purged", "controller RSS once those results are purged",
+             "MB", None, None, "", "after rc.purge_everything()"),
     ]
 
 
@@ -236,7 +245,8 @@ def params_for(args: argparse.Namespace) -> dict:
              peer_map_repeat=1, tls_mb=10.0 if quick else 100.0,
              par_tasks=500 if quick else 10_000, dag_n=500 if quick else 10_000,
              hub_results=2000 if quick else 100_000, peer_par_tasks=200 if quick else 1000,
-             scale_engines=32 if quick else 256, sim_engines=500 if quick else 5000)
+             scale_engines=32 if quick else 256, sim_engines=500 if quick else 5000,
+             queued_tasks=5000 if quick else 1_000_000)
     for name in ("rtt_count", "repeat", "cycles", "tasks", "map_n"):
         value = getattr(args, name)
         if value is not None:

@@ -418,6 +418,12 @@ class Client:
         return ar
 
     def purge_results(self, jobs: Any = (), targets: Any = ()) -> None:
+        """Forget ``jobs`` (msg_ids, AsyncResults, or 'all') in the hub and here, as
+        ipyparallel does; ValueError for tasks not finished (nothing is purged)."""
+        self.purge_hub_results(jobs, targets)
+        self.purge_local_results(jobs, targets)
+
+    def purge_hub_results(self, jobs: Any = (), targets: Any = ()) -> None:
         """Forget the hub's records of ``jobs`` (msg_ids, AsyncResults, or 'all')."""
         if isinstance(jobs, str) and jobs == "all":
             self._conn.purge(None)
@@ -436,9 +442,6 @@ class Client:
             for msg in done:
                 self.results.pop(msg, None)
                 self.metadata.pop(msg, None)
-
-    def purge_hub_results(self, jobs: Any = (), targets: Any = ()) -> None:
-        self.purge_results(jobs, targets)
 
     def purge_everything(self) -> None:
         """Forget every finished record, here and in the hub."""

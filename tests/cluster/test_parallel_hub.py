@@ -182,8 +182,17 @@ def test_purge_results(rc, rc2):
     rc.purge_results(ar.msg_ids)
     with pytest.raises(error.InvalidTaskID, match="purged"):
         rc2.get_result(ar.msg_ids[0])
-    assert ar.msg_ids[0] not in rc.hub_history()
-    assert ar.get() == "pp"  # what the client has is still there
+    with pytest.raises(error.InvalidTaskID, match="purged"):  # here too, as ipyparallel
+        rc.get_result(ar.msg_ids[0])
+    assert ar.msg_ids[0] not in rc.hub_history() and ar.msg_ids[0] not in rc.results
+    assert ar.get() == "pp"  # what the AsyncResult holds is still there
+
+    kept = rc[0].apply_async(shout, "k")
+    kept.get()
+    rc.purge_hub_results(kept)  # the hub only: the client still has it
+    with pytest.raises(error.InvalidTaskID, match="purged"):
+        rc2.get_result(kept.msg_ids[0])
+    assert rc.get_result(kept.msg_ids[0]).get() == "kk"
 
 
 def test_purging_a_pending_task_is_refused(rc, tmp_path):

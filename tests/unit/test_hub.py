@@ -528,7 +528,7 @@ def test_history_lists_every_known_task_in_submission_order():
     hub = make_hub()
     tasks = submit(hub, 3, 0, 2)
     for task, when in zip(tasks, (10.0, 11.0, 12.0), strict=True):
-        hub._pending[task.taskid]["submitted"] = when
+        task.submitted = when  # (the hub reads it from the task)
     finish(hub, tasks[0])
     hub.finished(result(1), make_task(1))  # never seen submitted: first
     assert fired(hub.history()) == [1, 3, 0, 2]
@@ -987,6 +987,7 @@ def test_the_kept_large_arguments_of_a_chain_go_once_its_task_is_finished(monkey
 
     class Store:
         name = "sqlite"
+        keeps_requests = True
 
         def queue(self, row): pass
 

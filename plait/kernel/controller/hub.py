@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet import defer
 from twisted.internet import reactor as _twisted_reactor
@@ -59,6 +59,22 @@ def _engine_parts(spec: Any) -> list[bytes]:
     return parts
 
 
+class _Pending(NamedTuple):
+    """A task not finished, as the hub holds it until it has its record."""
+
+    task: Any
+    after: Any  # its graph dependencies, or None
+    follow: Any
+    request: bytes | None  # unless the store keeps it (queue)
+
+
+def _submitted(entry: Any) -> float | None:
+    """When the task of an entry of ``Hub._pending`` was submitted."""
+    if isinstance(entry, dict):
+        return entry["submitted"]
+    return (entry.task if isinstance(entry, _Pending) else entry).submitted
+
+
 @implementer(IHub)
 class Hub:
     """Records of every task, in ``store``; ``prefix`` names this controller."""
@@ -75,7 +91,10 @@ class Hub:
         self._writing: list[defer.Deferred] = []  # those writes still running
         self._kept_args: set[bytes] = set()  # (their descriptors) kept for queued tasks
         self._args_of: dict[int, list[bytes]] = {}  # task id -> its chain's engine parts
-        self._pending: dict[int, dict] = {}
+        # The tasks not finished: the task itself (its record is made when asked
+        # for: a queued task costs no dict here), with its graph dependencies and
+        # request when it has any, or a restored task's record.
+        self._pending: dict[int, Any] = {}
         self._waiters: dict[int, list[defer.Deferred]] = {}
 
     @property
@@ -110,19 +129,14 @@ class Hub:
         if old is not None:  # taken back after a restart: the record it had (queued still)
             return
         spec = task.spec
-        self._pending[task.taskid] = {
-            "id": task.taskid,
-            "msg_id": self._msg_id(task.taskid),
-            "client_uuid": getattr(task.owner, "uuid", None),
-            "kind": "later" if task.later else "task",
-            "submitted": task.submitted,
-            "status": None,
-            "after": None if spec is None or spec.after is None else list(spec.after.ids),
-            "follow": None if spec is None or spec.follow is None else list(spec.follow.ids),
-            "request": data,
-        }
+        after = None if spec is None else spec.after
+        follow = None if spec is None else spec.follow
+        request = None if self.store.keeps_requests else data
+        entry = task if after is None and follow is None and request is None \
+            else _Pending(task, after, follow, request)
+        self._pending[task.taskid] = entry
         if data is not None:  # (a recovery task has none: its original task is queued)
-            self.store.queue(dict(self._pending[task.taskid]))
+            self.store.queue({**self._row(entry), "request": data})
             if self._keep_args and spec is not None and not spec.pinned and (
                     spec.recovery is not None or is_bulk(spec.payload)):
                 # (most tasks have no large part: nothing is kept for them)
@@ -156,8 +170,9 @@ class Hub:
             lambda _: None)
 
     def finished(self, record: TaskResultRecord, task: Any) -> None:
-        row = self._pending.pop(record.taskid, None) or {
-            "id": record.taskid, "msg_id": self._msg_id(record.taskid)}
+        entry = self._pending.pop(record.taskid, None)
+        row = {"id": record.taskid, "msg_id": self._msg_id(record.taskid)} if entry is None \
+            else self._row(entry)
         row.update(
             started=record.started, completed=record.completed, engine_id=record.engineid,
             engine_uuid=record.engine_uuid, status=record.status, attempts=record.attempts,
@@ -205,9 +220,11 @@ class Hub:
                 return defer.gatherResults(waits).addCallback(
                     lambda _: self.records(taskids))
         # (as they stand now: one that finishes while the store reads is pending still)
-        pending = {t: dict(self._pending[t]) for t in taskids if t in self._pending}
+        pending = {t: self._row(self._pending[t]) for t in taskids if t in self._pending}
         finished = [t for t in taskids if t not in pending]
         d = self.store.get(finished)  # (even of none: its answer means all is kept)
+
+        d = self._with_requests(d, [(row, row) for row in pending.values()])
 
         def merge(found: list[dict | None]) -> list[dict | None]:
             by_id = dict(zip(finished, found, strict=True))
@@ -235,7 +252,7 @@ class Hub:
         """A Deferred firing with every task id, in submission order."""
 
         def merge(stored: list[tuple[float, int]]) -> list[int]:
-            pending = sorted((r["submitted"] or 0.0, t) for t, r in self._pending.items())
+            pending = sorted((_submitted(r) or 0.0, t) for t, r in self._pending.items())
             return [t for _, t in heapq.merge(stored, pending)]
 
         return self.store.submissions().addCallback(merge)
@@ -245,12 +262,32 @@ class Hub:
             columns = check_query(query, keys)
         except QueryError:
             return defer.fail()
-        pending = [{k: r.get(k) for k in columns} for r in self._pending.values()
-                   if matches(r, query)]
+        matched = [r for r in map(self._row, self._pending.values()) if matches(r, query)]
+        pending = [{k: r.get(k) for k in columns} for r in matched]
         d = self.store.find(query, columns)
         if not pending:  # the store's records come in id order
             return d
+        if "request" in columns:
+            d = self._with_requests(d, list(zip(pending, matched, strict=True)))
         return d.addCallback(lambda found: sorted(found + pending, key=lambda r: r["id"]))
+
+    def _with_requests(self, d: defer.Deferred, rows: list[tuple[dict, dict]]
+                       ) -> defer.Deferred:
+        """``d``, once the request of each ``(answer, pending row)`` of ``rows`` is in
+        its answer: queued tasks' requests are kept by the store, not here."""
+        rows = [(answer, row) for answer, row in rows if row.get("request") is None]
+        if not rows or not self.store.keeps_requests:
+            return d
+
+        def fill(found: Any) -> defer.Deferred:
+            def put(requests: dict[int, bytes | None]) -> Any:
+                for answer, row in rows:
+                    answer["request"] = requests.get(row["id"])
+                return found
+
+            return self.store.queued_requests([r["id"] for _, r in rows]).addCallback(put)
+
+        return d.addCallback(fill)
 
     def purge(self, taskids: Iterable[int] | None) -> defer.Deferred:
         if taskids is None:
@@ -275,6 +312,24 @@ class Hub:
             self.store.delete(ids)
 
         return self.store.get(ids, ["payload"]).addCallback(drop)
+
+    def _row(self, entry: Any) -> dict:
+        """A new dict: the record of a pending task (an entry of ``_pending``)."""
+        if isinstance(entry, dict):
+            return dict(entry)
+        task, after, follow, request = entry if isinstance(entry, _Pending) \
+            else (entry, None, None, None)
+        return {
+            "id": task.taskid,
+            "msg_id": self._msg_id(task.taskid),
+            "client_uuid": getattr(task.owner, "uuid", None),
+            "kind": "later" if task.later else "task",
+            "submitted": task.submitted,
+            "status": None,
+            "after": None if after is None else list(after.ids),
+            "follow": None if follow is None else list(follow.ids),
+            "request": request,
+        }
 
     def pending(self) -> list[int]:
         """The ids of the tasks not finished yet."""

@@ -152,6 +152,10 @@ class MemoryStore:
     name = "memory"
     #: The lowest task id no record of this store has (what a new controller starts at).
     first_free_id = 0
+    #: Whether the store keeps the request of each queued task itself (``queue``)
+    #: and puts it in the task's finished record when ``add`` gets none: the hub
+    #: then holds no copy of it while the task waits.
+    keeps_requests = False
 
     def __init__(self) -> None:
         self._records: dict[int, dict] = {}
@@ -261,9 +265,13 @@ class SQLiteStore:
     # New records are handed to the database thread in batches, every
     # HAND_OVER_EVERY seconds; any other operation hands over what waits first,
     # so operations keep their order and reads see every record added before.
+    keeps_requests = True
+
     def add(self, record: dict) -> None:
-        self._held.pop(record["id"], None)  # (finished while held: never queued)
-        self._keep(self._new, record)
+        held = self._held.pop(record["id"], None)  # (finished while held: never queued)
+        if held is not None and record.get("request") is None:
+            record["request"] = held.get("request")
+        self._keep(self._new, record)  # (or the database thread takes it from the queue)
 
     def queue(self, record: dict) -> None:
         if not self._open():
@@ -345,6 +353,24 @@ class SQLiteStore:
 
     def find(self, query: dict, keys: list[str]) -> defer.Deferred:
         return self._read(self._find, query, keys)
+
+    def queued_requests(self, taskids: list[int]) -> defer.Deferred:
+        """A Deferred firing with ``{taskid: request}`` of those queued tasks
+        (the requests this store keeps for the hub, see :attr:`keeps_requests`)."""
+        held = {t: self._held[t].get("request") for t in taskids if t in self._held}
+        rest = [t for t in taskids if t not in held]
+        if not rest:
+            return defer.succeed(held)
+
+        def read(db: sqlite3.Connection) -> dict[int, bytes | None]:
+            found = dict(held)
+            for start in range(0, len(rest), 500):
+                chunk = rest[start:start + 500]
+                found.update(db.execute(f"SELECT id, request FROM queued WHERE id IN "
+                                        f"({', '.join('?' * len(chunk))})", chunk))
+            return found
+
+        return self._read(read)
 
     def ids(self) -> defer.Deferred:
         return self.submissions().addCallback(lambda pairs: [t for _, t in pairs])
@@ -499,7 +525,6 @@ class SQLiteStore:
         delete (a bad write is logged)."""
         try:
             if rows:
-                db.executemany("DELETE FROM queued WHERE id = ?", [(row[0],) for row in rows])
                 try:
                     db.executemany(insert, rows)
                 except sqlite3.Error:  # one bad row must not lose the others
@@ -508,6 +533,12 @@ class SQLiteStore:
                             db.execute(insert, row)
                         except sqlite3.Error as exc:
                             _log_error(exc)
+                # (the hub gave no request of a task that waited: the queue has it)
+                bare = [(row[0],) for row in rows if row[_REQUEST] is None]
+                if bare:
+                    db.executemany("UPDATE records SET request = (SELECT request FROM queued "
+                                   "WHERE queued.id = records.id) WHERE id = ?", bare)
+                db.executemany("DELETE FROM queued WHERE id = ?", [(row[0],) for row in rows])
             if op == "update":
                 taskid, fields = arg
                 if fields:
@@ -596,6 +627,9 @@ def _where(query: dict) -> tuple[list[str], list[Any]]:
 
 def _encode(fields: dict) -> dict:
     return {k: (json.dumps(v) if k in _JSON and v is not None else v) for k, v in fields.items()}
+
+
+_REQUEST = list(COLUMNS).index("request")
 
 
 def _row(record: dict) -> tuple:

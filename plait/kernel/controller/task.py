@@ -198,6 +198,7 @@ class TaskController:
         self._hub = hub  # an IHub told of every task submitted and finished, or None
         self._graph = Graph(self._status, self._id_name)
         self._done: dict[int, tuple[bool, int | None]] = {}  # later tasks, once finished
+        self._outcomes: dict[tuple[bool, int | None], tuple[bool, int | None]] = {}
         self._direct: dict[int, list[tuple[Task, str]]] = {}  # pinned tasks to send
         self._endings: deque[Task] = deque()  # finished tasks whose dependents wait
         self._completed_on: dict[int, int] = {}  # engine id -> tasks it finished
@@ -849,7 +850,8 @@ class TaskController:
         if task.later:  # the hub has its record: only its outcome stays here
             del self._tasks[task.taskid]
             del self._states[state][task.taskid]
-            self._done[task.taskid] = (state == SUCCEEDED, task.engine_id)
+            outcome = (state == SUCCEEDED, task.engine_id)  # (one tuple per outcome kept)
+            self._done[task.taskid] = self._outcomes.setdefault(outcome, outcome)
         self._endings.append(task)
         if task.recovery_of is not None:
             self._recovered(task, record)
