@@ -20,6 +20,10 @@ is a plain TCP server carrying ciphertext, see :mod:`plait.wire.bulk`.)
     The Task service: tasks queued, placed by a scheduler, sent to engines
     in batches, retried and recorded; each client's session; the ids
     clients reserve.
+``hub``, ``hubstore``
+    The records of every task of both generations, and where they are kept.
+``memory``
+    Giving memory back to the system after a burst of tasks.
 ``blobserver``
     The relay of the bulk data port.
 ``service``

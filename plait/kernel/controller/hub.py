@@ -331,6 +331,10 @@ class Hub:
             "request": request,
         }
 
+    def compact(self) -> None:
+        """Rebuild the index of pending tasks at its present size (after a burst)."""
+        self._pending = dict(self._pending)
+
     def pending(self) -> list[int]:
         """The ids of the tasks not finished yet."""
         return list(self._pending)

@@ -509,6 +509,10 @@ class WaitingTasks:
     def __len__(self) -> int:
         return len(self._where)
 
+    def compact(self) -> None:
+        """Rebuild the index of tasks at its present size (see TaskController)."""
+        self._where = dict(self._where)
+
     def __contains__(self, key: int) -> bool:
         return key in self._where
 

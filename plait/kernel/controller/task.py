@@ -107,6 +107,7 @@ from plait.interfaces.engine import IEngineRegistry
 from plait.interfaces.task import IScheduler, ITaskController
 from plait.kernel.controller.dispatch import Dispatcher, Ended, failure_payload
 from plait.kernel.controller.graph import MET, RUNNING, WAITING, Graph
+from plait.kernel.controller.memory import COMPACT_AFTER, release_memory
 from plait.kernel.controller.scheduler import (
     DEFAULT_HWM,
     DEFAULT_SCHEME,
@@ -308,6 +309,20 @@ class TaskController:
         else:
             for taskid in taskids:
                 self._done.pop(taskid, None)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Give back the room of a burst of tasks now gone (after a purge or clear):
+        a dict keeps the size it grew to until it is rebuilt, and the C heap its
+        free pages until trimmed."""
+        self._tasks = dict(self._tasks)
+        self._states = {state: dict(ids) for state, ids in self._states.items()}
+        self._queued = dict(self._queued)
+        self._done = dict(self._done)
+        self._waiting.compact()
+        if self._hub is not None:
+            self._hub.compact()
+        release_memory()
 
     def add_finish_observer(self, observer: Callable[[TaskResultRecord, dict | None], None]
                             ) -> None:
@@ -459,6 +474,8 @@ class TaskController:
         for i in ids:
             task = self._tasks.pop(i)
             del self._states[task.state][i]
+        if len(ids) >= COMPACT_AFTER:
+            self._compact()
         return len(ids)
 
     def session(self) -> TaskSession:
