@@ -28,14 +28,13 @@ def outcome(d: Any) -> defer.Deferred:
 def submit_then(adapter: Any, service: Any, interface: Any, followers: Collection[str],
                 tasks: list, method: str, args: list) -> defer.Deferred:
     """The ``submit_then`` of a task adapter: submit ``tasks`` to ``service`` (its
-    ``submit`` and ``durable``), start ``adapter``'s ``remote_<method>(*args)`` at
+    ``submit_acknowledged``), start ``adapter``'s ``remote_<method>(*args)`` at
     once (calls keep their order; ``method`` one of ``followers``, ``args``
     checked against ``interface``), and fire, once the tasks are kept, with the
     outcome ``(refused, the call's own outcome)``."""
-    try:
-        refused = service.submit([tuple(item) for item in tasks])
-    except Exception:
-        return outcome(defer.fail())
+    acknowledged = service.submit_acknowledged([tuple(item) for item in tasks])
+    if acknowledged.called and isinstance(acknowledged.result, Failure):
+        return outcome(acknowledged)  # (refused as a whole: the follower is not called)
     if method not in followers:
         follower = outcome(defer.fail(ValueError(f"submit_then cannot call {method!r}")))
     else:
@@ -44,5 +43,4 @@ def submit_then(adapter: Any, service: Any, interface: Any, followers: Collectio
             follower = getattr(adapter, f"remote_{method}")(*args)
         except Exception:
             follower = outcome(defer.fail())
-    return outcome(defer.gatherResults([service.durable(), follower]).addCallback(
-        lambda both: (refused, both[1])))
+    return outcome(defer.gatherResults([acknowledged, follower]).addCallback(tuple))

@@ -55,9 +55,10 @@ class IHub(Interface):
         """The task controller accepted ``task`` (submitted as the bytes ``data``)."""
 
     def durable():
-        """A Deferred firing with None once every task submitted and finished so
-        far would survive the controller's death (at once for a store that
-        outlives nothing); it never fails."""
+        """A Deferred firing once every task submitted and finished so far would
+        survive the controller's death (at once for a store that outlives
+        nothing): with None, or with a text saying why some may not (a write to
+        disk failed); it never fails."""
 
     def finished(record, task):
         """``task`` finished with the TaskResultRecord ``record``."""

@@ -81,12 +81,16 @@ class ITaskController(Interface):
     def submit_acknowledged(tasks, owner=None, later=False):
         """:meth:`submit`, and a Deferred firing with its refusals once the tasks
         accepted would survive the controller's death (they are in the hub's
-        store, when it keeps one): what a client is told is acknowledged.
-        Fails only as :meth:`submit` raises."""
+        store, when it keeps one): what a client is told is acknowledged.  When
+        the store could not write them, the refusals end with ``(None, why)``:
+        they were accepted and run, but would not survive (see
+        :func:`plait.kernel.controller.task.acknowledgment`).  Fails only as
+        :meth:`submit` raises."""
 
     def durable():
-        """A Deferred firing with None once every task accepted so far would
-        survive the controller's death (see ``IHub.durable``); it never fails."""
+        """A Deferred firing once every task accepted so far would survive the
+        controller's death, with None or with why some may not (see
+        ``IHub.durable``); it never fails."""
 
     def release(owner):
         """``owner`` is gone: drop its reserved and unused ids (they can no

@@ -51,6 +51,11 @@ class PlaitError(Exception):
     """Base class of plait's own errors."""
 
 
+class PlaitWarning(UserWarning):
+    """Something the user should know that is not an error: for instance, tasks
+    accepted and running that the controller could not keep on disk."""
+
+
 class SerializationError(PlaitError):
     """An object could not be pickled or unpickled; the message says which."""
 

@@ -354,3 +354,46 @@ def test_purge_all_removes_the_kept_results(cluster_factory):
             rc.get_result(ar.msg_ids[0])
     c.stop()
     assert list(keep.iterdir()) == []
+
+
+def _len(data):
+    return len(data)
+
+
+def test_tasks_the_hub_cannot_write_to_disk_run_and_the_client_is_warned(cluster_factory):
+    """A full disk (here: the controller's file-size limit, set with prlimit) fails
+    the hub's writes: the tasks still run and give their results, the controller
+    lives on, and the clients are warned that those tasks were not kept on disk."""
+    import shutil
+    import subprocess
+    import warnings
+
+    from plait.kernel import client
+
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    c = cluster_factory(1)
+    db = c.plait_dir / "profile_default" / "db"
+    with c.rc() as rc:
+        lv = rc.load_balanced_view()
+        rc.wait([lv.apply_async(_len, b"") for _ in range(3)])
+        biggest = max(p.stat().st_size for p in db.iterdir() if p.is_file())
+        subprocess.run(["prlimit", f"--pid={c.state()['controller']}",
+                        f"--fsize={biggest + 300_000}"], check=True)
+        tc = c.tc()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ids = [tc.run(client.MapTask(_len, args=(b"x" * 200_000,))) for _ in range(6)]
+            tc.barrier(ids)
+            ars = [lv.apply_async(_len, b"y" * 200_000) for _ in range(6)]
+            ars[-1].wait_for_send()
+            assert [tc.get_task_result(i).results for i in ids] == [200_000] * 6
+            assert [ar.get(timeout=60) for ar in ars] == [200_000] * 6
+        told = [str(w.message) for w in caught if issubclass(w.category, error.PlaitWarning)]
+        assert told, "no client was warned"
+        assert all("not kept on disk" in t and "would be lost if the controller died" in t
+                   for t in told)
+        assert any("disk I/O error" in t for t in told), told
+        assert rc[:].apply_sync(_len, b"ok") == [2]  # the controller lives on
+    log = next((c.plait_dir / "profile_default" / "log").glob("ipcontroller*.log")).read_text()
+    assert "submitted tasks are not on disk" in log

@@ -813,7 +813,7 @@ def test_a_failed_batch_answers_its_reads_with_the_error_and_the_store_goes_on(
     with pytest.raises(sqlite3.OperationalError, match="disk is full"):
         in_reactor(lambda: asked[0])  # an answer, not a hang
     del held
-    monkeypatch.setattr(SQLiteStore, "_write", staticmethod(real))
+    monkeypatch.setattr(SQLiteStore, "_write", real)
     in_reactor(lambda: store.add(row(2)))
     assert in_reactor(store.ids) == [2]  # the thread lives on
     in_reactor(store.close, timeout=30)
@@ -1022,3 +1022,67 @@ def test_the_kept_large_arguments_of_a_chain_go_once_its_task_is_finished(monkey
     assert blobs.dropped == []  # (not before its record is committed)
     committed[-1].callback(None)
     assert blobs.dropped == [own, recovery] and hub._kept_args == set()
+
+
+def test_durable_says_when_the_queued_tasks_could_not_be_written(sqlite_path, monkeypatch):
+    """A submission is acknowledged only once durable fires: when the write of the
+    queue failed (disk full), it fires with why (for a while after), and the store
+    goes on."""
+    store = SQLiteStore(sqlite_path)
+
+    def full(self, db, insert, op, arg):
+        self._failed(sqlite3.OperationalError("database or disk is full"),
+                     f"{len(arg)} queued task(s)")
+
+    monkeypatch.setattr(SQLiteStore, "_write_queued", full)
+    in_reactor(lambda: store.queue(row(1, request=b"r1", status=None)))
+    problem = in_reactor(store.durable)
+    assert "could not write 1 queued task(s)" in problem and "disk is full" in problem
+    assert in_reactor(store.durable) == problem  # (to every submission for a while)
+    monkeypatch.undo()
+    monkeypatch.setattr(SQLiteStore, "FAILURES_TOLD_FOR", 0.0)
+    in_reactor(lambda: store.queue(row(2, request=b"r2", status=None)))
+    assert in_reactor(store.durable) is None
+    in_reactor(store.close, timeout=30)
+
+
+def test_durable_says_when_a_commit_failed(sqlite_path, monkeypatch):
+    store = SQLiteStore(sqlite_path)
+
+    def broken(self, db, insert, rows, op, arg):  # as a COMMIT that fails would
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(SQLiteStore, "_write", broken)
+    in_reactor(lambda: store.add(row(1)))
+    problem = in_reactor(store.durable)
+    assert problem is not None and "disk I/O error" in problem
+    monkeypatch.undo()
+    in_reactor(store.close, timeout=30)
+
+
+def test_a_submission_not_kept_on_disk_is_answered_with_why():
+    from plait.kernel.controller.taskstate import acknowledgment
+
+    refused = [(3, "not reserved")]
+    assert acknowledgment(refused, None) is refused
+    answer = acknowledgment(refused, "the hub's database could not write: full")
+    assert answer[0] == (3, "not reserved")
+    assert answer[1][0] is None and "not kept on disk" in answer[1][1]
+    assert "would be lost if the controller died" in answer[1][1]
+
+
+def test_the_store_puts_the_queued_request_in_the_finished_record(sqlite_path):
+    """The hub holds no copy of a queued task's request: the SQLite store finds it
+    in its queue (or in what it holds) when the finished record comes without it."""
+    store = SQLiteStore(sqlite_path)
+    assert store.keeps_requests
+    in_reactor(lambda: store.queue(row(1, request=b"req1", status=None)))
+    assert in_reactor(store.durable) is None  # (written to the queue table)
+    in_reactor(lambda: store.queue(row(2, request=b"req2", status=None)))  # (held still)
+    assert in_reactor(lambda: store.queued_requests([1, 2])) == {1: b"req1", 2: b"req2"}
+    in_reactor(lambda: store.add(row(1, status="succeeded")))
+    in_reactor(lambda: store.add(row(2, status="succeeded")))
+    got = in_reactor(lambda: store.get([1, 2], ["request", "status"]))
+    assert got == [{"request": b"req1", "status": "succeeded"},
+                   {"request": b"req2", "status": "succeeded"}]
+    in_reactor(store.close, timeout=30)

@@ -54,6 +54,7 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -65,7 +66,7 @@ from twisted.python.failure import Failure
 
 from plait.kernel.client import _base, _reactor
 from plait.kernel.client._base import raise_outcome
-from plait.wire.errors import PlaitConnectionError, TaskSubmissionError
+from plait.wire.errors import PlaitConnectionError, PlaitWarning, TaskSubmissionError
 
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
@@ -337,7 +338,11 @@ class Submitter:
 
     def _refuse(self, refused: list) -> None:
         for taskid, reason in refused:
-            self._problem(taskid, f"task {taskid} was refused by the controller: {reason}")
+            if taskid is None:  # accepted, but the controller could not keep them on disk
+                warnings.warn(f"plait: the controller says of tasks just submitted: {reason}",
+                              PlaitWarning, stacklevel=2)
+            else:
+                self._problem(taskid, f"task {taskid} was refused by the controller: {reason}")
 
     def _lose(self, batch: list[tuple[int, bytes]], f: Failure) -> None:
         for taskid, _ in batch:

@@ -167,7 +167,7 @@ class Hub:
         if not self._writing:
             return self.store.durable()
         return defer.gatherResults([self.store.durable(), *self._writing]).addCallback(
-            lambda _: None)
+            lambda problems: problems[0])
 
     def finished(self, record: TaskResultRecord, task: Any) -> None:
         entry = self._pending.pop(record.taskid, None)
@@ -193,7 +193,9 @@ class Hub:
             kept = [p for p in parts if p in self._kept_args]
             self._kept_args.difference_update(kept)
 
-            def drop(_: Any) -> None:
+            def drop(problem: str | None) -> None:
+                if problem is not None:  # (its record may not be on disk: keep them)
+                    return
                 for payload in kept:
                     blobs.drop_payload(payload)
 

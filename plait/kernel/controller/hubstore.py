@@ -176,9 +176,10 @@ class MemoryStore:
         """Forget what :meth:`queue` kept (a controller that does not take it over)."""
 
     def durable(self) -> defer.Deferred:
-        """A Deferred firing with None once everything added and queued so far
-        would survive the controller's death (here: at once, nothing would);
-        it never fails (a failed write is logged)."""
+        """A Deferred firing once everything added and queued so far would
+        survive the controller's death (here: at once, nothing would), with
+        None, or with a text saying why some of it is not on disk (a write that
+        failed: disk full...); it never fails."""
         return defer.succeed(None)
 
     def update(self, taskid: int, fields: dict) -> None:
@@ -226,10 +227,6 @@ class NoStore(MemoryStore):
         pass
 
 
-def _nothing(db: sqlite3.Connection) -> None:
-    """A read of nothing: its answer says that every write before it is committed."""
-
-
 def _pick(record: dict, keys: list[str] | None) -> dict:
     if keys is None:
         return dict(record)
@@ -256,6 +253,7 @@ class SQLiteStore:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="plait-hub-db", daemon=True)
+        self._write_failed: tuple[float, str] | None = None  # (the database thread's)
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
@@ -266,6 +264,8 @@ class SQLiteStore:
     # HAND_OVER_EVERY seconds; any other operation hands over what waits first,
     # so operations keep their order and reads see every record added before.
     keeps_requests = True
+    #: How long a failed write is told to every submission acknowledged after it.
+    FAILURES_TOLD_FOR = 60.0
 
     def add(self, record: dict) -> None:
         held = self._held.pop(record["id"], None)  # (finished while held: never queued)
@@ -292,13 +292,24 @@ class SQLiteStore:
             self._hand_over()
 
     def durable(self) -> defer.Deferred:
-        """Write what is held and waits, then fire with None once committed (see
-        the module documentation).  Never fails: a failed write is logged, and a
-        closed store fires at once."""
+        """Write what is held and waits, then fire once committed (see the module
+        documentation) with None, or with what went wrong since the last call
+        (a write or a commit that failed: then what was accepted may not be on
+        disk).  Never fails; a closed store fires at once."""
         if self._closing is not None:
             return defer.succeed(None)
         self._release_held()
-        return self._read(_nothing).addErrback(lambda _: None)
+        return self._read(self._failed_writes).addErrback(
+            lambda f: f"the hub's database could not commit: {f.value}")
+
+    def _failed_writes(self, db: sqlite3.Connection) -> str | None:
+        """(The database thread) the last write that failed, in the last
+        :attr:`FAILURES_TOLD_FOR` seconds, or None: every submission acknowledged
+        meanwhile is told (a full disk fails one write after another)."""
+        if self._write_failed is None:
+            return None
+        when, what = self._write_failed
+        return what if time.monotonic() - when < self.FAILURES_TOLD_FOR else None
 
     def _keep(self, waiting: list[dict], record: dict) -> None:
         """Put ``record`` in ``waiting`` until the next hand-over (scheduled now)."""
@@ -492,7 +503,7 @@ class SQLiteStore:
                     db.execute("COMMIT")
                     in_transaction = False
             except sqlite3.Error as exc:  # (BEGIN or COMMIT failed: disk full, locked...)
-                _log_error(exc)
+                self._failed(exc, "a transaction")
                 for op, arg in ops:  # no read waits for ever
                     if op == "read" and id(arg) not in answered:
                         reactor.callFromThread(arg[2].errback, exc)
@@ -502,15 +513,20 @@ class SQLiteStore:
                     pass
                 in_transaction = False
 
-    @staticmethod
-    def _write_queued(db: sqlite3.Connection, insert: str, op: str, arg: Any) -> None:
+    def _write_queued(self, db: sqlite3.Connection, insert: str, op: str, arg: Any) -> None:
         try:
             if op == "queue":
                 db.executemany(insert, [_row(record) for record in arg])
             else:
                 db.execute("DELETE FROM queued")
         except sqlite3.Error as exc:
-            _log_error(exc)
+            self._failed(exc, f"{len(arg) if op == 'queue' else 'the'} queued task(s)")
+
+    def _failed(self, exc: sqlite3.Error, what: str) -> None:
+        """(The database thread) a write failed: logged, and told by :meth:`durable`."""
+        _log_error(exc)
+        self._write_failed = (time.monotonic(), f"the hub's database could not write "
+                                                f"{what}: {type(exc).__name__}: {exc}")
 
     @staticmethod
     def _get_queued(db: sqlite3.Connection) -> list[dict]:
@@ -518,8 +534,7 @@ class SQLiteStore:
         return [_decode(dict(zip(names, row, strict=True)))
                 for row in db.execute(f"SELECT {', '.join(names)} FROM queued ORDER BY id")]
 
-    @staticmethod
-    def _write(db: sqlite3.Connection, insert: str, rows: list[tuple], op: str | None,
+    def _write(self, db: sqlite3.Connection, insert: str, rows: list[tuple], op: str | None,
                arg: Any) -> None:
         """Insert ``rows`` (finished: no longer queued), then apply an update or
         delete (a bad write is logged)."""
@@ -532,7 +547,7 @@ class SQLiteStore:
                         try:
                             db.execute(insert, row)
                         except sqlite3.Error as exc:
-                            _log_error(exc)
+                            self._failed(exc, f"the record of task {row[0]}")
                 # (the hub gave no request of a task that waited: the queue has it)
                 bare = [(row[0],) for row in rows if row[_REQUEST] is None]
                 if bare:
@@ -551,7 +566,7 @@ class SQLiteStore:
                 else:
                     db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in arg])
         except sqlite3.Error as exc:  # a bad write must not stop the store
-            _log_error(exc)
+            self._failed(exc, f"{len(rows)} record(s)" if rows else f"an {op}")
 
     @staticmethod
     def _answer(db: sqlite3.Connection, fn: Callable[..., Any], args: tuple,

@@ -116,7 +116,7 @@ from plait.kernel.controller.scheduler import (
 )
 from plait.kernel.controller.taskids import TaskIds
 from plait.kernel.controller.tasksession import TaskSession
-from plait.kernel.controller.taskstate import Task, Waiter
+from plait.kernel.controller.taskstate import Task, Waiter, acknowledgment
 from plait.wire.errors import (
     DependencyTimeout,
     EngineError,
@@ -140,6 +140,7 @@ from plait.wire.task import (
 )
 
 STATES = (SCHEDULED, PENDING, SUCCEEDED, FAILED, ABORTED)
+
 FINISHED = (SUCCEEDED, FAILED, ABORTED)
 
 log = Logger()
@@ -280,7 +281,7 @@ class TaskController:
             refused = self.submit(tasks, owner, later)
         except Exception:
             return defer.fail()
-        return self.durable().addCallback(lambda _: refused)
+        return self.durable().addCallback(lambda problem: acknowledgment(refused, problem))
 
     def durable(self) -> defer.Deferred:
         """A Deferred firing with None once every task accepted so far would

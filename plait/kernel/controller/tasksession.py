@@ -25,6 +25,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from plait.interfaces.task import ITaskController, ITaskSession
+from plait.kernel.controller.taskstate import acknowledgment
 
 
 @implementer(ITaskSession)
@@ -69,7 +70,7 @@ class TaskSession:
             refused = self.submit(tasks, owner, later)  # (a subclass's own submit)
         except Exception:
             return defer.fail()
-        return self.durable().addCallback(lambda _: refused)
+        return self.durable().addCallback(lambda problem: acknowledgment(refused, problem))
 
     def durable(self) -> defer.Deferred:
         return self._tasks.durable()

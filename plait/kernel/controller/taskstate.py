@@ -9,11 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from plait.wire.records import TaskResultRecord
 from plait.wire.task import SCHEDULED, ControllerTask
 
 NO_ENGINES: frozenset[int] = frozenset()
+log = Logger()
 
 
 class Task:
@@ -81,3 +83,15 @@ class Waiter:
         for task in self.tasks:
             if task.waiters and self in task.waiters:
                 task.waiters.remove(self)
+
+
+def acknowledgment(refused: list, problem: str | None) -> list:
+    """The answer to a submission: its refusals ``[(taskid, reason)]``, then,
+    when the hub could not keep what was accepted on disk (``problem``, from
+    ``durable``), ``(None, why)``: those tasks run, but would not survive the
+    controller's death (the client warns of it)."""
+    if problem is None:
+        return refused
+    log.error("submitted tasks are not on disk: {problem}", problem=problem)
+    return [*refused, (None, f"accepted and running, but not kept on disk: {problem}; they "
+                             f"would be lost if the controller died")]
