@@ -21,7 +21,6 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet import reactor as _twisted_reactor
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -179,6 +178,9 @@ class ControllerService(service.MultiService):
         self.status_port = status_port
         self.status_ip = status_ip  # loopback unless told: the page is plain HTTP
         self.status_url: str | None = None
+        self.status: Any = None  # the StatusService, once the page serves
+        self._status_socket: socket.socket | None = None  # bound, until the page serves
+        self._status_bound: int | None = None  # its port
         self._status_listener: Any = None
         self.dirs = dirs
         self.ip = ip
@@ -276,26 +278,34 @@ class ControllerService(service.MultiService):
     def _serve_status(self) -> None:
         """The status page (see :mod:`plait.adapters.web`), on ``status_ip``
         (loopback by default), behind a token made now; its URL in the security
-        folder.  A controller started again takes the port it had."""
-        from plait.adapters.web import site
-        from plait.kernel.controller.status import StatusService
+        folder.  A controller started again takes the port it had.
 
-        self.status = StatusService(self.registry, self.task, hub=self.hub)
+        The port is bound now, with the others; the page itself (twisted.web,
+        imported then) starts in the next reactor turn, once the controller has
+        said it is ready: engines need not wait for it, and a request meanwhile
+        waits in the listen queue."""
         token = secrets.token_urlsafe(24)
-        port = self.status_port or _recorded_ports(self.dirs).get("status") or 0
-        try:
-            self._status_listener = reactor.listenTCP(port, site(self.status, token),
-                                                      interface=self.status_ip)
-        except CannotListenError:
-            if self.status_port:  # (fixed: say so, as for the other ports)
-                raise
-            self._status_listener = reactor.listenTCP(0, site(self.status, token),
-                                                      interface=self.status_ip)
-        port = self._status_listener.getHost().port
+        recorded = None if self.status_port else _recorded_ports(self.dirs).get("status")
+        sock = _bind_again(self.status_ip, self.status_port or 0, recorded, "status")
+        self._status_socket = sock
+        port = self._status_bound = sock.getsockname()[1]
         host = f"[{self.status_ip}]" if ":" in self.status_ip else self.status_ip
         self.status_url = f"http://{host}:{port}/?token={token}"
         write_private(self.dirs.security / STATUS_URL_FILE, self.status_url + "\n")
         self.parallel.dashboard_url = self.status_url
+        reactor.callLater(0, self._start_status_page, token)
+
+    def _start_status_page(self, token: str) -> None:
+        sock, self._status_socket = self._status_socket, None
+        if sock is None or not self.running:
+            return
+        from plait.adapters.web import site
+        from plait.kernel.controller.status import StatusService
+
+        self.status = StatusService(self.registry, self.task, hub=self.hub)
+        self._status_listener = reactor.adoptStreamPort(sock.fileno(), sock.family,
+                                                        site(self.status, token))
+        sock.close()  # (the reactor has its own copy)
         self.status.start()
 
     def all_ports(self) -> dict[str, int]:
@@ -303,8 +313,8 @@ class ControllerService(service.MultiService):
         ports = {"client": self.ports["client"], "engine": self.ports["engine"],
                  "client channel": self.channel_ports["client"],
                  "engine channel": self.channel_ports["engine"], "data": self.blobs.address[1]}
-        if self._status_listener is not None:
-            ports["status"] = self._status_listener.getHost().port
+        if self._status_bound is not None:
+            ports["status"] = self._status_bound
         return ports
 
     def describe_ports(self) -> str:
@@ -331,6 +341,9 @@ class ControllerService(service.MultiService):
             pass
         self.hub.store.clear_queued()  # stopped cleanly: nothing to take back
         self.blobs.stop()
+        if self._status_socket is not None:  # (stopped before the page started)
+            self._status_socket.close()
+            self._status_socket = None
         if self._status_listener is not None:
             self.status.stop()
             self._status_listener.stopListening()
