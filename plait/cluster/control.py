@@ -93,10 +93,13 @@ class ClusterProcesses:
                                "(controller='ssh'); this one runs here")
         if tunnel and launcher not in ("local", "ssh"):
             raise ClusterError(f"tunnels serve local and SSH engines, not {launcher!r} ones")
-        if restart_engines and launcher != "local":
-            raise ClusterError(f"engines are restarted by the fork server of this host: "
-                               f"restart_engines is for local engines, not {launcher!r} ones")
-        #: local engines that die are replaced, keeping their ids (a supervising fork server)
+        if restart_engines and launcher not in ("local", "ssh"):
+            raise ClusterError(f"engines are restarted by the fork server of their host: "
+                               f"restart_engines is for local and SSH engines, not "
+                               f"{launcher!r} ones (whose processes mpiexec or the batch "
+                               f"system starts)")
+        #: engines that die are replaced, keeping their ids (a supervising fork server
+        #: on their host: this one, or each SSH host)
         self.restart_engines = restart_engines
         #: a controller of this host that dies is started again (see plait.cluster.keeper)
         self.restart_controller = restart_controller
@@ -370,7 +373,7 @@ class ClusterProcesses:
                                self.dirs.furl_path(ENGINE_FURL).read_text().strip(),
                                self.dirs, deadline, timeout,
                                engine_args=tuple(self._engine_args()), issue=self._issue,
-                               **options)
+                               supervise=self.restart_engines, **options)
             self.engine_sets.extend(groups)
             return groups[0]
         enroll_file = None

@@ -114,6 +114,19 @@ class EngineSet:
                       f"kill -0 {listed} 2>/dev/null || exit 0; sleep 0.1; done; "
                       f"kill -9 {listed} 2>/dev/null; true")
 
+    def _stop_supervisor(self) -> None:
+        """(SSH, supervised) SIGTERM the host's supervisor, which stops its engines
+        (whose pids are its to know); if it is still there past its grace,
+        SIGKILL it, its children and the engines it started with."""
+        sup = self.launcher_pid
+        listed = " ".join(map(str, dict.fromkeys([*self.pids, *self.forked])))
+        if sup is None:
+            self._stop_remote(list(dict.fromkeys([*self.pids, *self.forked])))
+            return
+        _remote(self, f"kill -15 {sup} 2>/dev/null; for i in $(seq 50); do "
+                      f"kill -0 {sup} 2>/dev/null || exit 0; sleep 0.1; done; "
+                      f"pkill -9 -P {sup}; kill -9 {sup} {listed} 2>/dev/null; true")
+
     def stop(self, pids: list[int] | None = None) -> None:
         """Stop the engines (``pids`` of them, else all, and their launcher)."""
         if self.launcher in BATCH:
@@ -127,6 +140,9 @@ class EngineSet:
         if self.supervised:
             if pids is not None:
                 raise ClusterError("engines that are restarted when they die stop together")
+            if self.launcher == "ssh":
+                self._stop_supervisor()
+                return
             if self.launcher_pid is not None and pid_alive(self.launcher_pid):
                 # first: it would restart what is stopped; it stops its engines as it
                 # goes (their pids, new since restarts, are its to know)
@@ -548,7 +564,8 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
               args: tuple[str, ...] = (), python: str | None = None,
               plait_dir: str | None = None, reconnect: float = 60.0,
               engine_args: tuple[str, ...] = (),
-              issue: Callable[[int], list[str]] | None = None) -> list[EngineSet]:
+              issue: Callable[[int], list[str]] | None = None,
+              supervise: bool = False) -> list[EngineSet]:
     """Start ``hosts[host]`` engines on each host, through one SSH session per host
     running the fork server there; returns once every engine registered.
 
@@ -560,7 +577,9 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
     ipengine flags (``--ssh=...``, a tunnel to the controller).
     The engines' notices come back the same way.  ClusterError (with what
     was started stopped) when a session fails, saying which host and quoting
-    ssh's message, or at ``deadline``.
+    ssh's message, or at ``deadline``.  ``supervise``: the fork server of each
+    host stays there, replacing its engines that die under their ids (its
+    pid, that host's, is the set's ``launcher_pid``).
     """
     remote = [python or sys.executable, "-m", "plait.scripts._zygote", "--relay", "--detach"]
     if plait_dir:
@@ -582,14 +601,22 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
             assert proc.stdin is not None
             argv = [*_profile(profile), f"--reconnect={reconnect:g}", *engine_args]
             secrets_ = f"secrets {' '.join(issue(n))}\n" if issue is not None else ""
-            proc.stdin.write(f"{secrets_}engines {n} {json.dumps(argv)}\nfurl {furl}\n"
-                             .encode())
+            supervising = "supervise\n" if supervise else ""
+            proc.stdin.write(f"{supervising}{secrets_}engines {n} {json.dumps(argv)}\n"
+                             f"furl {furl}\n".encode())
             proc.stdin.flush()
         _wait_ssh(groups, deadline, timeout, dirs)
     except BaseException:
         for group in groups:
             group.stop()
         raise
+    if supervise:  # each fork server hands over to its supervisor, and says its pid
+        try:
+            _take_supervisors(groups, deadline, timeout)
+        except BaseException:
+            for group in groups:
+                group.stop()
+            raise
     for group in groups:  # the fork servers exit, and so do their sessions; engines go on
         proc = group.procs[0]
         for stream in (proc.stdin, proc.stdout):
@@ -603,6 +630,38 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
         except subprocess.TimeoutExpired:
             pass  # stop() ends it
     return groups
+
+
+def _take_supervisors(groups: list[EngineSet], deadline: float, timeout: float) -> None:
+    """End the fork servers' input and read each one's ``supervisor PID``."""
+    for group in groups:
+        stdin = group.procs[0].stdin
+        try:
+            stdin.close()
+        except OSError:
+            pass
+    for group in groups:
+        out = group.procs[0].stdout
+        left = max(0.1, deadline - time.monotonic())
+        with selectors.DefaultSelector() as sel:
+            sel.register(out.fileno(), selectors.EVENT_READ)
+            data = b""
+            while b"supervisor " not in data or not data.endswith(b"\n"):
+                if not sel.select(left):
+                    raise ClusterError(f"the fork server on {group.host} did not say within "
+                                       f"{timeout:g} s that it supervises its engines"
+                                       + _quote(group.log, 5))
+                chunk = os.read(out.fileno(), 4096)
+                if not chunk:
+                    break
+                data += chunk
+        words = [line.split() for line in data.decode(errors="replace").splitlines()]
+        pid = next((int(w[1]) for w in words if len(w) == 2 and w[0] == "supervisor"
+                    and w[1].isdigit()), None)
+        if pid is None:
+            raise ClusterError(f"the fork server on {group.host} ended without supervising "
+                               f"its engines" + _quote(group.log, 5))
+        group.supervised, group.launcher_pid = True, pid
 
 
 def _safe(host: str) -> str:

@@ -67,7 +67,8 @@ def write_state(dirs: ProfileDirs, state: dict) -> None:
             state.get("owner"),
             *state.get("engines", [])]  # (local pids only: SSH engines' are their hosts')
     for group in state.get("engine_sets", []):
-        pids.append(group.get("launcher_pid"))
+        if group.get("launcher") != "ssh":  # (an SSH set's supervisor is its host's)
+            pids.append(group.get("launcher_pid"))
     started = dict(state.get("started", {}))
     for pid in pids:
         if isinstance(pid, int) and str(pid) not in started:

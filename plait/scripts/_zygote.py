@@ -15,6 +15,7 @@ line each::
                            each one's secret and member key
     supervise              (before ``engines``) stay after the end of input, and
                            replace an engine that dies by a new one taking its id
+                           (with ``--relay``: -> "supervisor PID", see below)
     (end of input)         exit; the engines go on
 
 With ``--relay`` (an SSH launcher, whose engines are on another host) it
@@ -32,7 +33,9 @@ memory only), which admits the claim without a new secret.  One that dies
 before registering, or that has died :data:`MAX_RESTARTS` times within
 :data:`RESTART_WINDOW` seconds, is not restarted (it would only die again).
 SIGTERM stops the supervision: the engines get SIGTERM, then the fork server
-exits.
+exits.  Over SSH (``--relay``) the fork server hands the supervision to a
+child in a session of its own and exits, which ends the SSH session; that
+child's pid, written as ``supervisor PID``, is what stopping signals.
 
 The imports install Twisted's reactor, which never runs here; each child
 gives its copy a poller and a waker of its own before anything uses them
@@ -311,7 +314,9 @@ def _supervise(state: _State) -> None:
             print(f"plait fork server: an engine (pid {pid}, id {slot.engine_id}) died; "
                   f"not restarted", file=sys.stderr, flush=True)
             return
-        slot.args = [a for a in slot.args if not a.startswith("--engine-id=")]
+        # (the launcher's notices ended with the start: a replacement tells none)
+        slot.args = [a for a in slot.args
+                     if not a.startswith(("--engine-id=", "--notify-socket="))]
         slot.args.append(f"--engine-id={slot.engine_id}")
         watch(state.fork(slot.args, slot), slot)
 
@@ -405,11 +410,36 @@ def main() -> int:
     if state.supervise:
         sel.close()
         _SELECTOR.remove(sel)
+        if relay is not None:  # another host's: the SSH session must end, we stay
+            _leave_session(state)
         devnull = os.open(os.devnull, os.O_WRONLY)  # the launcher no longer reads fd 1
         os.dup2(devnull, 1)  # (kept open: a closed 1 would be reused by the next fd)
         os.close(devnull)
         _supervise(state)
     return 0
+
+
+def _leave_session(state: _State) -> None:
+    """(A supervising fork server run over SSH, once its input ended.) Fork the
+    supervisor, tell the launcher its pid (``supervisor PID``: what stopping the
+    engines signals) and exit, so that the SSH session ends; the supervisor runs
+    on in a session of its own, its standard streams on /dev/null.  The engines
+    forked so far are then not its children: it watches them by pidfd all the
+    same, and their replacements are its own."""
+    assert state.relay is not None
+    state.relay.sock.close()
+    for conn in state.relay.buffers:
+        conn.close()
+    state.relay = None
+    pid = os.fork()
+    if pid:
+        os.write(1, f"supervisor {pid}\n".encode())
+        os._exit(0)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--controller-host", default=None, metavar="USER@HOST",
                        help="the host of a controller started over SSH")
     start.add_argument("--restart-engines", action="store_true", default=None,
-                       help="replace an engine of this host that dies by a new one with "
-                            "its id (its namespace starts empty)")
+                       help="replace an engine (of this host or an SSH host) that dies by "
+                            "a new one with its id (its namespace starts empty)")
     start.add_argument("--engine-memory-limit", type=float, default=None, metavar="MB",
                        help="an engine whose resident memory passes MB exits, saying why "
                             "(and is replaced with --restart-engines)")

@@ -80,9 +80,10 @@ def test_engines_that_restart_stop_together_and_are_not_signalled_by_pid(plait_d
     assert processes_of(plait_dir) == []
 
 
-def test_restart_engines_is_for_engines_of_this_host(plait_dir):
-    with pytest.raises(ClusterError, match="restart_engines is for local engines"):
-        ipp.Cluster(n=2, engines="mpi", restart_engines=True)
+def test_restart_engines_is_for_engines_a_fork_server_of_their_host_makes(plait_dir):
+    for engines in ("mpi", "slurm"):
+        with pytest.raises(ClusterError, match="restart_engines is for local and SSH engines"):
+            ipp.Cluster(n=2, engines=engines, restart_engines=True)
 
 
 def test_ipcluster_restart_engines(tmp_path):
