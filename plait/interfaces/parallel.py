@@ -69,10 +69,11 @@ class IHub(Interface):
     def taskid(msg_id):
         """The task id a message id names here, or None."""
 
-    def records(taskids, block=False):
+    def records(taskids, block=False, with_requests=True):
         """A Deferred firing with the records of ``taskids`` (None for unknown
         ids; ``status`` None for unfinished ones), once all are finished if
-        ``block``."""
+        ``block``; without ``with_requests``, unfinished ones may lack their
+        request (a cheaper read)."""
 
     def status(taskids):
         """A Deferred firing with ``{'pending': ids, 'completed': ids, 'unknown': ids}``."""

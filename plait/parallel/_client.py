@@ -20,7 +20,8 @@ import builtins
 import datetime
 import threading
 import time
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Iterable
 from typing import Any
 
 from plait.kernel.client import _reactor
@@ -113,7 +114,7 @@ class Client:
         self.metadata: dict[str, Metadata] = {}
         self._outstanding: set[str] = set()
         # AsyncResults of get_result() following this client's tasks still running
-        self._followers: dict[str, list[Callable[[str, Any, Any], None]]] = {}
+        self._followers: dict[str, list[weakref.WeakMethod]] = {}
         self._lock = threading.Lock()
         self._finished = threading.Condition(self._lock)  # notified as results arrive
         self._closed = False
@@ -238,8 +239,10 @@ class Client:
             self._outstanding.discard(msg)
             followers = self._followers.pop(msg, ())
             self._finished.notify_all()
-        for follower in followers:
-            follower(msg, value, error)
+        for follow in followers:
+            known = follow()
+            if known is not None:
+                known(msg, value, error)
 
     def _hurry(self) -> None:
         self._async.hurry()
@@ -315,9 +318,13 @@ class Client:
             ar = AsyncResult(self, taskids, "get_result", single=single, listen=False,
                              metadata=[self.metadata[m] for m in msgs])
             known = [(m, self.results[m]) for m in msgs if m not in self._outstanding]
+            follow = weakref.WeakMethod(ar._known)  # (dropped with the result)
             for m in msgs:
                 if m in self._outstanding:
-                    self._followers.setdefault(m, []).append(ar._known)
+                    following = self._followers.setdefault(m, [])
+                    if len(following) >= 8:  # (get_result polled: forget the dropped ones)
+                        following[:] = [f for f in following if f() is not None]
+                    following.append(follow)
         for msg, outcome in known:
             failed = isinstance(outcome, (RemoteError, PlaitConnectionError))
             ar._known(msg, None if failed else outcome, outcome if failed else None)
@@ -360,8 +367,15 @@ class Client:
             else:
                 foreign.append(taskid)
         if foreign:
-            self._check_known(foreign)
-            results.append(AsyncHubResult(self, foreign))
+            unknown = set(self._conn.result_status(foreign)["unknown"])
+            if unknown:  # this client's, purged here and in the hub: done, as ipyparallel says
+                own = set(self.history)
+                bad = [t for t in foreign if t in unknown and self._msg_id(t) not in own]
+                if bad:
+                    raise self._unknown(bad)
+                foreign = [t for t in foreign if t not in unknown]
+            if foreign:
+                results.append(AsyncHubResult(self, foreign))
         if mine or results:
             self._hurry()
         total = len(mine) + sum(len(ar._ids) for ar in results)

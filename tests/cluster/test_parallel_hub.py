@@ -186,6 +186,9 @@ def test_purge_results(rc, rc2):
         rc.get_result(ar.msg_ids[0])
     assert ar.msg_ids[0] not in rc.hub_history() and ar.msg_ids[0] not in rc.results
     assert ar.get() == "pp"  # what the AsyncResult holds is still there
+    assert rc.wait(ar.msg_ids) is True  # its own, purged: done, as ipyparallel says
+    with pytest.raises(error.InvalidTaskID):  # another client's, purged: unknown
+        rc2.wait(ar.msg_ids)
 
     kept = rc[0].apply_async(shout, "k")
     kept.get()
@@ -374,26 +377,34 @@ def test_tasks_the_hub_cannot_write_to_disk_run_and_the_client_is_warned(cluster
         pytest.skip("prlimit (util-linux) is not installed")
     c = cluster_factory(1)
     db = c.plait_dir / "profile_default" / "db"
-    with c.rc() as rc:
-        lv = rc.load_balanced_view()
-        rc.wait([lv.apply_async(_len, b"") for _ in range(3)])
-        biggest = max(p.stat().st_size for p in db.iterdir() if p.is_file())
-        subprocess.run(["prlimit", f"--pid={c.state()['controller']}",
-                        f"--fsize={biggest + 300_000}"], check=True)
-        tc = c.tc()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ids = [tc.run(client.MapTask(_len, args=(b"x" * 200_000,))) for _ in range(6)]
-            tc.barrier(ids)
-            ars = [lv.apply_async(_len, b"y" * 200_000) for _ in range(6)]
-            ars[-1].wait_for_send()
-            assert [tc.get_task_result(i).results for i in ids] == [200_000] * 6
-            assert [ar.get(timeout=60) for ar in ars] == [200_000] * 6
-        told = [str(w.message) for w in caught if issubclass(w.category, error.PlaitWarning)]
-        assert told, "no client was warned"
-        assert all("not kept on disk" in t and "would be lost if the controller died" in t
-                   for t in told)
-        assert any("disk I/O error" in t for t in told), told
-        assert rc[:].apply_sync(_len, b"ok") == [2]  # the controller lives on
+    with warnings.catch_warnings():  # (later calls within the minute are told too)
+        warnings.simplefilter("ignore", error.PlaitWarning)
+        with c.rc() as rc:
+            lv = rc.load_balanced_view()
+            rc.wait([lv.apply_async(_len, b"") for _ in range(3)])
+            biggest = max(p.stat().st_size for p in db.iterdir() if p.is_file())
+            subprocess.run(["prlimit", f"--pid={c.state()['controller']}",
+                            f"--fsize={biggest + 300_000}"], check=True)
+            told = []
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ars = [lv.apply_async(_len, b"y" * 200_000) for _ in range(6)]
+                ars[-1].wait_for_send()  # (one-way submissions: told when confirmed)
+                assert [ar.get(timeout=60) for ar in ars] == [200_000] * 6
+            told += [str(w.message) for w in caught if issubclass(w.category, error.PlaitWarning)]
+            assert told, "the plait.parallel client was not warned"
+            tc = c.tc()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ids = [tc.run(client.MapTask(_len, args=(b"x" * 200_000,))) for _ in range(6)]
+                tc.barrier(ids)
+                assert [tc.get_task_result(i).results for i in ids] == [200_000] * 6
+            kernel = [str(w.message) for w in caught if issubclass(w.category, error.PlaitWarning)]
+            assert kernel, "the TaskClient was not warned"
+            told += kernel
+            assert all("not kept on disk" in t and "would be lost if the controller died" in t
+                       for t in told)
+            assert any("disk I/O error" in t for t in told), told
+            assert rc[:].apply_sync(_len, b"ok") == [2]  # the controller lives on
     log = next((c.plait_dir / "profile_default" / "log").glob("ipcontroller*.log")).read_text()
     assert "submitted tasks are not on disk" in log

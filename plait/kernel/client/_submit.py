@@ -384,7 +384,7 @@ class Submitter:
         target = self._sent
         if self._confirmed < target:
             try:
-                yield self._confirming(self._call("submit", []))
+                self._refuse((yield self._confirming(self._call("submit", []))))
             except Exception as exc:
                 if self._confirmed < target:
                     raise TaskSubmissionError(

@@ -49,6 +49,10 @@ from plait.wire.task import with_engine_parts
 
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
+#: Seconds before the kept arguments of a finished task are dropped again, when
+#: its record could not be written (a restarted controller would run it again).
+RETRY_DROP = 60.0
+
 
 def _engine_parts(spec: Any) -> list[bytes]:
     """The engine parts of a task and its recovery chain (a ControllerTask's)."""
@@ -194,7 +198,8 @@ class Hub:
             self._kept_args.difference_update(kept)
 
             def drop(problem: str | None) -> None:
-                if problem is not None:  # (its record may not be on disk: keep them)
+                if problem is not None:  # its record may not be on disk: ask again later
+                    reactor.callLater(RETRY_DROP, lambda: self.store.durable().addCallback(drop))
                     return
                 for payload in kept:
                     blobs.drop_payload(payload)
@@ -210,7 +215,8 @@ class Hub:
     def taskid(self, text: Any) -> int | None:
         return taskid_of(self.prefix, text)
 
-    def records(self, taskids: list[int], block: bool = False) -> defer.Deferred:
+    def records(self, taskids: list[int], block: bool = False,
+                with_requests: bool = True) -> defer.Deferred:
         if block:
             waits = []
             for taskid in taskids:
@@ -220,13 +226,14 @@ class Hub:
                     waits.append(d)
             if waits:
                 return defer.gatherResults(waits).addCallback(
-                    lambda _: self.records(taskids))
+                    lambda _: self.records(taskids, with_requests=with_requests))
         # (as they stand now: one that finishes while the store reads is pending still)
         pending = {t: self._row(self._pending[t]) for t in taskids if t in self._pending}
         finished = [t for t in taskids if t not in pending]
         d = self.store.get(finished)  # (even of none: its answer means all is kept)
 
-        d = self._with_requests(d, [(row, row) for row in pending.values()])
+        if with_requests:
+            d = self._with_requests(d, [(row, row) for row in pending.values()])
 
         def merge(found: list[dict | None]) -> list[dict | None]:
             by_id = dict(zip(finished, found, strict=True))
@@ -248,7 +255,7 @@ class Hub:
                 out[key].append(taskid)
             return out
 
-        return self.records(taskids).addCallback(sort)
+        return self.records(taskids, with_requests=False).addCallback(sort)
 
     def history(self) -> defer.Deferred:
         """A Deferred firing with every task id, in submission order."""
@@ -280,16 +287,20 @@ class Hub:
         rows = [(answer, row) for answer, row in rows if row.get("request") is None]
         if not rows or not self.store.keeps_requests:
             return d
+        # asked now, in the turn the pending rows were taken: the store reads its
+        # queue as it stood then (a task finishing later leaves it after this read)
+        asked = self.store.queued_requests([r["id"] for _, r in rows])
 
-        def fill(found: Any) -> defer.Deferred:
-            def put(requests: dict[int, bytes | None]) -> Any:
-                for answer, row in rows:
-                    answer["request"] = requests.get(row["id"])
-                return found
+        def put(requests: dict[int, bytes | None], found: Any) -> Any:
+            for answer, row in rows:
+                answer["request"] = requests.get(row["id"])
+            return found
 
-            return self.store.queued_requests([r["id"] for _, r in rows]).addCallback(put)
+        def failed(f: Any) -> Any:
+            asked.addErrback(lambda _: None)  # (its own failure is this one's news)
+            return f
 
-        return d.addCallback(fill)
+        return d.addCallbacks(lambda found: asked.addCallback(put, found), failed)
 
     def purge(self, taskids: Iterable[int] | None) -> defer.Deferred:
         if taskids is None:

@@ -293,9 +293,9 @@ class SQLiteStore:
 
     def durable(self) -> defer.Deferred:
         """Write what is held and waits, then fire once committed (see the module
-        documentation) with None, or with what went wrong since the last call
-        (a write or a commit that failed: then what was accepted may not be on
-        disk).  Never fails; a closed store fires at once."""
+        documentation) with None, or with the last write or commit that failed
+        in the last :attr:`FAILURES_TOLD_FOR` seconds (what was accepted may
+        then not be on disk).  Never fails; a closed store fires at once."""
         if self._closing is not None:
             return defer.succeed(None)
         self._release_held()

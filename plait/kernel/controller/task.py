@@ -284,8 +284,9 @@ class TaskController:
         return self.durable().addCallback(lambda problem: acknowledgment(refused, problem))
 
     def durable(self) -> defer.Deferred:
-        """A Deferred firing with None once every task accepted so far would
-        survive this controller's death (see :meth:`IHub.durable`); never fails."""
+        """A Deferred firing once every task accepted so far would survive this
+        controller's death, with None or with why some may not (see
+        :meth:`IHub.durable`); never fails."""
         return defer.succeed(None) if self._hub is None else self._hub.durable()
 
     def submit_new(self, tasks: Iterable[bytes], owner: Any = None, later: bool = False
@@ -305,12 +306,14 @@ class TaskController:
     def forget(self, taskids: Iterable[int] | None) -> None:
         """Forget the outcomes of finished later-generation tasks (all when None):
         graph dependencies on them are invalid from now on."""
+        before = len(self._done)
         if taskids is None:
             self._done.clear()
         else:
             for taskid in taskids:
                 self._done.pop(taskid, None)
-        self._compact()
+        if before - len(self._done) >= COMPACT_AFTER:
+            self._compact()
 
     def _compact(self) -> None:
         """Give back the room of a burst of tasks now gone (after a purge or clear):

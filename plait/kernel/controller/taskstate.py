@@ -16,6 +16,7 @@ from plait.wire.task import SCHEDULED, ControllerTask
 
 NO_ENGINES: frozenset[int] = frozenset()
 log = Logger()
+_told: list[str | None] = [None]  # the last problem acknowledgment() logged
 
 
 class Task:
@@ -92,6 +93,8 @@ def acknowledgment(refused: list, problem: str | None) -> list:
     controller's death (the client warns of it)."""
     if problem is None:
         return refused
-    log.error("submitted tasks are not on disk: {problem}", problem=problem)
+    if problem != _told[0]:  # (once per failed write, not once per submission)
+        _told[0] = problem
+        log.error("submitted tasks are not on disk: {problem}", problem=problem)
     return [*refused, (None, f"accepted and running, but not kept on disk: {problem}; they "
                              f"would be lost if the controller died")]
