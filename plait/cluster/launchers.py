@@ -63,7 +63,10 @@ class EngineSet:
     ssh: list[str] = field(default_factory=list)  # ssh: the command reaching the host
     forked: list[int] = field(default_factory=list)  # ssh: every pid the remote fork server made
     job: str | None = None  # a batch system's job id
-    supervised: bool = False  # local: the launcher (a fork server) restarts engines that die
+    supervised: bool = False  # the launcher (a fork server) restarts engines that die
+    # ssh, supervised: a word in the command line of the host's fork server, which
+    # its engines (forks) share: what finds them all, whatever their pids now
+    tag: str | None = None
 
     def to_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"launcher": self.launcher, "ids": list(self.ids),
@@ -76,6 +79,8 @@ class EngineSet:
             state["job"] = self.job
         if self.supervised:
             state["supervised"] = True
+        if self.tag is not None:
+            state["tag"] = self.tag
         return state
 
     @classmethod
@@ -84,7 +89,7 @@ class EngineSet:
                    list(state.get("ids", [])), list(state.get("pids", [])),
                    state.get("launcher_pid"), host=state.get("host"),
                    ssh=list(state.get("ssh", [])), job=state.get("job"),
-                   supervised=bool(state.get("supervised")))
+                   supervised=bool(state.get("supervised")), tag=state.get("tag"))
 
     def signal(self, sig: int, pids: list[int] | None = None) -> list[int]:
         """Send ``sig`` to the engines (``pids`` of them, else all); the pids signalled."""
@@ -115,17 +120,21 @@ class EngineSet:
                       f"kill -9 {listed} 2>/dev/null; true")
 
     def _stop_supervisor(self) -> None:
-        """(SSH, supervised) SIGTERM the host's supervisor, which stops its engines
-        (whose pids are its to know); if it is still there past its grace,
-        SIGKILL it, its children and the engines it started with."""
-        sup = self.launcher_pid
-        listed = " ".join(map(str, dict.fromkeys([*self.pids, *self.forked])))
-        if sup is None:
+        """(SSH, supervised) SIGTERM the host's supervisor, if it is ours still (its
+        command line has our tag), which stops its engines; then SIGKILL whatever
+        carries the tag: the supervisor past its grace, engines it left (it died,
+        or never took over), never a stranger that got a recorded pid."""
+        if self.tag is None:  # (a state written without a tag: the pids are all we know)
             self._stop_remote(list(dict.fromkeys([*self.pids, *self.forked])))
             return
-        _remote(self, f"kill -15 {sup} 2>/dev/null; for i in $(seq 50); do "
-                      f"kill -0 {sup} 2>/dev/null || exit 0; sleep 0.1; done; "
-                      f"pkill -9 -P {sup}; kill -9 {sup} {listed} 2>/dev/null; true")
+        # ("--ta[g]=": a pattern that does not match this shell's own command line)
+        pattern = shlex.quote("--ta[g]=" + self.tag.removeprefix("--tag="))
+        sup = self.launcher_pid
+        term = "" if sup is None else (
+            f"if tr '\\0' ' ' < /proc/{sup}/cmdline 2>/dev/null | grep -q -- {pattern}; "
+            f"then kill -15 {sup}; for i in $(seq 50); do kill -0 {sup} 2>/dev/null "
+            f"|| break; sleep 0.1; done; fi; ")
+        _remote(self, f"{term}pkill -9 -f -- {pattern}; true")
 
     def stop(self, pids: list[int] | None = None) -> None:
         """Stop the engines (``pids`` of them, else all, and their launcher)."""
@@ -581,9 +590,9 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
     host stays there, replacing its engines that die under their ids (its
     pid, that host's, is the set's ``launcher_pid``).
     """
-    remote = [python or sys.executable, "-m", "plait.scripts._zygote", "--relay", "--detach"]
+    base = [python or sys.executable, "-m", "plait.scripts._zygote", "--relay", "--detach"]
     if plait_dir:
-        remote = ["env", f"PLAIT_DIR={plait_dir}", *remote]
+        base = ["env", f"PLAIT_DIR={plait_dir}", *base]
     groups: list[EngineSet] = []
     try:
         for host, n in hosts.items():
@@ -591,11 +600,13 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
                 raise ClusterError(f"the engines of host {host!r} must be an int >= 1, not {n!r}")
             prefix = ssh_prefix(host, command, args)
             log = dirs.log / f"ssh-{_safe(host)}-{os.getpid()}-{secrets.token_hex(3)}.log"
+            tag = f"--tag=plait-{secrets.token_hex(8)}" if supervise else None
+            remote = [*base, tag] if tag else base
             with open(log, "ab") as err:
                 proc = subprocess.Popen([*prefix, shlex.join(remote)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=err,
                                         start_new_session=True)
-            group = EngineSet("ssh", n, log=log, host=host, ssh=prefix)
+            group = EngineSet("ssh", n, log=log, host=host, ssh=prefix, tag=tag)
             group.procs.append(proc)
             groups.append(group)
             assert proc.stdin is not None
@@ -608,7 +619,8 @@ def spawn_ssh(hosts: dict[str, int], profile: str | None, furl: str, dirs: Profi
         _wait_ssh(groups, deadline, timeout, dirs)
     except BaseException:
         for group in groups:
-            group.stop()
+            group.supervised = supervise  # (its fork server would restart what is stopped
+            group.stop()                  # by pid: all that has its tag goes at once)
         raise
     if supervise:  # each fork server hands over to its supervisor, and says its pid
         try:
@@ -641,8 +653,10 @@ def _take_supervisors(groups: list[EngineSet], deadline: float, timeout: float) 
         except OSError:
             pass
     for group in groups:
+        group.supervised = True  # (from now on, however this ends: stopped by its tag)
+    for group in groups:
         out = group.procs[0].stdout
-        left = max(0.1, deadline - time.monotonic())
+        left = max(HANDOVER, deadline - time.monotonic())
         with selectors.DefaultSelector() as sel:
             sel.register(out.fileno(), selectors.EVENT_READ)
             data = b""
@@ -661,7 +675,11 @@ def _take_supervisors(groups: list[EngineSet], deadline: float, timeout: float) 
         if pid is None:
             raise ClusterError(f"the fork server on {group.host} ended without supervising "
                                f"its engines" + _quote(group.log, 5))
-        group.supervised, group.launcher_pid = True, pid
+        group.launcher_pid = pid
+
+
+#: Seconds a fork server over SSH has to say it supervises, past the engines' deadline.
+HANDOVER = 10.0
 
 
 def _safe(host: str) -> str:

@@ -180,7 +180,8 @@ def test_ssh_engines_that_die_are_replaced_on_their_host_under_their_ids(hosts, 
                                                                          tmp_path):
     """restart_engines=True for SSH engines: the fork server of each host stays
     there, supervising; a killed engine comes back on the same host under its id,
-    with the setup code; stopping the cluster stops the supervisors and engines."""
+    with the setup code; stopping the cluster stops the supervisors and engines,
+    even those of a host whose supervisor died."""
     import os
     import signal
 
@@ -207,6 +208,8 @@ def test_ssh_engines_that_die_are_replaced_on_their_host_under_their_ids(hosts, 
         assert len(supervisors) == 3
         engines += rc[:].apply_sync(_pid)
         assert newer in engines
+        os.kill(supervisors[0], signal.SIGKILL)  # a supervisor gone: its engines
+        assert wait_exit(supervisors[0], 10)      # are still found, by its tag
     finally:
         cluster.stop()
     for pid in [*supervisors, *engines]:
