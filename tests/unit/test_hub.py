@@ -552,6 +552,24 @@ def test_query_merges_pending_and_stored_records():
     assert list(pending_whole) == list(COLUMNS) and pending_whole["request"] == b"request 1"
 
 
+def test_query_reads_pending_tasks_field_by_field():
+    """Pending tasks are matched through a view of the task (their records made
+    only when they match), and ruled out at once by a condition on a field only
+    finished records have."""
+    hub = make_hub()
+    client = SimpleNamespace(uuid="me")
+    submit(hub, 0, 1, owner=client, submitted=50.0)
+    submit(hub, 2, owner=client, after=GraphDependency((0,)), submitted=60.0)
+    assert fired(hub.query({"submitted": {"$gte": 55.0}}, ["after", "kind"])) == [
+        {"id": 2, "after": [0], "kind": "later"}]
+    assert fired(hub.query({"msg_id": hub.msg_id(1)}, ["client_uuid"])) == [
+        {"id": 1, "client_uuid": "me"}]
+    assert fired(hub.query({"after": {"$exists": True}}, [])) == [{"id": 2}]
+    assert fired(hub.query({"engine_id": 0}, [])) == []  # (none has run)
+    assert fired(hub.query({"completed": None, "kind": "later"}, [])) == [
+        {"id": 0}, {"id": 1}, {"id": 2}]
+
+
 @pytest.mark.parametrize("query, keys", [
     ({"colour": 1}, None), ({"status": {"$like": "%"}}, None), ({}, ["colour"]), ("x", None),
 ])

@@ -72,6 +72,42 @@ class _Pending(NamedTuple):
     request: bytes | None  # unless the store keeps it (queue)
 
 
+#: The fields a pending task's record has (the others are None until it finishes).
+_PENDING_FIELDS = frozenset({"id", "msg_id", "client_uuid", "kind", "submitted", "status",
+                             "after", "follow", "request"})
+
+
+class _View:
+    """A pending task's record as :func:`matches` reads it (``get``), made of the
+    entry of ``Hub._pending`` it is set to, field by field."""
+
+    __slots__ = ("entry", "_msg_id")
+
+    def __init__(self, msg_id: Any):
+        self.entry: Any = None
+        self._msg_id = msg_id
+
+    def get(self, key: str) -> Any:
+        entry = self.entry
+        if isinstance(entry, dict):
+            return entry.get(key)
+        task = entry.task if isinstance(entry, _Pending) else entry
+        if key == "id":
+            return task.taskid
+        if key == "msg_id":
+            return self._msg_id(task.taskid)
+        if key == "client_uuid":
+            return getattr(task.owner, "uuid", None)
+        if key == "kind":
+            return "later" if task.later else "task"
+        if key == "submitted":
+            return task.submitted
+        if isinstance(entry, _Pending) and key in ("after", "follow", "request"):
+            value = getattr(entry, key)
+            return value if key == "request" or value is None else list(value.ids)
+        return None
+
+
 def _submitted(entry: Any) -> float | None:
     """When the task of an entry of ``Hub._pending`` was submitted."""
     if isinstance(entry, dict):
@@ -271,7 +307,7 @@ class Hub:
             columns = check_query(query, keys)
         except QueryError:
             return defer.fail()
-        matched = [r for r in map(self._row, self._pending.values()) if matches(r, query)]
+        matched = self._matching_pending(query)
         pending = [{k: r.get(k) for k in columns} for r in matched]
         d = self.store.find(query, columns)
         if not pending:  # the store's records come in id order
@@ -279,6 +315,22 @@ class Hub:
         if "request" in columns:
             d = self._with_requests(d, list(zip(pending, matched, strict=True)))
         return d.addCallback(lambda found: sorted(found + pending, key=lambda r: r["id"]))
+
+    def _matching_pending(self, query: dict) -> list[dict]:
+        """The records of the pending tasks ``query`` matches.  A condition on a
+        field no pending record has (``engine_id``, ``completed``...) that a
+        missing value fails rules them all out at once; otherwise each is tested
+        through a view, its record made only when it matches."""
+        beyond = {column: c for column, c in query.items() if column not in _PENDING_FIELDS}
+        if beyond and not matches({}, beyond):
+            return []
+        view = _View(self._msg_id)
+        found = []
+        for entry in self._pending.values():
+            view.entry = entry
+            if matches(view, query):  # type: ignore[arg-type]
+                found.append(self._row(entry))
+        return found
 
     def _with_requests(self, d: defer.Deferred, rows: list[tuple[dict, dict]]
                        ) -> defer.Deferred:
