@@ -176,7 +176,9 @@ class Hub:
             else _Pending(task, after, follow, request)
         self._pending[task.taskid] = entry
         if data is not None:  # (a recovery task has none: its original task is queued)
-            self.store.queue({**self._row(entry), "request": data})
+            row = self._row(entry)
+            row["request"] = data
+            self.store.queue(row)
             if self._keep_args and spec is not None and not spec.pinned and (
                     spec.recovery is not None or is_bulk(spec.payload)):
                 # (most tasks have no large part: nothing is kept for them)

@@ -447,9 +447,13 @@ class SQLiteStore:
             self._ready.set()
             return
         self._ready.set()
+        insert_queued = (f"INSERT OR REPLACE INTO queued ({', '.join(COLUMNS)}) "
+                         f"VALUES ({', '.join('?' * len(COLUMNS))})")
+        # a finished record given without its request takes the one its queue row has
+        slots = ["coalesce(?, (SELECT request FROM queued WHERE id = ?))" if name == "request"
+                 else "?" for name in COLUMNS]
         insert = (f"INSERT OR REPLACE INTO records ({', '.join(COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(COLUMNS))})")
-        insert_queued = insert.replace("INTO records", "INTO queued")
+                  f"VALUES ({', '.join(slots)})")
         in_transaction = False
         began = 0.0
         while True:
@@ -464,7 +468,7 @@ class SQLiteStore:
                 rows: list[tuple] = []
                 for op, arg in ops:
                     if op == "add":
-                        rows.extend(_row(record) for record in arg)
+                        rows.extend(_record_row(record) for record in arg)
                         continue
                     if op == "queue" or op == "clear_queued":
                         if not in_transaction:
@@ -548,11 +552,6 @@ class SQLiteStore:
                             db.execute(insert, row)
                         except sqlite3.Error as exc:
                             self._failed(exc, f"the record of task {row[0]}")
-                # (the hub gave no request of a task that waited: the queue has it)
-                bare = [(row[0],) for row in rows if row[_REQUEST] is None]
-                if bare:
-                    db.executemany("UPDATE records SET request = (SELECT request FROM queued "
-                                   "WHERE queued.id = records.id) WHERE id = ?", bare)
                 db.executemany("DELETE FROM queued WHERE id = ?", [(row[0],) for row in rows])
             if op == "update":
                 taskid, fields = arg
@@ -650,6 +649,13 @@ _REQUEST = list(COLUMNS).index("request")
 def _row(record: dict) -> tuple:
     encoded = _encode(record)
     return tuple(encoded.get(name) for name in COLUMNS)
+
+
+def _record_row(record: dict) -> tuple:
+    """The parameters of the records insert: a row, and the id again after the
+    request (the queue row its request is taken from when it has none)."""
+    row = _row(record)
+    return (*row[:_REQUEST + 1], row[0], *row[_REQUEST + 1:])
 
 
 def _decode(record: dict) -> dict:
