@@ -722,6 +722,33 @@ def test_a_kept_blob_leaves_memory_once_written(keeping):
     keeping.wait_for(lambda: keeping.stats()["bytes"] == 0)  # (notified once written)
 
 
+def test_keeping_a_blob_not_uploaded_yet_waits_for_no_write(keeping):
+    """A queued task's argument the client has not begun to upload: there is no
+    write to wait for, so the submission's acknowledgment is not held."""
+    out, token, desc = prepare(keeping, np.arange(300_000, dtype=np.int64))
+    called = threading.Event()
+    assert keeping.keep(desc, written=called.set)
+    assert called.is_set()  # (at once)
+    out.send(keeping.address, token)  # still kept once it comes
+    np.testing.assert_array_equal(fetch(desc), np.arange(300_000, dtype=np.int64))
+
+
+def test_keeping_a_blob_whose_upload_dies_releases_its_waiter(keeping):
+    """The uploader dies mid-way: the write never comes, and whoever waited for it
+    (an acknowledgment) is released, not held for ever."""
+    out, token, desc = prepare(keeping, np.arange(300_000, dtype=np.int64))
+    ciphertext = sealed(out)
+    writer = request(keeping.address, _bulk.OP_UPLOAD, token)
+    assert recv_exact(writer, 1) == b"K"
+    writer.sendall(ciphertext[: len(ciphertext) // 2])
+    keeping.wait_for(lambda: keeping.stats()["bytes"] > 0)  # (uploading now)
+    called = threading.Event()
+    keeping.keep(desc, written=called.set)
+    assert not called.is_set()  # (its write is to come)
+    writer.close()
+    assert called.wait(30), "the waiter of a blob whose upload died was never released"
+
+
 def test_a_kept_blob_is_served_by_the_next_server_on_its_folder(tmp_path):
     first = BlobServer(keep_dir=str(tmp_path / "keep"))
     first.start()

@@ -120,6 +120,19 @@ def test_long_tasks_drop_the_mark_at_once():
     assert 0 not in scheduler.available()
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_a_run_time_that_is_no_duration_is_ignored(bad):
+    """An engine's report of ``nan``, ``inf`` or a negative run time (a broken or
+    hostile engine) changes neither the estimate nor the mark."""
+    scheduler, _ = adaptive()
+    run_tasks(scheduler, 0, 0.0, 100)
+    before = scheduler.mark(0)
+    run_tasks(scheduler, 0, bad, 5)
+    assert scheduler.mark(0) == before == MAX_MARK
+    run_tasks(scheduler, 0, 10 * TARGET_SECONDS, 10)  # (a real duration still counts)
+    assert scheduler.mark(0) == 1
+
+
 def test_a_pause_forgets_the_estimate():
     scheduler, clock = adaptive()
     run_tasks(scheduler, 0, 0.0, 100)
