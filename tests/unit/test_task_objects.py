@@ -176,43 +176,63 @@ def test_refused_and_lost_submissions_are_remembered(submitter):
 
 def test_the_ticker_sends_what_accumulates_then_stops(submitter, monkeypatch):
     monkeypatch.setattr(_tcsubmit, "TICK", 3600)  # the test ticks by hand
+    monkeypatch.setattr(_tcsubmit, "BURST", 3600)  # a wake-up after the first: a burst
     sub, fake = submitter
     sub.enqueue(sub.take_id(), b"a")
     settle()
     assert fake.methods() == ["reserve", "submit"]  # a lone task leaves at once
     fake.answer(1, [])
-    sub.enqueue(sub.take_id(), b"b")
+    sub.enqueue(sub.take_id(), b"b")  # a burst: it leaves at once, and the ticker starts
     settle()
-    assert fake.methods() == ["reserve", "submit"]  # the ticker runs: no wake-up
-    call(sub._tick)
     assert fake.methods() == ["reserve", "submit", "submit"]
     fake.answer(2, [])
+    sub.enqueue(sub.take_id(), b"c")
+    settle()
+    assert fake.methods() == ["reserve", "submit", "submit"]  # the ticker runs: no wake-up
+    call(sub._tick)
+    assert fake.methods() == ["reserve", "submit", "submit", "submit"]
+    fake.answer(3, [])
     for _ in range(_tcsubmit.IDLE_TICKS):
         call(sub._tick)
-    sub.enqueue(sub.take_id(), b"c")  # the ticker stopped: this wakes the reactor
+    sub.enqueue(sub.take_id(), b"d")  # the ticker stopped: this wakes the reactor
     settle()
-    assert fake.methods() == ["reserve", "submit", "submit", "submit"]
+    assert fake.methods() == ["reserve", "submit", "submit", "submit", "submit"]
+
+
+def test_one_call_at_a_time_starts_no_ticker(submitter, monkeypatch):
+    """A blocking loop (each call waits for its answer) wakes the reactor once per
+    call anyway: no ticker runs beside it."""
+    monkeypatch.setattr(_tcsubmit, "TICK", 3600)
+    monkeypatch.setattr(_tcsubmit, "BURST", 0.0)  # (calls farther apart than a burst)
+    sub, fake = submitter
+    for n in range(1, 4):
+        sub.enqueue(sub.take_id(), b"x")
+        settle()
+        assert fake.methods() == ["reserve"] + ["submit"] * n  # each leaves at once
+        assert not sub._ticking
+        fake.answer(n, [])
 
 
 def test_the_next_call_carries_the_buffered_submissions(submitter, monkeypatch):
     monkeypatch.setattr(_tcsubmit, "TICK", 3600)
+    monkeypatch.setattr(_tcsubmit, "BURST", 3600)  # (the second starts the ticker)
     sub, fake = submitter
-    first = sub.take_id()
-    sub.enqueue(first, b"a")
-    settle()
-    fake.answer(1, [])
-    second = sub.take_id()
-    sub.enqueue(second, b"b")
-    [d] = call(lambda: [sub.call_after("get_task_result", second, True)])
-    method, args, _ = fake.calls[2]
-    assert method == "submit_then" and args == ([(second, b"b")], "get_task_result",
-                                                [second, True])
+    for n in (1, 2):
+        sub.enqueue(sub.take_id(), b"a")
+        settle()
+        fake.answer(n, [])
+    third = sub.take_id()
+    sub.enqueue(third, b"b")  # (buffered: the ticker runs)
+    [d] = call(lambda: [sub.call_after("get_task_result", third, True)])
+    method, args, _ = fake.calls[3]
+    assert method == "submit_then" and args == ([(third, b"b")], "get_task_result",
+                                                [third, True])
     got: list = []
     call(lambda: [d.addCallback(got.append)])
-    fake.answer(2, ([], (True, "the record")))
+    fake.answer(3, ([], (True, "the record")))
     assert got == ["the record"]
     [d] = call(lambda: [sub.call_after("spin")])  # nothing buffered: a plain call
-    assert fake.calls[3][:2] == ("spin", ())
+    assert fake.calls[4][:2] == ("spin", ())
 
 
 def test_waiting_for_ids_when_none_are_left():

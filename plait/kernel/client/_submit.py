@@ -54,6 +54,7 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
+import time
 import warnings
 import weakref
 from collections import deque
@@ -75,10 +76,12 @@ FIRST_BLOCK = 512
 LARGEST_BLOCK = 65_536
 #: Unanswered ``submit`` messages at most; more submissions wait and coalesce.
 MAX_IN_FLIGHT = 1
-#: While submissions keep coming, a ticker in the reactor thread sends them
-#: every TICK seconds and ``run`` does not wake the reactor thread; the ticker
-#: stops after IDLE_TICKS ticks without a submission.
+#: While submissions keep coming (a burst), a ticker in the reactor thread sends
+#: them every TICK seconds and ``run`` does not wake the reactor thread; the
+#: ticker stops after IDLE_TICKS ticks without a submission.
 TICK = 0.001
+#: Submissions woken up closer than this make a burst, and start the ticker.
+BURST = 0.001
 IDLE_TICKS = 20
 #: A ``submit`` message carries at most this many tasks, or about this many bytes.
 MAX_MESSAGE_TASKS = 20_000
@@ -114,6 +117,7 @@ class Submitter:
         self._buffer: list[tuple[int, bytes]] = []
         self._send_scheduled = False
         self._ticking = False
+        self._woken = 0.0  # when _auto_send last ran (reactor thread)
         self._idle_ticks = 0
         # -- reactor thread only
         self._id_waiters: list[defer.Deferred] = []
@@ -230,10 +234,15 @@ class Submitter:
         reactor.callFromThread(self._auto_send)
 
     def _auto_send(self) -> None:
+        now = time.monotonic()
         with self._lock:
             self._send_scheduled = False
-            start = not self._ticking
-            self._ticking = True
+            # a ticker only for a burst (more waited, or the last wake-up was just
+            # now): one call at a time (a blocking loop) costs a wake-up each anyway
+            start = not self._ticking and (len(self._buffer) > 1
+                                           or now - self._woken < BURST)
+            self._ticking = self._ticking or start
+        self._woken = now
         if self._in_flight < MAX_IN_FLIGHT:
             self.send_buffered()
         if start:
