@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 import cloudpickle
 import pytest
@@ -16,25 +15,10 @@ import pytest
 import plait.parallel as ipp
 from plait.kernel import client
 from plait.wire.errors import ClusterError
+from support.cluster import engine_pid as pid_of
 from support.cluster import make_env, processes_of, run_cmd, wait_exit
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def pid_of(rc, engine_id: int, than: int | None = None, within: float = 30) -> int:
-    """The pid of engine ``engine_id``; with ``than``, once it is another one (the
-    engine was replaced): the controller tells nobody, so the client asks."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            pid = rc[engine_id].apply_sync(os.getpid)
-        except Exception:  # (not registered again yet)
-            pid = None
-        if pid is not None and pid != than:
-            return pid
-        if time.monotonic() > deadline:
-            raise AssertionError(f"engine {engine_id} was not replaced within {within} s")
-        time.sleep(0.05)
 
 
 def test_a_killed_engine_is_replaced_under_its_id_with_the_setup_code(plait_dir):

@@ -17,7 +17,7 @@ import plait.parallel as ipp
 from plait.cluster.state import read_state
 from plait.security import profile_dirs
 from plait.wire.errors import ClusterError
-from support.cluster import make_env, processes_of, run_cmd, wait_exit
+from support.cluster import engine_pid, make_env, processes_of, run_cmd, wait_exit
 from support.netns import net_namespace, unavailable
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the functions sent to engines
@@ -155,27 +155,6 @@ def test_an_engine_cut_off_for_a_while_joins_again_with_its_namespace(hosts, pla
         subprocess.run(["ip", "link", "set", hosts.hosts[0].veth, "up"], check=True)
 
 
-def _pid():
-    import os
-
-    return os.getpid()
-
-
-def _engine_pid(rc, engine_id: int, than: int | None = None, within: float = 60) -> int:
-    """The pid of engine ``engine_id``; with ``than``, once it is another one."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            pid = rc[engine_id].apply_sync(_pid)
-        except Exception:  # (not registered again yet)
-            pid = None
-        if pid is not None and pid != than:
-            return pid
-        if time.monotonic() > deadline:
-            raise AssertionError(f"engine {engine_id} was not replaced within {within} s")
-        time.sleep(0.05)
-
-
 def test_ssh_engines_that_die_are_replaced_on_their_host_under_their_ids(hosts, plait_dir,
                                                                          tmp_path):
     """restart_engines=True for SSH engines: the fork server of each host stays
@@ -193,20 +172,20 @@ def test_ssh_engines_that_die_are_replaced_on_their_host_under_their_ids(hosts, 
         assert rc.ids == [0, 1, 2]
         assert rc.setup("SETUP = 'replayed'") == [0, 1, 2]
         where = rc[:].apply_sync(net_namespace)
-        old = _engine_pid(rc, 1)
+        old = engine_pid(rc, 1)
         os.kill(old, signal.SIGKILL)  # (the hosts share this machine's pids)
         assert wait_exit(old, 10)
-        new = _engine_pid(rc, 1, than=old)
+        new = engine_pid(rc, 1, than=old, within=60)
         assert rc.ids == [0, 1, 2]
         assert rc[1].apply_sync(net_namespace) == where[1]  # on its host again
         assert rc[1].pull("SETUP", block=True) == "replayed"
         os.kill(new, signal.SIGKILL)  # and again: it is watched as the first one was
-        newer = _engine_pid(rc, 1, than=new)
+        newer = engine_pid(rc, 1, than=new, within=60)
         state = json.loads((plait_dir / "profile_default" / "run" / "ipcluster.json")
                            .read_text())
         supervisors = [g["launcher_pid"] for g in state["engine_sets"] if g.get("supervised")]
         assert len(supervisors) == 3
-        engines += rc[:].apply_sync(_pid)
+        engines += rc[:].apply_sync(os.getpid)
         assert newer in engines
         os.kill(supervisors[0], signal.SIGKILL)  # a supervisor gone: its engines
         assert wait_exit(supervisors[0], 10)      # are still found, by its tag

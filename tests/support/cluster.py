@@ -156,6 +156,22 @@ def left_running(plait_dir: Path, besides: Collection[int] = ()) -> list[int]:
             if pid not in besides and not wait_exit(pid, 5)]
 
 
+def engine_pid(rc, engine_id: int, than: int | None = None, within: float = 30) -> int:
+    """The pid of engine ``engine_id``; with ``than``, once it is another one (the
+    engine was replaced): the controller tells nobody, so the client asks."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            pid = rc[engine_id].apply_sync(os.getpid)
+        except Exception:  # (not registered again yet)
+            pid = None
+        if pid is not None and pid != than:
+            return pid
+        if time.monotonic() > deadline:
+            raise AssertionError(f"engine {engine_id} was not replaced within {within} s")
+        time.sleep(0.05)
+
+
 def wait_for_engines(mec: Any, n: int) -> list[int]:
     """Wait (30 s at most) until the controller of ``mec`` has ``n`` engines; their ids."""
     from plait.kernel.client import _reactor
