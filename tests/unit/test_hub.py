@@ -1042,6 +1042,55 @@ def test_the_kept_large_arguments_of_a_chain_go_once_its_task_is_finished(monkey
     assert blobs.dropped == [own, recovery] and hub._kept_args == set()
 
 
+def test_kept_arguments_whose_record_could_not_be_written_are_dropped_later(monkeypatch):
+    """The finished record of a task with kept large arguments could not be
+    written (disk full): its arguments stay (a restarted controller would run it
+    again), and go once a later durable says all is on disk."""
+    from plait.kernel.controller import hub as hub_module
+    from plait.wire.serialize import BULK
+
+    answers: list[defer.Deferred] = []
+    later: list = []
+
+    class Store:
+        name = "sqlite"
+        keeps_requests = True
+
+        def queue(self, row): pass
+
+        def add(self, row): pass
+
+        def durable(self):
+            answers.append(defer.Deferred())
+            return answers[-1]
+
+    class Blobs:
+        def __init__(self):
+            self.dropped = []
+
+        def keep(self, payload, written=None):
+            written()
+            return True
+
+        def drop_payload(self, payload):
+            self.dropped.append(payload)
+
+    monkeypatch.setattr(hub_module, "reactor", SimpleNamespace(
+        callFromThread=lambda f, *a: f(*a), callLater=lambda t, f: later.append((t, f))))
+    blobs = Blobs()
+    hub = Hub(Store(), 1, blobs)
+    own = BULK + b"own"
+    task = SimpleNamespace(taskid=5, owner=None, later=True, submitted=0.0,
+                           spec=ControllerTask(own))
+    hub.submitted(task, b"request")
+    hub.finished(TaskResultRecord(taskid=5, status="succeeded", payload=b"x"), task)
+    answers[-1].callback("the hub's database could not write 1 record(s): disk full")
+    assert blobs.dropped == [] and [t for t, _ in later] == [hub_module.RETRY_DROP]
+    later.pop()[1]()  # (RETRY_DROP seconds later: asks again)
+    answers[-1].callback(None)
+    assert blobs.dropped == [own]
+
+
 def test_durable_says_when_the_queued_tasks_could_not_be_written(sqlite_path, monkeypatch):
     """A submission is acknowledged only once durable fires: when the write of the
     queue failed (disk full), it fires with why (for a while after), and the store
