@@ -994,43 +994,59 @@ def test_what_an_engine_says_it_ran_must_be_plain_and_well_formed():
         _ran(__import__("pickle").dumps(TaskSpec.call(len, ("a",))))
 
 
+class DurableStore:
+    """A SQLite-like store whose ``durable`` answers are the test's to give
+    (``answers``: the Deferreds asked for, in order)."""
+
+    name = "sqlite"
+    keeps_requests = True
+
+    def __init__(self):
+        self.answers: list[defer.Deferred] = []
+
+    def queue(self, row): pass
+
+    def add(self, row): pass
+
+    def durable(self):
+        self.answers.append(defer.Deferred())
+        return self.answers[-1]
+
+
+class KeepingBlobs:
+    """A blob server that keeps at once, and records what it keeps and drops."""
+
+    def __init__(self):
+        self.kept, self.dropped = [], []
+
+    def keep(self, payload, written=None):
+        self.kept.append(payload)
+        written()
+        return True
+
+    def drop_payload(self, payload):
+        self.dropped.append(payload)
+
+
+def keeping_hub(monkeypatch, later: list | None = None):
+    """``(hub, store, blobs)``: a hub keeping large arguments, with the reactor's
+    calls made at once (``callLater`` ones appended to ``later``)."""
+    from plait.kernel.controller import hub as hub_module
+
+    monkeypatch.setattr(hub_module, "reactor", SimpleNamespace(
+        callFromThread=lambda f, *a: f(*a),
+        callLater=lambda t, f: (later if later is not None else []).append((t, f))))
+    store, blobs = DurableStore(), KeepingBlobs()
+    return Hub(store, 1, blobs), store, blobs
+
+
 def test_the_kept_large_arguments_of_a_chain_go_once_its_task_is_finished(monkeypatch):
     """A task's data-channel arguments (and its recovery tasks') are kept on disk
     while it is queued; once it is finished (aborted before its recovery ran too),
     all go, after its record is committed."""
-    from plait.kernel.controller import hub as hub_module
     from plait.wire.serialize import BULK
 
-    committed: list[defer.Deferred] = []
-
-    class Store:
-        name = "sqlite"
-        keeps_requests = True
-
-        def queue(self, row): pass
-
-        def add(self, row): pass
-
-        def durable(self):
-            committed.append(defer.Deferred())
-            return committed[-1]
-
-    class Blobs:
-        def __init__(self):
-            self.kept, self.dropped = [], []
-
-        def keep(self, payload, written=None):
-            self.kept.append(payload)
-            written()
-            return True
-
-        def drop_payload(self, payload):
-            self.dropped.append(payload)
-
-    monkeypatch.setattr(hub_module, "reactor",
-                        SimpleNamespace(callFromThread=lambda f, *a: f(*a)))
-    blobs = Blobs()
-    hub = Hub(Store(), 1, blobs)
+    hub, store, blobs = keeping_hub(monkeypatch)
     own, recovery = BULK + b"own", BULK + b"recovery"
     task = SimpleNamespace(taskid=5, owner=None, later=True, submitted=0.0,
                            spec=ControllerTask(own, recovery=ControllerTask(recovery)))
@@ -1038,7 +1054,7 @@ def test_the_kept_large_arguments_of_a_chain_go_once_its_task_is_finished(monkey
     assert blobs.kept == [own, recovery]
     hub.finished(TaskResultRecord(taskid=5, status="aborted", payload=b"x"), task)
     assert blobs.dropped == []  # (not before its record is committed)
-    committed[-1].callback(None)
+    store.answers[-1].callback(None)
     assert blobs.dropped == [own, recovery] and hub._kept_args == set()
 
 
@@ -1049,45 +1065,17 @@ def test_kept_arguments_whose_record_could_not_be_written_are_dropped_later(monk
     from plait.kernel.controller import hub as hub_module
     from plait.wire.serialize import BULK
 
-    answers: list[defer.Deferred] = []
     later: list = []
-
-    class Store:
-        name = "sqlite"
-        keeps_requests = True
-
-        def queue(self, row): pass
-
-        def add(self, row): pass
-
-        def durable(self):
-            answers.append(defer.Deferred())
-            return answers[-1]
-
-    class Blobs:
-        def __init__(self):
-            self.dropped = []
-
-        def keep(self, payload, written=None):
-            written()
-            return True
-
-        def drop_payload(self, payload):
-            self.dropped.append(payload)
-
-    monkeypatch.setattr(hub_module, "reactor", SimpleNamespace(
-        callFromThread=lambda f, *a: f(*a), callLater=lambda t, f: later.append((t, f))))
-    blobs = Blobs()
-    hub = Hub(Store(), 1, blobs)
+    hub, store, blobs = keeping_hub(monkeypatch, later)
     own = BULK + b"own"
     task = SimpleNamespace(taskid=5, owner=None, later=True, submitted=0.0,
                            spec=ControllerTask(own))
     hub.submitted(task, b"request")
     hub.finished(TaskResultRecord(taskid=5, status="succeeded", payload=b"x"), task)
-    answers[-1].callback("the hub's database could not write 1 record(s): disk full")
+    store.answers[-1].callback("the hub's database could not write 1 record(s): disk full")
     assert blobs.dropped == [] and [t for t, _ in later] == [hub_module.RETRY_DROP]
     later.pop()[1]()  # (RETRY_DROP seconds later: asks again)
-    answers[-1].callback(None)
+    store.answers[-1].callback(None)
     assert blobs.dropped == [own]
 
 
