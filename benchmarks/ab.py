@@ -17,8 +17,8 @@ checkout (its own virtualenv).  Figures (``name:calls per block:blocks``):
 ``run`` to result), ``rate`` (2000 no-op MapTasks, ``run`` then
 ``barrier``), ``bulk`` (push + pull of a 100 MB array), ``tmap`` and
 ``mmap`` (``tc.map`` and ``mec.map`` of ``x**10`` over ``range(10000)``), ``prtt``
-(``rc[0].apply_sync(noop)``) and ``prate`` (2000 ``lview.apply_async(noop)``, then
-``rc.wait``).  Latencies print
+(``rc[0].apply_sync(noop)``), ``prate`` (2000 ``lview.apply_async(noop)``, then
+``rc.wait``) and ``pdag`` (the same, each task ``after=`` 3 random earlier ones).  Latencies print
 their 10th percentile, median and 90th percentile; rates and bandwidths
 their median.  Both clusters are stopped at the end, whatever happens.
 """
@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,9 @@ def child() -> None:
     def power(x: int) -> int:
         return x**10
 
+    rng = random.Random(1)  # pdag: each task after 3 random earlier ones
+    dag = [sorted(rng.sample(range(i), min(3, i))) for i in range(2000)]
+
     for _ in range(50):  # warm up
         mec.execute("pass", targets=0)
         tc.get_task_result(tc.run(client.MapTask(noop)), block=True)
@@ -88,10 +92,17 @@ def child() -> None:
                 direct.apply_sync(noop)
             elif what == "prate":
                 rc.wait([balanced.apply_async(noop) for _ in range(2000)])
+            elif what == "pdag":
+                ars: list = []
+                for deps in dag:
+                    balanced.after = [ars[j] for j in deps] or None
+                    ars.append(balanced.apply_async(noop))
+                balanced.after = None
+                rc.wait(ars)
             seconds.append(time.perf_counter() - start)
             if what == "rate":
                 tc.clear(ids)
-            elif what == "prate":
+            elif what in ("prate", "pdag"):
                 rc.purge_everything()
         print(json.dumps(seconds), flush=True)
 
@@ -99,7 +110,7 @@ def child() -> None:
 def summary(what: str, seconds: list[float]) -> str:
     xs = sorted(seconds)
     k = len(xs)
-    if what in ("rate", "prate"):
+    if what in ("rate", "prate", "pdag"):
         return f"median {statistics.median(2000 / x for x in xs):.0f} tasks/s (n={k})"
     if what == "bulk":
         return f"median {statistics.median(200 / x for x in xs):.0f} MB/s (n={k})"

@@ -263,7 +263,8 @@ def _task_uneven(tc, p: dict, r: Results) -> None:
 # -- parallel (the later generation) ----------------------------------------------------------
 
 PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
-                 "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "cluster_start4",
+                 "par_pushpull_vs_mec", "par_dag", "par_dag_deep", "engine_private", "engine_gc",
+                 "cluster_start4",
                  "scale_register", "scale_execute", "engine_restart", "controller_restart",
                  "chaos_lost", "chaos_recover", "status_open_rate", "status_page_cpu",
                  "ssh_start64", "slurm_ready", "par_hub_rss", "par_hub_query", "queued_rss",
@@ -302,6 +303,7 @@ def parallel(p: dict, r: Results) -> None:
         r.measure(["par_pushpull", "par_pushpull_vs_mec"], lambda: _par_pushpull(v, mec, p, r))
         r.measure("par_dag", lambda: _par_dag(rc, lv, p["dag_n"], r))
         r.measure("par_dag_deep", lambda: _par_dag(rc, lv, p["dag_n"], r, window=64))
+        r.measure(["engine_private", "engine_gc"], lambda: _engine_memory(rc, r))
         rc.close()
     with plait_cluster(2) as cluster:
         r.measure(["par_hub_rss", "par_hub_query"], lambda: _par_hub(cluster, p, r))
@@ -975,6 +977,35 @@ def _par_pushpull(v, mec, p: dict, r: Results) -> None:
     r.add("par_pushpull", median(mine), each=mine, detail=f"{size_mb:g} MB float64")
     r.add("par_pushpull_vs_mec", median(mine) / median(theirs),
           detail=f"mec.push+pull of the same, interleaved: {median(theirs):.0f} MB/s")
+
+
+def engine_memory_probe() -> tuple[float, list[float], int]:
+    """(On an engine) its private dirty MB after a full collection, the
+    milliseconds of 5 more, and the objects the collector tracks."""
+    import gc
+
+    gc.collect()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        gc.collect()
+        times.append((time.perf_counter() - t0) * 1e3)
+    private = 0.0
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Private_Dirty:"):
+                private = int(line.split()[1]) / 1024
+    return private, times, len(gc.get_objects())
+
+
+def _engine_memory(rc, r: Results) -> None:
+    probes = rc[:].apply_sync(engine_memory_probe)
+    private = [m for m, _, _ in probes]
+    times = [t for _, ts, _ in probes for t in ts]
+    r.add("engine_private", sum(private) / len(private), each=private,
+          detail=f"{len(probes)} engines forked by the fork server")
+    r.add("engine_gc", median(times), each=times,
+          detail=f"objects tracked: {', '.join(str(n) for _, _, n in probes)}")
 
 
 def dag_depth(edges: list[list[int]]) -> int:

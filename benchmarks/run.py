@@ -205,6 +205,12 @@ def _parallel_specs(p: dict) -> list[Spec]:
              ("<=", 2.0), None, "",
              "from the job's first line (its start) to its 4 engines registered, on real "
              "slurmctld/slurmd of this machine (root only: skipped otherwise)"),
+        Spec("parallel", "engine_private", "an engine's private memory, idle", "MB", None,
+             None, "", "Private_Dirty of /proc/PID/smaps_rollup of each engine of a 2-engine "
+             "local cluster (forked by the fork server) after a full collection; mean"),
+        Spec("parallel", "engine_gc", "a full garbage collection in an idle engine", "ms",
+             None, None, "", "gc.collect() on each engine of that cluster, timed there; "
+             "median of 5 a engine"),
         Spec("parallel", "par_hub_rss", f"controller RSS growth after {p['hub_results']} "
              "results", "MB", ("<=", 300.0) if p["hub_results"] >= 100_000 else None, None,
              "", "controller RSS after that many no-op tasks finished (SQLite hub, records "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,21 @@ def notify(fd: int | None, message: str) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def freeze_startup_objects() -> None:
+    """Exempt what this process made so far (its imported modules, mostly: some
+    50,000 objects) from the cyclic garbage collector's passes.
+
+    Called once a command has started, before it serves.  Every full
+    collection would otherwise walk those objects again (about 40 ms a pass
+    in an engine), and, in the fork server, write to the pages its forked
+    engines share with it, copying them into each engine (see
+    :func:`gc.freeze`).  What the process makes afterwards is collected as
+    usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def start_logging(dirs: ProfileDirs, name: str, to_stderr: bool = False) -> Path:

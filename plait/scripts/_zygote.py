@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 import plait.kernel.engine.process  # noqa: F401  (what every engine imports)
 from plait.cluster.launchers import peer_pid
 from plait.scripts import ipengine
+from plait.scripts._common import freeze_startup_objects
 from plait.wire.enrollment import new_member
 
 
@@ -381,6 +382,7 @@ def _reap(pids: list[int], grace: float) -> None:
 
 
 def main() -> int:
+    freeze_startup_objects()  # before any fork: the engines' collections leave shared pages alone
     detach = "--detach" in sys.argv[1:]
     relay = _Relay() if "--relay" in sys.argv[1:] else None
     state = _State(detach, relay)

@@ -15,6 +15,7 @@ from plait.scripts._common import (
     add_notify_option,
     add_profile_option,
     dirs_for,
+    freeze_startup_objects,
     notify,
     start_logging,
 )
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", controller.stopService)
+    freeze_startup_objects()
     reactor.run()
     return 1 if failed else 0
 

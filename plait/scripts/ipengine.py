@@ -25,6 +25,7 @@ from plait.scripts._common import (
     add_notify_option,
     add_profile_option,
     dirs_for,
+    freeze_startup_objects,
     notify,
     start_logging,
 )
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGINT interrupts user code, and is ignored between commands (a Ctrl-C in the
     # terminal of an engine started by hand still stops it)
     install_interrupts(stop_when_idle=sys.stdin is not None and sys.stdin.isatty())
+    freeze_startup_objects()  # (a forked engine's were frozen by its fork server)
     code = engine.run()
     if engine.error:
         print(f"error: {engine.error}", file=sys.stderr, flush=True)
