@@ -10,6 +10,7 @@ records travel encoded (:func:`~plait.wire.records.encode_result`).
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from plait.wire.serialize import loads_plain
 #: The methods :meth:`FoolscapParallelSession.remote_submit_then` may call.
 FOLLOWERS = frozenset({
     "reserve", "records", "result_status", "abort", "queue_status", "info", "get_ids",
-    "history", "resubmit", "results", "purge", "query", "shutdown", "wait_for_engines",
+    "history", "resubmit", "results", "purge", "query_rows", "shutdown", "wait_for_engines",
     "send_signal", "setup",
 })
 
@@ -36,6 +37,12 @@ _SESSION_ONLY = "this call needs a session: open a channel or a session first"
 
 def _encoded_rows(rows: list[dict | None]) -> list[bytes | None]:
     return [None if row is None else encode_result(record_of(row)) for row in rows]
+
+
+def _plain_rows(columns_rows: tuple[list[str], list[tuple]]) -> bytes:
+    """The hub's ``(columns, rows)`` as one plain pickle (what a store holds is
+    plain data: numbers, text, bytes, lists), not as a banana list of dicts."""
+    return pickle.dumps(columns_rows, protocol=5)
 
 
 # mypy-zope looks for the RI methods by name; foolscap calls remote_<name> ones
@@ -70,9 +77,9 @@ class FoolscapParallel(OffersUploads, Referenceable):  # type: ignore[misc]
     def remote_history(self) -> defer.Deferred:
         return self._call(self.service.hub.history)
 
-    def remote_query(self, query: bytes, keys: list, everything: bool) -> defer.Deferred:
-        return self._call(lambda: self.service.hub.query(
-            loads_plain(query), None if everything else list(keys)))
+    def remote_query_rows(self, query: bytes, keys: list, everything: bool) -> defer.Deferred:
+        return self._call(lambda: self.service.hub.query_rows(
+            loads_plain(query), None if everything else list(keys)).addCallback(_plain_rows))
 
     def remote_purge(self, everything: bool, taskids: list) -> defer.Deferred:
         return self._call(self.service.purge, None if everything else list(taskids))

@@ -85,6 +85,10 @@ class IHub(Interface):
         """A Deferred firing with the records matching a Mongo-style ``query``,
         with the ``keys`` given (all when None), ``id`` always among them."""
 
+    def query_rows(query, keys=None):
+        """As ``query``, firing with ``(columns, rows)``: each record a tuple of
+        its values in ``columns`` order."""
+
     def purge(taskids):
         """Forget finished records (all when None); fails with ValueError for an
         unfinished one (nothing is purged then)."""
@@ -218,9 +222,10 @@ class RIParallel(RemoteInterface):
     def history():
         return Outcome
 
-    def query(query=WIRE_BYTES, keys=Keys, everything=BooleanConstraint()):
+    def query_rows(query=WIRE_BYTES, keys=Keys, everything=BooleanConstraint()):
         """``query``: a dict pickled as plain data; ``everything``: all keys
-        (``keys`` ignored).  Value: a list of record dicts."""
+        (``keys`` ignored).  Value: the matching records as one plain pickle of
+        ``(columns, rows)``, each row a tuple of values in ``columns`` order."""
         return Outcome
 
     def purge(everything=BooleanConstraint(), taskids=TaskIds):

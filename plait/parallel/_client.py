@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import datetime
+import itertools
 import threading
 import time
 import weakref
@@ -46,7 +47,7 @@ from plait.wire.errors import (
     TimeoutError,
 )
 from plait.wire.records import TaskResultRecord, msg_id_maker, taskid_of
-from plait.wire.serialize import serialize
+from plait.wire.serialize import collector_paused, serialize
 from plait.wire.task import TaskSpec
 
 _BlockingConnection = derive_blocking(ParallelConnection, "_BlockingConnection")
@@ -478,19 +479,23 @@ class Client:
                 key, condition = "id", _ids_condition(self, condition)
             translated[key] = _stamp(condition)
         wanted = None if keys is None else [k for k in keys if k != "msg_id"]
-        rows = self._conn.query(translated, None if wanted is None else ["id", *wanted])
-        times = _TIMES if wanted is None else [name for name in _TIMES if name in wanted]
-        msg_id, stamp = self._msg_id, datetime.datetime.fromtimestamp
-        out = []
-        for row in rows:
-            record = {"msg_id": msg_id(row.pop("id"))}  # always there, as in ipyparallel
-            row.pop("msg_id", None)
-            for name in times:
-                if row.get(name):
-                    row[name] = stamp(row[name])
-            record.update(row)
-            out.append(record)
-        return out
+        columns, rows = self._conn.query_rows(translated,
+                                              None if wanted is None else ["id", *wanted])
+        # msg_id first, made from the id (always there, as in ipyparallel); the
+        # stored msg_id column (asked for with every key) is the same text.
+        # Column by column: a long history is a list of a few long columns.
+        with collector_paused():  # (many new dicts, no cycle among them)
+            by_column: list[Any] = list(zip(*rows, strict=True)) or [()] * len(columns)
+            names = ["msg_id"]
+            values: list[Any] = [list(map(self._msg_id, by_column[columns.index("id")]))]
+            stamp = datetime.datetime.fromtimestamp
+            for name, column in zip(columns, by_column, strict=True):
+                if name in ("id", "msg_id"):
+                    continue
+                names.append(name)
+                values.append([stamp(v) if v else v for v in column] if name in _TIMES
+                              else column)
+            return list(map(dict, map(zip, itertools.repeat(names), zip(*values, strict=True))))
 
     def queue_status(self, targets: Any = "all", verbose: bool = False) -> dict:
         """Per engine: ``{'queue': n, 'tasks': n, 'completed': n}``, and

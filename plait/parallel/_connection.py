@@ -29,7 +29,7 @@ from plait.kernel.client._session import SessionClient
 from plait.security import PARALLEL_FURL
 from plait.wire.errors import PlaitConnectionError
 from plait.wire.records import TaskResultRecord, decode_result, decode_results
-from plait.wire.serialize import dumps_plain
+from plait.wire.serialize import dumps_plain, loads_plain_many
 
 log = Logger()
 
@@ -238,12 +238,15 @@ class ParallelConnection(SessionClient):
         return self._send("history")
 
     @asynchronous
-    def query(self, query: dict, keys: list[str] | None) -> defer.Deferred:
+    def query_rows(self, query: dict, keys: list[str] | None) -> defer.Deferred:
+        """A Deferred firing with the hub's ``(columns, rows)`` matching ``query``
+        (with ``keys``, or all): each row a tuple in ``columns`` order."""
         try:
             data = dumps_plain(query, "the query")
         except Exception:
             return defer.fail()
-        return self._send("query", data, list(keys or []), keys is None)
+        return self._send("query_rows", data, list(keys or []), keys is None).addCallback(
+            loads_plain_many)
 
     @asynchronous
     def purge(self, taskids: list[int] | None) -> defer.Deferred:

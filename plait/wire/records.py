@@ -166,8 +166,11 @@ def msg_id(prefix: int, taskid: int) -> str:
 def msg_id_maker(prefix: int) -> Callable[[int], str]:
     """A fast :func:`msg_id` for the controller ``prefix`` (the same strings)."""
     head = str(uuid.UUID(int=prefix << 64))[:18]  # the first three groups: the prefix
+    low = head + "-0000-"  # ...and the fourth of any id below 2**48
 
     def make(taskid: int) -> str:
+        if 0 <= taskid < 0x1000000000000:
+            return low + format(taskid, "012x")
         return f"{head}-{taskid >> 48:04x}-{taskid & 0xFFFFFFFFFFFF:012x}"
 
     return make

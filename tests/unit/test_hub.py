@@ -138,6 +138,16 @@ def test_json_columns_round_trip(store):
     assert found == [{"id": 1, "after": []}]
 
 
+def test_find_rows_are_the_records_as_tuples_in_key_order(store):
+    """``db_query``'s way: the same records as ``find``, each a tuple of the keys
+    asked in their order, JSON columns decoded, in id order."""
+    add_all(store, [row(2, status="ok", after=[0, 1]), row(0, status="ok", after=[]),
+                    row(1, status="failed")])
+    rows = in_reactor(store.find_rows, {"status": "ok"}, ["after", "id", "status"])
+    assert rows == [([], 0, "ok"), ([0, 1], 2, "ok")]
+    assert in_reactor(store.find_rows, {"status": "lost"}, ["id"]) == []
+
+
 def test_find_picks_the_keys_asked(store):
     add_all(store, [row(0, status="ok", stdout="x"), row(1, status="ok", stdout="y")])
     found = in_reactor(store.find, {"status": "ok"}, ["id", "stdout"])
@@ -550,6 +560,24 @@ def test_query_merges_pending_and_stored_records():
     assert list(whole) == list(COLUMNS) and whole["payload"] == b"v2"
     pending_whole = fired(hub.query({"id": 1}))[0]
     assert list(pending_whole) == list(COLUMNS) and pending_whole["request"] == b"request 1"
+
+
+def test_query_rows_are_the_query_as_columns_and_tuples():
+    """Stored alone or merged with pending tasks, the same records as ``query``."""
+    hub = make_hub()
+    client = SimpleNamespace(uuid="me")
+    tasks = submit(hub, 0, 1, 2, owner=client)
+    finish(hub, tasks[0], engineid=1)
+    finish(hub, tasks[2], "failed", engineid=0)
+    columns, rows = fired(hub.query_rows({"client_uuid": "me"}, ["engine_id", "status"]))
+    assert columns == ["id", "engine_id", "status"]
+    assert rows == [(0, 1, "succeeded"), (1, None, None), (2, 0, "failed")]
+    columns, rows = fired(hub.query_rows({"status": "failed"}, []))  # the store alone
+    assert (columns, rows) == (["id"], [(2,)])
+    columns, rows = fired(hub.query_rows({"id": 2}))
+    assert columns == list(COLUMNS) and rows[0][columns.index("payload")] == b"v2"
+    with pytest.raises(QueryError):
+        fired(hub.query_rows({"colour": 1}))
 
 
 def test_query_reads_pending_tasks_field_by_field():

@@ -34,7 +34,7 @@ CONNECT_TIMEOUT = 10.0
 #: The remote methods that only ask: one that meets a link going down is made
 #: again on a new link (any other fails, as the controller may have acted on it).
 RETRY_SAFE = frozenset({"info", "get_ids", "wait_for_engines", "records", "result_status",
-                        "history", "query", "queue_status", "keys", "get_properties",
+                        "history", "query_rows", "queue_status", "keys", "get_properties",
                         "has_properties"})
 #: True once the process exits: a client whose link went fails at once then,
 #: instead of connecting again (see ``_submit``'s exit hook).

@@ -52,6 +52,7 @@ called from any thread; every other method runs in the reactor thread.
 from __future__ import annotations
 
 import atexit
+import math
 import sys
 import threading
 import time
@@ -117,7 +118,7 @@ class Submitter:
         self._buffer: list[tuple[int, bytes]] = []
         self._send_scheduled = False
         self._ticking = False
-        self._woken = 0.0  # when _auto_send last ran (reactor thread)
+        self._woken = -math.inf  # when _auto_send last ran (reactor thread): never yet
         self._idle_ticks = 0
         # -- reactor thread only
         self._id_waiters: list[defer.Deferred] = []

@@ -31,6 +31,7 @@ equality.  They become SQL for SQLite and run as Python for memory.
 from __future__ import annotations
 
 import json
+import operator
 import queue
 import sqlite3
 import threading
@@ -43,6 +44,7 @@ from twisted.internet import defer
 from twisted.internet import reactor as _twisted_reactor
 
 from plait.wire.errors import QueryError
+from plait.wire.serialize import collector_paused
 
 reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by Twisted as a bare protocol
 
@@ -202,8 +204,21 @@ class MemoryStore:
         return defer.succeed(out)
 
     def find(self, query: dict, keys: list[str]) -> defer.Deferred:
-        found = [_pick(r, keys) for r in self._records.values() if matches(r, query)]
-        return defer.succeed(found)
+        """A Deferred firing with the records matching ``query`` (see
+        :func:`matches`), as dicts of ``keys``, in id order."""
+        return defer.succeed([_pick(r, keys) for r in self._matching(query)])
+
+    def find_rows(self, query: dict, keys: list[str]) -> defer.Deferred:
+        """As :meth:`find`, each record a tuple of its ``keys`` values, in that
+        order (cheaper to build and send: ``db_query``'s way)."""
+        return defer.succeed([tuple(map(r.get, keys)) for r in self._matching(query)])
+
+    def _matching(self, query: dict) -> list[dict]:
+        """The records ``query`` matches, in id order (they were added in the
+        order their tasks finished)."""
+        found = [r for r in self._records.values() if matches(r, query)]
+        found.sort(key=operator.itemgetter("id"))
+        return found
 
     def ids(self) -> defer.Deferred:
         """The ids of the records, in submission order."""
@@ -365,6 +380,9 @@ class SQLiteStore:
     def find(self, query: dict, keys: list[str]) -> defer.Deferred:
         return self._read(self._find, query, keys)
 
+    def find_rows(self, query: dict, keys: list[str]) -> defer.Deferred:
+        return self._read(self._find_rows, query, keys)
+
     def queued_requests(self, taskids: list[int]) -> defer.Deferred:
         """A Deferred firing with ``{taskid: request}`` of those queued tasks
         (the requests this store keeps for the hub, see :attr:`keeps_requests`)."""
@@ -465,7 +483,7 @@ class SQLiteStore:
                     break
             answered: set[int] = set()
             try:
-                rows: list[tuple] = []
+                rows: list[list] = []
                 for op, arg in ops:
                     if op == "add":
                         rows.extend(_record_row(record) for record in arg)
@@ -538,7 +556,7 @@ class SQLiteStore:
         return [_decode(dict(zip(names, row, strict=True)))
                 for row in db.execute(f"SELECT {', '.join(names)} FROM queued ORDER BY id")]
 
-    def _write(self, db: sqlite3.Connection, insert: str, rows: list[tuple], op: str | None,
+    def _write(self, db: sqlite3.Connection, insert: str, rows: list[list], op: str | None,
                arg: Any) -> None:
         """Insert ``rows`` (finished: no longer queued), then apply an update or
         delete (a bad write is logged)."""
@@ -592,15 +610,29 @@ class SQLiteStore:
 
     @staticmethod
     def _find(db: sqlite3.Connection, query: dict, keys: list[str]) -> list[dict]:
+        return [dict(zip(keys, row, strict=True))
+                for row in SQLiteStore._find_rows(db, query, keys)]
+
+    @staticmethod
+    def _find_rows(db: sqlite3.Connection, query: dict, keys: list[str]) -> list[tuple]:
         where, values = _where(query)
         sql = f"SELECT {', '.join(keys)} FROM records"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id"
-        rows = db.execute(sql, values)
-        if not any(name in keys for name in _JSON):
-            return [dict(zip(keys, row, strict=True)) for row in rows]
-        return [_decode(dict(zip(keys, row, strict=True))) for row in rows]
+        with collector_paused():  # (many new tuples: no cycles)
+            rows = db.execute(sql, values).fetchall()
+        at = [k for k, name in enumerate(keys) if name in _JSON]
+        if not at:
+            return rows
+        decoded = []
+        for row in rows:
+            values = list(row)
+            for k in at:
+                if isinstance(values[k], str):
+                    values[k] = json.loads(values[k])
+            decoded.append(tuple(values))
+        return decoded
 
 
 def _where(query: dict) -> tuple[list[str], list[Any]]:
@@ -639,23 +671,42 @@ def _where(query: dict) -> tuple[list[str], list[Any]]:
     return clauses, values
 
 
+def _json(value: Any) -> Any:
+    """A JSON column's text (None stays NULL; an empty list, the common case,
+    without the encoder)."""
+    if value is None:
+        return None
+    if not value and isinstance(value, list):
+        return "[]"
+    return json.dumps(value)
+
+
 def _encode(fields: dict) -> dict:
-    return {k: (json.dumps(v) if k in _JSON and v is not None else v) for k, v in fields.items()}
+    return {k: (_json(v) if k in _JSON else v) for k, v in fields.items()}
 
 
-_REQUEST = list(COLUMNS).index("request")
+_NAMES = tuple(COLUMNS)
+_REQUEST = _NAMES.index("request")
+_JSON_AT = tuple(_NAMES.index(name) for name in _JSON)
 
 
-def _row(record: dict) -> tuple:
-    encoded = _encode(record)
-    return tuple(encoded.get(name) for name in COLUMNS)
+def _row(record: dict) -> list:
+    """The parameters of a row: the record's columns in order (a written row
+    per task, twice for a queued one: this is the hub's hot path)."""
+    row = list(map(record.get, _NAMES))
+    for k in _JSON_AT:
+        value = row[k]
+        if value is not None:
+            row[k] = "[]" if not value and isinstance(value, list) else json.dumps(value)
+    return row
 
 
-def _record_row(record: dict) -> tuple:
+def _record_row(record: dict) -> list:
     """The parameters of the records insert: a row, and the id again after the
     request (the queue row its request is taken from when it has none)."""
     row = _row(record)
-    return (*row[:_REQUEST + 1], row[0], *row[_REQUEST + 1:])
+    row.insert(_REQUEST + 1, row[0])
+    return row
 
 
 def _decode(record: dict) -> dict:
