@@ -192,7 +192,10 @@ def _checked(answer: dict, said: str, proc: subprocess.Popen, host: str,
         raise ClusterError(f"the controller on {host} sent the wrong FURL files "
                            f"(missing {missing}, or names it should not send)")
     for name, furl in furls.items():
-        check_furl(furl, f"the {name} of the controller on {host}")
+        try:
+            check_furl(furl, f"the {name} of the controller on {host}")
+        except ValueError as exc:
+            raise ClusterError(str(exc)) from None
     key = answer.get("enroll_key")
     if not (isinstance(key, str) and len(key) == 64
             and all(c in "0123456789abcdef" for c in key)):

@@ -6,6 +6,7 @@ own 127.0.0.1, which nobody else can reach), the others the engines' hosts."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -49,6 +50,15 @@ def ssh_masters() -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=,ppid=,comm=", "-e"], capture_output=True, text=True)
     return [int(pid) for pid, ppid, comm in (line.split(None, 2) for line in out.stdout.splitlines())
             if int(ppid) == os.getpid() and comm.strip() == "ssh"]
+
+
+def wait_until(done, within: float = 20.0) -> None:
+    """Poll ``done()`` (a process ending elsewhere) until true; AssertionError
+    past ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not done():
+        assert time.monotonic() < deadline, f"not done within {within} s"
+        time.sleep(0.05)
 
 
 def remote_cluster(hosts: Hosts, tmp_path: Path, **options):
@@ -209,6 +219,63 @@ def test_a_controller_that_fails_on_its_host_says_why(hosts, plait_dir, tmp_path
                                            "start"):
         cluster.start()
     assert controllers_in(hosts, head) == [] and processes_of(plait_dir) == []
+
+
+#: Stands for the Python of a far host whose plait is not this one (older, or
+#: broken): run over real SSH as ``ssh_python``, it answers as plait.cluster.remote
+#: would, with what ``mode`` says is wrong, then waits for the session to end.
+FAR_SIDE = """
+import json, os, sys
+mode = {mode!r}
+furl = "pb://" + "a" * 32 + "@tcp:10.0.0.1:4000/" + "b" * 26
+furls = {{name: furl for name in {names!r}}}
+if mode == "no key":
+    print(json.dumps({{"pid": os.getpid(), "furls": furls}}), flush=True)
+elif mode == "missing furl":
+    furls.popitem()
+    print(json.dumps({{"pid": os.getpid(), "furls": furls, "enroll_key": "0" * 64}}), flush=True)
+elif mode == "bad furl":
+    furls[{names!r}[0]] = "pb://short@tcp:10.0.0.1:4000/" + "b" * 26
+    print(json.dumps({{"pid": os.getpid(), "furls": furls, "enroll_key": "0" * 64}}), flush=True)
+sys.stdin.read()  # (silent, for "silent": until the session ends)
+"""
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("no key", re.escape("sent no enrollment key (is plait there as new as here?)")),
+    ("missing furl", re.escape("sent the wrong FURL files (missing ['ipcontroller-client.furl']")),
+    ("bad furl", "the ipcontroller-engine.furl of the controller on .* has a bad tub id 'short'"),
+    ("silent", r"the controller on .* was not ready within 3 s"),
+])
+def test_a_far_side_that_answers_wrong_is_a_clear_error_and_nothing_stays(
+        hosts, plait_dir, tmp_path, monkeypatch, mode, message):
+    from plait.cluster import remote
+    from plait.security import MEC_FURL, TC_FURL
+
+    monkeypatch.setattr(remote, "SSH_SLACK", 1.0)  # (the wait: the timeout and this)
+    head = hosts.hosts[0]
+    far_python = tmp_path / "far-python"
+    names = [ENGINE_FURL, MEC_FURL, TC_FURL, PARALLEL_FURL]
+    far_python.write_text(f"#!{sys.executable}\n" + FAR_SIDE.format(mode=mode, names=names))
+    far_python.chmod(0o700)
+    cluster = ipp.Cluster(n=1, engines="local", controller="ssh",
+                          controller_host=f"root@{head.address}", ip=head.address,
+                          ssh_args=hosts.ssh_args, ssh_python=str(far_python), timeout=2)
+    with pytest.raises(ClusterError, match=message):
+        cluster.start()
+    assert read_state(profile_dirs(None)) is None and processes_of(plait_dir) == []
+    security = profile_dirs(None).security
+    assert not (security / ENGINE_FURL).exists()  # nothing of what it sent is kept
+    wait_until(lambda: not [c for c in commands_in(hosts, head) if str(far_python) in c])
+
+
+def test_an_ssh_command_that_is_not_installed_is_a_clear_error(plait_dir, tmp_path):
+    cluster = ipp.Cluster(n=1, engines="local", controller="ssh", controller_host="root@head",
+                          ip="10.1.2.3", ssh=str(tmp_path / "no-ssh"), timeout=5)
+    with pytest.raises(ClusterError, match=re.escape(f"cannot start the controller on root@head: "
+                                                     f"'{tmp_path / 'no-ssh'}' is not installed")):
+        cluster.start()
+    assert read_state(profile_dirs(None)) is None and processes_of(plait_dir) == []
 
 
 def test_bad_remote_controller_options_are_refused_at_once(hosts, plait_dir):
