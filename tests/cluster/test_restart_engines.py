@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import cloudpickle
 import pytest
@@ -49,6 +50,47 @@ def test_a_killed_engine_is_replaced_under_its_id_with_the_setup_code(plait_dir)
     finally:
         cluster.stop()
     assert processes_of(plait_dir) == []  # the fork server and what it restarted stopped
+
+
+def test_an_engine_replaced_while_its_controller_is_away_joins_once_it_is_back(plait_dir):
+    """An engine and the controller die together (an OOM killer, a chaos test)
+    and the controller is slow to come back: the replacement keeps trying to join,
+    as a lost engine does, instead of dying before it registered until its fork
+    server gives up on it (which left one engine missing for good)."""
+    from plait.cluster.state import read_state
+    from plait.security import profile_dirs
+
+    cluster = ipp.Cluster(n=2, restart_engines=True)
+    try:
+        rc = cluster.start_and_connect()
+        pids = rc[:].apply_sync(os.getpid)
+        state = read_state(profile_dirs(None))
+        assert state is not None
+        logs = profile_dirs(None).log
+        before = set(logs.glob("ipengine-*.log"))
+        os.kill(state["keeper"], signal.SIGSTOP)  # the controller stays away meanwhile
+        try:
+            os.kill(state["controller"], signal.SIGKILL)
+            assert wait_exit(state["controller"], 10)
+            os.kill(pids[1], signal.SIGKILL)
+
+            def replacement_waits() -> bool:
+                return any("engine 1 keeps trying to join" in log.read_text()
+                           for log in set(logs.glob("ipengine-*.log")) - before)
+
+            deadline = time.monotonic() + 30
+            while not replacement_waits():
+                assert time.monotonic() < deadline, "no replacement engine waits to join"
+                time.sleep(0.05)
+        finally:
+            os.kill(state["keeper"], signal.SIGCONT)  # now it starts the controller again
+        rc.wait_for_engines(2, timeout=60)
+        assert rc.ids == [0, 1]
+        new = rc[:].apply_sync(os.getpid)
+        assert new[0] == pids[0] and new[1] not in pids  # 0 rejoined; 1 is the replacement
+    finally:
+        cluster.stop()
+    assert processes_of(plait_dir) == []
 
 
 def test_engines_that_restart_stop_together_and_are_not_signalled_by_pid(plait_dir):

@@ -155,6 +155,7 @@ class Engine:
         self.error: str | None = None
         self.refused = False  # the controller refused its credentials
         self._usage_loop = LoopingCall(self._report_usage)
+        self._watching = False  # the usage reports (and memory watch) started
 
     # -- reactor thread -----------------------------------------------------
     @defer.inlineCallbacks
@@ -190,13 +191,13 @@ class Engine:
         return ticket
 
     def _register(self, token: bytes) -> defer.Deferred[int]:
-        # the first time, a restarted engine's claim; joining again, its own id
-        wanted = self.claim_id if self._joins <= 1 else self.id
+        # until it registered, a restarted engine's claim; joining again, its own id
+        wanted = self.claim_id if self.id is None else self.id
         claim: dict[str, Any] = {} if wanted is None else {"engine_id": wanted}
         claim["member"] = self.member
         if self.secret:
             claim["secret"] = self.secret.encode()
-        if self._joins > 1 and wanted is not None:
+        if self.id is not None:  # (joining again: it was registered)
             claim["rejoin"] = True
             # what it finished last: the replies may have died with the controller
             self._unreported.extend(taskrun.recent_replies(self._lost_at))
@@ -366,10 +367,11 @@ class Engine:
             return False
         self.interpreter.engine_id = self.id
         log.info("registered as engine {id}", id=self.id)
-        if self.memory_limit and self._joins == 1:
-            threading.Thread(target=self._watch_memory, name="plait-memory-watch",
-                             daemon=True).start()
-        if self._joins == 1:
+        if not self._watching:  # (the first registration)
+            self._watching = True
+            if self.memory_limit:
+                threading.Thread(target=self._watch_memory, name="plait-memory-watch",
+                                 daemon=True).start()
             reactor.callFromThread(self._usage_loop.start, USAGE_EVERY, True)
         if self.on_registered is not None:
             self.on_registered(self.id)
@@ -387,7 +389,7 @@ class Engine:
         )
         thread.start()
         try:
-            if not self._connect():
+            if not self._connect() and not self._replacement_joins():
                 return 2
             while True:
                 if self.channel is not None:
@@ -401,6 +403,20 @@ class Engine:
         except KeyboardInterrupt:
             self.exit_code = 130
         return self.exit_code
+
+    def _replacement_joins(self) -> bool:
+        """(main thread) An engine started in place of one that died (it claims
+        that one's id) and that could not join: it keeps trying as a lost
+        engine does (:meth:`_rejoin`), for the controller may be the one away
+        (killed at once with it, and being restarted).  Its fork server
+        restarts an engine that dies before registering only a few times in a
+        row: without this, a controller restart slower than those restarts
+        left that engine's slot empty for good."""
+        if self.claim_id is None or not self.reconnect or self.refused or self.stopping:
+            return False
+        log.info("engine {id} keeps trying to join for {s} s", id=self.claim_id,
+                 s=self.reconnect)
+        return self._rejoin()
 
     def _rejoin(self) -> bool:
         """(main thread) Join the controller again, with this namespace, within
@@ -425,7 +441,8 @@ class Engine:
                 return True
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, REJOIN_EVERY)
-        log.info("engine {id} could not join its controller again; it exits", id=self.id)
+        log.info("engine {id} could not join its controller; it exits",
+                 id=self.id if self.id is not None else self.claim_id)
         return False
 
 
