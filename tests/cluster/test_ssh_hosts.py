@@ -194,3 +194,33 @@ def test_ssh_engines_that_die_are_replaced_on_their_host_under_their_ids(hosts, 
     for pid in [*supervisors, *engines]:
         assert wait_exit(pid, 10), f"process {pid} of a host still runs"
     assert read_state(profile_dirs(None)) is None
+
+
+def test_supervised_ssh_engines_recorded_without_a_tag_still_all_stop(hosts, plait_dir,
+                                                                      tmp_path):
+    """A cluster state written without the hosts' tags (by an older plait): stopping
+    it goes by the recorded pids, the supervisors' first, so that no supervisor is
+    left to start again what was stopped."""
+    import os
+
+    cluster = ssh_cluster(hosts, tmp_path / "remote", per_host=1, restart_engines=True)
+    supervisors: list[int] = []
+    engines: list[int] = []
+    try:
+        rc = cluster.start_and_connect()
+        engines = rc[:].apply_sync(os.getpid)
+        rc.close()
+        path = plait_dir / "profile_default" / "run" / "ipcluster.json"
+        state = json.loads(path.read_text())
+        for group in state["engine_sets"]:
+            assert group.pop("tag", None) is not None
+        supervisors = [g["launcher_pid"] for g in state["engine_sets"]]
+        assert len(supervisors) == 3 and None not in supervisors
+        path.write_text(json.dumps(state))
+        ipp.Cluster.from_profile().stop()
+        # (checked before the first Cluster's own stop, which knows the tags)
+        for pid in [*supervisors, *engines]:
+            assert wait_exit(pid, 10), f"process {pid} of a host still runs"
+        assert read_state(profile_dirs(None)) is None
+    finally:
+        cluster.stop()

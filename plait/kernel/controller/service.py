@@ -296,17 +296,37 @@ class ControllerService(service.MultiService):
         reactor.callLater(0, self._start_status_page, token)
 
     def _start_status_page(self, token: str) -> None:
+        """Serve the page on the socket bound at start.  A page that cannot start
+        (twisted.web broken, say) costs nothing else: the controller runs on, the
+        log says why, the socket is closed (a browser is refused at once rather
+        than left waiting) and its URL is withdrawn from the file and clients."""
         sock, self._status_socket = self._status_socket, None
         if sock is None or not self.running:
             return
-        from plait.adapters.web import site
-        from plait.kernel.controller.status import StatusService
+        try:
+            from plait.adapters.web import site
+            from plait.kernel.controller.status import StatusService
 
-        self.status = StatusService(self.registry, self.task, hub=self.hub)
-        self._status_listener = reactor.adoptStreamPort(sock.fileno(), sock.family,
-                                                        site(self.status, token))
+            status = StatusService(self.registry, self.task, hub=self.hub)
+            listener = reactor.adoptStreamPort(sock.fileno(), sock.family,
+                                               site(status, token))
+        except Exception as exc:
+            sock.close()
+            self._withdraw_status_url()
+            self.log.failure("the status page could not start ({error}); the controller "
+                             "runs without it", error=f"{type(exc).__name__}: {exc}")
+            return
         sock.close()  # (the reactor has its own copy)
-        self.status.start()
+        self.status, self._status_listener = status, listener
+        status.start()
+
+    def _withdraw_status_url(self) -> None:
+        self.status_url = self.parallel.dashboard_url = None
+        self._status_bound = None
+        try:
+            (self.dirs.security / STATUS_URL_FILE).unlink()
+        except FileNotFoundError:
+            pass
 
     def all_ports(self) -> dict[str, int]:
         """Every port the controller listens on, by what it is for (once started)."""
