@@ -126,8 +126,8 @@ class EngineSet:
         or never took over), never a stranger that got a recorded pid."""
         if self.tag is None:  # (a state written without a tag: the pids are all we
             # know; the supervisor's first, or it would start what is stopped again)
-            sup = [] if self.launcher_pid is None else [self.launcher_pid]
-            self._stop_remote(list(dict.fromkeys([*sup, *self.pids, *self.forked])))
+            first = [] if self.launcher_pid is None else [self.launcher_pid]
+            self._stop_remote(list(dict.fromkeys([*first, *self.pids, *self.forked])))
             return
         # ("--ta[g]=": a pattern that does not match this shell's own command line)
         pattern = shlex.quote("--ta[g]=" + self.tag.removeprefix("--tag="))
