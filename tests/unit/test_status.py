@@ -49,3 +49,24 @@ def test_snapshots_count_engines_tasks_and_the_rate():
     assert "plait_engines 1\n" in text and "plait_tasks_completed_total 6\n" in text
     assert 'plait_engine_completed_total{engine="0"}' in text
     status.stop()
+
+
+def test_a_detached_service_no_longer_watches_the_tasks_or_the_engines():
+    """What a page that could not serve leaves behind: nothing on the task or
+    the registry's paths."""
+    clock = Clock()
+    registry = EngineRegistry()
+    engine = FakeEngine("u0", hold=False)
+    registry.register(engine, engine.uuid, {})
+    tc = TaskController(registry, clock=clock, rng=random.Random(1))
+    status = StatusService(registry, tc, clock)
+    status.start()
+    status.detach()
+    first = tc.reserve(3)
+    tc.submit([(first + i, encode_task(TaskSpec.execute("x"))) for i in range(3)])
+    while engine.calls:
+        engine.reply(None)
+    registry.register(FakeEngine("u1", hold=False), "u1", {})
+    clock.advance(5)
+    assert status.current()["completed"] == 0 and status.current()["engine_count"] == 1
+    assert status not in registry._observers and status._finished not in tc._finish_observers

@@ -303,6 +303,7 @@ class ControllerService(service.MultiService):
         sock, self._status_socket = self._status_socket, None
         if sock is None or not self.running:
             return
+        status = None
         try:
             from plait.adapters.web import site
             from plait.kernel.controller.status import StatusService
@@ -312,6 +313,8 @@ class ControllerService(service.MultiService):
                                                site(status, token))
         except Exception as exc:
             sock.close()
+            if status is not None:
+                status.detach()
             self._withdraw_status_url()
             self.log.failure("the status page could not start ({error}); the controller "
                              "runs without it", error=f"{type(exc).__name__}: {exc}")

@@ -68,6 +68,15 @@ class StatusService:
         self.last: dict | None = None
         registry.add_observer(self)
 
+    def detach(self) -> None:
+        """Stop and stop observing the registry and the tasks (a page that will not
+        serve costs the scheduler nothing)."""
+        self.stop()
+        self.registry.remove_observer(self)
+        remove = getattr(self.tasks, "remove_finish_observer", None)
+        if remove is not None:
+            remove(self._finished)
+
     def start(self) -> None:
         self._loop.start(EVERY, now=True)
 

@@ -334,6 +334,11 @@ class TaskController:
         engine said of the run, plain data, or None); what it raises is logged."""
         self._finish_observers.append(observer)
 
+    def remove_finish_observer(self, observer: Callable[[TaskResultRecord, dict | None], None]
+                               ) -> None:
+        """No longer call ``observer`` (one added by :meth:`add_finish_observer`)."""
+        self._finish_observers.remove(observer)
+
     def running_on(self) -> dict[int, list[int]]:
         """The ids of the tasks each engine runs (or was handed) now, by engine id."""
         running: dict[int, list[int]] = {}
