@@ -92,21 +92,35 @@ class ParallelConnection(SessionClient):
             self._ask_hub(waiting)
 
     def _ask_hub(self, taskids: list[int]) -> None:
+        lost = Failure(PlaitConnectionError("the controller restarted, and no longer knows "
+                                            "this task (it had not recorded it yet)"))
+
         def found(records: list[TaskResultRecord | None]) -> None:
-            lost = PlaitConnectionError("the controller restarted, and no longer knows "
-                                        "this task (it had not recorded it yet)")
             for taskid, record in zip(taskids, records, strict=True):
                 if record is None:
-                    self._deliver(_lost_record(taskid, Failure(lost)))
+                    self._deliver(_lost_record(taskid, lost))
                 elif record.status != "pending":
                     self._deliver(record)
                 else:  # each comes as it finishes, not once the slowest did
                     self.records([taskid], block=True).addCallbacks(
-                        lambda rs: self._deliver(rs[0]) if rs[0] is not None else None,
-                        lambda f, t=taskid: self._fail_listeners(f, [t]))
+                        lambda rs, t=taskid: self._deliver(
+                            rs[0] if rs[0] is not None else _lost_record(t, lost)),
+                        self._unanswered, errbackArgs=([taskid],))
 
-        d = self.records(taskids)
-        d.addCallbacks(found, lambda f: self._fail_listeners(f, taskids))
+        self.records(taskids).addCallbacks(found, self._unanswered, errbackArgs=(taskids,))
+
+    def _unanswered(self, failure: Failure, taskids: list[int]) -> None:
+        """A question to the hub about ``taskids`` got no answer.  Cut off by a
+        lost link, they stay awaited: the link connects again, and then the hub
+        is asked again for every task still awaited (:meth:`_rejoined`), however
+        many times the controller goes.  Otherwise (closed, or connecting again
+        failed) each fails, saying why."""
+        if (failure.check(PlaitConnectionError) and not self._closed
+                and self._furl is not None
+                and "could not connect again" not in str(failure.value)):
+            reactor.callLater(0, self._recover)  # (nothing if the link is up again)
+            return
+        self._fail_listeners(failure, taskids)
 
     def _all_finished(self) -> bool:
         return not self._listeners  # (a task's listener is registered before it is sent)

@@ -279,3 +279,31 @@ def test_a_queued_task_with_large_arguments_runs_after_the_controller_died(
     assert queued.get(timeout=60) == float(big.sum())
     # once it is finished, its arguments are not kept any more
     assert list(kept.iterdir()) == []
+
+
+def test_a_result_awaited_across_controllers_killed_again_and_again_comes(cluster_factory,
+                                                                         tmp_path):
+    # (each restart asks the hub for the result again: a question cut off by the next
+    # kill is asked once more on the link after it, however many kills come)
+    c = cluster_factory(1)
+    rc = c.rc()
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    os.mkfifo(started)
+    os.mkfifo(gate)
+
+    def held(started: str, gate: str) -> int:
+        open(started, "w").close()
+        with open(gate) as fifo:
+            return len(fifo.read())
+
+    ar = rc.load_balanced_view().apply_async(held, str(started), str(gate))
+    ar.wait_for_send()  # (acknowledged: kept, whatever dies now)
+    with open(started) as fifo:  # (returns once the engine runs the task)
+        fifo.read()
+    for _ in range(3):
+        _kill_controller(c)
+        rc.queue_status()  # (connected again, to the next one)
+        assert not ar.ready(), ar.exception()
+    with open(gate, "w") as fifo:
+        fifo.write("done")
+    assert ar.get(timeout=60) == 4

@@ -834,6 +834,40 @@ def test_restored_tasks_wait_for_the_engines_of_the_last_run(tmp_path):
     assert readmitted[-1] == [4]
 
 
+def test_engines_still_awaited_when_a_restarted_controller_dies_are_awaited_by_the_next(
+        tmp_path):
+    from plait.kernel.controller.registry import _load_ids
+    from plait.kernel.controller.restore import ALL_BACK_WAIT, Restorer
+
+    ids = tmp_path / "engineids"
+    first = EngineRegistry(ids_path=ids)
+    for u in "ab":
+        first.register(FakeEngine(u), u, {})  # (and then the controller died)
+    rows = [row(4, kind="later", request=encode_task(TaskSpec.call(len, ("a",))))]
+    hub = SimpleNamespace(store=SimpleNamespace(left_queued=(rows, {})),
+                          restored=lambda rs: None)
+    readmitted: list = []
+    tasks = SimpleNamespace(readmit=lambda items, outcomes, ran=None: readmitted.append(
+        [i for i, _, _ in items]))
+    clock = Clock()
+    second = EngineRegistry(ids_path=ids, restore=True)
+    Restorer(hub, tasks, second, Clock()).restore()  # (a run that dies: its clock stops)
+    second.register(FakeEngine("a"), "a", {}, engine_id=0, rejoin=True)
+    # engine 1, busy with a long task, is not back when this one dies too
+    assert _load_ids(ids) == (2, [0, 1])
+    third = EngineRegistry(ids_path=ids, restore=True)
+    assert third.last_registered == [0, 1]
+    Restorer(hub, tasks, third, clock).restore()
+    third.register(FakeEngine("b"), "b", {}, engine_id=1, rejoin=True)
+    assert readmitted == [] and _load_ids(ids) == (2, [0, 1])  # engine 0 still to come
+    clock.advance(ALL_BACK_WAIT)  # it does not: no longer awaited
+    assert readmitted == [[4]] and _load_ids(ids) == (2, [1])
+    nothing = SimpleNamespace(store=SimpleNamespace(left_queued=([], {})))
+    fourth = EngineRegistry(ids_path=ids, restore=True)
+    Restorer(nothing, tasks, fourth, clock).restore()  # no tasks: no one awaited
+    assert _load_ids(ids) == (2, [])
+
+
 def test_a_failed_batch_answers_its_reads_with_the_error_and_the_store_goes_on(
         sqlite_path, monkeypatch):
     store = SQLiteStore(sqlite_path)

@@ -396,17 +396,21 @@ class AsyncClientBase:
             d = self._reconnect()
             d.addCallback(lambda _: self._remote.callRemote(method, *args))
         else:
+            link = self._remote
             try:
-                d = self._remote.callRemote(method, *args)
+                d = link.callRemote(method, *args)
             except Exception:
                 d = defer.fail()
             if method in RETRY_SAFE and self._furl is not None:
-                d.addErrback(self._again_after_loss, method, args)
+                d.addErrback(self._again_after_loss, method, args, link)
         return d.addErrback(self._lost)
 
-    def _again_after_loss(self, f: Failure, method: str, args: tuple) -> Any:
+    def _again_after_loss(self, f: Failure, method: str, args: tuple, link: Any) -> Any:
         if not f.check(*_LINK_GONE):
             return f
+        if link is not self._remote and not self._down and not self._reconnect_waiters:
+            # (the news of an old link's loss came after a new link was made: ask there)
+            return self._remote.callRemote(method, *args)
         return self._reconnect().addCallback(lambda _: self._remote.callRemote(method, *args))
 
     def _call(self, method: str, *args: Any, block: bool | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ class _Record:
 
 
 def _load_ids(path: Path | None) -> tuple[int, list[int]]:
-    """The file's next id, and the ids registered when it was last written."""
+    """The file's next id, and the ids registered (or still awaited) when it was
+    last written."""
     try:
         lines = path.read_text().split("\n") if path is not None else ["0"]
         registered = [int(i) for i in lines[1].split(",") if i] if len(lines) > 1 else []
@@ -74,6 +75,9 @@ class EngineRegistry:
         # ids below were given by the last run; those it had registered when it ended
         self._last_run, self.last_registered = _load_ids(ids_path)
         self._next_id = self._last_run if restore else 0
+        # engines of the last run still to come back: named in the ids file as if
+        # registered, so that a run that dies before they rejoin hands them on
+        self._awaited: set[int] = set(self.last_registered) if restore else set()
         self._save_ids()
         self._observers: list[Any] = []
         self._waiters: list[tuple[int, defer.Deferred]] = []
@@ -115,6 +119,7 @@ class EngineRegistry:
             engine, uuid, dict(properties), self._queue_factory(engine)
         )
         self._by_uuid[uuid] = engine_id
+        self._awaited.discard(engine_id)
         self._save_ids()
         self.log.info("engine {id} registered (uuid {uuid})", id=engine_id, uuid=uuid)
         if ran:
@@ -122,6 +127,17 @@ class EngineRegistry:
         self._notify("engine_added", engine_id)
         self._wake_waiters()
         return engine_id
+
+    def stop_awaiting(self, keep: Iterable[int] = ()) -> None:
+        """The engines of the last run that have not rejoined (but those in
+        ``keep``) are not waited for any more: the ids file stops naming them.
+        Until then a controller started after this one dies waits for them as
+        this one does (see :mod:`.restore`): an engine busy with a long task
+        while its controller died again and again still finds its tasks."""
+        keep = set(keep)
+        if not self._awaited <= keep:
+            self._awaited &= keep
+            self._save_ids()
 
     def _save_ids(self) -> None:
         """Write the next id and the ids registered now (atomically: a controller
@@ -146,7 +162,8 @@ class EngineRegistry:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(f"{self._next_id}\n{','.join(map(str, sorted(self._records)))}\n")
+                named = sorted(self._awaited.union(self._records))
+                f.write(f"{self._next_id}\n{','.join(map(str, named))}\n")
             os.replace(tmp, self._ids_path)
         except OSError as exc:
             self.log.warn("could not record the next engine id in {path}: {e}",

@@ -16,8 +16,9 @@ finished, with that result, and does not run again.  Any other task that
 was running when the controller died runs again.
 
 The tasks wait until the engines the last run had registered when it died
-have rejoined (they do within a second or two), for :data:`ALL_BACK_WAIT`
-seconds at most, so that tasks with ``targets`` or ``follow`` find their
+(or was still waiting for, itself a controller started again) have rejoined
+(they do within a second or two, or once the task they run ends), for
+:data:`ALL_BACK_WAIT` seconds at most, so that tasks with ``targets`` or ``follow`` find their
 engines; then they are taken back together, in id order (so a task's graph
 dependencies among them are known first).  A task pinned to one engine (a
 direct view's) that is still missing waits for it up to :data:`REJOIN_WAIT`
@@ -65,6 +66,7 @@ class Restorer:
         once its engines are back; how many tasks there are."""
         rows, found = self.hub.store.left_queued
         if not rows:
+            self._stop_awaiting()
             return 0
         self._outcomes = {r["id"]: (r["status"] == "succeeded", r["engine_id"])
                           for r in found.values() if r["status"] is not None}
@@ -97,6 +99,7 @@ class Restorer:
             else:
                 now.append(item)
         self.tasks.readmit(now, self._outcomes, self._ran)
+        self._stop_awaiting(keep=self._awaiting)
         if self._awaiting:
             self._deadline = self.clock.callLater(REJOIN_WAIT - ALL_BACK_WAIT, self._give_up)
         else:
@@ -139,8 +142,14 @@ class Restorer:
             self.tasks.readmit(items, self._outcomes, self._ran)
         self._done()
 
+    def _stop_awaiting(self, keep: Any = ()) -> None:
+        stop = getattr(self.registry, "stop_awaiting", None)
+        if stop is not None:
+            stop(keep)
+
     def _done(self) -> None:
         self._ran = {}
+        self._stop_awaiting()
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
