@@ -95,16 +95,20 @@ class ParallelConnection(SessionClient):
         lost = Failure(PlaitConnectionError("the controller restarted, and no longer knows "
                                             "this task (it had not recorded it yet)"))
 
+        def answer(taskid: int, record: TaskResultRecord) -> None:
+            if taskid in self._listeners:  # (asked more than once: the first answer only)
+                self._deliver(record)
+
         def found(records: list[TaskResultRecord | None]) -> None:
             for taskid, record in zip(taskids, records, strict=True):
                 if record is None:
-                    self._deliver(_lost_record(taskid, lost))
+                    answer(taskid, _lost_record(taskid, lost))
                 elif record.status != "pending":
-                    self._deliver(record)
+                    answer(taskid, record)
                 else:  # each comes as it finishes, not once the slowest did
                     self.records([taskid], block=True).addCallbacks(
-                        lambda rs, t=taskid: self._deliver(
-                            rs[0] if rs[0] is not None else _lost_record(t, lost)),
+                        lambda rs, t=taskid: answer(
+                            t, rs[0] if rs[0] is not None else _lost_record(t, lost)),
                         self._unanswered, errbackArgs=([taskid],))
 
         self.records(taskids).addCallbacks(found, self._unanswered, errbackArgs=(taskids,))
@@ -113,8 +117,9 @@ class ParallelConnection(SessionClient):
         """A question to the hub about ``taskids`` got no answer.  Cut off by a
         lost link, they stay awaited: the link connects again, and then the hub
         is asked again for every task still awaited (:meth:`_rejoined`), however
-        many times the controller goes.  Otherwise (closed, or connecting again
-        failed) each fails, saying why."""
+        many times the controller goes (its keeper gives up on a controller that
+        dies too often: connecting again fails then).  Otherwise (closed, or
+        connecting again failed) each fails, saying why."""
         if (failure.check(PlaitConnectionError) and not self._closed
                 and self._furl is not None
                 and "could not connect again" not in str(failure.value)):

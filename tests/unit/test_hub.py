@@ -868,6 +868,27 @@ def test_engines_still_awaited_when_a_restarted_controller_dies_are_awaited_by_t
     assert _load_ids(ids) == (2, [])
 
 
+def test_an_engine_handed_on_by_a_controller_that_died_hands_its_result_to_the_next(
+        tmp_path):
+    from plait.kernel.controller.restore import Restorer
+
+    ids = tmp_path / "engineids"
+    EngineRegistry(ids_path=ids).register(FakeEngine("a"), "a", {})  # (then it died)
+    rows = [row(4, kind="later", request=encode_task(TaskSpec.call(len, ("a",))))]
+    hub = SimpleNamespace(store=SimpleNamespace(left_queued=(rows, {})),
+                          restored=lambda rs: None)
+    readmitted: list = []
+    tasks = SimpleNamespace(readmit=lambda items, outcomes, ran=None: readmitted.append(
+        ([i for i, _, _ in items], dict(ran or {}))))
+    Restorer(hub, tasks, EngineRegistry(ids_path=ids, restore=True), Clock()).restore()
+    # (engine 0, busy, is not back when that one dies too)
+    last = EngineRegistry(ids_path=ids, restore=True)
+    Restorer(hub, tasks, last, Clock()).restore()
+    entry = (True, serialize(1), 0.1, None, None)
+    last.register(FakeEngine("a"), "a", {}, engine_id=0, rejoin=True, ran=[(4, entry)])
+    assert readmitted == [([4], {4: (0, entry)})]  # taken back finished, with its value
+
+
 def test_a_failed_batch_answers_its_reads_with_the_error_and_the_store_goes_on(
         sqlite_path, monkeypatch):
     store = SQLiteStore(sqlite_path)

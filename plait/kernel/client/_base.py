@@ -112,6 +112,12 @@ def connect(furl: str, source: str, expected: type[RemoteInterface] | None = Non
     return d.addErrback(failed)
 
 
+def _link_went(exc: BaseException) -> bool:
+    """Whether ``exc`` says a link was lost during a call (not that the far end refused)."""
+    return isinstance(exc, _LINK_GONE) or (
+        isinstance(exc, PlaitConnectionError) and "during this call" in str(exc))
+
+
 def _last_words(source: str) -> str:
     """For a FURL file of a profile's security folder: which profile, and the end of
     the newest controller log there (why a controller went away, often)."""
@@ -262,24 +268,6 @@ class AsyncClientBase:
         if len(self._reconnect_waiters) > 1:
             return waiter  # an attempt is under way
         self._link_lost(self._remote)  # (if its loss was not heard of yet)
-        d = self._connect_patiently()
-
-        def made(link: Any) -> Any:
-            self._adopt(link)
-            self._rejoining = True  # (its own calls go straight to the new link)
-            d = defer.maybeDeferred(self._rejoined)
-
-            def unjoined(f: Failure) -> Failure:  # the new link is of no use: drop it
-                self._down = True
-                if hasattr(self._remote, "close"):
-                    self._remote.close()
-                return f
-
-            def over(result: Any) -> Any:
-                self._rejoining = False
-                return result
-
-            return d.addErrback(unjoined).addBoth(over)
 
         def failed(f: Failure) -> None:
             if f.check(PlaitConnectionError) and "could not connect again" in str(f.value):
@@ -297,8 +285,32 @@ class AsyncClientBase:
                 else:
                     w.callback(None)
 
-        d.addCallbacks(made, failed).addErrback(failed).addBoth(done)
+        self._connect_and_rejoin().addErrback(failed).addBoth(done)
         return waiter
+
+    @defer.inlineCallbacks
+    def _connect_and_rejoin(self) -> Any:
+        """Connect again and set the new link up (:meth:`_rejoined`).  A link lost
+        while it is being set up (the controller died again at once) is dropped,
+        and the next one tried, for :data:`RECONNECT_PATIENCE` seconds; the calls
+        of the setting up fail at once on a lost link (they do not wait for the
+        attempt they are part of)."""
+        deadline = reactor.seconds() + RECONNECT_PATIENCE
+        while True:
+            link = yield self._connect_patiently()
+            self._adopt(link)
+            self._rejoining = True  # (its own calls go straight to the new link)
+            try:
+                yield self._rejoined()
+                return None
+            except Exception as exc:
+                self._down = True  # the new link is of no use: drop it
+                if hasattr(self._remote, "close"):
+                    self._remote.close()
+                if not _link_went(exc) or reactor.seconds() >= deadline:
+                    raise
+            finally:
+                self._rejoining = False
 
     @defer.inlineCallbacks
     def _connect_patiently(self) -> Any:
@@ -390,8 +402,9 @@ class AsyncClientBase:
         call, connect again first (fails with PlaitConnectionError if that fails).
         A call that only asks (:data:`RETRY_SAFE`) and meets a link that is
         going is made again once, on a new link."""
-        # (while connecting again, a call waits for that: the new link has no session yet)
-        if (self._down or (self._reconnect_waiters and not self._rejoining)) \
+        # (while connecting again, a call waits for that: the new link has no session
+        # yet; the calls setting the new link up go to it, lost or not)
+        if (self._down or self._reconnect_waiters) and not self._rejoining \
                 and self._furl is not None and not EXITING:
             d = self._reconnect()
             d.addCallback(lambda _: self._remote.callRemote(method, *args))
@@ -406,8 +419,8 @@ class AsyncClientBase:
         return d.addErrback(self._lost)
 
     def _again_after_loss(self, f: Failure, method: str, args: tuple, link: Any) -> Any:
-        if not f.check(*_LINK_GONE):
-            return f
+        if not f.check(*_LINK_GONE) or self._rejoining:
+            return f  # (setting a new link up: that attempt tries the next one)
         if link is not self._remote and not self._down and not self._reconnect_waiters:
             # (the news of an old link's loss came after a new link was made: ask there)
             return self._remote.callRemote(method, *args)

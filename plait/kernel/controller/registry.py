@@ -72,7 +72,8 @@ class EngineRegistry:
         self._save_call: Any = None  # the write of the ids file, due this turn
         self._by_uuid: dict[str, int] = {}  # the ids of the registered engines, by uuid
         self._ids_path = ids_path
-        # ids below were given by the last run; those it had registered when it ended
+        # ids below were given by the last run; those it had registered (or still
+        # awaited) when it ended
         self._last_run, self.last_registered = _load_ids(ids_path)
         self._next_id = self._last_run if restore else 0
         # engines of the last run still to come back: named in the ids file as if
@@ -133,14 +134,15 @@ class EngineRegistry:
         ``keep``) are not waited for any more: the ids file stops naming them.
         Until then a controller started after this one dies waits for them as
         this one does (see :mod:`.restore`): an engine busy with a long task
-        while its controller died again and again still finds its tasks."""
+        while its controllers died one after the other, each within the wait
+        (:data:`~.restore.ALL_BACK_WAIT`), still finds its tasks."""
         keep = set(keep)
         if not self._awaited <= keep:
             self._awaited &= keep
             self._save_ids()
 
     def _save_ids(self) -> None:
-        """Write the next id and the ids registered now (atomically: a controller
+        """Write the next id and the ids registered (or awaited) now (atomically: a controller
         killed now keeps the old file or the new one, and the process's writes
         survive its SIGKILL).  While the reactor runs, the changes of one reactor
         turn are written together at the start of the next, before it reads
