@@ -268,7 +268,8 @@ PARALLEL_KEYS = ["par_rtt", "par_lb_rtt", "par_rate", "par_map", "par_pushpull",
                  "scale_register", "scale_execute", "engine_restart", "controller_restart",
                  "chaos_lost", "chaos_recover", "status_open_rate", "status_page_cpu",
                  "ssh_start64", "slurm_ready", "par_hub_rss", "par_hub_query", "queued_rss",
-                 "queued_rate", "queued_rss_purged"]
+                 "queued_rate", "queued_rss_purged", "scale_status", "queued_status",
+                 "queued_history"]
 
 
 def dag_edges(n: int, k: int = 3, window: int | None = None, seed: int = 1
@@ -308,10 +309,11 @@ def parallel(p: dict, r: Results) -> None:
     with plait_cluster(2) as cluster:
         r.measure(["par_hub_rss", "par_hub_query"], lambda: _par_hub(cluster, p, r))
     r.measure("cluster_start4", lambda: _cluster_start4(p, r))
-    r.measure(["scale_register", "scale_execute"], lambda: _scale(p, r))
+    r.measure(["scale_register", "scale_execute", "scale_status"], lambda: _scale(p, r))
     r.measure(["sim_register", "sim_execute", "sim_rate_ratio", "sim_rss_engine"],
               lambda: _simulated(p, r))
-    r.measure(["queued_rss", "queued_rate", "queued_rss_purged"], lambda: _queued(p, r))
+    r.measure(["queued_rss", "queued_rate", "queued_rss_purged", "queued_status",
+               "queued_history"], lambda: _queued(p, r))
     r.measure("engine_restart", lambda: _engine_restart(p, r))
     r.measure("controller_restart", lambda: _controller_restart(p, r))
     r.measure(["chaos_lost", "chaos_recover"], lambda: _chaos(p, r))
@@ -464,11 +466,13 @@ def _scale(p: dict, r: Results) -> None:
             if len(mec.get_ids()) != n:
                 raise AssertionError(f"{len(mec.get_ids())} of {n} engines registered")
             each = _execute_times(mec, warm=3, count=10)
+            page = _page_times(rc.dashboard_url, ["status.json"])
             rc.close()
         finally:
             cluster.stop()
         r.add("scale_register", registered, detail=f"{n} engines forked by the fork server")
         r.add("scale_execute", median(each), each=each, detail=f"{n} engines")
+        r.add("scale_status", page["status.json"], detail=f"{n} engines")
 
     _in_fresh_plait_dir(run)
 
@@ -513,6 +517,8 @@ def _queued(p: dict, r: Results) -> None:
                     raise RuntimeError(f"the {n} queued tasks did not finish in an hour")
                 ran = time.perf_counter() - t1
                 rc.wait(busy)
+            searches = ["history.json", "history.json?status=failed", "history.json?engine=1"]
+            page = _page_times(rc.dashboard_url, ["status.json", *searches])
             failed = sum(1 for ar in ars if not ar.successful())
             if failed:
                 raise AssertionError(f"{failed} of the {n} queued tasks failed")
@@ -530,6 +536,10 @@ def _queued(p: dict, r: Results) -> None:
         r.add("queued_rate", n / ran, detail=f"{n} queued tasks run in {ran:.1f} s on 2 engines")
         r.add("queued_rss_purged", purged, detail=f"controller RSS after their results were "
               f"purged ({idle:.0f} MB idle before)")
+        r.add("queued_status", page["status.json"], detail=f"{n} tasks recorded")
+        slowest = max(searches, key=page.__getitem__)
+        r.add("queued_history", page[slowest], detail=f"{n} tasks recorded; the slowest of "
+              f"{len(searches)} searches: {slowest}")
 
     _in_fresh_plait_dir(run)
 
@@ -537,6 +547,27 @@ def _queued(p: dict, r: Results) -> None:
 def _read_file(path: str) -> str:
     with open(path) as f:
         return f.read()
+
+
+def _page_times(url: str, paths: list[str], count: int = 5) -> dict[str, float]:
+    """Median milliseconds of ``count`` GETs of each of the status page's ``paths``
+    (``url``: the page's, with its token), after an untimed one, as its script
+    makes them."""
+    import urllib.request
+
+    base, token = url.split("?token=")
+    times = {}
+    for path in paths:
+        full = f"{base}{path}{'&' if '?' in path else '?'}token={token}"
+        each = []
+        for _ in range(count + 1):
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(full, timeout=60) as answer:
+                if answer.status != 200 or not answer.read():
+                    raise AssertionError(f"the status page answered {answer.status} to {path}")
+            each.append((time.perf_counter() - t0) * 1e3)
+        times[path] = median(each[1:])
+    return times
 
 
 def _execute_times(mec, warm: int, count: int) -> list[float]:

@@ -159,6 +159,10 @@ def _parallel_specs(p: dict) -> list[Spec]:
         Spec("parallel", "scale_execute", f"mec.execute('pass') on {p['scale_engines']} "
              "engines", "ms", ("<=", 50.0) if p["scale_engines"] >= 256 else None, None, "",
              "one command to every engine and every reply back; median of 10"),
+        Spec("parallel", "scale_status", f"status page data with {p['scale_engines']} "
+             "engines", "ms", ("<=", 250.0) if p["scale_engines"] >= 256 else None, None, "",
+             "GET status.json (what the page's script reads, every engine's row) with every "
+             "engine registered; median of 5"),
         Spec("parallel", "sim_register", f"{p['sim_engines']} simulated engines registered",
              "s", None, None, "",
              "engines simulated at the protocol level (4 processes, one TLS connection "
@@ -228,6 +232,14 @@ def _parallel_specs(p: dict) -> list[Spec]:
              "N / the time from the engines freed to every result back (rc.wait), 2 engines"),
         Spec("parallel", "queued_rss_purged", "controller RSS once those results are purged",
              "MB", None, None, "", "after rc.purge_everything()"),
+        Spec("parallel", "queued_status", f"status page data with {p['queued_tasks']} tasks "
+             "recorded", "ms", ("<=", 250.0) if p["queued_tasks"] >= 1_000_000 else None, None,
+             "", "GET status.json once those tasks ran (the hub keeps their records); "
+             "median of 5"),
+        Spec("parallel", "queued_history", f"status page search with {p['queued_tasks']} "
+             "tasks recorded", "ms", ("<=", 1000.0) if p["queued_tasks"] >= 1_000_000 else None,
+             None, "", "GET history.json (the page's searchable history: all, failed, one "
+             "engine's), the slowest of the three; median of 5 each"),
     ]
 
 

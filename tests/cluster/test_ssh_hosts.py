@@ -224,3 +224,45 @@ def test_supervised_ssh_engines_recorded_without_a_tag_still_all_stop(hosts, pla
         assert read_state(profile_dirs(None)) is None
     finally:
         cluster.stop()
+
+
+_NO_SUPERVISOR = '''\
+import os
+import sys
+
+if "plait.scripts._zygote" in getattr(sys, "orig_argv", ()):
+    _fork = os.fork
+
+    def fork():  # (the hand-over to the supervisor fails, as with no process left)
+        if sys._getframe(1).f_code.co_name == "_leave_session":
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return _fork()
+
+    os.fork = fork
+'''
+
+
+def test_a_fork_server_that_hands_over_to_no_supervisor_is_a_clear_error(hosts, plait_dir,
+                                                                         tmp_path):
+    """A host's fork server that ends without naming its supervisor (it could not
+    fork one): start fails, saying which host and quoting its log, and nothing
+    is left running there or on the other hosts."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_NO_SUPERVISOR)
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={site} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    remote = tmp_path / "remote"
+    cluster = ssh_cluster(hosts, remote, per_host=1, restart_engines=True,
+                          ssh_python=str(python))
+    with pytest.raises(ClusterError) as info:
+        cluster.start()
+    message = str(info.value)
+    assert "ended without supervising its engines" in message
+    assert "Resource temporarily unavailable" in message  # (its log, quoted)
+    assert any(h.address in message for h in hosts.hosts)
+    for pid in processes_of(remote):  # (each signalled already: gone once it exits)
+        assert wait_exit(pid, 10), f"process {pid} of a host still runs"
+    assert processes_of(remote) == [] and processes_of(plait_dir) == []
+    assert read_state(profile_dirs(None)) is None

@@ -70,3 +70,41 @@ def test_a_detached_service_no_longer_watches_the_tasks_or_the_engines():
     clock.advance(5)
     assert status.current()["completed"] == 0 and status.current()["engine_count"] == 1
     assert status not in registry._observers and status._finished not in tc._finish_observers
+
+
+class _Records:
+    """A hub's records as the status page's search reads them (ids 0 .. n - 1)."""
+
+    def __init__(self, n: int, failed_every: int):
+        self.first_free_id = n
+        self.rows = [{"id": i, "msg_id": f"m{i}", "engine_id": i % 2,
+                      "status": "failed" if i % failed_every == 0 else "succeeded"}
+                     for i in range(n)]
+        self.read = 0  # records the queries matched
+
+    def query(self, query: dict, keys: list[str]):
+        from twisted.internet import defer
+
+        wanted = query["id"]
+        found = [r for r in self.rows
+                 if (r["id"] >= wanted["$gte"] if isinstance(wanted, dict) else r["id"] == wanted)
+                 and all(r[k] == v for k, v in query.items() if k != "id")]
+        self.read += len(found)
+        return defer.succeed(found)
+
+
+def test_the_history_search_reads_back_only_as_far_as_it_needs():
+    from plait.kernel.controller.status import SEARCH_LIMIT, SEARCH_WINDOW
+
+    hub = _Records(2 * SEARCH_WINDOW, failed_every=20_000)
+    status = StatusService(EngineRegistry(), None, Clock(), hub=hub)
+    newest = status.search().result
+    assert [r["id"] for r in newest] == list(range(2 * SEARCH_WINDOW - 1,
+                                                   2 * SEARCH_WINDOW - 1 - SEARCH_LIMIT, -1))
+    assert hub.read <= 4 * SEARCH_LIMIT  # (a few hundred records, not the window)
+    hub.read = 0
+    failed = status.search("failed").result  # few: widened to the whole window
+    assert [r["id"] for r in failed] == [180_000, 160_000, 140_000, 120_000, 100_000]
+    assert hub.read <= 10  # (each widening reads only what matches)
+    one = status.search(engine=1).result
+    assert len(one) == SEARCH_LIMIT and {r["engine_id"] for r in one} == {1}

@@ -123,19 +123,35 @@ class StatusService:
         if self.hub is None:
             return defer.succeed([])
         query: dict[str, Any] = {}
+        if status:
+            query["status"] = status
+        if engine is not None:
+            query["engine_id"] = engine
         if msg_id:
             taskid = self.hub.taskid(msg_id)
             if taskid is None:
                 return defer.fail(ValueError(f"{msg_id!r} is not a task id of this "
                                              f"controller"))
-            query["id"] = taskid
-        else:  # (the hub's own count of ids, after a restart, until tasks finish here)
-            newest = max(self._newest, int(getattr(self.hub, "first_free_id", 0) or 0))
-            query["id"] = {"$gte": max(0, newest - SEARCH_WINDOW)}
-        if status:
-            query["status"] = status
-        if engine is not None:
-            query["engine_id"] = engine
+            return self._search({**query, "id": taskid})
+        # (the hub's own count of ids, after a restart, until tasks finish here)
+        newest = max(self._newest, int(getattr(self.hub, "first_free_id", 0) or 0))
+        return self._search_back(query, newest, 4 * SEARCH_LIMIT)
+
+    def _search_back(self, query: dict[str, Any], newest: int, span: int) -> defer.Deferred:
+        """The newest matches among the last ``span`` ids, the span widened (up to
+        :data:`SEARCH_WINDOW`) while fewer than :data:`SEARCH_LIMIT` match: the
+        usual search reads a few hundred records, not the whole window."""
+        span = min(span, SEARCH_WINDOW)
+        low = max(0, newest - span)
+
+        def found(rows: list[dict]) -> Any:
+            if len(rows) < SEARCH_LIMIT and span < SEARCH_WINDOW and low > 0:
+                return self._search_back(query, newest, 8 * span)
+            return rows
+
+        return self._search({**query, "id": {"$gte": low}}).addCallback(found)
+
+    def _search(self, query: dict[str, Any]) -> defer.Deferred:
         keys = ["msg_id", "status", "engine_id", "submitted", "started", "completed"]
         return self.hub.query(query, keys).addCallback(
             lambda rows: [dict(r) for r in rows[-SEARCH_LIMIT:][::-1]])
