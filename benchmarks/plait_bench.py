@@ -466,13 +466,16 @@ def _scale(p: dict, r: Results) -> None:
             if len(mec.get_ids()) != n:
                 raise AssertionError(f"{len(mec.get_ids())} of {n} engines registered")
             each = _execute_times(mec, warm=3, count=10)
-            page = _page_times(rc.dashboard_url, ["status.json"])
+            page = _page_times_or_why(rc.dashboard_url, ["status.json"])
             rc.close()
         finally:
             cluster.stop()
         r.add("scale_register", registered, detail=f"{n} engines forked by the fork server")
         r.add("scale_execute", median(each), each=each, detail=f"{n} engines")
-        r.add("scale_status", page["status.json"], detail=f"{n} engines")
+        if isinstance(page, str):  # (the other figures stand)
+            r.error("scale_status", page)
+        else:
+            r.add("scale_status", page["status.json"], detail=f"{n} engines")
 
     _in_fresh_plait_dir(run)
 
@@ -518,7 +521,7 @@ def _queued(p: dict, r: Results) -> None:
                 ran = time.perf_counter() - t1
                 rc.wait(busy)
             searches = ["history.json", "history.json?status=failed", "history.json?engine=1"]
-            page = _page_times(rc.dashboard_url, ["status.json", *searches])
+            page = _page_times_or_why(rc.dashboard_url, ["status.json", *searches])
             failed = sum(1 for ar in ars if not ar.successful())
             if failed:
                 raise AssertionError(f"{failed} of the {n} queued tasks failed")
@@ -536,6 +539,10 @@ def _queued(p: dict, r: Results) -> None:
         r.add("queued_rate", n / ran, detail=f"{n} queued tasks run in {ran:.1f} s on 2 engines")
         r.add("queued_rss_purged", purged, detail=f"controller RSS after their results were "
               f"purged ({idle:.0f} MB idle before)")
+        if isinstance(page, str):  # (the other figures stand)
+            r.error("queued_status", page)
+            r.error("queued_history", page)
+            return
         r.add("queued_status", page["status.json"], detail=f"{n} tasks recorded")
         slowest = max(searches, key=page.__getitem__)
         r.add("queued_history", page[slowest], detail=f"{n} tasks recorded; the slowest of "
@@ -568,6 +575,16 @@ def _page_times(url: str, paths: list[str], count: int = 5) -> dict[str, float]:
             each.append((time.perf_counter() - t0) * 1e3)
         times[path] = median(each[1:])
     return times
+
+
+def _page_times_or_why(url: str | None, paths: list[str]) -> dict[str, float] | str:
+    """:func:`_page_times`, or why they could not be measured."""
+    if not url:
+        return "the controller serves no status page"
+    try:
+        return _page_times(url, paths)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _execute_times(mec, warm: int, count: int) -> list[float]:

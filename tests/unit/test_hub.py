@@ -1224,3 +1224,13 @@ def test_the_store_puts_the_queued_request_in_the_finished_record(sqlite_path):
     assert got == [{"request": b"req1", "status": "succeeded"},
                    {"request": b"req2", "status": "succeeded"}]
     in_reactor(store.close, timeout=30)
+
+
+def test_a_status_unfinished_tasks_lack_rules_them_out_of_a_query():
+    hub = make_hub()
+    submit(hub, 1, 2, 3)
+    hub.restored([row(4, kind="later", status="failed")])  # (a row taken back: its own)
+    keys = ["msg_id", "status"]
+    assert [r["id"] for r in fired(hub.query({"status": "failed"}, keys))] == [4]
+    assert [r["id"] for r in fired(hub.query({"status": {"$ne": "failed"}}, keys))] == [1, 2, 3]
+    assert [r["id"] for r in fired(hub.query({"id": {"$gte": 2}}, keys))] == [2, 3, 4]

@@ -340,9 +340,14 @@ class Hub:
         beyond = {column: c for column, c in query.items() if column not in _PENDING_FIELDS}
         if beyond and not matches({}, beyond):
             return []
+        entries: Any = self._pending.values()
+        if "status" in query and not matches({}, {"status": query["status"]}):
+            # (a status only the rows a restarted controller took back have: the
+            # others, unfinished here, have none)
+            entries = [e for e in entries if isinstance(e, dict)]
         view = _View(self._msg_id)
         found = []
-        for entry in self._pending.values():
+        for entry in entries:
             view.entry = entry
             if matches(view, query):  # type: ignore[arg-type]
                 found.append(self._row(entry))

@@ -138,15 +138,16 @@ class StatusService:
         return self._search_back(query, newest, 4 * SEARCH_LIMIT)
 
     def _search_back(self, query: dict[str, Any], newest: int, span: int) -> defer.Deferred:
-        """The newest matches among the last ``span`` ids, the span widened (up to
-        :data:`SEARCH_WINDOW`) while fewer than :data:`SEARCH_LIMIT` match: the
-        usual search reads a few hundred records, not the whole window."""
+        """The newest matches among the last ``span`` ids, the span widened to
+        :data:`SEARCH_WINDOW` when fewer than :data:`SEARCH_LIMIT` match: the usual
+        search reads a few hundred records, not the whole window, and a rare one
+        asks twice (each query also goes through the hub's unfinished tasks)."""
         span = min(span, SEARCH_WINDOW)
         low = max(0, newest - span)
 
         def found(rows: list[dict]) -> Any:
             if len(rows) < SEARCH_LIMIT and span < SEARCH_WINDOW and low > 0:
-                return self._search_back(query, newest, 8 * span)
+                return self._search_back(query, newest, SEARCH_WINDOW)
             return rows
 
         return self._search({**query, "id": {"$gte": low}}).addCallback(found)
