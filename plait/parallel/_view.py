@@ -105,17 +105,19 @@ class View:
         return self._apply(f, args, kwargs).get()
 
     def map(self, f: Callable[..., Any], *sequences: Any, block: bool | None = None,
-            **options: Any) -> Any:
-        """A parallel ``map(f, *sequences)``: a list if ``block``, else an AsyncMapResult."""
+            progress: bool | None = None, **options: Any) -> Any:
+        """A parallel ``map(f, *sequences)``: a list if ``block``, else an AsyncMapResult.
+        ``progress``: while it blocks, a progress bar (as :meth:`AsyncResult.wait`'s)."""
         ar = self._map(f, sequences, **options)
-        return ar.get() if (self.block if block is None else block) else ar
+        return ar.get(progress=progress) if (self.block if block is None else block) else ar
 
     def map_async(self, f: Callable[..., Any], *sequences: Any, **options: Any
                   ) -> AsyncMapResult:
         return self._map(f, sequences, **options)
 
-    def map_sync(self, f: Callable[..., Any], *sequences: Any, **options: Any) -> list[Any]:
-        return self._map(f, sequences, **options).get()
+    def map_sync(self, f: Callable[..., Any], *sequences: Any, progress: bool | None = None,
+                 **options: Any) -> list[Any]:
+        return self._map(f, sequences, **options).get(progress=progress)
 
     def imap(self, f: Callable[..., Any], *sequences: Any, ordered: bool = True,
              **options: Any) -> Iterator[Any]:
@@ -146,9 +148,12 @@ class View:
         """Abort tasks (those of this view not finished, when ``jobs`` is None)."""
         self.client.abort(self.history if jobs is None else jobs)
 
-    def wait(self, jobs: Any = None, timeout: float | None = -1) -> bool:
-        """Wait for tasks (those of this view, when ``jobs`` is None); whether all are done."""
-        return self.client.wait(self.history if jobs is None else jobs, timeout)
+    def wait(self, jobs: Any = None, timeout: float | None = -1,
+             progress: bool | None = None) -> bool:
+        """Wait for tasks (those of this view, when ``jobs`` is None); whether all are
+        done.  ``progress``: as :meth:`Client.wait`'s."""
+        return self.client.wait(self.history if jobs is None else jobs, timeout,
+                                progress=progress)
 
     def get_result(self, indices_or_msg_ids: Any = None, block: bool | None = None,
                    owner: bool = False) -> AsyncResult:

@@ -280,6 +280,13 @@ def test_progress_lines_where_no_bar_can_be_drawn(rc, capsys):
     assert "plait: wait: 8/8 tasks done" in capsys.readouterr().err
     rc.load_balanced_view().map_sync(abs, range(8))  # by default: none outside IPython
     assert capsys.readouterr().err == ""
+    view = rc.load_balanced_view()  # the blocking calls of a view take it too
+    assert view.map_sync(abs, range(4), chunksize=1, progress=True) == [0, 1, 2, 3]
+    assert "plait: abs: 4/4 tasks done" in capsys.readouterr().err
+    assert view.map(abs, range(5), block=True, chunksize=1, progress=True) == list(range(5))
+    assert "plait: abs: 5/5 tasks done" in capsys.readouterr().err
+    assert view.wait(progress=True)  # (this view's tasks)
+    assert "plait: wait: 9/9 tasks done" in capsys.readouterr().err
 
 
 def test_a_tqdm_bar_in_a_terminal(rc, capsys, monkeypatch):
