@@ -18,9 +18,10 @@ It starts a local cluster whose engines are one ``mpiexec -n 4`` job
 3. sums the arrays over the ranks (``comm.Allreduce``, with ``execute`` again) and
    pulls every rank's sum;
 
-printing what the engines got and checking it against numpy here.  It exits 0
-when every check holds and 1, saying what went wrong, otherwise; the cluster is
-stopped either way.
+printing what the engines got and checking it against numpy here, and drawing
+it: ``mpi_exchange.png`` in ``--out`` (each rank's array before the ring, after
+it, and the sum).  It exits 0 when every check holds and 1, saying what went
+wrong, otherwise; the cluster is stopped either way.
 
 What it needs:
 
@@ -61,6 +62,7 @@ import argparse
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -119,8 +121,32 @@ def mpi_args_for(mpiexec: str) -> list[str]:
     return ["--oversubscribe"] if "Open MPI" in said or "OpenRTE" in said else []
 
 
-def exchange(rc: ipp.Client, n: int, mpiexec: str) -> list[str]:
-    """Drive the engines through the three steps; what went wrong (empty: nothing)."""
+def plot(panels: list[tuple[str, np.ndarray]], out: Path) -> Path:
+    """Each panel an array per rank (one row each), its numbers written in its cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3))
+    for ax, (title, rows) in zip(axes, panels, strict=True):
+        ax.imshow(rows, cmap="viridis", aspect="auto")
+        for (r, c), value in np.ndenumerate(rows):
+            ax.text(c, r, f"{value:g}", ha="center", va="center", color="white", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_yticks(range(rows.shape[0]))
+        ax.set_ylabel("rank")
+        ax.set_xticks([])
+    fig.tight_layout()
+    path = out / "mpi_exchange.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def exchange(rc: ipp.Client, n: int, mpiexec: str, out: Path | None = None) -> list[str]:
+    """Drive the engines through the three steps; what went wrong (empty: nothing).
+    With ``out``, the figure of what each rank held goes there."""
     dview = rc[:]
     dview.block = True
     try:
@@ -166,6 +192,12 @@ def exchange(rc: ipp.Client, n: int, mpiexec: str) -> list[str]:
     else:
         problems.append(f"allreduce: the ranks have {[t.tolist() for t in totals]}, "
                         f"not {expected.tolist()} each")
+    if out is not None and not problems:
+        by_rank = [ranks.index(r) for r in range(n)]
+        path = plot([("each rank's array", blocks),
+                     ("after the ring (Sendrecv)", np.array([got[i] for i in by_rank])),
+                     ("the sum (Allreduce)", np.array([totals[i] for i in by_rank]))], out)
+        print(f"wrote {path.name}")
     return problems
 
 
@@ -173,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("-n", type=int, default=4, help="how many engines (MPI ranks)")
     parser.add_argument("--mpiexec", default="mpiexec", help="the MPI launcher")
+    parser.add_argument("--out", type=Path, default=Path("."), help="where the PNG goes")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     if importlib.util.find_spec("mpi4py") is None:
         print(f"error: mpi4py is not installed for {sys.executable} "
               f"(python -m pip install mpi4py)", file=sys.stderr)
@@ -186,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        problems = exchange(rc, args.n, args.mpiexec)
+        problems = exchange(rc, args.n, args.mpiexec, args.out)
     except TimeoutError as exc:  # a step's .get(STEP_TIMEOUT)
         problems = [f"{exc}: did a rank never join the collective call?"]
     finally:

@@ -41,6 +41,7 @@ EXCHANGED = [
     "ring: rank 2 got [4.0, 5.0, 6.0, 7.0] from rank 1",
     "ring: rank 3 got [8.0, 9.0, 10.0, 11.0] from rank 2",
     "allreduce: every rank has the sum [24.0, 28.0, 32.0, 36.0]",
+    "wrote mpi_exchange.png",
     "the engines' arrays match numpy's here",
 ]
 
@@ -121,7 +122,8 @@ def test_mpi_engines_exchange_numpy_arrays_driven_by_the_client(tmp_path, mpiexe
         pytest.skip(trouble)
     folder = tmp_path / "p"
     try:
-        out = subprocess.run([sys.executable, str(EXAMPLE), "-n", "4", f"--mpiexec={mpiexec}"],
+        out = subprocess.run([sys.executable, str(EXAMPLE), "-n", "4", f"--mpiexec={mpiexec}",
+                              f"--out={tmp_path / 'figures'}"],
                              env={**make_env(folder), **extra}, stdin=subprocess.DEVNULL,
                              capture_output=True, text=True, timeout=100)
     finally:
@@ -133,6 +135,8 @@ def test_mpi_engines_exchange_numpy_arrays_driven_by_the_client(tmp_path, mpiexe
     assert ("Open MPI" in first) == is_open_mpi(mpiexec)  # the launcher's own MPI
     assert rest == EXCHANGED
     assert out.stderr == ""
+    figure = (tmp_path / "figures" / "mpi_exchange.png").read_bytes()
+    assert figure.startswith(b"\x89PNG") and len(figure) > 5000  # (drawn, not empty)
     assert leftovers == []  # the example stopped its cluster: controller, engines, mpiexec
 
 
