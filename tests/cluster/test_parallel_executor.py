@@ -12,6 +12,7 @@ import cloudpickle
 import pytest
 
 import plait.parallel as ipp
+from support.cluster import Gate
 
 # The engines cannot import this module: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -79,19 +80,25 @@ def test_map_times_out_from_the_call(rc, tmp_path):
         f.write("x")
 
 
-def test_a_done_callback_may_block_and_submit_more(rc):
+def test_a_done_callback_may_block_and_submit_more(rc, tmp_path):
     ex = rc.executor()
     chained: list = []
     done = threading.Event()
+    gate = Gate(tmp_path)
 
     def then(future) -> None:  # runs in the callback thread, not the reactor's
         chained.append(threading.current_thread().name)
-        chained.append(ex.submit(pow, future.result(), 2).result(timeout=30))
+        chained.append(ex.submit(len, future.result()).result(timeout=30))
         done.set()
 
-    ex.submit(pow, 2, 3).add_done_callback(then)
+    future = ex.submit(gate.waiter())
+    future.add_done_callback(then)  # (not done: its task waits at the gate)
+    gate.open()
     assert done.wait(30)
-    assert chained == ["plait-callbacks", 64]
+    assert chained == ["plait-callbacks", 2]
+    now: list = []  # added once done, as concurrent.futures does: called at once, here
+    future.add_done_callback(lambda f: now.append(threading.current_thread().name))
+    assert now == [threading.current_thread().name]
 
 
 def test_shutdown_with_cancel_futures_aborts_what_has_not_finished(rc, tmp_path):
