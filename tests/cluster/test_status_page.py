@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from plait.parallel import RemoteError
-from tests.support.cluster import run_cmd, wait_exit
+from tests.support.cluster import Gate, run_cmd, wait_exit
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 
@@ -85,12 +85,30 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
     def engine_rows(driver) -> list[list[str]] | None:
         rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
                 for tr in driver.find_elements(By.CSS_SELECTOR, "tr.engine")]
-        return rows if rows and all(r[7] for r in rows) else None
+        return rows if rows and all(r[7] and r[9] for r in rows) else None
 
-    rows = WebDriverWait(browser, 10, poll_frequency=0.05,  # (rows are redrawn each second)
-                         ignored_exceptions=[StaleElementReferenceException]).until(engine_rows)
+    def until(test, timeout: float):  # (rows are redrawn each second)
+        return WebDriverWait(browser, timeout, poll_frequency=0.05,
+                             ignored_exceptions=[StaleElementReferenceException]).until(test)
+
+    rows = until(engine_rows, 20)  # (CPU: from an engine's second report, 2 s apart)
     assert sorted(int(r[7]) for r in rows) == sorted(pids)
     assert all(r[6] == socket.gethostname() and r[8].endswith(" MB") for r in rows)
+    assert all(r[9].endswith(" %") for r in rows)
+    # a running task shows on its engine's row: busy, running 1, its msg_id
+    gate = Gate(tmp_path)
+    held = rc.load_balanced_view().apply_async(gate.waiter())
+
+    def busy_row(driver) -> list[str] | None:
+        return next((r for r in engine_rows(driver) or []
+                     if r[1:3] == ["busy", "1"] and r[5] == "…" + held.msg_ids[0][-12:]),
+                    None)
+
+    try:
+        until(busy_row, 10)
+    finally:
+        gate.open()
+    assert held.get(timeout=30) == "go"
     # a failure shows with its traceback, and the task stream draws the tasks
     def fails(x: int) -> None:
         raise ValueError(f"bad input {x}")
