@@ -142,8 +142,8 @@ class EngineRegistry:
             self._save_ids()
 
     def _save_ids(self) -> None:
-        """Write the next id and the ids registered (or awaited) now (atomically: a controller
-        killed now keeps the old file or the new one, and the process's writes
+        """Write the next id and the ids registered (or awaited) now (atomically: a
+        controller killed now keeps the old file or the new one, and the process's writes
         survive its SIGKILL).  While the reactor runs, the changes of one reactor
         turn are written together at the start of the next, before it reads
         anything more: no client can have heard of an engine (and pinned a task to

@@ -18,8 +18,8 @@ was running when the controller died runs again.
 The tasks wait until the engines the last run had registered when it died
 (or was still waiting for, itself a controller started again) have rejoined
 (they do within a second or two, or once the task they run ends), for
-:data:`ALL_BACK_WAIT` seconds at most, so that tasks with ``targets`` or ``follow`` find their
-engines; then they are taken back together, in id order (so a task's graph
+:data:`ALL_BACK_WAIT` seconds at most, so that tasks with ``targets`` or
+``follow`` find their engines; then they are taken back together, in id order (so a task's graph
 dependencies among them are known first).  A task pinned to one engine (a
 direct view's) that is still missing waits for it up to :data:`REJOIN_WAIT`
 seconds, then fails with InvalidEngineID, as a task pinned to an engine

@@ -135,22 +135,20 @@ class StatusService:
             return self._search({**query, "id": taskid})
         # (the hub's own count of ids, after a restart, until tasks finish here)
         newest = max(self._newest, int(getattr(self.hub, "first_free_id", 0) or 0))
-        return self._search_back(query, newest, 4 * SEARCH_LIMIT)
+        return self._search_back(query, newest)
 
-    def _search_back(self, query: dict[str, Any], newest: int, span: int) -> defer.Deferred:
-        """The newest matches among the last ``span`` ids, the span widened to
-        :data:`SEARCH_WINDOW` when fewer than :data:`SEARCH_LIMIT` match: the usual
-        search reads a few hundred records, not the whole window, and a rare one
-        asks twice (each query also goes through the hub's unfinished tasks)."""
-        span = min(span, SEARCH_WINDOW)
-        low = max(0, newest - span)
-
-        def found(rows: list[dict]) -> Any:
-            if len(rows) < SEARCH_LIMIT and span < SEARCH_WINDOW and low > 0:
-                return self._search_back(query, newest, SEARCH_WINDOW)
-            return rows
-
-        return self._search({**query, "id": {"$gte": low}}).addCallback(found)
+    def _search_back(self, query: dict[str, Any], newest: int) -> defer.Deferred:
+        """The newest matches among the last few hundred ids, or among the last
+        :data:`SEARCH_WINDOW` when fewer than :data:`SEARCH_LIMIT` match there: the
+        usual search reads a few hundred records, not the whole window, and a rare
+        one asks twice (each query also goes through the hub's unfinished tasks)."""
+        near = max(0, newest - 4 * SEARCH_LIMIT)
+        whole = max(0, newest - SEARCH_WINDOW)
+        d = self._search({**query, "id": {"$gte": near}})
+        if near > whole:
+            d.addCallback(lambda rows: rows if len(rows) >= SEARCH_LIMIT
+                          else self._search({**query, "id": {"$gte": whole}}))
+        return d
 
     def _search(self, query: dict[str, Any]) -> defer.Deferred:
         keys = ["msg_id", "status", "engine_id", "submitted", "started", "completed"]
