@@ -33,8 +33,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from plait.kernel.client import _progress
 from plait.kernel.client._base import decode
-from plait.parallel import _progress
 from plait.parallel._callbacks import call_back
 from plait.parallel._connection import LOST
 from plait.wire.errors import (
@@ -280,7 +280,7 @@ class AsyncResult(concurrent.futures.Future):
         the first that failed), ``timeout`` seconds at most (-1 or None: for
         ever).  Returns whether they are all done; never raises.  ``progress``:
         show a progress bar (None: in IPython, past a few seconds; see
-        :mod:`plait.parallel._progress`)."""
+        :mod:`plait.kernel.client._progress`)."""
         limit = _timeout(timeout)
         if self.done() and progress is not True:
             return True

@@ -25,9 +25,8 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from plait.kernel.client import _reactor
+from plait.kernel.client import _progress, _reactor
 from plait.kernel.client._blocking import derive_blocking
-from plait.parallel import _progress
 from plait.parallel._asyncresult import (
     AsyncHubResult,
     AsyncMapResult,

@@ -290,7 +290,7 @@ def test_progress_lines_where_no_bar_can_be_drawn(rc, capsys):
 
 
 def test_a_tqdm_bar_in_a_terminal(rc, capsys, monkeypatch):
-    from plait.parallel import _progress
+    from plait.kernel.client import _progress
 
     monkeypatch.setattr(_progress, "_terminal", lambda: True)
     ar = rc.load_balanced_view().map_async(abs, range(6), chunksize=1)
@@ -304,7 +304,7 @@ def test_a_tqdm_bar_in_a_terminal(rc, capsys, monkeypatch):
 
 
 def test_in_ipython_a_long_wait_shows_its_bar(rc, capsys, monkeypatch, tmp_path):
-    from plait.parallel import _progress
+    from plait.kernel.client import _progress
 
     monkeypatch.setattr(_progress, "_shell", lambda: "TerminalInteractiveShell")
     assert rc[0].apply_sync(abs, -2) == 2  # shorter than PROGRESS_AFTER: nothing shows

@@ -8,6 +8,7 @@ test depends on timing.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import cloudpickle
@@ -361,6 +362,74 @@ def test_map_leaves_nothing_behind(tc):
     tc.map(abs, range(100))
     status = tc.queue_status()
     assert status["succeeded"] == 0 and status["pending"] == 0
+
+
+# -- progress ------------------------------------------------------------------------------
+def test_barrier_and_map_show_their_progress_when_asked(tc, mec, capsys):
+    ids = [tc.run(client.StringTask(f"x = {i}")) for i in range(10)]
+    tc.barrier(ids, progress=True)
+    assert "plait: barrier: 10/10 tasks done after" in capsys.readouterr().err
+    assert tc.map(abs, range(-20, 0), chunksize=5, progress=True) == list(range(20, 0, -1))
+    assert "plait: map: 4/4 tasks done after" in capsys.readouterr().err
+    mec.block = False
+    try:
+        prs = [mec.execute("y = 1"), mec.execute("y = 2")]
+    finally:
+        mec.block = True
+    mec.barrier(prs, progress=True)
+    assert "plait: barrier: 2/2 tasks done" in capsys.readouterr().err
+    tc.barrier(tc.run(client.StringTask("x = 1")))  # by default: none outside IPython
+    assert tc.map(abs, [-1, -2]) == [1, 2] and capsys.readouterr().err == ""
+
+
+def test_a_tqdm_bar_in_a_terminal_and_in_ipython_once_the_wait_is_long(tc, capsys,
+                                                                       monkeypatch, tmp_path):
+    from plait.kernel.client import _progress
+
+    monkeypatch.setattr(_progress, "_terminal", lambda: True)
+    assert tc.map(abs, range(6), chunksize=2, progress=True) == list(range(6))
+    err = capsys.readouterr().err
+    assert "3/3" in err and "100%" in err  # tqdm's bar, finished
+    monkeypatch.setattr(_progress, "_terminal", lambda: False)
+    monkeypatch.setattr(_progress, "_shell", lambda: "TerminalInteractiveShell")
+    tc.barrier(tc.run(client.StringTask("x = 1")))  # shorter than PROGRESS_AFTER: nothing
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(_progress, "PROGRESS_AFTER", 0.05)
+    gate = Gate(tmp_path)
+    shown = threading.Event()
+    make_bar = _progress.make_bar
+
+    def bar(total, desc):
+        shown.set()
+        return make_bar(total, desc)
+
+    monkeypatch.setattr(_progress, "make_bar", bar)
+    held = tc.run(client.StringTask(gate.wait_code))
+    quick = tc.run(client.StringTask("x = 2"))
+    opener = threading.Thread(target=lambda: (shown.wait(30), gate.open()))
+    opener.start()  # (the gate opens once the bar is up)
+    try:
+        tc.barrier([held, quick])
+    finally:
+        opener.join()
+    assert shown.is_set() and "plait: barrier: 2/2 tasks done" in capsys.readouterr().err
+
+
+def test_the_asynchronous_client_counts_in_a_tally(cluster4):
+    from plait.kernel.client._progress import Tally
+
+    async_tc = call(client.AsyncTaskClient.connect, cluster4.furl_file("tc"))
+    try:
+        ids = [call(async_tc.run, client.StringTask(f"x = {i}")) for i in range(5)]
+        tally = Tally()
+        assert call(async_tc.barrier, ids, tally=tally) is None
+        assert (tally.done, tally.total) == (5, 5)
+        tally = Tally()
+        assert call(async_tc.map, abs, range(-9, 0), chunksize=3, tally=tally) == [
+            9, 8, 7, 6, 5, 4, 3, 2, 1]
+        assert (tally.done, tally.total) == (3, 3)
+    finally:
+        call(async_tc.close)
 
 
 def test_parallel_decorator_and_mapper(tc):

@@ -57,6 +57,19 @@ def asynchronous(fn: F) -> F:
     return fn
 
 
+def counted(desc: str) -> Callable[[F], F]:
+    """Mark an :func:`asynchronous` method that takes ``tally=`` (a
+    :class:`~plait.kernel.client._progress.Tally` it keeps counting the tasks
+    done in): its blocking twin takes ``progress=`` instead and shows a bar
+    named ``desc`` (see :mod:`plait.kernel.client._progress`)."""
+
+    def mark(fn: F) -> F:
+        fn._plait_counted = desc  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
 def resolve_furl(furl_or_file: str | Path | None, profile: str | None, default_name: str
                  ) -> tuple[str, str]:
     """``(furl, where it came from)`` for a FURL, a FURL file, or the profile's file."""

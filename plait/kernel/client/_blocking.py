@@ -3,10 +3,13 @@
 Every method of the asynchronous class marked with
 :func:`plait.kernel.client._base.asynchronous` becomes a method of the same
 name and signature that runs it in the reactor thread and returns (or
-raises) its result.  Plain attributes (``targets``, ``block``) are shared
-with the asynchronous instance; helpers written only in terms of the public
-methods (mixins) are inherited as they are, so they block in the blocking
-client and return Deferreds in the asynchronous one.
+raises) its result; one marked :func:`plait.kernel.client._base.counted`
+takes ``progress=`` where the asynchronous method takes ``tally=``, and can
+show a progress bar as it waits (:mod:`plait.kernel.client._progress`).
+Plain attributes (``targets``, ``block``) are shared with the asynchronous
+instance; helpers written only in terms of the public methods (mixins) are
+inherited as they are, so they block in the blocking client and return
+Deferreds in the asynchronous one.
 
 :func:`blocking_twin` turns an asynchronous client that already exists into
 its blocking twin (the magics use it on an asynchronous client activated
@@ -19,7 +22,7 @@ import functools
 import inspect
 from typing import Any
 
-from plait.kernel.client import _reactor
+from plait.kernel.client import _progress, _reactor
 
 
 class BlockingClientBase:
@@ -56,11 +59,31 @@ class BlockingClientBase:
 
 
 def _blocking_method(name: str, fn: Any) -> Any:
-    @functools.wraps(fn)
-    def method(self: BlockingClientBase, *args: Any, **kwargs: Any) -> Any:
-        return _reactor.call(getattr(self._async, name), *args, **kwargs)
+    desc = getattr(fn, "_plait_counted", None)
+    if desc is None:
+        @functools.wraps(fn)
+        def method(self: BlockingClientBase, *args: Any, **kwargs: Any) -> Any:
+            return _reactor.call(getattr(self._async, name), *args, **kwargs)
 
-    return method
+        return method
+
+    @functools.wraps(fn)
+    def counting(self: BlockingClientBase, *args: Any, progress: bool | None = None,
+                 **kwargs: Any) -> Any:
+        call = getattr(self._async, name)
+        if not _progress.shows(progress):
+            return _reactor.call(call, *args, **kwargs)
+        tally = _progress.Tally()
+        pending = _reactor.start(call, *args, tally=tally, **kwargs)
+        _progress.wait(lambda: tally.done, lambda: tally.total, pending.wait, None, progress,
+                       desc)
+        return pending.result()
+
+    signature = inspect.signature(fn)  # (the blocking face: progress, not tally)
+    counting.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+        p.replace(name="progress", annotation="bool | None") if p.name == "tally" else p
+        for p in signature.parameters.values()])
+    return counting
 
 
 #: Each asynchronous client class derived from, and its blocking class.

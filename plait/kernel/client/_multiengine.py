@@ -32,6 +32,7 @@ from plait.interfaces.multiengine import RIMultiEngine, targets_to_wire
 from plait.kernel.client._base import (
     AsyncClientBase,
     asynchronous,
+    counted,
     decode_replies,
     raise_outcome,
 )
@@ -40,6 +41,7 @@ from plait.kernel.client._dataparallel import DataParallelMixin
 from plait.kernel.client._display import QueueStatusList, ResultList
 from plait.kernel.client._interactive import MultiEngineHelpers
 from plait.kernel.client._pending import PendingResult
+from plait.kernel.client._progress import Tally
 from plait.kernel.engine.shipped import serialized_values
 from plait.security import MEC_FURL
 from plait.wire import bulk as _bulk
@@ -487,12 +489,15 @@ class AsyncMultiEngineClient(DataParallelMixin, BenchmarkMixin, MultiEngineHelpe
 
     # -- pending results --------------------------------------------------------
     @asynchronous
-    def barrier(self, pending_results: Any) -> defer.Deferred:
+    @counted("barrier")
+    def barrier(self, pending_results: Any, tally: Tally | None = None) -> defer.Deferred:
         """Wait until every PendingResult of ``pending_results`` is ready.
 
         Their results are then taken from the controller and kept in the
         PendingResults: ``get_result()``/``.r`` return them (or raise their
-        exception) without waiting.  barrier itself raises nothing.
+        exception) without waiting.  barrier itself raises nothing.  With
+        ``tally``, it counts the results ready as they come (the blocking
+        client's ``progress=``).
         """
         prs = list(pending_results)
         bad = [p for p in prs if not isinstance(p, PendingResult)]
@@ -500,6 +505,10 @@ class AsyncMultiEngineClient(DataParallelMixin, BenchmarkMixin, MultiEngineHelpe
             return defer.fail(TypeError(f"barrier wants PendingResults, got {bad[0]!r}"))
         prs.sort(key=lambda p: (p.result_id is None, p.result_id or 0))
         ds = [p.settled() for p in prs]
+        if tally is not None:
+            tally.total = len(ds)
+            for d in ds:
+                d.addCallback(lambda _: tally.add())
         return defer.gatherResults(ds).addCallback(lambda _: None)
 
     @asynchronous

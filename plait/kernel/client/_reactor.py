@@ -57,6 +57,52 @@ def ensure_running() -> None:
         started.wait()
 
 
+class Call:
+    """A call started in the reactor thread by :func:`start`: :meth:`wait` for
+    it, then take its :meth:`result`."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._box: list[Any] = []
+
+    def _store(self, result: Any) -> None:
+        self._box.append(result)
+        self._done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether the call has finished, waiting up to ``timeout`` seconds for it."""
+        return self._done.wait(timeout)
+
+    def result(self) -> Any:
+        """What the call returned (its Deferred's result), or raise what it raised."""
+        result = self._box[0]
+        if isinstance(result, Failure):
+            exc = result.value
+            if isinstance(exc, _QUIET):
+                # the reactor thread's frames say nothing to the user: show the
+                # error as raised by the call they made
+                raise exc.with_traceback(None) from None
+            result.raiseException()
+        return result
+
+
+def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+    """Start ``fn(*args, **kwargs)`` in the reactor thread; the :class:`Call`."""
+    if in_reactor_thread():
+        raise RuntimeError(
+            "a blocking plait call was made from the reactor thread; "
+            "in Twisted code use the asynchronous API (Deferreds)"
+        )
+    ensure_running()
+    pending = Call()
+
+    def run() -> None:
+        defer.maybeDeferred(fn, *args, **kwargs).addBoth(pending._store)
+
+    reactor.callFromThread(run)
+    return pending
+
+
 def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` in the reactor thread and return its result.
 
@@ -64,33 +110,7 @@ def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwa
     raised) here.  With ``timeout``, raise TimeoutError when it takes longer
     (the call itself goes on).
     """
-    if in_reactor_thread():
-        raise RuntimeError(
-            "a blocking plait call was made from the reactor thread; "
-            "in Twisted code use the asynchronous API (Deferreds)"
-        )
-    ensure_running()
-    done = threading.Event()
-    box: list[Any] = []
-
-    def run() -> None:
-        d = defer.maybeDeferred(fn, *args, **kwargs)
-
-        def store(result: Any) -> None:
-            box.append(result)
-            done.set()
-
-        d.addBoth(store)
-
-    reactor.callFromThread(run)
-    if not done.wait(timeout):
+    pending = start(fn, *args, **kwargs)
+    if not pending.wait(timeout):
         raise TimeoutError(f"no answer within {timeout} s")
-    result = box[0]
-    if isinstance(result, Failure):
-        exc = result.value
-        if isinstance(exc, _QUIET):
-            # the reactor thread's frames say nothing to the user: show the
-            # error as raised by the call they made
-            raise exc.with_traceback(None) from None
-        result.raiseException()
-    return result
+    return pending.result()

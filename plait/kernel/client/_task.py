@@ -28,9 +28,11 @@ from plait.interfaces.task import RITaskController
 from plait.kernel.client._base import (
     all_of,
     asynchronous,
+    counted,
     decode,
 )
 from plait.kernel.client._mapping import Mapper, ParallelFunction, decorator
+from plait.kernel.client._progress import Tally
 from plait.kernel.client._session import SessionClient
 from plait.kernel.client._taskmap import check_map_options, map_tasks
 from plait.kernel.client._tasks import TaskResult
@@ -38,6 +40,13 @@ from plait.security import TC_FURL
 from plait.wire.errors import InvalidTaskID
 from plait.wire.records import decode_result
 from plait.wire.task import TASK_ID_LIMIT, TaskSpec, task_ids
+
+#: Groups a counted barrier waits on (each group one call to the controller).
+TALLY_STEPS = 100
+
+
+def _tally_on(_: Any, tally: Tally, n: int) -> None:
+    tally.add(n)
 
 
 def _check_id(taskid: Any) -> int:
@@ -181,13 +190,17 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
 
     # -- control ---------------------------------------------------------------------
     @asynchronous
-    def barrier(self, taskids: int | Iterable[int]) -> defer.Deferred:
+    @counted("barrier")
+    def barrier(self, taskids: int | Iterable[int], tally: Tally | None = None
+                ) -> defer.Deferred:
         """A Deferred firing with None once every task in ``taskids`` (an id or
         a list) has finished, whatever its outcome.
 
         Fails at once with InvalidTaskID if an id is unknown (TypeError for
         something that is not an id).  Tasks on an engine that dies finish
-        too (failed or retried), so this never hangs on a dead engine.
+        too (failed or retried), so this never hangs on a dead engine.  With
+        ``tally`` it counts the tasks finished as they finish (the blocking
+        client's ``progress=``), waiting on :data:`TALLY_STEPS` groups of them.
         """
         try:
             ids = _id_list(taskids)
@@ -195,9 +208,17 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
         except Exception:
             return defer.fail()
         pending = [t for t in ids if t not in self._results]
+        if tally is not None:
+            tally.total, tally.done = len(ids), len(ids) - len(pending)
         if not pending:
             return defer.succeed(None)
-        return self._send("barrier", pending)
+        if tally is None:
+            return self._send("barrier", pending)
+        step = -(-len(pending) // TALLY_STEPS)
+        groups = [pending[i:i + step] for i in range(0, len(pending), step)]
+        waits = [self._send("barrier", group).addCallback(_tally_on, tally, len(group))
+                 for group in groups]
+        return all_of(waits).addCallback(lambda _: None)
 
     @asynchronous
     def queue_status(self, verbose: bool = False) -> defer.Deferred:
@@ -262,8 +283,9 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
         return self._send("info")
 
     @asynchronous
+    @counted("map")
     def map(self, function: Any, *sequences: Any, chunksize: int | None = None,
-            **options: Any) -> defer.Deferred:
+            tally: Tally | None = None, **options: Any) -> defer.Deferred:
         """A Deferred firing with ``list(map(function, *sequences))``, computed
         by load-balanced tasks.
 
@@ -272,9 +294,11 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
         depend, timeout).  Fails with TypeError / ValueError for bad
         arguments, else with the exception of the first chunk that failed
         (the chunks already submitted are aborted and cleared when the map
-        fails before collecting them).  See :mod:`plait.kernel.client._taskmap`.
+        fails before collecting them).  With ``tally``, it counts the chunks
+        (tasks) done as they finish (the blocking client's ``progress=``).
+        See :mod:`plait.kernel.client._taskmap`.
         """
-        return map_tasks(self, function, sequences, chunksize, options)
+        return map_tasks(self, function, sequences, chunksize, options, tally)
 
 
 class BlockingRunMixin:

@@ -40,6 +40,8 @@ from typing import Any
 
 from twisted.internet import defer
 
+from plait.kernel.client._base import all_of
+from plait.kernel.client._progress import Tally
 from plait.kernel.client._tasks import MapTask
 from plait.kernel.engine.shipped import map_chunk
 from plait.wire.serialized import Serialized
@@ -85,12 +87,14 @@ def check_map_options(chunksize: int | None, options: dict) -> None:
 
 
 def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
-              chunksize: int | None, options: dict) -> defer.Deferred:
+              chunksize: int | None, options: dict, tally: Tally | None = None
+              ) -> defer.Deferred:
     """(Twisted) A Deferred firing with ``list(map(function, *sequences))``.
 
     ``client`` is an AsyncTaskClient.  Fails with TypeError / ValueError for
     bad arguments (nothing is submitted then), else with the exception of the
-    first chunk that failed.
+    first chunk that failed.  ``tally`` (if any) counts the chunks (tasks)
+    done: their results are then fetched one chunk at a time, as each finishes.
     """
     try:
         if not callable(function):
@@ -113,14 +117,23 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
             engines = (yield client.info())["engines"]
         shipped = Serialized.of(function)  # pickled once for all the chunks
         ids: list[int] = []
+        sizes = chunk_sizes(len(items), engines, chunksize)
         start = 0
+        if tally is not None:
+            tally.total = len(sizes)
         try:
-            for size in chunk_sizes(len(items), engines, chunksize):
+            for size in sizes:
                 columns = zip(*items[start:start + size], strict=True)  # one per sequence
                 task = MapTask(map_chunk, (shipped, *columns), **options)
                 ids.append((yield client.run(task)))
                 start += size
-            results = yield client._results_of(ids, True, keep=False)
+            if tally is None:
+                results = yield client._results_of(ids, True, keep=False)
+            else:
+                results = yield all_of([
+                    client._results_of([taskid], True, keep=False).addCallback(_counted, tally)
+                    for taskid in ids])
+                results = [chunk for [chunk] in results]
         except BaseException:
             yield _discard(client, ids)
             raise
@@ -132,6 +145,11 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
         return values
 
     return go()
+
+
+def _counted(results: list, tally: Tally) -> list:
+    tally.add()
+    return results
 
 
 @defer.inlineCallbacks

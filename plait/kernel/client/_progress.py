@@ -1,6 +1,7 @@
-"""Progress bars for the waits that take long.
+"""Progress bars for the waits that take long, in both API generations.
 
-A blocking wait (``ar.get``, ``ar.wait``, ``rc.wait``, a blocking ``map``)
+A blocking wait (``ar.get``, ``ar.wait``, ``rc.wait``, a blocking ``map``;
+``tc.barrier``, ``tc.map``, ``mec.barrier`` in the kernel generation)
 given ``progress=True`` shows how many of its tasks are done as it waits; by
 default (``progress=None``) it does so only in IPython, once the wait has
 lasted :data:`PROGRESS_AFTER` seconds; ``progress=False`` never does.  The
@@ -51,6 +52,9 @@ class _Lines:
             print(f"plait: {self.desc}: {done}/{self.total} tasks done after "
                   f"{now - self.start:.1f} s", file=sys.stderr, flush=True)
 
+    def resize(self, total: int) -> None:
+        self.total = total
+
     def close(self, done: int) -> None:
         self.update(done, final=True)
 
@@ -58,6 +62,11 @@ class _Lines:
 class _Tqdm:
     def __init__(self, bar: Any):
         self.bar = bar
+
+    def resize(self, total: int) -> None:
+        if total != self.bar.total:
+            self.bar.total = total
+            self.bar.refresh()
 
     def update(self, done: int) -> None:
         if done > self.bar.n:
@@ -89,29 +98,59 @@ def make_bar(total: int, desc: str) -> Any:
     return _Lines(total, desc)
 
 
-def wait(done: Callable[[], int], total: int, ready: Callable[[float | None], bool],
-         timeout: float | None, progress: bool | None, desc: str) -> bool:
+class Tally:
+    """What an asynchronous call counts for the blocking call's bar: ``done``
+    of ``total`` (each set in the reactor thread, read from the caller's)."""
+
+    def __init__(self, total: int = 0):
+        self.total = total
+        self.done = 0
+
+    def add(self, n: int = 1) -> None:
+        self.done += n
+
+
+def shows(progress: bool | None) -> bool:
+    """Whether a wait given ``progress`` may show a bar (or lines) here."""
+    return bool(progress) or (progress is None and _shell() is not None)
+
+
+def wait(done: Callable[[], int], total: int | Callable[[], int],
+         ready: Callable[[float | None], bool], timeout: float | None,
+         progress: bool | None, desc: str) -> bool:
     """Wait with ``ready(seconds)`` (True once all is done) up to ``timeout``
-    seconds (None: for ever), showing ``done()`` of ``total`` as ``progress``
-    says; whether all is done."""
-    if progress is False or (progress is None and _shell() is None):
+    seconds (None: for ever), showing ``done()`` of ``total`` (or of
+    ``total()``, when it is known only once the call has started) as
+    ``progress`` says; whether all is done."""
+    if not shows(progress):
         return ready(timeout)
+    if not isinstance(total, int):
+        return _wait(done, total, ready, timeout, bool(progress), desc)
+    count = total
+    return _wait(done, lambda: count, ready, timeout, bool(progress), desc)
+
+
+def _wait(done: Callable[[], int], total: Callable[[], int],
+          ready: Callable[[float | None], bool], timeout: float | None, progress: bool,
+          desc: str) -> bool:
     deadline = None if timeout is None else time.monotonic() + timeout
     first = 0.0 if progress else PROGRESS_AFTER
     if ready(first if deadline is None else min(first, max(0.0, deadline - time.monotonic()))):
         if progress:  # asked for: a finished bar, then
-            make_bar(total, desc).close(done())
+            make_bar(total(), desc).close(done())
         return True
     if deadline is not None and time.monotonic() >= deadline:
         return False  # (a wait shorter than PROGRESS_AFTER: no bar)
-    bar = make_bar(total, desc)
+    bar = make_bar(total(), desc)
     try:
         while deadline is None or time.monotonic() < deadline:
             step = TICK if deadline is None else min(TICK, max(0.0, deadline - time.monotonic()))
             finished = ready(step)
+            bar.resize(total())
             bar.update(done())
             if finished:
                 return True
         return ready(0)
     finally:
+        bar.resize(total())
         bar.close(done())
