@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -840,6 +841,41 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class _Blank:
+    """A browser's page closed (left for about:blank) when the watcher is killed."""
+
+    def __init__(self, browser: Any):
+        self.browser = browser
+
+    def kill(self) -> None:
+        self.browser.get("about:blank")
+
+    def wait(self) -> None:
+        pass
+
+
+def _browser() -> Any:
+    """A headless chromium driven by Selenium (as the page's test drives it), or
+    None when chromium, its driver or Selenium is missing."""
+    import shutil
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (binary and driver):
+        return None
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        return None
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1000,800"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
 def _status_page(p: dict, r: Results) -> None:
     """The status page's cost: the task rate with its event stream open over the
     rate with it closed (rounds interleaved), and the controller CPU its stream
@@ -849,8 +885,11 @@ def _status_page(p: dict, r: Results) -> None:
     import plait.parallel as ipp
 
     n_engines = 4 if p["cycles"] == 1 else 64
+    how = "its event stream read by another process: no headless chromium here"
+    browser: Any = None
 
     def run() -> None:
+        nonlocal how, browser
         cluster = ipp.Cluster(n=n_engines)
         try:
             rc = cluster.start_and_connect()
@@ -873,13 +912,28 @@ def _status_page(p: dict, r: Results) -> None:
                            "    pass\n")
             events = f"{base}events?token={token}"
 
-            def watcher() -> subprocess.Popen:  # a page's stream, read as a browser does
+            def stream_reader() -> Any:  # the page's stream, read by another process
                 proc = subprocess.Popen([sys.executable, "-c", reader_code, events],
                                         stdout=subprocess.PIPE, text=True)
                 assert proc.stdout is not None
                 if proc.stdout.readline().strip() != "reading":  # (started: now measure)
                     raise RuntimeError("the status page's stream did not open")
                 return proc
+
+            browser = _browser()  # the page itself, in a headless browser, if there is one
+            if browser is not None:
+                how = "in headless chromium, drawing each snapshot"
+
+            def watcher() -> Any:
+                if browser is None:
+                    return stream_reader()
+                browser.get(url)
+                shown = time.monotonic() + 30  # (open: its engine count shows)
+                while browser.find_element("id", "engine-count").text != str(n_engines):
+                    if time.monotonic() > shown:
+                        raise RuntimeError("the status page did not show in the browser")
+                    time.sleep(0.05)
+                return _Blank(browser)
 
             closed, opened = [], []
             for k in range(2 * p["rate_rounds"]):  # (in turn first: a round slows the next)
@@ -902,15 +956,16 @@ def _status_page(p: dict, r: Results) -> None:
                     reader.wait()
             rc.close()
         finally:
+            if browser is not None:
+                browser.quit()
             cluster.stop()
         ratio = median(opened) / median(closed)
         page = (median([c for w, c in idle if w]) - median([c for w, c in idle if not w])) * 100
         r.add("status_open_rate", ratio, each=[o / c for o, c in zip(opened, closed, strict=True)],
-              detail=f"{median(opened):.0f} tasks/s with a page's stream open (read by "
-                     f"another process), "
+              detail=f"{median(opened):.0f} tasks/s with the page open ({how}), "
                      f"{median(closed):.0f} closed; {n_engines} engines")
         r.add("status_page_cpu", max(page, 0.0),
-              detail=f"controller CPU % the open stream adds, {n_engines} engines idle")
+              detail=f"controller CPU % the open page adds ({how}), {n_engines} engines idle")
 
     _in_fresh_plait_dir(run)
 

@@ -9,7 +9,8 @@ gets 403.  What it offers, read-only:
 
 * ``/?token=T``: the page (HTML, CSS and JavaScript in this file: nothing
   is fetched from elsewhere), kept up to date by
-* ``/events?token=T``: a server-sent event stream, one snapshot a second;
+* ``/events?token=T``: a server-sent event stream, a snapshot every half
+  second (at once when an engine joins or leaves);
 * ``/status.json?token=T``: the current snapshot, for scripts;
 * ``/metrics?token=T``: the same figures as Prometheus text;
 * ``/history.json?token=T&status=S&engine=E&msg_id=M``: the hub's records
@@ -50,7 +51,9 @@ h2 { font-size: 1.05em; margin-top: 1.5em } pre { background: #f6f6f6; padding: 
 <div class="figure">updated<b id="updated">-</b></div>
 <p><canvas id="history" width="600" height="80"></canvas><br>
 tasks finished per second, the last 5 minutes</p>
-<table><thead><tr><th>engine</th><th>state</th><th>running</th><th>queued</th>
+<table><thead><tr><th>engine</th><th>state</th>
+<th title="load-balanced tasks handed to the engine: the one it runs, and those next in line on it">tasks</th>
+<th title="direct requests waiting on the engine (its own queue)">queued</th>
 <th>done</th><th>task</th><th>host</th><th>pid</th><th>memory</th><th>CPU</th><th>uuid</th>
 </tr></thead><tbody id="engines"></tbody></table>
 <h2>task stream, the last minute</h2>
@@ -104,10 +107,11 @@ function drawStream(s) {
   const h = c.height / rows, end = s.time, start = end - 60;
   const colour = {succeeded: "#2a9d2a", failed: "#c62828"};
   for (const [engine, t0, t1, status] of s.stream) { const row = ids.indexOf(engine);
-    if (row < 0) continue; const x0 = (Math.max(t0, start) - start) / 60 * c.width;
-    g.fillStyle = colour[status] || "#999";
-    g.fillRect(x0, row * h + 1, Math.max(1, (t1 - Math.max(t0, start)) / 60 * c.width),
-               Math.max(1, h - 2)); }
+    if (row < 0) continue; const x0 = Math.floor((Math.max(t0, start) - start) / 60 * c.width);
+    g.fillStyle = colour[status] || "#999";  // (whole pixels: a short task shows, unblurred)
+    g.fillRect(x0, Math.round(row * h) + 1,
+               Math.max(2, Math.round((t1 - Math.max(t0, start)) / 60 * c.width)),
+               Math.max(1, Math.round(h) - 2)); }
 }
 document.getElementById("search").onsubmit = async (ev) => { ev.preventDefault();
   const q = new URLSearchParams(new FormData(ev.target)); q.set("token", token);

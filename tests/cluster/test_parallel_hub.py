@@ -225,6 +225,23 @@ def test_queue_status_counts(rc):
     assert after["unassigned"] == 0
 
 
+def test_queue_status_counts_each_direct_request_once(rc, tmp_path):
+    gate = Gate(tmp_path)
+    running = rc[1].apply_async(gate.waiter())
+    try:
+        waiting = rc[1].apply_async(abs, -4)  # behind it, on the same engine
+        for _ in range(500):  # (each look a round trip: until the request has arrived)
+            verbose = rc.queue_status(verbose=True)[1]
+            if waiting.msg_ids[0] in verbose["queue"]:
+                break
+        # the engine's direct requests, each once (not also the batch carrying it)
+        assert verbose["queue"] == running.msg_ids + waiting.msg_ids
+        assert verbose["tasks"] == [] and rc.queue_status()[1]["queue"] == 2
+    finally:
+        gate.open()
+    assert running.get(timeout=30) == "go" and waiting.get(timeout=30) == 4
+
+
 def test_unknown_msg_ids(rc):
     with pytest.raises(error.InvalidTaskID):
         rc.get_result(rc._msg_id(123456789))

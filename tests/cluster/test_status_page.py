@@ -60,6 +60,34 @@ def _shows(driver, element_id: str, want, timeout: float) -> float:
     return time.monotonic() - t0
 
 
+#: Seconds within which the page shows a change (the issue's "within a second").
+AT_ONCE = 1.0
+
+
+def _pixels(driver, canvas: str, colour: str | None = None) -> int:
+    """How many pixels of the page's ``canvas`` are drawn (of ``colour``, '#rrggbb')."""
+    return driver.execute_script(
+        "const c = document.getElementById(arguments[0]), want = arguments[1];"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 0; i < d.length; i += 4) { if (!d[i + 3]) continue;"
+        "  const hex = '#' + [d[i], d[i + 1], d[i + 2]].map("
+        "    v => v.toString(16).padStart(2, '0')).join('');"
+        "  if (!want || hex === want) n++; } return n", canvas, colour)
+
+
+def _started_then_gated(started: str, gate: Gate):
+    """A task (sent by value) that says it started through the FIFO ``started``,
+    then waits at ``gate``."""
+    waiter = gate.waiter()
+
+    def started_then_gated(*args):
+        with open(started, "w") as f:
+            f.write("started")
+        return waiter()
+
+    return started_then_gated
+
+
 def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path):
     c = cluster_factory(2)
     url = _url(c)
@@ -68,9 +96,12 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
     browser.get(url)
     _shows(browser, "engine-count", "2", 30)
     assert len(browser.find_elements(By.CSS_SELECTOR, "tr.engine")) == 2
-    # tasks run: the count of tasks done follows
+    # tasks run: the count of tasks done follows at once, and the rate is drawn
     rc.load_balanced_view().map_sync(abs, range(200), chunksize=1)
-    _shows(browser, "tasks-done", lambda text: text.isdigit() and int(text) >= 200, 5)
+    done = _shows(browser, "tasks-done", lambda text: text.isdigit() and int(text) >= 200, 5)
+    assert done < AT_ONCE, done
+    WebDriverWait(browser, 3, poll_frequency=0.05).until(  # the tasks/s bars (per second)
+        lambda d: _pixels(d, "history", "#3b7dd8") > 0)
     # an engine dies, another joins: the page says so at once
     pid = rc[1].apply_sync(os.getpid)
     os.kill(pid, signal.SIGKILL)
@@ -78,7 +109,7 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
     died = _shows(browser, "engine-count", "1", 5)
     run_cmd(["ipcluster", "engines", "-n", "1", "--timeout", "60"], c.env)
     joined = _shows(browser, "engine-count", "2", 5)
-    assert died < 3 and joined < 3, (died, joined)
+    assert died < AT_ONCE and joined < AT_ONCE, (died, joined)
     # each engine's host, pid and memory, reported by the engine itself
     pids = rc[:].apply_sync(os.getpid)
 
@@ -87,7 +118,7 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
                 for tr in driver.find_elements(By.CSS_SELECTOR, "tr.engine")]
         return rows if rows and all(r[7] and r[9] for r in rows) else None
 
-    def until(test, timeout: float):  # (rows are redrawn each second)
+    def until(test, timeout: float):  # (rows are redrawn with each snapshot)
         return WebDriverWait(browser, timeout, poll_frequency=0.05,
                              ignored_exceptions=[StaleElementReferenceException]).until(test)
 
@@ -95,32 +126,60 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
     assert sorted(int(r[7]) for r in rows) == sorted(pids)
     assert all(r[6] == socket.gethostname() and r[8].endswith(" MB") for r in rows)
     assert all(r[9].endswith(" %") for r in rows)
-    # a running task shows on its engine's row: busy, running 1, its msg_id
-    gate = Gate(tmp_path)
-    held = rc.load_balanced_view().apply_async(gate.waiter())
+    # a task starts: at once it shows on its engine's row (busy, running 1, its msg_id);
+    # tasks behind it show as queued, on an engine or waiting for one
+    gates = [Gate(tmp_path, f"gate{i}") for i in range(5)]  # (one each: a FIFO read by
+    started = str(tmp_path / "started")  # two at once would let both go)
+    os.mkfifo(started)
+    view = rc.load_balanced_view()
+    held = view.apply_async(_started_then_gated(started, gates[0]))
+    with open(started) as f:
+        assert f.read() == "started"
+    t0 = time.monotonic()
 
     def busy_row(driver) -> list[str] | None:
         return next((r for r in engine_rows(driver) or []
                      if r[1:3] == ["busy", "1"] and r[5] == "…" + held.msg_ids[0][-12:]),
                     None)
 
+    behind: list = []
     try:
         until(busy_row, 10)
+        busy = time.monotonic() - t0
+        assert busy < AT_ONCE, busy
+        behind = [view.apply_async(gate.waiter()) for gate in gates[1:]]
+        direct = rc[int(rows[0][0])].apply_async(abs, -5)  # (an engine's own queue)
+
+        def queued(driver) -> tuple[list[list[str]], int] | None:
+            rows = engine_rows(driver) or []
+            waiting = driver.find_element(By.ID, "unassigned").text
+            if len(rows) != 2 or not waiting.isdigit():
+                return None
+            handed = sum(int(r[2]) for r in rows) + int(waiting)
+            return (rows, int(waiting)) if handed == 5 and rows[0][3] == "1" else None
+
+        rows, waiting = until(queued, 10)
+        assert all(r[1] == "busy" and int(r[2]) >= 1 for r in rows)
+        snapshot = json.load(urllib.request.urlopen(url.replace("?", "status.json?"),
+                                                    timeout=10))
+        assert snapshot["unassigned"] == waiting
+        assert [e["queue"] for e in snapshot["engines"]] == [int(r[3]) for r in rows]
     finally:
-        gate.open()
-    assert held.get(timeout=30) == "go"
-    # a failure shows with its traceback, and the task stream draws the tasks
+        for gate in gates[:1 + len(behind)]:
+            gate.open()
+    assert held.get(timeout=30) == "go" and [ar.get(timeout=30) for ar in behind] == ["go"] * 4
+    assert direct.get(timeout=30) == 5
+    # a failure shows at once with its traceback, and the task stream draws each
+    # task in the colour of its outcome
     def fails(x: int) -> None:
         raise ValueError(f"bad input {x}")
 
     with pytest.raises(RemoteError, match="ValueError: bad input 7"):
         rc.load_balanced_view().apply_sync(fails, 7)
-    _shows(browser, "failures", lambda text: "ValueError: bad input 7" in text
-           and "in fails" in text, 5)
-    assert browser.execute_script(
-        "const c = document.getElementById('stream'); const d = c.getContext('2d')"
-        ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
-        "for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n") > 0
+    failed = _shows(browser, "failures", lambda text: "ValueError: bad input 7" in text
+                    and "in fails" in text, 5)
+    assert failed < AT_ONCE, failed
+    assert _pixels(browser, "stream", "#2a9d2a") > 0 and _pixels(browser, "stream", "#c62828") > 0
     # the history: the hub's records, searched from the page
     browser.find_element(By.CSS_SELECTOR, "select[name=status] option[value=failed]").click()
     browser.find_element(By.CSS_SELECTOR, "#search button").click()

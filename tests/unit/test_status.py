@@ -36,7 +36,9 @@ def test_snapshots_count_engines_tasks_and_the_rate():
     assert last["completed"] == 6 and last["rate"] == [6]
     assert sum(e["completed"] for e in last["engines"]) == 6
     assert {e["state"] for e in last["engines"]} == {"idle"}
-    clock.advance(1)
+    clock.advance(0.5)  # someone watches: a snapshot every half second
+    assert len(seen) == 3 and seen[-1]["rate"] == [6]
+    clock.advance(0.5)
     assert seen[-1]["rate"] == [6, 0] and seen[-1]["tasks_per_second"] == 3.0
     registry.unregister(1, "gone")  # a snapshot at once, not at the next second
     clock.advance(0)
@@ -45,6 +47,15 @@ def test_snapshots_count_engines_tasks_and_the_rate():
     n = len(seen)
     clock.advance(5)
     assert len(seen) == n  # unsubscribed
+    before, seconds = status.last, len(status.current()["rate"])
+    clock.advance(0.5)  # no one watches: a snapshot a second, for status.json
+    assert status.last is before
+    clock.advance(0.5)
+    assert status.last is not before and len(status.current()["rate"]) == seconds + 1
+    clock.pump([0.5] * 4)
+    clock.advance(1.0)  # (a late reactor: two intervals at once keep the seconds)
+    clock.advance(0.5)
+    assert len(status.current()["rate"]) == seconds + 4
     text = prometheus(status.current())
     assert "plait_engines 1\n" in text and "plait_tasks_completed_total 6\n" in text
     assert 'plait_engine_completed_total{engine="0"}' in text

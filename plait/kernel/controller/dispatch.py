@@ -103,6 +103,13 @@ def failure_payload(exc: BaseException, engine_id: int | None) -> bytes:
 Entry = tuple[Any, int]  # (task, the attempt it belongs to)
 
 
+class BatchLabel(str):
+    """The label of a batch of tasks in an engine's command queue: its tasks are
+    counted as tasks, not as commands (see ``TaskController.engine_status``)."""
+
+    __slots__ = ()
+
+
 class _Command:
     """One ``run_task`` command: its tasks, each with the attempt it belongs to."""
 
@@ -122,11 +129,11 @@ class _Command:
         sent = {id(t) for t, _ in self.sent}
         return [(t, a) for t, a in self.entries if id(t) not in sent]
 
-    def label(self) -> str:
+    def label(self) -> BatchLabel:
         ids = [t.taskid for t, _ in self.entries]
         if len(ids) == 1:
-            return f"task {ids[0]}"
-        return f"tasks {ids[0]}..{ids[-1]} ({len(ids)})"
+            return BatchLabel(f"task {ids[0]}")
+        return BatchLabel(f"tasks {ids[0]}..{ids[-1]} ({len(ids)})")
 
 
 class Dispatcher:
@@ -286,7 +293,7 @@ class Dispatcher:
             self._passed()
             return
         d = queue.submit(lambda engine: engine.run_task(serialize(StashFetch(key))),
-                         label=f"task {entry[0].taskid} (result)")
+                         label=BatchLabel(f"task {entry[0].taskid} (result)"))
         d.addCallbacks(fetched, lost)
         d.addCallback(end)
         d.addErrback(lambda f: log.failure("fetching a task result failed", f))

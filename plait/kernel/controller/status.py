@@ -1,10 +1,13 @@
 """What the status page shows: the engines, their queues and the task rate.
 
 A :class:`StatusService` takes one :meth:`~StatusService.snapshot` a second
-(O(engines + tasks on engines), never O(tasks recorded)), keeps the number
-of tasks finished in each of the last :data:`WINDOW` seconds, and hands each
+(O(engines + tasks on engines), never O(tasks recorded)), and one every
+:data:`PUBLISH_EVERY` seconds while someone watches; it keeps the number of
+tasks finished in each of the last :data:`WINDOW` seconds, and hands each
 snapshot to its subscribers (the page's live streams): however many pages
-are open, the scheduler pays for one snapshot a second.  It also keeps, as
+are open, the scheduler pays for two snapshots a second, and a change shows
+on the pages within that half second (an engine joining or leaving, at
+once).  It also keeps, as
 tasks finish, the last :data:`STREAM` of them (the page's task stream: when
 each ran, where, and how it ended) and the last :data:`FAILURES` failures
 with what their engines said; :meth:`~StatusService.search` looks in the
@@ -28,10 +31,12 @@ reactor: Any = _twisted_reactor  # provides every IReactor* interface; typed by 
 
 #: Seconds of task rate kept (and shown).
 WINDOW = 300
-#: Seconds between two snapshots.
+#: Seconds between two counts of the tasks finished (the rate's buckets).
 EVERY = 1.0
+#: Seconds between two snapshots while someone watches (a half of EVERY).
+PUBLISH_EVERY = EVERY / 2
 #: Finished tasks kept for the task stream, the newest of them a snapshot shows
-#: (each snapshot goes to every open page once a second: it stays small), and
+#: (each snapshot goes to every open page twice a second: it stays small), and
 #: the seconds of stream shown.
 STREAM = 2000
 STREAM_SHOWN = 400
@@ -43,6 +48,10 @@ SEARCH_LIMIT = 100
 SEARCH_WINDOW = 100_000
 
 log = Logger()
+
+
+def _same(taskid: int) -> int:
+    return taskid
 
 
 class StatusService:
@@ -63,8 +72,10 @@ class StatusService:
             add(self._finished)
         self._done: deque[tuple[float, int]] = deque(maxlen=WINDOW + 1)  # (time, finished)
         self._subscribers: list[Callable[[dict], None]] = []
-        self._loop = LoopingCall(self._tick)
+        self._loop = LoopingCall.withCount(self._tick)
         self._loop.clock = self.clock
+        self._halves = 0  # the loop's intervals so far (of PUBLISH_EVERY)
+        self._counted = -1  # the last second whose count is in _done
         self.last: dict | None = None
         registry.add_observer(self)
 
@@ -78,7 +89,7 @@ class StatusService:
             remove(self._finished)
 
     def start(self) -> None:
-        self._loop.start(EVERY, now=True)
+        self._loop.start(PUBLISH_EVERY, now=True)
 
     def stop(self) -> None:
         if self._loop.running:
@@ -161,7 +172,9 @@ class StatusService:
         ``tasks`` (how many in each state), ``unassigned``, ``completed`` (all
         engines), ``rate`` (tasks finished in each of the last seconds, oldest
         first) and ``tasks_per_second`` (over the last 10 s)."""
-        status = self.tasks.engine_status()
+        # (the later generation's count: a direct view's requests wait in an
+        # engine's queue; the task of a row is the first one handed to it)
+        status = self.tasks.engine_status(name=_same)
         running_on: dict[int, list[int]] = getattr(self.tasks, "running_on", dict)()
         engines = []
         for engine_id in sorted(e for e in status if e != "unassigned"):
@@ -201,8 +214,18 @@ class StatusService:
             "stream": stream, "failures": list(self._failures)[::-1],
         }
 
-    def _tick(self) -> None:
-        self._done.append((self.clock.seconds(), sum(self.tasks.completed_counts().values())))
+    def _tick(self, intervals: int) -> None:
+        """Every PUBLISH_EVERY seconds (``intervals`` of them since the last call,
+        more than one when the reactor was late): each second, count the tasks
+        finished and publish; in between, publish only to someone watching."""
+        self._halves += intervals
+        second = (self._halves - 1) // 2
+        if second > self._counted:
+            self._counted = second
+            self._done.append((self.clock.seconds(),
+                               sum(self.tasks.completed_counts().values())))
+        elif not self._subscribers:
+            return
         self._publish()
 
     def _publish(self) -> None:

@@ -105,7 +105,7 @@ from zope.interface import implementer
 
 from plait.interfaces.engine import IEngineRegistry
 from plait.interfaces.task import IScheduler, ITaskController
-from plait.kernel.controller.dispatch import Dispatcher, Ended, failure_payload
+from plait.kernel.controller.dispatch import BatchLabel, Dispatcher, Ended, failure_payload
 from plait.kernel.controller.graph import MET, RUNNING, WAITING, Graph
 from plait.kernel.controller.memory import COMPACT_AFTER, release_memory
 from plait.kernel.controller.scheduler import (
@@ -355,8 +355,10 @@ class TaskController:
     def engine_status(self, verbose: bool = False, name: Callable[[int], Any] | None = None
                       ) -> dict[Any, Any]:
         """Per engine: tasks handed to it (``tasks``), commands waiting in its
-        queue (``queue``) and tasks it finished (``completed``); and the tasks
-        waiting for an engine (``unassigned``).  Lists with ``verbose``.
+        queue (``queue``: the MultiEngine interface's, not the batches that
+        carry the tasks counted in ``tasks``) and tasks it finished
+        (``completed``); and the tasks waiting for an engine (``unassigned``).
+        Lists with ``verbose``.
 
         With ``name`` (the later generation's view), pinned tasks count in
         ``queue`` (a direct view's requests), and ``name(taskid)`` names each
@@ -373,7 +375,8 @@ class TaskController:
                 (pinned if direct else running)[engine_id].append(taskid)
         label = name or (lambda taskid: taskid)
         for engine_id, ids in running.items():
-            queue = [*self._registry.get_queue(engine_id).status()["queue"],
+            commands = self._registry.get_queue(engine_id).status()["queue"]
+            queue = [*(c for c in commands if not isinstance(c, BatchLabel)),
                      *(label(t) for t in sorted(pinned[engine_id]))]
             done = self._completed_on.get(engine_id, 0)
             status[engine_id] = {
