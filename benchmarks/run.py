@@ -195,11 +195,11 @@ def _parallel_specs(p: dict) -> list[Spec]:
         Spec("parallel", "chaos_recover", "chaos: a controller SIGKILL to the engines back",
              "s", ("<=", 5.0), None, "", "during the chaos run; median of the 2 kills"),
         Spec("parallel", "status_open_rate", "task rate, status page open / closed", "x",
-             (">=", 0.9), None, "", "lview.apply_async x N + rc.wait with the page's event "
-             "stream read by a client over the same without, rounds interleaved; 64 engines "
-             "(4 with --quick)"),
+             (">=", 0.9), None, "", "lview.apply_async x N + rc.wait with the page open in "
+             "headless chromium (without chromium: its event stream read by a client) over "
+             "the same without, rounds interleaved; 64 engines (4 with --quick)"),
         Spec("parallel", "status_page_cpu", "controller CPU of an open status page", "%",
-             ("<=", 5.0), None, "", "the controller's CPU with the page's stream open minus "
+             ("<=", 5.0), None, "", "the controller's CPU with the page open minus "
              "without, engines idle, 3 s spans; 64 engines (4 with --quick)"),
         Spec("parallel", "ssh_start64", "64 engines over SSH on 3 hosts, ready", "s",
              ("<=", 5.0) if p["hub_results"] >= 100_000 else None, None, "",

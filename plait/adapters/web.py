@@ -74,26 +74,36 @@ engine <input name="engine" size="4"> msg_id <input name="msg_id" size="36">
 const token = new URLSearchParams(location.search).get("token");
 function cell(text, cls) { const td = document.createElement("td");
   td.textContent = text; if (cls) td.className = cls; return td; }
+let rowsOf = "", failuresOf = "";
+function engineTexts(e) {
+  return [e.id, e.state, e.running, e.queue, e.completed, e.task ? "…" + e.task.slice(-12) : "",
+    e.host || "", e.pid || "", e.memory ? (e.memory / 1048576).toFixed(0) + " MB" : "",
+    e.cpu === null || e.cpu === undefined ? "" : e.cpu.toFixed(0) + " %", e.uuid.slice(0, 8)];
+}
+function set(node, text) { if (node.textContent !== String(text)) node.textContent = text; }
 function show(s) {
-  document.getElementById("engine-count").textContent = s.engine_count;
-  document.getElementById("tasks-done").textContent = s.completed;
-  document.getElementById("rate").textContent = s.tasks_per_second.toFixed(1);
-  document.getElementById("unassigned").textContent = s.unassigned;
-  document.getElementById("updated").textContent = new Date(s.time * 1000).toLocaleTimeString();
-  const body = document.getElementById("engines"); body.replaceChildren();
-  for (const e of s.engines) { const tr = document.createElement("tr");
-    tr.className = "engine"; tr.append(cell(e.id), cell(e.state, e.state), cell(e.running),
-    cell(e.queue), cell(e.completed), cell(e.task ? "…" + e.task.slice(-12) : ""),
-    cell(e.host || ""), cell(e.pid || ""), cell(e.memory ? (e.memory / 1048576).toFixed(0)
-    + " MB" : ""), cell(e.cpu === null || e.cpu === undefined ? "" : e.cpu.toFixed(0) + " %"),
-    cell(e.uuid.slice(0, 8))); body.append(tr); }
+  // (only what changed is touched: a browser then redraws little, twice a second)
+  set(document.getElementById("engine-count"), s.engine_count);
+  set(document.getElementById("tasks-done"), s.completed);
+  set(document.getElementById("rate"), s.tasks_per_second.toFixed(1));
+  set(document.getElementById("unassigned"), s.unassigned);
+  set(document.getElementById("updated"), new Date(s.time * 1000).toLocaleTimeString());
+  const body = document.getElementById("engines"), ids = s.engines.map(e => e.id).join();
+  if (ids !== rowsOf) { rowsOf = ids; body.replaceChildren();
+    for (const e of s.engines) { const tr = document.createElement("tr"); tr.className = "engine";
+      for (const text of engineTexts(e)) tr.append(cell(text)); body.append(tr); } }
+  s.engines.forEach((e, i) => { const tds = body.children[i].children;
+    engineTexts(e).forEach((text, k) => set(tds[k], text));
+    if (tds[1].className !== e.state) tds[1].className = e.state; });
   drawStream(s);
-  const f = document.getElementById("failures"); f.replaceChildren();
-  if (!s.failures.length) f.textContent = "none";
-  for (const x of s.failures) { const d = document.createElement("div");
-    d.className = "failure"; d.textContent = new Date(x.time * 1000).toLocaleTimeString() +
-    "  engine " + x.engine + "  " + x.msg_id; const p = document.createElement("pre");
-    p.textContent = x.error; f.append(d, p); }
+  const failures = s.failures.map(x => x.id).join();
+  if (failures !== failuresOf) { failuresOf = failures;
+    const f = document.getElementById("failures"); f.replaceChildren();
+    if (!s.failures.length) f.textContent = "none";
+    for (const x of s.failures) { const d = document.createElement("div");
+      d.className = "failure"; d.textContent = new Date(x.time * 1000).toLocaleTimeString() +
+      "  engine " + x.engine + "  " + x.msg_id; const p = document.createElement("pre");
+      p.textContent = x.error; f.append(d, p); } }
   const c = document.getElementById("history"), g = c.getContext("2d");
   g.clearRect(0, 0, c.width, c.height);
   const top = Math.max(1, ...s.rate), w = c.width / 300; g.fillStyle = "#3b7dd8";
@@ -103,7 +113,9 @@ function show(s) {
 function drawStream(s) {
   const c = document.getElementById("stream"), g = c.getContext("2d");
   const ids = s.engines.map(e => e.id), rows = Math.max(1, ids.length);
-  c.height = Math.min(600, Math.max(40, rows * 12)); g.clearRect(0, 0, c.width, c.height);
+  const height = Math.min(600, Math.max(40, rows * 12));
+  if (c.height !== height) c.height = height;
+  g.clearRect(0, 0, c.width, c.height);
   const h = c.height / rows, end = s.time, start = end - 60;
   const colour = {succeeded: "#2a9d2a", failed: "#c62828"};
   for (const [engine, t0, t1, status] of s.stream) { const row = ids.indexOf(engine);

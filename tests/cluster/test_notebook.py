@@ -57,3 +57,55 @@ def test_a_notebook_drives_the_cluster(cluster4, monkeypatch):
     assert _text(cells[4]).strip().endswith("210")
     assert _text(cells[5]).strip() == "1024"
     assert _text(cells[6]).strip() == "[42, 42, 42, 42]"
+
+
+def test_px_stream_shows_each_line_as_the_engine_prints_it(cluster4, monkeypatch, tmp_path):
+    """In a real Jupyter kernel, ``%%px --stream`` output reaches the notebook
+    while the cell still runs: the first line arrives, the cell is still busy
+    (its engine waits at a gate), and only then does the test let it finish."""
+    from jupyter_client.manager import start_new_kernel
+
+    from support.cluster import Gate
+
+    monkeypatch.setenv("PLAIT_DIR", str(cluster4.plait_dir))
+    gate = Gate(tmp_path)
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60)
+    try:
+        kc.execute_interactive("import plait.parallel as ipp\nrc = ipp.Client()\n"
+                               "rc.wait_for_engines(4, timeout=30)\ndview = rc[:]\n"
+                               "dview.block = True\ndview.activate()",
+                               timeout=60)
+        cell = kc.execute(f"%%px --stream --targets 0\nprint('before the gate', flush=True)\n"
+                          f"{gate.wait_code}\nprint('after the gate', flush=True)")
+
+        def next_output(timeout: float) -> tuple[str, str]:
+            """(kind, text) of the cell's next stream output or status change."""
+            while True:
+                msg = kc.get_iopub_msg(timeout=timeout)
+                if msg["parent_header"].get("msg_id") != cell:
+                    continue
+                kind = msg["msg_type"]
+                if kind == "stream":
+                    return kind, msg["content"]["text"]
+                if kind == "status":
+                    return kind, msg["content"]["execution_state"]
+                if kind == "error":
+                    return kind, "\n".join(msg["content"]["traceback"])
+
+        seen = ""
+        while "before the gate" not in seen:
+            kind, text = next_output(60)
+            assert kind in ("stream", "status") and text != "idle", (kind, text)
+            seen += text if kind == "stream" else ""
+        assert "[stdout:0] before the gate" in seen and "after the gate" not in seen
+        gate.open()  # (the cell was still running: now let it finish)
+        while "after the gate" not in seen:
+            kind, text = next_output(60)
+            assert kind in ("stream", "status") and text != "idle", (kind, text)
+            seen += text if kind == "stream" else ""
+        while next_output(60) != ("status", "idle"):
+            pass
+        assert kc.get_shell_msg(timeout=60)["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
