@@ -27,11 +27,23 @@ CELLS = [
     "with rc.executor() as ex:\n    print(ex.submit(pow, 2, 10).result())",
     "from plait.kernel import client\nmec = client.MultiEngineClient()\n"
     "mec.push({'shared': 42})\nprint(rc[:]['shared'])",
+    # the kernel generation's bars are the same widget
+    "tc = client.TaskClient()\nprint(sum(tc.map(abs, range(-8, 0), chunksize=1, "
+    "progress=True)))",
+    # by default, a wait that lasts shows its bar without being asked (after 3 s:
+    # 0.2 s here)
+    "from plait.kernel.client import _progress\n_progress.PROGRESS_AFTER = 0.2\n"
+    "import time\nprint(rc.load_balanced_view().apply_async(time.sleep, 1).get())",
 ]
 
 
 def _text(cell) -> str:
     return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+def _widgets(cell) -> list:
+    return [o for o in cell.outputs if o.output_type == "display_data"
+            and "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
 
 
 def test_a_notebook_drives_the_cluster(cluster4, monkeypatch):
@@ -47,8 +59,7 @@ def test_a_notebook_drives_the_cluster(cluster4, monkeypatch):
     assert "[stdout:0] step 0" in _text(cells[3]) and "step 2" in _text(cells[3])
     # the progress bar is tqdm's notebook widget, and the result follows
     kinds = [o.output_type for o in cells[4].outputs]
-    widgets = [o for o in cells[4].outputs if o.output_type == "display_data"
-               and "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    widgets = _widgets(cells[4])
     if importlib.util.find_spec("ipywidgets") is not None:
         assert widgets, kinds  # (without ipywidgets: plain lines)
         assert "abs:" in widgets[0]["data"]["text/plain"]
@@ -57,6 +68,11 @@ def test_a_notebook_drives_the_cluster(cluster4, monkeypatch):
     assert _text(cells[4]).strip().endswith("210")
     assert _text(cells[5]).strip() == "1024"
     assert _text(cells[6]).strip() == "[42, 42, 42, 42]"
+    for index, desc, printed in ((7, "map:", "36"), (8, "sleep:", "None")):
+        if importlib.util.find_spec("ipywidgets") is not None:
+            [widget] = _widgets(cells[index])
+            assert desc in widget["data"]["text/plain"], widget
+        assert _text(cells[index]).strip().endswith(printed), cells[index].outputs
 
 
 def test_px_stream_shows_each_line_as_the_engine_prints_it(cluster4, monkeypatch, tmp_path):
@@ -92,20 +108,41 @@ def test_px_stream_shows_each_line_as_the_engine_prints_it(cluster4, monkeypatch
                 if kind == "error":
                     return kind, "\n".join(msg["content"]["traceback"])
 
-        seen = ""
-        while "before the gate" not in seen:
-            kind, text = next_output(60)
-            assert kind in ("stream", "status") and text != "idle", (kind, text)
-            seen += text if kind == "stream" else ""
-        assert "[stdout:0] before the gate" in seen and "after the gate" not in seen
-        gate.open()  # (the cell was still running: now let it finish)
-        while "after the gate" not in seen:
-            kind, text = next_output(60)
-            assert kind in ("stream", "status") and text != "idle", (kind, text)
-            seen += text if kind == "stream" else ""
-        while next_output(60) != ("status", "idle"):
-            pass
+        try:
+            _stream_then_finish(next_output, gate)
+        finally:
+            _release(gate)  # (if the test failed with the engine at the gate)
         assert kc.get_shell_msg(timeout=60)["content"]["status"] == "ok"
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def _release(gate) -> None:
+    """Open ``gate`` if its task waits at it (a failed test must not leave engine 0
+    of the shared cluster waiting for ever)."""
+    import os
+
+    try:
+        fd = os.open(gate.path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # (no reader: the task is not there)
+        return
+    os.write(fd, b"go")
+    os.close(fd)
+
+
+def _stream_then_finish(next_output, gate) -> None:
+    """The first line while the cell runs, the gate opened, the second line, idle."""
+    seen = ""
+    while "before the gate" not in seen:
+        kind, text = next_output(60)
+        assert kind in ("stream", "status") and text != "idle", (kind, text)
+        seen += text if kind == "stream" else ""
+    assert "[stdout:0] before the gate" in seen and "after the gate" not in seen
+    gate.open()  # (the cell was still running: now let it finish)
+    while "after the gate" not in seen:
+        kind, text = next_output(60)
+        assert kind in ("stream", "status") and text != "idle", (kind, text)
+        seen += text if kind == "stream" else ""
+    while next_output(60) != ("status", "idle"):
+        pass

@@ -102,6 +102,10 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
     assert done < AT_ONCE, done
     WebDriverWait(browser, 3, poll_frequency=0.05).until(  # the tasks/s bars (per second)
         lambda d: _pixels(d, "history", "#3b7dd8") > 0)
+    assert float(browser.find_element(By.ID, "rate").text) > 0  # tasks/s, the last 10 s
+    done_by_engine = [int(tr.find_elements(By.TAG_NAME, "td")[4].text)
+                      for tr in browser.find_elements(By.CSS_SELECTOR, "tr.engine")]
+    assert sum(done_by_engine) == int(browser.find_element(By.ID, "tasks-done").text) >= 200
     # an engine dies, another joins: the page says so at once
     pid = rc[1].apply_sync(os.getpid)
     os.kill(pid, signal.SIGKILL)
@@ -186,8 +190,15 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
     _shows(browser, "history-note", "1 records (the newest first)", 10)
     [record] = browser.find_elements(By.CSS_SELECTOR, "tr.record")
     assert "failed" in record.text
-    browser.save_screenshot(str(tmp_path / "status_page.png"))
-    assert (tmp_path / "status_page.png").read_bytes()[:4] == b"\x89PNG"
+    # nothing was fetched from elsewhere (no CDN): every request went to the controller
+    origin = browser.execute_script("return location.origin")
+    fetched = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert fetched and all(name.startswith(origin + "/") for name in fetched), fetched
+    shot = os.environ.get("PLAIT_STATUS_SCREENSHOT") or str(tmp_path / "status_page.png")
+    browser.save_screenshot(shot)  # (the one in docs/images: PLAIT_STATUS_SCREENSHOT)
+    with open(shot, "rb") as f:
+        assert f.read(4) == b"\x89PNG"
 
 
 def test_the_token_is_required_and_scripts_get_json_and_prometheus(cluster_factory):

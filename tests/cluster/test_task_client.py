@@ -368,7 +368,10 @@ def test_map_leaves_nothing_behind(tc):
 def test_barrier_and_map_show_their_progress_when_asked(tc, mec, capsys):
     ids = [tc.run(client.StringTask(f"x = {i}")) for i in range(10)]
     tc.barrier(ids, progress=True)
-    assert "plait: barrier: 10/10 tasks done after" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "plait: barrier: 10/10 tasks done after" in err and err.count("10/10") == 1
+    with pytest.raises(TypeError):
+        tc.barrier(ids, True)  # (progress is a keyword)
     assert tc.map(abs, range(-20, 0), chunksize=5, progress=True) == list(range(20, 0, -1))
     assert "plait: map: 4/4 tasks done after" in capsys.readouterr().err
     mec.block = False

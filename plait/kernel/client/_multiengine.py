@@ -490,7 +490,7 @@ class AsyncMultiEngineClient(DataParallelMixin, BenchmarkMixin, MultiEngineHelpe
     # -- pending results --------------------------------------------------------
     @asynchronous
     @counted("barrier")
-    def barrier(self, pending_results: Any, tally: Tally | None = None) -> defer.Deferred:
+    def barrier(self, pending_results: Any, *, tally: Tally | None = None) -> defer.Deferred:
         """Wait until every PendingResult of ``pending_results`` is ready.
 
         Their results are then taken from the controller and kept in the

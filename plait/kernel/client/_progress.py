@@ -44,11 +44,12 @@ class _Lines:
         self.total, self.desc = total, desc
         self.start = time.monotonic()
         self.last = 0.0
+        self.said: tuple[int, int] | None = None  # (done, total) of the last line
 
     def update(self, done: int, final: bool = False) -> None:
         now = time.monotonic()
-        if final or now - self.last >= LOG_EVERY:
-            self.last = now
+        if (final and self.said != (done, self.total)) or now - self.last >= LOG_EVERY:
+            self.last, self.said = now, (done, self.total)
             print(f"plait: {self.desc}: {done}/{self.total} tasks done after "
                   f"{now - self.start:.1f} s", file=sys.stderr, flush=True)
 
@@ -96,6 +97,16 @@ def make_bar(total: int, desc: str) -> Any:
     except Exception:  # (no tqdm, or no widgets for its notebook bar)
         pass
     return _Lines(total, desc)
+
+
+#: Groups a counted call waits on at most (each one call to the controller).
+TALLY_STEPS = 100
+
+
+def tally_groups(ids: list[int]) -> list[list[int]]:
+    """``ids`` cut into at most :data:`TALLY_STEPS` runs, in order."""
+    step = max(1, -(-len(ids) // TALLY_STEPS))
+    return [ids[i:i + step] for i in range(0, len(ids), step)]
 
 
 class Tally:

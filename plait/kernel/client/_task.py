@@ -32,7 +32,7 @@ from plait.kernel.client._base import (
     decode,
 )
 from plait.kernel.client._mapping import Mapper, ParallelFunction, decorator
-from plait.kernel.client._progress import Tally
+from plait.kernel.client._progress import Tally, tally_groups
 from plait.kernel.client._session import SessionClient
 from plait.kernel.client._taskmap import check_map_options, map_tasks
 from plait.kernel.client._tasks import TaskResult
@@ -40,9 +40,6 @@ from plait.security import TC_FURL
 from plait.wire.errors import InvalidTaskID
 from plait.wire.records import decode_result
 from plait.wire.task import TASK_ID_LIMIT, TaskSpec, task_ids
-
-#: Groups a counted barrier waits on (each group one call to the controller).
-TALLY_STEPS = 100
 
 
 def _tally_on(_: Any, tally: Tally, n: int) -> None:
@@ -191,7 +188,7 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
     # -- control ---------------------------------------------------------------------
     @asynchronous
     @counted("barrier")
-    def barrier(self, taskids: int | Iterable[int], tally: Tally | None = None
+    def barrier(self, taskids: int | Iterable[int], *, tally: Tally | None = None
                 ) -> defer.Deferred:
         """A Deferred firing with None once every task in ``taskids`` (an id or
         a list) has finished, whatever its outcome.
@@ -200,7 +197,8 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
         something that is not an id).  Tasks on an engine that dies finish
         too (failed or retried), so this never hangs on a dead engine.  With
         ``tally`` it counts the tasks finished as they finish (the blocking
-        client's ``progress=``), waiting on :data:`TALLY_STEPS` groups of them.
+        client's ``progress=``), waiting on at most
+        :data:`~plait.kernel.client._progress.TALLY_STEPS` groups of them.
         """
         try:
             ids = _id_list(taskids)
@@ -214,10 +212,8 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
             return defer.succeed(None)
         if tally is None:
             return self._send("barrier", pending)
-        step = -(-len(pending) // TALLY_STEPS)
-        groups = [pending[i:i + step] for i in range(0, len(pending), step)]
         waits = [self._send("barrier", group).addCallback(_tally_on, tally, len(group))
-                 for group in groups]
+                 for group in tally_groups(pending)]
         return all_of(waits).addCallback(lambda _: None)
 
     @asynchronous

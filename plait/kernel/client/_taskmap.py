@@ -41,7 +41,7 @@ from typing import Any
 from twisted.internet import defer
 
 from plait.kernel.client._base import all_of
-from plait.kernel.client._progress import Tally
+from plait.kernel.client._progress import Tally, tally_groups
 from plait.kernel.client._tasks import MapTask
 from plait.kernel.engine.shipped import map_chunk
 from plait.wire.serialized import Serialized
@@ -94,7 +94,8 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
     ``client`` is an AsyncTaskClient.  Fails with TypeError / ValueError for
     bad arguments (nothing is submitted then), else with the exception of the
     first chunk that failed.  ``tally`` (if any) counts the chunks (tasks)
-    done: their results are then fetched one chunk at a time, as each finishes.
+    done: their results are then fetched in runs of chunks (at most
+    :data:`~plait.kernel.client._progress.TALLY_STEPS`), each as it finishes.
     """
     try:
         if not callable(function):
@@ -129,11 +130,11 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
                 start += size
             if tally is None:
                 results = yield client._results_of(ids, True, keep=False)
-            else:
-                results = yield all_of([
-                    client._results_of([taskid], True, keep=False).addCallback(_counted, tally)
-                    for taskid in ids])
-                results = [chunk for [chunk] in results]
+            else:  # (fetched in at most TALLY_STEPS groups, each counted as it comes)
+                groups = yield all_of([
+                    client._results_of(group, True, keep=False).addCallback(_counted, tally)
+                    for group in tally_groups(ids)])
+                results = [chunk for group in groups for chunk in group]
         except BaseException:
             yield _discard(client, ids)
             raise
@@ -148,7 +149,7 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
 
 
 def _counted(results: list, tally: Tally) -> list:
-    tally.add()
+    tally.add(len(results))
     return results
 
 
