@@ -476,7 +476,9 @@ def _scale(p: dict, r: Results) -> None:
         if isinstance(page, str):  # (the other figures stand)
             r.error("scale_status", page)
         else:
-            r.add("scale_status", page["status.json"], detail=f"{n} engines")
+            r.add("scale_status", page["status.json"], detail=f"{n} engines; each snapshot "
+                  f"(twice a second while a page watches) took the controller "
+                  f"{page['snapshot_ms']:.1f} ms")
 
     _in_fresh_plait_dir(run)
 
@@ -544,7 +546,8 @@ def _queued(p: dict, r: Results) -> None:
             r.error("queued_status", page)
             r.error("queued_history", page)
             return
-        r.add("queued_status", page["status.json"], detail=f"{n} tasks recorded")
+        r.add("queued_status", page["status.json"], detail=f"{n} tasks recorded; each "
+              f"snapshot took the controller {page['snapshot_ms']:.1f} ms")
         slowest = max(searches, key=page.__getitem__)
         r.add("queued_history", page[slowest], detail=f"{n} tasks recorded; the slowest of "
               f"{len(searches)} searches: {slowest}")
@@ -561,6 +564,7 @@ def _page_times(url: str, paths: list[str], count: int = 5) -> dict[str, float]:
     """Median milliseconds of ``count`` GETs of each of the status page's ``paths``
     (``url``: the page's, with its token), after an untimed one, as its script
     makes them."""
+    import json
     import urllib.request
 
     base, token = url.split("?token=")
@@ -571,9 +575,12 @@ def _page_times(url: str, paths: list[str], count: int = 5) -> dict[str, float]:
         for _ in range(count + 1):
             t0 = time.perf_counter()
             with urllib.request.urlopen(full, timeout=60) as answer:
-                if answer.status != 200 or not answer.read():
+                body = answer.read()
+                if answer.status != 200 or not body:
                     raise AssertionError(f"the status page answered {answer.status} to {path}")
             each.append((time.perf_counter() - t0) * 1e3)
+            if path == "status.json":  # (what the snapshot itself cost the controller)
+                times["snapshot_ms"] = float(json.loads(body).get("snapshot_ms", "nan"))
         times[path] = median(each[1:])
     return times
 

@@ -1,7 +1,9 @@
 """plait in a real Jupyter kernel: a notebook executed by nbclient (an ipykernel
 kernel of this Python) against a real 4-engine cluster, its outputs checked: the
-magics, %%px --stream, a progress widget, an executor, and the kernel
-generation's client beside the later one."""
+magics of both generations (%px, %%px --stream, %pxconfig, %pxresult, %autopx,
+%result), progress widgets (asked for, and shown by default once a wait lasts),
+an executor, and the kernel generation's client beside the later one; and
+%%px --stream output arriving while its cell still runs."""
 
 from __future__ import annotations
 
@@ -34,6 +36,19 @@ CELLS = [
     # 0.2 s here)
     "from plait.kernel.client import _progress\n_progress.PROGRESS_AFTER = 0.2\n"
     "import time\nprint(rc.load_balanced_view().apply_async(time.sleep, 1).get())",
+    # the other magics of the later generation: %pxconfig, %pxresult, %autopx
+    "%pxconfig --targets 1",
+    "%px print('on', os.getpid() == os.getpid(), 'engine one')",
+    "%pxresult",
+    "%autopx",
+    "auto_value = 6 * 7",
+    "%autopx",
+    "%pxconfig --targets all\nprint(rc[1]['auto_value'], 'auto_value' in globals())",
+    # the kernel generation's magics, on its client activated now
+    "mec.activate()\nmec.block = True",
+    "%px kernel_value = 11",
+    "%result",
+    "print(mec.pull('kernel_value'))",
 ]
 
 
@@ -73,6 +88,15 @@ def test_a_notebook_drives_the_cluster(cluster4, monkeypatch):
             [widget] = _widgets(cells[index])
             assert desc in widget["data"]["text/plain"], widget
         assert _text(cells[index]).strip().endswith(printed), cells[index].outputs
+    # %pxconfig chose engine 1 alone; %pxresult shows its output again
+    assert _text(cells[10]).strip() == "[stdout:1] on True engine one", cells[10].outputs
+    assert "[stdout:1] on True engine one" in _text(cells[11]), cells[11].outputs
+    assert _text(cells[12]).strip() == "%autopx enabled" and not cells[13].outputs
+    assert _text(cells[14]).strip() == "%autopx disabled"
+    assert _text(cells[15]).strip() == "42 False"  # (it ran on engine 1, not here)
+    result = cells[18].outputs[0]["data"]["text/plain"]  # %result: each engine's last
+    assert result.startswith("<Results List>") and result.count("kernel_value = 11") == 4
+    assert _text(cells[19]).strip() == "[11, 11, 11, 11]", cells[19].outputs
 
 
 def test_px_stream_shows_each_line_as_the_engine_prints_it(cluster4, monkeypatch, tmp_path):

@@ -26,6 +26,7 @@ def test_snapshots_count_engines_tasks_and_the_rate():
     unsubscribe = status.subscribe(seen.append)
     status.start()
     assert seen[-1]["engine_count"] == 2 and seen[-1]["completed"] == 0
+    assert seen[-1]["snapshot_ms"] >= 0  # (what it cost the controller)
     first = tc.reserve(6)
     tc.submit([(first + i, encode_task(TaskSpec.execute("x"))) for i in range(6)])
     for engine in engines:
