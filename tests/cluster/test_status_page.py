@@ -16,7 +16,8 @@ import urllib.request
 import pytest
 
 from plait.parallel import RemoteError
-from tests.support.cluster import Gate, run_cmd, wait_exit
+from plait.parallel.error import TaskAborted
+from tests.support.cluster import Gate, Signal, run_cmd, wait_exit
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 
@@ -184,6 +185,16 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
                     and "in fails" in text, 5)
     assert failed < AT_ONCE, failed
     assert _pixels(browser, "stream", "#2a9d2a") > 0 and _pixels(browser, "stream", "#c62828") > 0
+    # a running task aborted: a grey bar on its engine's row
+    hanging = Signal(tmp_path)
+    aborted = rc.load_balanced_view().apply_async(hanging.hanger())
+    with open(hanging.path) as f:
+        assert f.read().isdigit()  # (it runs)
+    aborted.abort()
+    with pytest.raises(TaskAborted):
+        aborted.get(timeout=30)
+    WebDriverWait(browser, AT_ONCE, poll_frequency=0.05).until(
+        lambda d: _pixels(d, "stream", "#999999") > 0)
     # the history: the hub's records, searched from the page
     browser.find_element(By.CSS_SELECTOR, "select[name=status] option[value=failed]").click()
     browser.find_element(By.CSS_SELECTOR, "#search button").click()
