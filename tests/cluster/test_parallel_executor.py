@@ -121,6 +121,30 @@ def test_shutdown_with_cancel_futures_aborts_what_has_not_finished(rc, tmp_path)
     assert rc[3].apply_sync(pow, 2, 5) == 32  # the engine goes on
 
 
+def test_scikit_learn_n_jobs_runs_on_the_engines(rc, cluster4, monkeypatch):
+    """What the joblib backend is for: scikit-learn's ``n_jobs`` on the engines."""
+    pytest.importorskip("sklearn")
+    import joblib
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    ipp.register_joblib_backend()
+    monkeypatch.setenv("PLAIT_DIR", str(cluster4.plait_dir))
+    X, y = make_classification(n_samples=200, n_features=8, random_state=0)
+    here = cross_val_score(LogisticRegression(), X, y, cv=4)
+    before = sum(e["completed"] for e in _engine_status(rc))
+    with joblib.parallel_config(backend="plait"):
+        there = cross_val_score(LogisticRegression(), X, y, cv=4, n_jobs=-1)
+    assert list(there) == list(here)  # the same folds, the same scores
+    assert sum(e["completed"] for e in _engine_status(rc)) >= before + 4  # (on the engines)
+
+
+def _engine_status(rc) -> list[dict]:
+    status = rc.queue_status()
+    return [v for k, v in status.items() if k != "unassigned"]
+
+
 def test_joblib_runs_on_the_engines(rc, cluster4, monkeypatch):
     joblib = pytest.importorskip("joblib")
     ipp.register_joblib_backend()
