@@ -372,6 +372,9 @@ def test_barrier_and_map_show_their_progress_when_asked(tc, mec, capsys):
     assert "plait: barrier: 10/10 tasks done after" in err and err.count("10/10") == 1
     with pytest.raises(TypeError):
         tc.barrier(ids, True)  # (progress is a keyword)
+    results = tc.get_task_results(ids, block=True, progress=True)
+    assert [r.status for r in results] == ["succeeded"] * 10
+    assert "plait: results: 10/10 tasks done" in capsys.readouterr().err
     assert tc.map(abs, range(-20, 0), chunksize=5, progress=True) == list(range(20, 0, -1))
     assert "plait: map: 4/4 tasks done after" in capsys.readouterr().err
     mec.block = False

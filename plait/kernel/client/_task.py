@@ -46,6 +46,11 @@ def _tally_on(_: Any, tally: Tally, n: int) -> None:
     tally.add(n)
 
 
+def _tally_on_results(results: list, tally: Tally) -> list:
+    tally.add(len(results))
+    return results
+
+
 def _check_id(taskid: Any) -> int:
     """``taskid`` if it can name a task: TypeError for a non-int, InvalidTaskID
     for an int no task can have (negative, or too large for the wire)."""
@@ -159,11 +164,25 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
         return d.addCallback(self._result, True)
 
     @asynchronous
-    def get_task_results(self, taskids: Iterable[int], block: bool = False) -> defer.Deferred:
+    @counted("results")
+    def get_task_results(self, taskids: Iterable[int], block: bool = False, *,
+                         tally: Tally | None = None) -> defer.Deferred:
         """A Deferred firing with the list of :class:`TaskResult` s of ``taskids``
         (None where unfinished; with ``block``, once all are finished), in
-        one call.  Fails as :meth:`get_task_result` does."""
-        return self._results_of(taskids, block, keep=True)
+        one call.  Fails as :meth:`get_task_result` does.  With ``block`` and
+        ``tally`` it counts the results as they come (the blocking client's
+        ``progress=``), fetched in runs of them."""
+        if tally is None or not block:
+            return self._results_of(taskids, block, keep=True)
+        try:
+            ids = _id_list(taskids)
+            self._check_refused(ids)
+        except Exception:
+            return defer.fail()
+        tally.total = len(ids)
+        runs = [self._results_of(run, True, keep=True).addCallback(_tally_on_results, tally)
+                for run in tally_groups(ids)]
+        return all_of(runs).addCallback(lambda got: [r for run in got for r in run])
 
     def _results_of(self, taskids: Any, block: bool, keep: bool) -> defer.Deferred:
         try:
