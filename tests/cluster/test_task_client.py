@@ -384,6 +384,21 @@ def test_barrier_and_map_show_their_progress_when_asked(tc, mec, capsys):
         mec.block = True
     mec.barrier(prs, progress=True)
     assert "plait: barrier: 2/2 tasks done" in capsys.readouterr().err
+    # the MultiEngine map counts its engines' blocks as each comes back
+    assert mec.map(abs, range(-8, 0), progress=True) == list(range(8, 0, -1))
+    assert "plait: map: 4/4 tasks done" in capsys.readouterr().err
+
+    def inverse(x):
+        return 1 / x
+
+    errors = []
+    for progress in (False, True):  # the same error either way
+        with pytest.raises(client.CompositeError) as failed:
+            mec.map(inverse, [1, 0, 2, 0, 3, 4, 5, 6], progress=progress)
+        errors.append(sorted((engine_id, method, str(failure))
+                             for engine_id, method, failure in failed.value.elist))
+    assert errors[0] == errors[1] and len(errors[0]) == 2, errors
+    capsys.readouterr()
     tc.barrier(tc.run(client.StringTask("x = 1")))  # by default: none outside IPython
     assert tc.map(abs, [-1, -2]) == [1, 2] and capsys.readouterr().err == ""
 

@@ -73,7 +73,7 @@ def _blocking_method(name: str, fn: Any) -> Any:
         call = getattr(self._async, name)
         if not _progress.shows(progress):
             return _reactor.call(call, *args, **kwargs)
-        tally = _progress.Tally()
+        tally = _progress.Tally(asked=progress is True)
         pending = _reactor.start(call, *args, tally=tally, **kwargs)
         _progress.wait(lambda: tally.done, lambda: tally.total, pending.wait, None, progress,
                        desc)

@@ -23,9 +23,10 @@ from typing import Any
 from twisted.internet import defer
 
 from plait.interfaces.multiengine import targets_to_wire
-from plait.kernel.client._base import all_of, asynchronous
+from plait.kernel.client._base import all_of, asynchronous, counted
 from plait.kernel.client._partition import bounds, check_dist, join, ndarray_type, partitions
 from plait.kernel.client._pending import PendingResult
+from plait.kernel.client._progress import Tally
 from plait.kernel.engine.shipped import map_chunk
 from plait.wire.errors import EnginesChanged, SerializationError
 from plait.wire.serialized import Serialized
@@ -62,6 +63,15 @@ def _cut(seq: Any, start: int, stop: int) -> Any:
         return seq[start:stop]
     except (TypeError, KeyError):
         return list(itertools.islice(seq, start, stop))
+
+
+def _raw(replies: Any) -> Any:
+    return replies
+
+
+def _all_done(value: Any, tally: Tally, n: int) -> Any:
+    tally.add(n)
+    return value
 
 
 def _concat(blocks: list) -> list:
@@ -196,14 +206,18 @@ class DataParallelMixin:
         )
 
     @asynchronous
+    @counted("map")
     @defer.inlineCallbacks
     def raw_map(self, func: Callable, seqs: Any, dist: str = "b", targets: Any = None,
-                block: bool | None = None) -> Any:
+                block: bool | None = None, *, tally: Tally | None = None) -> Any:
         """``map(func, seqs[0], seqs[1], ...)`` in parallel: a list.
 
         The sequences are cut into one block per engine; each engine maps
         ``func`` over its block, in one round trip.  The shortest sequence
         sets the length.  Iterables without a length are read into lists.
+        With ``tally`` (the blocking client's ``progress=``) it counts the
+        engines done: once all are, or, when the bar was asked for, as each
+        engine's block comes back (a round trip to each engine then).
         """
         if not callable(func):
             raise TypeError(f"map: the function is not callable: a {type(func).__name__}")
@@ -230,10 +244,26 @@ class DataParallelMixin:
             for index in range(n):
                 start, stop = bounds(length, n, index)
                 calls.append((map_chunk, (function, *[_cut(s, start, stop) for s in seqs]), {}))
-            return self._each(
-                "apply_each", "map", calls, ids[:n], everyone and n == len(ids), block,
-                self._per_engine("map", _concat),
-            )
+            finish = self._per_engine("map", _concat)
+            if tally is not None:
+                tally.total = n
+                if block and tally.asked:
+                    return self._each_counted(calls, ids[:n], finish, tally)
+            d = self._each("apply_each", "map", calls, ids[:n], everyone and n == len(ids),
+                           block, finish)
+            if tally is not None and block:
+                d.addCallback(_all_done, tally, n)
+            return d
 
         result = yield self._on_targets(targets, send)
         return result
+
+    def _each_counted(self, calls: list, ids: list[int], finish: Callable, tally: Tally
+                      ) -> defer.Deferred:
+        """``apply_each`` of ``calls`` one engine at a time (all at once), each
+        counted in ``tally`` as it comes back; their replies then finished
+        together, as one ``apply_each`` would have been."""
+        each = [self._each("apply_each", "map", [call], [engine_id], False, True, _raw)
+                .addCallback(_all_done, tally, 1) for call, engine_id in zip(calls, ids, strict=True)]
+        return all_of(each).addCallback(lambda replies: finish(
+            [reply for engine in replies for reply in engine]))

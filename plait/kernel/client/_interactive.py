@@ -38,7 +38,7 @@ class MultiEngineHelpers:
     pull: Callable[..., Any]
     raw_map: Callable[..., Any]
 
-    def map(self, func: Callable, *sequences: Any) -> Any:
+    def map(self, func: Callable, *sequences: Any, progress: bool | None = None) -> Any:
         """A parallel ``map(func, *sequences)``: a list, in order.
 
         The sequences are cut into one contiguous block per engine (of the
@@ -46,9 +46,12 @@ class MultiEngineHelpers:
         As with the builtin, the shortest sequence sets the length.  With
         the ``block`` attribute False, a PendingResult.  No load balancing:
         see the task interface for that.  :meth:`mapper` gives a map with
-        other options.
+        other options.  ``progress`` (the blocking client): a progress bar
+        of the engines done, as ``raw_map`` shows it.
         """
-        return self.mapper().map(func, *sequences)
+        if progress is None:
+            return self.mapper().map(func, *sequences)
+        return self.raw_map(func, list(sequences), progress=progress)
 
     def mapper(self, dist: str = "b", targets: Any = None, block: bool | None = None) -> Mapper:
         """An object whose ``map(func, *sequences)`` maps in parallel.

@@ -111,11 +111,14 @@ def tally_groups(ids: list[int]) -> list[list[int]]:
 
 class Tally:
     """What an asynchronous call counts for the blocking call's bar: ``done``
-    of ``total`` (each set in the reactor thread, read from the caller's)."""
+    of ``total`` (each set in the reactor thread, read from the caller's).
+    ``asked``: the bar was asked for (``progress=True``), not only shown by
+    default; a call may then spend more calls to count finer."""
 
-    def __init__(self, total: int = 0):
+    def __init__(self, total: int = 0, asked: bool = False):
         self.total = total
         self.done = 0
+        self.asked = asked
 
     def add(self, n: int = 1) -> None:
         self.done += n
