@@ -53,7 +53,7 @@ h2 { font-size: 1.05em; margin-top: 1.5em } pre { background: #f6f6f6; padding: 
 tasks finished per second, the last 5 minutes</p>
 <table><thead><tr><th>engine</th><th>state</th>
 <th title="load-balanced tasks handed to the engine: the one it runs, and those next in line on it">tasks</th>
-<th title="direct requests on the engine (its own queue, the one it runs included)">queued</th>
+<th title="requests on the engine's own queue: direct-view tasks (the running one included) and MultiEngine commands not yet sent">queued</th>
 <th>done</th><th>task</th><th>host</th><th>pid</th><th>memory</th><th>CPU</th><th>uuid</th>
 </tr></thead><tbody id="engines"></tbody></table>
 <h2>task stream, the last minute</h2>

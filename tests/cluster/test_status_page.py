@@ -17,7 +17,7 @@ import pytest
 
 from plait.parallel import RemoteError
 from plait.parallel.error import TaskAborted
-from tests.support.cluster import Gate, Signal, run_cmd, wait_exit
+from tests.support.cluster import Gate, Signal, read_fifo, run_cmd, wait_exit
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 
@@ -138,8 +138,7 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
     os.mkfifo(started)
     view = rc.load_balanced_view()
     held = view.apply_async(_started_then_gated(started, gates[0]))
-    with open(started) as f:
-        assert f.read() == "started"
+    assert read_fifo(started) == "started"
     t0 = time.monotonic()
 
     def busy_row(driver) -> list[str] | None:
@@ -171,7 +170,7 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
         assert [e["queue"] for e in snapshot["engines"]] == [int(r[3]) for r in rows]
     finally:
         for gate in gates[:1 + len(behind)]:
-            gate.open()
+            gate.release()
     assert held.get(timeout=30) == "go" and [ar.get(timeout=30) for ar in behind] == ["go"] * 4
     assert direct.get(timeout=30) == 5
     # a failure shows at once with its traceback, and the task stream draws each
@@ -188,8 +187,7 @@ def test_the_status_page_follows_the_cluster(cluster_factory, browser, tmp_path)
     # a running task aborted: a grey bar on its engine's row
     hanging = Signal(tmp_path)
     aborted = rc.load_balanced_view().apply_async(hanging.hanger())
-    with open(hanging.path) as f:
-        assert f.read().isdigit()  # (it runs)
+    assert read_fifo(hanging.path).isdigit()  # (it runs)
     aborted.abort()
     with pytest.raises(TaskAborted):
         aborted.get(timeout=30)

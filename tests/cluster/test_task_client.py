@@ -372,6 +372,8 @@ def test_barrier_and_map_show_their_progress_when_asked(tc, mec, capsys):
     assert "plait: barrier: 10/10 tasks done after" in err and err.count("10/10") == 1
     with pytest.raises(TypeError):
         tc.barrier(ids, True)  # (progress is a keyword)
+    with pytest.raises(client.TaskSpecError, match="timeout must be"):  # (a task option,
+        tc.map(abs, [1], timeout=-1)  # not the blocking call's own)
     results = tc.get_task_results(ids, block=True, progress=True)
     assert [r.status for r in results] == ["succeeded"] * 10
     assert "plait: results: 10/10 tasks done" in capsys.readouterr().err
@@ -427,7 +429,7 @@ def test_a_tqdm_bar_in_a_terminal_and_in_ipython_once_the_wait_is_long(tc, capsy
     monkeypatch.setattr(_progress, "make_bar", bar)
     held = tc.run(client.StringTask(gate.wait_code))
     quick = tc.run(client.StringTask("x = 2"))
-    opener = threading.Thread(target=lambda: (shown.wait(30), gate.open()))
+    opener = threading.Thread(target=lambda: (shown.wait(30), gate.release(30)))
     opener.start()  # (the gate opens once the bar is up)
     try:
         tc.barrier([held, quick])

@@ -208,6 +208,47 @@ class Gate:
         with open(self.path, "w") as f:
             f.write("go")
 
+    def release(self, timeout: float = 10.0) -> bool:
+        """Open the gate for a task that waits at it, or will within ``timeout``
+        seconds; False (nothing opened) when none does: never blocks for ever."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # (no reader yet)
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)  # (a poll of the FIFO: there is no event to wait on)
+                continue
+            os.write(fd, b"go")
+            os.close(fd)
+            return True
+
+
+def read_fifo(path: str, timeout: float = 30.0) -> str:
+    """What a task writes into the FIFO ``path`` (once it has); TimeoutError after
+    ``timeout`` seconds without a writer, instead of waiting for ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        deadline = time.monotonic() + timeout
+        data = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"nothing was written into {path} in {timeout} s")
+            readable, _, _ = select.select([fd], [], [], left)
+            if not readable:
+                continue
+            chunk = os.read(fd, 4096)
+            if chunk:
+                data += chunk
+            elif data:  # (the writer wrote and closed)
+                return data.decode()
+            else:  # (no writer yet: EOF before any)
+                time.sleep(0.02)
+    finally:
+        os.close(fd)
+
 
 class Signal:
     """A named pipe through which a task reports its engine's pid, then hangs."""

@@ -63,7 +63,10 @@ def _blocking_method(name: str, fn: Any) -> Any:
     if desc is None:
         @functools.wraps(fn)
         def method(self: BlockingClientBase, *args: Any, **kwargs: Any) -> Any:
-            return _reactor.call(getattr(self._async, name), *args, **kwargs)
+            # (not _reactor.call: its timeout= would take a method's own, a task option)
+            pending = _reactor.start(getattr(self._async, name), *args, **kwargs)
+            pending.wait()
+            return pending.result()
 
         return method
 
@@ -72,7 +75,9 @@ def _blocking_method(name: str, fn: Any) -> Any:
                  **kwargs: Any) -> Any:
         call = getattr(self._async, name)
         if not _progress.shows(progress):
-            return _reactor.call(call, *args, **kwargs)
+            pending = _reactor.start(call, *args, **kwargs)
+            pending.wait()
+            return pending.result()
         tally = _progress.Tally(asked=progress is True)
         pending = _reactor.start(call, *args, tally=tally, **kwargs)
         _progress.wait(lambda: tally.done, lambda: tally.total, pending.wait, None, progress,

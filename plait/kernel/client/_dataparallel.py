@@ -245,10 +245,11 @@ class DataParallelMixin:
                 start, stop = bounds(length, n, index)
                 calls.append((map_chunk, (function, *[_cut(s, start, stop) for s in seqs]), {}))
             finish = self._per_engine("map", _concat)
-            if tally is not None:
+            if tally is not None and block:
                 tally.total = n
-                if block and tally.asked:
-                    return self._each_counted(calls, ids[:n], finish, tally)
+                if tally.asked:
+                    return self._each_counted(calls, ids[:n], finish, tally,
+                                              everyone and n == len(ids))
             d = self._each("apply_each", "map", calls, ids[:n], everyone and n == len(ids),
                            block, finish)
             if tally is not None and block:
@@ -258,12 +259,21 @@ class DataParallelMixin:
         result = yield self._on_targets(targets, send)
         return result
 
-    def _each_counted(self, calls: list, ids: list[int], finish: Callable, tally: Tally
-                      ) -> defer.Deferred:
+    @defer.inlineCallbacks
+    def _each_counted(self, calls: list, ids: list[int], finish: Callable, tally: Tally,
+                      everyone: bool) -> Any:
         """``apply_each`` of ``calls`` one engine at a time (all at once), each
         counted in ``tally`` as it comes back; their replies then finished
-        together, as one ``apply_each`` would have been."""
+        together, as one ``apply_each`` would have been.  ``everyone``: the
+        calls are for all the engines, which are asked for first (EnginesChanged,
+        nothing run, when they are not ``ids``)."""
+        if everyone:
+            now = yield self.get_ids()  # (remembered: a retry uses them)
+            if sorted(now) != sorted(ids):
+                raise EnginesChanged(f"map: the engines are now {sorted(now)}", now)
         each = [self._each("apply_each", "map", [call], [engine_id], False, True, _raw)
-                .addCallback(_all_done, tally, 1) for call, engine_id in zip(calls, ids, strict=True)]
-        return all_of(each).addCallback(lambda replies: finish(
-            [reply for engine in replies for reply in engine]))
+                .addCallback(_all_done, tally, 1)
+                for call, engine_id in zip(calls, ids, strict=True)]
+        replies = yield all_of(each)
+        result = yield finish([reply for engine in replies for reply in engine])
+        return result

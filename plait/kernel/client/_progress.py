@@ -66,8 +66,9 @@ class _Tqdm:
 
     def resize(self, total: int) -> None:
         if total != self.bar.total:
-            self.bar.total = total
-            self.bar.refresh()
+            n = self.bar.n
+            self.bar.reset(total=total)  # (a notebook bar's widget takes it so)
+            self.bar.update(n)
 
     def update(self, done: int) -> None:
         if done > self.bar.n:
@@ -155,16 +156,21 @@ def _wait(done: Callable[[], int], total: Callable[[], int],
         return True
     if deadline is not None and time.monotonic() >= deadline:
         return False  # (a wait shorter than PROGRESS_AFTER: no bar)
-    bar = make_bar(total(), desc)
+    bar = None  # (made once the call knows its total: a notebook bar keeps its first)
     try:
         while deadline is None or time.monotonic() < deadline:
             step = TICK if deadline is None else min(TICK, max(0.0, deadline - time.monotonic()))
             finished = ready(step)
-            bar.resize(total())
-            bar.update(done())
+            if bar is None and (total() or finished):
+                bar = make_bar(total(), desc)
+            if bar is not None:
+                bar.resize(total())
+                bar.update(done())
             if finished:
                 return True
         return ready(0)
     finally:
+        if bar is None:
+            bar = make_bar(total(), desc)
         bar.resize(total())
         bar.close(done())

@@ -172,7 +172,7 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
         one call.  Fails as :meth:`get_task_result` does.  With ``block`` and
         ``tally`` it counts the results as they come (the blocking client's
         ``progress=``), fetched in runs of them."""
-        if tally is None or not block:
+        if tally is None or not block:  # (a call that does not wait counts nothing)
             return self._results_of(taskids, block, keep=True)
         try:
             ids = _id_list(taskids)

@@ -33,6 +33,10 @@ class _Entry:
         self.deferred: defer.Deferred = defer.Deferred()
 
 
+def _plain(label: Any) -> Any:
+    return str(label) if isinstance(label, str) else label
+
+
 @implementer(IEngineQueue)
 class EngineQueue:
     """Runs commands on one :class:`IEngine` in submission order.
@@ -101,10 +105,16 @@ class EngineQueue:
                 entry.deferred.errback(Failure(error))
 
     def status(self) -> dict:
+        """The labels of the waiting and running commands (plain data: a str
+        subclass of a label is given as a str)."""
         return {
-            "queue": [e.label for e in self._waiting],
-            "pending": [e.label for e in self._running],
+            "queue": [_plain(e.label) for e in self._waiting],
+            "pending": [_plain(e.label) for e in self._running],
         }
+
+    def waiting_labels(self) -> list[Any]:
+        """The labels of the commands waiting, as submitted."""
+        return [e.label for e in self._waiting]
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._running)

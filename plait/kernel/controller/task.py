@@ -375,8 +375,8 @@ class TaskController:
                 (pinned if direct else running)[engine_id].append(taskid)
         label = name or (lambda taskid: taskid)
         for engine_id, ids in running.items():
-            commands = self._registry.get_queue(engine_id).status()["queue"]
-            queue = [*(c for c in commands if not isinstance(c, BatchLabel)),
+            commands = self._registry.get_queue(engine_id).waiting_labels()
+            queue = [*(str(c) for c in commands if not isinstance(c, BatchLabel)),
                      *(label(t) for t in sorted(pinned[engine_id]))]
             done = self._completed_on.get(engine_id, 0)
             status[engine_id] = {
