@@ -16,7 +16,7 @@ import pytest
 
 import plait.parallel as ipp
 from plait.parallel import error
-from support.cluster import Gate
+from support.cluster import Gate, opened_once_a_bar_shows
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -309,22 +309,8 @@ def test_in_ipython_a_long_wait_shows_its_bar(rc, capsys, monkeypatch, tmp_path)
     monkeypatch.setattr(_progress, "_shell", lambda: "TerminalInteractiveShell")
     assert rc[0].apply_sync(abs, -2) == 2  # shorter than PROGRESS_AFTER: nothing shows
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(_progress, "PROGRESS_AFTER", 0.05)
-    gate = Gate(tmp_path)
-    shown = threading.Event()
-    make_bar = _progress.make_bar
-
-    def bar(total, desc):
-        shown.set()
-        return make_bar(total, desc)
-
-    monkeypatch.setattr(_progress, "make_bar", bar)
-    opener = threading.Thread(target=lambda: (shown.wait(30), gate.open()))
-    opener.start()  # (the gate opens once the bar is up)
-    try:
+    with opened_once_a_bar_shows(monkeypatch, tmp_path) as (gate, shown):
         assert rc.load_balanced_view().apply_async(gate.waiter()).get(timeout=30) == "go"
-    finally:
-        opener.join()
     assert shown.is_set() and "1/1 tasks done" in capsys.readouterr().err
 
 

@@ -8,7 +8,6 @@ test depends on timing.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 
 import cloudpickle
@@ -16,7 +15,7 @@ import pytest
 
 from plait.kernel import client
 from support import in_reactor as call
-from support.cluster import Gate
+from support.cluster import Gate, opened_once_a_bar_shows
 
 # The controller and the engines cannot import this module: its functions
 # travel by value, as those of an interactive session do.
@@ -417,24 +416,9 @@ def test_a_tqdm_bar_in_a_terminal_and_in_ipython_once_the_wait_is_long(tc, capsy
     monkeypatch.setattr(_progress, "_shell", lambda: "TerminalInteractiveShell")
     tc.barrier(tc.run(client.StringTask("x = 1")))  # shorter than PROGRESS_AFTER: nothing
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(_progress, "PROGRESS_AFTER", 0.05)
-    gate = Gate(tmp_path)
-    shown = threading.Event()
-    make_bar = _progress.make_bar
-
-    def bar(total, desc):
-        shown.set()
-        return make_bar(total, desc)
-
-    monkeypatch.setattr(_progress, "make_bar", bar)
-    held = tc.run(client.StringTask(gate.wait_code))
-    quick = tc.run(client.StringTask("x = 2"))
-    opener = threading.Thread(target=lambda: (shown.wait(30), gate.release(30)))
-    opener.start()  # (the gate opens once the bar is up)
-    try:
-        tc.barrier([held, quick])
-    finally:
-        opener.join()
+    with opened_once_a_bar_shows(monkeypatch, tmp_path) as (gate, shown):
+        held = tc.run(client.StringTask(gate.wait_code))
+        tc.barrier([held, tc.run(client.StringTask("x = 2"))])  # (ends once a bar shows)
     assert shown.is_set() and "plait: barrier: 2/2 tasks done" in capsys.readouterr().err
 
 

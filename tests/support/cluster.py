@@ -7,12 +7,14 @@ ports of 127.0.0.1; readiness is event-driven (``ipcluster start
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -223,6 +225,31 @@ class Gate:
             os.write(fd, b"go")
             os.close(fd)
             return True
+
+
+@contextlib.contextmanager
+def opened_once_a_bar_shows(monkeypatch: Any, folder: Path) -> Any:
+    """A :class:`Gate` (and the Event set once a bar showed) that opens as soon
+    as a progress bar shows, with bars shown by default after 0.05 s: a wait on
+    a task held at the gate must show one to end."""
+    from plait.kernel.client import _progress
+
+    monkeypatch.setattr(_progress, "PROGRESS_AFTER", 0.05)
+    gate = Gate(folder)
+    shown = threading.Event()
+    make_bar = _progress.make_bar
+
+    def bar(total: int, desc: str) -> Any:
+        shown.set()
+        return make_bar(total, desc)
+
+    monkeypatch.setattr(_progress, "make_bar", bar)
+    opener = threading.Thread(target=lambda: (shown.wait(30), gate.release(30)))
+    opener.start()
+    try:
+        yield gate, shown
+    finally:
+        opener.join()
 
 
 def read_fifo(path: str, timeout: float = 30.0) -> str:
