@@ -72,7 +72,8 @@ engine <input name="engine" size="4"> msg_id <input name="msg_id" size="36">
 <p id="history-note"></p>
 <script>
 const token = new URLSearchParams(location.search).get("token");
-function cell(text, cls) { const td = document.createElement("td");
+let shownAt = 0;  // the time of the snapshot being shown: what changes says since when
+function cell(text, cls) { const td = document.createElement("td"); td.dataset.since = shownAt;
   td.textContent = text; if (cls) td.className = cls; return td; }
 let rowsOf = "", failuresOf = "";
 function engineTexts(e) {
@@ -80,8 +81,10 @@ function engineTexts(e) {
     e.host || "", e.pid || "", e.memory ? (e.memory / 1048576).toFixed(0) + " MB" : "",
     e.cpu === null || e.cpu === undefined ? "" : e.cpu.toFixed(0) + " %", e.uuid.slice(0, 8)];
 }
-function set(node, text) { if (node.textContent !== String(text)) node.textContent = text; }
+function set(node, text) { if (node.textContent !== String(text)) {
+  node.textContent = text; node.dataset.since = shownAt; } }
 function show(s) {
+  shownAt = s.time;
   // (only what changed is touched: a browser then redraws little, twice a second)
   set(document.getElementById("engine-count"), s.engine_count);
   set(document.getElementById("tasks-done"), s.completed);
@@ -98,7 +101,7 @@ function show(s) {
   drawStream(s);
   const failures = s.failures.map(x => x.id).join();
   if (failures !== failuresOf) { failuresOf = failures;
-    const f = document.getElementById("failures"); f.replaceChildren();
+    const f = document.getElementById("failures"); f.replaceChildren(); f.dataset.since = shownAt;
     if (!s.failures.length) f.textContent = "none";
     for (const x of s.failures) { const d = document.createElement("div");
       d.className = "failure"; d.textContent = new Date(x.time * 1000).toLocaleTimeString() +
