@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import builtins
 import datetime
-import itertools
+import functools
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from plait.kernel.client import _progress, _reactor
@@ -45,7 +45,7 @@ from plait.wire.errors import (
     RemoteFailure,
     TimeoutError,
 )
-from plait.wire.records import TaskResultRecord, msg_id_maker, taskid_of
+from plait.wire.records import TaskResultRecord, msg_id_maker, msg_ids, taskid_of
 from plait.wire.serialize import collector_paused, serialize
 from plait.wire.task import TaskSpec
 
@@ -80,6 +80,16 @@ _ACCEPTED = frozenset({"cluster_id", "context", "debug", "sshserver", "sshkey", 
                        "exec_key", "packer", "unpacker", "session", "cluster", "username"})
 
 _TIMES = ("submitted", "started", "completed", "engine_started", "engine_completed")
+
+
+@functools.lru_cache(maxsize=32)
+def _record_maker(names: tuple[str, ...]) -> Callable[..., dict]:
+    """A function of one value per name making the dict ``{name: value}``: a
+    dict display, twice as fast as ``dict(zip(names, values))`` over 100,000
+    records (the names are the hub's columns, checked; written as literals)."""
+    params = ", ".join(f"_{k}" for k in range(len(names)))
+    items = ", ".join(f"{name!r}: _{k}" for k, name in enumerate(names))
+    return eval(f"lambda {params}: {{{items}}}")  # noqa: S307 (made of checked names)
 
 
 class Client:
@@ -486,7 +496,7 @@ class Client:
         with collector_paused():  # (many new dicts, no cycle among them)
             by_column: list[Any] = list(zip(*rows, strict=True)) or [()] * len(columns)
             names = ["msg_id"]
-            values: list[Any] = [list(map(self._msg_id, by_column[columns.index("id")]))]
+            values: list[Any] = [msg_ids(self._prefix, list(by_column[columns.index("id")]))]
             stamp = datetime.datetime.fromtimestamp
             for name, column in zip(columns, by_column, strict=True):
                 if name in ("id", "msg_id"):
@@ -494,7 +504,7 @@ class Client:
                 names.append(name)
                 values.append([stamp(v) if v else v for v in column] if name in _TIMES
                               else column)
-            return list(map(dict, map(zip, itertools.repeat(names), zip(*values, strict=True))))
+            return list(map(_record_maker(tuple(names)), *values))
 
     def queue_status(self, targets: Any = "all", verbose: bool = False) -> dict:
         """Per engine: ``{'queue': n, 'tasks': n, 'completed': n}``, and

@@ -176,6 +176,15 @@ def msg_id_maker(prefix: int) -> Callable[[int], str]:
     return make
 
 
+def msg_ids(prefix: int, taskids: list[int]) -> list[str]:
+    """The message ids of ``taskids`` (of the controller ``prefix``), as
+    :func:`msg_id` makes them; many at once (``db_query`` of a long history)."""
+    if taskids and 0 <= min(taskids) and max(taskids) < 0x1000000000000:
+        low = str(uuid.UUID(int=prefix << 64))[:18] + "-0000-"
+        return [low + "%012x" % t for t in taskids]  # noqa: UP031 (the fastest format)
+    return list(map(msg_id_maker(prefix), taskids))
+
+
 def taskid_of(prefix: int, text: Any) -> int | None:
     """The task id ``text`` names on the controller ``prefix``; None otherwise."""
     try:
