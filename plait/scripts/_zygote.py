@@ -381,7 +381,24 @@ def _reap(pids: list[int], grace: float) -> None:
         os.close(fd)
 
 
+def warm_up() -> None:
+    """Run once here what every engine runs first as it connects: making a
+    certificate and a TLS context (cryptography's and pyOpenSSL's first calls
+    compile and cache, about 20 ms of CPU): the engines forked next find it done."""
+    from foolscap import crypto
+
+    from plait.security import make_tub
+
+    try:
+        cert = make_tub().myCertificate
+        crypto.FoolscapContextFactory(  # type: ignore[attr-defined]
+            privateKey=cert.privateKey.original, certificate=cert.original).getContext()
+    except Exception:  # (only time is lost: each engine does it again)
+        pass
+
+
 def main() -> int:
+    warm_up()
     freeze_startup_objects()  # before any fork: the engines' collections leave shared pages alone
     detach = "--detach" in sys.argv[1:]
     relay = _Relay() if "--relay" in sys.argv[1:] else None
