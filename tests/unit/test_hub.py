@@ -1234,3 +1234,26 @@ def test_a_status_unfinished_tasks_lack_rules_them_out_of_a_query():
     assert [r["id"] for r in fired(hub.query({"status": "failed"}, keys))] == [4]
     assert [r["id"] for r in fired(hub.query({"status": {"$ne": "failed"}}, keys))] == [1, 2, 3]
     assert [r["id"] for r in fired(hub.query({"id": {"$gte": 2}}, keys))] == [2, 3, 4]
+
+
+def test_the_database_and_its_journal_are_private(tmp_path):
+    """Records hold the users' code and results: 0600 whatever the umask, and a
+    database of an older controller, open to others, is made private."""
+    import os
+    import stat
+
+    old = tmp_path / "old.sqlite3"
+    old.write_bytes(b"")
+    old.chmod(0o644)
+    mask = os.umask(0o022)
+    try:
+        for path in (tmp_path / "hub.sqlite3", old):
+            opened = Opened(SQLiteStore(path))
+            add_all(opened.store, [row(1, status="ok")])
+            assert in_reactor(opened.store.ids) == [1]  # (written: the journal exists)
+            files = [p for p in tmp_path.iterdir() if p.name.startswith(path.name)]
+            assert len(files) >= 2 and all(
+                stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), files
+            opened.close()
+    finally:
+        os.umask(mask)

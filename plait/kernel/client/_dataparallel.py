@@ -69,11 +69,6 @@ def _raw(replies: Any) -> Any:
     return replies
 
 
-def _all_done(value: Any, tally: Tally, n: int) -> Any:
-    tally.add(n)
-    return value
-
-
 def _concat(blocks: list) -> list:
     return list(itertools.chain.from_iterable(blocks))
 
@@ -253,7 +248,7 @@ class DataParallelMixin:
             d = self._each("apply_each", "map", calls, ids[:n], everyone and n == len(ids),
                            block, finish)
             if tally is not None and block:
-                d.addCallback(_all_done, tally, n)
+                d.addCallback(tally.passing, n)
             return d
 
         result = yield self._on_targets(targets, send)
@@ -272,7 +267,7 @@ class DataParallelMixin:
             if sorted(now) != sorted(ids):
                 raise EnginesChanged(f"map: the engines are now {sorted(now)}", now)
         each = [self._each("apply_each", "map", [call], [engine_id], False, True, _raw)
-                .addCallback(_all_done, tally, 1)
+                .addCallback(tally.passing, 1)
                 for call, engine_id in zip(calls, ids, strict=True)]
         replies = yield all_of(each)
         result = yield finish([reply for engine in replies for reply in engine])

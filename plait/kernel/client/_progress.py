@@ -124,6 +124,12 @@ class Tally:
     def add(self, n: int = 1) -> None:
         self.done += n
 
+    def passing(self, value: Any, n: int | None = None) -> Any:
+        """A Deferred's callback: ``n`` more done (``len(value)`` when None: a
+        list of results), ``value`` passed on."""
+        self.done += len(value) if n is None else n
+        return value
+
 
 def shows(progress: bool | None) -> bool:
     """Whether a wait given ``progress`` may show a bar (or lines) here."""

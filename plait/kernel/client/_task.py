@@ -42,15 +42,6 @@ from plait.wire.records import decode_result
 from plait.wire.task import TASK_ID_LIMIT, TaskSpec, task_ids
 
 
-def _tally_on(_: Any, tally: Tally, n: int) -> None:
-    tally.add(n)
-
-
-def _tally_on_results(results: list, tally: Tally) -> list:
-    tally.add(len(results))
-    return results
-
-
 def _check_id(taskid: Any) -> int:
     """``taskid`` if it can name a task: TypeError for a non-int, InvalidTaskID
     for an int no task can have (negative, or too large for the wire)."""
@@ -180,7 +171,7 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
         except Exception:
             return defer.fail()
         tally.total = len(ids)
-        runs = [self._results_of(run, True, keep=True).addCallback(_tally_on_results, tally)
+        runs = [self._results_of(run, True, keep=True).addCallback(tally.passing)
                 for run in tally_groups(ids)]
         return all_of(runs).addCallback(lambda got: [r for run in got for r in run])
 
@@ -231,7 +222,7 @@ class AsyncTaskClient(TaskClientHelpers, SessionClient):
             return defer.succeed(None)
         if tally is None:
             return self._send("barrier", pending)
-        waits = [self._send("barrier", group).addCallback(_tally_on, tally, len(group))
+        waits = [self._send("barrier", group).addCallback(tally.passing, len(group))
                  for group in tally_groups(pending)]
         return all_of(waits).addCallback(lambda _: None)
 

@@ -132,7 +132,7 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
                 results = yield client._results_of(ids, True, keep=False)
             else:  # (fetched in at most TALLY_STEPS groups, each counted as it comes)
                 groups = yield all_of([
-                    client._results_of(group, True, keep=False).addCallback(_counted, tally)
+                    client._results_of(group, True, keep=False).addCallback(tally.passing)
                     for group in tally_groups(ids)])
                 results = [chunk for group in groups for chunk in group]
         except BaseException:
@@ -146,11 +146,6 @@ def map_tasks(client: Any, function: Callable[..., Any], sequences: tuple,
         return values
 
     return go()
-
-
-def _counted(results: list, tally: Tally) -> list:
-    tally.add(len(results))
-    return results
 
 
 @defer.inlineCallbacks

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import queue
 import sqlite3
 import threading
@@ -435,6 +436,7 @@ class SQLiteStore:
     # -- the database thread ----------------------------------------------------------
     def _run(self) -> None:
         try:
+            _private(self.path)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -714,6 +716,23 @@ def _decode(record: dict) -> dict:
         if isinstance(record.get(name), str):
             record[name] = json.loads(record[name])
     return record
+
+
+def _private(path: str) -> None:
+    """Make the database file ``path`` (created if missing) readable by its owner
+    only, whatever the umask: it holds the users' code, arguments and results.
+    SQLite gives its journal files (``-wal``, ``-shm``) the database's mode; those
+    an older controller left are made private too."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for name in (path, path + "-wal", path + "-shm"):
+            try:
+                os.chmod(name, 0o600)
+            except FileNotFoundError:
+                pass
+    except OSError as exc:  # (as SQLite would fail: the store's callers expect its error)
+        raise sqlite3.OperationalError(f"cannot open the hub database {path}: "
+                                       f"{exc.strerror or exc}") from None
 
 
 def _log_error(exc: BaseException) -> None:
