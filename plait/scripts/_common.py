@@ -34,7 +34,7 @@ def notify(fd: int | None, message: str) -> None:
         pass
 
 
-def freeze_startup_objects() -> None:
+def freeze_startup_objects(collect: bool = True) -> None:
     """Exempt what this process made so far (its imported modules, mostly: some
     50,000 objects) from the cyclic garbage collector's passes.
 
@@ -43,9 +43,10 @@ def freeze_startup_objects() -> None:
     in an engine), and, in the fork server, write to the pages its forked
     engines share with it, copying them into each engine (see
     :func:`gc.freeze`).  What the process makes afterwards is collected as
-    usual.
+    usual.  ``collect``: collect first, so that the import's garbage is not kept.
     """
-    gc.collect()
+    if collect:
+        gc.collect()
     gc.freeze()
 
 

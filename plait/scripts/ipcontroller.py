@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.logger import Logger
 
     from plait.adapters import default_publications, load_publication
-    from plait.kernel.controller.service import AFTER_STARTUP, ControllerService
+    from plait.kernel.controller.service import ControllerService
 
     try:
         pubs = default_publications() + [load_publication(s) for s in args.adapter]
@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", controller.stopService)
-    # once the engines started with it have joined (a full collection: some 30 ms)
-    reactor.callLater(AFTER_STARTUP, freeze_startup_objects)
+    # (no collection first: some 30 ms before the engines may join; the garbage
+    # the imports left in cycles, if any, is kept)
+    freeze_startup_objects(collect=False)
     reactor.run()
     return 1 if failed else 0
 

@@ -53,3 +53,23 @@ def test_ipcluster_start_prints_the_status_page_url(tmp_path):
         assert _page_answers(printed[0])
     finally:
         run_cmd(["ipcluster", "stop"], env)
+
+
+def test_the_page_shows_what_finished_before_it_served(tmp_path, monkeypatch):
+    """The page starts half a second after the controller (twisted.web's import
+    would make the engines wait); what finished before counts from the start."""
+    import json
+
+    import pytest
+
+    monkeypatch.setenv("PLAIT_DIR", str(tmp_path))
+    with ipp.Cluster(n=1) as rc:
+        ar = rc.load_balanced_view().apply_async(divmod, 1, 0)  # at once
+        with pytest.raises(ipp.RemoteError):
+            ar.get(timeout=30)
+        base, token = rc.dashboard_url.split("?token=")
+        with urllib.request.urlopen(f"{base}status.json?token={token}", timeout=30) as answer:
+            snapshot = json.load(answer)
+    assert [(f["msg_id"], f["status"]) for f in snapshot["failures"]] == [
+        (ar.msg_ids[0], "failed")], snapshot["failures"]
+    assert "ZeroDivisionError" in snapshot["failures"][0]["error"]

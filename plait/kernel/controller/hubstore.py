@@ -724,8 +724,12 @@ def _private(path: str) -> None:
     SQLite gives its journal files (``-wal``, ``-shm``) the database's mode; those
     an older controller left are made private too."""
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        for name in (path, path + "-wal", path + "-shm"):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        for name in (path + "-wal", path + "-shm"):
             try:
                 os.chmod(name, 0o600)
             except FileNotFoundError:

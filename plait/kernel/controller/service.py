@@ -63,9 +63,9 @@ ENGINE_IDS_FILE = "engineids"
 
 log = Logger()
 
-#: Seconds after its start at which a controller does what can wait (start the
-#: status page, exempt its startup objects from the garbage collector): the
-#: engines and the client started with it join meanwhile, without waiting on it.
+#: Seconds after it is ready at which a controller starts its status page (what
+#: the page shows is counted from the start): the engines and the client started
+#: with it join meanwhile, without waiting on twisted.web's import.
 AFTER_STARTUP = 0.5
 
 #: Seconds an unread blob is kept when nothing released it (a client went away).
@@ -185,6 +185,7 @@ class ControllerService(service.MultiService):
         self.status_url: str | None = None
         self.status: Any = None  # the StatusService, once the page serves
         self._status_socket: socket.socket | None = None  # bound, until the page serves
+        self._status_early: Any = None  # the StatusService counting, until the page serves
         self._status_bound: int | None = None  # its port
         self._status_listener: Any = None
         self.dirs = dirs
@@ -285,10 +286,13 @@ class ControllerService(service.MultiService):
         (loopback by default), behind a token made now; its URL in the security
         folder.  A controller started again takes the port it had.
 
-        The port is bound now, with the others; the page itself (twisted.web,
+        The port is bound now, with the others, and what the page shows is
+        counted from now (:class:`StatusService`); the page itself (twisted.web,
         imported then: some 40 ms) starts :data:`AFTER_STARTUP` seconds later,
-        once the engines started with the controller have joined (they would
-        wait for it); a request meanwhile waits in the listen queue."""
+        while the engines started with the controller join (they would wait for
+        it); a request meanwhile waits in the listen queue."""
+        from plait.kernel.controller.status import StatusService
+
         token = secrets.token_urlsafe(24)
         recorded = None if self.status_port else _recorded_ports(self.dirs).get("status")
         sock = _bind_again(self.status_ip, self.status_port or 0, recorded, "status")
@@ -298,6 +302,7 @@ class ControllerService(service.MultiService):
         self.status_url = f"http://{host}:{port}/?token={token}"
         write_private(self.dirs.security / STATUS_URL_FILE, self.status_url + "\n")
         self.parallel.dashboard_url = self.status_url
+        self._status_early = StatusService(self.registry, self.task, hub=self.hub)
         reactor.callLater(AFTER_STARTUP, self._start_status_page, token)
 
     def _start_status_page(self, token: str) -> None:
@@ -306,20 +311,17 @@ class ControllerService(service.MultiService):
         log says why, the socket is closed (a browser is refused at once rather
         than left waiting) and its URL is withdrawn from the file and clients."""
         sock, self._status_socket = self._status_socket, None
-        if sock is None or not self.running:
+        status, self._status_early = self._status_early, None
+        if sock is None or status is None or not self.running:
             return
-        status = None
         try:
             from plait.adapters.web import site
-            from plait.kernel.controller.status import StatusService
 
-            status = StatusService(self.registry, self.task, hub=self.hub)
             listener = reactor.adoptStreamPort(sock.fileno(), sock.family,
                                                site(status, token))
         except Exception as exc:
             sock.close()
-            if status is not None:
-                status.detach()
+            status.detach()
             self._withdraw_status_url()
             self.log.failure("the status page could not start ({error}); the controller "
                              "runs without it", error=f"{type(exc).__name__}: {exc}")
@@ -372,6 +374,9 @@ class ControllerService(service.MultiService):
         if self._status_socket is not None:  # (stopped before the page started)
             self._status_socket.close()
             self._status_socket = None
+        if self._status_early is not None:
+            self._status_early.detach()
+            self._status_early = None
         if self._status_listener is not None:
             self.status.stop()
             self._status_listener.stopListening()
