@@ -386,6 +386,25 @@ def test_a_read_commits_the_writes_before_it(sqlite):
         other.close()
 
 
+def test_writes_are_committed_on_their_own_soon_after(sqlite):
+    """Without a read, what was written is committed once no write has come for
+    COMMIT_AFTER seconds: another connection sees it (a SIGKILL then keeps it)."""
+    import threading
+    import time
+
+    from plait.kernel.controller import hubstore
+
+    add_all(sqlite, [row(8)])
+    other = sqlite3.connect(sqlite.path)
+    deadline = time.monotonic() + 10
+    try:
+        while other.execute("SELECT id FROM records").fetchall() != [(8,)]:
+            assert time.monotonic() < deadline, "the write was not committed in 10 s"
+            threading.Event().wait(hubstore.COMMIT_AFTER)
+    finally:
+        other.close()
+
+
 def test_a_bad_write_is_logged_and_the_store_goes_on(sqlite):
     errors: list[dict] = []
 

@@ -7,9 +7,10 @@ store takes writes from the reactor thread without waiting (``add``,
 
 :class:`SQLiteStore` keeps one connection in a thread of its own: writes
 queue up and are applied in batches, each batch one transaction, committed
-once the queue is empty (the reactor thread hands the records of each of
-its turns over together, see :data:`HAND_OVER_EVERY`; a controller killed
-loses at most what it was handing over); reads run in the same thread,
+once no write has come for :data:`COMMIT_AFTER` seconds (the reactor thread
+hands the records of each of its turns over together, see
+:data:`HAND_OVER_EVERY`; a controller killed loses at most what it was handing
+over and the writes of the last few milliseconds); reads run in the same thread,
 after the writes before them, which they commit first (a read's answer means
 that every write before it is on disk).  The reactor thread never touches the
 database.
@@ -79,13 +80,18 @@ OPERATORS = {"$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">=", "$eq": "=", "$n
 
 #: Seconds new records wait in the reactor thread before they go to the database
 #: thread together.  0: at the end of the reactor's turn, so that the records of
-#: one batch of results go together, and a record is committed within about a
-#: millisecond of its result being sent (a controller killed then keeps it).
+#: one batch of results go together, and a record is committed within a few
+#: milliseconds of its result being sent (a controller killed then keeps it).
 HAND_OVER_EVERY = 0.0
 
 #: Seconds an accepted task is held before it is written to the queue, unless
 #: :meth:`SQLiteStore.durable` is asked for first (see the module documentation).
 QUEUE_HOLD = 0.5
+
+#: Seconds the database thread waits for more writes before it commits those it
+#: has: tasks run one at a time (a blocking loop) share a commit, which halves
+#: the thread's CPU per task (about 130 -> 65 us for ``rc[0].apply_sync``).
+COMMIT_AFTER = 0.002
 
 
 def check_query(query: Any, keys: Any) -> list[str]:
@@ -477,7 +483,23 @@ class SQLiteStore:
         in_transaction = False
         began = 0.0
         while True:
-            ops = [self._ops.get()]
+            if in_transaction:  # commit once no write came for COMMIT_AFTER seconds
+                try:
+                    first = self._ops.get(timeout=COMMIT_AFTER)
+                except queue.Empty:
+                    try:
+                        db.execute("COMMIT")
+                    except sqlite3.Error as exc:
+                        self._failed(exc, "a transaction")
+                        try:
+                            db.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                    in_transaction = False
+                    continue
+            else:
+                first = self._ops.get()
+            ops = [first]
             while len(ops) < 10_000:  # take what queued up meanwhile: one transaction
                 try:
                     ops.append(self._ops.get_nowait())
@@ -523,7 +545,7 @@ class SQLiteStore:
                         in_transaction, began = True, time.monotonic()
                     self._write(db, insert, rows, None, None)
                 # (SIGKILL-safe once committed; under a steady flow, once a second at least)
-                if in_transaction and (self._ops.empty() or time.monotonic() - began > 1.0):
+                if in_transaction and time.monotonic() - began > 1.0:
                     db.execute("COMMIT")
                     in_transaction = False
             except sqlite3.Error as exc:  # (BEGIN or COMMIT failed: disk full, locked...)
