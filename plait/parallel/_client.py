@@ -127,6 +127,8 @@ class Client:
         self._followers: dict[str, list[weakref.WeakMethod]] = {}
         self._lock = threading.Lock()
         self._finished = threading.Condition(self._lock)  # notified as results arrive
+        #: The condition every AsyncResult of this client waits on (see AsyncResult).
+        self._results_condition = threading.Condition(threading.RLock())
         self._closed = False
 
     # -- engines and views -------------------------------------------------------------

@@ -122,6 +122,31 @@ def test_future_interface(rc):
     assert seen == [11, 12]
 
 
+def test_a_wait_is_not_ended_by_other_results_of_the_client(rc, tmp_path):
+    """The results of a client share one condition: results of other tasks
+    arriving meanwhile wake a waiter, which looks again and waits on."""
+    gate = Gate(tmp_path)
+    slow = rc[0].apply_async(gate.waiter())
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.append(slow.get(timeout=60)))
+    waiting.start()
+    try:
+        lview = rc.load_balanced_view(targets=[1, 2, 3])
+        assert lview.map_sync(abs, range(-50, 0)) == list(range(50, 0, -1))  # 50 results
+        with pytest.raises(concurrent.futures.TimeoutError):
+            slow.exception(timeout=0.2)  # (the Future's: TimeoutError while pending)
+        with pytest.raises(ipp.error.TimeoutError):
+            slow.get(timeout=0.2)
+        assert not slow.done() and got == [] and waiting.is_alive()
+    finally:
+        gate.open()
+    waiting.join(60)
+    assert got == ["go"]
+    assert slow.exception(timeout=30) is None
+    failed = rc[1].apply_async(fail)
+    assert isinstance(failed.exception(timeout=30), error.RemoteError)
+
+
 def test_awaiting_in_asyncio(rc):
     async def main():
         return await rc[0].apply_async(lambda: "awaited")
