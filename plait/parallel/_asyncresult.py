@@ -115,9 +115,11 @@ class AsyncResult(concurrent.futures.Future):
                  single: bool = False, targets: Any = None, listen: bool = True,
                  metadata: list[Metadata] | None = None, method: str = "apply"):
         super().__init__()
+        # a list once there is one (see add_done_callback)
+        self._done_callbacks: list[Callable[[Any], Any]] | tuple[()] = ()
         self._method = method  # the view's method, labelling each engine's error
         self._client = client
-        self._ids = list(taskids)
+        self._ids = tuple(taskids)  # (of ints: not walked by the garbage collector)
         self._index = {taskid: k for k, taskid in enumerate(self._ids)}
         self.msg_ids = [client._msg_id(t) for t in self._ids]
         self._fname = fname
@@ -141,9 +143,10 @@ class AsyncResult(concurrent.futures.Future):
             submitted = datetime.datetime.fromtimestamp(self._submitted)
             metadata = [client._metadata_for(msg_id, submitted) for msg_id in self.msg_ids]
         self._metadata = metadata
-        if listen:
+        if listen:  # (one bound method each for all the tasks: fewer objects to collect)
+            arrived, printed = self._arrived, self._printed
             for taskid in self._ids:
-                client._listen(taskid, self._arrived, partial(self._printed, taskid))
+                client._listen(taskid, arrived, printed)
         if not self._ids:
             self._finish()
 
@@ -368,6 +371,9 @@ class AsyncResult(concurrent.futures.Future):
         """Call ``fn(self)`` once every task has finished, in the client's
         callback thread (never its reactor thread: ``fn`` may block, and
         submit more); at once, in this thread, if they have already."""
+        with self._cond:
+            if not isinstance(self._done_callbacks, list):
+                self._done_callbacks = []
         if self.done():
             super().add_done_callback(fn)  # (called now, here)
         else:

@@ -292,7 +292,7 @@ class Client:
             jobs = list(self._outstanding)
         if isinstance(jobs, (str, int, AsyncResult)):
             jobs = [jobs]
-        ids = []
+        ids: list[int] = []
         for job in jobs:
             if isinstance(job, AsyncResult):
                 ids.extend(job._ids)

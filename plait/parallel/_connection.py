@@ -52,7 +52,7 @@ class ParallelConnection(SessionClient):
         #: The engine ids as last heard from the controller (kept up to date by it).
         self.engine_ids: list[int] = []
         self._listeners: dict[int, Listener] = {}
-        self._output_listeners: dict[int, Callable[[int, str, str], None]] = {}
+        self._output_listeners: dict[int, Callable[[int, int, str, str], None]] = {}
         self._early: dict[int, TaskResultRecord] = {}  # records no one listened for yet
 
     @defer.inlineCallbacks
@@ -157,10 +157,11 @@ class ParallelConnection(SessionClient):
         else:
             self._listeners[taskid] = listener
 
-    def listen_output(self, taskid: int, listener: Callable[[int, str, str], None]) -> None:
-        """(Any thread, before the task is submitted) call ``listener(engine_id,
-        name, text)`` in the reactor thread with what task ``taskid`` prints
-        while it runs."""
+    def listen_output(self, taskid: int, listener: Callable[[int, int, str, str], None]
+                      ) -> None:
+        """(Any thread, before the task is submitted) call ``listener(taskid,
+        engine_id, name, text)`` in the reactor thread with what task ``taskid``
+        prints while it runs (one listener may serve many tasks)."""
         self._output_listeners[taskid] = listener
 
     def _poll(self) -> None:
@@ -182,7 +183,7 @@ class ParallelConnection(SessionClient):
             hear = self._output_listeners.get(taskid)
             if hear is not None:
                 try:
-                    hear(engine_id, name, text)
+                    hear(taskid, engine_id, name, text)
                 except Exception:
                     log.failure("an output listener failed")
         try:
