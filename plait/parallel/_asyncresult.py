@@ -127,10 +127,7 @@ class AsyncResult(concurrent.futures.Future):
         self._targets = targets
         # the client's condition, for the Future's state too (see the module
         # documentation): every wait here is a wait_for
-        shared = getattr(client, "_results_condition", None)
-        if shared is not None:
-            self._condition = shared
-        self._cond = self._condition
+        self._condition = self._cond = client._results_condition
         self._values: dict[int, Any] = {}
         self._failures: dict[int, RemoteError | PlaitConnectionError] = {}
         self._order: list[int] = []  # task ids in the order they finished

@@ -17,6 +17,7 @@ class FakeClient:
 
     def __init__(self):
         self._msg_id = msg_id_maker(7)
+        self._results_condition = threading.Condition(threading.RLock())
         self.recorded = []
 
     def _metadata_for(self, msg, submitted):

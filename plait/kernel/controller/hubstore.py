@@ -483,23 +483,10 @@ class SQLiteStore:
         in_transaction = False
         began = 0.0
         while True:
-            if in_transaction:  # commit once no write came for COMMIT_AFTER seconds
-                try:
-                    first = self._ops.get(timeout=COMMIT_AFTER)
-                except queue.Empty:
-                    try:
-                        db.execute("COMMIT")
-                    except sqlite3.Error as exc:
-                        self._failed(exc, "a transaction")
-                        try:
-                            db.execute("ROLLBACK")
-                        except sqlite3.Error:
-                            pass
-                    in_transaction = False
-                    continue
-            else:
-                first = self._ops.get()
-            ops = [first]
+            try:  # an open transaction is committed once no write came for COMMIT_AFTER s
+                ops = [self._ops.get(timeout=COMMIT_AFTER if in_transaction else None)]
+            except queue.Empty:
+                ops = [("commit", None)]
             while len(ops) < 10_000:  # take what queued up meanwhile: one transaction
                 try:
                     ops.append(self._ops.get_nowait())
@@ -527,12 +514,13 @@ class SQLiteStore:
                             in_transaction, began = True, time.monotonic()
                         self._write(db, insert, rows, op, arg)
                         rows = []
-                    if op == "read":
+                    if op == "read" or op == "commit":
                         if in_transaction:  # an answer means every write before it is kept
                             db.execute("COMMIT")
                             in_transaction = False
-                        answered.add(id(arg))
-                        self._answer(db, *arg)
+                        if op == "read":
+                            answered.add(id(arg))
+                            self._answer(db, *arg)
                     elif op == "close":
                         if in_transaction:
                             db.execute("COMMIT")
